@@ -1,0 +1,1 @@
+"""sim_jax.losses (under construction)."""

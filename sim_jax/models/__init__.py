@@ -1,0 +1,1 @@
+"""sim_jax.models (under construction)."""
