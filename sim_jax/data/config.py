@@ -1,0 +1,46 @@
+"""Default config of `sim_jax.data` (the `config.data` section). Imports nothing heavy."""
+
+import ml_collections
+from ml_collections import config_dict
+
+
+def augment_config() -> ml_collections.ConfigDict:
+  """Config of `sim_jax.data.augment.make_augment_fn` (the `config.data.augment` section)."""
+  c = ml_collections.ConfigDict()
+  c.name = "none"  # none | simclr | randaugment | trivialaugment | glyph
+  c.strength = 1.0  # scales every magnitude (0 = identity, 1 = the paper's default strength)
+  c.num_ops = 2  # RandAugment: operations applied per image
+  c.magnitude = 9  # RandAugment: magnitude on the 0..30 scale of Cubuk et al. 2020
+  c.min_scale = 0.2  # SimCLR random resized crop: smallest area fraction kept
+  return c
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """Every field `sim_jax.data` reads; the lead's configs override values, never add keys."""
+  c = ml_collections.ConfigDict()
+  c.name = "glyph_symbols"  # a sim_jax builder (see sim_jax.data.DATASETS) or any TFDS name
+  c.data_dir = config_dict.placeholder(str)  # TFDS dir; None: $SIM_JAX_DATA_DIR or ~/.cache/...
+  c.image_size = config_dict.placeholder(int)  # square side in pixels; None: the source's size
+  c.channels = config_dict.placeholder(int)  # 1 or 3 to convert; None: the source's channels
+  c.train_split = "train"  # split the train iterator reads
+  c.eval_splits = ("test",)  # splits evaluation reads with load_split
+  c.sampler = "pk"  # pk | random | views | pairs | triplets
+  c.examples_per_class = 4  # pk: K examples per class; P = batch // K classes per batch
+  c.pos_fraction = 0.5  # pairs: fraction of POS (same-class) pairs in each batch
+  c.samples_per_class = config_dict.placeholder(int)  # keep N examples per class (seed 004 4.4)
+  c.augmentation_factor = 1  # repeat the train set this many times per epoch (seed 004 4.5)
+  c.worker_count = 0  # grain worker processes (0: load in the main process)
+  c.worker_buffer_size = 2  # batches each grain worker prepares ahead
+  # Builder options (sim_jax's own datasets); they select the prepared TFDS builder config.
+  c.fonts = ""  # glyph_*: comma-separated font files or directories; "" = auto-discover
+  c.charset = "default"  # glyph_*: named set or explicit characters / icon names (comma-separated)
+  c.heldout_class_fraction = 0.0  # classes held out of train/test for zero-shot ("heldout" split)
+  c.test_fraction = 0.2  # examples of each train class placed in the "test" split
+  c.max_classes = config_dict.placeholder(int)  # glyph_*: cap on the number of classes
+  c.query_fonts = ""  # glyph_han: fonts whose renderings form the "query" split ("" = auto)
+  c.path = config_dict.placeholder(str)  # image_folder: root directory
+  c.layout = "classes"  # image_folder: classes (dir per class) | pairs (left/ and right/)
+  c.skip_bad_images = False  # image_folder: skip unreadable images instead of raising
+  c.max_bad_images = 10  # image_folder: with skipping, fail when more images than this are bad
+  c.augment = augment_config()  # on-device augmentation, applied by the trainer
+  return c

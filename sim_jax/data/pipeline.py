@@ -1,0 +1,192 @@
+"""Train iterators and eval splits: source -> per-process shard -> sampler -> fixed-shape batches.
+
+The grain graph is `MapDataset.range(2**62)` (the global step) `.map(make batch for step)`
+`.to_iter_dataset()` (`.mp_prefetch(...)` with workers). Each batch is a pure function of
+(seed, step, process shard), so the iterator state is just the next step: resuming from an Orbax
+checkpoint (`grain.checkpoint.CheckpointSave/Restore`) is exact mid-epoch and across epochs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+import grain
+import ml_collections
+import numpy as np
+
+from sim_jax.data import samplers, sources
+
+# Large enough to never run out; grain needs a finite length for a MapDataset.
+_INFINITE = 2**62
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+  """What the trainer and evaluators need to know about a dataset (after formatting)."""
+
+  name: str
+  image_shape: tuple[int, int, int]
+  num_classes: int
+  splits: dict[str, int]
+
+
+def open_split(data_config: ml_collections.ConfigDict, split: str):
+  """The source of `split` of `data_config.name` (see `sim_jax.data.registry`)."""
+  from sim_jax.data import registry  # local: registry imports TFDS lazily
+
+  return registry.open_split(data_config, split)
+
+
+def get_info(data_config: ml_collections.ConfigDict) -> DatasetInfo:
+  """Name, formatted image shape (H, W, C), number of classes and split sizes."""
+  from sim_jax.data import registry
+
+  shape, num_classes, splits = registry.describe(data_config)
+  h, w, c = shape
+  if data_config.image_size is not None:
+    h = w = int(data_config.image_size)
+  if data_config.channels is not None:
+    c = int(data_config.channels)
+  return DatasetInfo(str(data_config.name), (h, w, c), num_classes, splits)
+
+
+def load_split(data_config: ml_collections.ConfigDict, split: str) -> dict[str, np.ndarray]:
+  """All of `split`, formatted: `{"image": uint8 [N,H,W,C], "label": int32 [N], "id": int64 [N]}`.
+
+  Raises ValueError for an empty split (evaluation on it would report NaN).
+  """
+  source = open_split(data_config, split)
+  if len(source) == 0:
+    raise ValueError(f"split {split!r} of dataset {data_config.name!r} is empty")
+  out = source.read(np.arange(len(source)))
+  out["image"] = sources.format_images(out["image"], data_config.image_size, data_config.channels)
+  return {"image": out["image"], "label": out["label"].astype(np.int32),
+          "id": out["id"].astype(np.int64)}
+
+
+def train_example_indices(labels: np.ndarray, data_config: ml_collections.ConfigDict, seed: int,
+                          process_index: int, process_count: int) -> np.ndarray:
+  """Indices into the train source that this process samples from.
+
+  Order: samples-per-class subset (seed 004 4.4, drawn with `seed`) -> augmentation factor copies
+  (4.5) -> strided per-process shard (equal length on every process, disjoint).
+  """
+  base = np.arange(len(labels), dtype=np.int64)
+  if data_config.samples_per_class is not None:
+    base = samplers.samples_per_class_subset(labels, int(data_config.samples_per_class), seed)
+  base = base[samplers.augmentation_factor_indices(len(base), int(data_config.augmentation_factor))]
+  return base[samplers.shard_indices(len(base), process_index, process_count)]
+
+
+class BatchMaker(grain.transforms.Map):
+  """Maps a global step to that step's host-local batch (picklable for grain workers)."""
+
+  def __init__(self, source, local: np.ndarray, data_config: ml_collections.ConfigDict,
+               batch_size: int, seed: int):
+    self.source = source
+    self.local = local  # this process's example indices into `source`
+    self.sampler = str(data_config.sampler)
+    self.batch_size = batch_size
+    self.seed = seed
+    self.image_size = data_config.image_size
+    self.channels = data_config.channels
+    self.pos_fraction = float(data_config.pos_fraction)
+    self.k = int(data_config.examples_per_class)
+    self.index = samplers.ClassIndex(source.labels[local])
+    samplers.steps_per_epoch(len(local), batch_size)  # validates batch_size against the shard
+    if self.sampler == "pk" and batch_size // self.k > len(self.index.classes):
+      raise ValueError(f"pk sampler needs P={batch_size // self.k} classes per batch but the data "
+                       f"has {len(self.index.classes)}; lower the batch size or raise "
+                       "examples_per_class")
+
+  def indices(self, step: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """Positions into `self.local` for `step` (shape [B] or [B, m]) and `same` for pairs."""
+    n, b, s = len(self.local), self.batch_size, self.seed
+    if self.sampler in ("random", "views"):
+      return samplers.random_batch(n, b, s, step), None
+    if self.sampler == "pk":
+      return samplers.pk_batch(self.index, b // self.k, self.k, s, step), None
+    if self.sampler == "pairs":
+      return samplers.pairs_batch(self.index, b, self.pos_fraction, s, step)
+    return samplers.triplets_batch(self.index, b, s, step), None
+
+  def map(self, step: int) -> dict[str, np.ndarray]:
+    pos, same = self.indices(int(step))
+    idx = self.local[pos]
+    flat = np.sort(np.unique(idx.reshape(-1)))  # read each record once, in storage order
+    rec = self.source.read(flat)
+    where = np.searchsorted(flat, idx)
+    image = sources.format_images(rec["image"], self.image_size, self.channels)[where]
+    batch = {"image": image, "label": rec["label"][where].astype(np.int32)}
+    if same is None:
+      batch["index"] = idx.astype(np.int32)
+    else:
+      batch["same"] = same.astype(np.int32)
+    return batch
+
+
+def validate_train_args(data_config: ml_collections.ConfigDict, global_batch_size: int,
+                        process_count: int) -> int:
+  """Checks the sampler and batch arguments; returns the per-process batch size."""
+  if data_config.sampler not in samplers.SAMPLERS:
+    raise ValueError(f"data.sampler={data_config.sampler!r} is not one of {samplers.SAMPLERS}")
+  if global_batch_size < 1 or global_batch_size % process_count:
+    raise ValueError(f"global_batch_size={global_batch_size} must be a positive multiple of "
+                     f"process_count={process_count}")
+  batch_size = global_batch_size // process_count
+  if data_config.sampler == "pk":
+    k = int(data_config.examples_per_class)
+    if k < 1 or batch_size % k:
+      raise ValueError(f"pk sampler: per-process batch {batch_size} must be a multiple of "
+                       f"data.examples_per_class={k}")
+  if data_config.worker_count < 0:
+    raise ValueError(f"data.worker_count must be >= 0, got {data_config.worker_count}")
+  return batch_size
+
+
+def create_train_iterator(data_config: ml_collections.ConfigDict, *, global_batch_size: int,
+                          seed: int, process_index: int = 0,
+                          process_count: int = 1) -> grain.DatasetIterator:
+  """An infinite grain `DatasetIterator` of host-local batches (see docs/interfaces.md).
+
+  Batches are `B = global_batch_size // process_count` examples of this process's shard; the
+  keys depend on `data_config.sampler`. Deterministic given the arguments; `get_state()` /
+  `set_state()` (and Orbax via `grain.checkpoint.CheckpointSave`) resume exactly.
+  """
+  batch_size = validate_train_args(data_config, global_batch_size, process_count)
+  source = open_split(data_config, data_config.train_split)
+  local = train_example_indices(source.labels, data_config, seed, process_index, process_count)
+  maker = BatchMaker(source, local, data_config, batch_size, seed)
+  logging.info("data: %s/%s sampler=%s batch=%d, %d examples on process %d/%d",
+               data_config.name, data_config.train_split, data_config.sampler, batch_size,
+               len(local), process_index, process_count)
+  ds = grain.MapDataset.range(_INFINITE).map(maker).to_iter_dataset()
+  if data_config.worker_count > 0:
+    ds = ds.mp_prefetch(grain.multiprocessing.MultiprocessingOptions(
+        num_workers=int(data_config.worker_count),
+        per_worker_buffer_size=int(data_config.worker_buffer_size)))
+  return iter(ds)
+
+
+def iterator_fingerprint(data_config: ml_collections.ConfigDict, *, global_batch_size: int,
+                         seed: int, process_count: int) -> dict[str, object]:
+  """What determines the batch order: saved with a checkpoint, compared on resume."""
+  keys = ("name", "image_size", "channels", "train_split", "sampler",
+          "examples_per_class", "pos_fraction", "samples_per_class", "augmentation_factor",
+          "worker_count", "fonts", "charset", "heldout_class_fraction", "test_fraction",
+          "max_classes", "query_fonts", "path", "layout", "skip_bad_images")
+  fp = {k: data_config[k] for k in keys}
+  fp.update(global_batch_size=int(global_batch_size), seed=int(seed),
+            process_count=int(process_count))
+  return fp
+
+
+def check_fingerprint(saved: dict, current: dict) -> None:
+  """Raises ValueError listing every field that differs between a checkpoint and this run."""
+  diff = {k: (saved.get(k), current.get(k)) for k in sorted(set(saved) | set(current))
+          if saved.get(k) != current.get(k)}
+  if diff:
+    lines = ", ".join(f"{k}: saved {a!r} != now {b!r}" for k, (a, b) in diff.items())
+    raise ValueError(f"data iterator does not match the checkpoint ({lines}); resume with the "
+                     "saved data settings or start a new workdir")

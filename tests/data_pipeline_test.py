@@ -1,0 +1,177 @@
+"""Tests of sim_jax.data's train iterator: samplers, shards, resume, fingerprints (digits)."""
+
+import collections
+
+import grain
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+import sim_jax.data as sd
+from sim_jax.data import samplers
+
+
+def digits_config(**overrides):
+  c = sd.default_config()
+  c.name = "digits"
+  c.update(overrides)
+  return c
+
+
+def take(it, n):
+  return [next(it) for _ in range(n)]
+
+
+def test_info_and_load_split_match_sklearn():
+  from sklearn.datasets import load_digits
+
+  c = digits_config()
+  info = sd.get_info(c)
+  assert info.image_shape == (8, 8, 1) and info.num_classes == 10
+  ref = load_digits()
+  total = 0
+  for split in ("train", "test"):
+    data = sd.load_split(c, split)
+    total += len(data["label"])
+    # ids index sklearn's arrays: the stored pixels are round(v * 255 / 16) of the original.
+    np.testing.assert_array_equal(data["label"], ref.target[data["id"]])
+    expected = np.round(ref.images[data["id"]] * 255 / 16).astype(np.uint8)
+    np.testing.assert_array_equal(data["image"][..., 0], expected)
+  assert total == len(ref.target) == sum(info.splits.values())
+
+
+def test_heldout_classes_are_disjoint_from_train():
+  c = digits_config(heldout_class_fraction=0.3)
+  train = set(sd.load_split(c, "train")["label"].tolist())
+  test = set(sd.load_split(c, "test")["label"].tolist())
+  held = set(sd.load_split(c, "heldout")["label"].tolist())
+  assert len(held) == 3 and len(train) == 7 and test == train and not held & train
+
+
+def test_pk_batches_hold_p_classes_times_k():
+  c = digits_config(sampler="pk", examples_per_class=4)
+  for batch in take(sd.create_train_iterator(c, global_batch_size=24, seed=3), 5):
+    counts = collections.Counter(batch["label"].tolist())
+    assert len(counts) == 6 and set(counts.values()) == {4}
+    assert batch["image"].shape == (24, 8, 8, 1) and batch["image"].dtype == np.uint8
+
+
+def test_pairs_are_balanced_and_labelled():
+  c = digits_config(sampler="pairs", image_size=12, channels=3)
+  for batch in take(sd.create_train_iterator(c, global_batch_size=32, seed=0), 4):
+    assert batch["image"].shape == (32, 2, 12, 12, 3)
+    assert batch["same"].sum() == 16
+    for (a, b), s in zip(batch["label"], batch["same"]):
+      assert (a == b) == bool(s)
+
+
+def test_triplets_have_pos_and_neg():
+  c = digits_config(sampler="triplets")
+  batch = next(sd.create_train_iterator(c, global_batch_size=16, seed=0))
+  lab = batch["label"]
+  assert (lab[:, 0] == lab[:, 1]).all() and (lab[:, 0] != lab[:, 2]).all()
+
+
+def test_random_sampler_covers_an_epoch_without_repeats_and_reshuffles():
+  c = digits_config(sampler="random")
+  n = len(sd.load_split(c, "train")["label"])
+  b = 32
+  spe = n // b
+  batches = take(sd.create_train_iterator(c, global_batch_size=b, seed=1), 2 * spe)
+  e0 = np.concatenate([x["index"] for x in batches[:spe]])
+  e1 = np.concatenate([x["index"] for x in batches[spe:]])
+  assert len(set(e0.tolist())) == spe * b and len(set(e1.tolist())) == spe * b
+  assert not np.array_equal(e0, e1)  # the second epoch is reshuffled
+
+
+def test_two_processes_get_disjoint_equal_shards():
+  c = digits_config(sampler="random")
+  n = len(sd.load_split(c, "train")["label"])
+  seen = []
+  for p in range(2):
+    it = sd.create_train_iterator(c, global_batch_size=32, seed=0, process_index=p,
+                                  process_count=2)
+    spe = (n // 2) // 16
+    seen.append(np.concatenate([next(it)["index"] for _ in range(spe)]))
+  assert len(seen[0]) == len(seen[1])
+  assert not set(seen[0].tolist()) & set(seen[1].tolist())
+  assert set(seen[0].tolist()) <= set(range(0, n, 2))
+
+
+@pytest.mark.parametrize("sampler,skip", [("pk", 5), ("random", 43), ("pairs", 45)])
+def test_orbax_resume_is_exact(tmp_path, sampler, skip):
+  # digits train has 1442 examples: 45 batches of 32 per epoch, so 43 -> 48 crosses an epoch.
+  c = digits_config(sampler=sampler)
+  ref = take(sd.create_train_iterator(c, global_batch_size=32, seed=7), skip + 5)
+  it = sd.create_train_iterator(c, global_batch_size=32, seed=7)
+  take(it, skip)
+  mngr = ocp.CheckpointManager(tmp_path / "ckpt")
+  mngr.save(skip, args=ocp.args.Composite(data_iter=grain.checkpoint.CheckpointSave(it)))
+  mngr.wait_until_finished()
+  fresh = sd.create_train_iterator(c, global_batch_size=32, seed=7)
+  restored = mngr.restore(skip, args=ocp.args.Composite(
+      data_iter=grain.checkpoint.CheckpointRestore(fresh)))["data_iter"]
+  for want, got in zip(ref[skip:], take(restored, 5)):
+    for k in want:
+      np.testing.assert_array_equal(want[k], got[k])
+  mngr.close()
+
+
+def test_fingerprint_detects_changes():
+  c = digits_config()
+  fp = sd.iterator_fingerprint(c, global_batch_size=32, seed=0, process_count=1)
+  sd.check_fingerprint(fp, dict(fp))
+  for change in (dict(seed=1), dict(process_count=2)):
+    other = sd.iterator_fingerprint(c, **{**dict(global_batch_size=32, seed=0, process_count=1),
+                                          **change})
+    with pytest.raises(ValueError, match=list(change)[0]):
+      sd.check_fingerprint(fp, other)
+  for field, value in (("sampler", "random"), ("worker_count", 2), ("name", "glyph_han")):
+    c2 = digits_config(**{field: value})
+    other = sd.iterator_fingerprint(c2, global_batch_size=32, seed=0, process_count=1)
+    with pytest.raises(ValueError, match=field):
+      sd.check_fingerprint(fp, other)
+
+
+def test_seed_changes_order():
+  c = digits_config(sampler="random")
+  a = next(sd.create_train_iterator(c, global_batch_size=16, seed=0))["index"]
+  b = next(sd.create_train_iterator(c, global_batch_size=16, seed=1))["index"]
+  assert not np.array_equal(a, b)
+
+
+def test_samples_per_class_and_augmentation_factor():
+  c = digits_config(samples_per_class=5, augmentation_factor=3, sampler="random")
+  batches = take(sd.create_train_iterator(c, global_batch_size=10, seed=0), 15)
+  idx = np.concatenate([b["index"] for b in batches])
+  labels = np.concatenate([b["label"] for b in batches])
+  # One epoch = 10 classes x 5 examples x 3 copies = 150 = 15 batches: each example thrice.
+  assert collections.Counter(collections.Counter(idx.tolist()).values()) == {3: 50}
+  assert collections.Counter(labels.tolist()) == {k: 15 for k in range(10)}
+
+
+@pytest.mark.parametrize("field,value,match", [
+    ("name", "no_such_set", "digits"),
+    ("sampler", "bogus", "pk"),
+    ("examples_per_class", 5, "examples_per_class"),
+])
+def test_bad_config_raises(field, value, match):
+  c = digits_config(**{field: value})
+  with pytest.raises(ValueError, match=match):
+    sd.create_train_iterator(c, global_batch_size=16, seed=0)
+
+
+def test_pk_needs_enough_classes():
+  c = digits_config(examples_per_class=1)
+  with pytest.raises(ValueError, match="P=16"):
+    next(sd.create_train_iterator(c, global_batch_size=16, seed=0))
+
+
+def test_candidate_pools_reference():
+  labels = np.array([0, 0, 1, 1, 2, 3])
+  pools = samplers.candidate_pools(labels, num_foils=3, seed=0)
+  assert pools.shape == (4, 5)  # classes 2 and 3 have a single example: no query
+  for row in pools:
+    q, true, foils = row[0], row[1], row[2:]
+    assert labels[true] == labels[q] and true != q
+    assert len(set(foils.tolist())) == 3 and all(labels[f] != labels[q] for f in foils)
