@@ -1,0 +1,62 @@
+"""Default `config.eval`: every field `sim_jax.eval` reads (nothing heavy imported here)."""
+
+import ml_collections
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """The evaluation sub-config; `configs/default.py` places it at `config.eval`."""
+  c = ml_collections.ConfigDict()
+  # Comma-separated protocols run by get_evaluators:
+  # retrieval, knn, pool, verification, fewshot, zeroshot.
+  c.protocols = "retrieval,knn"
+  # Distance used by every protocol: euclidean | cosine | dot (kl | reverse_kl | cross_entropy
+  # for classifier logits; retrieval only).
+  c.metric = "euclidean"
+  # Gallery rows scored at a time by the exact search (memory ~ query_block_size * block_size).
+  c.block_size = 8192
+  # Queries scored at a time by the exact search.
+  c.query_block_size = 2048
+
+  # Retrieval: queries come from query_split; gallery_split "" means the query split itself
+  # (each query excluded from its own ranking).
+  c.query_split = "test"
+  c.gallery_split = ""
+  # The k of recall@k and mrr@k.
+  c.ks = (1, 5)
+
+  # k-NN classification: neighbours are searched in knn_train_split for each query_split row.
+  c.knn_train_split = "train"
+  c.knn_k = 5
+
+  # Pool ranking (seed 003): the true match among 1 + pool_num_foils candidates, hit if in top.
+  c.pool_num_foils = 19
+  c.pool_top = 2
+  c.pool_seed = 0
+  # "labels": pools from query_split's labels; "pairs": row i of pool_left_split matches row i of
+  # pool_right_split.
+  c.pool_mode = "labels"
+  c.pool_left_split = "left"
+  c.pool_right_split = "right"
+
+  # Verification: balanced same/different pairs sampled from each split; the threshold is fit on
+  # verification_val_split (max accuracy) and applied to query_split.
+  c.verification_val_split = "validation"
+  c.verification_num_pairs = 2000
+  c.verification_seed = 0
+
+  # Few-shot: N-way K-shot episodes on query_split, prototype (class-mean) classification.
+  c.fewshot_n_way = 5
+  c.fewshot_k_shot = 1
+  c.fewshot_n_query = 5
+  c.fewshot_num_episodes = 200
+  c.fewshot_seed = 0
+
+  # Zero-shot: retrieval within zeroshot_split restricted to classes absent from
+  # zeroshot_train_split's labels (when that split is given).
+  c.zeroshot_split = "heldout"
+  c.zeroshot_train_split = "train"
+
+  # Metric that picks the best checkpoint, and whether larger (max) or smaller (min) is better.
+  c.best_metric = "retrieval/mrr@5"
+  c.best_mode = "max"
+  return c
