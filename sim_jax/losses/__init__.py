@@ -1,1 +1,51 @@
-"""sim_jax.losses (under construction)."""
+"""sim_jax.losses: pure, documented, jit/grad/vmap-safe similarity-learning losses.
+
+Dense forms live here; `block_size=...` dispatches the all-pairs losses to the streaming form
+(`sim_jax.losses.streaming`). Semantics where the literature disagrees: docs/losses.md.
+"""
+
+from sim_jax.losses.config import LOSS_NAMES, default_config
+from sim_jax.losses.diagnostics import diagnostics
+from sim_jax.losses.infonce import (
+  nt_xent,
+  nt_xent_pairs,
+  nt_xent_stats_dense,
+  supcon,
+  supcon_stats_dense,
+)
+from sim_jax.losses.pairwise import (
+  contrastive,
+  cosine_similarity_matrix,
+  l2_normalize,
+  learnable_margin_contrastive,
+  margin_from_raw,
+  pair_bce,
+  pairwise_distances,
+  raw_from_margin,
+)
+from sim_jax.losses.ranking import recall_at_k_surrogate, snr_contrastive, snr_distance_matrix
+from sim_jax.losses.triplet import triplet, triplet_stats_dense
+
+__all__ = [
+  "LOSS_NAMES",
+  "contrastive",
+  "cosine_similarity_matrix",
+  "default_config",
+  "diagnostics",
+  "l2_normalize",
+  "learnable_margin_contrastive",
+  "margin_from_raw",
+  "nt_xent",
+  "nt_xent_pairs",
+  "nt_xent_stats_dense",
+  "pair_bce",
+  "pairwise_distances",
+  "raw_from_margin",
+  "recall_at_k_surrogate",
+  "snr_contrastive",
+  "snr_distance_matrix",
+  "supcon",
+  "supcon_stats_dense",
+  "triplet",
+  "triplet_stats_dense",
+]

@@ -1,0 +1,189 @@
+"""Pair losses (contrastive, learnable-margin contrastive, pair BCE) and the distance helpers
+that every loss in sim_jax.losses shares.
+
+All functions are pure, accept bfloat16/float16/float32/float64 inputs and compute in
+`promote_types(dtype, float32)`, so low-precision activations never accumulate in low precision.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from sim_jax.losses import _checks
+
+DISTANCES = ("euclidean", "squared_euclidean", "cosine")
+PAIR_DISTANCES = ("euclidean", "cosine")
+
+# Norms below this are clamped, so a zero vector normalises to a finite (zero) vector.
+NORM_EPS = 1e-12
+# Squared distances at or below this are treated as exactly 0 by `safe_sqrt`: sqrt has an
+# infinite derivative at 0, and the gram-matrix form leaves ~1e-7 rounding residue there.
+SQ_DIST_EPS = 1e-12
+
+
+def l2_normalize(x: jax.Array, axis: int = -1) -> jax.Array:
+  """x / max(||x||, 1e-12) along `axis`, with a finite gradient at x = 0."""
+  sq = jnp.sum(jnp.square(x), axis=axis, keepdims=True)
+  # max() before sqrt: the derivative of sqrt at 0 is infinite, at NORM_EPS**2 it is not.
+  return x / jnp.sqrt(jnp.maximum(sq, NORM_EPS * NORM_EPS))
+
+
+def safe_sqrt(sq: jax.Array) -> jax.Array:
+  """sqrt(sq) for sq > 1e-12, else 0; the gradient is finite everywhere (0 below the cut)."""
+  positive = sq > SQ_DIST_EPS
+  return jnp.where(positive, jnp.sqrt(jnp.where(positive, sq, 1.0)), 0.0)
+
+
+def cosine_similarity_matrix(x: jax.Array) -> jax.Array:
+  """[N, D] -> [N, N] cosine similarities <z_i, z_j>, z = l2_normalize(x), in float32 or wider."""
+  z = l2_normalize(x.astype(_checks.compute_dtype(x.dtype)))
+  return z @ z.T
+
+
+def squared_euclidean_matrix(x: jax.Array) -> jax.Array:
+  """[N, D] -> [N, N] squared distances |x_i - x_j|^2 via the gram matrix (O(N^2) memory).
+
+  Clamped at 0 (rounding can make the gram form slightly negative) and exactly 0 on the diagonal.
+  """
+  x = x.astype(_checks.compute_dtype(x.dtype))
+  sq_norm = jnp.sum(jnp.square(x), axis=1)
+  sq = sq_norm[:, None] + sq_norm[None, :] - 2.0 * (x @ x.T)
+  sq = jnp.maximum(sq, 0.0)
+  return jnp.where(jnp.eye(x.shape[0], dtype=bool), 0.0, sq)
+
+
+def pairwise_distances(x: jax.Array, distance: str = "euclidean") -> jax.Array:
+  """[N, D] -> [N, N] distances: euclidean (safe sqrt), squared_euclidean, or 1 - cosine sim."""
+  _checks.check_choice(distance, "distance", DISTANCES)
+  if distance == "cosine":
+    return 1.0 - cosine_similarity_matrix(x)
+  sq = squared_euclidean_matrix(x)
+  return sq if distance == "squared_euclidean" else safe_sqrt(sq)
+
+
+def pair_distances(emb_a: jax.Array, emb_b: jax.Array, distance: str = "euclidean") -> jax.Array:
+  """Row-wise distance of two [B, D] arrays -> [B]: euclidean (safe sqrt) or 1 - cosine sim."""
+  _checks.check_choice(distance, "distance", PAIR_DISTANCES)
+  dtype = _checks.compute_dtype(jnp.result_type(emb_a, emb_b))
+  a, b = emb_a.astype(dtype), emb_b.astype(dtype)
+  if distance == "cosine":
+    return 1.0 - jnp.sum(l2_normalize(a) * l2_normalize(b), axis=1)
+  # Difference form (not the gram form): exact 0 for identical rows, no cancellation.
+  return safe_sqrt(jnp.sum(jnp.square(a - b), axis=1))
+
+
+def _check_pairs(emb_a, emb_b, same) -> None:
+  _checks.check_embeddings(emb_a, "emb_a")
+  _checks.check_embeddings(emb_b, "emb_b")
+  _checks.check_same_shape(emb_a, emb_b, "emb_a", "emb_b")
+  _checks.check_same(same, emb_a.shape[0])
+
+
+def contrastive(emb_a: jax.Array, emb_b: jax.Array, same: jax.Array, margin=1.0,
+                squared: bool = True, distance: str = "euclidean",
+                reduction: str = "mean") -> jax.Array:
+  """Contrastive loss of Hadsell, Chopra & LeCun (CVPR 2006), as seeds 000 and 002 use it.
+
+  With d_i = distance(emb_a[i], emb_b[i]) and y_i = same[i]:
+    squared=True  (Hadsell; seed 000 eq. 3.4.1):  l_i = y_i * 0.5 * d_i^2
+                                                       + (1 - y_i) * 0.5 * max(0, m - d_i)^2
+    squared=False (hinge; seed 004 eq. 3.4):     l_i = y_i * d_i + (1 - y_i) * max(0, m - d_i)
+
+  The hinge form equals pytorch-metric-learning's `ContrastiveLoss(pos_margin=0, neg_margin=m)`
+  per pair, but its default reducer (`AvgNonZeroReducer`) averages positive and negative pairs
+  separately over their *non-zero* terms and adds the two; here `reduction="mean"` is the plain
+  mean over all B pairs (zero terms included), as in Hadsell et al.
+
+  Args:
+    emb_a, emb_b: [B, D] embeddings of the two sides of each pair (any float dtype; computed in
+      float32 or wider).
+    same: [B] bool/int, 1 (True) where the pair shares a class.
+    margin: m > 0, Python float or scalar array (see `learnable_margin_contrastive`).
+    squared: the squared (Hadsell) or hinge form above.
+    distance: "euclidean" (|a - b|_2, safe sqrt: gradient 0 at d = 0) or "cosine" (1 - cos sim,
+      zero vectors normalise to 0 so their cosine distance is 1).
+    reduction: "mean" (over B), "sum", or "none" ([B]).
+
+  Edge cases: d = 0 on a negative pair gives 0.5 * m^2 (hinge: m); d >= m on a negative pair
+  gives 0; a batch without positives (or without negatives) just has no terms of that kind.
+
+  Returns:
+    A scalar (mean / sum) or [B] losses (none), float32 (float64 for float64 inputs).
+  """
+  _check_pairs(emb_a, emb_b, same)
+  _checks.check_choice(reduction, "reduction", _checks.REDUCTIONS)
+  _checks.check_scalar(margin, "margin")
+  _checks.check_positive(margin, "margin")
+  d = pair_distances(emb_a, emb_b, distance)
+  y = jnp.asarray(same).astype(bool)
+  margin = jnp.asarray(margin, d.dtype)
+  hinge = jax.nn.relu(margin - d)
+  if squared:
+    losses = jnp.where(y, 0.5 * jnp.square(d), 0.5 * jnp.square(hinge))
+  else:
+    losses = jnp.where(y, d, hinge)
+  return _checks.reduce_elements(losses, reduction)
+
+
+def margin_from_raw(raw: jax.Array) -> jax.Array:
+  """softplus(raw): the positive margin (or temperature) the trainer derives from its raw param."""
+  return jax.nn.softplus(raw)
+
+
+def raw_from_margin(margin) -> jax.Array:
+  """Inverse of `margin_from_raw`: log(expm1(m)), to initialise the raw parameter at margin m."""
+  _checks.check_positive(margin, "margin")
+  margin = jnp.asarray(margin, jnp.float32)
+  return margin + jnp.log(-jnp.expm1(-margin))  # log(expm1(m)) without overflow for large m
+
+
+def learnable_margin_contrastive(emb_a: jax.Array, emb_b: jax.Array, same: jax.Array,
+                                 margin: jax.Array, squared: bool = True,
+                                 distance: str = "euclidean",
+                                 reduction: str = "mean") -> jax.Array:
+  """Contrastive loss with a trainable margin (seed 000, section 3.4.4).
+
+    l_i = y_i * 0.5 * d_i^2 + (1 - y_i) * 0.5 * max(0, m - d_i)^2     (squared=True)
+
+  Identical to `contrastive`, except that `margin` is meant to be differentiated: the trainer
+  keeps an unconstrained scalar `raw` in `params["loss"]["margin"]`, passes
+  `margin = margin_from_raw(raw) = softplus(raw)` (always > 0) and logs that value;
+  `raw_from_margin(m0)` gives the initial raw value for margin m0. The gradient with respect to
+  m is -(1 - y_i) * max(0, m - d_i) per pair (squared form), so on its own the loss pushes the
+  margin towards 0; it is useful only together with the distance terms it shapes (seed 000
+  reports a higher pair accuracy than with a fixed margin).
+
+  Args:
+    emb_a, emb_b: [B, D]; same: [B] bool/int; margin: scalar array (> 0 when concrete);
+    squared / distance / reduction: as in `contrastive`.
+  """
+  return contrastive(emb_a, emb_b, same, margin=margin, squared=squared, distance=distance,
+                     reduction=reduction)
+
+
+def pair_bce(logits: jax.Array, same: jax.Array, reduction: str = "mean") -> jax.Array:
+  """Binary cross-entropy of a Siamese pair head that outputs one logit per pair (seeds 000, 002).
+
+    l_i = -[y_i log sigmoid(x_i) + (1 - y_i) log(1 - sigmoid(x_i))] = softplus(x_i) - y_i * x_i
+
+  computed in the softplus form, so it is finite for any finite logit (|x| = 1e4 included) and
+  matches `optax.sigmoid_binary_cross_entropy` / `torch.nn.BCEWithLogitsLoss`.
+
+  Args:
+    logits: [B] or [B, 1] logits (pair head output; larger = more similar).
+    same: [B] bool/int, 1 where the pair shares a class.
+    reduction: "mean" (over B), "sum", or "none" ([B]).
+  """
+  _checks.check_choice(reduction, "reduction", _checks.REDUCTIONS)
+  shape = jnp.shape(logits)
+  if len(shape) == 2 and shape[1] == 1:
+    logits = logits[:, 0]
+  elif len(shape) != 1:
+    raise ValueError(f"logits must have shape [B] or [B, 1], got shape {shape}.")
+  if not jnp.issubdtype(jnp.result_type(logits), jnp.floating):
+    raise ValueError(f"logits must be a floating-point array, got dtype {jnp.result_type(logits)}.")
+  _checks.check_same(same, logits.shape[0])
+  x = logits.astype(_checks.compute_dtype(logits.dtype))
+  y = jnp.asarray(same).astype(x.dtype)
+  return _checks.reduce_elements(jax.nn.softplus(x) - y * x, reduction)
