@@ -1,1 +1,100 @@
-"""sim_jax.models (under construction)."""
+"""sim_jax.models: pure Flax Linen encoders behind `get_model(config.model)`.
+
+`get_model(model_config).apply(variables, images [B, H, W, C] float32 in [0, 1], train=bool,
+rngs={"dropout": key}, mutable=["batch_stats"] when train)` -> `(embeddings [B, E], aux)`.
+See `sim_jax/models/encoder.py` for the exact head and `docs/models.md` for sizes and FLOPs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import flax.linen as nn
+
+from sim_jax.models import lenet, multiscale, resnet, vgg, vit
+from sim_jax.models.config import default_config
+from sim_jax.models.encoder import ATTENTIONS, POOLINGS, Encoder, parse_dtype
+from sim_jax.models.heads import PAIR_HEAD_MODES, PairHead, l2_normalize
+
+__all__ = ["MODEL_NAMES", "Encoder", "PairHead", "default_config", "get_model", "get_pair_head",
+           "l2_normalize"]
+
+
+def _resnet(name):
+  def build(cfg, dtype):
+    stages, block = resnet.STAGES[name]
+    width = cfg.width or (8 if "tiny" in name else 64)
+    return resnet.ResNet(stages, block, width, cfg.stem, dtype, cfg.remat)
+  return build
+
+
+def _vit(name):
+  def build(cfg, dtype):
+    hidden, depth, heads = vit.SIZES[name]
+    return vit.VisionTransformer(cfg.patch_size, hidden, depth, heads, 4, cfg.pooling or "cls",
+                                 cfg.dropout_rate, cfg.stochastic_depth, dtype, cfg.remat)
+  return build
+
+
+# name -> (builder(config, dtype) -> backbone, default pooling, default attention)
+_REGISTRY: dict[str, tuple[Callable[..., nn.Module], str, str]] = {
+    "lenet5": (lambda cfg, dtype: lenet.LeNet5(dtype), "avg", "none"),
+    "vgg16": (lambda cfg, dtype: vgg.VGG(cfg.width or 64, vgg.VGG16_CFG, dtype, cfg.remat),
+              "max", "before"),
+    "vgg_tiny": (lambda cfg, dtype: vgg.VGG(cfg.width or 8, vgg.VGG16_CFG, dtype, cfg.remat),
+                 "max", "before"),
+    "multiscale": (lambda cfg, dtype: multiscale.MultiScale(cfg.width or 32, 3, dtype, cfg.remat),
+                   "avg", "before"),
+    "multiscale_tiny": (lambda cfg, dtype: multiscale.MultiScale(cfg.width or 4, 3, dtype,
+                                                                 cfg.remat), "avg", "before"),
+    **{n: (_resnet(n), "avg", "none") for n in resnet.STAGES},
+    **{n: (_vit(n), "cls", "none") for n in vit.SIZES},
+}
+MODEL_NAMES = tuple(sorted(_REGISTRY))
+
+
+def _check(name: str, value, allowed) -> None:
+  if value not in allowed:
+    raise ValueError(f"model config {name} must be one of {tuple(allowed)}; got {value!r}")
+
+
+def get_model(model_config) -> Encoder:
+  """Builds the `Encoder` named by `model_config.name` (fields: `sim_jax.models.config`).
+
+  Raises a ValueError listing the valid names for an unknown name, and naming the field and value
+  for any other invalid setting.
+  """
+  cfg = model_config
+  if cfg.name not in _REGISTRY:
+    raise ValueError(f"unknown model name {cfg.name!r}; valid names: {', '.join(MODEL_NAMES)}")
+  build, default_pooling, default_attention = _REGISTRY[cfg.name]
+  dtype = parse_dtype(cfg.dtype)
+  pooling = cfg.pooling or default_pooling
+  attention = cfg.attention or default_attention
+  _check("pooling", pooling, POOLINGS)
+  _check("attention", attention, ATTENTIONS)
+  _check("stem", cfg.stem, resnet.STEMS)
+  _check("input_norm", cfg.input_norm, ("imagenet", "none"))
+  _check("pair_head", cfg.pair_head, PAIR_HEAD_MODES)
+  for field in ("embedding_dim", "projection_depth"):
+    if cfg[field] < 0:
+      raise ValueError(f"model config {field} must be >= 0; got {cfg[field]}")
+  for field in ("dropout_rate", "stochastic_depth"):
+    if not 0.0 <= cfg[field] < 1.0:
+      raise ValueError(f"model config {field} must be in [0, 1); got {cfg[field]}")
+  if cfg.width is not None and cfg.width <= 0:
+    raise ValueError(f"model config width must be positive; got {cfg.width}")
+  return Encoder(
+      backbone=build(cfg, dtype), embedding_dim=cfg.embedding_dim, normalize=cfg.normalize,
+      input_norm=cfg.input_norm, in_channels=cfg.in_channels, pooling=pooling,
+      attention=attention, attention_tokens=cfg.attention_tokens,
+      attention_heads=cfg.attention_heads, attention_reduction=cfg.attention_reduction,
+      dropout_rate=cfg.dropout_rate, projection_depth=cfg.projection_depth,
+      projection_hidden_dim=cfg.projection_hidden_dim, projection_dim=cfg.projection_dim,
+      dtype=dtype)
+
+
+def get_pair_head(model_config) -> PairHead:
+  """The Siamese `PairHead` (params under "pair_head" in the train state)."""
+  _check("pair_head", model_config.pair_head, PAIR_HEAD_MODES)
+  return PairHead(model_config.pair_head)

@@ -1,0 +1,60 @@
+"""The multi-scale encoder for small, feature-sparse images (seed 000, section 3.2).
+
+Seed 000 runs "multiple filter sizes (1x1, 3x3, 5x5) in parallel within the same layer"
+(Inception-style, Szegedy et al. 2015) so fine details (1x1, 3x3) and broader shapes (5x5) are
+captured at every depth of a shallow network. Layout (w = width, default 32):
+  stem: 3x3 conv w -> BN -> ReLU
+  stage s = 1..3: MultiScaleBlock(w * 2^(s-1)) = concat[branch_k for k in (1, 3, 5)],
+      branch_k = ReLU(BN(conv kxk, w * 2^(s-1) filters))  -> 3 w 2^(s-1) channels,
+    followed by a 2x2 max-pool after stages 1 and 2 (skipped on 1-pixel maps).
+Output [B, H/4, W/4, 12 w]. The seed's attention comparison ("none" / "before" / "after",
+Table 1) is the `Encoder`'s `attention` field: "before" gates this feature map with channel and
+spatial attention, "after" applies self-attention to the embedding.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from sim_jax.models.encoder import Conv, batch_norm, conv_padding, maybe_remat
+
+KERNELS = (1, 3, 5)
+
+
+class MultiScaleBlock(nn.Module):
+  """Parallel 1x1 / 3x3 / 5x5 conv-BN-ReLU branches, concatenated on channels."""
+  filters: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    outs = []
+    for k in KERNELS:
+      y = Conv(self.filters, (k, k), padding=conv_padding(k), dtype=self.dtype,
+               name=f"conv{k}x{k}")(x)
+      outs.append(nn.relu(batch_norm(train, self.dtype, f"bn{k}x{k}")(y)))
+    return jnp.concatenate(outs, axis=-1)
+
+
+class MultiScale(nn.Module):
+  """Stem + `stages` multi-scale blocks (widths w, 2w, 4w), max-pool between stages."""
+  width: int = 32
+  stages: int = 3
+  dtype: Any = jnp.float32
+  remat: bool = False
+  stem_path = ("stem_conv",)
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    x = Conv(self.width, (3, 3), padding=conv_padding(3), dtype=self.dtype, name="stem_conv")(x)
+    x = nn.relu(batch_norm(train, self.dtype, "stem_bn")(x))
+    block = maybe_remat(MultiScaleBlock, self.remat)
+    for s in range(self.stages):
+      x = block(self.width * 2**s, self.dtype, name=f"block{s + 1}")(x, train)
+      if s < self.stages - 1 and min(x.shape[1:3]) >= 2:
+        x = nn.max_pool(x, (2, 2), (2, 2))
+    return x

@@ -1,0 +1,132 @@
+"""Vision Transformer backbones ViT-Ti/S/B (Dosovitskiy et al. 2021), timm's layout.
+
+Names follow timm's `vit_*_patch16_224` (`patch_embed`, `cls_token`, `pos_embed`,
+`blocks_{i}` with `norm1`, `attn` {`qkv`, `proj`}, `norm2`, `mlp` {`fc1`, `fc2`}, `norm`) so
+`sim_jax.models.convert` maps timm state dicts one to one. Pre-norm blocks:
+  x = x + drop_path(proj(attn(LN1(x))));  x = x + drop_path(fc2(gelu(fc1(LN2(x)))))
+with LayerNorm eps 1e-6, exact (erf) GELU, fused qkv projection, learned position embeddings for
+(H/p)(W/p) + 1 tokens (so the image size fixes the params' shape; H and W must be multiples of
+the patch size p). Output: pooling="cls" -> LN(x)[:, 0]; pooling="mean" -> mean of the patch
+tokens of LN(x). Shape [B, hidden]. Drop-path rate grows linearly from 0 to `stochastic_depth`
+over the blocks (DeiT); it and dropout are active only with train=True and need a "dropout" rng.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from sim_jax.models.encoder import maybe_remat
+
+LN_EPS = 1e-6
+
+
+def drop_path(x: jax.Array, rate: float, rng: jax.Array) -> jax.Array:
+  """Stochastic depth: zero a whole sample's residual branch with prob `rate`, scale by 1/keep."""
+  keep = 1.0 - rate
+  mask = jax.random.bernoulli(rng, keep, (x.shape[0],) + (1,) * (x.ndim - 1))
+  return jnp.where(mask, x / keep, jnp.zeros_like(x))
+
+
+class Attention(nn.Module):
+  """Multi-head self-attention with timm's fused qkv: [B, N, D] -> [B, N, D]."""
+  heads: int
+  dropout_rate: float = 0.0
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    b, n, d = x.shape
+    qkv = nn.Dense(3 * d, dtype=self.dtype, name="qkv")(x)
+    # timm: reshape(B, N, 3, heads, D/heads) then permute: q, k, v are contiguous blocks of D.
+    q, k, v = jnp.moveaxis(qkv.reshape(b, n, 3, self.heads, d // self.heads), 2, 0)
+    scores = jnp.einsum("bqhd,bkhd->bhqk", q, k) / jnp.sqrt(d // self.heads).astype(self.dtype)
+    weights = jax.nn.softmax(scores.astype(jnp.float32), axis=-1).astype(self.dtype)
+    out = jnp.einsum("bhqk,bkhd->bqhd", weights, v).reshape(b, n, d)
+    out = nn.Dense(d, dtype=self.dtype, name="proj")(out)
+    return nn.Dropout(self.dropout_rate, deterministic=not train)(out)
+
+
+class Mlp(nn.Module):
+  hidden: int
+  dropout_rate: float = 0.0
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    d = x.shape[-1]
+    x = nn.gelu(nn.Dense(self.hidden, dtype=self.dtype, name="fc1")(x), approximate=False)
+    x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+    x = nn.Dense(d, dtype=self.dtype, name="fc2")(x)
+    return nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+
+
+class Block(nn.Module):
+  """Pre-norm transformer block with stochastic depth."""
+  heads: int
+  mlp_dim: int
+  dropout_rate: float = 0.0
+  drop_path_rate: float = 0.0
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    def residual(y):
+      if train and self.drop_path_rate > 0:
+        return drop_path(y, self.drop_path_rate, self.make_rng("dropout"))
+      return y
+    y = nn.LayerNorm(LN_EPS, dtype=self.dtype, name="norm1")(x)
+    x = x + residual(Attention(self.heads, self.dropout_rate, self.dtype, name="attn")(y, train))
+    y = nn.LayerNorm(LN_EPS, dtype=self.dtype, name="norm2")(x)
+    return x + residual(Mlp(self.mlp_dim, self.dropout_rate, self.dtype, name="mlp")(y, train))
+
+
+class VisionTransformer(nn.Module):
+  """Patch embedding + class token + position embedding + `depth` blocks + final LayerNorm."""
+  patch_size: int = 16
+  hidden: int = 768
+  depth: int = 12
+  heads: int = 12
+  mlp_ratio: int = 4
+  pooling: str = "cls"
+  dropout_rate: float = 0.0
+  stochastic_depth: float = 0.0
+  dtype: Any = jnp.float32
+  remat: bool = False
+  stem_path = ("patch_embed",)
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    b, h, w, _ = x.shape
+    p = self.patch_size
+    if h % p or w % p:
+      raise ValueError(f"ViT image size must be a multiple of patch_size={p}; got images of "
+                       f"shape {x.shape}")
+    if self.pooling not in ("cls", "mean"):
+      raise ValueError(f"ViT pooling must be 'cls' or 'mean'; got {self.pooling!r}")
+    x = nn.Conv(self.hidden, (p, p), (p, p), padding="VALID", dtype=self.dtype,
+                name="patch_embed")(x)
+    x = x.reshape(b, -1, self.hidden)
+    cls = self.param("cls_token", nn.initializers.zeros, (1, 1, self.hidden))
+    x = jnp.concatenate([jnp.broadcast_to(cls, (b, 1, self.hidden)).astype(x.dtype), x], axis=1)
+    pos = self.param("pos_embed", nn.initializers.normal(0.02), (1, x.shape[1], self.hidden))
+    x = nn.Dropout(self.dropout_rate, deterministic=not train)(x + pos.astype(x.dtype))
+    block = maybe_remat(Block, self.remat)
+    for i in range(self.depth):
+      rate = self.stochastic_depth * i / max(self.depth - 1, 1)
+      x = block(self.heads, self.hidden * self.mlp_ratio, self.dropout_rate, rate, self.dtype,
+                name=f"blocks_{i}")(x, train)
+    x = nn.LayerNorm(LN_EPS, dtype=self.dtype, name="norm")(x)
+    return x[:, 0] if self.pooling == "cls" else jnp.mean(x[:, 1:], axis=1)
+
+
+# name -> (hidden, depth, heads); the test-sized variant keeps the layout at toy width.
+SIZES = {
+    "vit_ti": (192, 12, 3),
+    "vit_s": (384, 12, 6),
+    "vit_b": (768, 12, 12),
+    "vit_tiny": (32, 2, 2),
+}
