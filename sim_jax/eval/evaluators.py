@@ -192,7 +192,8 @@ class ZeroShotEvaluator:
 
   def __call__(self, embeddings, labels):
     e = _get(embeddings, self.split, "embeddings")
-    y = retrieval.check_labels(_get(labels, self.split, "labels"), len(e), f"labels[{self.split!r}]")
+    y = retrieval.check_labels(_get(labels, self.split, "labels"), len(e),
+                               f"labels[{self.split!r}]")
     keep = np.ones(len(y), bool)
     if self.train_split and self.train_split in labels:
       keep = ~np.isin(y, np.asarray(labels[self.train_split]))
