@@ -40,7 +40,11 @@ def parse_dtype(name: str) -> Any:
 
 
 def batch_norm(train: bool, dtype: Any, name: str, **kw) -> nn.BatchNorm:
-  """PyTorch-equivalent BatchNorm (momentum 0.1 there = 0.9 here, eps 1e-5), axis_name=None."""
+  """BatchNorm as torch.nn.BatchNorm2d (momentum 0.1 there = 0.9 here, eps 1e-5), axis_name=None.
+
+  One difference: the running variance is updated with the biased batch variance (flax), torch
+  uses the unbiased one; evaluation with given statistics is identical.
+  """
   return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype,
                       axis_name=None, name=name, **kw)
 
