@@ -111,6 +111,9 @@ def retrieval_metrics(query_emb, query_labels, gallery_emb=None, gallery_labels=
     {"precision@1", "r_precision", "map@r", "recall@k", "mrr@k" for k in ks, "num_queries",
      "num_excluded_queries"}; metrics are NaN if every query is excluded.
   """
+  if metric != "dot" and metric not in dist_lib.DISTANCES:
+    raise ValueError(f"metric must be 'dot' or a distance in {dist_lib.DISTANCES}, got "
+                     f"{metric!r}.")
   same_set = gallery_emb is None
   if same_set != (gallery_labels is None):
     raise ValueError("pass gallery_emb and gallery_labels together (or neither, for the query "
