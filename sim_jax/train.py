@@ -1,0 +1,869 @@
+"""Training and evaluation loop: train state, pure train/eval steps, `train_and_evaluate`.
+
+Design (after flax/examples and big_vision):
+- One `jax.jit` over a 1-D `data` mesh of every device of every process; batches are global
+  `jax.Array`s assembled from process-local grain batches; parameters are replicated; the state is
+  donated. XLA inserts the collectives, so batch-norm statistics and all-pairs losses (negatives)
+  use the global batch.
+- Steps are pure `(state, batch) -> (state, metrics)` with their dependencies bound by
+  `functools.partial`; per-step randomness is `fold_in(state.rng, state.step)`, so a resumed run
+  draws the same numbers as an uninterrupted one.
+- Parameters that belong to the objective (a learnable margin) live in `params["loss"]` and are
+  optimised and checkpointed with the encoder.
+- A non-finite loss or gradient never reaches the parameters: the update is skipped and counted
+  in the state. Past `config.train.max_nonfinite_skips` every later update is frozen and the host
+  halts the run at its next check with the first bad step, without writing a checkpoint.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import signal
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+from clu import metric_writers, metrics, periodic_actions
+
+from sim_jax import checkpointing, sharding
+
+PAIR_LOSSES = ("contrastive", "learnable_margin_contrastive", "pair_bce", "snr_contrastive")
+LABEL_LOSSES = ("nt_xent", "supcon", "triplet", "recall_at_k_surrogate")
+SAMPLERS = ("pk", "random", "views", "pairs", "triplets")
+# Sections whose change makes a checkpoint mean something else; `train.*` cadence fields, run
+# length and `eval.*` may change between a run and its resume.
+IMMUTABLE_KEYS = ("seed", "model", "data", "loss", "optimizer", "train.batch_size",
+                  "train.grad_accum_chunks", "train.view_labels", "train.max_nonfinite_skips")
+
+
+class NonFiniteError(RuntimeError):
+  """The loss or a gradient became NaN/Inf more often than the config allows."""
+
+
+class ConfigMismatchError(ValueError):
+  """A resumed run's config differs from the checkpoint's in a field that must not change."""
+
+
+class Preempted(Exception):
+  """Raised internally to stop after the preemption checkpoint was written."""
+
+
+# ----------------------------------------------------------------------------- state and optimizer
+
+
+class TrainState(flax.struct.PyTreeNode):
+  step: jax.Array  # int32: number of updates taken.
+  params: Any  # {"encoder": ..., "loss": {...}?, "pair_head": ...?}
+  batch_stats: Any  # batch-norm statistics of the encoder ({} when it has none).
+  opt_state: Any
+  rng: jax.Array  # uint32[2] base key; step keys are fold_in(rng, step).
+  nonfinite_skips: jax.Array  # int32: updates skipped because of a NaN/Inf.
+  first_nonfinite_step: jax.Array  # int32: step of the first NaN/Inf, -1 if none.
+
+
+def make_schedule(opt: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:
+  """Linear warmup from 0, then constant or cosine decay to `end_lr_fraction * learning_rate`."""
+  peak, warmup = opt.learning_rate, min(opt.warmup_steps, max(total_steps - 1, 0))
+  if opt.schedule == "constant":
+    return optax.join_schedules(
+        [optax.linear_schedule(0.0, peak, max(warmup, 1)), optax.constant_schedule(peak)],
+        [warmup]) if warmup else optax.constant_schedule(peak)
+  if opt.schedule == "cosine":
+    return optax.warmup_cosine_decay_schedule(
+        init_value=0.0 if warmup else peak, peak_value=peak, warmup_steps=warmup,
+        decay_steps=max(total_steps, warmup + 1), end_value=peak * opt.end_lr_fraction)
+  raise ValueError(f"config.optimizer.schedule must be 'constant' or 'cosine', "
+                   f"got {opt.schedule!r}")
+
+
+def _decay_mask(params):
+  # Weight decay on kernels only: biases, norms' scales and the loss's own scalars are left alone.
+  return jax.tree.map(lambda p: p.ndim > 1, params)
+
+
+def make_optimizer(opt: ml_collections.ConfigDict, total_steps: int):
+  """The optax transformation for `config.optimizer` and its learning-rate schedule."""
+  schedule = make_schedule(opt, total_steps)
+  if opt.name == "adam":
+    tx = optax.adam(schedule, b1=opt.b1, b2=opt.b2)
+  elif opt.name == "adamw":
+    tx = optax.adamw(schedule, b1=opt.b1, b2=opt.b2, weight_decay=opt.weight_decay,
+                     mask=_decay_mask)
+  elif opt.name == "sgd":
+    tx = optax.chain(optax.add_decayed_weights(opt.weight_decay, mask=_decay_mask),
+                     optax.sgd(schedule, momentum=opt.momentum or None, nesterov=opt.nesterov))
+  elif opt.name == "lars":  # SimCLR's large-batch optimizer.
+    tx = optax.lars(schedule, weight_decay=opt.weight_decay, weight_decay_mask=_decay_mask,
+                    trust_coefficient=opt.lars_trust_coefficient, momentum=opt.momentum,
+                    nesterov=opt.nesterov, trust_ratio_mask=_decay_mask)
+  else:
+    raise ValueError(f"config.optimizer.name must be one of adam, adamw, sgd, lars; "
+                     f"got {opt.name!r}")
+  if opt.grad_clip_norm > 0:
+    tx = optax.chain(optax.clip_by_global_norm(opt.grad_clip_norm), tx)
+  return tx, schedule
+
+
+def _softplus_inverse(x: float) -> float:
+  return float(np.log(np.expm1(x)))
+
+
+def init_loss_params(loss_cfg: ml_collections.ConfigDict) -> dict:
+  """Trainable parameters of the objective (kept positive through softplus)."""
+  out = {}
+  if loss_cfg.name == "learnable_margin_contrastive" or loss_cfg.learnable_margin:
+    out["margin_raw"] = jnp.asarray(_softplus_inverse(loss_cfg.margin), jnp.float32)
+  if loss_cfg.learnable_temperature:
+    out["temperature_raw"] = jnp.asarray(_softplus_inverse(loss_cfg.temperature), jnp.float32)
+  return out
+
+
+def create_model(config: ml_collections.ConfigDict):
+  from sim_jax import models
+  return models.get_model(config.model)
+
+
+def create_pair_head(config: ml_collections.ConfigDict):
+  from sim_jax import models
+  return models.get_pair_head(config.model)
+
+
+def init_variables(config, model, pair_head, rng, image_shape) -> tuple[dict, dict]:
+  """Initial `(params, batch_stats)` for the encoder, the pair head and the objective."""
+  k_model, k_drop, k_head = jax.random.split(rng, 3)
+  dummy = jnp.zeros((2, *image_shape), jnp.float32)
+  variables = model.init({"params": k_model, "dropout": k_drop}, dummy, train=False)
+  params = {"encoder": variables["params"]}
+  loss_params = init_loss_params(config.loss)
+  if loss_params:
+    params["loss"] = loss_params
+  if pair_head is not None:
+    emb, _ = model.apply(variables, dummy, train=False)
+    params["pair_head"] = pair_head.init(k_head, emb, emb)["params"]
+  return params, variables.get("batch_stats", {})
+
+
+def create_train_state(config, model, pair_head, tx, rng, image_shape) -> TrainState:
+  init_rng, state_rng = jax.random.split(rng)
+  params, batch_stats = init_variables(config, model, pair_head, init_rng, image_shape)
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
+                    opt_state=tx.init(params), rng=state_rng,
+                    nonfinite_skips=jnp.zeros((), jnp.int32),
+                    first_nonfinite_step=jnp.full((), -1, jnp.int32))
+
+
+# ------------------------------------------------------------------------------------- objectives
+
+
+def to_float_images(images: jax.Array) -> jax.Array:
+  """uint8 [0, 255] on the wire -> float32 [0, 1] on device."""
+  if images.dtype == jnp.uint8:
+    return images.astype(jnp.float32) / 255.0
+  return images.astype(jnp.float32)
+
+
+def forward(model, params, batch_stats, images, *, train: bool, rng=None):
+  """Encoder forward; returns `(embeddings, aux, new_batch_stats)`."""
+  variables = {"params": params["encoder"]}
+  if batch_stats:
+    variables["batch_stats"] = batch_stats
+  if train:
+    (emb, aux), updates = model.apply(variables, images, train=True, rngs={"dropout": rng},
+                                      mutable=["batch_stats"])
+    return emb, aux, updates.get("batch_stats", batch_stats)
+  emb, aux = model.apply(variables, images, train=False)
+  return emb, aux, batch_stats
+
+
+def loss_margin(loss_cfg, params) -> jax.Array | float:
+  if "loss" in params and "margin_raw" in params["loss"]:
+    return jax.nn.softplus(params["loss"]["margin_raw"])
+  return loss_cfg.margin
+
+
+def loss_temperature(loss_cfg, params) -> jax.Array | float:
+  if "loss" in params and "temperature_raw" in params["loss"]:
+    return jax.nn.softplus(params["loss"]["temperature_raw"])
+  return loss_cfg.temperature
+
+
+def label_objective(loss_cfg, z, labels, *, params, mesh):
+  """Losses over a batch of embeddings with class labels (all pairs / triplets mined)."""
+  from sim_jax import losses
+  block = loss_cfg.block_size or None
+  name = loss_cfg.name
+  if name == "nt_xent":
+    return losses.nt_xent(z, labels, temperature=loss_temperature(loss_cfg, params),
+                          block_size=block,
+                          mesh=mesh if block else None)
+  if name == "supcon":
+    return losses.supcon(z, labels, temperature=loss_temperature(loss_cfg, params),
+                         block_size=block,
+                         mesh=mesh if block else None)
+  if name == "triplet":
+    return losses.triplet(z, labels, margin=loss_margin(loss_cfg, params),
+                          mining=loss_cfg.mining, distance=loss_cfg.distance, soft=loss_cfg.soft,
+                          block_size=block, mesh=mesh if block else None)
+  if name == "recall_at_k_surrogate":
+    return losses.recall_at_k_surrogate(z, labels)
+  raise ValueError(f"config.loss.name={name!r} needs class labels; use one of {LABEL_LOSSES}")
+
+
+def pair_objective(loss_cfg, za, zb, same, *, params, pair_head):
+  """Losses over explicit (a, b, same) pairs (seeds 000, 002)."""
+  from sim_jax import losses
+  name = loss_cfg.name
+  if name in ("contrastive", "learnable_margin_contrastive"):
+    return losses.contrastive(za, zb, same, margin=loss_margin(loss_cfg, params),
+                              squared=loss_cfg.squared, distance=loss_cfg.distance
+                              if loss_cfg.distance in ("euclidean", "cosine") else "euclidean")
+  if name == "pair_bce":
+    logits = pair_head.apply({"params": params["pair_head"]}, za, zb)
+    return losses.pair_bce(logits, same)
+  if name == "snr_contrastive":
+    return losses.snr_contrastive(za, zb, same, margin=loss_margin(loss_cfg, params))
+  raise ValueError(f"config.loss.name={name!r} needs pairs; use one of {PAIR_LOSSES}")
+
+
+def compute_loss(params, batch_stats, batch, rng, *, config, model, pair_head, augment_fn,
+                 mesh, train: bool = True):
+  """Loss of one global batch, with the auxiliary outputs the metrics need.
+
+  Returns `(loss, (new_batch_stats, z, labels))` where `z` are the vectors the loss saw.
+  """
+  sampler = config.data.sampler
+  k_aug1, k_aug2, k_drop = jax.random.split(rng, 3)
+  if sampler in ("pairs", "triplets"):
+    images = batch["image"]
+    b, m = images.shape[:2]
+    x = to_float_images(images.reshape(b * m, *images.shape[2:]))
+    x = augment_fn(k_aug1, x) if train else x
+    labels = batch["label"].reshape(b * m)
+  elif sampler == "views":
+    x = to_float_images(batch["image"])
+    x = jnp.concatenate([augment_fn(k_aug1, x), augment_fn(k_aug2, x)]) if train else \
+        jnp.concatenate([x, x])
+    base = batch["index"] if config.train.view_labels == "index" else batch["label"]
+    labels = jnp.concatenate([base, base])
+  else:
+    x = to_float_images(batch["image"])
+    x = augment_fn(k_aug1, x) if train else x
+    labels = batch["label"]
+  emb, aux, new_bs = forward(model, params, batch_stats, x, train=train, rng=k_drop)
+  z = aux.get("projection", emb) if isinstance(aux, Mapping) else emb
+  if sampler == "pairs":
+    z2 = z.reshape(b, 2, z.shape[-1])
+    loss = pair_objective(config.loss, z2[:, 0], z2[:, 1], batch["same"], params=params,
+                          pair_head=pair_head)
+  else:
+    loss = label_objective(config.loss, z, labels, params=params, mesh=mesh)
+  return loss, (new_bs, z, labels)
+
+
+def make_augment_fn(aug_cfg):
+  if aug_cfg.name == "none":
+    return lambda key, images: images  # Nothing to trace or import.
+  from sim_jax.data import augment
+  return augment.make_augment_fn(aug_cfg)
+
+
+# ------------------------------------------------------------------------------------------ steps
+
+
+# Built with `create` rather than a class body: this module uses postponed annotations, which
+# CLU's dataclass-based collections cannot read.
+TrainMetrics = metrics.Collection.create(
+    loss=metrics.Average.from_output("loss"),
+    grad_norm=metrics.Average.from_output("grad_norm"),
+    learning_rate=metrics.LastValue.from_output("learning_rate"),
+    margin=metrics.LastValue.from_output("margin"),
+    nonfinite_skips=metrics.LastValue.from_output("nonfinite_skips"),
+    first_nonfinite_step=metrics.LastValue.from_output("first_nonfinite_step"))
+
+
+def _tree_where(pred, new, old):
+  return jax.tree.map(lambda a, b: jnp.where(pred, a, b), new, old)
+
+
+def train_step(state: TrainState, batch, *, config, model, pair_head, tx, schedule,
+               augment_fn, mesh, diagnostics_fn: Callable | None = None):
+  """One update: `(state, global batch) -> (state, metrics)`. Pure; jit it with donation."""
+  rng = jax.random.fold_in(state.rng, state.step)
+  loss_fn = functools.partial(compute_loss, config=config, model=model, pair_head=pair_head,
+                              augment_fn=augment_fn, mesh=mesh, train=True)
+  (loss, (new_bs, z, labels)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+      state.params, state.batch_stats, batch, rng)
+  updates, new_opt_state = tx.update(grads, state.opt_state, state.params)
+  new_params = optax.apply_updates(state.params, updates)
+
+  grad_norm = optax.global_norm(grads)
+  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+  skips = state.nonfinite_skips + (~finite).astype(jnp.int32)
+  # Once the allowance is spent, every later update is frozen too, so the state the host sees
+  # when it halts is the last finite one.
+  apply = finite & (skips <= config.train.max_nonfinite_skips)
+  first_bad = jnp.where((~finite) & (state.first_nonfinite_step < 0), state.step,
+                        state.first_nonfinite_step)
+  new_state = state.replace(
+      step=state.step + 1,
+      params=_tree_where(apply, new_params, state.params),
+      batch_stats=_tree_where(apply, new_bs, state.batch_stats),
+      opt_state=_tree_where(apply, new_opt_state, state.opt_state),
+      nonfinite_skips=skips, first_nonfinite_step=first_bad)
+  out = dict(loss=loss, grad_norm=grad_norm, learning_rate=schedule(state.step),
+             margin=jnp.asarray(loss_margin(config.loss, state.params), jnp.float32),
+             nonfinite_skips=skips, first_nonfinite_step=first_bad)
+  step_metrics = TrainMetrics.single_from_model_output(**out)
+  extra = {}
+  if diagnostics_fn is not None:
+    extra = diagnostics_fn(jax.lax.stop_gradient(z), labels)
+  return new_state, step_metrics, extra
+
+
+def embed_step(params, batch_stats, images, *, model):
+  """Eval-mode embeddings of a uint8 or float image batch."""
+  emb, _, _ = forward(model, params, batch_stats, to_float_images(images), train=False)
+  return emb
+
+
+# ------------------------------------------------------------------------------ config handling
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+  """Checks the values that a typo would otherwise turn into a late, confusing failure.
+
+  Unknown keys and wrong types are already refused by the locked ConfigDict when the overrides
+  are parsed; this checks combinations, before anything is compiled.
+  """
+  c = config
+  if c.data.sampler not in SAMPLERS:
+    raise ValueError(f"config.data.sampler={c.data.sampler!r}; expected one of {SAMPLERS}")
+  known = PAIR_LOSSES + LABEL_LOSSES
+  if c.loss.name not in known:
+    raise ValueError(f"config.loss.name={c.loss.name!r}; expected one of {known}")
+  if c.loss.name in PAIR_LOSSES and c.data.sampler != "pairs":
+    raise ValueError(f"config.loss.name={c.loss.name!r} trains on pairs: set "
+                     f"config.data.sampler='pairs' (got {c.data.sampler!r})")
+  if c.loss.name in LABEL_LOSSES and c.data.sampler == "pairs":
+    raise ValueError(f"config.loss.name={c.loss.name!r} needs labelled batches, not pairs: set "
+                     f"config.data.sampler to one of pk, random, views, triplets")
+  if c.train.steps <= 0:
+    raise ValueError(f"config.train.steps must be positive, got {c.train.steps}")
+  if c.train.batch_size <= 0:
+    raise ValueError(f"config.train.batch_size must be positive, got {c.train.batch_size}")
+  for key in ("log_every", "eval_every", "checkpoint_every"):
+    if c.train[key] < 0:
+      raise ValueError(f"config.train.{key} must be >= 0 (0 = only at the end), got "
+                       f"{c.train[key]}")
+  if c.train.view_labels not in ("index", "class"):
+    raise ValueError(f"config.train.view_labels must be 'index' or 'class', got "
+                     f"{c.train.view_labels!r}")
+
+
+def _flatten(d: Mapping, prefix: str = "") -> dict[str, Any]:
+  out = {}
+  for k, v in d.items():
+    key = f"{prefix}{k}"
+    if isinstance(v, Mapping):
+      out.update(_flatten(v, key + "."))
+    else:
+      out[key] = list(v) if isinstance(v, tuple) else v
+  return out
+
+
+def config_diff(saved: Mapping, current: Mapping) -> list[str]:
+  """Readable lines for every immutable field that differs between two config dicts."""
+  a, b = _flatten(saved), _flatten(json.loads(json.dumps(dict(current), default=list)))
+  lines = []
+  for key in sorted(set(a) | set(b)):
+    if not any(key == p or key.startswith(p + ".") for p in IMMUTABLE_KEYS):
+      continue
+    if a.get(key, "<absent>") != b.get(key, "<absent>"):
+      lines.append(f"  {key}: checkpoint {a.get(key, '<absent>')!r} != now "
+                   f"{b.get(key, '<absent>')!r}")
+  return lines
+
+
+def config_to_dict(config: ml_collections.ConfigDict) -> dict:
+  return json.loads(config.to_json_best_effort())
+
+
+def save_config(config, workdir: str) -> None:
+  if jax.process_index() == 0:
+    os.makedirs(workdir, exist_ok=True)
+    tmp = os.path.join(workdir, "config.json.tmp")
+    with open(tmp, "w") as f:
+      json.dump(config_to_dict(config), f, indent=2, sort_keys=True)
+    os.replace(tmp, os.path.join(workdir, "config.json"))
+
+
+def check_resume_compatible(config, workdir: str) -> None:
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    saved = json.load(f)
+  diff = config_diff(saved, config_to_dict(config))
+  if diff:
+    raise ConfigMismatchError(
+        f"Refusing to resume from {workdir}: the config differs from the one the checkpoint was "
+        f"written with in fields that change what the checkpoint means:\n" + "\n".join(diff) +
+        "\nUse a new --workdir for a new experiment (run length, logging and eval cadence may "
+        "change on resume).")
+
+
+# ----------------------------------------------------------------------------------- preemption
+
+
+class PreemptionWatcher:
+  """SIGTERM -> save at the next step boundary and exit 0.
+
+  With several processes, JAX's preemption sync manager (started by `jax.distributed`) catches
+  the signal and `reached_preemption_sync_point` makes every process agree on the same step;
+  with one process we install our own handler, since Orbax/JAX only catch SIGTERM after
+  `jax.distributed.initialize` (shared/reference/RELIABILITY.md).
+  """
+
+  def __init__(self):
+    self._requested = False
+    self._multi = jax.process_count() > 1
+    self._previous = None
+    if not self._multi:
+      self._previous = signal.signal(signal.SIGTERM, self._handler)
+
+  def _handler(self, signum, frame):
+    del frame
+    logging.warning("Received signal %d: will checkpoint at the next step boundary and exit.",
+                    signum)
+    self._requested = True
+
+  def should_stop(self, step: int) -> bool:
+    if self._multi:
+      from jax.experimental import multihost_utils
+      return bool(multihost_utils.reached_preemption_sync_point(step))
+    return self._requested
+
+  def close(self):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+# ----------------------------------------------------------------------------------- evaluation
+
+
+def embed_arrays(embed_fn, images: np.ndarray, global_batch: int, mesh) -> np.ndarray:
+  """Embeds `images` (the same array on every process) in fixed-shape global batches."""
+  n = len(images)
+  if n == 0:
+    raise ValueError("Cannot embed an empty split.")
+  pc, pi = jax.process_count(), jax.process_index()
+  local = global_batch // pc
+  out = []
+  for start in range(0, n, global_batch):
+    chunk = images[start:start + global_batch]
+    valid = len(chunk)
+    if valid < global_batch:  # Pad so every call has the compiled shape.
+      chunk = np.concatenate([chunk, np.repeat(chunk[-1:], global_batch - valid, axis=0)])
+    local_chunk = chunk[pi * local:(pi + 1) * local]
+    emb = embed_fn(sharding.host_to_global(local_chunk, mesh))
+    out.append(sharding.fetch(emb)[:valid])
+  return np.concatenate(out).astype(np.float32)
+
+
+def load_eval_data(config) -> dict[str, dict[str, np.ndarray]]:
+  from sim_jax import data
+  splits = {}
+  for split in config.data.eval_splits:
+    arrays = data.load_split(config.data, split)
+    if len(arrays["label"]) == 0:
+      raise ValueError(f"Eval split {split!r} of dataset {config.data.name!r} is empty; check "
+                       f"config.data.eval_splits and the dataset's split sizes.")
+    splits[split] = arrays
+  return splits
+
+
+def run_evaluators(evaluators, embeddings: dict, labels: dict) -> dict[str, float]:
+  results = {}
+  for ev in evaluators:
+    results.update({k: float(v) for k, v in ev(embeddings, labels).items()})
+  return results
+
+
+def chance_levels(evaluators, embeddings: dict, labels: dict, seed: int = 0) -> dict[str, float]:
+  """Each metric on random Gaussian embeddings: the baseline a trained model must beat."""
+  rng = np.random.default_rng(seed)
+  rand = {k: rng.standard_normal(v.shape).astype(np.float32) for k, v in embeddings.items()}
+  return run_evaluators(evaluators, rand, labels)
+
+
+# --------------------------------------------------------------------------------------- driver
+
+
+class Trainer:
+  """Holds what `train_and_evaluate` and the evaluate / embed / search modes share."""
+
+  def __init__(self, config: ml_collections.ConfigDict, workdir: str):
+    from sim_jax import data
+    validate_config(config)
+    self.config, self.workdir = config, workdir
+    self.mesh = sharding.create_mesh()
+    self.local_batch = sharding.check_global_batch(config.train.batch_size, self.mesh)
+    self.info = data.get_info(config.data)
+    self.image_shape = tuple(self.info.image_shape)
+    self.model = create_model(config)
+    self.pair_head = create_pair_head(config) if config.loss.name == "pair_bce" else None
+    self.tx, self.schedule = make_optimizer(config.optimizer, config.train.steps)
+    self.augment_fn = make_augment_fn(config.data.augment)
+    self.replicated = sharding.replicated(self.mesh)
+
+    init = functools.partial(create_train_state, config, self.model, self.pair_head, self.tx,
+                             image_shape=self.image_shape)
+    self._init = jax.jit(init, out_shardings=self.replicated)
+    self.abstract_state = jax.eval_shape(init, jax.random.PRNGKey(0))
+    self.abstract_state = jax.tree.map(
+        lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=self.replicated),
+        self.abstract_state)
+    self._embed = jax.jit(functools.partial(embed_step, model=self.model),
+                          out_shardings=self.replicated)
+
+  # -- state
+  def init_state(self) -> TrainState:
+    state = self._init(jax.random.PRNGKey(self.config.seed))
+    if self.config.model.init_from:
+      state = self._load_pretrained(state)
+    return state
+
+  def _load_pretrained(self, state: TrainState) -> TrainState:
+    from sim_jax.models import transfer
+    source = checkpointing.load_variables(self.config.model.init_from)
+    target = {"params": jax.tree.map(np.asarray, state.params),
+              "batch_stats": jax.tree.map(np.asarray, state.batch_stats)}
+    merged, report = transfer.merge_pretrained(target, source)
+    logging.info("init_from %s: %s", self.config.model.init_from, report)
+    params = jax.device_put(merged["params"], self.replicated)
+    batch_stats = jax.device_put(merged.get("batch_stats", {}), self.replicated)
+    return state.replace(params=params, batch_stats=batch_stats,
+                         opt_state=jax.jit(self.tx.init, out_shardings=self.replicated)(params))
+
+  def fingerprint(self) -> dict:
+    from sim_jax import data
+    return data.iterator_fingerprint(self.config.data,
+                                     global_batch_size=self.config.train.batch_size,
+                                     seed=self.config.seed, process_count=jax.process_count())
+
+  def meta(self) -> dict:
+    return {"process_count": jax.process_count(), "device_count": jax.device_count(),
+            "data_fingerprint": self.fingerprint()}
+
+  def check_meta(self, meta: dict) -> None:
+    """Refuses a checkpoint whose data position means something else in this run."""
+    from sim_jax import data
+    if meta.get("process_count") != jax.process_count():
+      raise ConfigMismatchError(
+          f"The checkpoint's data iterator was written by {meta.get('process_count')} "
+          f"process(es) but this run has {jax.process_count()}: grain's order depends on the "
+          f"process count, so the data position cannot be resumed. Resume with "
+          f"--num_processes={meta.get('process_count')} or start a new --workdir.")
+    try:
+      data.check_fingerprint(meta.get("data_fingerprint", {}), self.fingerprint())
+    except ValueError as e:
+      raise ConfigMismatchError(str(e)) from e
+
+  def state_to_save(self, state: TrainState) -> dict:
+    return flax.serialization.to_state_dict(state)
+
+  def abstract_save_target(self) -> dict:
+    return flax.serialization.to_state_dict(self.abstract_state)
+
+  def state_from_restored(self, restored: dict) -> TrainState:
+    return flax.serialization.from_state_dict(self.abstract_state, restored)
+
+  def restore_for_inference(self) -> tuple[int, TrainState]:
+    """Latest restorable checkpoint of the workdir (for evaluate / embed / search)."""
+    manager = checkpointing.create_manager(self.workdir, keep=10**6)
+    try:
+      found = checkpointing.restore_latest(manager, self.workdir, self.abstract_save_target(),
+                                           data_iter=None)
+    finally:
+      manager.close()
+    if found is None:
+      raise FileNotFoundError(f"No checkpoint in {checkpointing.checkpoint_dir(self.workdir)}: "
+                              f"train first with --mode=train and the same --workdir.")
+    step, restored, _ = found
+    return step, self.state_from_restored(restored)
+
+  # -- evaluation
+  def embed_images(self, state: TrainState, images: np.ndarray) -> np.ndarray:
+    fn = functools.partial(self._embed, state.params, state.batch_stats)
+    return embed_arrays(fn, images, self.config.train.batch_size, self.mesh)
+
+  def evaluate(self, state: TrainState, eval_data, evaluators) -> dict[str, float]:
+    embeddings = {s: self.embed_images(state, d["image"]) for s, d in eval_data.items()}
+    labels = {s: d["label"] for s, d in eval_data.items()}
+    return run_evaluators(evaluators, embeddings, labels)
+
+
+def _write_hparams(writer, config):
+  flat = _flatten(config_to_dict(config))
+  writer.write_hparams({k: (v if isinstance(v, (int, float, str, bool)) else str(v))
+                        for k, v in flat.items()})
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+  """Trains `config` in `workdir`, resuming from its latest checkpoint; returns final metrics."""
+  from sim_jax import data, losses
+  from sim_jax.eval import evaluators as evaluators_lib
+
+  validate_config(config)
+  logging.info("Topology: %s", sharding.describe_topology())
+  os.makedirs(workdir, exist_ok=True)
+  trainer = Trainer(config, workdir)
+  tcfg = config.train
+  best_metric = config.eval.best_metric
+  manager = checkpointing.create_manager(
+      workdir, keep=tcfg.keep_checkpoints, keep_best=tcfg.keep_best, best_metric=best_metric,
+      best_mode=config.eval.best_mode, async_save=tcfg.async_checkpoint)
+  if manager.latest_step() is not None:
+    check_resume_compatible(config, workdir)  # Before anything is compiled.
+
+  train_iter = data.create_train_iterator(
+      config.data, global_batch_size=tcfg.batch_size, seed=config.seed,
+      process_index=jax.process_index(), process_count=jax.process_count())
+  found = checkpointing.restore_latest(manager, workdir, trainer.abstract_save_target(),
+                                       train_iter, check_meta=trainer.check_meta)
+  if found is None:
+    state = trainer.init_state()
+    logging.info("Starting a new run in %s.", workdir)
+  else:
+    start_step, restored, _ = found
+    state = trainer.state_from_restored(restored)
+    logging.info("Resumed from step %d in %s.", start_step, workdir)
+  save_config(config, workdir)
+  start = int(sharding.fetch(state.step))
+
+  writer = metric_writers.create_default_writer(
+      workdir, just_logging=jax.process_index() > 0, asynchronous=True)
+  if start == 0:
+    _write_hparams(writer, config)
+  _log_model_summary(trainer, state)
+
+  diag = None
+  if tcfg.log_diagnostics and not config.loss.block_size:
+    diag = losses.diagnostics  # Dense O(N^2); skipped for streaming losses on purpose.
+  step_fn = jax.jit(
+      functools.partial(train_step, config=config, model=trainer.model,
+                        pair_head=trainer.pair_head, tx=trainer.tx, schedule=trainer.schedule,
+                        augment_fn=trainer.augment_fn, mesh=trainer.mesh, diagnostics_fn=diag),
+      donate_argnums=(0,))
+
+  eval_data = load_eval_data(config)
+  evaluators = evaluators_lib.get_evaluators(config.eval)
+  hooks = []
+  report = periodic_actions.ReportProgress(num_train_steps=tcfg.steps, writer=writer,
+                                           every_steps=tcfg.log_every or None, every_secs=None)
+  if jax.process_index() == 0:
+    hooks.append(report)
+    if tcfg.profile_steps:
+      hooks.append(periodic_actions.Profile(logdir=workdir, num_profile_steps=tcfg.profile_steps,
+                                            first_profile=start + 10))
+  watcher = PreemptionWatcher()
+  final_metrics: dict[str, float] = {}
+  train_metrics, extra_sums, extra_count = None, {}, 0
+  data_wait, t_last = 0.0, time.time()
+
+  def save(step, metrics_=None, force=False):
+    skips = int(sharding.fetch(state.nonfinite_skips))
+    if skips > tcfg.max_nonfinite_skips:
+      return  # Never checkpoint a run that is about to halt on NaN/Inf.
+    checkpointing.save(manager, step, trainer.state_to_save(state), train_iter, trainer.meta(),
+                       metrics=metrics_, force=force)
+
+  def check_finite(m):
+    skips, first = int(m["nonfinite_skips"]), int(m["first_nonfinite_step"])
+    if skips > tcfg.max_nonfinite_skips:
+      raise NonFiniteError(
+          f"Non-finite loss or gradient at step {first + 1} ({skips} non-finite step(s), "
+          f"config.train.max_nonfinite_skips={tcfg.max_nonfinite_skips}). The parameters were "
+          f"not updated with it; the last checkpoint "
+          f"(step {manager.latest_step()}) is intact.")
+    if skips:
+      logging.warning("%d non-finite step(s) skipped so far (first at step %d).", skips,
+                      first + 1)
+
+  try:
+    for step in range(start + 1, tcfg.steps + 1):
+      with jax.profiler.StepTraceAnnotation("train", step_num=step):
+        t0 = time.time()
+        batch = next(train_iter)
+        data_wait += time.time() - t0
+        batch = sharding.host_to_global(batch, trainer.mesh)
+        state, m, extra = step_fn(state, batch)
+      train_metrics = m if train_metrics is None else train_metrics.merge(m)
+      if extra:
+        extra_sums = {k: extra_sums.get(k, 0.0) + v for k, v in extra.items()}
+        extra_count += 1
+      for hook in hooks:
+        hook(step)
+      last = step == tcfg.steps
+      if (tcfg.log_every and step % tcfg.log_every == 0) or last:
+        computed = {k: float(v) for k, v in train_metrics.compute().items()}
+        check_finite(computed)
+        computed.pop("first_nonfinite_step")
+        computed.update({f"diagnostics/{k}": float(v) / extra_count
+                         for k, v in extra_sums.items()})
+        elapsed = time.time() - t_last
+        computed["data_wait_fraction"] = data_wait / max(elapsed, 1e-9)
+        writer.write_scalars(step, {f"train/{k}": v for k, v in computed.items()})
+        train_metrics, extra_sums, extra_count, data_wait, t_last = None, {}, 0, 0.0, time.time()
+      eval_now = (tcfg.eval_every and step % tcfg.eval_every == 0) or last
+      ckpt_now = (tcfg.checkpoint_every and step % tcfg.checkpoint_every == 0) or last
+      eval_metrics = None
+      if eval_now:
+        with report.timed("eval"):
+          eval_metrics = trainer.evaluate(state, eval_data, evaluators)
+        writer.write_scalars(step, {f"eval/{k}": v for k, v in eval_metrics.items()})
+        final_metrics = eval_metrics
+      if ckpt_now:
+        save(step, eval_metrics)
+      if watcher.should_stop(step):
+        if not ckpt_now:
+          save(step, eval_metrics, force=True)
+        logging.warning("Preemption checkpoint written at step %d; exiting.", step)
+        raise Preempted()
+    if start >= tcfg.steps:
+      logging.info("Nothing to train: the checkpoint is at step %d >= config.train.steps=%d.",
+                   start, tcfg.steps)
+      final_metrics = trainer.evaluate(state, eval_data, evaluators)
+  except Preempted:
+    final_metrics = {}
+  finally:
+    watcher.close()
+    writer.flush()
+    checkpointing.finalize(manager)  # Re-raises a failed async save.
+  if final_metrics:
+    embeddings = {s: trainer.embed_images(state, d["image"]) for s, d in eval_data.items()}
+    chance = chance_levels(evaluators, embeddings, {s: d["label"] for s, d in eval_data.items()})
+    for k in sorted(final_metrics):
+      logging.info("eval %-32s %.4f   (chance %.4f)", k, final_metrics[k], chance.get(k, np.nan))
+    _write_final(workdir, final_metrics, chance)
+  return final_metrics
+
+
+def _write_final(workdir, final_metrics, chance):
+  if jax.process_index() != 0:
+    return
+  with open(os.path.join(workdir, "final_metrics.json"), "w") as f:
+    json.dump({"metrics": final_metrics, "chance": chance}, f, indent=2, sort_keys=True)
+
+
+def _log_model_summary(trainer: Trainer, state: TrainState) -> None:
+  if jax.process_index() != 0:
+    return
+  n = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(state.params))
+  logging.info("Model %s: %s parameters (%.2f M); image shape %s; global batch %d over %d "
+               "device(s).", trainer.config.model.name, f"{n:,}", n / 1e6, trainer.image_shape,
+               trainer.config.train.batch_size, jax.device_count())
+
+
+# ------------------------------------------------------------------ evaluate / embed / search
+
+
+def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+  """`--mode=evaluate`: every configured protocol on the workdir's latest checkpoint."""
+  from sim_jax.eval import evaluators as evaluators_lib
+  trainer = Trainer(config, workdir)
+  step, state = trainer.restore_for_inference()
+  eval_data = load_eval_data(config)
+  evaluators = evaluators_lib.get_evaluators(config.eval)
+  embeddings = {s: trainer.embed_images(state, d["image"]) for s, d in eval_data.items()}
+  labels = {s: d["label"] for s, d in eval_data.items()}
+  results = run_evaluators(evaluators, embeddings, labels)
+  chance = chance_levels(evaluators, embeddings, labels)
+  if jax.process_index() == 0:
+    for k in sorted(results):
+      print(f"step {step}  {k:<32s} {results[k]:.4f}   (chance {chance.get(k, np.nan):.4f})")
+    with open(os.path.join(workdir, f"eval_step{step}.json"), "w") as f:
+      json.dump({"step": step, "metrics": results, "chance": chance}, f, indent=2,
+                sort_keys=True)
+  return results
+
+
+def export_embeddings(config: ml_collections.ConfigDict, workdir: str, output: str,
+                      split: str | None = None) -> str:
+  """`--mode=embed`: embeddings, labels and ids of a split (or every eval split) to `.npz`."""
+  from sim_jax import data
+  trainer = Trainer(config, workdir)
+  step, state = trainer.restore_for_inference()
+  splits = [split] if split else list(config.data.eval_splits)
+  arrays = {}
+  for s in splits:
+    d = data.load_split(config.data, s)
+    if len(d["label"]) == 0:
+      raise ValueError(f"Split {s!r} of dataset {config.data.name!r} is empty.")
+    prefix = "" if len(splits) == 1 else f"{s}/"
+    arrays[prefix + "embeddings"] = trainer.embed_images(state, d["image"])
+    arrays[prefix + "labels"] = np.asarray(d["label"])
+    arrays[prefix + "ids"] = np.asarray(d["id"])
+  if jax.process_index() == 0:
+    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+    np.savez(output, step=step, **arrays)
+    print(f"Wrote {', '.join(f'{k} {v.shape}' for k, v in arrays.items())} (step {step}) "
+          f"to {output}")
+  return output
+
+
+def read_query_image(path: str, image_shape: tuple[int, int, int]) -> np.ndarray:
+  """An image file -> uint8 [H, W, C] in the model's input shape, or a clear error."""
+  from PIL import Image, UnidentifiedImageError
+  h, w, c = image_shape
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"Query image {path!r} does not exist.")
+  try:
+    with Image.open(path) as img:
+      img.load()
+      img = img.convert("L" if c == 1 else "RGB").resize((w, h), Image.BILINEAR)
+  except (UnidentifiedImageError, OSError) as e:
+    raise ValueError(f"Query image {path!r} cannot be read as an image: {e}") from e
+  arr = np.asarray(img, np.uint8)
+  return arr[..., None] if c == 1 else arr
+
+
+def search_gallery(config: ml_collections.ConfigDict, workdir: str, query: str, k: int = 5,
+                   gallery_split: str | None = None) -> list[tuple[int, int, float]]:
+  """`--mode=search`: the top-k gallery matches of one query image, printed and drawn."""
+  from sim_jax import data
+  from sim_jax.eval import plots, search
+  trainer = Trainer(config, workdir)
+  step, state = trainer.restore_for_inference()
+  split = gallery_split or config.eval.query_split
+  gallery = data.load_split(config.data, split)
+  if k > len(gallery["label"]):
+    raise ValueError(f"--k={k} is larger than the gallery ({len(gallery['label'])} images in "
+                     f"split {split!r}).")
+  q_img = read_query_image(query, trainer.image_shape)
+  q_emb = trainer.embed_images(state, q_img[None])
+  g_emb = trainer.embed_images(state, gallery["image"])
+  scores, idx = search.topk(q_emb, g_emb, k, metric=config.eval.metric,
+                            block_size=min(config.eval.block_size, len(g_emb)))
+  results = [(int(gallery["id"][i]), int(gallery["label"][i]), float(s))
+             for i, s in zip(idx[0], scores[0])]
+  if jax.process_index() == 0:
+    kind = "distance" if config.eval.metric == "euclidean" else "similarity"
+    print(f"Top {k} matches for {query} in split {split!r} (checkpoint step {step}):")
+    for rank, (ex_id, label, score) in enumerate(results, 1):
+      print(f"  {rank}. id {ex_id:>6d}  label {label:>5d}  {kind} {score:.4f}")
+    out = os.path.join(workdir, f"search_{os.path.splitext(os.path.basename(query))[0]}.png")
+    plots.retrieval_grid(q_img[None], gallery["image"][idx], out,
+                         neighbor_labels=gallery["label"][idx][None] if idx.ndim == 1 else
+                         gallery["label"][idx], scores=scores)
+    print(f"Wrote {out}")
+  return results
