@@ -1,6 +1,7 @@
 """Tests of sim_jax.data's train iterator: samplers, shards, resume, fingerprints (digits)."""
 
 import collections
+import tempfile
 
 import grain
 import numpy as np
@@ -11,9 +12,14 @@ import sim_jax.data as sd
 from sim_jax.data import samplers
 
 
+# One prepared copy of digits for the whole module, outside the user's cache.
+_DATA_DIR = tempfile.mkdtemp(prefix="sim_jax_data_test_")
+
+
 def digits_config(**overrides):
   c = sd.default_config()
   c.name = "digits"
+  c.data_dir = _DATA_DIR
   c.update(overrides)
   return c
 

@@ -13,7 +13,7 @@ from sim_jax.data.pipeline import (
     iterator_fingerprint,
     load_split,
 )
-from sim_jax.data.registry import DATASETS
+from sim_jax.data.registry import DATASETS  # also registers the TFDS builders
 
 __all__ = [
     "DATASETS",

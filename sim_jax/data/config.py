@@ -33,6 +33,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.worker_buffer_size = 2  # batches each grain worker prepares ahead
   # Builder options (sim_jax's own datasets); they select the prepared TFDS builder config.
   c.fonts = ""  # glyph_*: comma-separated font files or directories; "" = auto-discover
+  c.renders_per_font = 2  # glyph_*: renderings per (class, font): 1 clean + the rest jittered
   c.charset = "default"  # glyph_*: named set or explicit characters / icon names (comma-separated)
   c.heldout_class_fraction = 0.0  # classes held out of train/test for zero-shot ("heldout" split)
   c.test_fraction = 0.2  # examples of each train class placed in the "test" split
