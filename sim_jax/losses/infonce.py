@@ -42,7 +42,9 @@ def _masked_logsumexp(logits: jax.Array, mask: jax.Array):
   masked = jnp.where(mask, logits, -jnp.inf)
   row_max = jnp.max(masked, axis=1, keepdims=True)
   row_max = jax.lax.stop_gradient(jnp.where(jnp.isfinite(row_max), row_max, 0.0))
-  total = jnp.sum(jnp.where(mask, jnp.exp(logits - row_max), 0.0), axis=1)
+  # exp of the *masked* logits: an excluded entry far above the row max would overflow to inf
+  # and turn the gradient of where() into 0 * inf = NaN.
+  total = jnp.sum(jnp.exp(masked - row_max), axis=1)
   nonempty = jnp.any(mask, axis=1)
   lse = jnp.log(jnp.where(nonempty, total, 1.0)) + row_max[:, 0]
   return jnp.where(nonempty, lse, 0.0), nonempty
