@@ -1,0 +1,629 @@
+"""Streaming (blockwise) forms of the all-pairs losses: memory O(N*D + N*block_size).
+
+The dense losses build the [N, N] similarity / distance matrix and let autodiff keep it (and
+several same-sized temporaries) for the backward pass. Here the matrix is never materialised:
+
+* the forward pass sweeps row blocks of `block_size` anchors against column blocks of
+  `block_size` candidates (`jax.lax.map` over row blocks, `jax.lax.scan` over column blocks, so
+  the program size does not grow with N) and keeps per-anchor running statistics only: an online
+  log-sum-exp (max, rescaled sum), running max / min with the winning column, counts and sums;
+* a `jax.custom_vjp` backward pass recomputes each block from the embeddings and the saved
+  per-anchor statistics, forms d loss / d block analytically and contracts it straight back into
+  d embeddings (`dX_rows += dG @ X_cols`, `dX_cols += dG^T @ X_rows`).
+
+Peak memory for loss *and* gradient is therefore O(N*D + block_size^2) for the column-blocked
+losses (nt_xent, supcon, batch-hard triplet, the two-tower losses) and O(N*D + N*block_size) for
+semi-hard and batch-all triplet mining, which need an anchor's whole row of distances at once
+(row strips of `block_size` anchors, the positives enumerated one column at a time).
+
+Every function returns the per-anchor `(num [N], den [N])` arrays pinned by the dense cores
+(`sim_jax.losses.infonce.nt_xent_stats_dense`, `supcon_stats_dense`,
+`sim_jax.losses.triplet.triplet_stats_dense`); the public losses apply the reduction. Block sizes
+that do not divide N are padded and the padding is masked out. With `mesh=...` the same kernels
+run across devices (`sim_jax.losses.distributed`): every anchor sees the global batch.
+
+The sweep is written against a small "sweeper" interface (`forward`, `backward`, `index`, `psum`)
+so that one definition of each loss serves the single-device sweep here and the ring / gather
+sweeps across devices.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from sim_jax.losses import _checks
+from sim_jax.losses.pairwise import DISTANCES, NORM_EPS, SQ_DIST_EPS
+
+MININGS = ("batch_hard", "semi_hard", "batch_all")
+# Minings whose selection needs an anchor's complete row of distances (row strips, full width).
+FULL_ROW_MININGS = ("semi_hard", "batch_all")
+
+
+# ----------------------------------------------------------------------------------------------
+# Blocking helpers
+# ----------------------------------------------------------------------------------------------
+
+def _num_rows(tree) -> int:
+  return jax.tree.leaves(tree)[0].shape[0]
+
+
+def _pad_rows(tree, multiple: int):
+  """Zero-pads every leaf along axis 0 to a multiple of `multiple` (bool pads with False)."""
+  n = _num_rows(tree)
+  pad = (-n) % multiple
+  if pad == 0:
+    return tree
+  return jax.tree.map(lambda a: jnp.pad(a, [(0, pad)] + [(0, 0)] * (a.ndim - 1)), tree)
+
+
+def _to_blocks(tree, b: int):
+  return jax.tree.map(lambda a: a.reshape((a.shape[0] // b, b) + a.shape[1:]), tree)
+
+
+def _from_blocks(tree, n: int):
+  return jax.tree.map(lambda a: a.reshape((-1,) + a.shape[2:])[:n], tree)
+
+
+def _tree_add(a, b):
+  return jax.tree.map(jnp.add, a, b)
+
+
+def forward_sweep(update, stats, rows, cols, row_block: int, col_block: int | None):
+  """Folds `update(stats_blk, rows_blk, cols_blk) -> stats_blk` over all (row, column) blocks.
+
+  Args:
+    update: per-block update of the per-row statistics (a pytree of [row_block, ...] arrays).
+    stats: initial per-row statistics, leaves [Nr, ...].
+    rows, cols: dicts of per-row / per-column arrays with leading dims Nr / Nc; `cols["v"]`
+      marks real columns (padding is added with v = False and must be masked by `update`).
+    row_block, col_block: block sizes (None = all columns in one block).
+  Returns the final statistics, leaves [Nr, ...]. Padded rows are computed and dropped.
+  """
+  nr, nc = _num_rows(rows), _num_rows(cols)
+  br = min(row_block, nr)
+  bc = nc if col_block is None else min(col_block, nc)
+  row_blocks = _to_blocks(_pad_rows((rows, stats), br), br)
+  col_blocks = _to_blocks(_pad_rows(cols, bc), bc)
+
+  def per_row_block(args):
+    r, s = args
+    s, _ = lax.scan(lambda s, c: (update(s, r, c), None), s, col_blocks)
+    return s
+
+  return _from_blocks(lax.map(per_row_block, row_blocks), nr)
+
+
+def backward_sweep(grad_block, rows, cols, row_block: int, col_block: int | None):
+  """Recomputes every block and contracts its cotangent back into the embeddings.
+
+  `grad_block(rows_blk, cols_blk) -> (dG [br, bc], row_extra, col_extra)` returns d loss / d G for
+  the Gram block G = X_rows X_cols^T plus per-row / per-column extra cotangents (pytrees of
+  [br] / [bc] arrays, e.g. of squared norms or per-row parameter partials), which are summed.
+  Returns (dX_rows [Nr, D], row_extra [Nr], dX_cols [Nc, D], col_extra [Nc]).
+  """
+  nr, nc = _num_rows(rows), _num_rows(cols)
+  br = min(row_block, nr)
+  bc = nc if col_block is None else min(col_block, nc)
+  row_blocks = _to_blocks(_pad_rows(rows, br), br)
+  col_blocks = _to_blocks(_pad_rows(cols, bc), bc)
+  first = lambda t: jax.tree.map(lambda a: a[0], t)
+  _, row_shape, col_shape = jax.eval_shape(grad_block, first(row_blocks), first(col_blocks))
+  zeros = lambda shapes, lead: jax.tree.map(
+    lambda s: jnp.zeros(lead + s.shape, s.dtype), shapes)
+  x_dtype = rows["x"].dtype
+
+  def row_step(col_acc, r):
+    def col_step(row_acc, c):
+      dg, row_extra, col_extra = grad_block(r, c)
+      dx_r, extra_r = row_acc
+      row_acc = (dx_r + dg @ c["x"], _tree_add(extra_r, row_extra))
+      return row_acc, (dg.T @ r["x"], col_extra)
+
+    init = (jnp.zeros(r["x"].shape, x_dtype), zeros(row_shape, ()))
+    row_acc, col_part = lax.scan(col_step, init, col_blocks)
+    return _tree_add(col_acc, col_part), row_acc
+
+  n_col_blocks, d = col_blocks["x"].shape[0], rows["x"].shape[1]
+  col_init = (jnp.zeros((n_col_blocks, bc, d), x_dtype), zeros(col_shape, (n_col_blocks,)))
+  (dx_c, extra_c), (dx_r, extra_r) = lax.scan(row_step, col_init, row_blocks)
+  return (_from_blocks(dx_r, nr), _from_blocks(extra_r, nr), _from_blocks(dx_c, nc),
+          _from_blocks(extra_c, nc))
+
+
+class LocalSweeper:
+  """Single-device sweep: rows and columns are the same local arrays."""
+
+  def __init__(self, row_block: int, col_block: int | None):
+    self.row_block, self.col_block = row_block, col_block
+
+  def index(self, n: int) -> jax.Array:
+    return jnp.arange(n, dtype=jnp.int32)
+
+  def psum(self, x):
+    return x
+
+  def forward(self, update, stats, rows, cols):
+    return forward_sweep(update, stats, rows, cols, self.row_block, self.col_block)
+
+  def backward(self, grad_block, rows, cols):
+    return backward_sweep(grad_block, rows, cols, self.row_block, self.col_block)
+
+
+# ----------------------------------------------------------------------------------------------
+# The custom VJP shared by every loss
+# ----------------------------------------------------------------------------------------------
+
+def custom_loss(fwd_local, bwd_local, wrap=None):
+  """Builds `f(xs, params, labels) -> outputs` with a custom VJP from local fwd / bwd bodies.
+
+  fwd_local(xs, params, labels) -> (outputs, residuals), all per-row arrays [n, ...];
+  bwd_local(xs, params, labels, residuals, cotangents) -> (d xs, d params).
+  `wrap(fn, kind)` runs a body across devices (`sim_jax.losses.distributed`); None = as is.
+  Labels are integers: they get no cotangent.
+  """
+  wrap = wrap or (lambda fn, kind: fn)
+
+  @jax.custom_vjp
+  def f(xs, params, labels):
+    return wrap(fwd_local, "fwd")(xs, params, labels)[0]
+
+  def f_fwd(xs, params, labels):
+    outputs, residuals = wrap(fwd_local, "fwd")(xs, params, labels)
+    return outputs, (xs, params, labels, residuals)
+
+  def f_bwd(saved, cotangents):
+    xs, params, labels, residuals = saved
+    d_xs, d_params = wrap(bwd_local, "bwd")(xs, params, labels, residuals, cotangents)
+    return d_xs, d_params, None
+
+  f.defvjp(f_fwd, f_bwd)
+  return f
+
+
+def _side(x, labels, idx, **extra):
+  """Per-row data of one side of the all-pairs matrix (v marks real, i.e. unpadded, rows)."""
+  return dict(x=x, y=labels, i=idx, v=jnp.ones(x.shape[0], bool), **extra)
+
+
+def _masks(r, c):
+  """Block masks: positives (same label, other sample), negatives (other label), non-self."""
+  valid = c["v"][None, :]
+  same = r["y"][:, None] == c["y"][None, :]
+  other = r["i"][:, None] != c["i"][None, :]
+  return same & other & valid, ~same & valid, other & valid
+
+
+def _lse_init(n: int, dtype):
+  return {"m": jnp.full((n,), -jnp.inf, dtype), "s": jnp.zeros((n,), dtype)}
+
+
+def _lse_update(st, logits, mask):
+  """Online log-sum-exp over the masked entries: running max m and sum s of exp(l - m)."""
+  block_max = jnp.max(jnp.where(mask, logits, -jnp.inf), axis=1)
+  m = jnp.maximum(st["m"], block_max)
+  # m = -inf while nothing was seen: shift by 0 instead (exp(-inf - 0) = 0, no NaN).
+  shift = jnp.where(jnp.isfinite(m), m, 0.0)
+  s = st["s"] * jnp.exp(st["m"] - shift) + jnp.sum(
+    jnp.exp(jnp.where(mask, logits, -jnp.inf) - shift[:, None]), axis=1)
+  return {"m": m, "s": s}
+
+
+def _lse_value(st):
+  """log sum exp of everything seen; -inf for rows that saw no entry."""
+  return jnp.where(st["s"] > 0, st["m"] + jnp.log(jnp.where(st["s"] > 0, st["s"], 1.0)),
+                   -jnp.inf)
+
+
+def _finite_or_zero(x):
+  return jnp.where(jnp.isfinite(x), x, 0.0)
+
+
+def _safe_exp_diff(logits, lse, mask):
+  """exp(l - L) on the mask, 0 elsewhere; never inf*0 (L = -inf rows have an empty mask)."""
+  return jnp.where(mask, jnp.exp(jnp.where(mask, logits - _finite_or_zero(lse)[:, None],
+                                           -jnp.inf)), 0.0)
+
+
+# ----------------------------------------------------------------------------------------------
+# NT-Xent (pytorch-metric-learning NTXentLoss semantics)
+# ----------------------------------------------------------------------------------------------
+
+def _nt_xent_bodies(sweeper):
+  def fwd_local(xs, params, labels):
+    (z,), (inv_t,) = xs, params
+    side = _side(z, labels, sweeper.index(z.shape[0]))
+
+    def pass_negatives(st, r, c):
+      logits = (r["x"] @ c["x"].T) * inv_t
+      pos, neg, _ = _masks(r, c)
+      out = _lse_update(st, logits, neg)
+      out["np"] = st["np"] + jnp.sum(pos, axis=1).astype(z.dtype)
+      return out
+
+    st = sweeper.forward(pass_negatives, dict(_lse_init(z.shape[0], z.dtype),
+                                              np=jnp.zeros(z.shape[0], z.dtype)), side, side)
+    lse_neg = _lse_value(st)
+
+    # Second pass: each positive needs the *final* negative log-sum-exp of its anchor.
+    def pass_positives(acc, r, c):
+      logits = (r["x"] @ c["x"].T) * inv_t
+      pos, _, _ = _masks(r, c)
+      gap = r["lse"][:, None] - logits
+      # l_ip = softplus(L_i - s_ip/t); sigmoid(L_i - s_ip/t) is -d l_ip / d(s_ip/t).
+      return {"a": acc["a"] + jnp.sum(jnp.where(pos, jax.nn.softplus(gap), 0.0), axis=1),
+              "w": acc["w"] + jnp.sum(jnp.where(pos, jax.nn.sigmoid(gap), 0.0), axis=1)}
+
+    zeros = jnp.zeros(z.shape[0], z.dtype)
+    acc = sweeper.forward(pass_positives, {"a": zeros, "w": zeros}, dict(side, lse=lse_neg), side)
+    return (acc["a"], st["np"]), (lse_neg, acc["w"])
+
+  def bwd_local(xs, params, labels, residuals, cotangents):
+    (z,), (inv_t,) = xs, params
+    lse_neg, w = residuals
+    g = cotangents[0]
+    side = _side(z, labels, sweeper.index(z.shape[0]))
+
+    def grad_block(r, c):
+      gram = r["x"] @ c["x"].T
+      logits = gram * inv_t
+      pos, neg, _ = _masks(r, c)
+      lse = r["lse"][:, None]
+      # d num_i / d l_ip = -sigmoid(L_i - l_ip);  d num_i / d l_in = exp(l_in - L_i) * w_i.
+      dl = jnp.where(pos, -jax.nn.sigmoid(lse - logits), 0.0)
+      dl = dl + _safe_exp_diff(logits, r["lse"], neg) * r["w"][:, None]
+      dl = dl * r["g"][:, None]
+      return dl * inv_t, {"t": jnp.sum(dl * gram, axis=1)}, {}
+
+    rows = dict(side, lse=lse_neg, w=w, g=g)
+    dx_r, extra_r, dx_c, _ = sweeper.backward(grad_block, rows, side)
+    return (dx_r + dx_c,), (sweeper.psum(jnp.sum(extra_r["t"])),)
+
+  return fwd_local, bwd_local
+
+
+# ----------------------------------------------------------------------------------------------
+# SupCon (Khosla et al. 2020, L_out)
+# ----------------------------------------------------------------------------------------------
+
+def _supcon_bodies(sweeper):
+  def fwd_local(xs, params, labels):
+    (z,), (inv_t,) = xs, params
+    n = z.shape[0]
+    side = _side(z, labels, sweeper.index(n))
+
+    def update(st, r, c):
+      logits = (r["x"] @ c["x"].T) * inv_t
+      pos, _, others = _masks(r, c)
+      out = _lse_update(st, logits, others)
+      out["sp"] = st["sp"] + jnp.sum(jnp.where(pos, logits, 0.0), axis=1)
+      out["np"] = st["np"] + jnp.sum(pos, axis=1).astype(z.dtype)
+      return out
+
+    zeros = jnp.zeros(n, z.dtype)
+    st = sweeper.forward(update, dict(_lse_init(n, z.dtype), sp=zeros, np=zeros), side, side)
+    lse = _lse_value(st)
+    has_pos = st["np"] > 0
+    num = jnp.where(has_pos, lse - st["sp"] / jnp.maximum(st["np"], 1.0), 0.0)
+    return (num, has_pos.astype(z.dtype)), (lse, st["np"])
+
+  def bwd_local(xs, params, labels, residuals, cotangents):
+    (z,), (inv_t,) = xs, params
+    lse, n_pos = residuals
+    g = jnp.where(n_pos > 0, cotangents[0], 0.0)
+    side = _side(z, labels, sweeper.index(z.shape[0]))
+
+    def grad_block(r, c):
+      gram = r["x"] @ c["x"].T
+      logits = gram * inv_t
+      pos, _, others = _masks(r, c)
+      # d l_i / d l_ij = softmax_ij over j != i  -  [j in P(i)] / |P(i)|.
+      dl = _safe_exp_diff(logits, r["lse"], others) - pos / jnp.maximum(r["np"], 1.0)[:, None]
+      dl = dl * r["g"][:, None]
+      return dl * inv_t, {"t": jnp.sum(dl * gram, axis=1)}, {}
+
+    rows = dict(side, lse=lse, np=n_pos, g=g)
+    dx_r, extra_r, dx_c, _ = sweeper.backward(grad_block, rows, side)
+    return (dx_r + dx_c,), (sweeper.psum(jnp.sum(extra_r["t"])),)
+
+  return fwd_local, bwd_local
+
+
+# ----------------------------------------------------------------------------------------------
+# Triplet (batch_hard, semi_hard, batch_all)
+# ----------------------------------------------------------------------------------------------
+
+def _distance_block(r, c, distance):
+  """Distances of a block from the Gram form (cosine: x are unit vectors, d = 1 - <x, y>)."""
+  gram = r["x"] @ c["x"].T
+  if distance == "cosine":
+    return 1.0 - gram
+  sq = jnp.maximum(r["sq"][:, None] + c["sq"][None, :] - 2.0 * gram, 0.0)
+  if distance == "squared_euclidean":
+    return sq
+  positive = sq > SQ_DIST_EPS
+  return jnp.where(positive, jnp.sqrt(jnp.where(positive, sq, 1.0)), 0.0)
+
+
+def _distance_block_vjp(dd, r, c, distance):
+  """(dG, d sq_rows, d sq_cols) from d loss / d distance of a block (same cuts as the forward)."""
+  gram = r["x"] @ c["x"].T
+  if distance == "cosine":
+    zr, zc = jnp.zeros(dd.shape[0], dd.dtype), jnp.zeros(dd.shape[1], dd.dtype)
+    return -dd, zr, zc
+  sq = r["sq"][:, None] + c["sq"][None, :] - 2.0 * gram
+  if distance == "squared_euclidean":
+    dsq = jnp.where(sq > 0, dd, 0.0)
+  else:
+    positive = sq > SQ_DIST_EPS
+    dsq = jnp.where(positive, dd * 0.5 / jnp.sqrt(jnp.where(positive, sq, 1.0)), 0.0)
+  return -2.0 * dsq, jnp.sum(dsq, axis=1), jnp.sum(dsq, axis=0)
+
+
+def _triplet_term(z, margin, soft):
+  """l(z) for z = d_ap - d_an and its derivative dl/dz (relu' = [z + m > 0], as jax.nn.relu)."""
+  if soft:
+    return jax.nn.softplus(z), jax.nn.sigmoid(z)
+  return jax.nn.relu(z + margin), (z + margin > 0).astype(z.dtype)
+
+
+def _triplet_side(x, labels, idx, distance):
+  return _side(x, labels, idx, sq=jnp.sum(x * x, axis=1))
+
+
+def _batch_hard_bodies(sweeper, distance, soft):
+  def fwd_local(xs, params, labels):
+    (x,), (margin,) = xs, params
+    n = x.shape[0]
+    side = _triplet_side(x, labels, sweeper.index(n), distance)
+
+    def update(st, r, c):
+      d = _distance_block(r, c, distance)
+      pos, neg, _ = _masks(r, c)
+      dp = jnp.where(pos, d, -jnp.inf)
+      dn = jnp.where(neg, d, jnp.inf)
+      bp, bn = jnp.max(dp, axis=1), jnp.min(dn, axis=1)
+      ip, i_n = c["i"][jnp.argmax(dp, axis=1)], c["i"][jnp.argmin(dn, axis=1)]
+      # Strict comparison: on ties the first column swept keeps the selection.
+      take_p, take_n = bp > st["hp"], bn < st["hn"]
+      return {"hp": jnp.where(take_p, bp, st["hp"]), "ip": jnp.where(take_p, ip, st["ip"]),
+              "hn": jnp.where(take_n, bn, st["hn"]), "in": jnp.where(take_n, i_n, st["in"])}
+
+    init = {"hp": jnp.full(n, -jnp.inf, x.dtype), "ip": jnp.full(n, -1, jnp.int32),
+            "hn": jnp.full(n, jnp.inf, x.dtype), "in": jnp.full(n, -1, jnp.int32)}
+    st = sweeper.forward(update, init, side, side)
+    valid = jnp.isfinite(st["hp"]) & jnp.isfinite(st["hn"])
+    z = jnp.where(valid, st["hp"] - st["hn"], 0.0)
+    loss, _ = _triplet_term(z, margin, soft)
+    return (jnp.where(valid, loss, 0.0), valid.astype(x.dtype)), (z, valid, st["ip"], st["in"])
+
+  def bwd_local(xs, params, labels, residuals, cotangents):
+    (x,), (margin,) = xs, params
+    z, valid, ip, i_n = residuals
+    _, dz = _triplet_term(z, margin, soft)
+    dz = jnp.where(valid, dz * cotangents[0], 0.0)
+    side = _triplet_side(x, labels, sweeper.index(x.shape[0]), distance)
+
+    def grad_block(r, c):
+      cols = c["i"][None, :]
+      real = c["v"][None, :]
+      # Only the selected hardest positive (+) and hardest negative (-) receive gradient.
+      dd = r["dz"][:, None] * ((real & (cols == r["ip"][:, None])).astype(x.dtype)
+                               - (real & (cols == r["in"][:, None])).astype(x.dtype))
+      dg, dsq_r, dsq_c = _distance_block_vjp(dd, r, c, distance)
+      return dg, {"sq": dsq_r}, {"sq": dsq_c}
+
+    rows = dict(side, dz=dz, ip=ip, **{"in": i_n})
+    dx_r, extra_r, dx_c, extra_c = sweeper.backward(grad_block, rows, side)
+    dx = dx_r + dx_c + 2.0 * x * (extra_r["sq"] + extra_c["sq"])[:, None]
+    d_margin = jnp.zeros((), x.dtype) if soft else sweeper.psum(jnp.sum(dz))
+    return (dx,), (d_margin,)
+
+  return fwd_local, bwd_local
+
+
+def _semi_hard_select(d, pos, neg, j):
+  """TF Addons' semi-hard negative for the positive column j of every row of a full-row strip.
+
+  Returns (z = d_aj - d_an*, n* column, valid): n* is the closest negative strictly farther than
+  d_aj, or the farthest negative when none is farther; valid = (a, j) positive and a has a negative.
+  """
+  d_ap = d[:, j]
+  outside = neg & (d > d_ap[:, None])
+  cand = jnp.where(outside, d, jnp.inf)
+  far = jnp.where(neg, d, -jnp.inf)
+  has_outside = jnp.any(outside, axis=1)
+  d_an = jnp.where(has_outside, jnp.min(cand, axis=1), jnp.max(far, axis=1))
+  col = jnp.where(has_outside, jnp.argmin(cand, axis=1), jnp.argmax(far, axis=1))
+  valid = pos[:, j] & jnp.any(neg, axis=1)
+  return jnp.where(valid, d_ap - d_an, 0.0), col, valid
+
+
+def _full_row_bodies(sweeper, mining, distance, soft):
+  """semi_hard / batch_all: row strips against the full row, positives one column at a time."""
+
+  def per_strip(r, c, margin, g=None):
+    """Forward statistics of a strip, or (g given) d loss / d distances of the strip."""
+    d = _distance_block(r, c, distance)
+    pos, neg, _ = _masks(r, c)
+    n_cols = d.shape[1]
+    br = d.shape[0]
+
+    def step(carry, j):
+      if mining == "semi_hard":
+        z, col, valid = _semi_hard_select(d, pos, neg, j)
+        loss, dz = _triplet_term(z, margin, soft)
+        if g is None:
+          return (carry[0] + jnp.where(valid, loss, 0.0), carry[1] + valid), None
+        dz = jnp.where(valid, dz * g, 0.0)
+        dd = carry[0].at[:, j].add(dz).at[jnp.arange(br), col].add(-dz)
+        return (dd, carry[1] + dz), None
+      # batch_all: every negative n of the anchor against positive j.
+      valid = pos[:, j][:, None] & neg
+      loss, dz = _triplet_term(d[:, j][:, None] - d, margin, soft)
+      if g is None:
+        counted = valid if soft else valid & (loss > 0)
+        return (carry[0] + jnp.sum(jnp.where(valid, loss, 0.0), axis=1),
+                carry[1] + jnp.sum(counted, axis=1)), None
+      dz = jnp.where(valid, dz * g[:, None], 0.0)
+      dd = carry[0].at[:, j].add(jnp.sum(dz, axis=1)) - dz
+      return (dd, carry[1] + jnp.sum(dz, axis=1)), None
+
+    zeros = jnp.zeros(br, d.dtype)
+    init = (zeros, zeros) if g is None else (jnp.zeros_like(d), zeros)
+    out, _ = lax.scan(step, init, jnp.arange(n_cols))
+    return out
+
+  def fwd_local(xs, params, labels):
+    (x,), (margin,) = xs, params
+    n = x.shape[0]
+    side = _triplet_side(x, labels, sweeper.index(n), distance)
+
+    def update(st, r, c):
+      num, den = per_strip(r, c, margin)
+      return {"num": st["num"] + num, "den": st["den"] + den}
+
+    zeros = jnp.zeros(n, x.dtype)
+    st = sweeper.forward(update, {"num": zeros, "den": zeros}, side, side)
+    return (st["num"], st["den"]), ()
+
+  def bwd_local(xs, params, labels, residuals, cotangents):
+    (x,), (margin,) = xs, params
+    side = _triplet_side(x, labels, sweeper.index(x.shape[0]), distance)
+
+    def grad_block(r, c):
+      dd, d_margin = per_strip(r, c, margin, g=r["g"])
+      dg, dsq_r, dsq_c = _distance_block_vjp(dd, r, c, distance)
+      return dg, {"sq": dsq_r, "m": d_margin}, {"sq": dsq_c}
+
+    rows = dict(side, g=cotangents[0])
+    dx_r, extra_r, dx_c, extra_c = sweeper.backward(grad_block, rows, side)
+    dx = dx_r + dx_c + 2.0 * x * (extra_r["sq"] + extra_c["sq"])[:, None]
+    d_margin = jnp.zeros((), x.dtype) if soft else sweeper.psum(jnp.sum(extra_r["m"]))
+    return (dx,), (d_margin,)
+
+  return fwd_local, bwd_local
+
+
+# ----------------------------------------------------------------------------------------------
+# Public API
+# ----------------------------------------------------------------------------------------------
+
+def l2_normalize(x):
+  """x / max(|x|, 1e-12) row-wise, finite gradient at 0 (as `sim_jax.losses.l2_normalize`)."""
+  sq = jnp.sum(jnp.square(x), axis=1, keepdims=True)
+  return x / jnp.sqrt(jnp.maximum(sq, NORM_EPS * NORM_EPS))
+
+
+def _check_common(embeddings, labels, block_size, mesh):
+  _checks.check_embeddings(embeddings)
+  _checks.check_labels(labels, embeddings.shape[0])
+  if block_size is None and mesh is None:
+    raise ValueError("block_size must be a positive int for the streaming form, got None; "
+                     "use the dense core (block_size=None in the public loss) instead.")
+  _checks.check_block_size(block_size)
+
+
+def _sweeper_and_wrap(n, block_size, mesh, full_row: bool):
+  """The single-device sweeper, or the cross-device wrap when a mesh is given."""
+  if mesh is None:
+    return LocalSweeper(block_size, None if full_row else block_size), None
+  from sim_jax.losses import distributed  # lazy: distributed imports this module
+  return distributed.sharded_sweeper_and_wrap(n, block_size, mesh, full_row)
+
+
+def _run(bodies_fn, xs, params, labels, n, block_size, mesh, full_row=False):
+  sweeper, wrap = _sweeper_and_wrap(n, block_size, mesh, full_row)
+  if wrap is None:
+    fwd_local, bwd_local = bodies_fn(sweeper)
+  else:
+    fwd_local, bwd_local = wrap.bodies(bodies_fn)
+  return custom_loss(fwd_local, bwd_local, wrap)(xs, params, labels)
+
+
+def nt_xent_stats(embeddings, labels, *, temperature, block_size, mesh=None):
+  """Streaming per-anchor NT-Xent terms `(num [N], den [N])`, equal to `nt_xent_stats_dense`.
+
+  s_ij = <z_i, z_j> with z = x / max(|x|, 1e-12); for each positive pair (i, p), p != i,
+  y_p == y_i:  l_ip = softplus(L_i - s_ip/t),  L_i = log sum_{n: y_n != y_i} exp(s_in/t)
+  (pytorch-metric-learning NTXentLoss; l_ip = 0 when i has no negative). num_i = sum_p l_ip,
+  den_i = #positives of i.
+
+  Two forward sweeps (L_i by an online log-sum-exp, then the positives) and one backward sweep:
+  d num_i / d(s_ip/t) = -sigmoid(L_i - s_ip/t),  d num_i / d(s_in/t) = exp(s_in/t - L_i) w_i with
+  w_i = sum_p sigmoid(L_i - s_ip/t), so no exp(s/t) ever overflows, even at t = 0.01.
+
+  Args:
+    embeddings: [N, D] float; labels: [N] int; temperature: scalar > 0 (may be traced, and is
+      differentiated); block_size: rows/columns per block (need not divide N); mesh: optional
+      Mesh whose "data" axis shards the batch (ring over devices, global-batch negatives).
+  Returns float32 (float64 for float64 inputs) arrays num [N], den [N].
+  Memory: O(N*D + block_size^2) per device for loss and gradient.
+  """
+  _check_common(embeddings, labels, block_size, mesh)
+  _checks.check_scalar(temperature, "temperature")
+  _checks.check_positive(temperature, "temperature")
+  dtype = _checks.compute_dtype(embeddings.dtype)
+  z = l2_normalize(embeddings.astype(dtype))
+  inv_t = 1.0 / jnp.asarray(temperature, dtype)
+  return _run(_nt_xent_bodies, (z,), (inv_t,), labels.astype(jnp.int32), z.shape[0],
+              block_size, mesh)
+
+
+def supcon_stats(embeddings, labels, *, temperature, block_size, mesh=None):
+  """Streaming per-anchor SupCon (L_out) terms `(num [N], den [N])`, = `supcon_stats_dense`.
+
+  l_i = log sum_{a != i} exp(s_ia/t) - (1/|P(i)|) sum_{p in P(i)} s_ip/t  (Khosla et al. 2020,
+  L_out), s = cosine similarity (norms clamped at 1e-12); num_i = l_i, den_i = 1 for anchors with
+  P(i) non-empty, num_i = den_i = 0 otherwise. One forward sweep (online log-sum-exp, positive
+  sums and counts) and one backward sweep (d l_i / d(s_ij/t) = softmax_ij - [j in P(i)]/|P(i)|).
+  Arguments and memory as `nt_xent_stats`.
+  """
+  _check_common(embeddings, labels, block_size, mesh)
+  _checks.check_scalar(temperature, "temperature")
+  _checks.check_positive(temperature, "temperature")
+  dtype = _checks.compute_dtype(embeddings.dtype)
+  z = l2_normalize(embeddings.astype(dtype))
+  inv_t = 1.0 / jnp.asarray(temperature, dtype)
+  return _run(_supcon_bodies, (z,), (inv_t,), labels.astype(jnp.int32), z.shape[0],
+              block_size, mesh)
+
+
+def triplet_stats(embeddings, labels, *, margin, mining, distance, soft, block_size, mesh=None):
+  """Streaming per-anchor triplet terms `(num [N], den [N])`, equal to `triplet_stats_dense`.
+
+  d: "euclidean" sqrt(max(|a|^2 + |b|^2 - 2<a, b>, 0)) with the safe sqrt (0 at or below 1e-12,
+  zero gradient there), "squared_euclidean" (the same without sqrt), "cosine" 1 - cos sim.
+  l(z) = [z + margin]_+ (soft: softplus(z)) for z = d_ap - d_an.
+  * batch_hard (Hermans et al. 2017): z_a = max_p d_ap - min_n d_an over anchors with >= 1
+    positive and >= 1 negative; num_a = l(z_a), den_a = 1. Running max / min with the winning
+    column (ties: the first one swept); the backward pass sends the gradient to those two columns.
+  * semi_hard (TF Addons triplet_semihard_loss): for each positive (a, p) the negative with the
+    smallest d_an > d_ap, else the farthest negative; num_a = sum_p l, den_a = #positives
+    (0 for anchors without negatives).
+  * batch_all: num_a = sum over valid (a, p, n) of l; den_a = #(l > 0) (soft: #valid).
+  semi_hard and batch_all compute row strips of `block_size` anchors against the full row
+  (memory O(N*D + N*block_size)) and enumerate positives one column at a time: O(N^3) time, as
+  the dense forms, but without the dense [N, N, N] tensor.
+
+  Args: embeddings [N, D] float; labels [N] int; margin scalar >= 0 (differentiated, may be
+    traced); mining, distance as above; soft bool; block_size int; mesh optional Mesh.
+  """
+  _check_common(embeddings, labels, block_size, mesh)
+  _checks.check_choice(mining, "mining", MININGS)
+  _checks.check_choice(distance, "distance", DISTANCES)
+  _checks.check_scalar(margin, "margin")
+  _checks.check_non_negative(margin, "margin")
+  dtype = _checks.compute_dtype(embeddings.dtype)
+  x = embeddings.astype(dtype)
+  if distance == "cosine":
+    x = l2_normalize(x)
+  soft = bool(soft)
+  full_row = mining in FULL_ROW_MININGS
+  if full_row:
+    bodies = lambda sw: _full_row_bodies(sw, mining, distance, soft)
+  else:
+    bodies = lambda sw: _batch_hard_bodies(sw, distance, soft)
+  return _run(bodies, (x,), (jnp.asarray(margin, dtype),), labels.astype(jnp.int32),
+              x.shape[0], block_size, mesh, full_row=full_row)
