@@ -1,0 +1,101 @@
+"""Evaluator objects built from config.eval: names, splits, values vs the metric functions' refs."""
+
+import ml_collections
+import numpy as np
+import pytest
+
+from sim_jax.eval import evaluators
+from sim_jax.eval.config import default_config
+
+
+def data():
+  rng = np.random.default_rng(0)
+  centers = rng.standard_normal((6, 8)) * 3
+  emb, lab = {}, {}
+  for split, n, classes in [("train", 60, 4), ("validation", 40, 4), ("test", 40, 4),
+                            ("heldout", 30, 6)]:
+    y = rng.integers(0, classes, n)
+    if split == "heldout":
+      y = np.r_[y[:20] % 2 + 4, y[20:] % 4]  # classes 4, 5 unseen in train; 0-3 seen
+    emb[split] = (centers[y] + rng.standard_normal((n, 8))).astype(np.float32)
+    lab[split] = y
+  return emb, lab
+
+
+def test_default_config_is_typed_and_complete():
+  c = default_config()
+  assert isinstance(c, ml_collections.ConfigDict)
+  c.lock()
+  with pytest.raises(AttributeError):
+    c.unknown_field = 1
+  with pytest.raises(TypeError):
+    c.knn_k = "five"
+
+
+def test_all_protocols_produce_flat_names_and_reference_values():
+  c = default_config()
+  c.protocols = "retrieval,knn,pool,verification,fewshot,zeroshot"
+  c.verification_num_pairs = 200
+  c.fewshot_num_episodes = 10
+  c.fewshot_n_way = 3
+  c.pool_num_foils = 9
+  evs = evaluators.get_evaluators(c)
+  assert [e.name for e in evs] == ["retrieval", "knn", "pool", "verification", "fewshot",
+                                   "zeroshot"]
+  emb, lab = data()
+  out = evaluators.run_evaluators(evs, emb, lab)
+  for name in ["retrieval/mrr@5", "retrieval/map@r", "retrieval/num_excluded_queries",
+               "knn/accuracy", "knn/f1_macro", "pool/top2_accuracy", "verification/roc_auc",
+               "verification/accuracy", "fewshot/accuracy", "zeroshot/mrr@5",
+               "zeroshot/num_classes"]:
+    assert name in out and isinstance(out[name], float), name
+  assert out["zeroshot/num_classes"] == 2.0
+  # k-NN against an explicit NumPy loop (Euclidean, majority of 5, ties to the nearest).
+  tr, te = emb["train"].astype(np.float64), emb["test"].astype(np.float64)
+  correct = 0
+  for i in range(len(te)):
+    d = np.linalg.norm(tr - te[i], axis=1)
+    nn = lab["train"][np.argsort(d, kind="stable")[:5]]
+    counts = {c: list(nn).count(c) for c in nn}
+    pred = max(nn, key=lambda c: (counts[c], -list(nn).index(c)))
+    correct += pred == lab["test"][i]
+  assert out["knn/accuracy"] == pytest.approx(correct / len(te))
+  # Zero-shot uses only the unseen classes 4 and 5: P@1 from a loop over those rows.
+  keep = lab["heldout"] >= 4
+  e, y = emb["heldout"][keep].astype(np.float64), lab["heldout"][keep]
+  hits = []
+  for i in range(len(e)):
+    d = np.linalg.norm(e - e[i], axis=1)
+    d[i] = np.inf
+    hits.append(y[np.argmin(d)] == y[i])
+  assert out["zeroshot/precision@1"] == pytest.approx(np.mean(hits))
+
+
+def test_best_metric_and_is_better():
+  c = default_config()
+  assert evaluators.best_metric(c) == ("retrieval/mrr@5", "max")
+  assert evaluators.is_better(0.5, None, "max") and evaluators.is_better(0.4, 0.5, "min")
+  assert not evaluators.is_better(0.4, 0.5, "max")
+  c.best_metric = "knn/f1_macro"
+  c.protocols = "retrieval"
+  with pytest.raises(ValueError, match="best_metric='knn/f1_macro'"):
+    evaluators.get_evaluators(c)
+
+
+def test_bad_config_and_missing_split():
+  c = default_config()
+  c.protocols = "retrieval,nonsense"
+  with pytest.raises(ValueError, match="nonsense"):
+    evaluators.get_evaluators(c)
+  c = default_config()
+  c.query_split = "dev"
+  (ev, _) = evaluators.get_evaluators(c)
+  with pytest.raises(ValueError, match="no split 'dev'"):
+    ev(*data())
+  c = default_config()
+  c.protocols = "verification"
+  c.best_metric = "verification/accuracy"
+  c.verification_val_split = "test"
+  (ev,) = evaluators.get_evaluators(c)
+  with pytest.raises(ValueError, match="different split"):
+    ev(*data())
