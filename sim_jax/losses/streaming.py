@@ -534,11 +534,9 @@ def _sweeper_and_wrap(n, block_size, mesh, full_row: bool):
 
 
 def _run(bodies_fn, xs, params, labels, n, block_size, mesh, full_row=False):
+  """Builds the fwd / bwd bodies for the chosen sweeper and applies the custom-VJP loss."""
   sweeper, wrap = _sweeper_and_wrap(n, block_size, mesh, full_row)
-  if wrap is None:
-    fwd_local, bwd_local = bodies_fn(sweeper)
-  else:
-    fwd_local, bwd_local = wrap.bodies(bodies_fn)
+  fwd_local, bwd_local = bodies_fn(sweeper)
   return custom_loss(fwd_local, bwd_local, wrap)(xs, params, labels)
 
 
