@@ -11,7 +11,6 @@ import pytest
 import sim_jax.data as sd
 from sim_jax.data import samplers
 
-
 # One prepared copy of digits for the whole module, outside the user's cache.
 _DATA_DIR = tempfile.mkdtemp(prefix="sim_jax_data_test_")
 
