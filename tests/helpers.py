@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import textwrap
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -27,7 +29,8 @@ def subprocess_env(num_devices: int | None = None, **extra: str) -> dict[str, st
 
 
 def run_python(code: str, *, num_devices: int | None = None, timeout: float = 300,
-               env: dict[str, str] | None = None, check: bool = True) -> subprocess.CompletedProcess:
+               env: dict[str, str] | None = None,
+               check: bool = True) -> subprocess.CompletedProcess:
   """Runs `code` in a fresh interpreter and returns the completed process (text output)."""
   child_env = subprocess_env(num_devices)
   if env:
@@ -36,7 +39,8 @@ def run_python(code: str, *, num_devices: int | None = None, timeout: float = 30
                         capture_output=True, text=True, timeout=timeout, cwd=REPO_ROOT)
   if check and proc.returncode != 0:
     raise AssertionError(f"child failed with exit code {proc.returncode}\n"
-                         f"--- stdout ---\n{proc.stdout[-5000:]}\n--- stderr ---\n{proc.stderr[-5000:]}")
+                         f"--- stdout ---\n{proc.stdout[-5000:]}\n"
+                         f"--- stderr ---\n{proc.stderr[-5000:]}")
   return proc
 
 
@@ -45,3 +49,51 @@ def free_port() -> int:
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
     return s.getsockname()[1]
+
+
+LAUNCH = os.path.join(REPO_ROOT, "launch.py")
+# Shared by every launch in a test session: the second launch of a config skips compilation.
+COMPILATION_CACHE = os.path.join(tempfile.gettempdir(), "sim_jax_test_compilation_cache")
+
+
+def launch_cmd(workdir: str, *args: str, config: str = "configs/test.py") -> list[str]:
+  return [sys.executable, LAUNCH, f"--config={os.path.join(REPO_ROOT, config)}",
+          f"--workdir={workdir}", f"--compilation_cache={COMPILATION_CACHE}", *args]
+
+
+def run_launch(workdir: str, *args: str, config: str = "configs/test.py", timeout: float = 300,
+               num_devices: int | None = None, env: dict[str, str] | None = None
+               ) -> subprocess.CompletedProcess:
+  """Runs `launch.py` to completion in a child process (its own process group)."""
+  child_env = subprocess_env(num_devices)
+  if env:
+    child_env.update(env)
+  return subprocess.run(launch_cmd(workdir, *args, config=config), env=child_env,
+                        capture_output=True, text=True, timeout=timeout, cwd=REPO_ROOT,
+                        start_new_session=True)
+
+
+def start_launch(workdir: str, *args: str, config: str = "configs/test.py",
+                 num_devices: int | None = None, env: dict[str, str] | None = None,
+                 log_path: str | None = None) -> subprocess.Popen:
+  """Starts `launch.py` in its own process group (so a test can kill it and its workers)."""
+  child_env = subprocess_env(num_devices)
+  if env:
+    child_env.update(env)
+  out = open(log_path, "w") if log_path else subprocess.DEVNULL  # noqa: SIM115
+  return subprocess.Popen(launch_cmd(workdir, *args, config=config), env=child_env,
+                          stdout=out, stderr=subprocess.STDOUT, text=True, cwd=REPO_ROOT,
+                          start_new_session=True)
+
+
+def kill_group(proc: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
+  """Signals the whole process group of `proc` (grain workers included)."""
+  try:
+    os.killpg(proc.pid, sig)
+  except ProcessLookupError:
+    pass
+
+
+def describe(proc: subprocess.CompletedProcess) -> str:
+  return (f"exit code {proc.returncode}\n--- stdout ---\n{proc.stdout[-4000:]}\n"
+          f"--- stderr ---\n{proc.stderr[-6000:]}")
