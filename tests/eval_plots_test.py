@@ -29,7 +29,7 @@ def test_retrieval_grid_borders_mark_correct_and_wrong():
   assert img.shape == (2 * tile_h, 3 * tile_w, 3)
   def corner(r, c):
     return tuple(img[r * tile_h, c * tile_w])
-  assert corner(0, 0) == plots.WHITE
+  assert corner(0, 0) == plots.BLUE
   assert corner(0, 1) == plots.GREEN and corner(0, 2) == plots.RED
   assert corner(1, 1) == plots.GREEN and corner(1, 2) == plots.RED
   assert tuple(img[2, tile_w + 2]) == (128, 128, 128)  # 0.5 -> 128 inside the frame

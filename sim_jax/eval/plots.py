@@ -1,7 +1,7 @@
 """Evaluation plots saved as PNG (matplotlib, Agg backend: no display needed).
 
   tsne_plot             t-SNE (sklearn.manifold.TSNE) of embeddings coloured by class (seed 004)
-  retrieval_grid_image  query + top-k gallery images per row as one uint8 image; a border marks
+  retrieval_grid_image  query (blue frame) + top-k gallery images per row; a frame marks
                         each match green (same label) or red (different), grey when unlabelled
   save_retrieval_grid   the same, written as a PNG (also the `--mode=search` strip: one row)
   read_scalars          (step, value) series from a TensorBoard event directory (CLU writers)
@@ -23,7 +23,7 @@ import numpy as np  # noqa: E402
 GREEN = (0, 170, 0)
 RED = (220, 0, 0)
 GREY = (160, 160, 160)
-WHITE = (255, 255, 255)
+BLUE = (0, 90, 200)
 
 
 def _save(fig, path: str) -> str:
@@ -88,7 +88,7 @@ def retrieval_grid_image(query_images, gallery_images, neighbors, query_labels=N
                          gallery_labels=None, *, border: int = 2, gap: int = 4) -> np.ndarray:
   """uint8 [Q*(h + gap), (k + 1)*(w + gap), 3]: row q = query q, then its k neighbours.
 
-  Each tile is the image inside a `border`-pixel frame: the query's is white, a neighbour's green
+  Each tile is the image inside a `border`-pixel frame: the query's is blue, a neighbour's green
   if its label equals the query's, red if not, grey if labels are not given. Tiles are separated by
   `gap` white pixels (right and bottom).
   """
@@ -107,7 +107,7 @@ def retrieval_grid_image(query_images, gallery_images, neighbors, query_labels=N
   th, tw = h + gap, w + gap
   out = np.full((nb.shape[0] * th, (nb.shape[1] + 1) * tw, 3), 255, np.uint8)
   for r in range(nb.shape[0]):
-    tiles = [(qi[r], WHITE)]
+    tiles = [(qi[r], BLUE)]
     for j in nb[r]:
       colour = GREY
       if labelled:
