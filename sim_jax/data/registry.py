@@ -15,7 +15,7 @@ import ml_collections
 import numpy as np
 import tensorflow_datasets as tfds
 
-from sim_jax.data.builders import common, digits, glyphs
+from sim_jax.data.builders import common, digits, glyphs, image_folder
 
 # name -> (builder class, options(data_config) -> JSON-able dict of build options)
 OWN = {
@@ -27,6 +27,13 @@ OWN = {
         "charset": str(c.charset), "renders_per_font": int(c.renders_per_font),
         "max_classes": c.max_classes, "heldout_class_fraction": float(c.heldout_class_fraction),
         "test_fraction": float(c.test_fraction)}),
+    "image_folder": (image_folder.ImageFolder, lambda c: {
+        "path": str(c.path), "layout": str(c.layout), "image_size": int(c.image_size or 64),
+        "channels": int(c.channels or 3), "skip_bad_images": bool(c.skip_bad_images),
+        "max_bad_images": int(c.max_bad_images),
+        "heldout_class_fraction": float(c.heldout_class_fraction),
+        "test_fraction": float(c.test_fraction),
+        "digest": image_folder.listing_digest(image_folder.list_images(str(c.path), c.layout))}),
 }
 DATASETS = tuple(OWN)
 

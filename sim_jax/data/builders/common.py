@@ -71,7 +71,9 @@ class SimJaxBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
                        f"{self.builder_config.options}")
     self.info.metadata["class_names"] = list(class_names)
     self.info.metadata["options"] = dict(self.builder_config.options)
-    return {split: self._generate_examples(examples) for split, examples in split_examples.items()}
+    # TFDS refuses to write an empty split (e.g. "test" with test_fraction=0): leave it out.
+    return {split: self._generate_examples(examples)
+            for split, examples in split_examples.items() if examples}
 
   def _generate_examples(self, examples):
     yield from examples
