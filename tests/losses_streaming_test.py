@@ -1,0 +1,380 @@
+"""Streaming losses (sim_jax.losses.streaming, two_tower, gradcache) against independent references.
+
+Values are checked against hand-written NumPy loops over pairs / triplets in float64; gradients
+against the dense cores of sim_jax.losses (a second implementation, differentiated by autodiff)
+and against central finite differences of the NumPy loops along random directions.
+"""
+
+import importlib
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from sim_jax.losses import gradcache, infonce, streaming, two_tower
+
+triplet_mod = importlib.import_module("sim_jax.losses.triplet")
+
+N, D = 24, 8
+
+
+def _data(seed=0, n=N, d=D, classes=5):
+  rng = np.random.default_rng(seed)
+  x = rng.normal(size=(n, d))
+  y = rng.integers(0, classes, size=n)
+  return x, y
+
+
+# ---------------------------------------------------------------- NumPy loop references (float64)
+
+def _unit(x):
+  return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def ref_nt_xent(x, y, t):
+  z = _unit(x)
+  num, den = np.zeros(len(x)), np.zeros(len(x))
+  for i in range(len(x)):
+    negs = [math.exp(z[i] @ z[n] / t) for n in range(len(x)) if y[n] != y[i]]
+    for p in range(len(x)):
+      if p != i and y[p] == y[i]:
+        e = math.exp(z[i] @ z[p] / t)
+        num[i] += -math.log(e / (e + sum(negs)))
+        den[i] += 1
+  return num, den
+
+
+def ref_supcon(x, y, t):
+  z = _unit(x)
+  num, den = np.zeros(len(x)), np.zeros(len(x))
+  for i in range(len(x)):
+    pos = [p for p in range(len(x)) if p != i and y[p] == y[i]]
+    if not pos:
+      continue
+    total = sum(math.exp(z[i] @ z[a] / t) for a in range(len(x)) if a != i)
+    num[i] = -np.mean([math.log(math.exp(z[i] @ z[p] / t) / total) for p in pos])
+    den[i] = 1
+  return num, den
+
+
+def _ref_dist(x, distance):
+  n = len(x)
+  d = np.zeros((n, n))
+  for i in range(n):
+    for j in range(n):
+      if distance == "cosine":
+        d[i, j] = 1 - _unit(x)[i] @ _unit(x)[j]
+      else:
+        sq = np.sum((x[i] - x[j]) ** 2)
+        d[i, j] = sq if distance == "squared_euclidean" else math.sqrt(sq)
+  return d
+
+
+def _term(z, margin, soft):
+  return math.log1p(math.exp(z)) if soft else max(z + margin, 0.0)
+
+
+def ref_triplet(x, y, margin, mining, distance, soft):
+  d = _ref_dist(x, distance)
+  n = len(x)
+  num, den = np.zeros(n), np.zeros(n)
+  for a in range(n):
+    pos = [p for p in range(n) if p != a and y[p] == y[a]]
+    neg = [q for q in range(n) if y[q] != y[a]]
+    if not pos or not neg:
+      continue
+    if mining == "batch_hard":
+      num[a] = _term(max(d[a, p] for p in pos) - min(d[a, q] for q in neg), margin, soft)
+      den[a] = 1
+    elif mining == "batch_all":
+      for p in pos:
+        for q in neg:
+          loss = _term(d[a, p] - d[a, q], margin, soft)
+          num[a] += loss
+          den[a] += 1 if (soft or loss > 0) else 0
+    else:  # semi_hard, TF Addons
+      for p in pos:
+        farther = [d[a, q] for q in neg if d[a, q] > d[a, p]]
+        d_an = min(farther) if farther else max(d[a, q] for q in neg)
+        num[a] += _term(d[a, p] - d_an, margin, soft)
+        den[a] += 1
+  return num, den
+
+
+def _mean(num, den):
+  return np.sum(num) / max(np.sum(den), 1)
+
+
+def _directional_fd(f, x, directions, eps=1e-5):
+  return np.array([(f(x + eps * v) - f(x - eps * v)) / (2 * eps) for v in directions])
+
+
+# ---------------------------------------------------------------- helpers
+
+def _stream_value_and_grad(stats_fn, x):
+  """Mean reduction of a stats function, value and gradient, jitted."""
+  def loss(x):
+    num, den = stats_fn(x)
+    return jnp.sum(num) / jnp.maximum(jnp.sum(den), 1), (num, den)
+  return jax.jit(jax.value_and_grad(loss, has_aux=True))(jnp.asarray(x, jnp.float32))
+
+
+def _dense_grad(stats_fn, x):
+  loss = lambda x: (lambda nd: jnp.sum(nd[0]) / jnp.maximum(jnp.sum(nd[1]), 1))(stats_fn(x))
+  return jax.jit(jax.grad(loss))(jnp.asarray(x, jnp.float32))
+
+
+def _check_all(stream_fn, dense_fn, ref_fn, x, seed=0):
+  (value, (num, den)), grad = _stream_value_and_grad(stream_fn, x)
+  ref_num, ref_den = ref_fn(x)
+  np.testing.assert_allclose(den, ref_den)
+  np.testing.assert_allclose(num, ref_num, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(value, _mean(ref_num, ref_den), rtol=1e-5)
+  dense = _dense_grad(dense_fn, x)
+  scale = np.max(np.abs(dense))
+  np.testing.assert_allclose(grad, dense, rtol=1e-5, atol=1e-5 * scale)
+  directions = np.random.default_rng(seed + 1).normal(size=(2,) + x.shape)
+  fd = _directional_fd(lambda x: _mean(*ref_fn(x)), x, directions)
+  np.testing.assert_allclose(np.einsum("knd,nd->k", directions, grad), fd, rtol=2e-3,
+                             atol=1e-4 * scale)
+
+
+# ---------------------------------------------------------------- InfoNCE family
+
+@pytest.mark.parametrize("temperature,block_size", [(0.01, 7), (0.1, 8), (1.0, 5), (0.1, 64)])
+def test_nt_xent_matches_loops_dense_and_finite_differences(temperature, block_size):
+  x, y = _data(1)
+  _check_all(
+    lambda x: streaming.nt_xent_stats(x, y, temperature=temperature, block_size=block_size),
+    lambda x: infonce.nt_xent_stats_dense(x, y, temperature), lambda x: ref_nt_xent(x, y,
+                                                                                   temperature), x)
+
+
+@pytest.mark.parametrize("temperature,block_size", [(0.01, 6), (0.5, 7), (1.0, 24)])
+def test_supcon_matches_loops_dense_and_finite_differences(temperature, block_size):
+  x, y = _data(2, classes=6)
+  y[0] = 99  # an anchor without positives: excluded (den 0), never counted as zero
+  _check_all(
+    lambda x: streaming.supcon_stats(x, y, temperature=temperature, block_size=block_size),
+    lambda x: infonce.supcon_stats_dense(x, y, temperature),
+    lambda x: ref_supcon(x, y, temperature), x)
+
+
+def test_simclr_identical_views_give_log_2n_minus_1():
+  # Closed form: all similarities equal, so each term is log(2n - 1) (pinned contract).
+  n = 5
+  x = np.ones((2 * n, 4))
+  y = np.concatenate([np.arange(n), np.arange(n)])
+  num, den = streaming.nt_xent_stats(jnp.asarray(x), jnp.asarray(y), temperature=0.3,
+                                     block_size=3)
+  np.testing.assert_allclose(num / den, np.log(2 * n - 1), rtol=1e-6)
+
+
+def test_learnable_temperature_gradient_matches_dense():
+  x, y = _data(3)
+  f_s = lambda t: jnp.sum(streaming.nt_xent_stats(jnp.asarray(x, jnp.float32), y, temperature=t,
+                                                  block_size=5)[0])
+  f_d = lambda t: jnp.sum(infonce.nt_xent_stats_dense(jnp.asarray(x, jnp.float32), y, t)[0])
+  np.testing.assert_allclose(jax.grad(f_s)(0.2), jax.grad(f_d)(0.2), rtol=1e-5)
+  g_s = lambda t: jnp.sum(streaming.supcon_stats(jnp.asarray(x, jnp.float32), y, temperature=t,
+                                                 block_size=5)[0])
+  g_d = lambda t: jnp.sum(infonce.supcon_stats_dense(jnp.asarray(x, jnp.float32), y, t)[0])
+  np.testing.assert_allclose(jax.grad(g_s)(0.2), jax.grad(g_d)(0.2), rtol=1e-5)
+
+
+def test_single_class_and_zero_vector_are_finite():
+  x, _ = _data(4, n=10)
+  x[3] = 0.0  # zero embedding: cosine similarity 0, finite gradient
+  y = np.zeros(10, np.int32)
+  for fn in (streaming.nt_xent_stats, streaming.supcon_stats):
+    (value, (num, den)), grad = _stream_value_and_grad(
+      lambda x, fn=fn: fn(x, y, temperature=0.1, block_size=4), x)
+    assert np.all(np.isfinite(grad)) and np.isfinite(value)
+  # NT-Xent without negatives: every l_ip = 0, den = #positives.
+  num, den = streaming.nt_xent_stats(jnp.asarray(x), y, temperature=0.1, block_size=4)
+  np.testing.assert_allclose(num, 0.0)
+  np.testing.assert_allclose(den, 9.0)
+
+
+# ---------------------------------------------------------------- triplet
+
+@pytest.mark.parametrize("mining", ["batch_hard", "semi_hard", "batch_all"])
+@pytest.mark.parametrize("distance,soft,block_size", [
+  ("euclidean", False, 7), ("squared_euclidean", True, 8), ("cosine", False, 5)])
+def test_triplet_matches_loops_dense_and_finite_differences(mining, distance, soft, block_size):
+  x, y = _data(5, classes=4)
+  x = x * 0.5  # distances of order 1, so a 0.2 margin makes some triplets active, some not
+  y[-1] = 50   # an anchor without positives: excluded
+  margin = 0.2 if distance != "squared_euclidean" else 1.0
+  _check_all(
+    lambda x: streaming.triplet_stats(x, y, margin=margin, mining=mining, distance=distance,
+                                      soft=soft, block_size=block_size),
+    lambda x: triplet_mod.triplet_stats_dense(x, y, margin, mining, distance, soft),
+    lambda x: ref_triplet(x, y, margin, mining, distance, soft), x)
+
+
+def test_triplet_margin_gradient_counts_active_terms():
+  # d loss_sum / d margin = number of active (hinge > 0) terms: compare with the NumPy loops.
+  x, y = _data(6, classes=3)
+  xj = jnp.asarray(x * 0.5, jnp.float32)
+  for mining in ("batch_hard", "semi_hard", "batch_all"):
+    f = lambda m, mining=mining: jnp.sum(streaming.triplet_stats(
+      xj, y, margin=m, mining=mining, distance="euclidean", soft=False, block_size=5)[0])
+    eps = 1e-6
+    fd = (np.sum(ref_triplet(x * 0.5, y, 0.3 + eps, mining, "euclidean", False)[0])
+          - np.sum(ref_triplet(x * 0.5, y, 0.3 - eps, mining, "euclidean", False)[0])) / (2 * eps)
+    np.testing.assert_allclose(jax.grad(f)(0.3), fd, rtol=1e-4)
+
+
+# ---------------------------------------------------------------- memory and input checks
+
+def test_streaming_never_materialises_the_n_by_n_matrix():
+  n, d, block = 2048, 16, 128
+  x = jax.ShapeDtypeStruct((n, d), jnp.float32)
+  y = jax.ShapeDtypeStruct((n,), jnp.int32)
+
+  def temp_bytes(block_size):
+    fn = jax.value_and_grad(lambda x, y: jnp.sum(streaming.nt_xent_stats(
+      x, y, temperature=0.1, block_size=block_size)[0]))
+    return jax.jit(fn).lower(x, y).compile().memory_analysis().temp_size_in_bytes
+
+  dense = jax.jit(jax.value_and_grad(lambda x, y: jnp.sum(
+    infonce.nt_xent_stats_dense(x, y, 0.1)[0]))).lower(x, y).compile()
+  assert dense.memory_analysis().temp_size_in_bytes >= n * n * 4  # the dense form holds N x N
+  assert temp_bytes(block) < n * n * 4 / 8
+
+
+def test_invalid_inputs_raise_value_error_naming_the_argument():
+  x, y = jnp.ones((6, 3)), jnp.arange(6)
+  with pytest.raises(ValueError, match="block_size"):
+    streaming.nt_xent_stats(x, y, temperature=0.1, block_size=0)
+  with pytest.raises(ValueError, match="temperature"):
+    streaming.supcon_stats(x, y, temperature=-1.0, block_size=2)
+  with pytest.raises(ValueError, match="labels"):
+    streaming.nt_xent_stats(x, y[:5], temperature=0.1, block_size=2)
+  with pytest.raises(ValueError, match="mining"):
+    streaming.triplet_stats(x, y, margin=0.2, mining="hardest", distance="euclidean", soft=False,
+                            block_size=2)
+  with pytest.raises(ValueError, match="margin"):
+    streaming.triplet_stats(x, y, margin=-0.1, mining="batch_hard", distance="euclidean",
+                            soft=False, block_size=2)
+  with pytest.raises(ValueError, match="txt_emb"):
+    two_tower.clip_infonce(x, jnp.ones((5, 3)), 0.1)
+  with pytest.raises(ValueError, match="num_chunks"):
+    gradcache.gradcache_value_and_grad(lambda p, b: b * p, jnp.sum, 1.0, x, num_chunks=0)
+  with pytest.raises(ValueError, match="divisible"):
+    gradcache.gradcache_value_and_grad(lambda p, b: b * p, jnp.sum, 1.0, x, num_chunks=4)
+
+
+def test_bfloat16_inputs_give_float32_stats_and_bfloat16_gradient():
+  x, y = _data(7)
+  xb = jnp.asarray(x, jnp.bfloat16)
+  (value, (num, _)), grad = _stream_value_and_grad(
+    lambda x: streaming.nt_xent_stats(x.astype(jnp.bfloat16), y, temperature=0.1, block_size=5),
+    xb.astype(jnp.float32))
+  assert num.dtype == jnp.float32
+  ref = _mean(*ref_nt_xent(np.asarray(xb.astype(jnp.float32), np.float64), y, 0.1))
+  np.testing.assert_allclose(value, ref, rtol=1e-5)
+  g = jax.grad(lambda x: jnp.sum(streaming.nt_xent_stats(x, y, temperature=0.1,
+                                                         block_size=5)[0]))(xb)
+  assert g.dtype == jnp.bfloat16
+
+
+# ---------------------------------------------------------------- two-tower
+
+def ref_clip(a, b, t):
+  a, b = _unit(a), _unit(b)
+  n = len(a)
+  i2t = [-math.log(math.exp(a[i] @ b[i] / t) / sum(math.exp(a[i] @ b[j] / t) for j in range(n)))
+         for i in range(n)]
+  t2i = [-math.log(math.exp(a[j] @ b[j] / t) / sum(math.exp(a[i] @ b[j] / t) for i in range(n)))
+         for j in range(n)]
+  return 0.5 * (np.mean(i2t) + np.mean(t2i))
+
+
+def ref_siglip(a, b, log_t, bias):
+  a, b = _unit(a), _unit(b)
+  n = len(a)
+  total = 0.0
+  for i in range(n):
+    for j in range(n):
+      z = 1.0 if i == j else -1.0
+      logit = a[i] @ b[j] * math.exp(log_t) + bias
+      total += -math.log(1.0 / (1.0 + math.exp(-z * logit)))
+  return total / n
+
+
+@pytest.mark.parametrize("block_size", [None, 7])
+def test_clip_and_siglip_match_loops_and_dense_gradients(block_size):
+  rng = np.random.default_rng(8)
+  a, b = rng.normal(size=(20, 6)), rng.normal(size=(20, 6))
+  aj, bj = jnp.asarray(a, jnp.float32), jnp.asarray(b, jnp.float32)
+  clip = lambda a, b, t, bs: two_tower.clip_infonce(a, b, t, block_size=bs)
+  sig = lambda a, b, lt, c, bs: two_tower.siglip(a, b, lt, c, block_size=bs)
+  v, g = jax.jit(jax.value_and_grad(lambda *args: clip(*args, block_size), argnums=(0, 1, 2)))(
+    aj, bj, 0.05)
+  np.testing.assert_allclose(v, ref_clip(a, b, 0.05), rtol=1e-5)
+  v2, g2 = jax.jit(jax.value_and_grad(lambda *a_: sig(*a_, block_size), argnums=(0, 1, 2, 3)))(
+    aj, bj, math.log(10.0), -10.0)
+  np.testing.assert_allclose(v2, ref_siglip(a, b, math.log(10.0), -10.0), rtol=1e-5)
+  directions = rng.normal(size=(2,) + a.shape)
+  fd = _directional_fd(lambda a_: ref_clip(a_, b, 0.05), a, directions)
+  np.testing.assert_allclose(np.einsum("knd,nd->k", directions, g[0]), fd, rtol=2e-3, atol=1e-5)
+  fd_t = (ref_clip(a, b, 0.05 + 1e-6) - ref_clip(a, b, 0.05 - 1e-6)) / 2e-6
+  np.testing.assert_allclose(g[2], fd_t, rtol=1e-3)
+  fd_b = (ref_siglip(a, b, math.log(10.0), -10.0 + 1e-6)
+          - ref_siglip(a, b, math.log(10.0), -10.0 - 1e-6)) / 2e-6
+  np.testing.assert_allclose(g2[3], fd_b, rtol=1e-3)
+  fd_s = _directional_fd(lambda b_: ref_siglip(a, b_, math.log(10.0), -10.0), b, directions)
+  np.testing.assert_allclose(np.einsum("knd,nd->k", directions, g2[1]), fd_s, rtol=2e-3,
+                             atol=1e-5)
+
+
+# ---------------------------------------------------------------- GradCache
+
+def test_gradcache_equals_plain_value_and_grad():
+  rng = np.random.default_rng(9)
+  params = {"w1": jnp.asarray(rng.normal(size=(6, 16)) * 0.3, jnp.float32),
+            "w2": jnp.asarray(rng.normal(size=(16, 8)) * 0.3, jnp.float32)}
+  images = jnp.asarray(rng.normal(size=(32, 6)), jnp.float32)
+  labels = jnp.asarray(rng.integers(0, 4, size=32))
+  embed = lambda p, x: jnp.tanh(x @ p["w1"]) @ p["w2"]
+  loss_fn = lambda e: jnp.sum(streaming.supcon_stats(e, labels, temperature=0.2,
+                                                     block_size=8)[0]) / 32
+  want_loss, want = jax.value_and_grad(lambda p: loss_fn(embed(p, images)))(params)
+  loss, grads = jax.jit(lambda p: gradcache.gradcache_value_and_grad(
+    embed, loss_fn, p, images, num_chunks=4))(params)
+  np.testing.assert_allclose(loss, want_loss, rtol=1e-6)
+  for k in params:
+    np.testing.assert_allclose(grads[k], want[k], rtol=1e-5, atol=1e-7)
+
+
+def test_gradcache_threads_state_per_chunk():
+  # A batch-norm-like encoder: centres each chunk with its own mean and counts updates in state.
+  rng = np.random.default_rng(10)
+  w = jnp.asarray(rng.normal(size=(5, 4)), jnp.float32)
+  images = jnp.asarray(rng.normal(size=(12, 5)), jnp.float32)
+
+  def embed(p, state, x):
+    h = x @ p
+    return h - jnp.mean(h, axis=0), {"updates": state["updates"] + 1,
+                                     "mean": state["mean"] + jnp.mean(h, axis=0)}
+
+  loss_fn = lambda e: two_tower.clip_infonce(e[:6], e[6:], 0.5)
+
+  def chunked(p):  # the same per-chunk model written out by hand
+    chunks = [embed(p, {"updates": 0, "mean": 0.0}, images[i:i + 4])[0]
+              for i in range(0, 12, 4)]
+    return loss_fn(jnp.concatenate(chunks))
+
+  want_loss, want = jax.value_and_grad(chunked)(w)
+  state = {"updates": jnp.zeros((), jnp.int32), "mean": jnp.zeros(4)}
+  loss, grads, new_state = gradcache.gradcache_value_and_grad(embed, loss_fn, w, images,
+                                                              num_chunks=3, state=state)
+  np.testing.assert_allclose(loss, want_loss, rtol=1e-6)
+  np.testing.assert_allclose(grads, want, rtol=1e-5, atol=1e-7)
+  assert int(new_state["updates"]) == 3
+  np.testing.assert_allclose(new_state["mean"], sum(jnp.mean(images[i:i + 4] @ w, axis=0)
+                                                    for i in range(0, 12, 4)), rtol=1e-5)
