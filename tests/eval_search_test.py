@@ -121,3 +121,14 @@ def test_sharded_search_on_four_devices_equals_single_device():
   """
   proc = run_python(code, num_devices=4, timeout=240)
   assert "OK" in proc.stdout
+
+
+def test_device_array_gallery_is_used_in_place_and_checked():
+  import jax
+  import jax.numpy as jnp
+  rng = np.random.default_rng(9)
+  q, g = int_data(rng, 5), int_data(rng, 40)
+  _, i = search.topk(q, jax.device_put(g), 4, "dot", block_size=16)
+  np.testing.assert_array_equal(i, full_sort(q, g, 4, "dot")[1])
+  with pytest.raises(ValueError, match="non-finite value in row 3"):
+    search.topk(q, jnp.asarray(g).at[3, 1].set(jnp.inf), 4)

@@ -68,7 +68,7 @@ def fewshot_accuracy(emb, labels, *, n_way: int = 5, k_shot: int = 1, n_query: i
                      num_episodes: int = 200, seed: int = 0,
                      metric: str = "euclidean") -> dict[str, float]:
   """{"accuracy", "ci95", "num_episodes"} of prototype classification over sampled episodes."""
-  emb = search_lib.check_embeddings(emb, "emb")
+  emb = np.asarray(search_lib.check_embeddings(emb, "emb"))
   y = retrieval.check_labels(labels, emb.shape[0], "labels")
   accs = []
   for _, support, query in sample_episodes(y, n_way=n_way, k_shot=k_shot, n_query=n_query,

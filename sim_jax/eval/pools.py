@@ -69,8 +69,8 @@ def sample_pair_pools(num: int, num_foils: int, seed: int = 0) -> np.ndarray:
 def pair_pool_accuracy(left, right, *, num_foils: int = 19, top: int = 2, seed: int = 0,
                        metric: str = "cosine") -> dict[str, float]:
   """Seed 003's protocol: left[i]'s true match is right[i] among num_foils other right rows."""
-  left = search_lib.check_embeddings(left, "left")
-  right = search_lib.check_embeddings(right, "right")
+  left = np.asarray(search_lib.check_embeddings(left, "left"))
+  right = np.asarray(search_lib.check_embeddings(right, "right"))
   if left.shape != right.shape:
     raise ValueError(f"left and right must be paired row by row, got shapes {left.shape} and "
                      f"{right.shape}.")
@@ -112,7 +112,7 @@ def sample_label_pools(labels, num_foils: int, seed: int = 0):
 def label_pool_accuracy(emb, labels, *, num_foils: int = 19, top: int = 2, seed: int = 0,
                         metric: str = "cosine") -> dict[str, float]:
   """Pool ranking on a labelled split (see the module docstring)."""
-  emb = search_lib.check_embeddings(emb, "emb")
+  emb = np.asarray(search_lib.check_embeddings(emb, "emb"))
   y = retrieval.check_labels(labels, emb.shape[0], "labels")
   _check_pool(num_foils, top, emb.shape[0] - 1)
   rows, cand, excluded = sample_label_pools(y, num_foils, seed)

@@ -42,8 +42,21 @@ _EPS = 1e-12
 _NO_INDEX = np.iinfo(np.int32).max
 
 
-def check_embeddings(x, name: str) -> np.ndarray:
-  """Returns `x` as a 2-D float array, or raises ValueError naming `name` and what is wrong."""
+def check_embeddings(x, name: str):
+  """Returns `x` as a 2-D float array, or raises ValueError naming `name` and what is wrong.
+
+  A `jax.Array` stays on its device (checked there, no host copy of a large gallery); anything
+  else becomes a NumPy array.
+  """
+  if isinstance(x, jax.Array):
+    if x.ndim != 2 or x.shape[0] == 0:
+      raise ValueError(f"{name} must be a non-empty 2-D array [N, D], got shape {x.shape}.")
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+      x = x.astype(jnp.float32)
+    if not bool(jnp.all(jnp.isfinite(x))):
+      bad = int(jnp.argmin(jnp.all(jnp.isfinite(x), axis=1)))
+      raise ValueError(f"{name} has a non-finite value in row {bad}.")
+    return x
   arr = np.asarray(x)
   if arr.ndim != 2:
     raise ValueError(f"{name} must be 2-D [N, D], got shape {arr.shape}.")
@@ -214,7 +227,8 @@ def topk(queries, gallery, k: int, metric: str = "cosine", *, block_size: int = 
 
   num_q, num_g = q.shape[0], g.shape[0]
   qb = min(int(query_block_size), num_q)
-  g_dev = jnp.asarray(g, dtype=jnp.float32)
+  # Already-placed device arrays are used in place: no per-call host->device gallery copy.
+  g_dev = g if isinstance(g, jax.Array) and g.dtype == jnp.float32 else jnp.asarray(g, jnp.float32)
   if mesh is None:
     bs = min(int(block_size), num_g)
     fn = functools.partial(_topk_single, k=k, metric=metric, block_size=bs,
@@ -237,7 +251,7 @@ def topk(queries, gallery, k: int, metric: str = "cosine", *, block_size: int = 
   for start in range(0, num_q, qb):
     stop = min(start + qb, num_q)
     q_blk = np.zeros((qb, q.shape[1]), np.float32)
-    q_blk[: stop - start] = q[start:stop]
+    q_blk[: stop - start] = np.asarray(q[start:stop])
     q_index = np.arange(start, start + qb, dtype=np.int32)
     s, i = fn(jnp.asarray(q_blk), jnp.asarray(q_index), g_dev)
     out_s[start:stop] = np.asarray(s)[: stop - start]
