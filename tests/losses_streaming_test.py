@@ -60,12 +60,12 @@ def ref_supcon(x, y, t):
 
 
 def _ref_dist(x, distance):
-  n = len(x)
+  n, z = len(x), _unit(x)
   d = np.zeros((n, n))
   for i in range(n):
     for j in range(n):
       if distance == "cosine":
-        d[i, j] = 1 - _unit(x)[i] @ _unit(x)[j]
+        d[i, j] = 1 - z[i] @ z[j]
       else:
         sq = np.sum((x[i] - x[j]) ** 2)
         d[i, j] = sq if distance == "squared_euclidean" else math.sqrt(sq)
@@ -143,7 +143,7 @@ def _check_all(stream_fn, dense_fn, ref_fn, x, seed=0):
 
 # ---------------------------------------------------------------- InfoNCE family
 
-@pytest.mark.parametrize("temperature,block_size", [(0.01, 7), (0.1, 8), (1.0, 5), (0.1, 64)])
+@pytest.mark.parametrize("temperature,block_size", [(0.01, 7), (1.0, 8), (0.1, 64)])
 def test_nt_xent_matches_loops_dense_and_finite_differences(temperature, block_size):
   x, y = _data(1)
   _check_all(
@@ -167,8 +167,8 @@ def test_simclr_identical_views_give_log_2n_minus_1():
   n = 5
   x = np.ones((2 * n, 4))
   y = np.concatenate([np.arange(n), np.arange(n)])
-  num, den = streaming.nt_xent_stats(jnp.asarray(x), jnp.asarray(y), temperature=0.3,
-                                     block_size=3)
+  num, den = jax.jit(lambda x: streaming.nt_xent_stats(x, jnp.asarray(y), temperature=0.3,
+                                                       block_size=3))(jnp.asarray(x))
   np.testing.assert_allclose(num / den, np.log(2 * n - 1), rtol=1e-6)
 
 
@@ -177,11 +177,11 @@ def test_learnable_temperature_gradient_matches_dense():
   f_s = lambda t: jnp.sum(streaming.nt_xent_stats(jnp.asarray(x, jnp.float32), y, temperature=t,
                                                   block_size=5)[0])
   f_d = lambda t: jnp.sum(infonce.nt_xent_stats_dense(jnp.asarray(x, jnp.float32), y, t)[0])
-  np.testing.assert_allclose(jax.grad(f_s)(0.2), jax.grad(f_d)(0.2), rtol=1e-5)
+  np.testing.assert_allclose(jax.jit(jax.grad(f_s))(0.2), jax.jit(jax.grad(f_d))(0.2), rtol=1e-5)
   g_s = lambda t: jnp.sum(streaming.supcon_stats(jnp.asarray(x, jnp.float32), y, temperature=t,
                                                  block_size=5)[0])
   g_d = lambda t: jnp.sum(infonce.supcon_stats_dense(jnp.asarray(x, jnp.float32), y, t)[0])
-  np.testing.assert_allclose(jax.grad(g_s)(0.2), jax.grad(g_d)(0.2), rtol=1e-5)
+  np.testing.assert_allclose(jax.jit(jax.grad(g_s))(0.2), jax.jit(jax.grad(g_d))(0.2), rtol=1e-5)
 
 
 def test_single_class_and_zero_vector_are_finite():
@@ -193,7 +193,8 @@ def test_single_class_and_zero_vector_are_finite():
       lambda x, fn=fn: fn(x, y, temperature=0.1, block_size=4), x)
     assert np.all(np.isfinite(grad)) and np.isfinite(value)
   # NT-Xent without negatives: every l_ip = 0, den = #positives.
-  num, den = streaming.nt_xent_stats(jnp.asarray(x), y, temperature=0.1, block_size=4)
+  num, den = jax.jit(lambda x: streaming.nt_xent_stats(x, y, temperature=0.1,
+                                                       block_size=4))(jnp.asarray(x))
   np.testing.assert_allclose(num, 0.0)
   np.testing.assert_allclose(den, 9.0)
 
@@ -225,7 +226,7 @@ def test_triplet_margin_gradient_counts_active_terms():
     eps = 1e-6
     fd = (np.sum(ref_triplet(x * 0.5, y, 0.3 + eps, mining, "euclidean", False)[0])
           - np.sum(ref_triplet(x * 0.5, y, 0.3 - eps, mining, "euclidean", False)[0])) / (2 * eps)
-    np.testing.assert_allclose(jax.grad(f)(0.3), fd, rtol=1e-4)
+    np.testing.assert_allclose(jax.jit(jax.grad(f))(0.3), fd, rtol=1e-4)
 
 
 # ---------------------------------------------------------------- memory and input checks
@@ -277,8 +278,8 @@ def test_bfloat16_inputs_give_float32_stats_and_bfloat16_gradient():
   assert num.dtype == jnp.float32
   ref = _mean(*ref_nt_xent(np.asarray(xb.astype(jnp.float32), np.float64), y, 0.1))
   np.testing.assert_allclose(value, ref, rtol=1e-5)
-  g = jax.grad(lambda x: jnp.sum(streaming.nt_xent_stats(x, y, temperature=0.1,
-                                                         block_size=5)[0]))(xb)
+  g = jax.jit(jax.grad(lambda x: jnp.sum(streaming.nt_xent_stats(x, y, temperature=0.1,
+                                                                 block_size=5)[0])))(xb)
   assert g.dtype == jnp.bfloat16
 
 
@@ -341,9 +342,8 @@ def test_gradcache_equals_plain_value_and_grad():
   images = jnp.asarray(rng.normal(size=(32, 6)), jnp.float32)
   labels = jnp.asarray(rng.integers(0, 4, size=32))
   embed = lambda p, x: jnp.tanh(x @ p["w1"]) @ p["w2"]
-  loss_fn = lambda e: jnp.sum(streaming.supcon_stats(e, labels, temperature=0.2,
-                                                     block_size=8)[0]) / 32
-  want_loss, want = jax.value_and_grad(lambda p: loss_fn(embed(p, images)))(params)
+  loss_fn = lambda e: jnp.sum(infonce.supcon_stats_dense(e, labels, 0.2)[0]) / 32
+  want_loss, want = jax.jit(jax.value_and_grad(lambda p: loss_fn(embed(p, images))))(params)
   loss, grads = jax.jit(lambda p: gradcache.gradcache_value_and_grad(
     embed, loss_fn, p, images, num_chunks=4))(params)
   np.testing.assert_allclose(loss, want_loss, rtol=1e-6)
@@ -369,10 +369,10 @@ def test_gradcache_threads_state_per_chunk():
               for i in range(0, 12, 4)]
     return loss_fn(jnp.concatenate(chunks))
 
-  want_loss, want = jax.value_and_grad(chunked)(w)
+  want_loss, want = jax.jit(jax.value_and_grad(chunked))(w)
   state = {"updates": jnp.zeros((), jnp.int32), "mean": jnp.zeros(4)}
-  loss, grads, new_state = gradcache.gradcache_value_and_grad(embed, loss_fn, w, images,
-                                                              num_chunks=3, state=state)
+  loss, grads, new_state = jax.jit(lambda w, s: gradcache.gradcache_value_and_grad(
+    embed, loss_fn, w, images, num_chunks=3, state=s))(w, state)
   np.testing.assert_allclose(loss, want_loss, rtol=1e-6)
   np.testing.assert_allclose(grads, want, rtol=1e-5, atol=1e-7)
   assert int(new_state["updates"]) == 3
