@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from sim_jax.losses import _checks
-from sim_jax.losses.pairwise import cosine_similarity_matrix
+from sim_jax.losses.pairwise import cosine_similarity_matrix, l2_normalize
 
 # Anchor variances are clamped here so a constant (e.g. zero) embedding gives a large but finite
 # SNR distance instead of 0/0.
@@ -34,18 +34,22 @@ def snr_distance_matrix(x: jax.Array) -> jax.Array:
 
 
 def snr_contrastive(embeddings: jax.Array, labels: jax.Array, pos_margin=0.0, neg_margin=1.0,
-                    regularization=0.0, reduction: str = "mean") -> jax.Array:
+                    regularization=0.0, normalize: bool = True,
+                    reduction: str = "mean") -> jax.Array:
   """SNR contrastive loss (Yuan et al., "Signal-to-noise ratio: a robust distance metric for deep
   metric learning", CVPR 2019), as pytorch-metric-learning's
   `SignalToNoiseRatioContrastiveLoss(pos_margin, neg_margin)` computes it (seed 004 used it).
 
-  Over all ordered pairs (i, j), i != j, with the SNR distance d_ij = var(x_j - x_i) / var(x_i):
+  With x_i the embeddings, L2-normalised first when `normalize` (pytorch-metric-learning's
+  default, norm clamped at 1e-12; Yuan et al. use raw features: `normalize=False`), and over all
+  ordered pairs (i, j), i != j, with the SNR distance d_ij = var(x_j - x_i) / var(x_i):
     positive pair (y_i == y_j): l_ij = [d_ij - pos_margin]_+
     negative pair (y_i != y_j): l_ij = [neg_margin - d_ij]_+
   reduction="mean" (pytorch-metric-learning's AvgNonZeroReducer per sub-loss, then summed):
     L = mean_{pos pairs, l > 0} l + mean_{neg pairs, l > 0} l + lambda * mean_i |sum_k x_ik|
-  where an empty average is 0 and the last term is Yuan et al.'s zero-mean regulariser
-  (lambda = `regularization`, 0 by default as in pytorch-metric-learning).
+  where an empty average is 0 and the last term is Yuan et al.'s zero-mean regulariser on the
+  raw (unnormalised) embeddings (lambda = `regularization`; 0 by default as in
+  pytorch-metric-learning, where it is `ZeroMeanRegularizer` with `embedding_reg_weight`).
   reduction="sum": sum of all l_ij + lambda * sum_i |sum_k x_ik|.
   reduction="none": the [N, N] matrix of l_ij (0 on the diagonal), without the regulariser.
 
@@ -54,7 +58,8 @@ def snr_contrastive(embeddings: jax.Array, labels: jax.Array, pos_margin=0.0, ne
 
   Args:
     embeddings: [N, D] (D >= 2), any float dtype; labels: [N] int; pos_margin >= 0,
-    neg_margin > 0, regularization >= 0 (scalars); reduction: "mean", "sum" or "none".
+    neg_margin > 0, regularization >= 0 (scalars); normalize: see above;
+    reduction: "mean", "sum" or "none".
   """
   _checks.check_embeddings(embeddings)
   _checks.check_labels(labels, embeddings.shape[0])
@@ -69,7 +74,8 @@ def snr_contrastive(embeddings: jax.Array, labels: jax.Array, pos_margin=0.0, ne
   _checks.check_non_negative(regularization, "regularization")
   _checks.check_choice(reduction, "reduction", _checks.REDUCTIONS)
 
-  dist = snr_distance_matrix(embeddings)
+  x = embeddings.astype(_checks.compute_dtype(embeddings.dtype))
+  dist = snr_distance_matrix(l2_normalize(x) if normalize else x)
   same = labels[:, None] == labels[None, :]
   eye = jnp.eye(labels.shape[0], dtype=bool)
   pos, neg = same & ~eye, ~same
@@ -77,7 +83,6 @@ def snr_contrastive(embeddings: jax.Array, labels: jax.Array, pos_margin=0.0, ne
   neg_loss = jnp.where(neg, jax.nn.relu(neg_margin - dist), 0.0)
   if reduction == "none":
     return pos_loss + neg_loss
-  x = embeddings.astype(dist.dtype)
   reg = jnp.abs(jnp.sum(x, axis=1))
   if reduction == "sum":
     return jnp.sum(pos_loss) + jnp.sum(neg_loss) + regularization * jnp.sum(reg)
