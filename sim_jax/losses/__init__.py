@@ -25,9 +25,11 @@ from sim_jax.losses.pairwise import (
 )
 from sim_jax.losses.ranking import recall_at_k_surrogate, snr_contrastive, snr_distance_matrix
 from sim_jax.losses.triplet import triplet, triplet_stats_dense
+from sim_jax.losses.two_tower import clip_infonce, siglip
 
 __all__ = [
   "LOSS_NAMES",
+  "clip_infonce",
   "contrastive",
   "cosine_similarity_matrix",
   "default_config",
@@ -42,6 +44,7 @@ __all__ = [
   "pairwise_distances",
   "raw_from_margin",
   "recall_at_k_surrogate",
+  "siglip",
   "snr_contrastive",
   "snr_distance_matrix",
   "supcon",

@@ -28,7 +28,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.rank_temperature = 0.01          # recall_at_k_surrogate: tau2, sigmoid of the smooth rank
   c.k_temperature = 1.0              # recall_at_k_surrogate: tau1, sigmoid of k - rank
   c.siglip_bias = -10.0              # siglip: initial learnable bias b (Zhai et al. 2023)
-  c.siglip_scale = 10.0              # siglip: initial learnable scale t' (logits * t' + b)
+  c.siglip_log_temperature = 2.302585  # siglip: initial learnable log t' = log(10) (paper init)
   c.diagnostics_margin = 0.2         # margin of the active-triplet fraction in diagnostics()
   c.lock()
   return c
