@@ -511,11 +511,11 @@ def chance_levels(evaluators, embeddings: dict, labels: dict, seed: int = 0) -> 
 class Trainer:
   """Holds what `train_and_evaluate` and the evaluate / embed / search modes share."""
 
-  def __init__(self, config: ml_collections.ConfigDict, workdir: str):
+  def __init__(self, config: ml_collections.ConfigDict, workdir: str, devices=None):
     from sim_jax import data
     validate_config(config)
     self.config, self.workdir = config, workdir
-    self.mesh = sharding.create_mesh()
+    self.mesh = sharding.create_mesh(devices)
     self.local_batch = sharding.check_global_batch(config.train.batch_size, self.mesh)
     self.info = data.get_info(config.data)
     self.image_shape = tuple(self.info.image_shape)
@@ -601,6 +601,18 @@ class Trainer:
     step, restored, _ = found
     return step, self.state_from_restored(restored)
 
+  def jit_train_step(self):
+    """The jitted, state-donating train step bound to this trainer's model and config."""
+    from sim_jax import losses
+    diag = None
+    if self.config.train.log_diagnostics and not self.config.loss.block_size:
+      diag = losses.diagnostics  # Dense O(N^2); skipped for streaming losses on purpose.
+    return jax.jit(
+        functools.partial(train_step, config=self.config, model=self.model,
+                          pair_head=self.pair_head, tx=self.tx, schedule=self.schedule,
+                          augment_fn=self.augment_fn, mesh=self.mesh, diagnostics_fn=diag),
+        donate_argnums=(0,))
+
   # -- evaluation
   def embed_images(self, state: TrainState, images: np.ndarray) -> np.ndarray:
     fn = functools.partial(self._embed, state.params, state.batch_stats)
@@ -620,7 +632,7 @@ def _write_hparams(writer, config):
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   """Trains `config` in `workdir`, resuming from its latest checkpoint; returns final metrics."""
-  from sim_jax import data, losses
+  from sim_jax import data
   from sim_jax.eval import evaluators as evaluators_lib
 
   validate_config(config)
@@ -656,14 +668,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     _write_hparams(writer, config)
   _log_model_summary(trainer, state)
 
-  diag = None
-  if tcfg.log_diagnostics and not config.loss.block_size:
-    diag = losses.diagnostics  # Dense O(N^2); skipped for streaming losses on purpose.
-  step_fn = jax.jit(
-      functools.partial(train_step, config=config, model=trainer.model,
-                        pair_head=trainer.pair_head, tx=trainer.tx, schedule=trainer.schedule,
-                        augment_fn=trainer.augment_fn, mesh=trainer.mesh, diagnostics_fn=diag),
-      donate_argnums=(0,))
+  step_fn = trainer.jit_train_step()
 
   eval_data = load_eval_data(config)
   evaluators = evaluators_lib.get_evaluators(config.eval)
@@ -728,6 +733,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       ckpt_now = (tcfg.checkpoint_every and step % tcfg.checkpoint_every == 0) or last
       eval_metrics = None
       if eval_now:
+        logging.info("Evaluating at step %d.", step)
         with report.timed("eval"):
           eval_metrics = trainer.evaluate(state, eval_data, evaluators)
         writer.write_scalars(step, {f"eval/{k}": v for k, v in eval_metrics.items()})
@@ -751,11 +757,53 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     checkpointing.finalize(manager)  # Re-raises a failed async save.
   if final_metrics:
     embeddings = {s: trainer.embed_images(state, d["image"]) for s, d in eval_data.items()}
+    # The embeddings above were also computed by the last evaluation; recomputing them here
+    # keeps `Trainer.evaluate` simple and costs one pass over the eval splits at the end.
     chance = chance_levels(evaluators, embeddings, {s: d["label"] for s, d in eval_data.items()})
     for k in sorted(final_metrics):
       logging.info("eval %-32s %.4f   (chance %.4f)", k, final_metrics[k], chance.get(k, np.nan))
     _write_final(workdir, final_metrics, chance)
+    if tcfg.plots and jax.process_index() == 0:
+      write_plots(workdir, config, eval_data, embeddings)
   return final_metrics
+
+
+def write_plots(workdir: str, config, eval_data: dict, embeddings: dict) -> list[str]:
+  """PNGs a person would rather look at: curves, t-SNE, retrieval grid, pair distances."""
+  from sim_jax.eval import plots, search
+  out_dir = os.path.join(workdir, "plots")
+  os.makedirs(out_dir, exist_ok=True)
+  written = []
+  try:
+    plots.training_curves(workdir, os.path.join(out_dir, "training_curves.png"))
+    written.append("training_curves.png")
+  except ValueError as e:  # No scalars yet (e.g. a resumed run with nothing left to train).
+    logging.warning("No training curves: %s", e)
+  split = config.eval.query_split if config.eval.query_split in embeddings else \
+      next(iter(embeddings))
+  emb, labels, images = embeddings[split], eval_data[split]["label"], eval_data[split]["image"]
+  # t-SNE of the 20 most frequent classes: more colours than that are unreadable.
+  classes, counts = np.unique(labels, return_counts=True)
+  keep = np.isin(labels, classes[np.argsort(-counts, kind="stable")[:20]])
+  plots.tsne_plot(emb[keep], labels[keep], os.path.join(out_dir, f"tsne_{split}.png"),
+                  max_points=1500, title=f"t-SNE of {config.data.name}/{split} (20 classes)")
+  written.append(f"tsne_{split}.png")
+  nq = min(8, len(emb) - 1)
+  k = min(6, len(emb) - 1)
+  _, idx = search.topk(emb[:nq], emb, k + 1, metric=config.eval.metric)
+  idx = np.stack([row[row != i][:k] for i, row in enumerate(idx)])  # Drop the query itself.
+  plots.save_retrieval_grid(os.path.join(out_dir, f"retrieval_{split}.png"), images[:nq], images,
+                            idx, labels[:nq], labels)
+  written.append(f"retrieval_{split}.png")
+  rng = np.random.default_rng(0)
+  a, b = rng.integers(0, len(emb), (2, 20000))
+  same, distinct = labels[a] == labels[b], a != b
+  d = np.linalg.norm(emb[a] - emb[b], axis=1)
+  plots.distance_histogram(d[same & distinct], d[~same], os.path.join(out_dir, "distances.png"),
+                           title=f"Euclidean distances, {config.data.name}/{split}")
+  written.append("distances.png")
+  logging.info("Plots written to %s: %s", out_dir, ", ".join(written))
+  return written
 
 
 def _write_final(workdir, final_metrics, chance):
@@ -862,8 +910,6 @@ def search_gallery(config: ml_collections.ConfigDict, workdir: str, query: str, 
     for rank, (ex_id, label, score) in enumerate(results, 1):
       print(f"  {rank}. id {ex_id:>6d}  label {label:>5d}  {kind} {score:.4f}")
     out = os.path.join(workdir, f"search_{os.path.splitext(os.path.basename(query))[0]}.png")
-    plots.retrieval_grid(q_img[None], gallery["image"][idx], out,
-                         neighbor_labels=gallery["label"][idx][None] if idx.ndim == 1 else
-                         gallery["label"][idx], scores=scores)
+    plots.save_retrieval_grid(out, q_img[None], gallery["image"], idx, scores=scores)
     print(f"Wrote {out}")
   return results
