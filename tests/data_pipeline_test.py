@@ -1,7 +1,10 @@
 """Tests of sim_jax.data's train iterator: samplers, shards, resume, fingerprints (digits)."""
 
 import collections
+import subprocess
+import sys
 import tempfile
+import time
 
 import grain
 import numpy as np
@@ -9,7 +12,8 @@ import orbax.checkpoint as ocp
 import pytest
 
 import sim_jax.data as sd
-from sim_jax.data import samplers
+from sim_jax.data import pipeline, samplers
+from tests import helpers
 
 # One prepared copy of digits for the whole module, outside the user's cache.
 _DATA_DIR = tempfile.mkdtemp(prefix="sim_jax_data_test_")
@@ -180,3 +184,113 @@ def test_candidate_pools_reference():
     q, true, foils = row[0], row[1], row[2:]
     assert labels[true] == labels[q] and true != q
     assert len(set(foils.tolist())) == 3 and all(labels[f] != labels[q] for f in foils)
+
+
+class _CountingStep(grain.transforms.Map):
+  """Returns the step itself and records every step built (from grain's prefetch threads)."""
+
+  def __init__(self):
+    self.built = []
+
+  def map(self, step):
+    self.built.append(int(step))
+    return int(step)
+
+
+def test_prefetch_runs_ahead_but_state_counts_returned_batches():
+  c = digits_config(prefetch_threads=1, prefetch_batches=6)
+  counter = _CountingStep()
+  it = iter(pipeline.batch_dataset(counter, c))
+  assert take(it, 3) == [0, 1, 2]
+  deadline = time.monotonic() + 30
+  while max(counter.built) < 8 and time.monotonic() < deadline:  # 3 returned + 6 in the buffer
+    time.sleep(0.01)
+  assert max(counter.built) == 8  # built ahead, and no further than the buffer
+  state = it.get_state()
+  fresh = iter(pipeline.batch_dataset(_CountingStep(), c))
+  fresh.set_state(state)
+  assert take(fresh, 2) == [3, 4]  # the first batch not yet returned, not the first not built
+
+
+def test_on_demand_builds_nothing_ahead():
+  c = digits_config(prefetch_threads=0)
+  counter = _CountingStep()
+  it = iter(pipeline.batch_dataset(counter, c))
+  assert take(it, 3) == [0, 1, 2]
+  time.sleep(0.2)
+  assert counter.built == [0, 1, 2]
+
+
+def test_orbax_resume_is_exact_with_a_full_prefetch_buffer(tmp_path):
+  # The reference builds each batch on demand; the checkpointed iterator has 16 more batches
+  # built (some past the epoch boundary at 45) when its state is saved at step 40.
+  ref = take(sd.create_train_iterator(digits_config(prefetch_threads=0), global_batch_size=32,
+                                      seed=5), 46)
+  c = digits_config(prefetch_threads=2, prefetch_batches=16)
+  it = sd.create_train_iterator(c, global_batch_size=32, seed=5)
+  take(it, 40)
+  time.sleep(0.5)  # let the threads fill the buffer
+  mngr = ocp.CheckpointManager(tmp_path / "ckpt")
+  mngr.save(40, args=ocp.args.Composite(data_iter=grain.checkpoint.CheckpointSave(it)))
+  mngr.wait_until_finished()
+  fresh = sd.create_train_iterator(c, global_batch_size=32, seed=5)
+  restored = mngr.restore(40, args=ocp.args.Composite(
+      data_iter=grain.checkpoint.CheckpointRestore(fresh)))["data_iter"]
+  for want, got in zip(ref[40:], take(restored, 6)):
+    for k in want:
+      np.testing.assert_array_equal(want[k], got[k])
+  mngr.close()
+
+
+@pytest.mark.parametrize("field", ["prefetch_threads", "prefetch_batches", "worker_count"])
+def test_negative_prefetch_settings_raise(field):
+  with pytest.raises(ValueError, match=f"data.{field}.*-1"):
+    sd.create_train_iterator(digits_config(**{field: -1}), global_batch_size=16, seed=0)
+
+
+WORKER_SCRIPT = """
+import sys
+
+import grain
+import numpy as np
+import orbax.checkpoint as ocp
+from absl import flags
+
+import sim_jax.data as sd
+
+
+def main(data_dir, ckpt):
+  flags.FLAGS.mark_as_parsed()  # grain workers need parsed absl flags (grain #1355)
+  c = sd.default_config()
+  c.update(name="digits", data_dir=data_dir, sampler="pairs", prefetch_threads=0)
+  ref_it = sd.create_train_iterator(c, global_batch_size=32, seed=3)
+  ref = [next(ref_it) for _ in range(48)]
+  c.update(worker_count=1, worker_buffer_size=3, prefetch_threads=1)
+  it = sd.create_train_iterator(c, global_batch_size=32, seed=3)
+  got = [next(it) for _ in range(43)]
+  mngr = ocp.CheckpointManager(ckpt)
+  mngr.save(43, args=ocp.args.Composite(data_iter=grain.checkpoint.CheckpointSave(it)))
+  mngr.wait_until_finished()
+  fresh = sd.create_train_iterator(c, global_batch_size=32, seed=3)
+  restored = mngr.restore(43, args=ocp.args.Composite(
+      data_iter=grain.checkpoint.CheckpointRestore(fresh)))["data_iter"]
+  got += [next(restored) for _ in range(5)]  # crosses the epoch boundary at 45
+  for i, (want, have) in enumerate(zip(ref, got)):
+    for k in want:
+      np.testing.assert_array_equal(want[k], have[k], err_msg=f"batch {i} key {k}")
+  mngr.close()
+  print("OK", len(got))
+
+
+if __name__ == "__main__":  # grain spawns its workers: they re-import this file
+  main(sys.argv[1], sys.argv[2])
+"""
+
+
+def test_one_worker_process_gives_the_same_batches_and_resumes(tmp_path):
+  script = tmp_path / "worker_run.py"
+  script.write_text(WORKER_SCRIPT)
+  proc = subprocess.run([sys.executable, str(script), _DATA_DIR, str(tmp_path / "ckpt")],
+                        env=helpers.subprocess_env(), capture_output=True, text=True,
+                        timeout=240, cwd=helpers.REPO_ROOT, start_new_session=True)
+  assert proc.returncode == 0 and "OK 48" in proc.stdout, helpers.describe(proc)
