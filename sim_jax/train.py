@@ -234,39 +234,77 @@ def pair_objective(loss_cfg, za, zb, same, *, params, pair_head):
   raise ValueError(f"config.loss.name={name!r} needs pairs; use one of {PAIR_LOSSES}")
 
 
+def prepare_inputs(batch, rng, *, config, augment_fn, train: bool):
+  """Global batch -> `(images [M, H, W, C] float32, labels [M])` as the encoder sees them.
+
+  pairs / triplets are flattened (one forward pass, so batch norm sees every image); views are
+  two augmentations of each image, labelled by example index (SimCLR) or class (SupCon).
+  """
+  sampler = config.data.sampler
+  k_aug1, k_aug2 = jax.random.split(rng)
+  if sampler in ("pairs", "triplets"):
+    images = batch["image"]
+    b, m = images.shape[:2]
+    x = to_float_images(images.reshape(b * m, *images.shape[2:]))
+    return (augment_fn(k_aug1, x) if train else x), batch["label"].reshape(b * m)
+  x = to_float_images(batch["image"])
+  if sampler == "views":
+    x = jnp.concatenate([augment_fn(k_aug1, x), augment_fn(k_aug2, x)]) if train else \
+        jnp.concatenate([x, x])
+    base = batch["index"] if config.train.view_labels == "index" else batch["label"]
+    return x, jnp.concatenate([base, base])
+  return (augment_fn(k_aug1, x) if train else x), batch["label"]
+
+
+def objective(params, z, labels, batch, *, config, pair_head, mesh):
+  """The configured loss of the vectors `z` the encoder produced for `prepare_inputs`."""
+  if config.data.sampler == "pairs":
+    z2 = z.reshape(-1, 2, z.shape[-1])
+    return pair_objective(config.loss, z2[:, 0], z2[:, 1], batch["same"], params=params,
+                          pair_head=pair_head)
+  return label_objective(config.loss, z, labels, params=params, mesh=mesh)
+
+
 def compute_loss(params, batch_stats, batch, rng, *, config, model, pair_head, augment_fn,
                  mesh, train: bool = True):
   """Loss of one global batch, with the auxiliary outputs the metrics need.
 
   Returns `(loss, (new_batch_stats, z, labels))` where `z` are the vectors the loss saw.
   """
-  sampler = config.data.sampler
-  k_aug1, k_aug2, k_drop = jax.random.split(rng, 3)
-  if sampler in ("pairs", "triplets"):
-    images = batch["image"]
-    b, m = images.shape[:2]
-    x = to_float_images(images.reshape(b * m, *images.shape[2:]))
-    x = augment_fn(k_aug1, x) if train else x
-    labels = batch["label"].reshape(b * m)
-  elif sampler == "views":
-    x = to_float_images(batch["image"])
-    x = jnp.concatenate([augment_fn(k_aug1, x), augment_fn(k_aug2, x)]) if train else \
-        jnp.concatenate([x, x])
-    base = batch["index"] if config.train.view_labels == "index" else batch["label"]
-    labels = jnp.concatenate([base, base])
-  else:
-    x = to_float_images(batch["image"])
-    x = augment_fn(k_aug1, x) if train else x
-    labels = batch["label"]
+  k_inputs, k_drop = jax.random.split(rng)
+  x, labels = prepare_inputs(batch, k_inputs, config=config, augment_fn=augment_fn, train=train)
   emb, aux, new_bs = forward(model, params, batch_stats, x, train=train, rng=k_drop)
   z = aux.get("projection", emb) if isinstance(aux, Mapping) else emb
-  if sampler == "pairs":
-    z2 = z.reshape(b, 2, z.shape[-1])
-    loss = pair_objective(config.loss, z2[:, 0], z2[:, 1], batch["same"], params=params,
-                          pair_head=pair_head)
-  else:
-    loss = label_objective(config.loss, z, labels, params=params, mesh=mesh)
+  loss = objective(params, z, labels, batch, config=config, pair_head=pair_head, mesh=mesh)
   return loss, (new_bs, z, labels)
+
+
+def gradcache_loss_and_grads(params, batch_stats, batch, rng, *, config, model, augment_fn,
+                             mesh):
+  """Like `value_and_grad(compute_loss)` but with the encoder run in chunks (GradCache).
+
+  The loss still couples the whole global batch (every negative counts); only the encoder's
+  activation memory is bounded by a chunk. Batch norm normalises per chunk (see
+  `sim_jax.losses.gradcache`). Only the encoder has parameters here (validated in
+  `validate_config`).
+  """
+  from sim_jax.losses import gradcache
+  k_inputs, k_drop = jax.random.split(rng)
+  x, labels = prepare_inputs(batch, k_inputs, config=config, augment_fn=augment_fn, train=True)
+  keys = jax.random.split(k_drop, x.shape[0])  # Per example: a chunk replays its own dropout.
+
+  def embed_fn(enc_params, bs, chunk):
+    emb, aux, new_bs = forward(model, {"encoder": enc_params}, bs, chunk["x"], train=True,
+                               rng=chunk["key"][0])
+    return (aux.get("projection", emb) if isinstance(aux, Mapping) else emb), new_bs
+
+  def loss_fn(z):
+    return objective(params, z, labels, batch, config=config, pair_head=None, mesh=mesh)
+
+  loss, enc_grads, new_bs = gradcache.gradcache_value_and_grad(
+      embed_fn, loss_fn, params["encoder"], {"x": x, "key": keys},
+      num_chunks=config.train.grad_accum_chunks, state=batch_stats)
+  return loss, {"encoder": enc_grads}, new_bs
 
 
 def make_augment_fn(aug_cfg):
@@ -298,10 +336,16 @@ def train_step(state: TrainState, batch, *, config, model, pair_head, tx, schedu
                augment_fn, mesh, diagnostics_fn: Callable | None = None):
   """One update: `(state, global batch) -> (state, metrics)`. Pure; jit it with donation."""
   rng = jax.random.fold_in(state.rng, state.step)
-  loss_fn = functools.partial(compute_loss, config=config, model=model, pair_head=pair_head,
-                              augment_fn=augment_fn, mesh=mesh, train=True)
-  (loss, (new_bs, z, labels)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-      state.params, state.batch_stats, batch, rng)
+  if config.train.grad_accum_chunks > 1:
+    loss, grads, new_bs = gradcache_loss_and_grads(
+        state.params, state.batch_stats, batch, rng, config=config, model=model,
+        augment_fn=augment_fn, mesh=mesh)
+    z = labels = None
+  else:
+    loss_fn = functools.partial(compute_loss, config=config, model=model, pair_head=pair_head,
+                                augment_fn=augment_fn, mesh=mesh, train=True)
+    (loss, (new_bs, z, labels)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.params, state.batch_stats, batch, rng)
   updates, new_opt_state = tx.update(grads, state.opt_state, state.params)
   new_params = optax.apply_updates(state.params, updates)
 
@@ -324,7 +368,7 @@ def train_step(state: TrainState, batch, *, config, model, pair_head, tx, schedu
              nonfinite_skips=skips, first_nonfinite_step=first_bad)
   step_metrics = TrainMetrics.single_from_model_output(**out)
   extra = {}
-  if diagnostics_fn is not None:
+  if diagnostics_fn is not None and z is not None:
     extra = diagnostics_fn(jax.lax.stop_gradient(z), labels)
   return new_state, step_metrics, extra
 
@@ -364,6 +408,16 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     if c.train[key] < 0:
       raise ValueError(f"config.train.{key} must be >= 0 (0 = only at the end), got "
                        f"{c.train[key]}")
+  if c.train.grad_accum_chunks < 1:
+    raise ValueError(f"config.train.grad_accum_chunks must be >= 1, got "
+                     f"{c.train.grad_accum_chunks}")
+  if c.train.grad_accum_chunks > 1:
+    if c.loss.name not in LABEL_LOSSES or c.loss.learnable_margin or c.loss.learnable_temperature:
+      raise ValueError(
+          f"config.train.grad_accum_chunks={c.train.grad_accum_chunks} (GradCache) supports the "
+          f"label losses {LABEL_LOSSES} without learnable loss parameters; got "
+          f"config.loss.name={c.loss.name!r}, learnable_margin={c.loss.learnable_margin}, "
+          f"learnable_temperature={c.loss.learnable_temperature}")
   if c.train.view_labels not in ("index", "class"):
     raise ValueError(f"config.train.view_labels must be 'index' or 'class', got "
                      f"{c.train.view_labels!r}")

@@ -129,3 +129,40 @@ def test_schedule_warmup_then_cosine():
   for t in (0, 5, 10, 35, 60, 110):
     want = t / 10 if t < 10 else 0.5 * (1 + np.cos(np.pi * (t - 10) / 100))
     assert abs(float(sched(t)) - want) < 1e-6, (t, float(sched(t)), want)
+
+
+def test_gradcache_step_equals_plain_step():
+  """GradCache (encoder in 4 chunks) gives the full-batch loss and gradient of a plain step."""
+  import jax
+
+  from configs import test as test_config
+  from sim_jax import data, sharding, train
+
+  results = []
+  for chunks in (1, 4):
+    cfg = test_config.get_config()
+    cfg.train.grad_accum_chunks = chunks
+    cfg.train.log_diagnostics = False
+    tr = train.Trainer(cfg, "/nonexistent")
+    state = tr.init_state()
+    it = data.create_train_iterator(cfg.data, global_batch_size=cfg.train.batch_size, seed=0,
+                                    process_index=0, process_count=1)
+    step = tr.jit_train_step()
+    losses = []
+    for _ in range(2):
+      state, m, _ = step(state, sharding.host_to_global(next(it), tr.mesh))
+      losses.append(float(m.compute()["loss"]))
+    results.append((losses, jax.tree.map(np.asarray, state.params)))
+  np.testing.assert_allclose(results[0][0], results[1][0], rtol=1e-5)
+  for a, b in zip(jax.tree.leaves(results[0][1]), jax.tree.leaves(results[1][1])):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_gradcache_refuses_learnable_loss_parameters():
+  from configs import test as test_config
+  from sim_jax import train
+  cfg = test_config.get_config()
+  cfg.train.grad_accum_chunks = 2
+  cfg.loss.learnable_temperature = True
+  with pytest.raises(ValueError, match="grad_accum_chunks=2"):
+    train.validate_config(cfg)
