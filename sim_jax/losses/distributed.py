@@ -28,6 +28,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 from jax import lax
+from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from sim_jax.losses.streaming import backward_sweep, forward_sweep
@@ -125,7 +126,17 @@ def shard_wrap(mesh):
       in_specs, out_specs = (rows, P(), rows, rows, rows), (rows, P())
     # check_vma=False: the sweeps start their carries from fresh (device-invariant) zeros and
     # fold varying data into them, which the varying-manual-axes type check would reject.
-    return jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs, check_vma=False)
+    mapped = jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs,
+                           check_vma=False)
+
+    def placed(*args):
+      # Inputs made inside the loss (labels, scalars) or passed unsharded are laid out as the
+      # specs say first: shard_map over an explicit-axes mesh does not reshard by itself.
+      args = [jax.tree.map(lambda a, spec=spec: jax.device_put(a, NamedSharding(mesh, spec)), arg)
+              for arg, spec in zip(args, in_specs)]
+      return mapped(*args)
+
+    return placed
 
   return wrap
 
