@@ -33,12 +33,15 @@ def parse_args():
   p.add_argument("--num_queries", type=int, default=2000)
   p.add_argument("--dim", type=int, default=128)
   p.add_argument("--k", type=int, default=10)
-  p.add_argument("--settings", default="4096:2000,16384:1000",
+  p.add_argument("--settings", default="1024:2000,4096:2000,16384:1000",
                  help="comma list of block_size:query_block_size for sim_jax")
   p.add_argument("--repeats", type=int, default=2, help="timed rounds (best is kept)")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--out", default="bench/results/retrieval.json")
   p.add_argument("--md", default="docs/bench_retrieval.md")
+  p.add_argument("--md_from_json", default="",
+                 help="only rewrite --md from a saved JSON result (no benchmark run)")
+  p.add_argument("--note", default="", help="a sentence added to the markdown (e.g. machine load)")
   args = p.parse_args()
   if args.quick:
     args.num_gallery, args.num_queries = 50_000, 500
@@ -86,6 +89,12 @@ def peak_rss_gib():
 
 def main():
   args = parse_args()
+  if args.md_from_json:
+    with open(args.md_from_json) as f:
+      result = json.load(f)
+    result["note"] = args.note or result.get("note", "")
+    write_markdown(args.md, result)
+    return
   import faiss
   import jax
 
@@ -95,7 +104,8 @@ def main():
   result = {"num_gallery": args.num_gallery, "num_queries": args.num_queries, "dim": args.dim,
             "k": args.k, "cpu_count": os.cpu_count(), "machine": platform.processor() or
             platform.machine(), "jax": jax.__version__, "faiss": faiss.__version__,
-            "faiss_threads": faiss.omp_get_max_threads(), "rss_after_data_gib": peak_rss_gib()}
+            "faiss_threads": faiss.omp_get_max_threads(), "rss_after_data_gib": peak_rss_gib(),
+            "loadavg_start": os.getloadavg()[0], "note": args.note}
 
   index = faiss.IndexFlatIP(args.dim)
   index.add(g)
@@ -137,6 +147,7 @@ def main():
     runs.append(run)
     print(json.dumps(run), flush=True)
   result["peak_rss_gib"] = peak_rss_gib()
+  result["loadavg_end"] = os.getloadavg()[0]
   result["sim_jax_runs"] = runs
   best = max(runs, key=lambda r: r["qps"])
   result["best"] = best
@@ -174,9 +185,20 @@ def write_markdown(path, r):
                  f"{x['seconds']:.2f} | {x['qps']:.0f} | {x['ratio_vs_faiss']:.2f}x | "
                  f"{x['identical_indices']:.6f} | {x['differences_are_near_ties']} |")
   b = r["best"]
+  worst_round = max(b["seconds_runs"])
   lines += ["", f"Best: **{b['ratio_vs_faiss']:.2f}x faiss** (target >= 0.9x). Peak RSS of the "
             f"process (gallery in NumPy, in faiss and on the JAX device): "
-            f"{r['peak_rss_gib']:.2f} GiB.", ""]
+            f"{r['peak_rss_gib']:.2f} GiB."]
+  lines += ["", "Rounds (s): faiss " + ", ".join(f"{t:.2f}" for t in r["faiss_seconds_runs"])
+            + "; best sim_jax setting " + ", ".join(f"{t:.2f}" for t in b["seconds_runs"])
+            + f". Conservative ratio (fastest faiss round / slowest sim_jax round): "
+            f"**{min(r['faiss_seconds_runs']) / worst_round:.2f}x**."]
+  if "loadavg_start" in r:
+    lines += ["", f"1-minute load average at start / end: {r['loadavg_start']:.1f} / "
+              f"{r.get('loadavg_end', float('nan')):.1f} on {r['cpu_count']} cores."]
+  if r.get("note"):
+    lines += ["", r["note"]]
+  lines.append("")
   with open(path, "w") as f:
     f.write("\n".join(lines) + "\n")
 

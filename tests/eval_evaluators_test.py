@@ -99,3 +99,22 @@ def test_bad_config_and_missing_split():
   (ev,) = evaluators.get_evaluators(c)
   with pytest.raises(ValueError, match="different split"):
     ev(*data())
+
+
+def test_pool_pairs_mode_and_gallery_split():
+  c = default_config()
+  c.protocols = "pool,retrieval"
+  c.pool_mode = "pairs"
+  c.pool_num_foils = 2
+  c.pool_top = 1
+  c.gallery_split = "train"
+  c.ks = (1,)
+  left = np.array([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]], np.float32)
+  right = left * 2.0  # each right row is its left row scaled: the true match is strictly best
+  emb = {"left": left, "right": right, "test": left, "train": right}
+  lab = {"test": np.array([0, 1, 2]), "train": np.array([0, 1, 1])}
+  out = evaluators.run_evaluators(evaluators.get_evaluators(c), emb, lab)
+  assert out["pool/top1_accuracy"] == 1.0 and out["pool/mrr"] == 1.0
+  # query 2 (label 2) has no gallery example: excluded; queries 0 and 1 find their twin first.
+  assert out["retrieval/num_excluded_queries"] == 1.0
+  assert out["retrieval/precision@1"] == 1.0
