@@ -1,0 +1,288 @@
+"""Dense vs streaming contrastive losses: time, XLA temp memory and peak RSS as N grows.
+
+For each loss (NT-Xent, SupCon, batch-hard triplet) and implementation (dense JAX, streaming JAX
+with `block_size`, and pytorch-metric-learning's NTXentLoss / SupConLoss /
+TripletMarginLoss + BatchHardMiner when importable), D = 128, every point runs in a fresh
+subprocess that reports:
+  * time of one jitted loss + gradient (median of --reps runs after a warm-up),
+  * XLA temp bytes of the compiled loss + gradient (`compiled.memory_analysis()`),
+  * peak RSS of the subprocess (the parent also kills it past --rss_cap_gib),
+and the arithmetic rate 8 N^2 D / time as a fraction of the matrix-multiply rate measured in the
+same run ([N, D] x [D, N] in jnp). Points stop growing for an implementation once it exceeds the
+RSS cap or --max_seconds. The largest N of each implementation is reported. Writes JSON and a
+markdown table.
+
+  python bench/loss_scaling.py --quick                 # small N, a minute
+  python bench/loss_scaling.py --out docs/bench_loss_scaling  # full run
+  python bench/loss_scaling.py --memory_only_n=262144  # compile-only XLA memory at a large N
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+
+LOSSES = ("nt_xent", "supcon", "triplet_batch_hard")
+D = 128
+
+
+# ----------------------------------------------------------------------------------------------
+# Child: one measurement
+# ----------------------------------------------------------------------------------------------
+
+def _peak_rss_bytes() -> int:
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+def _data(n, d, seed=0):
+  import numpy as np
+  rng = np.random.default_rng(seed)
+  x = rng.normal(size=(n, d)).astype(np.float32)
+  # Two views of n/2 instances: every anchor has one positive (SimCLR-like); the triplet and
+  # SupCon cases then have the same positive structure.
+  y = np.concatenate([np.arange(n // 2), np.arange(n - n // 2)]).astype(np.int32)
+  return x, y
+
+
+def _jax_fn(loss, impl, block_size):
+  import importlib
+
+  import jax.numpy as jnp
+
+  from sim_jax.losses import infonce, streaming
+  triplet_mod = importlib.import_module("sim_jax.losses.triplet")
+
+  def mean(nd):
+    return jnp.sum(nd[0]) / jnp.maximum(jnp.sum(nd[1]), 1)
+
+  if loss == "nt_xent":
+    if impl == "dense":
+      return lambda x, y: mean(infonce.nt_xent_stats_dense(x, y, 0.1))
+    return lambda x, y: mean(streaming.nt_xent_stats(x, y, temperature=0.1,
+                                                     block_size=block_size))
+  if loss == "supcon":
+    if impl == "dense":
+      return lambda x, y: mean(infonce.supcon_stats_dense(x, y, 0.1))
+    return lambda x, y: mean(streaming.supcon_stats(x, y, temperature=0.1,
+                                                    block_size=block_size))
+  if impl == "dense":
+    return lambda x, y: mean(triplet_mod.triplet_stats_dense(x, y, 0.2, "batch_hard",
+                                                             "euclidean", False))
+  return lambda x, y: mean(streaming.triplet_stats(x, y, margin=0.2, mining="batch_hard",
+                                                   distance="euclidean", soft=False,
+                                                   block_size=block_size))
+
+
+def _median_time(fn, reps):
+  times = []
+  for _ in range(reps):
+    start = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - start)
+  times.sort()
+  return times[len(times) // 2]
+
+
+def run_point(loss, impl, n, block_size, reps, cap_bytes, compile_only=False):
+  """Measures one (loss, impl, N) point in this process; returns a dict."""
+  out = {"loss": loss, "impl": impl, "n": n, "d": D, "block_size": block_size}
+  x_np, y_np = _data(n, D)
+  if impl == "pml":
+    import torch
+    from pytorch_metric_learning import losses as pml_losses
+    from pytorch_metric_learning import miners
+    torch.set_num_threads(os.cpu_count() or 1)
+    x = torch.from_numpy(x_np).requires_grad_(True)
+    y = torch.from_numpy(y_np.astype("int64"))
+    if loss == "nt_xent":
+      fn = lambda: pml_losses.NTXentLoss(temperature=0.1)(x, y)
+    elif loss == "supcon":
+      fn = lambda: pml_losses.SupConLoss(temperature=0.1)(x, y)
+    else:
+      miner, crit = miners.BatchHardMiner(), pml_losses.TripletMarginLoss(margin=0.2)
+      fn = lambda: crit(x, y, miner(x, y))
+
+    def step():
+      x.grad = None
+      fn().backward()
+    step()
+    out["seconds"] = _median_time(step, reps)
+  else:
+    import jax
+    import jax.numpy as jnp
+    grad_fn = jax.jit(jax.value_and_grad(_jax_fn(loss, impl, block_size)))
+    spec = (jax.ShapeDtypeStruct((n, D), jnp.float32), jax.ShapeDtypeStruct((n,), jnp.int32))
+    compiled = grad_fn.lower(*spec).compile()
+    mem = compiled.memory_analysis()
+    out["xla_temp_bytes"] = int(mem.temp_size_in_bytes)
+    if compile_only:
+      return out
+    if out["xla_temp_bytes"] > cap_bytes:
+      out["status"] = "exceeds cap (XLA temp)"
+      return out
+    x, y = jnp.asarray(x_np), jnp.asarray(y_np)
+    jax.block_until_ready(compiled(x, y))
+    out["seconds"] = _median_time(lambda: jax.block_until_ready(compiled(x, y)), reps)
+  out["peak_rss_bytes"] = _peak_rss_bytes()
+  out["status"] = "ok"
+  return out
+
+
+def matmul_rate(n=4096, reps=5):
+  """FLOP/s of an [n, D] x [D, n] float32 jnp matmul (2 n^2 D FLOPs), the roofline used here."""
+  import jax
+  import jax.numpy as jnp
+  x, _ = _data(n, D)
+  a = jnp.asarray(x)
+  f = jax.jit(lambda a: a @ a.T)
+  jax.block_until_ready(f(a))
+  return 2.0 * n * n * D / _median_time(lambda: jax.block_until_ready(f(a)), reps)
+
+
+# ----------------------------------------------------------------------------------------------
+# Parent: orchestration with an RSS cap
+# ----------------------------------------------------------------------------------------------
+
+def _spawn(args_list, cap_bytes, max_seconds):
+  """Runs one point in a fresh interpreter; kills it past the RSS cap or the time limit."""
+  import psutil
+  cmd = [sys.executable, os.path.abspath(__file__), "--child", json.dumps(args_list)]
+  env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
+  proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+  ps, peak, start, killed = psutil.Process(proc.pid), 0, time.time(), None
+  while proc.poll() is None:
+    try:
+      peak = max(peak, ps.memory_info().rss)
+    except psutil.Error:
+      pass
+    if peak > cap_bytes:
+      killed = "over RSS cap"
+    elif time.time() - start > max_seconds:
+      killed = "over time limit"
+    if killed:
+      proc.kill()
+      break
+    time.sleep(0.1)
+  stdout, stderr = proc.communicate()
+  if killed:
+    return {"status": killed, "observed_rss_bytes": peak}
+  if proc.returncode != 0:
+    return {"status": f"failed (exit {proc.returncode})", "error": stderr[-800:]}
+  return json.loads(stdout.strip().splitlines()[-1])
+
+
+def _pml_available():
+  try:
+    import pytorch_metric_learning  # noqa: F401
+    import torch  # noqa: F401
+    return True
+  except ImportError:
+    return False
+
+
+def _fmt_bytes(b):
+  if b is None:
+    return "-"
+  return f"{b / 2**20:.1f} MiB" if b < 2**30 else f"{b / 2**30:.2f} GiB"
+
+
+def to_markdown(report):
+  lines = [
+    f"Machine: {report['machine']}. D = {D}, block_size = {report['block_size']}, "
+    f"float32, CPU. Matmul rate measured in the same run: "
+    f"{report['matmul_flops'] / 1e9:.1f} GFLOP/s ([{report['matmul_n']}, {D}] x "
+    f"[{D}, {report['matmul_n']}]). Rate = 8 N^2 D / time (loss + gradient).",
+    "",
+    "| loss | impl | N | time (s) | XLA temp | peak RSS | % of matmul rate | status |",
+    "|---|---|---|---|---|---|---|---|",
+  ]
+  for p in report["points"]:
+    rate = p.get("fraction_of_matmul")
+    seconds = f"{p['seconds']:.3f}" if "seconds" in p else "-"
+    rss = p.get("peak_rss_bytes", p.get("observed_rss_bytes"))
+    lines.append(f"| {p['loss']} | {p['impl']} | {p['n']} | {seconds} | "
+                 f"{_fmt_bytes(p.get('xla_temp_bytes'))} | {_fmt_bytes(rss)} | "
+                 f"{'-' if rate is None else f'{100 * rate:.0f}%'} | {p['status']} |")
+  lines += ["", "Largest N measured within the cap "
+            f"({report['rss_cap_gib']} GiB RSS, {report['max_seconds']} s per point):", ""]
+  for key, n in sorted(report["largest_n"].items()):
+    lines.append(f"- {key}: {n}")
+  if report.get("memory_only"):
+    lines += ["", "Compile-only XLA temp memory (loss + gradient, not run):", ""]
+    for p in report["memory_only"]:
+      lines.append(f"- {p['loss']} {p['impl']} N={p['n']}: {_fmt_bytes(p['xla_temp_bytes'])}")
+  return "\n".join(lines) + "\n"
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--child", help=argparse.SUPPRESS)
+  parser.add_argument("--quick", action="store_true", help="small N only (smoke run)")
+  parser.add_argument("--losses", default=",".join(LOSSES))
+  parser.add_argument("--impls", default="dense,streaming,pml")
+  parser.add_argument("--n_min", type=int, default=1024)
+  parser.add_argument("--n_max", type=int, default=65536)
+  parser.add_argument("--block_size", type=int, default=1024)
+  parser.add_argument("--reps", type=int, default=3)
+  parser.add_argument("--rss_cap_gib", type=float, default=10.0)
+  parser.add_argument("--max_seconds", type=float, default=300.0)
+  parser.add_argument("--memory_only_n", default="",
+                      help="comma-separated N to compile (not run) and report XLA temp memory")
+  parser.add_argument("--out", default="bench_loss_scaling",
+                      help="output prefix: writes <out>.json and <out>.md")
+  args = parser.parse_args()
+
+  if args.child:
+    point = json.loads(args.child)
+    print(json.dumps(run_point(**point)))
+    return
+
+  if args.quick:
+    args.n_min, args.n_max, args.reps, args.max_seconds = 256, 1024, 1, 120
+  cap = int(args.rss_cap_gib * 2**30)
+  impls = [i for i in args.impls.split(",") if i != "pml" or _pml_available()]
+  flops = matmul_rate(n=min(4096, args.n_max))
+  points, largest = [], {}
+  for loss in args.losses.split(","):
+    for impl in impls:
+      n = args.n_min
+      while n <= args.n_max:
+        child = {"loss": loss, "impl": impl, "n": n, "block_size": args.block_size,
+                 "reps": args.reps, "cap_bytes": cap}
+        res = dict(child, **_spawn(child, cap, args.max_seconds))
+        res.pop("cap_bytes", None)
+        if res.get("status") == "ok":
+          res["fraction_of_matmul"] = 8.0 * n * n * D / res["seconds"] / flops
+          largest[f"{loss}/{impl}"] = n
+        points.append(res)
+        print(json.dumps(res), flush=True)
+        if res.get("status") != "ok":
+          break
+        n *= 2
+  memory_only = []
+  for n in [int(v) for v in args.memory_only_n.split(",") if v]:
+    for loss in args.losses.split(","):
+      for impl in ("dense", "streaming"):
+        memory_only.append(run_point(loss, impl, n, args.block_size, 1, cap, compile_only=True))
+        print(json.dumps(memory_only[-1]), flush=True)
+  report = {"machine": f"{platform.machine()}, {os.cpu_count()} CPU cores "
+                       f"(shared with other jobs while measured)",
+            "block_size": args.block_size, "matmul_flops": flops,
+            "matmul_n": min(4096, args.n_max), "rss_cap_gib": args.rss_cap_gib,
+            "max_seconds": args.max_seconds, "points": points, "largest_n": largest,
+            "memory_only": memory_only, "command": " ".join(sys.argv)}
+  with open(args.out + ".json", "w") as f:
+    json.dump(report, f, indent=1)
+  with open(args.out + ".md", "w") as f:
+    f.write(to_markdown(report))
+  print(to_markdown(report))
+
+
+if __name__ == "__main__":
+  main()
