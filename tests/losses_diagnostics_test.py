@@ -50,7 +50,8 @@ def test_matches_loop_reference_jit_and_eager():
   _check(losses.diagnostics(jnp.asarray(x, jnp.float32), jnp.asarray(LABELS)), expected)
   _check(jax.jit(losses.diagnostics)(jnp.asarray(x, jnp.float32), jnp.asarray(LABELS)), expected)
   with jax.enable_x64(True):
-    _check(losses.diagnostics(jnp.asarray(x), jnp.asarray(LABELS), margin=0.5, pair_margin=0.7),
+    _check(jax.jit(losses.diagnostics)(jnp.asarray(x), jnp.asarray(LABELS), margin=0.5,
+                                       pair_margin=0.7),
            ref_diagnostics(x, LABELS, 0.5, 0.7), rtol=1e-10)
 
 

@@ -93,8 +93,8 @@ HAND = np.array([[1.0, 0.0, 0.0], [0.9, 0.1, 0.0], [0.0, 1.0, 0.0], [0.0, 0.8, 0
 
 
 @pytest.mark.parametrize("name", ["nt_xent", "supcon"])
-@pytest.mark.parametrize("use_jit", [False, True])
-@pytest.mark.parametrize("x64", [False, True])
+# float32 eager and jitted, float64 jitted (eager float64 would only re-pay op compilation).
+@pytest.mark.parametrize("use_jit,x64", [(False, False), (True, False), (True, True)])
 def test_value_and_grad_match_loop_reference(name, use_jit, x64):
   fn = JITTED[name] if use_jit else FNS[name]
   with jax.enable_x64(x64):
@@ -149,9 +149,9 @@ def test_temperature_is_differentiable():
   np.testing.assert_allclose(got, (f(0.3 + 1e-6) - f(0.3 - 1e-6)) / 2e-6, rtol=1e-3)
 
 
-@pytest.mark.parametrize("n", [1, 4])
+@pytest.mark.parametrize("n", [4])
 def test_identical_views_give_log_2n_minus_1(n):
-  z = jnp.ones((n, 5))
+  z = jnp.ones((n, 4))                  # [2n, 4] = the shape used throughout: no new compiles
   np.testing.assert_allclose(losses.nt_xent_pairs(z, z, temperature=0.5), np.log(2 * n - 1),
                              rtol=1e-6, atol=1e-7)
 
@@ -159,7 +159,7 @@ def test_identical_views_give_log_2n_minus_1(n):
 def test_nt_xent_pairs_is_simclr_over_two_views():
   """SimCLR's loss written from the paper: l(i, j) over 2n anchors, all 2n-1 others below."""
   rng = np.random.default_rng(3)
-  z1, z2 = rng.normal(size=(4, 3)), rng.normal(size=(4, 3))
+  z1, z2 = rng.normal(size=(4, 4)), rng.normal(size=(4, 4))
   z = np.concatenate([z1, z2])
   s = _cos(z)
   total = 0.0
@@ -175,16 +175,16 @@ def test_nt_xent_pairs_is_simclr_over_two_views():
 
 
 def test_edges_no_positive_and_single_class():
-  x = jnp.asarray(_random(4, n=4), jnp.float32)
-  unique = jnp.arange(4)
+  x = jnp.asarray(_random(4), jnp.float32)
+  unique = jnp.arange(8)
   for fn in (losses.nt_xent, losses.supcon):
     assert float(fn(x, unique)) == 0.0                      # nothing to average: 0, not NaN
-    np.testing.assert_array_equal(fn(x, unique, reduction="none"), np.zeros(4))
+    np.testing.assert_array_equal(fn(x, unique, reduction="none"), np.zeros(8))
     assert np.all(np.isfinite(jax.grad(lambda e, f=fn: f(e, unique))(x)))
-  one_class = jnp.zeros(4, jnp.int32)
+  one_class = jnp.zeros(8, jnp.int32)
   assert float(losses.nt_xent(x, one_class)) == 0.0         # no negatives: -log(1) per pair
   np.testing.assert_allclose(losses.supcon(x, one_class),
-                             reduce_ref(*ref_supcon(np.asarray(x), np.zeros(4, int), T), "mean"),
+                             reduce_ref(*ref_supcon(np.asarray(x), np.zeros(8, int), T), "mean"),
                              rtol=1e-5)
 
 
