@@ -1,109 +1,154 @@
-"""Input pipeline throughput vs what a train step consumes, measured in one run.
+"""Input pipeline throughput vs what the real train step consumes, measured in one run.
 
-  python bench/input_pipeline.py [--quick]   # writes bench/input_pipeline.json + docs table
+  python bench/input_pipeline.py [--quick] [--config=configs/default.py]
 
-The step is this script's own jitted LeNet-like forward + backward (2 conv + 2 dense, contrastive
-pair-free SupCon-like loss replaced by a mean-square of embeddings: the cost that matters here is
-the compute per image), with the default config's data settings and on-device augmentation.
-Data wait fraction = time blocked in next(iterator) / total loop time, pipeline and step run
-in the same loop (the pipeline is pulled synchronously: the pessimistic case).
+Writes bench/input_pipeline.json and docs/bench_input_pipeline.md. The step is the trainer's own:
+`sim_jax.train.Trainer(config, workdir).jit_train_step()` (model, loss, on-device augmentation,
+optimizer of the config), fed as `train_and_evaluate` feeds it: `next(iterator)` ->
+`sharding.host_to_global` -> step, with JAX's asynchronous dispatch.
+
+Measured, in this order, in one process:
+- pipeline img/s: batches built on demand in the calling thread (no prefetch, no step running);
+- step img/s: the jitted step on one fixed batch, back to back (no input pipeline);
+- for each prefetch setting (on demand; the config's `prefetch_threads` / `prefetch_batches`;
+  grain's own default of 16 threads x 500 batches): the train loop, with data wait = time blocked
+  in `next(iterator)` / wall time of the loop (the trainer logs the same ratio as
+  `train/data_wait_fraction`). The first batch of each iterator (thread start, buffer fill) and
+  the first step (compilation) are not timed.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import sys
+import tempfile
 import time
 
-import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from configs import default as default_config  # noqa: E402
-from sim_jax.data import augment, create_train_iterator  # noqa: E402
+from sim_jax import sharding, train  # noqa: E402
+from sim_jax.data import create_train_iterator  # noqa: E402
+
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-class LeNet(nn.Module):
-  @nn.compact
-  def __call__(self, x):
-    x = nn.max_pool(nn.relu(nn.Conv(6, (5, 5))(x)), (2, 2), (2, 2))
-    x = nn.max_pool(nn.relu(nn.Conv(16, (5, 5))(x)), (2, 2), (2, 2))
-    x = nn.relu(nn.Dense(120)(x.reshape(x.shape[0], -1)))
-    return nn.Dense(64)(x)
+def load_config(path: str):
+  spec = importlib.util.spec_from_file_location("bench_config", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+def make_iterator(cfg, threads: int, batches: int):
+  data = cfg.data.copy_and_resolve_references()
+  data.prefetch_threads, data.prefetch_batches = threads, batches
+  return create_train_iterator(data, global_batch_size=cfg.train.batch_size, seed=cfg.seed,
+                               process_index=jax.process_index(),
+                               process_count=jax.process_count())
+
+
+def pipeline_images_per_s(cfg, steps: int) -> float:
+  it = make_iterator(cfg, 0, 0)
+  next(it)
+  t = time.perf_counter()
+  for _ in range(steps):
+    next(it)
+  return steps * cfg.train.batch_size / (time.perf_counter() - t)
+
+
+def step_images_per_s(trainer, step_fn, state, cfg, steps: int):
+  batch = sharding.host_to_global(next(make_iterator(cfg, 0, 0)), trainer.mesh)
+  state, m, _ = step_fn(state, batch)  # compiles
+  jax.block_until_ready(m)
+  t = time.perf_counter()
+  for _ in range(steps):
+    state, m, _ = step_fn(state, batch)
+  jax.block_until_ready((state, m))
+  return steps * cfg.train.batch_size / (time.perf_counter() - t), state
+
+
+def train_loop(trainer, step_fn, state, cfg, steps: int, threads: int, batches: int):
+  """The trainer's loop; returns (data wait fraction, loop img/s, state)."""
+  it = make_iterator(cfg, threads, batches)
+  state, m, _ = step_fn(state, sharding.host_to_global(next(it), trainer.mesh))
+  jax.block_until_ready(m)
+  wait, t = 0.0, time.perf_counter()
+  for _ in range(steps):
+    t0 = time.perf_counter()
+    batch = next(it)
+    wait += time.perf_counter() - t0
+    state, m, _ = step_fn(state, sharding.host_to_global(batch, trainer.mesh))
+  jax.block_until_ready((state, m))
+  total = time.perf_counter() - t
+  if hasattr(it, "close"):
+    it.close()  # stops its prefetch threads before the next setting is measured
+  return wait / total, steps * cfg.train.batch_size / total, state
+
+
+def write_table(result: dict, path: str, command: str) -> None:
+  rows = "".join(
+      f"| {r['setting']} | {r['threads']} | {r['batches']} | {r['loop_images_per_s']:.0f} | "
+      f"{100 * r['data_wait_fraction']:.1f}% |\n" for r in result["loops"])
+  with open(path, "w") as f:
+    f.write(
+        "# Input pipeline vs train step (bench/input_pipeline.py)\n\n"
+        f"Config `{result['config']}`: dataset `{result['dataset']}`, sampler "
+        f"`{result['sampler']}`, global batch {result['batch_size']}, images "
+        f"{'x'.join(map(str, result['image_shape']))}, model `{result['model']}`, loss "
+        f"`{result['loss']}`, augmentation `{result['augment']}` (on device, inside the step). "
+        "The step is the trainer's `Trainer.jit_train_step()`; the loop is `train_and_evaluate`'s "
+        "(next -> host_to_global -> step, asynchronous dispatch).\n\n"
+        "| pipeline img/s (on demand, no step) | step img/s (no pipeline) | ratio |\n"
+        "|---|---|---|\n"
+        f"| {result['pipeline_images_per_s']:.0f} | {result['step_images_per_s']:.0f} | "
+        f"{result['pipeline_images_per_s'] / result['step_images_per_s']:.1f}x |\n\n"
+        "Train loop, data wait = time blocked in `next(iterator)` / loop wall time:\n\n"
+        "| prefetch | threads | batches ahead | loop img/s | data wait |\n|---|---|---|---|---|\n"
+        f"{rows}\n"
+        f"Command: `{command}` ({result['steps']} timed steps per measurement, "
+        f"{result['device']}, {os.cpu_count()} CPU cores shared with other jobs; jax "
+        f"{jax.__version__}).\n")
 
 
 def main():
   p = argparse.ArgumentParser()
-  p.add_argument("--quick", action="store_true")
-  p.add_argument("--out", default="bench/input_pipeline.json")
+  p.add_argument("--quick", action="store_true", help="few steps: checks that the bench runs")
+  p.add_argument("--config", default=os.path.join(_REPO, "configs", "default.py"))
+  p.add_argument("--out", default=os.path.join(_REPO, "bench", "input_pipeline.json"))
+  p.add_argument("--table", default=os.path.join(_REPO, "docs", "bench_input_pipeline.md"))
   args = p.parse_args()
-  cfg = default_config.get_config()
-  batch_size = int(cfg.train.batch_size) if "train" in cfg and "batch_size" in cfg.train else 64
-  steps = 20 if args.quick else 200
-  if cfg.data.sampler == "pk":  # P x K must fit the class count (digits: 10 classes)
-    from sim_jax.data import get_info
-
-    k = int(cfg.data.examples_per_class)
-    batch_size = min(batch_size, get_info(cfg.data).num_classes * k)
-  it = create_train_iterator(cfg.data, global_batch_size=batch_size, seed=0)
-  aug = augment.make_augment_fn(cfg.data.augment)
-  model = LeNet()
-  first = next(it)
-  params = model.init(jax.random.key(0), jnp.zeros(first["image"].shape, jnp.float32))
-
-  @jax.jit
-  def step(params, images, key):
-    x = aug(key, images.astype(jnp.float32) / 255.0)
-    loss_fn = lambda p: jnp.mean(model.apply(p, x) ** 2)
-    loss, g = jax.value_and_grad(loss_fn)(params)
-    return jax.tree.map(lambda a, b: a - 1e-3 * b, params, g), loss
-
-  params, loss = step(params, first["image"], jax.random.key(0))
-  jax.block_until_ready(loss)
-  # 1) pipeline alone
-  t = time.perf_counter()
-  for _ in range(steps):
-    next(it)
-  pipe_s = time.perf_counter() - t
-  # 2) step alone (same batch)
-  t = time.perf_counter()
-  for i in range(steps):
-    params, loss = step(params, first["image"], jax.random.key(i))
-  jax.block_until_ready(loss)
-  step_s = time.perf_counter() - t
-  # 3) together: time blocked on data
-  wait, t = 0.0, time.perf_counter()
-  for i in range(steps):
-    t0 = time.perf_counter()
-    batch = next(it)
-    wait += time.perf_counter() - t0
-    params, loss = step(params, batch["image"], jax.random.key(i))
-  jax.block_until_ready(loss)
-  total = time.perf_counter() - t
-  result = {"dataset": cfg.data.name, "sampler": cfg.data.sampler, "batch_size": batch_size,
-            "image_shape": list(first["image"].shape[1:]), "augment": cfg.data.augment.name,
-            "steps": steps, "pipeline_images_per_s": steps * batch_size / pipe_s,
-            "step_images_per_s": steps * batch_size / step_s,
-            "data_wait_fraction": wait / total, "quick": args.quick,
-            "device": str(jax.devices()[0])}
+  cfg = load_config(args.config)
+  steps = 8 if args.quick else 60
+  with tempfile.TemporaryDirectory() as workdir:
+    trainer = train.Trainer(cfg, workdir)
+    step_fn = trainer.jit_train_step()
+    state = trainer.init_state()
+    pipe = pipeline_images_per_s(cfg, steps)
+    step_rate, state = step_images_per_s(trainer, step_fn, state, cfg, steps)
+    loops = []
+    settings = [("on demand", 0, 0),
+                ("config default", int(cfg.data.prefetch_threads),
+                 int(cfg.data.prefetch_batches)),
+                ("grain default", 16, 500)]
+    for name, threads, batches in settings:
+      wait, rate, state = train_loop(trainer, step_fn, state, cfg, steps, threads, batches)
+      loops.append({"setting": name, "threads": threads, "batches": batches,
+                    "data_wait_fraction": wait, "loop_images_per_s": rate})
+  result = {"config": os.path.relpath(args.config, _REPO), "dataset": cfg.data.name,
+            "sampler": cfg.data.sampler, "batch_size": int(cfg.train.batch_size),
+            "image_shape": list(trainer.image_shape), "model": cfg.model.name,
+            "loss": cfg.loss.name, "augment": cfg.data.augment.name, "steps": steps,
+            "pipeline_images_per_s": pipe, "step_images_per_s": step_rate, "loops": loops,
+            "quick": args.quick, "device": str(jax.devices()[0])}
   os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
   with open(args.out, "w") as f:
     json.dump(result, f, indent=2)
-  with open("docs/bench_input_pipeline.md", "w") as f:
-    f.write("# Input pipeline vs train step (bench/input_pipeline.py)\n\n"
-            "Step = the bench's own jitted LeNet-like forward+backward with on-device "
-            "augmentation (not the trainer's step). Pipeline pulled synchronously in the loop.\n\n"
-            "| dataset | sampler | batch | image | augment | pipeline img/s | step img/s | "
-            "data wait |\n|---|---|---|---|---|---|---|---|\n"
-            f"| {result['dataset']} | {result['sampler']} | {batch_size} | "
-            f"{'x'.join(map(str, result['image_shape']))} | {result['augment']} | "
-            f"{result['pipeline_images_per_s']:.0f} | {result['step_images_per_s']:.0f} | "
-            f"{100 * result['data_wait_fraction']:.1f}% |\n\n"
-            f"Command: `python bench/input_pipeline.py{' --quick' if args.quick else ''}` "
-            f"({steps} steps, {result['device']}, 2-core shared CPU machine).\n")
+  write_table(result, args.table,
+              "python bench/input_pipeline.py" + (" --quick" if args.quick else ""))
   print(json.dumps(result, indent=2))
 
 

@@ -12,7 +12,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 import sim_jax.data as sd
-from sim_jax.data import pipeline, samplers
+from sim_jax.data import pipeline, registry, samplers, sources
 from tests import helpers
 
 # One prepared copy of digits for the whole module, outside the user's cache.
@@ -242,10 +242,39 @@ def test_orbax_resume_is_exact_with_a_full_prefetch_buffer(tmp_path):
   mngr.close()
 
 
-@pytest.mark.parametrize("field", ["prefetch_threads", "prefetch_batches", "worker_count"])
+@pytest.mark.parametrize("field", ["prefetch_threads", "prefetch_batches", "worker_count",
+                                   "cache_mb"])
 def test_negative_prefetch_settings_raise(field):
   with pytest.raises(ValueError, match=f"data.{field}.*-1"):
     sd.create_train_iterator(digits_config(**{field: -1}), global_batch_size=16, seed=0)
+
+
+def test_cached_batches_are_the_stored_digits():
+  from sklearn.datasets import load_digits
+
+  ref = load_digits()
+  c = digits_config(sampler="random")
+  train_ids = sd.load_split(c, "train")["id"]
+  source = pipeline.cached(registry.open_split(c, "train"), c)
+  assert isinstance(source, sources.ArraySource)  # 1442 x 8 x 8 bytes fit in cache_mb
+  for batch in take(sd.create_train_iterator(c, global_batch_size=16, seed=2), 3):
+    want = np.round(ref.images[train_ids[batch["index"]]] * 255 / 16).astype(np.uint8)
+    np.testing.assert_array_equal(batch["image"][..., 0], want)
+    np.testing.assert_array_equal(batch["label"], ref.target[train_ids[batch["index"]]])
+
+
+def test_cache_gives_the_batches_of_per_record_reads():
+  # Resize + gray -> RGB at cache time must equal doing it per batch.
+  kw = dict(sampler="pairs", image_size=12, channels=3)
+  on = take(sd.create_train_iterator(digits_config(**kw), global_batch_size=16, seed=4), 3)
+  off = take(sd.create_train_iterator(digits_config(cache_mb=0, **kw), global_batch_size=16,
+                                      seed=4), 3)
+  for a, b in zip(on, off):
+    for k in a:
+      np.testing.assert_array_equal(a[k], b[k])
+  small = digits_config(cache_mb=0)
+  assert not isinstance(pipeline.cached(registry.open_split(small, "train"), small),
+                        sources.ArraySource)
 
 
 WORKER_SCRIPT = """

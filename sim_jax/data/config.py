@@ -31,6 +31,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.augmentation_factor = 1  # repeat the train set this many times per epoch (seed 004 4.5)
   c.worker_count = 0  # grain worker processes (0: load in the main process)
   c.worker_buffer_size = 2  # batches each grain worker prepares ahead
+  c.cache_mb = 2048  # decode + format the train split into memory when it fits (0: never)
   c.prefetch_threads = 1  # threads building batches ahead of the train step (0: on demand)
   c.prefetch_batches = 4  # batches those threads keep ready (state stays exact: see pipeline.py)
   # Builder options (sim_jax's own datasets); they select the prepared TFDS builder config.

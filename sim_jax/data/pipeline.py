@@ -6,6 +6,11 @@ workers). Each batch is a pure function of (seed, step, process shard), so the i
 just the next step: resuming from an Orbax checkpoint (`grain.checkpoint.CheckpointSave/Restore`)
 is exact mid-epoch and across epochs.
 
+Memory cache: a train split whose formatted images fit in `cache_mb` is decoded and resized once
+into a `sources.ArraySource`, so a batch is a NumPy gather instead of B record reads, PNG
+decodes and resizes (about 40 ms per batch of 128 on a 2-core host, i.e. a third of the default
+step). Larger splits stay random-access ArrayRecord reads.
+
 Prefetch: grain's `PrefetchDatasetIterator` builds the next `prefetch_batches` batches in
 `prefetch_threads` background threads while the train step runs; its state is the index of the
 next batch *returned* (`{"next_index": n}`), never of the ones already built, so a checkpoint
@@ -71,6 +76,52 @@ def load_split(data_config: ml_collections.ConfigDict, split: str) -> dict[str, 
   out["image"] = sources.format_images(out["image"], data_config.image_size, data_config.channels)
   return {"image": out["image"], "label": out["label"].astype(np.int32),
           "id": out["id"].astype(np.int64)}
+
+
+def formatted_shape(source, data_config: ml_collections.ConfigDict):
+  """(H, W, C) of the source's images after `format_images`; None when not fixed."""
+  h, w, c = source.image_shape
+  if data_config.image_size is not None:
+    h = w = int(data_config.image_size)
+  if data_config.channels is not None:
+    c = int(data_config.channels)
+  return None if None in (h, w, c) else (h, w, c)
+
+
+_CACHE: dict = {}  # (id(source), image_size, channels) -> (source, ArraySource)
+_CACHE_CHUNK = 4096  # records decoded per read: bounds the undecoded bytes held at once
+
+
+def cached(source, data_config: ml_collections.ConfigDict):
+  """`source` decoded and formatted into memory (`sources.ArraySource`), or `source` itself.
+
+  Cached when `data_config.cache_mb > 0` and `N * H * W * C` bytes of formatted images fit in
+  `cache_mb` MiB; batches read from it are identical (same decoder, same `format_images`). The
+  result is memoised per (source, image_size, channels) so that re-creating an iterator (resume,
+  benchmarks) does not decode again.
+  """
+  if data_config.cache_mb < 0:
+    raise ValueError(f"data.cache_mb must be >= 0, got {data_config.cache_mb}")
+  shape = formatted_shape(source, data_config)
+  if isinstance(source, sources.ArraySource) or shape is None or not data_config.cache_mb:
+    return source
+  nbytes = len(source) * int(np.prod(shape))
+  if nbytes > data_config.cache_mb * 2**20:
+    logging.info("data: %d MiB of images > cache_mb=%d: reading records per batch",
+                 nbytes >> 20, data_config.cache_mb)
+    return source
+  key = (id(source), data_config.image_size, data_config.channels)
+  if key in _CACHE and _CACHE[key][0] is source:
+    return _CACHE[key][1]
+  images = np.zeros((len(source), *shape), np.uint8)
+  for start in range(0, len(source), _CACHE_CHUNK):
+    idx = np.arange(start, min(start + _CACHE_CHUNK, len(source)))
+    images[idx] = sources.format_images(source.read(idx)["image"], data_config.image_size,
+                                        data_config.channels)
+  out = sources.ArraySource(images, source.labels, source.ids, source.num_classes)
+  _CACHE.clear()  # one cached split at a time: bounded memory
+  _CACHE[key] = (source, out)
+  return out
 
 
 def train_example_indices(labels: np.ndarray, data_config: ml_collections.ConfigDict, seed: int,
@@ -164,7 +215,7 @@ def create_train_iterator(data_config: ml_collections.ConfigDict, *, global_batc
   `set_state()` (and Orbax via `grain.checkpoint.CheckpointSave`) resume exactly.
   """
   batch_size = validate_train_args(data_config, global_batch_size, process_count)
-  source = open_split(data_config, data_config.train_split)
+  source = cached(open_split(data_config, data_config.train_split), data_config)
   local = train_example_indices(source.labels, data_config, seed, process_index, process_count)
   maker = BatchMaker(source, local, data_config, batch_size, seed)
   logging.info("data: %s/%s sampler=%s batch=%d, %d examples on process %d/%d",
