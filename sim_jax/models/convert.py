@@ -82,8 +82,9 @@ def convert_state_dict(state_dict: Mapping[str, Any], target_variables: Mapping[
                        source_name: str = "state dict") -> tuple[dict, dict[str, list[str]]]:
   """Replaces the backbone leaves of `target_variables` (an `Encoder`'s init output).
 
-  Every target leaf under "backbone" must be provided with the same shape, otherwise a ValueError
-  names the missing ones and each mismatched one with both shapes (a wrong architecture or size).
+  Every target leaf under "backbone" must be provided with the same shape, and every source entry
+  inside one of the backbone's top-level modules must have a target; otherwise a ValueError names
+  the missing, mismatched (with both shapes) and unexpected entries (a wrong architecture or size).
   Returns (variables, report {"loaded", "initialised", "unused"}) where "unused" are source keys
   with no target (e.g. the ImageNet classifier `fc.*`).
   """
@@ -97,6 +98,7 @@ def convert_state_dict(state_dict: Mapping[str, Any], target_variables: Mapping[
     col, path, array = entry
     converted[(col, "backbone", *path)] = (key, array)
   out, report, missing, mismatched = {}, {"loaded": [], "initialised": [], "unused": []}, [], []
+  loaded_keys = []
   for col, tree in target_variables.items():
     flat = traverse_util.flatten_dict(dict(tree))
     new = {}
@@ -110,6 +112,7 @@ def convert_state_dict(state_dict: Mapping[str, Any], target_variables: Mapping[
         missing.append(name)
         continue
       key, array = converted.pop((col, *path))
+      loaded_keys.append(key)
       if array.shape != tuple(np.shape(leaf)):
         mismatched.append(f"{name} <- {key}: target {tuple(np.shape(leaf))} vs source "
                           f"{array.shape}")
@@ -117,9 +120,14 @@ def convert_state_dict(state_dict: Mapping[str, Any], target_variables: Mapping[
       new[path] = array.astype(np.asarray(leaf).dtype)
       report["loaded"].append(name)
     out[col] = traverse_util.unflatten_dict(new)
-  if missing or mismatched:
-    raise ValueError(f"cannot convert {source_name}: missing {missing}; shape mismatches "
-                     f"{mismatched}")
+  # Leftovers inside a PyTorch top-level module that was otherwise converted (`layer2.1.*` when
+  # the target has one block per stage) mean a different depth: an error. Leftovers under other
+  # top-level names (`fc`, `classifier`, `head`) are the classifier that sim_jax's heads replace.
+  used_modules = {k.split(".")[0] for k in loaded_keys}
+  unexpected = sorted(k for k, _ in converted.values() if k.split(".")[0] in used_modules)
+  if missing or mismatched or unexpected:
+    raise ValueError(f"cannot convert {source_name} (a different architecture or size?): "
+                     f"missing {missing}; shape mismatches {mismatched}; unexpected {unexpected}")
   report["unused"] = sorted(unused + [k for k, _ in converted.values()])
   return out, report
 
