@@ -9,7 +9,7 @@ import tensorflow_datasets as tfds
 
 import sim_jax.data as sd
 from sim_jax.data import registry
-from sim_jax.data.builders import common, render
+from sim_jax.data.builders import common, icons, render
 
 
 def _records(builder, split):
@@ -27,9 +27,15 @@ SYMBOL_OPTIONS = dict(image_size=16, fonts=render.matplotlib_fonts()[:8], charse
                       test_fraction=0.25)
 
 
+ICON_OPTIONS = dict(image_size=16, icon_sets=icons.icon_options(""), charset="default",
+                    renders_per_font=2, max_classes=12, heldout_class_fraction=0.25,
+                    test_fraction=0.25)
+
+
 @pytest.mark.parametrize("cls,options", [
     ("digits", dict(heldout_class_fraction=0.2, test_fraction=0.2)),
     ("glyph_symbols", SYMBOL_OPTIONS),
+    ("glyph_icons", ICON_OPTIONS),
 ])
 def test_builder_is_reproducible_and_splits_are_disjoint(tmp_path, cls, options):
   builder_cls = registry.OWN[cls][0]
@@ -62,6 +68,73 @@ def test_glyph_symbols_records_are_renderings_of_their_code_point(tmp_path):
     font = r["source"].decode() if isinstance(r["source"], bytes) else r["source"]
     cp = int(names[int(r["label"])][2:], 16)
     assert cp in render.font_codepoints(font)
+
+
+@pytest.mark.parametrize("name,concept", [
+    ("star", "star"), ("star-o", "star"), ("star_border", "star"), ("star-outline", "star"),
+    ("arrow-circle-o-down", "arrow-circle-down"), ("heart_outlined", "heart"),
+    ("trash-alt", "trash"), ("o", "o"), ("outline", "outline"), ("500px", "500px"),
+])
+def test_icon_concept_names(name, concept):
+  assert icons.concept_name(name) == concept
+
+
+# Code points as printed in each package's CSS for the star icons (read by hand).
+STAR_DESIGNS = {("fontawesome-webfont.ttf", 0xF005), ("fontawesome-webfont.ttf", 0xF006),
+                ("elusiveicons-webfont.ttf", 0xF1FE), ("MaterialIcons-Regular.ttf", 0xE838),
+                ("MaterialIcons-Regular.ttf", 0xE83A), ("MaterialIcons-Regular.ttf", 0xF06F),
+                ("materialdesignicons-webfont.ttf", 0xF4CE),
+                ("materialdesignicons-webfont.ttf", 0xF4D2)}
+
+
+def test_icon_concepts_match_designs_across_sets():
+  concepts = icons.icon_concepts(icons.find_icon_sets(""))
+  star = {(os.path.basename(f), cp) for f, cp in concepts["star"]}
+  assert STAR_DESIGNS <= star
+  assert not any("forkawesome" in f for f, _ in star)  # Fork Awesome's star is Font Awesome's
+  # fa-car and its alias fa-automobile are one glyph: it belongs to exactly one concept.
+  owners = [k for k, v in concepts.items()
+            if any(f.endswith("fontawesome-webfont.ttf") and cp == 0xF1B9 for f, cp in v)]
+  assert owners == ["car"]
+  glyphs = [g for v in concepts.values() for g in v]
+  assert len(glyphs) == len(set(glyphs))  # no glyph in two classes
+
+
+def test_icon_css_parser_on_a_hand_written_rule():
+  css = ('.fa-automobile:before,\n.fa-car:before {\n  content: "\\f1b9";\n}\n'
+         '.fa-star:before { content: "\\f005"; }\n.fa-car:before { content: "\\f000"; }')
+  assert icons.parse_css(css, r"\.fa-([a-z0-9-]+):before") == {
+      "automobile": 0xF1B9, "car": 0xF1B9, "star": 0xF005}
+
+
+def test_glyph_icons_records_are_designs_of_their_concept(tmp_path):
+  opts = dict(ICON_OPTIONS, charset="star,heart,home", max_classes=None, renders_per_font=1,
+              heldout_class_fraction=0.0, test_fraction=0.0)
+  b = common.prepared_builder(registry.OWN["glyph_icons"][0], opts, str(tmp_path))
+  names = b.info.metadata["class_names"]
+  assert names == ["heart", "home", "star"]
+  concepts = icons.icon_concepts(icons.find_icon_sets(""))
+  recs = _records(b, "train")
+  stars = [r for r in recs if names[int(r["label"])] == "star"]
+  assert len(stars) == len(concepts["star"]) >= len(STAR_DESIGNS)
+  for r in recs:  # renders_per_font=1: every record is a clean rendering of one design
+    font = r["source"].decode() if isinstance(r["source"], bytes) else r["source"]
+    cps = [cp for f, cp in concepts[names[int(r["label"])]] if f == font]
+    assert any(np.array_equal(r["image"][..., 0], render.render(font, chr(cp), 16))
+               for cp in cps)
+
+
+def test_glyph_icons_missing_fonts_name_the_packages(tmp_path):
+  c = sd.default_config()
+  c.update(name="glyph_icons", data_dir=str(tmp_path), fonts=str(tmp_path))
+  with pytest.raises(ValueError, match="fonts-font-awesome.*fonts-materialdesignicons-webfont"):
+    sd.get_info(c)
+  c.update(fonts="/no/such/icon/dir")
+  with pytest.raises(ValueError, match="/no/such/icon/dir"):
+    sd.get_info(c)
+  c.update(fonts="", charset="no-such-icon-xyz")
+  with pytest.raises(ValueError, match="no-such-icon-xyz"):
+    sd.get_info(c)
 
 
 def test_pipeline_reads_glyph_symbols_through_tfds(tmp_path):

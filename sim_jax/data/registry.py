@@ -15,7 +15,7 @@ import ml_collections
 import numpy as np
 import tensorflow_datasets as tfds
 
-from sim_jax.data.builders import common, digits, glyphs, image_folder
+from sim_jax.data.builders import common, digits, glyphs, icons, image_folder
 
 # name -> (builder class, options(data_config) -> JSON-able dict of build options)
 OWN = {
@@ -24,6 +24,11 @@ OWN = {
         "test_fraction": float(c.test_fraction)}),
     "glyph_symbols": (glyphs.GlyphSymbols, lambda c: {
         "image_size": int(c.image_size or 32), "fonts": glyphs.symbol_fonts(c.fonts),
+        "charset": str(c.charset), "renders_per_font": int(c.renders_per_font),
+        "max_classes": c.max_classes, "heldout_class_fraction": float(c.heldout_class_fraction),
+        "test_fraction": float(c.test_fraction)}),
+    "glyph_icons": (icons.GlyphIcons, lambda c: {
+        "image_size": int(c.image_size or 32), "icon_sets": icons.icon_options(c.fonts),
         "charset": str(c.charset), "renders_per_font": int(c.renders_per_font),
         "max_classes": c.max_classes, "heldout_class_fraction": float(c.heldout_class_fraction),
         "test_fraction": float(c.test_fraction)}),
