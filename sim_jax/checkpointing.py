@@ -193,7 +193,7 @@ def load_variables(path: str) -> dict:
   only need weights. The arrays are restored onto one local device whatever the saving topology.
   """
   state_path = _resolve_state_path(path)
-  checkpointer = ocp.StandardCheckpointer()
+  checkpointer = ocp.Checkpointer(ocp.PyTreeCheckpointHandler())
   metadata = checkpointer.metadata(state_path)
   tree = metadata.item_metadata if hasattr(metadata, "item_metadata") else metadata
   sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])

@@ -38,6 +38,56 @@ def test_end_to_end_then_resume(tmp_path):
   proc3 = helpers.run_launch(workdir, "--config.train.steps=9")
   assert proc3.returncode == 0, helpers.describe(proc3)
   assert "Nothing to train" in proc3.stderr
+  _check_modes(workdir, tmp_path)
+  _check_init_from(workdir, tmp_path)
+
+
+def _check_modes(workdir, tmp_path):
+  """--mode=evaluate / embed / search on the checkpoint of the run above."""
+  from PIL import Image
+
+  from configs import test as test_config
+  from sim_jax import data
+
+  ev = helpers.run_launch(workdir, "--mode=evaluate", "--config.train.steps=9")
+  assert ev.returncode == 0, helpers.describe(ev)
+  assert "step 9  retrieval/mrr@5" in ev.stdout and "chance" in ev.stdout, ev.stdout
+  out = str(tmp_path / "emb.npz")
+  em = helpers.run_launch(workdir, "--mode=embed", f"--output={out}", "--split=test")
+  assert em.returncode == 0, helpers.describe(em)
+  test_split = data.load_split(test_config.get_config().data, "test")
+  with np.load(out) as z:
+    assert z["embeddings"].shape == (len(test_split["label"]), 16)
+    np.testing.assert_array_equal(z["labels"], test_split["label"])
+    np.testing.assert_allclose(np.linalg.norm(z["embeddings"], axis=1), 1.0, rtol=1e-5)
+    emb = z["embeddings"]
+  # A gallery image as the query: its own embedding is the best match (cosine 1).
+  query = str(tmp_path / "query.png")
+  Image.fromarray(test_split["image"][7][..., 0]).save(query)
+  se = helpers.run_launch(workdir, "--mode=search", f"--query={query}", "--k=3")
+  assert se.returncode == 0, helpers.describe(se)
+  first = [line for line in se.stdout.splitlines() if line.strip().startswith("1.")][0]
+  assert f"id {int(test_split['id'][7]):>6d}" in first or \
+      np.isclose(float(first.split()[-1]), 1.0, atol=1e-4), se.stdout
+  assert os.path.exists(os.path.join(workdir, "search_query.png"))
+  del emb
+  bad = str(tmp_path / "bad.png")
+  with open(bad, "wb") as f:
+    f.write(b"not an image")
+  se_bad = helpers.run_launch(workdir, "--mode=search", f"--query={bad}")
+  assert se_bad.returncode == 2 and "bad.png" in se_bad.stderr, helpers.describe(se_bad)
+
+
+def _check_init_from(workdir, tmp_path):
+  """A new run initialises its encoder from the checkpoint and reports what was loaded."""
+  new = str(tmp_path / "finetune")
+  proc = helpers.run_launch(new, f"--config.model.init_from={workdir}",
+                            "--config.model.projection_depth=1", "--config.train.steps=1",
+                            "--config.train.eval_every=0")
+  assert proc.returncode == 0, helpers.describe(proc)
+  assert "init_from" in proc.stderr and "loaded" in proc.stderr
+  missing = helpers.run_launch(str(tmp_path / "x"), "--config.model.init_from=/no/such/run")
+  assert missing.returncode == 2 and "/no/such/run" in missing.stderr, helpers.describe(missing)
 
 
 @pytest.mark.parametrize("override, needle", [
