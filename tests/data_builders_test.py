@@ -9,7 +9,7 @@ import tensorflow_datasets as tfds
 
 import sim_jax.data as sd
 from sim_jax.data import registry
-from sim_jax.data.builders import common, icons, render
+from sim_jax.data.builders import common, han, icons, render
 
 
 def _records(builder, split):
@@ -199,3 +199,85 @@ def test_any_tfds_name_goes_through_the_same_path(tmp_path):
     assert lab == ref[i]["label"]
     luma = np.round(ref[i]["image"].astype(np.float64) @ [0.299, 0.587, 0.114])
     np.testing.assert_allclose(img[..., 0], luma, atol=1)
+
+
+HAN_FONTS = ["/usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc",
+             "/usr/share/fonts/truetype/arphic/uming.ttc",
+             "/usr/share/fonts/truetype/arphic/ukai.ttc"]
+needs_han_fonts = pytest.mark.skipif(not all(os.path.exists(f) for f in HAN_FONTS),
+                                     reason="needs " + " ".join(han.PACKAGES))
+
+
+def _han_config(tmp_path, **kw):
+  c = sd.default_config()
+  c.update(name="glyph_han", data_dir=str(tmp_path), fonts=",".join(HAN_FONTS), image_size=16,
+           charset="U+4E00-U+4E3F", max_classes=8, renders_per_font=2,
+           heldout_class_fraction=0.25, test_fraction=0.25)
+  c.update(kw)
+  return c
+
+
+def _text(x):
+  return x.decode() if isinstance(x, bytes) else x
+
+
+@needs_han_fonts
+def test_glyph_han_query_fonts_never_in_the_database(tmp_path):
+  c = _han_config(tmp_path / "a")
+  a = registry._builder(c)
+  assert a.builder_config.options["query_fonts"] == [os.path.realpath(HAN_FONTS[2])]  # kai
+  b = common.prepared_builder(han.GlyphHan, a.builder_config.options, str(tmp_path / "b"))
+  assert _files(a) and _files(a) == _files(b)  # identical bytes when rebuilt
+  recs = {s: _records(a, s) for s in ("train", "test", "query", "heldout")}
+  fonts = {s: {_text(r["source"]) for r in v} for s, v in recs.items()}
+  classes = {s: {int(r["label"]) for r in v} for s, v in recs.items()}
+  kai = os.path.realpath(HAN_FONTS[2])
+  assert fonts["query"] == {kai} and kai not in fonts["train"] | fonts["test"]
+  assert len(fonts["train"]) == 2 and len(fonts["heldout"]) == 3
+  assert len(classes["heldout"]) == 2 and not classes["heldout"] & classes["train"]
+  assert classes["query"] == classes["train"] == classes["test"] and len(classes["train"]) == 6
+  # 6 classes x 1 query font x 2 renderings; 6 x 2 database fonts x 2 = 24 split 25% by class.
+  assert len(recs["query"]) == 12 and len(recs["train"]) + len(recs["test"]) == 24
+  assert len(recs["test"]) == 6  # floor(0.25 * 4) = 1 per class
+  ids = [int(r["id"]) for v in recs.values() for r in v]
+  assert len(ids) == len(set(ids)) == 8 * 3 * 2
+
+
+@needs_han_fonts
+def test_glyph_han_records_render_their_character(tmp_path):
+  c = _han_config(tmp_path, heldout_class_fraction=0.0, test_fraction=0.0)
+  b = registry._builder(c)
+  names = b.info.metadata["class_names"]
+  assert len(names) == 8 and all(0x4E00 <= int(n[2:], 16) <= 0x4E3F for n in names)
+  recs = _records(b, "train") + _records(b, "query")
+  assert len(recs) == 8 * 3 * 2
+  for r in recs:
+    font, ch = _text(r["source"]), chr(int(names[int(r["label"])][2:], 16))
+    clean = render.render(font, ch, 16)
+    if int(r["id"]) % 2 == 0:  # the first rendering of each (character, font) is clean
+      np.testing.assert_array_equal(r["image"][..., 0], clean)
+    else:  # styled: another stroke / pose, on a noisy background (almost no pixel stays 0)
+      assert not np.array_equal(r["image"][..., 0], clean)
+      assert (r["image"] > 0).mean() > max(0.5, (clean > 0).mean())
+
+
+def test_noisy_background_keeps_ink_bright():
+  ink = np.zeros((12, 12), np.uint8)
+  ink[4:8, 4:8] = 255
+  for seed in range(5):
+    out = han.noisy_background(np.random.default_rng(seed), ink)
+    assert out.dtype == np.uint8 and out.shape == ink.shape
+    assert out[4:8, 4:8].min() >= int(0.75 * 255)  # ink * c, c >= 0.75, above the paper
+    np.testing.assert_array_equal(out, han.noisy_background(np.random.default_rng(seed), ink))
+
+
+@needs_han_fonts
+def test_glyph_han_bad_fonts_and_query_fonts(tmp_path):
+  with pytest.raises(ValueError, match="fonts-noto-cjk.*fonts-hanazono"):
+    sd.get_info(_han_config(tmp_path, fonts=str(tmp_path)))  # a directory without fonts
+  with pytest.raises(ValueError, match="nosuch.ttf"):
+    sd.get_info(_han_config(tmp_path, query_fonts="nosuch.ttf"))
+  with pytest.raises(ValueError, match="at least one"):
+    sd.get_info(_han_config(tmp_path, query_fonts=",".join(HAN_FONTS)))
+  opts = registry._builder(_han_config(tmp_path, query_fonts="uming.ttc")).builder_config.options
+  assert opts["query_fonts"] == [os.path.realpath(HAN_FONTS[1])]

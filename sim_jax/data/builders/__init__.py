@@ -1,3 +1,4 @@
 """sim_jax's offline TFDS builders; importing this registers them with TFDS by name."""
 
-from sim_jax.data.builders import digits, glyphs, icons, image_folder  # noqa: F401  (registration side effect)
+# Imported for their side effect: each module's builder registers its TFDS name.
+from sim_jax.data.builders import digits, glyphs, han, icons, image_folder  # noqa: F401
