@@ -107,7 +107,8 @@ def test_two_processes_get_disjoint_equal_shards():
   assert set(seen[0].tolist()) <= set(range(0, n, 2))
 
 
-@pytest.mark.parametrize("sampler,skip", [("pk", 5), ("random", 43), ("pairs", 45)])
+@pytest.mark.parametrize("sampler,skip", [("pk", 5), ("random", 43), ("pairs", 45),
+                                          ("pools", 44)])
 def test_orbax_resume_is_exact(tmp_path, sampler, skip):
   # digits train has 1442 examples: 45 batches of 32 per epoch, so 43 -> 48 crosses an epoch.
   c = digits_config(sampler=sampler)
@@ -174,6 +175,28 @@ def test_pk_needs_enough_classes():
   c = digits_config(examples_per_class=1)
   with pytest.raises(ValueError, match="P=16"):
     next(sd.create_train_iterator(c, global_batch_size=16, seed=0))
+
+
+def test_pools_batches_hold_one_true_match_and_k_distinct_foils():
+  c = digits_config(sampler="pools", num_foils=5, image_size=10)
+  seen_rows = []
+  for batch in take(sd.create_train_iterator(c, global_batch_size=8, seed=1), 3):
+    assert batch["image"].shape == (8, 7, 10, 10, 1) and batch["label"].shape == (8, 7)
+    for lab, idx in zip(batch["label"], batch["index"]):
+      assert lab[1] == lab[0] and idx[1] != idx[0]  # the true match: same class, other image
+      assert (lab[2:] != lab[0]).all() and len(set(idx[2:].tolist())) == 5  # distinct foils
+      seen_rows.append(tuple(idx.tolist()))
+  assert len(set(seen_rows)) == len(seen_rows)
+
+
+def test_pools_need_enough_foils():
+  labels = np.array([0, 0, 1])
+  with pytest.raises(ValueError, match="num_foils=2"):
+    samplers.candidate_pools(labels, num_foils=2, seed=0)
+  with pytest.raises(ValueError, match="num_foils must be >= 1, got 0"):
+    samplers.candidate_pools(labels, num_foils=0, seed=0)
+  with pytest.raises(ValueError, match="2 or more examples"):
+    samplers.candidate_pools(np.array([0, 1, 2]), num_foils=1, seed=0)
 
 
 def test_candidate_pools_reference():

@@ -24,9 +24,10 @@ def default_config() -> ml_collections.ConfigDict:
   c.channels = config_dict.placeholder(int)  # 1 or 3 to convert; None: the source's channels
   c.train_split = "train"  # split the train iterator reads
   c.eval_splits = ("test",)  # splits evaluation reads with load_split
-  c.sampler = "pk"  # pk | random | views | pairs | triplets
+  c.sampler = "pk"  # pk | random | views | pairs | triplets | pools
   c.examples_per_class = 4  # pk: K examples per class; P = batch // K classes per batch
   c.pos_fraction = 0.5  # pairs: fraction of POS (same-class) pairs in each batch
+  c.num_foils = 19  # pools: foils per candidate pool (seed 003: 1 true match + 19 foils)
   c.samples_per_class = config_dict.placeholder(int)  # keep N examples per class (seed 004 4.4)
   c.augmentation_factor = 1  # repeat the train set this many times per epoch (seed 004 4.5)
   c.worker_count = 0  # grain worker processes (0: load in the main process)

@@ -152,8 +152,14 @@ class BatchMaker(grain.transforms.Map):
     self.channels = data_config.channels
     self.pos_fraction = float(data_config.pos_fraction)
     self.k = int(data_config.examples_per_class)
+    self.num_foils = int(data_config.num_foils)
     self.index = samplers.ClassIndex(source.labels[local])
     samplers.steps_per_epoch(len(local), batch_size)  # validates batch_size against the shard
+    if self.sampler == "pools":
+      self.queries = samplers.pool_queries(self.index)
+      samplers.steps_per_epoch(len(self.queries), batch_size)
+      samplers.pool_row(self.index, int(self.queries[0]), self.num_foils,
+                        samplers.rng_for(seed, 0))  # fails now, not in a grain thread
     if self.sampler == "pk" and batch_size // self.k > len(self.index.classes):
       raise ValueError(f"pk sampler needs P={batch_size // self.k} classes per batch but the data "
                        f"has {len(self.index.classes)}; lower the batch size or raise "
@@ -168,6 +174,8 @@ class BatchMaker(grain.transforms.Map):
       return samplers.pk_batch(self.index, b // self.k, self.k, s, step), None
     if self.sampler == "pairs":
       return samplers.pairs_batch(self.index, b, self.pos_fraction, s, step)
+    if self.sampler == "pools":
+      return samplers.pools_batch(self.index, self.queries, b, self.num_foils, s, step), None
     return samplers.triplets_batch(self.index, b, s, step), None
 
   def map(self, step: int) -> dict[str, np.ndarray]:
@@ -248,7 +256,8 @@ def iterator_fingerprint(data_config: ml_collections.ConfigDict, *, global_batch
                          seed: int, process_count: int) -> dict[str, object]:
   """What determines the batch order: saved with a checkpoint, compared on resume."""
   keys = ("name", "image_size", "channels", "train_split", "sampler",
-          "examples_per_class", "pos_fraction", "samples_per_class", "augmentation_factor",
+          "examples_per_class", "pos_fraction", "num_foils", "samples_per_class",
+          "augmentation_factor",
           "worker_count", "fonts", "charset", "heldout_class_fraction", "test_fraction",
           "max_classes", "query_fonts", "path", "layout", "skip_bad_images")
   fp = {k: data_config[k] for k in keys}

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-SAMPLERS = ("pk", "random", "views", "pairs", "triplets")
+SAMPLERS = ("pk", "random", "views", "pairs", "triplets", "pools")
 
 _STREAM_EPOCH, _STREAM_BATCH, _STREAM_SUBSET, _STREAM_POOL = 1, 2, 3, 4
 
@@ -169,25 +169,49 @@ def triplets_batch(index: ClassIndex, batch_size: int, seed: int, step: int) -> 
   return np.stack([anchors, np.array(pos), np.array(neg)], axis=1).astype(np.int64)
 
 
+def pool_row(index: ClassIndex, q: int, num_foils: int, rng: np.random.Generator) -> list[int]:
+  """`[q, true, foil_1..foil_k]`: `true` another example of q's class, the k foils distinct
+  examples of other classes (uniform without replacement). ValueError when fewer exist."""
+  if num_foils < 1:
+    raise ValueError(f"num_foils must be >= 1, got {num_foils}")
+  others = np.flatnonzero(index.labels != index.labels[q])
+  if len(others) < num_foils:
+    raise ValueError(f"num_foils={num_foils} but only {len(others)} examples of other classes")
+  foils = rng.choice(others, num_foils, replace=False)
+  return [int(q), index.other_member(rng, q), *foils.tolist()]
+
+
+def pool_queries(index: ClassIndex) -> np.ndarray:
+  """Examples that can be a pool's query: their class has >= 2 examples (a true match exists)."""
+  sizes = np.array([len(m) for m in index.members])
+  queries = np.flatnonzero(sizes[index.class_pos] >= 2)
+  if not len(queries):
+    raise ValueError("candidate pools: no class has 2 or more examples")
+  return queries
+
+
 def candidate_pools(labels: np.ndarray, num_foils: int, seed: int) -> np.ndarray:
   """Candidate pools for pool ranking (seed 003: 1 true match + k foils).
 
-  For each example q with at least one same-class partner, a row `[q, true, foil_1..foil_k]`:
-  `true` another example of q's class, foils distinct examples of other classes. Returns
-  `[Q, 2 + num_foils]` int64. Raises ValueError when fewer than `num_foils` foils exist.
+  For each example q with at least one same-class partner, a row `[q, true, foil_1..foil_k]`
+  (`pool_row` with a Generator of (seed, q)). Returns `[Q, 2 + num_foils]` int64. Raises
+  ValueError when fewer than `num_foils` foils exist.
   """
   index = ClassIndex(labels)
-  rows = []
-  for q in range(len(labels)):
-    members = index.members[index.class_pos[q]]
-    if len(members) < 2:
-      continue
-    rng = rng_for(seed, _STREAM_POOL, q)
-    others = np.flatnonzero(labels != labels[q])
-    if len(others) < num_foils:
-      raise ValueError(f"num_foils={num_foils} but only {len(others)} examples of other classes")
-    foils = rng.choice(others, num_foils, replace=False)
-    rows.append([q, index.other_member(rng, q), *foils])
-  if not rows:
-    raise ValueError("candidate_pools: no class has 2 or more examples")
+  rows = [pool_row(index, q, num_foils, rng_for(seed, _STREAM_POOL, q))
+          for q in pool_queries(index)]
   return np.array(rows, dtype=np.int64)
+
+
+def pools_batch(index: ClassIndex, queries: np.ndarray, batch_size: int, num_foils: int,
+                seed: int, step: int) -> np.ndarray:
+  """`[B, 2 + num_foils]` candidate pools for training (seed 003: 1 true + k foils per query).
+
+  Queries walk the epoch permutation of `queries` (`pool_queries(index)`); each row is
+  `pool_row` with a Generator of (seed, q, step + 1), so foils are fresh at every step and
+  differ from `candidate_pools`'s fixed evaluation pools (b = 0).
+  """
+  chosen = queries[random_batch(len(queries), batch_size, seed, step)]
+  return np.array([pool_row(index, int(q), num_foils, rng_for(seed, _STREAM_POOL, int(q),
+                                                               step + 1))
+                   for q in chosen], dtype=np.int64)
