@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import flax.linen as nn
 
-from sim_jax.models import lenet, multiscale, resnet, vgg, vit
+from sim_jax.models import extra, lenet, multiscale, resnet, swin, vgg, vit
 from sim_jax.models.config import default_config
 from sim_jax.models.encoder import ATTENTIONS, POOLINGS, Encoder, parse_dtype
 from sim_jax.models.heads import PAIR_HEAD_MODES, PairHead, l2_normalize
@@ -48,6 +48,16 @@ _REGISTRY: dict[str, tuple[Callable[..., nn.Module], str, str]] = {
     "multiscale_tiny": (lambda cfg, dtype: multiscale.MultiScale(cfg.width or 4, 3, dtype,
                                                                  cfg.remat), "avg", "before"),
     **{n: (_resnet(n), "avg", "none") for n in resnet.STAGES},
+    # Second priority (seed 004's backbone comparison); torchvision architectures.
+    "mobilenet_v3_small": (lambda cfg, dtype: extra.MobileNetV3Small(dtype, cfg.remat), "avg",
+                           "none"),
+    "efficientnet_b0": (lambda cfg, dtype: extra.EfficientNetB0(dtype, cfg.remat), "avg", "none"),
+    "densenet121": (lambda cfg, dtype: extra.DenseNet121(dtype, cfg.remat), "avg", "none"),
+    "swin_t": (lambda cfg, dtype: swin.SwinTransformer(
+        96, (2, 2, 6, 2), (3, 6, 12, 24), 7, 4, cfg.stochastic_depth, dtype, cfg.remat),
+               "avg", "none"),
+    "swin_tiny": (lambda cfg, dtype: swin.SwinTransformer(
+        16, (2, 2), (2, 2), 2, 4, cfg.stochastic_depth, dtype, cfg.remat), "avg", "none"),
     **{n: (_vit(n), "cls", "none") for n in vit.SIZES},
 }
 MODEL_NAMES = tuple(sorted(_REGISTRY))

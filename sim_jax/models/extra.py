@@ -1,0 +1,166 @@
+"""Second-priority backbones of seed 004's comparison: MobileNetV3-Small, EfficientNet-B0,
+DenseNet-121 (torchvision's architectures; parameter counts equal torchvision's without the
+classifier). All return the final feature map [B, h, w, C] for the `Encoder` to pool.
+
+Downsampling layers are skipped (pooling) or harmless (strided convs on a 1x1 map stay 1x1), so
+inputs from 8 px up run; 224 px is the published setting.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from sim_jax.models.encoder import Conv, batch_norm, conv_padding, maybe_remat
+
+
+def make_divisible(v: float, divisor: int = 8) -> int:
+  """torchvision `_make_divisible`: round to a multiple of `divisor`, never below 90% of v."""
+  new_v = max(divisor, int(v + divisor / 2) // divisor * divisor)
+  return new_v + divisor if new_v < 0.9 * v else new_v
+
+
+def conv_bn_act(x, filters, kernel, stride, act, train, dtype, name, groups=1):
+  """Conv (no bias, torch padding) -> BatchNorm(eps 1e-3, as torchvision's MobileNet / EffNet)."""
+  x = Conv(filters, (kernel, kernel), stride, padding=conv_padding(kernel),
+           feature_group_count=groups, dtype=dtype, name=f"{name}_conv")(x)
+  x = nn.BatchNorm(use_running_average=not train, momentum=0.99, epsilon=1e-3, dtype=dtype,
+                   axis_name=None, name=f"{name}_bn")(x)
+  return act(x) if act is not None else x
+
+
+class SqueezeExcite(nn.Module):
+  """x * gate(fc2(act(fc1(mean_hw(x))))) with 1x1 convs (bias) as torchvision's SE layers."""
+  squeeze: int
+  act: Any = nn.relu
+  gate: Any = nn.hard_sigmoid
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    s = jnp.mean(x, axis=(1, 2), keepdims=True)
+    s = self.act(nn.Conv(self.squeeze, (1, 1), dtype=self.dtype, name="fc1")(s))
+    s = nn.Conv(x.shape[-1], (1, 1), dtype=self.dtype, name="fc2")(s)
+    return x * self.gate(s)
+
+
+class InvertedResidual(nn.Module):
+  """MobileNetV3 / EfficientNet MBConv: expand 1x1 -> depthwise kxk -> SE -> project 1x1."""
+  expanded: int
+  out: int
+  kernel: int
+  stride: int
+  act: Any
+  se_squeeze: int  # 0 = no squeeze-excite
+  se_act: Any = nn.relu
+  se_gate: Any = nn.hard_sigmoid
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    y = x
+    if self.expanded != x.shape[-1]:
+      y = conv_bn_act(y, self.expanded, 1, 1, self.act, train, self.dtype, "expand")
+    y = conv_bn_act(y, self.expanded, self.kernel, self.stride, self.act, train, self.dtype,
+                    "depthwise", groups=self.expanded)
+    if self.se_squeeze:
+      y = SqueezeExcite(self.se_squeeze, self.se_act, self.se_gate, self.dtype, name="se")(y)
+    y = conv_bn_act(y, self.out, 1, 1, None, train, self.dtype, "project")
+    return x + y if self.stride == 1 and x.shape[-1] == self.out else y
+
+
+# torchvision mobilenet_v3_small: (kernel, expanded, out, use_se, activation, stride)
+MOBILENET_V3_SMALL = (
+    (3, 16, 16, True, "RE", 2), (3, 72, 24, False, "RE", 2), (3, 88, 24, False, "RE", 1),
+    (5, 96, 40, True, "HS", 2), (5, 240, 40, True, "HS", 1), (5, 240, 40, True, "HS", 1),
+    (5, 120, 48, True, "HS", 1), (5, 144, 48, True, "HS", 1), (5, 288, 96, True, "HS", 2),
+    (5, 576, 96, True, "HS", 1), (5, 576, 96, True, "HS", 1),
+)
+
+
+class MobileNetV3Small(nn.Module):
+  """Howard et al. 2019; output [B, H/32, W/32, 576] (torchvision `features`)."""
+  dtype: Any = jnp.float32
+  remat: bool = False
+  stem_path = ("stem_conv",)
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    x = conv_bn_act(x, 16, 3, 2, nn.hard_swish, train, self.dtype, "stem")
+    block = maybe_remat(InvertedResidual, self.remat)
+    for i, (k, exp, out, se, act, stride) in enumerate(MOBILENET_V3_SMALL):
+      act_fn = nn.relu if act == "RE" else nn.hard_swish
+      x = block(exp, out, k, stride, act_fn, make_divisible(exp // 4) if se else 0,
+                dtype=self.dtype, name=f"block{i}")(x, train)
+    return conv_bn_act(x, 576, 1, 1, nn.hard_swish, train, self.dtype, "last")
+
+
+# torchvision efficientnet_b0: (expand_ratio, kernel, stride, in, out, layers)
+EFFICIENTNET_B0 = ((1, 3, 1, 32, 16, 1), (6, 3, 2, 16, 24, 2), (6, 5, 2, 24, 40, 2),
+                   (6, 3, 2, 40, 80, 3), (6, 5, 1, 80, 112, 3), (6, 5, 2, 112, 192, 4),
+                   (6, 3, 1, 192, 320, 1))
+
+
+class EfficientNetB0(nn.Module):
+  """Tan & Le 2019; SiLU, SE squeeze = in_channels // 4; output [B, H/32, W/32, 1280].
+
+  (Stochastic depth of the original is not applied: the `Encoder`'s dropout regularises.)
+  """
+  dtype: Any = jnp.float32
+  remat: bool = False
+  stem_path = ("stem_conv",)
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    x = conv_bn_act(x, 32, 3, 2, nn.silu, train, self.dtype, "stem")
+    block = maybe_remat(InvertedResidual, self.remat)
+    i = 0
+    for ratio, k, stride, cin, out, layers in EFFICIENTNET_B0:
+      for j in range(layers):
+        c = cin if j == 0 else out
+        x = block(c * ratio, out, k, stride if j == 0 else 1, nn.silu, max(1, c // 4),
+                  nn.silu, nn.sigmoid, self.dtype, name=f"block{i}")(x, train)
+        i += 1
+    return conv_bn_act(x, 1280, 1, 1, nn.silu, train, self.dtype, "last")
+
+
+class DenseLayer(nn.Module):
+  """BN-ReLU-conv1x1(bn_size * growth) -> BN-ReLU-conv3x3(growth); concatenated to the input."""
+  growth: int = 32
+  bn_size: int = 4
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    y = nn.relu(batch_norm(train, self.dtype, "norm1")(x))
+    y = Conv(self.bn_size * self.growth, (1, 1), dtype=self.dtype, name="conv1")(y)
+    y = nn.relu(batch_norm(train, self.dtype, "norm2")(y))
+    y = Conv(self.growth, (3, 3), padding=conv_padding(3), dtype=self.dtype, name="conv2")(y)
+    return jnp.concatenate([x, y], axis=-1)
+
+
+class DenseNet121(nn.Module):
+  """Huang et al. 2017, blocks (6, 12, 24, 16), growth 32; output [B, H/32, W/32, 1024]
+  after the final BatchNorm and ReLU."""
+  dtype: Any = jnp.float32
+  remat: bool = False
+  stem_path = ("conv0",)
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    x = Conv(64, (7, 7), 2, padding=conv_padding(7), dtype=self.dtype, name="conv0")(x)
+    x = nn.relu(batch_norm(train, self.dtype, "norm0")(x))
+    x = nn.max_pool(x, (3, 3), (2, 2), padding=conv_padding(3))
+    layer = maybe_remat(DenseLayer, self.remat)
+    for b, n in enumerate((6, 12, 24, 16)):
+      for i in range(n):
+        x = layer(32, 4, self.dtype, name=f"denseblock{b + 1}_layer{i + 1}")(x, train)
+      if b < 3:
+        x = nn.relu(batch_norm(train, self.dtype, f"transition{b + 1}_norm")(x))
+        x = Conv(x.shape[-1] // 2, (1, 1), dtype=self.dtype, name=f"transition{b + 1}_conv")(x)
+        if min(x.shape[1:3]) >= 2:
+          x = nn.avg_pool(x, (2, 2), (2, 2))
+    return nn.relu(batch_norm(train, self.dtype, "norm5")(x))
