@@ -10,7 +10,7 @@ from sim_jax.models import default_config, get_model
 from sim_jax.models.ensemble import ensemble_embed_fn
 from sim_jax.models.heads import PairHead
 from sim_jax.models.testing import random_variables
-from sim_jax.models.transfer import merge_pretrained
+from sim_jax.models.transfer import init_from, merge_pretrained
 
 
 def _cfg(name, **kw):
@@ -111,3 +111,24 @@ def test_ensemble_bad_input():
   members = [(m, random_variables(m, x)) for m in models]
   with pytest.raises(ValueError, match=r"equal embedding sizes; got \[4, 6\]"):
     ensemble_embed_fn(members, "mean")(x)
+
+
+def test_init_from_names_missing_path_and_reads_an_existing_one(tmp_path):
+  x = jnp.zeros((1, 8, 8, 1))
+  source = _train_state_variables(_cfg("resnet_tiny", projection_depth=1), x, seed=1)
+  target = _train_state_variables(_cfg("resnet_tiny"), x, seed=2)
+  saved = tmp_path / "pretrain" / "variables.npz"
+  saved.parent.mkdir()
+  flat = {k: np.asarray(v) for k, v in traverse_util.flatten_dict(source, sep="/").items()}
+  np.savez(saved, **flat)
+
+  def load_npz(path):  # stands in for sim_jax.checkpointing.load_variables: a real file read
+    with np.load(path) as f:
+      return traverse_util.unflatten_dict({k: f[k] for k in f.files}, sep="/")
+
+  with pytest.raises(ValueError, match="init_from='/no/such/run' does not exist"):
+    init_from(target, "/no/such/run", load_npz)
+  merged, report = init_from(target, str(saved), load_npz)
+  np.testing.assert_array_equal(merged["params"]["encoder"]["embed"]["kernel"],
+                                source["params"]["encoder"]["embed"]["kernel"])
+  assert report["skipped"] and all("/projection/" in n for n in report["skipped"])

@@ -5,7 +5,9 @@
 
 FLOPs come from XLA's cost analysis of the compiled eval-mode forward pass at batch 1 (a
 multiply-add counts as 2 FLOPs, so ResNet-50 at 224 px reads ~8.0 GFLOPs where papers quote
-4.1 G multiply-adds). Parameters are counted with `jax.eval_shape`, so nothing is allocated.
+4.1 G multiply-adds; XLA also skips the zero-padding taps of convolutions, so convolutional
+nets on small maps read a few percent below 2 x the textbook multiply-adds). Parameters are
+counted with `jax.eval_shape`, so nothing is allocated.
 """
 
 from __future__ import annotations
@@ -68,6 +70,10 @@ TABLE = (  # (name, image size, channels, source)
     ("vit_ti", 224, 3, "Dosovitskiy et al. 2021; timm"),
     ("vit_s", 224, 3, "Dosovitskiy et al. 2021; timm"),
     ("vit_b", 224, 3, "Dosovitskiy et al. 2021; timm; seed 004"),
+    ("mobilenet_v3_small", 224, 3, "Howard et al. 2019; torchvision; seed 004"),
+    ("efficientnet_b0", 224, 3, "Tan & Le 2019; torchvision; seed 004"),
+    ("densenet121", 224, 3, "Huang et al. 2017; torchvision; seed 004"),
+    ("swin_t", 224, 3, "Liu et al. 2021; torchvision; seed 004"),
 )
 
 

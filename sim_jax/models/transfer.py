@@ -6,7 +6,8 @@ Pure tree surgery on in-memory variables; reading the checkpoint is the caller's
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import os
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax.numpy as jnp
@@ -38,7 +39,7 @@ def merge_pretrained(target_variables: Mapping[str, Any], source_variables: Mapp
   Raises ValueError naming `source_name` and every leaf whose shapes differ (target and source
   shapes), or when not a single encoder leaf matches (a checkpoint of another model).
   """
-  report = {"loaded": [], "initialised": [], "skipped": [], }
+  report = {"loaded": [], "initialised": [], "skipped": []}
   merged, mismatched, eligible_count = {}, [], 0
   for col, target_tree in target_variables.items():
     target_flat = traverse_util.flatten_dict(_to_dict(target_tree))
@@ -86,3 +87,19 @@ def _to_dict(tree: Any) -> dict:
   if isinstance(tree, Mapping):
     return {k: _to_dict(v) for k, v in tree.items()}
   return tree
+
+
+def init_from(target_variables: Mapping[str, Any], path: str,
+              load_variables: Callable[[str], Mapping[str, Any]], *,
+              encoder_key: str = "encoder") -> tuple[dict, dict[str, list[str]]]:
+  """`config.model.init_from`: checks `path`, reads it with `load_variables` (the trainer passes
+  `sim_jax.checkpointing.load_variables`; models never import the checkpointing package) and
+  returns `merge_pretrained(target_variables, loaded, source_name=path)`.
+
+  Raises ValueError naming `path` when it does not exist, and as `merge_pretrained` otherwise.
+  """
+  if not path or not os.path.exists(path):
+    raise ValueError(f"model.init_from={path!r} does not exist (give a workdir or a checkpoint "
+                     "step directory of a previous run)")
+  return merge_pretrained(target_variables, load_variables(path), encoder_key=encoder_key,
+                          source_name=path)
