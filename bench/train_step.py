@@ -43,16 +43,17 @@ import time
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# name -> (model, image shape, sampler, loss, batch (pairs or images), images per step factor)
+# name -> model, image shape, sampler, loss, batch (pairs or images), encoder images per batch
+# item, embedding size, input normalisation, steps per timed round (LeNet's step is short).
 WORKLOADS = {
     "lenet5": dict(model="lenet5", shape=(28, 28, 1), sampler="pairs", loss="contrastive",
-                   batch=256, per_item=2, embedding_dim=64, input_norm="none"),
+                   batch=256, per_item=2, embedding_dim=64, input_norm="none", steps=5),
     "resnet18": dict(model="resnet18", shape=(32, 32, 3), sampler="views", loss="nt_xent",
-                     batch=128, per_item=2, embedding_dim=128, input_norm="imagenet"),
+                     batch=128, per_item=2, embedding_dim=128, input_norm="imagenet", steps=1),
     "vit_ti": dict(model="vit_ti", shape=(32, 32, 3), sampler="views", loss="nt_xent",
-                   batch=128, per_item=2, embedding_dim=128, input_norm="imagenet"),
+                   batch=128, per_item=2, embedding_dim=128, input_norm="imagenet", steps=1),
     "multiscale": dict(model="multiscale", shape=(64, 64, 1), sampler="pk", loss="triplet",
-                       batch=128, per_item=1, embedding_dim=128, input_norm="imagenet"),
+                       batch=128, per_item=1, embedding_dim=128, input_norm="imagenet", steps=1),
 }
 TARGETS = {"lenet5": 1.0, "resnet18": 0.8, "vit_ti": 1.0, "multiscale": 0.8}
 K_PER_CLASS = 4  # pk sampler: examples per class
@@ -449,7 +450,8 @@ def markdown(result: dict) -> str:
       f"(load average at start {env['load_avg_at_start'][0]:.1f}: the machine was shared), "
       f"jax {env['jax']}, flax {env['flax']}, torch {env['torch']}, pytorch-metric-learning "
       f"{env['pytorch_metric_learning']}. XLA_FLAGS={env['xla_flags'] or '(none)'}. "
-      f"Repeats: {result['repeats']} interleaved rounds of {result['steps']} step(s).",
+      f"Repeats: {result['repeats']} interleaved rounds of "
+      f"{', '.join(str(r['steps']) for r in result['workloads'])} step(s).",
       "",
       "| workload | images/step | sim_jax img/s min / median | torch img/s min / median | "
       "ratio median (min) | target | compile s | step GFLOP | achieved GFLOP/s (% of matmul) "
@@ -475,10 +477,11 @@ def markdown(result: dict) -> str:
 def parse_args(argv=None):
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--child", help=argparse.SUPPRESS)
-  p.add_argument("--quick", action="store_true", help="batch 16, one repeat of one step")
+  p.add_argument("--quick", action="store_true", help="batch 8, one repeat of one step")
   p.add_argument("--workloads", default=",".join(WORKLOADS))
   p.add_argument("--repeats", type=int, default=3)
-  p.add_argument("--steps", type=int, default=2, help="steps per timed round")
+  p.add_argument("--steps", type=int, default=0,
+                 help="steps per timed round (0: the workload's default, 5 for LeNet, else 1)")
   p.add_argument("--batch", type=int, default=0, help="override every workload's batch")
   p.add_argument("--override", action="append", default=[],
                  help="sim_jax config override key=value (e.g. model.dtype=bfloat16)")
@@ -512,7 +515,7 @@ def main(argv=None) -> dict:
     print(json.dumps(_child(json.loads(args.child))), flush=True)
     return {}
   if args.quick:
-    args.repeats, args.steps, args.batch = 1, 1, args.batch or 16
+    args.repeats, args.steps, args.batch = 1, 1, args.batch or 8
     args.out = args.out.replace(".json", "_quick.json")
     args.md = args.md.replace(".md", "_quick.md")
   names = [n for n in args.workloads.split(",") if n]
@@ -525,7 +528,8 @@ def main(argv=None) -> dict:
             "workloads": []}
   for n in names:
     batch = args.batch or WORKLOADS[n]["batch"]
-    r = run_in_subprocess(dict(name=n, batch=batch, repeats=args.repeats, steps=args.steps,
+    steps = args.steps or WORKLOADS[n]["steps"]
+    r = run_in_subprocess(dict(name=n, batch=batch, repeats=args.repeats, steps=steps,
                                overrides=overrides), args.timeout)
     print(json.dumps({k: r[k] for k in ("workload", "ratio_median", "ratio_min", "compile_s")}),
           flush=True)

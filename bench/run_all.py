@@ -1,0 +1,254 @@
+"""Runs every benchmark that exists and writes bench/README.md and docs/benchmarks.md.
+
+  python -m bench.run_all                 # full runs (tens of minutes on 2 CPU cores)
+  python -m bench.run_all --quick         # every bench's --quick mode: checks the plumbing
+  python -m bench.run_all --report_only   # regenerate the markdown from the JSON already there
+  python -m bench.run_all --only=train_step,retrieval
+
+Each benchmark is called through its own command line and writes its own JSON under
+bench/results/; this script only reads those files, so a bench that is missing (not written
+yet) or failed is reported as such instead of stopping the others. The markdown lists the
+machine, library versions and thread counts, then one section per benchmark with its ratios
+(min / median over repeats where the bench repeats).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RESULTS = os.path.join(_REPO, "bench", "results")
+
+
+def _results(name: str, quick: bool, ext: str = ".json") -> str:
+  return os.path.join(RESULTS, f"{name}{'_quick' if quick else ''}{ext}")
+
+
+def bench_commands(quick: bool) -> dict[str, list[str]]:
+  """name -> argv of each benchmark, writing its JSON where `load_results` looks for it."""
+  py = sys.executable
+  q = ["--quick"] if quick else []
+  rs = _results
+  return {
+      "train_step": [py, "bench/train_step.py", *q,
+                     "--out", rs("train_step", False), "--md", rs("train_step", False, ".md")],
+      "loss_scaling": [py, "bench/loss_scaling.py", *q,
+                       "--out", rs("loss_scaling", quick, "")],
+      "input_pipeline": [py, "bench/input_pipeline.py", *q,
+                         "--out", rs("input_pipeline", quick),
+                         "--table", rs("input_pipeline", quick, ".md")],
+      "retrieval": [py, "bench/retrieval.py", *q,
+                    "--out", rs("retrieval", False), "--md", rs("retrieval", False, ".md")],
+  }
+
+
+def run_benches(names: list[str], quick: bool, timeout: float) -> dict[str, str]:
+  """Runs each bench that exists; returns name -> 'ok' or the reason it did not produce JSON."""
+  status = {}
+  os.makedirs(RESULTS, exist_ok=True)
+  for name, cmd in bench_commands(quick).items():
+    if name not in names:
+      continue
+    if not os.path.exists(os.path.join(_REPO, cmd[1])):
+      status[name] = f"not run: {cmd[1]} does not exist yet"
+      continue
+    print(f"[run_all] {' '.join(cmd[1:])}", flush=True)
+    t0 = time.time()
+    try:
+      proc = subprocess.run(cmd, cwd=_REPO, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+      status[name] = f"timed out after {timeout:.0f} s"
+      continue
+    if proc.returncode:
+      status[name] = f"failed (exit {proc.returncode}): {proc.stderr.strip()[-300:]}"
+    else:
+      status[name] = f"ok ({time.time() - t0:.0f} s)"
+    print(f"[run_all] {name}: {status[name]}", flush=True)
+  return status
+
+
+def load_results(quick: bool) -> dict[str, dict]:
+  """The JSON each bench wrote (quick files when `quick`); missing ones are left out."""
+  paths = {"train_step": _results("train_step", quick),
+           "loss_scaling": _results("loss_scaling", quick),
+           "input_pipeline": _results("input_pipeline", quick),
+           "retrieval": _results("retrieval", quick)}
+  out = {}
+  for name, path in paths.items():
+    if os.path.exists(path):
+      with open(path) as f:
+        out[name] = json.load(f)
+      out[name]["_path"] = os.path.relpath(path, _REPO)
+  return out
+
+
+# ------------------------------------------------------------------------------------ markdown
+
+
+def _median(xs):
+  xs = sorted(xs)
+  n = len(xs)
+  return (xs[(n - 1) // 2] + xs[n // 2]) / 2
+
+
+def environment_md() -> str:
+  import flax
+  import jax
+  import optax
+  lines = [f"- Machine: {platform.machine()}, {os.cpu_count()} CPU cores "
+           f"({len(os.sched_getaffinity(0))} usable), shared with other jobs while measured "
+           f"(load average now {os.getloadavg()[0]:.1f}); no GPU/TPU.",
+           f"- Python {platform.python_version()}, jax {jax.__version__}, flax {flax.__version__}, "
+           f"optax {optax.__version__}."]
+  try:
+    import torch
+    lines.append(f"- torch {torch.__version__} ({torch.get_num_threads()} intra-op threads); XLA's "
+                 f"CPU thread pool sizes itself to the {len(os.sched_getaffinity(0))} usable "
+                 f"cores.")
+  except ImportError:
+    pass
+  try:
+    import faiss
+    lines.append(f"- faiss {faiss.__version__} ({faiss.omp_get_max_threads()} OpenMP threads).")
+  except ImportError:
+    pass
+  return "\n".join(lines)
+
+
+def train_step_md(r: dict) -> str:
+  sys.path.insert(0, _REPO)
+  from bench import train_step
+  return train_step.markdown(r)
+
+
+def loss_scaling_md(r: dict) -> str:
+  pts = [p for p in r.get("points", []) if p.get("status") == "ok"]
+  by = {}
+  for p in pts:
+    by.setdefault((p["loss"], p["n"]), {})[p["impl"]] = p
+  lines = ["| loss | N | dense s | streaming s | pml s | pml / dense | pml / streaming |",
+           "|---|---|---|---|---|---|---|"]
+  for (loss, n), impls in sorted(by.items()):
+    def sec(k, impls=impls):
+      return impls[k]["seconds"] if k in impls else None
+    d, s, m = sec("dense"), sec("streaming"), sec("pml")
+    lines.append(
+        f"| {loss} | {n} | {_f(d)} | {_f(s)} | {_f(m)} | "
+        f"{_f(m / d if m and d else None, 'x')} | {_f(m / s if m and s else None, 'x')} |")
+  largest = ", ".join(f"{k}: {v}" for k, v in sorted(r.get("largest_n", {}).items()))
+  return (f"Seconds of one loss + gradient (median of the bench's repeats), D = 128; "
+          f"ratio > 1 means sim_jax is faster. Largest N reached: {largest}.\n\n"
+          + "\n".join(lines) + "\n")
+
+
+def _f(x, suffix="") -> str:
+  if x is None:
+    return "-"
+  return f"{x:.2f}{suffix}" if x < 100 else f"{x:.0f}{suffix}"
+
+
+def input_pipeline_md(r: dict) -> str:
+  keys = [k for k in r if k.endswith("images_per_s") or k.endswith("fraction")]
+  rows = "\n".join(f"| {k} | {_f(r[k])} |" for k in keys)
+  return (f"{r.get('dataset')} / {r.get('sampler')}, batch {r.get('batch_size')}, image shape "
+          f"{r.get('image_shape')}, augment {r.get('augment')}: the pipeline must outrun the "
+          f"step (data wait fraction near 0).\n\n| quantity | value |\n|---|---|\n{rows}\n")
+
+
+def retrieval_md(r: dict) -> str:
+  best = r["best"]
+  f_runs, s_runs = r["faiss_seconds_runs"], best["seconds_runs"]
+  ratio_best = min(f_runs) / min(s_runs)
+  ratio_med = _median(f_runs) / _median(s_runs)
+  return (f"Exact top-{r['k']} inner-product search, {r['num_gallery']:,} x {r['dim']} gallery, "
+          f"{r['num_queries']:,} queries; sim_jax (block {best['block_size']}, query block "
+          f"{best['query_block_size']}) vs faiss IndexFlatIP ({r['faiss_threads']} threads), "
+          f"identical top-k indices: {best['identical_indices']:.4f}.\n\n"
+          f"| | sim_jax s (min / median) | faiss s (min / median) | ratio faiss / sim_jax "
+          f"(min, median) |\n|---|---|---|---|\n"
+          f"| retrieval | {min(s_runs):.1f} / {_median(s_runs):.1f} | {min(f_runs):.1f} / "
+          f"{_median(f_runs):.1f} | **{ratio_best:.2f}x**, {ratio_med:.2f}x |\n")
+
+
+SECTIONS = {
+    "train_step": ("Train step: sim_jax vs PyTorch + pytorch-metric-learning", train_step_md,
+                   "bench/train_step.py"),
+    "loss_scaling": ("Loss scaling: dense vs streaming vs pytorch-metric-learning",
+                     loss_scaling_md, "bench/loss_scaling.py"),
+    "input_pipeline": ("Input pipeline vs train step", input_pipeline_md,
+                       "bench/input_pipeline.py"),
+    "retrieval": ("Exact retrieval: sim_jax vs faiss", retrieval_md, "bench/retrieval.py"),
+}
+
+
+def results_md(results: dict[str, dict], status: dict[str, str]) -> str:
+  parts = ["## Environment", "", environment_md(), ""]
+  for name, (title, fn, script) in SECTIONS.items():
+    parts += [f"## {title}", ""]
+    if name in results:
+      parts += [f"From `{results[name]['_path']}` (`python {script}`).", ""]
+      try:
+        parts.append(fn(results[name]))
+      except (KeyError, TypeError, ValueError, ZeroDivisionError) as e:
+        parts.append(f"(could not summarise {results[name]['_path']}: {type(e).__name__} {e})\n")
+    else:
+      parts.append(f"No results: {status.get(name, 'not run in this invocation and no JSON')}.\n")
+  return "\n".join(parts)
+
+
+# What was tried to speed up sim_jax's step and what each change bought (measured by hand with
+# bench/train_step.py; see the commands in each row). Kept here so the generated README carries it.
+OPTIMIZATIONS = ""
+
+
+def write_docs(results, status, quick: bool) -> None:
+  stamp = time.strftime("%Y-%m-%d %H:%M")
+  mode = " (quick mode: smoke sizes, not results)" if quick else ""
+  body = results_md(results, status)
+  docs = (f"# Benchmarks{mode}\n\nGenerated by `python -m bench.run_all` on {stamp} from the JSON "
+          f"each benchmark writes under `bench/results/`. Ratios are sim_jax / other "
+          f"throughput unless stated; the machine was shared, so absolute numbers are noisy and "
+          f"each ratio comes from interleaved runs in one process.\n\n{body}")
+  with open(os.path.join(_REPO, "docs", "benchmarks.md"), "w") as f:
+    f.write(docs)
+  how = ("# bench/\n\nSide-by-side benchmarks. Run all of them and regenerate this page and "
+         "`docs/benchmarks.md`:\n\n```\npython -m bench.run_all            # full (long)\n"
+         "python -m bench.run_all --quick    # smoke sizes\npython -m bench.run_all "
+         "--report_only  # markdown from the existing JSON\n```\n\n"
+         "| script | measures |\n|---|---|\n"
+         "| `train_step.py` | one full train step, sim_jax vs PyTorch + pml, 4 workloads |\n"
+         "| `loss_scaling.py` | dense vs streaming losses vs pml as N grows |\n"
+         "| `input_pipeline.py` | grain pipeline throughput vs the step's consumption |\n"
+         "| `retrieval.py` | exact blockwise top-k vs faiss |\n\n")
+  if OPTIMIZATIONS:
+    how += OPTIMIZATIONS + "\n"
+  with open(os.path.join(_REPO, "bench", "README.md"), "w") as f:
+    f.write(how + f"# Results{mode} ({stamp})\n\n" + body.replace("\n## ", "\n### ")
+            .replace("## Environment", "### Environment", 1))
+
+
+def main(argv=None) -> None:
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument("--quick", action="store_true", help="each bench's --quick mode")
+  p.add_argument("--report_only", action="store_true", help="only regenerate the markdown")
+  p.add_argument("--only", default=",".join(SECTIONS), help="comma list of benches to run")
+  p.add_argument("--timeout", type=float, default=4 * 3600, help="seconds per bench")
+  args = p.parse_args(argv)
+  names = [n for n in args.only.split(",") if n]
+  for n in names:
+    if n not in SECTIONS:
+      raise ValueError(f"--only names {n!r}; expected some of {sorted(SECTIONS)}")
+  status = {} if args.report_only else run_benches(names, args.quick, args.timeout)
+  results = load_results(args.quick)
+  write_docs(results, status, args.quick)
+  print(f"[run_all] wrote bench/README.md and docs/benchmarks.md from {sorted(results)}")
+
+
+if __name__ == "__main__":
+  main()
