@@ -1,0 +1,379 @@
+"""Failure behaviour of real `launch.py` runs (shared/reference/RELIABILITY.md, numbered items).
+
+Every test runs the real entry point in child processes (own process group, killed as a group),
+with the tiny CPU config, and asserts concrete outcomes: bitwise-equal state, exit codes, the step
+in the message, files present or absent.
+"""
+
+import glob
+import json
+import os
+import signal
+import subprocess
+import time
+
+import numpy as np
+import pytest
+
+from tests import helpers
+
+pytestmark = pytest.mark.slow
+
+# A run long enough (~100 steps/s here) to be interrupted mid-training after its step-100 save.
+LONG = ("--config.train.steps=400", "--config.train.checkpoint_every=100",
+        "--config.train.eval_every=0", "--config.train.log_every=50")
+
+
+def _wait_for(predicate, proc, timeout=240, what=""):
+  deadline = time.time() + timeout
+  while time.time() < deadline:
+    if predicate():
+      return
+    if proc is not None and proc.poll() is not None:
+      raise AssertionError(f"process exited ({proc.returncode}) before {what}")
+    time.sleep(0.005)
+  raise AssertionError(f"timed out waiting for {what}")
+
+
+def _ckpt(workdir, step=None):
+  root = os.path.join(workdir, "checkpoints")
+  return root if step is None else os.path.join(root, str(step))
+
+
+def _steps(workdir):
+  root = _ckpt(workdir)
+  return sorted(int(d) for d in os.listdir(root) if d.isdigit()) if os.path.isdir(root) else []
+
+
+def _read_state(step_dir):
+  """The full saved state (params, optimizer, rng, counters) and the data iterator files."""
+  import orbax.checkpoint as ocp
+  with ocp.StandardCheckpointer() as ckptr:
+    state = ckptr.restore(os.path.join(step_dir, "state"))
+  iters = {}
+  for path in sorted(glob.glob(os.path.join(step_dir, "data_iter", "process_*.json"))):
+    with open(path) as f:
+      iters[os.path.basename(path)] = f.read()
+  return state, iters
+
+
+def _assert_bitwise_equal(a_dir, b_dir):
+  import jax
+  (sa, ia), (sb, ib) = _read_state(a_dir), _read_state(b_dir)
+  la, lb = jax.tree_util.tree_flatten_with_path(sa)[0], jax.tree_util.tree_flatten_with_path(sb)[0]
+  assert [p for p, _ in la] == [p for p, _ in lb]
+  for (path, x), (_, y) in zip(la, lb):
+    assert np.array_equal(np.asarray(x), np.asarray(y)), f"differs at {jax.tree_util.keystr(path)}"
+  assert ia and ia == ib, (ia, ib)
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory):
+  """An uninterrupted LONG run: the ground truth for the resume tests."""
+  workdir = str(tmp_path_factory.mktemp("reference"))
+  proc = helpers.run_launch(workdir, *LONG)
+  assert proc.returncode == 0, helpers.describe(proc)
+  return workdir
+
+
+def test_identical_runs_give_identical_losses(tmp_path, reference_run):
+  """Item 2: two identical runs, same per-step losses (and bitwise state)."""
+  workdir = str(tmp_path / "again")
+  proc = helpers.run_launch(workdir, *LONG)
+  assert proc.returncode == 0, helpers.describe(proc)
+  _assert_bitwise_equal(_ckpt(reference_run, 400), _ckpt(workdir, 400))
+
+
+def test_kill9_mid_training_then_rerun_is_bitwise_exact(tmp_path, reference_run):
+  """Item 1: kill -9 after the step-100 save, re-run the same command: same final state."""
+  workdir = str(tmp_path / "killed")
+  proc = helpers.start_launch(workdir, *LONG)
+  try:
+    _wait_for(lambda: os.path.exists(_ckpt(workdir, 100)), proc, what="the step-100 checkpoint")
+    helpers.kill_group(proc, signal.SIGKILL)
+    proc.wait(timeout=30)
+  finally:
+    helpers.kill_group(proc)
+  assert proc.returncode == -signal.SIGKILL
+  assert 400 not in _steps(workdir), "the run finished before it could be killed"
+  rerun = helpers.run_launch(workdir, *LONG)
+  assert rerun.returncode == 0, helpers.describe(rerun)
+  assert "Resumed from step" in rerun.stderr
+  _assert_bitwise_equal(_ckpt(reference_run, 400), _ckpt(workdir, 400))
+
+
+def test_kill9_during_async_save_resumes_from_previous_step(tmp_path):
+  """Item 3: the half-written step is ignored, the previous one restored, and re-saved later."""
+  workdir = str(tmp_path / "async")
+  args = (*LONG, "--config.train.async_checkpoint=True")
+  for attempt in range(3):
+    proc = helpers.start_launch(workdir, *args)
+    pattern = os.path.join(_ckpt(workdir), "*.orbax-checkpoint-tmp*")
+    try:
+      # Wait until the first finished save exists, then catch the next one half-written.
+      _wait_for(lambda: os.path.exists(_ckpt(workdir, 100)), proc, what="step 100")
+      _wait_for(lambda: glob.glob(pattern), proc, what="an in-flight save")
+      helpers.kill_group(proc, signal.SIGKILL)
+      proc.wait(timeout=30)
+    finally:
+      helpers.kill_group(proc)
+    tmp = glob.glob(pattern)
+    if tmp:
+      break
+    # The save committed between the poll and the kill: try again from the next save.
+  else:
+    pytest.fail("could not interrupt an asynchronous save in 3 attempts")
+  half = int(os.path.basename(tmp[0]).split(".")[0])
+  assert half not in _steps(workdir)
+  previous = max(_steps(workdir))
+  assert previous < half
+  rerun = helpers.run_launch(workdir, *args)
+  assert rerun.returncode == 0, helpers.describe(rerun)
+  assert f"Resumed from step {previous}" in rerun.stderr
+  assert not glob.glob(pattern), "the temporary directory was left behind"
+  assert 400 in _steps(workdir)
+  assert os.path.exists(_ckpt(workdir, half)) or half < min(_steps(workdir)), _steps(workdir)
+
+
+def _corrupt(step_dir):
+  # Overwrite every array file of the state with garbage of the same size.
+  files = [p for p in glob.glob(os.path.join(step_dir, "state", "**", "*"), recursive=True)
+           if os.path.isfile(p)]
+  assert files
+  for p in files:
+    size = os.path.getsize(p)
+    with open(p, "wb") as f:
+      f.write(b"\x00garbage" * (size // 8 + 1))
+
+
+def test_corrupt_latest_checkpoint_falls_back_and_moves_it_aside(tmp_path):
+  """Item 4: log step, path and error; move aside; restore the previous step; exit 0."""
+  workdir = str(tmp_path / "corrupt")
+  first = helpers.run_launch(workdir)
+  assert first.returncode == 0, helpers.describe(first)
+  assert _steps(workdir) == [3, 6]
+  _corrupt(_ckpt(workdir, 6))
+  rerun = helpers.run_launch(workdir, "--config.train.steps=9")
+  assert rerun.returncode == 0, helpers.describe(rerun)
+  assert "step 6" in rerun.stderr and _ckpt(workdir, 6) in rerun.stderr
+  assert "Resumed from step 3" in rerun.stderr
+  moved = glob.glob(os.path.join(workdir, "checkpoints.corrupt", "6.*"))
+  assert moved, os.listdir(workdir)
+  assert 9 in _steps(workdir)
+
+  # When no step restores, the run exits non-zero and says so.
+  for step in _steps(workdir):
+    _corrupt(_ckpt(workdir, step))
+  last = helpers.run_launch(workdir, "--config.train.steps=12")
+  assert last.returncode == 1, helpers.describe(last)
+  assert "No checkpoint" in last.stderr
+
+
+def test_sigterm_saves_at_next_step_and_resume_is_exact(tmp_path, reference_run):
+  """Item 5: SIGTERM at step k: checkpoint at the next boundary, exit 0, exact resume."""
+  workdir = str(tmp_path / "term")
+  proc = helpers.start_launch(workdir, *LONG)
+  try:
+    _wait_for(lambda: os.path.exists(_ckpt(workdir, 100)), proc, what="step 100")
+    helpers.kill_group(proc, signal.SIGTERM)
+    proc.wait(timeout=120)
+  finally:
+    helpers.kill_group(proc)
+  assert proc.returncode == 0
+  steps = _steps(workdir)
+  assert 400 not in steps and max(steps) > 100, steps
+  assert not glob.glob(os.path.join(_ckpt(workdir), "*.orbax-checkpoint-tmp*"))
+  rerun = helpers.run_launch(workdir, *LONG)
+  assert rerun.returncode == 0, helpers.describe(rerun)
+  assert f"Resumed from step {max(steps)}" in rerun.stderr
+  _assert_bitwise_equal(_ckpt(reference_run, 400), _ckpt(workdir, 400))
+
+
+@pytest.mark.parametrize("when", ["compile", "eval"])
+def test_sigterm_during_compile_or_eval_exits_cleanly(tmp_path, when):
+  """Item 5 (edges): SIGTERM during the first compile or during an evaluation."""
+  workdir = str(tmp_path / when)
+  log = str(tmp_path / "log.txt")
+  marker = "Starting a new run" if when == "compile" else "Evaluating at step 3"
+  proc = helpers.start_launch(workdir, log_path=log)
+  try:
+    _wait_for(lambda: marker in open(log).read(), proc, what=marker)
+    helpers.kill_group(proc, signal.SIGTERM)
+    proc.wait(timeout=120)
+  finally:
+    helpers.kill_group(proc)
+  text = open(log).read()
+  assert proc.returncode == 0, text[-3000:]
+  assert "Preemption checkpoint written at step" in text
+  step = int(text.split("Preemption checkpoint written at step ")[1].split(";")[0])
+  assert step in _steps(workdir)
+  if when == "eval":
+    assert step == 3
+  rerun = helpers.run_launch(workdir)
+  assert rerun.returncode == 0 and f"Resumed from step {step}" in rerun.stderr
+
+
+def test_changed_config_is_refused_with_a_diff(tmp_path):
+  """Items 9 and 17: a resumed run with another seed / sampler is refused, cadence may change."""
+  workdir = str(tmp_path / "cfg")
+  assert helpers.run_launch(workdir).returncode == 0
+  proc = helpers.run_launch(workdir, "--config.seed=1", "--config.data.sampler=random")
+  assert proc.returncode == 2, helpers.describe(proc)
+  assert "seed: checkpoint 0 != now 1" in proc.stderr
+  assert "data.sampler: checkpoint 'pk' != now 'random'" in proc.stderr
+  assert _steps(workdir) == [3, 6]
+  ok = helpers.run_launch(workdir, "--config.train.steps=8", "--config.train.log_every=1")
+  assert ok.returncode == 0, helpers.describe(ok)
+
+
+def test_nonfinite_loss_halts_with_the_step_and_keeps_last_good_checkpoint(tmp_path):
+  """Item 12: NaN/Inf halts with its step number; no checkpoint after the last finite step."""
+  workdir = str(tmp_path / "nan")
+  proc = helpers.run_launch(
+      workdir, "--config.optimizer.learning_rate=1e30", "--config.optimizer.warmup_steps=0",
+      "--config.optimizer.name=sgd", "--config.optimizer.momentum=0.0",
+      "--config.train.checkpoint_every=1", "--config.train.log_every=1",
+      "--config.train.steps=20", "--config.train.eval_every=0")
+  assert proc.returncode == 1, helpers.describe(proc)
+  msg = [line for line in proc.stderr.splitlines() if "Non-finite loss or gradient at step" in line]
+  assert msg, helpers.describe(proc)
+  bad_step = int(msg[-1].split("at step ")[1].split(" ")[0])
+  assert _steps(workdir) and max(_steps(workdir)) == bad_step - 1, (_steps(workdir), bad_step)
+  assert any(f.startswith("events.out.tfevents") for f in os.listdir(workdir))  # flushed
+
+
+def test_empty_eval_split_is_an_error(tmp_path):
+  """Item 19: an empty eval split raises a clear error instead of reporting NaN."""
+  proc = helpers.run_launch(str(tmp_path / "empty"), "--config.data.test_fraction=0.0")
+  assert proc.returncode != 0
+  assert "empty" in proc.stderr and "test" in proc.stderr, helpers.describe(proc)
+
+
+def test_restore_on_another_device_count(tmp_path):
+  """Item 8: saved on 4 fake devices, resumed on 1; Orbax without a target refuses."""
+  workdir = str(tmp_path / "topo")
+  first = helpers.run_launch(workdir, "--config.train.checkpoint_every=6", num_devices=4)
+  assert first.returncode == 0, helpers.describe(first)
+  assert "global devices 4" in first.stderr
+  second = helpers.run_launch(workdir, "--config.train.steps=9", num_devices=1)
+  assert second.returncode == 0, helpers.describe(second)
+  assert "Resumed from step 6" in second.stderr
+  code = f"""
+import orbax.checkpoint as ocp
+try:
+  with ocp.StandardCheckpointer() as c:
+    c.restore({os.path.join(_ckpt(workdir, 6), 'state')!r})
+except Exception as e:
+  print("REFUSED", type(e).__name__, e)
+else:
+  print("RESTORED")
+"""
+  out = helpers.run_python(code, num_devices=2).stdout
+  assert "REFUSED" in out, out
+
+
+def test_no_leftovers_after_normal_end_and_sigterm(tmp_path):
+  """Item 20: no grain workers and no temporary checkpoint directories are left behind."""
+  for mode in ("normal", "sigterm"):
+    workdir = str(tmp_path / mode)
+    log = str(tmp_path / f"{mode}.txt")
+    proc = helpers.start_launch(workdir, *LONG, "--config.data.worker_count=1", log_path=log)
+    try:
+      if mode == "sigterm":
+        _wait_for(lambda: os.path.exists(_ckpt(workdir, 100)), proc, what="step 100")
+        os.kill(proc.pid, signal.SIGTERM)  # Only the main process, as a scheduler would.
+      proc.wait(timeout=240)
+      assert proc.returncode == 0, open(log).read()[-3000:]
+      time.sleep(1.0)
+      left = subprocess.run(["pgrep", "-g", str(proc.pid)], capture_output=True, text=True)
+      assert not left.stdout.strip(), f"processes left in the group: {left.stdout}"
+      assert not glob.glob(os.path.join(_ckpt(workdir), "*tmp*"))
+    finally:
+      helpers.kill_group(proc)
+
+
+def test_keep_best_never_deletes_the_latest(tmp_path):
+  """Item 14: best-N + latest-N retention keeps the resume point."""
+  import grain
+  import jax.numpy as jnp
+
+  from sim_jax import checkpointing
+
+  manager = checkpointing.create_manager(str(tmp_path), keep=1, keep_best=2,
+                                         best_metric="m", best_mode="max", async_save=False)
+  for step, value in enumerate([0.9, 0.8, 0.1, 0.2, 0.3], start=1):
+    it = iter(grain.MapDataset.range(10).to_iter_dataset())
+    checkpointing.save(manager, step, {"x": jnp.full((2,), step)}, it, {"k": 1},
+                       metrics={"m": value})
+  checkpointing.finalize(manager)
+  kept = _steps(str(tmp_path))
+  assert kept == [1, 2, 5], kept  # best two (0.9, 0.8) and the latest
+
+
+def test_two_processes_match_one_process_with_two_devices(tmp_path):
+  """Item 18: 2 processes x 1 device == 1 process x 2 devices (loss and metrics)."""
+  single = str(tmp_path / "single")
+  proc = helpers.run_launch(single, num_devices=2)
+  assert proc.returncode == 0, helpers.describe(proc)
+  multi = str(tmp_path / "multi")
+  procs = _start_pair(multi, tmp_path)
+  for p in procs:
+    p.wait(timeout=300)
+  logs = [open(tmp_path / f"p{i}.txt").read() for i in range(2)]
+  assert [p.returncode for p in procs] == [0, 0], logs[0][-2000:] + logs[1][-2000:]
+  with open(os.path.join(single, "final_metrics.json")) as f:
+    a = json.load(f)["metrics"]
+  with open(os.path.join(multi, "final_metrics.json")) as f:
+    b = json.load(f)["metrics"]
+  assert a.keys() == b.keys()
+  for k in a:
+    np.testing.assert_allclose(a[k], b[k], rtol=1e-4, atol=1e-5, err_msg=k)
+  sa, _ = _read_state(_ckpt(single, 6))
+  sb, _ = _read_state(_ckpt(multi, 6))
+  import jax
+  for x, y in zip(jax.tree.leaves(sa["params"]), jax.tree.leaves(sb["params"])):
+    np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5)
+
+
+def _start_pair(workdir, tmp_path, *args):
+  port = helpers.free_port()
+  return [helpers.start_launch(workdir, f"--coordinator_address=127.0.0.1:{port}",
+                               "--num_processes=2", f"--process_id={i}", *args, num_devices=1,
+                               log_path=str(tmp_path / f"p{i}.txt")) for i in range(2)]
+
+
+def test_sigterm_to_one_of_two_processes(tmp_path):
+  """Item 6: SIGTERM to one process: both save the same step and exit 0."""
+  workdir = str(tmp_path / "mp")
+  procs = _start_pair(workdir, tmp_path, *LONG)
+  try:
+    _wait_for(lambda: os.path.exists(_ckpt(workdir, 100)), procs[0], what="step 100")
+    os.kill(procs[1].pid, signal.SIGTERM)
+    for p in procs:
+      p.wait(timeout=120)
+  finally:
+    for p in procs:
+      helpers.kill_group(p)
+  logs = [open(tmp_path / f"p{i}.txt").read() for i in range(2)]
+  assert [p.returncode for p in procs] == [0, 0], logs[0][-2000:] + logs[1][-2000:]
+  saved = [int(t.split("Preemption checkpoint written at step ")[1].split(";")[0]) for t in logs]
+  assert saved[0] == saved[1] and saved[0] in _steps(workdir), (saved, _steps(workdir))
+  assert len(glob.glob(os.path.join(_ckpt(workdir, saved[0]), "data_iter", "process_*"))) == 2
+
+
+def test_dead_peer_does_not_hang_the_survivor(tmp_path):
+  """Item 7: kill -9 of one process; the other exits non-zero within a bounded time."""
+  workdir = str(tmp_path / "dead")
+  procs = _start_pair(workdir, tmp_path, "--config.train.steps=100000",
+                      "--config.train.checkpoint_every=100", "--config.train.eval_every=0")
+  try:
+    _wait_for(lambda: os.path.exists(_ckpt(workdir, 100)), procs[0], what="step 100")
+    helpers.kill_group(procs[1], signal.SIGKILL)
+    t0 = time.time()
+    procs[0].wait(timeout=120)
+    elapsed = time.time() - t0
+  finally:
+    for p in procs:
+      helpers.kill_group(p)
+  assert procs[0].returncode != 0
+  assert elapsed < 120, elapsed
