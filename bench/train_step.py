@@ -8,7 +8,8 @@ Workloads (issue 10):
   lenet5      LeNet-5, 28x28x1, 256 contrastive pairs (512 images), hinge contrastive, margin 1
   resnet18    ResNet-18 32 px stem, 32x32x3, 128 images x 2 views (256), NT-Xent t = 0.1
   vit_ti      ViT-Ti/4, 32x32x3, 128 images x 2 views (256), NT-Xent t = 0.1
-  multiscale  multi-scale encoder (width 32), 64x64x1 icons, P x K = 32 x 4, batch-hard triplet
+  multiscale  multi-scale encoder (width 32, attention "none"), 64x64x1 icons, P x K = 32 x 4,
+              batch-hard triplet
 
 sim_jax's side is the real step: `Trainer(config).jit_train_step()` with `configs/default.py` plus
 the overrides of `workload_config`, called on one fixed, already-global batch (the input pipeline
@@ -83,6 +84,7 @@ def workload_config(name: str, batch: int, overrides: dict | None = None):
   cfg.model.embedding_dim = w["embedding_dim"]
   cfg.model.input_norm = w["input_norm"]
   cfg.model.patch_size = 4
+  cfg.model.attention = "none"  # multiscale defaults to "before" (CBAM); the plain encoder here
   cfg.loss.name = w["loss"]
   cfg.loss.squared = False  # pytorch-metric-learning's hinge form
   cfg.loss.margin = 1.0 if w["loss"] == "contrastive" else 0.2
@@ -362,7 +364,8 @@ def matmul_rate(n: int = 2048, reps: int = 5) -> float:
 
 
 def run_workload(name: str, batch: int, repeats: int, steps: int,
-                 overrides: dict | None = None, skip_torch: bool = False) -> dict:
+                 overrides: dict | None = None, skip_torch: bool = False,
+                 matmul_n: int = 2048) -> dict:
   """Warm both frameworks, then time `repeats` interleaved rounds of `steps` steps each."""
   import jax
   import numpy as np
@@ -370,7 +373,7 @@ def run_workload(name: str, batch: int, repeats: int, steps: int,
   images = batch * WORKLOADS[name]["per_item"]
   jr = JaxRunner(name, batch, overrides)
   tr = None if skip_torch else TorchRunner(name, batch)
-  rate = matmul_rate()
+  rate = matmul_rate(matmul_n)
   times = {"sim_jax": [], "torch": []}
   for r in range(repeats):
     order = [("sim_jax", jr), ("torch", tr)]

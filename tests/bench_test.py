@@ -1,0 +1,61 @@
+"""bench/train_step.py: the PyTorch twins match sim_jax's models, one tiny step runs, tables."""
+
+import jax
+import numpy as np
+import pytest
+
+from bench import train_step
+
+
+@pytest.mark.parametrize("name", sorted(train_step.WORKLOADS))
+def test_torch_twin_has_sim_jax_parameter_count(name):
+  """Same layers, widths and heads: the trainable parameter counts agree exactly."""
+  from sim_jax import train
+  cfg = train_step.workload_config(name, batch=4)
+  model = train.create_model(cfg)
+  shape = train_step.WORKLOADS[name]["shape"]
+  variables = jax.eval_shape(lambda: model.init(
+      {"params": jax.random.PRNGKey(0), "dropout": jax.random.PRNGKey(1)},
+      np.zeros((2, *shape), np.float32), train=False))
+  n_jax = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(variables["params"]))
+  twin = train_step.torch_model(name)
+  n_torch = sum(p.numel() for p in twin.parameters() if p.requires_grad)
+  assert n_jax == n_torch, (name, n_jax, n_torch)
+  import torch
+  emb = twin(torch.rand(3, shape[2], shape[0], shape[1]))
+  assert emb.shape == (3, train_step.WORKLOADS[name]["embedding_dim"])
+  np.testing.assert_allclose(emb.norm(dim=1).detach().numpy(), 1.0, rtol=1e-5)
+
+
+def test_make_batch_matches_the_trainer_wire_format():
+  pairs = train_step.make_batch("lenet5", 6)
+  assert pairs["image"].shape == (6, 2, 28, 28, 1) and pairs["image"].dtype == np.uint8
+  np.testing.assert_array_equal(pairs["same"], pairs["label"][:, 0] == pairs["label"][:, 1])
+  assert pairs["same"][:3].all()  # first half positive by construction
+  pk = train_step.make_batch("multiscale", 8)
+  np.testing.assert_array_equal(pk["label"], [0, 0, 0, 0, 1, 1, 1, 1])  # P x K, K = 4
+
+
+def test_lenet_step_runs_and_reports():
+  """One tiny interleaved round: both frameworks ran, images counted per encoder input."""
+  r = train_step.run_workload("lenet5", batch=4, repeats=1, steps=1, matmul_n=256)
+  assert r["images_per_step"] == 8
+  assert r["step_flops"] > 0 and np.isfinite(r["loss_after"])
+  assert r["sim_jax"]["img_per_s_min"] > 0 and r["torch"]["img_per_s_min"] > 0
+  np.testing.assert_allclose(
+      r["ratio_median"], r["sim_jax"]["img_per_s_median"] / r["torch"]["img_per_s_median"])
+  md = train_step.markdown({"date": "d", "repeats": 1, "environment": {
+      "machine": "m", "affinity": 2, "load_avg_at_start": (1.0,), "jax": "j", "flax": "f",
+      "torch": "t", "pytorch_metric_learning": "p", "xla_flags": ""}, "workloads": [r]})
+  assert f"**{r['ratio_median']:.2f}x**" in md
+  assert ("NOT met" in md) == (r["ratio_median"] < 1.0)
+
+
+def test_overrides_are_typed_and_checked():
+  assert train_step._parse_overrides(["model.dtype=bfloat16", "train.steps=3", "x.y=0.5",
+                                      "model.remat=True"]) == {
+      "model.dtype": "bfloat16", "train.steps": 3, "x.y": 0.5, "model.remat": True}
+  with pytest.raises(ValueError, match="key=value"):
+    train_step._parse_overrides(["model.dtype"])
+  cfg = train_step.workload_config("vit_ti", 4, {"model.dtype": "bfloat16"})
+  assert cfg.model.dtype == "bfloat16" and cfg.model.patch_size == 4
