@@ -143,16 +143,31 @@ def test_bfloat16_compute_keeps_float32_params_and_is_close():
   assert np.all(np.sum(np.asarray(e32) * np.asarray(e16), axis=1) > 0.98)
 
 
-@pytest.mark.parametrize("name,shape,kw", [("resnet_tiny", (2, 8, 8, 3), {}),
-                                           ("vit_tiny", (2, 8, 8, 3), {"patch_size": 4})])
-def test_remat_computes_the_same_function_and_gradient(name, shape, kw):
-  x = jnp.asarray(np.random.default_rng(2).uniform(size=shape), jnp.float32)
-  plain, remat = get_model(_cfg(name, **kw)), get_model(_cfg(name, remat=True, **kw))
+def test_remat_computes_the_same_function():
+  # Forward only for a conv net (its backward compiles slowly on CPU); gradients on the ViT below.
+  x = jnp.asarray(np.random.default_rng(2).uniform(size=(2, 8, 8, 3)), jnp.float32)
+  plain = get_model(_cfg("resnet_tiny", width=4))
+  remat = get_model(_cfg("resnet_tiny", width=4, remat=True))
+  variables = random_variables(plain, x)
+  fwd = lambda m: jax.jit(lambda v: m.apply(v, x, train=True, mutable=["batch_stats"]))(variables)
+  # The remat model really wraps blocks in a checkpoint (rematerialisation) primitive.
+  jaxpr = lambda m: str(jax.make_jaxpr(lambda v: m.apply(v, x, train=False))(variables))
+  assert "remat" in jaxpr(remat) and "remat" not in jaxpr(plain)
+  (e1, _), s1 = fwd(plain)
+  (e2, _), s2 = fwd(remat)
+  np.testing.assert_allclose(e1, e2, rtol=1e-5, atol=1e-6)
+  for a, b in zip(jax.tree_util.tree_leaves(s1), jax.tree_util.tree_leaves(s2)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_remat_gives_the_same_gradient():
+  x = jnp.asarray(np.random.default_rng(2).uniform(size=(2, 8, 8, 3)), jnp.float32)
+  plain = get_model(_cfg("vit_tiny", patch_size=4))
+  remat = get_model(_cfg("vit_tiny", patch_size=4, remat=True))
   variables = random_variables(plain, x)
 
   def loss(params, model):
-    (e, _), _ = model.apply({**variables, "params": params}, x, train=True,
-                            mutable=["batch_stats"])
+    e, _ = model.apply({**variables, "params": params}, x, train=True)
     return jnp.sum(e[:, 0])
   g1 = jax.jit(jax.grad(loss), static_argnums=1)(variables["params"], plain)
   g2 = jax.jit(jax.grad(loss), static_argnums=1)(variables["params"], remat)
