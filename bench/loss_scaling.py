@@ -8,8 +8,8 @@ subprocess that reports:
   * XLA temp bytes of the compiled loss + gradient (`compiled.memory_analysis()`),
   * peak RSS of the subprocess (the parent also kills it past --rss_cap_gib),
 and the arithmetic rate 8 N^2 D / time as a fraction of the matrix-multiply rate measured in the
-same subprocess just before the loss ([4096, D] x [D, 4096] in jnp, fastest of 5), so both see
-the same machine load. Points stop growing for an implementation once it exceeds the
+same subprocess just before the loss (a square 2048^3 jnp GEMM, fastest of 5), so both see the
+same machine load. Points stop growing for an implementation once it exceeds the
 RSS cap or --max_seconds. The largest N of each implementation is reported. Writes JSON and a
 markdown table.
 
@@ -137,15 +137,20 @@ def run_point(loss, impl, n, block_size, reps, cap_bytes, compile_only=False):
   return out
 
 
-def matmul_rate(n=4096, reps=5):
-  """FLOP/s of an [n, D] x [D, n] float32 jnp matmul (2 n^2 D FLOPs), the roofline used here."""
+def matmul_rate(n=2048, reps=5):
+  """FLOP/s of a square [n, n] x [n, n] float32 jnp matmul (2 n^3 FLOPs): the machine's GEMM rate.
+
+  Square and compute-bound on purpose: an [N, D] x [D, N] product with D = 128 writes an N x N
+  output and is limited by memory bandwidth, which would understate the achievable rate (the
+  streaming blocks stay in cache and beat it).
+  """
   import jax
   import jax.numpy as jnp
-  x, _ = _data(n, D)
-  a = jnp.asarray(x)
-  f = jax.jit(lambda a: a @ a.T)
+  import numpy as np
+  a = jnp.asarray(np.random.default_rng(0).normal(size=(n, n)).astype(np.float32))
+  f = jax.jit(lambda a: a @ a)
   jax.block_until_ready(f(a))
-  return 2.0 * n * n * D / _best_time(lambda: jax.block_until_ready(f(a)), reps)
+  return 2.0 * n ** 3 / _best_time(lambda: jax.block_until_ready(f(a)), reps)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -199,8 +204,8 @@ def to_markdown(report):
   lines = [
     f"Machine: {report['machine']}. D = {D}, block_size = {report['block_size']}, "
     f"float32, CPU. Matmul rate at the start of the run: "
-    f"{report['matmul_flops'] / 1e9:.1f} GFLOP/s ([{report['matmul_n']}, {D}] x "
-    f"[{D}, {report['matmul_n']}]); '% of matmul' = (8 N^2 D / time) / the matmul rate measured "
+    f"{report['matmul_flops'] / 1e9:.1f} GFLOP/s (square {report['matmul_n']}^3 float32 GEMM); "
+    f"'% of matmul' = (8 N^2 D / time) / the GEMM rate measured "
     f"in the same subprocess right before the point (JAX points only).",
     "",
     "| loss | impl | N | time (s) | XLA temp | peak RSS | % of matmul rate | status |",
@@ -251,7 +256,7 @@ def main():
     args.n_min, args.n_max, args.reps, args.max_seconds = 256, 1024, 1, 120
   cap = int(args.rss_cap_gib * 2**30)
   impls = [i for i in args.impls.split(",") if i != "pml" or _pml_available()]
-  flops = matmul_rate(n=min(4096, args.n_max))
+  flops = matmul_rate()
   points, largest = [], {}
   for loss in args.losses.split(","):
     for impl in impls:
@@ -277,7 +282,7 @@ def main():
   report = {"machine": f"{platform.machine()}, {os.cpu_count()} CPU cores "
                        f"(shared with other jobs while measured)",
             "block_size": args.block_size, "matmul_flops": flops,
-            "matmul_n": min(4096, args.n_max), "rss_cap_gib": args.rss_cap_gib,
+            "matmul_n": 2048, "rss_cap_gib": args.rss_cap_gib,
             "max_seconds": args.max_seconds, "points": points, "largest_n": largest,
             "memory_only": memory_only, "command": " ".join(sys.argv)}
   with open(args.out + ".json", "w") as f:
