@@ -365,7 +365,7 @@ def matmul_rate(n: int = 2048, reps: int = 5) -> float:
 
 def run_workload(name: str, batch: int, repeats: int, steps: int,
                  overrides: dict | None = None, skip_torch: bool = False,
-                 matmul_n: int = 2048) -> dict:
+                 matmul_n: int = 2048, variants: dict | None = None) -> dict:
   """Warm both frameworks, then time `repeats` interleaved rounds of `steps` steps each."""
   import jax
   import numpy as np
@@ -373,10 +373,14 @@ def run_workload(name: str, batch: int, repeats: int, steps: int,
   images = batch * WORKLOADS[name]["per_item"]
   jr = JaxRunner(name, batch, overrides)
   tr = None if skip_torch else TorchRunner(name, batch)
+  # Variants of sim_jax's config (e.g. bfloat16, remat) timed in the same interleaved rounds, so
+  # what a change buys is measured against the base step under the same machine load.
+  vr = {label: JaxRunner(name, batch, {**(overrides or {}), **o})
+        for label, o in (variants or {}).items()}
   rate = matmul_rate(matmul_n)
-  times = {"sim_jax": [], "torch": []}
+  times = {"sim_jax": [], "torch": [], **{f"variant:{k}": [] for k in vr}}
   for r in range(repeats):
-    order = [("sim_jax", jr), ("torch", tr)]
+    order = [("sim_jax", jr), ("torch", tr), *((f"variant:{k}", v) for k, v in vr.items())]
     if r % 2:
       order.reverse()
     for key, runner in order:
@@ -403,6 +407,12 @@ def run_workload(name: str, batch: int, repeats: int, steps: int,
     out["torch"]["first_step_s"] = tr.first_step_s
     out["ratio_median"] = out["sim_jax"]["img_per_s_median"] / out["torch"]["img_per_s_median"]
     out["ratio_min"] = out["sim_jax"]["img_per_s_min"] / out["torch"]["img_per_s_min"]
+  for k in vr:
+    v = out.pop(f"variant:{k}")
+    v["speedup_vs_base_median"] = v["img_per_s_median"] / out["sim_jax"]["img_per_s_median"]
+    v["speedup_vs_base_min"] = v["img_per_s_min"] / out["sim_jax"]["img_per_s_min"]
+    v["overrides"], v["compile_s"] = variants[k], vr[k].compile_s
+    out.setdefault("variants", {})[k] = v
   step_s = float(np.median(times["sim_jax"]))
   out["sim_jax"]["flops_per_s"] = jr.flops / step_s
   out["sim_jax"]["matmul_fraction"] = jr.flops / step_s / rate
@@ -488,6 +498,9 @@ def parse_args(argv=None):
   p.add_argument("--batch", type=int, default=0, help="override every workload's batch")
   p.add_argument("--override", action="append", default=[],
                  help="sim_jax config override key=value (e.g. model.dtype=bfloat16)")
+  p.add_argument("--variant", action="append", default=[],
+                 help="label:key=value[,key=value]: a sim_jax config variant timed in the same "
+                      "interleaved rounds (e.g. bf16:model.dtype=bfloat16)")
   p.add_argument("--timeout", type=float, default=1800.0, help="seconds per workload")
   p.add_argument("--out", default=os.path.join(_REPO, "bench", "results", "train_step.json"))
   p.add_argument("--md", default=os.path.join(_REPO, "bench", "results", "train_step.md"))
@@ -526,6 +539,12 @@ def main(argv=None) -> dict:
     if n not in WORKLOADS:
       raise ValueError(f"--workloads names {n!r}; expected some of {sorted(WORKLOADS)}")
   overrides = _parse_overrides(args.override)
+  variants = {}
+  for v in args.variant:
+    label, sep, rest = v.partition(":")
+    if not sep or not label:
+      raise ValueError(f"--variant must be label:key=value[,key=value]; got {v!r}")
+    variants[label] = _parse_overrides(rest.split(","))
   result = {"date": time.strftime("%Y-%m-%d %H:%M"), "repeats": args.repeats,
             "steps": args.steps, "quick": args.quick, "environment": environment(),
             "workloads": []}
@@ -533,9 +552,12 @@ def main(argv=None) -> dict:
     batch = args.batch or WORKLOADS[n]["batch"]
     steps = args.steps or WORKLOADS[n]["steps"]
     r = run_in_subprocess(dict(name=n, batch=batch, repeats=args.repeats, steps=steps,
-                               overrides=overrides), args.timeout)
-    print(json.dumps({k: r[k] for k in ("workload", "ratio_median", "ratio_min", "compile_s")}),
-          flush=True)
+                               overrides=overrides, variants=variants), args.timeout)
+    print(json.dumps({**{k: r.get(k) for k in ("workload", "ratio_median", "ratio_min",
+                                               "compile_s")},
+                      **{f"{k} speedup vs base (median, min)": (v["speedup_vs_base_median"],
+                                                                v["speedup_vs_base_min"])
+                         for k, v in r.get("variants", {}).items()}}), flush=True)
     result["workloads"].append(r)
   os.makedirs(os.path.dirname(args.out), exist_ok=True)
   with open(args.out, "w") as f:
