@@ -209,7 +209,32 @@ def results_md(results: dict[str, dict], status: dict[str, str]) -> str:
 
 # What was tried to speed up sim_jax's step and what each change bought (measured by hand with
 # bench/train_step.py; see the commands in each row). Kept here so the generated README carries it.
-OPTIMIZATIONS = ""
+OPTIMIZATIONS = """\
+## What was tried on sim_jax's step, and what each change bought
+
+Measured on the shared 2-core CPU (load average 7-10 from other jobs), so each row compares
+within one process, interleaved. Commands reproduce each row.
+
+| change | status | measured effect | command |
+|---|---|---|---|
+| jit end to end, state donated, augmentation on device inside the step | in place before \
+this work (`Trainer.jit_train_step`) | the baseline every ratio below is measured with | - |
+| no per-step host round trip | audited: `train_and_evaluate` merges metrics as device \
+arrays and fetches them only every `log_every` steps; diagnostics are summed on device; \
+the preemption check is host-only with one process | nothing to remove | - |
+| persistent compilation cache | in place (`launch.py --compilation_cache`) | a second \
+launch skips the compile column of the table (7-25 s per workload here) | - |
+| LeNet convolutions as patches + matmul (`conv_general_dilated_patches` @ kernel) | \
+**not kept** | forward + backward of one layer at batch 512, best of 5 interleaved: conv1 \
+1014 ms vs 1093 ms (median 2072 vs 1192 ms), conv2 2299 ms vs 383 ms: slower | \
+a by-hand micro-benchmark (jax.grad of the layer in both forms, not in the repo) |
+| `--xla_cpu_use_thunk_runtime=false` (legacy CPU runtime) | **not available** | jax \
+0.10.2 says the flag is no longer supported | - |
+| bfloat16 compute (`model.dtype=bfloat16`, float32 params and loss) | selectable for \
+GPU/TPU, **not the default on CPU** | LeNet-5, batch 256 pairs, 4 interleaved rounds: median \
+1.23x, min 0.97x the float32 step: within this machine's noise | `python bench/train_step.py \
+--workloads=lenet5 --repeats=4 --variant bf16:model.dtype=bfloat16` |
+"""
 
 
 def write_docs(results, status, quick: bool) -> None:

@@ -476,6 +476,8 @@ def markdown(result: dict) -> str:
     ratio = "n/a" if t is None else f"**{r['ratio_median']:.2f}x** ({r['ratio_min']:.2f}x)"
     met = "" if t is None or target is None else (" met" if r["ratio_median"] >= target
                                                   else " NOT met")
+    if r["batch"] != WORKLOADS.get(r["workload"], {}).get("batch"):
+      met = f" not assessed (batch {r['batch']}, not {WORKLOADS[r['workload']]['batch']})"
     tcol = "-" if t is None else f"{t['img_per_s_min']:.0f} / {t['img_per_s_median']:.0f}"
     lines.append(
         f"| {r['workload']} | {r['images_per_step']} | {j['img_per_s_min']:.0f} / "
@@ -484,6 +486,8 @@ def markdown(result: dict) -> str:
         f"{_fmt_rate(j['flops_per_s'])} ({100 * j['matmul_fraction']:.0f}% of "
         f"{_fmt_rate(r['matmul_flops_per_s'])}) | {r['xla_temp_bytes'] / 2**20:.0f} | "
         f"{r['peak_rss_bytes'] / 2**20:.0f} | {r['torch_threads']} / {r['xla_cpu_threads']} |")
+  if result.get("note"):
+    lines += ["", result["note"]]
   return "\n".join(lines) + "\n"
 
 
