@@ -686,10 +686,21 @@ def _write_hparams(writer, config):
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   """Trains `config` in `workdir`, resuming from its latest checkpoint; returns final metrics."""
+
+  validate_config(config)
+  # First, so that a SIGTERM during set-up or the first compile is honoured at the first step
+  # boundary instead of killing the process.
+  watcher = PreemptionWatcher()
+  try:
+    return _train_and_evaluate(config, workdir, watcher)
+  finally:
+    watcher.close()
+
+
+def _train_and_evaluate(config, workdir, watcher: PreemptionWatcher) -> dict[str, float]:
   from sim_jax import data
   from sim_jax.eval import evaluators as evaluators_lib
 
-  validate_config(config)
   logging.info("Topology: %s", sharding.describe_topology())
   os.makedirs(workdir, exist_ok=True)
   trainer = Trainer(config, workdir)
@@ -734,7 +745,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     if tcfg.profile_steps:
       hooks.append(periodic_actions.Profile(logdir=workdir, num_profile_steps=tcfg.profile_steps,
                                             first_profile=start + 10))
-  watcher = PreemptionWatcher()
   final_metrics: dict[str, float] = {}
   train_metrics, extra_sums, extra_count = None, {}, 0
   data_wait, t_last = 0.0, time.time()
@@ -806,8 +816,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   except Preempted:
     final_metrics = {}
   finally:
-    watcher.close()
     writer.flush()
+    writer.close()
+    if hasattr(train_iter, "close"):
+      train_iter.close()  # Stops grain's prefetch threads and worker processes.
     checkpointing.finalize(manager)  # Re-raises a failed async save.
   if final_metrics:
     embeddings = {s: trainer.embed_images(state, d["image"]) for s, d in eval_data.items()}

@@ -2,9 +2,12 @@
 
 The grain graph is `MapDataset.range(2**62)` (the global step) `.map(make batch for step)`
 `.to_iter_dataset(ReadOptions(prefetch_threads, prefetch_batches))` (`.mp_prefetch(...)` with
-workers). Each batch is a pure function of (seed, step, process shard), so the iterator state is
-just the next step: resuming from an Orbax checkpoint (`grain.checkpoint.CheckpointSave/Restore`)
-is exact mid-epoch and across epochs.
+workers). Each *global* batch is a pure function of (seed, step) over the whole train split, and
+process i keeps rows [i * B/n, (i + 1) * B/n) of it and reads only those records. So the global
+batch - and the training run - is the same whatever the process count (2 processes x 1 device
+train exactly like 1 process x 2 devices), the process slices of a step are disjoint and of equal
+size, and the iterator state is just the next step: resuming from an Orbax checkpoint
+(`grain.checkpoint.CheckpointSave/Restore`) is exact mid-epoch and across epochs.
 
 Memory cache: a train split whose formatted images fit in `cache_mb` is decoded and resized once
 into a `sources.ArraySource`, so a batch is a NumPy gather instead of B record reads, PNG
@@ -126,10 +129,12 @@ def cached(source, data_config: ml_collections.ConfigDict):
 
 def train_example_indices(labels: np.ndarray, data_config: ml_collections.ConfigDict, seed: int,
                           process_index: int, process_count: int) -> np.ndarray:
-  """Indices into the train source that this process samples from.
+  """Indices into the train source that the sampler draws from (for process_count=1: all).
 
   Order: samples-per-class subset (seed 004 4.4, drawn with `seed`) -> augmentation factor copies
-  (4.5) -> strided per-process shard (equal length on every process, disjoint).
+  (4.5) -> strided per-process shard (equal length on every process, disjoint). The train
+  iterator samples global batches from the unsharded indices and slices them per process (see the
+  module docstring); the sharded form serves code that wants a static per-process partition.
   """
   base = np.arange(len(labels), dtype=np.int64)
   if data_config.samples_per_class is not None:
@@ -139,14 +144,19 @@ def train_example_indices(labels: np.ndarray, data_config: ml_collections.Config
 
 
 class BatchMaker(grain.transforms.Map):
-  """Maps a global step to that step's host-local batch (picklable for grain workers)."""
+  """Maps a global step to that step's host-local batch (picklable for grain workers).
+
+  `batch_size` is the *global* batch; `process_index` / `process_count` select this process's
+  contiguous slice of it.
+  """
 
   def __init__(self, source, local: np.ndarray, data_config: ml_collections.ConfigDict,
-               batch_size: int, seed: int):
+               batch_size: int, seed: int, process_index: int = 0, process_count: int = 1):
     self.source = source
-    self.local = local  # this process's example indices into `source`
+    self.local = local  # example indices into `source` that global batches are drawn from
     self.sampler = str(data_config.sampler)
     self.batch_size = batch_size
+    self.process_index, self.process_count = int(process_index), int(process_count)
     self.seed = seed
     self.image_size = data_config.image_size
     self.channels = data_config.channels
@@ -180,6 +190,10 @@ class BatchMaker(grain.transforms.Map):
 
   def map(self, step: int) -> dict[str, np.ndarray]:
     pos, same = self.indices(int(step))
+    per = self.batch_size // self.process_count
+    rows = slice(self.process_index * per, (self.process_index + 1) * per)
+    pos = pos[rows]
+    same = None if same is None else same[rows]
     idx = self.local[pos]
     flat = np.sort(np.unique(idx.reshape(-1)))  # read each record once, in storage order
     rec = self.source.read(flat)
@@ -224,11 +238,12 @@ def create_train_iterator(data_config: ml_collections.ConfigDict, *, global_batc
   """
   batch_size = validate_train_args(data_config, global_batch_size, process_count)
   source = cached(open_split(data_config, data_config.train_split), data_config)
-  local = train_example_indices(source.labels, data_config, seed, process_index, process_count)
-  maker = BatchMaker(source, local, data_config, batch_size, seed)
-  logging.info("data: %s/%s sampler=%s batch=%d, %d examples on process %d/%d",
-               data_config.name, data_config.train_split, data_config.sampler, batch_size,
-               len(local), process_index, process_count)
+  pool = train_example_indices(source.labels, data_config, seed, 0, 1)
+  maker = BatchMaker(source, pool, data_config, global_batch_size, seed, process_index,
+                     process_count)
+  logging.info("data: %s/%s sampler=%s global batch=%d (%d on process %d/%d), %d examples",
+               data_config.name, data_config.train_split, data_config.sampler,
+               global_batch_size, batch_size, process_index, process_count, len(pool))
   return iter(batch_dataset(maker, data_config))
 
 
