@@ -850,9 +850,11 @@ def write_plots(workdir: str, config, eval_data: dict, embeddings: dict) -> list
   emb, labels, images = embeddings[split], eval_data[split]["label"], eval_data[split]["image"]
   # t-SNE of the 20 most frequent classes: more colours than that are unreadable.
   classes, counts = np.unique(labels, return_counts=True)
-  keep = np.isin(labels, classes[np.argsort(-counts, kind="stable")[:20]])
+  shown = classes[np.argsort(-counts, kind="stable")[:20]]
+  keep = np.isin(labels, shown)
   plots.tsne_plot(emb[keep], labels[keep], os.path.join(out_dir, f"tsne_{split}.png"),
-                  max_points=1500, title=f"t-SNE of {config.data.name}/{split} (20 classes)")
+                  max_points=1500,
+                  title=f"t-SNE of {config.data.name}/{split} ({len(shown)} classes)")
   written.append(f"tsne_{split}.png")
   nq = min(8, len(emb) - 1)
   k = min(6, len(emb) - 1)
