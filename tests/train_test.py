@@ -216,3 +216,43 @@ def test_gradcache_refuses_learnable_loss_parameters():
   cfg.loss.learnable_temperature = True
   with pytest.raises(ValueError, match="grad_accum_chunks=2"):
     train.validate_config(cfg)
+
+
+def test_nonfinite_steps_are_skipped_counted_and_then_frozen():
+  """Item 13: a NaN batch leaves params unchanged and is counted; past the allowance the state
+  freezes (the host then halts the run: see reliability_test)."""
+  import jax
+
+  from configs import test as test_config
+  from sim_jax import data, sharding, train
+
+  cfg = test_config.get_config()
+  cfg.train.max_nonfinite_skips = 1
+  cfg.train.log_diagnostics = False
+  cfg.optimizer.warmup_steps = 0  # The first applied update must have a non-zero step size.
+  tr = train.Trainer(cfg, "/nonexistent")
+  state = tr.init_state()
+  it = data.create_train_iterator(cfg.data, global_batch_size=cfg.train.batch_size, seed=0,
+                                  process_index=0, process_count=1)
+  step = tr.jit_train_step()
+  good = next(it)
+  bad = dict(good, image=np.full(good["image"].shape, np.nan, np.float32))
+  params = lambda s: [np.asarray(x).copy() for x in jax.tree.leaves(s.params)]
+
+  def run(batch, st):
+    batch = sharding.host_to_global(batch, tr.mesh)
+    st, m, _ = step(st, batch)
+    return st, {k: float(v) for k, v in m.compute().items()}
+
+  before = params(state)
+  state, m = run(bad, state)  # step 1: skipped, counted
+  assert m["nonfinite_skips"] == 1 and m["first_nonfinite_step"] == 0
+  assert all(np.array_equal(a, b) for a, b in zip(before, params(state)))
+  state, m = run(good, state)  # step 2: finite, applied
+  after_good = params(state)
+  assert not all(np.array_equal(a, b) for a, b in zip(before, after_good))
+  state, m = run(bad, state)  # step 3: second non-finite, over the allowance of 1
+  state, m = run(good, state)  # step 4: finite, but the run is frozen now
+  assert m["nonfinite_skips"] == 2 and m["first_nonfinite_step"] == 0
+  assert all(np.array_equal(a, b) for a, b in zip(after_good, params(state)))
+  assert int(state.step) == 4
