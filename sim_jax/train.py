@@ -45,6 +45,20 @@ IMMUTABLE_KEYS = ("seed", "model", "data", "loss", "optimizer", "train.batch_siz
                   "train.grad_accum_chunks", "train.view_labels", "train.max_nonfinite_skips")
 
 
+# XLA:CPU options of the jitted train step (see bench/README.md; `python bench/xla_flags.py`).
+# jaxlib 0.10.2 hands convolutions to YNNPACK by default; its weight-gradient convolutions and
+# the layout transposes around them took ~70% of a ResNet-18 step, and XLA's own (Eigen)
+# convolutions made that step 8x faster (8.7-11.4 s -> 1.25 s at batch 32 x 2 views). The value
+# is YNNPACK's default list minus INDIVIDUAL_CONVOLUTION: dots and reductions stay with YNNPACK.
+CPU_COMPILER_OPTIONS = {
+    "xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_DOT,LIBRARY_FUSION_TYPE_REDUCE"}
+
+
+def compiler_options(mesh: jax.sharding.Mesh) -> dict[str, str] | None:
+  """`CPU_COMPILER_OPTIONS` when the mesh's devices are CPUs, else None (XLA's defaults)."""
+  return CPU_COMPILER_OPTIONS if mesh.devices.flat[0].platform == "cpu" else None
+
+
 class NonFiniteError(RuntimeError):
   """The loss or a gradient became NaN/Inf more often than the config allows."""
 
@@ -665,7 +679,7 @@ class Trainer:
         functools.partial(train_step, config=self.config, model=self.model,
                           pair_head=self.pair_head, tx=self.tx, schedule=self.schedule,
                           augment_fn=self.augment_fn, mesh=self.mesh, diagnostics_fn=diag),
-        donate_argnums=(0,))
+        donate_argnums=(0,), compiler_options=compiler_options(self.mesh))
 
   # -- evaluation
   def embed_images(self, state: TrainState, images: np.ndarray) -> np.ndarray:
