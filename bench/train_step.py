@@ -56,6 +56,10 @@ WORKLOADS = {
     "multiscale": dict(model="multiscale", shape=(64, 64, 1), sampler="pk", loss="triplet",
                        batch=128, per_item=1, embedding_dim=128, input_norm="imagenet", steps=1),
 }
+# jaxlib 0.10.2's default YNNPACK fusion list (convolutions included), as a --variant value: the
+# trainer's step without sim_jax.train.CPU_COMPILER_OPTIONS.
+YNN_DEFAULT = ("LIBRARY_FUSION_TYPE_DOT|LIBRARY_FUSION_TYPE_REDUCE|"
+               "LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION")
 TARGETS = {"lenet5": 1.0, "resnet18": 0.8, "vit_ti": 1.0, "multiscale": 0.8}
 K_PER_CLASS = 4  # pk sampler: examples per class
 LR, WD = 2e-3, 1e-4
@@ -131,6 +135,12 @@ class JaxRunner:
     import jax
 
     from sim_jax import sharding, train
+    # "xla.<option>" keys are XLA compiler options of this compile (merged over the trainer's
+    # own, see sim_jax.train.compiler_options); '|' in their value stands for ',' (which
+    # separates --variant overrides).
+    overrides = dict(overrides or {})
+    xla = {k[4:]: str(overrides.pop(k)).replace("|", ",")
+           for k in list(overrides) if k.startswith("xla.")}
     self.cfg = workload_config(name, batch, overrides)
     self.trainer = train.Trainer(self.cfg, "/nonexistent")
     self.state = self.trainer.init_state()
@@ -138,7 +148,7 @@ class JaxRunner:
     step = self.trainer.jit_train_step()
     t0 = time.perf_counter()
     lowered = step.lower(self.state, self.batch)
-    self.compiled = lowered.compile()
+    self.compiled = lowered.compile(compiler_options=xla or None)
     self.compile_s = time.perf_counter() - t0
     cost = self.compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
@@ -504,7 +514,9 @@ def parse_args(argv=None):
                  help="sim_jax config override key=value (e.g. model.dtype=bfloat16)")
   p.add_argument("--variant", action="append", default=[],
                  help="label:key=value[,key=value]: a sim_jax config variant timed in the same "
-                      "interleaved rounds (e.g. bf16:model.dtype=bfloat16)")
+                      "interleaved rounds (e.g. bf16:model.dtype=bfloat16); a key xla.<option> "
+                      "is an XLA compiler option instead ('|' for ',' in its value), e.g. "
+                      f"ynn_conv:xla.xla_cpu_experimental_ynn_fusion_type={YNN_DEFAULT}")
   p.add_argument("--timeout", type=float, default=1800.0, help="seconds per workload")
   p.add_argument("--out", default=os.path.join(_REPO, "bench", "results", "train_step.json"))
   p.add_argument("--md", default=os.path.join(_REPO, "bench", "results", "train_step.md"))

@@ -59,3 +59,25 @@ def test_overrides_are_typed_and_checked():
     train_step._parse_overrides(["model.dtype"])
   cfg = train_step.workload_config("vit_ti", 4, {"model.dtype": "bfloat16"})
   assert cfg.model.dtype == "bfloat16" and cfg.model.patch_size == 4
+
+
+def _ynn_conv_fusions(hlo: str) -> int:
+  """Fusions handed to YNNPACK whose source op is a convolution, in an optimised HLO text."""
+  import re
+  return len(re.findall(r'op_name="[^"]*conv_general_dilated"[^\n]*__ynn_fusion', hlo))
+
+
+def test_cpu_step_uses_eigen_convolutions_and_matches_the_ynnpack_compile():
+  """sim_jax.train.CPU_COMPILER_OPTIONS takes convolutions away from YNNPACK (the flag is
+  live: restoring jaxlib's default list brings YNNPACK convolutions back), and the two conv
+  implementations give the same training trajectory (each is the other's reference)."""
+  overrides = {"model.name": "resnet_tiny", "model.width": 16}
+  eigen = train_step.JaxRunner("resnet18", 8, overrides)
+  ynn = train_step.JaxRunner("resnet18", 8, {
+      **overrides, "xla.xla_cpu_experimental_ynn_fusion_type": train_step.YNN_DEFAULT})
+  assert _ynn_conv_fusions(eigen.compiled.as_text()) == 0
+  assert _ynn_conv_fusions(ynn.compiled.as_text()) > 0
+  # Both took one (warm-up) step from the same init; compare that step's result and the next.
+  for a, b in zip(jax.tree.leaves(eigen.state.params), jax.tree.leaves(ynn.state.params)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(eigen.loss(), ynn.loss(), rtol=1e-4)
