@@ -848,17 +848,22 @@ def _train_and_evaluate(config, workdir, watcher: PreemptionWatcher) -> dict[str
   return final_metrics
 
 
+def _worth_plotting(tag: str, points) -> bool:
+  # Counts (num_queries, ...), bookkeeping (uptime) and constant series only add panels.
+  values = {round(v, 12) for _, v in points}
+  return len(values) > 1 and "/num_" not in tag and tag not in ("uptime",)
+
+
 def write_plots(workdir: str, config, eval_data: dict, embeddings: dict) -> list[str]:
   """PNGs a person would rather look at: curves, t-SNE, retrieval grid, pair distances."""
   from sim_jax.eval import plots, search
   out_dir = os.path.join(workdir, "plots")
   os.makedirs(out_dir, exist_ok=True)
   written = []
-  try:
-    plots.training_curves(workdir, os.path.join(out_dir, "training_curves.png"))
+  series = {k: v for k, v in plots.read_scalars(workdir).items() if _worth_plotting(k, v)}
+  if series:
+    plots.training_curves(series, os.path.join(out_dir, "training_curves.png"))
     written.append("training_curves.png")
-  except ValueError as e:  # No scalars yet (e.g. a resumed run with nothing left to train).
-    logging.warning("No training curves: %s", e)
   split = config.eval.query_split if config.eval.query_split in embeddings else \
       next(iter(embeddings))
   emb, labels, images = embeddings[split], eval_data[split]["label"], eval_data[split]["image"]

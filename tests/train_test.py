@@ -30,9 +30,11 @@ def test_end_to_end_then_resume(tmp_path):
   assert final["metrics"]["retrieval/mrr@5"] > final["chance"]["retrieval/mrr@5"] + 0.2
   assert "step 6" not in proc.stderr or "Resumed" not in proc.stderr
 
-  proc2 = helpers.run_launch(workdir, "--config.train.steps=9")
+  proc2 = helpers.run_launch(workdir, "--config.train.steps=9", "--config.train.plots=True")
   assert proc2.returncode == 0, helpers.describe(proc2)
   assert "Resumed from step 6" in proc2.stderr, helpers.describe(proc2)
+  assert sorted(os.listdir(os.path.join(workdir, "plots"))) == [
+      "distances.png", "retrieval_test.png", "training_curves.png", "tsne_test.png"]
   assert "9" in os.listdir(os.path.join(workdir, "checkpoints"))
   # Running again with nothing left to do neither retrains nor fails.
   proc3 = helpers.run_launch(workdir, "--config.train.steps=9")
