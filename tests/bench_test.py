@@ -81,3 +81,27 @@ def test_cpu_step_uses_eigen_convolutions_and_matches_the_ynnpack_compile():
   for a, b in zip(jax.tree.leaves(eigen.state.params), jax.tree.leaves(ynn.state.params)):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
   np.testing.assert_allclose(eigen.loss(), ynn.loss(), rtol=1e-4)
+
+
+@pytest.mark.parametrize("shape,ties", [((3, 7, 9, 4), True), ((2, 8, 6, 3), False)])
+def test_max_pool_2x2_matches_torch_and_flax_values_and_gradients(shape, ties):
+  """The performance rewrite of 2x2 max pooling (LeNet-5, multi-scale) keeps the semantics of
+  torch.nn.functional.max_pool2d and nn.max_pool: odd edges dropped, the gradient of a window
+  goes to its first maximum (integer inputs make ties common)."""
+  import flax.linen as nn
+  import torch
+
+  from sim_jax.models.encoder import max_pool_2x2
+  rng = np.random.default_rng(0)
+  x = (rng.integers(0, 3, shape) if ties else rng.normal(size=shape)).astype(np.float32)
+  g = rng.normal(size=(shape[0], shape[1] // 2, shape[2] // 2, shape[3])).astype(np.float32)
+  y, vjp = jax.vjp(max_pool_2x2, x)
+  (dx,) = vjp(g)
+  xt = torch.from_numpy(x).permute(0, 3, 1, 2).requires_grad_(True)
+  yt = torch.nn.functional.max_pool2d(xt, 2)
+  yt.backward(torch.from_numpy(g).permute(0, 3, 1, 2))
+  np.testing.assert_array_equal(np.asarray(y), yt.detach().permute(0, 2, 3, 1).numpy())
+  np.testing.assert_array_equal(np.asarray(dx), xt.grad.permute(0, 2, 3, 1).numpy())
+  ref_y, ref_vjp = jax.vjp(lambda v: nn.max_pool(v, (2, 2), (2, 2)), x)
+  np.testing.assert_array_equal(np.asarray(y), np.asarray(ref_y))
+  np.testing.assert_array_equal(np.asarray(dx), np.asarray(ref_vjp(g)[0]))

@@ -163,3 +163,48 @@ def conv_padding(kernel: int) -> tuple[tuple[int, int], tuple[int, int]]:
 
 
 Conv = functools.partial(nn.Conv, use_bias=False)
+
+
+def _pool_corners(x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+  """The four members of every 2x2 window in row-major window order: x[2i+a, 2j+b], (a, b) in
+  (0,0), (0,1), (1,0), (1,1); a trailing odd row / column is dropped (VALID pooling)."""
+  h, w = x.shape[1] // 2 * 2, x.shape[2] // 2 * 2
+  return x[:, 0:h:2, 0:w:2], x[:, 0:h:2, 1:w:2], x[:, 1:h:2, 0:w:2], x[:, 1:h:2, 1:w:2]
+
+
+@jax.custom_vjp
+def max_pool_2x2(x: jax.Array) -> jax.Array:
+  """2x2 / stride 2 VALID max pooling of [B, H, W, C] -> [B, H // 2, W // 2, C].
+
+  Same values and gradient as `nn.max_pool(x, (2, 2), (2, 2))` (torch.nn.MaxPool2d(2)): the
+  whole output gradient of a window goes to its *first* maximum in row-major order, ties
+  included; a dropped odd row / column gets zero. Written as strided slices and elementwise
+  selects because XLA:CPU lowers reduce-window's gradient (select-and-scatter) to a scatter with
+  materialised iota indices, which took ~60% of a LeNet-5 step (bench/README.md).
+  """
+  a, b, c, d = _pool_corners(x)
+  return jnp.maximum(jnp.maximum(a, b), jnp.maximum(c, d))
+
+
+def _max_pool_2x2_fwd(x):
+  return max_pool_2x2(x), x
+
+
+def _max_pool_2x2_bwd(x, g):
+  a, b, c, d = _pool_corners(x)
+  m = jnp.maximum(jnp.maximum(a, b), jnp.maximum(c, d))
+  zero = jnp.zeros_like(g)
+  # First maximum wins: each corner takes g only if no earlier corner already equals the max.
+  ta, tb, tc = a == m, b == m, c == m
+  ga = jnp.where(ta, g, zero)
+  gb = jnp.where(tb & ~ta, g, zero)
+  gc = jnp.where(tc & ~(ta | tb), g, zero)
+  gd = jnp.where(~(ta | tb | tc), g, zero)
+  n, h2, w2, ch = g.shape
+  # [B, h2, 2, w2, 2, C] -> [B, 2 h2, 2 w2, C] interleaves the corners back into place.
+  top, bottom = jnp.stack([ga, gb], axis=3), jnp.stack([gc, gd], axis=3)
+  dx = jnp.stack([top, bottom], axis=2).reshape(n, 2 * h2, 2 * w2, ch)
+  return (jnp.pad(dx, ((0, 0), (0, x.shape[1] - 2 * h2), (0, x.shape[2] - 2 * w2), (0, 0))),)
+
+
+max_pool_2x2.defvjp(_max_pool_2x2_fwd, _max_pool_2x2_bwd)
