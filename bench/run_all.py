@@ -45,6 +45,7 @@ def bench_commands(quick: bool) -> dict[str, list[str]]:
                          "--table", rs("input_pipeline", quick, ".md")],
       "retrieval": [py, "bench/retrieval.py", *q,
                     "--out", rs("retrieval", False), "--md", rs("retrieval", False, ".md")],
+      "xla_flags": [py, "bench/xla_flags.py", *q, "--out", rs("xla_flags", quick)],
   }
 
 
@@ -78,7 +79,8 @@ def load_results(quick: bool) -> dict[str, dict]:
   paths = {"train_step": _results("train_step", quick),
            "loss_scaling": _results("loss_scaling", quick),
            "input_pipeline": _results("input_pipeline", quick),
-           "retrieval": _results("retrieval", quick)}
+           "retrieval": _results("retrieval", quick),
+           "xla_flags": _results("xla_flags", quick)}
   # Where the benches write when run by hand with their default flags (their owners' choice).
   defaults = {"input_pipeline": os.path.join(_REPO, "bench", "input_pipeline.json"),
               "loss_scaling": os.path.join(_REPO, "docs", "bench_loss_scaling.json")}
@@ -181,6 +183,28 @@ def retrieval_md(r: dict) -> str:
           f"{_median(f_runs):.1f} | **{ratio_best:.2f}x**, {ratio_med:.2f}x |\n")
 
 
+def xla_flags_md(r: dict) -> str:
+  """One row per XLA flag set of bench/xla_flags.py (and the PyTorch yardstick)."""
+  lines = ["| flag set | XLA_FLAGS | step s min / median | speed-up vs default (median) | "
+           "library fusions (kCustom) / convolutions in the optimised HLO |",
+           "|---|---|---|---|---|"]
+  for label, e in r["sets"].items():
+    if "error" in e:
+      lines.append(f"| {label} | `{e['flags']}` | failed: {e['error'][-120:]!r} | - | - |")
+      continue
+    hlo = e.get("hlo_targets") or {}
+    lib = "-" if not hlo else f"{hlo.get('kCustom', 0)} / {hlo.get('convolution', 0)}"
+    flags = e["flags"] or ", ".join(f"{k}={v}" for k, v in e.get("compile_options", {}).items())
+    lines.append(f"| {label} | `{flags or '(none)'}` | {e['step_s_min']:.2f} / "
+                 f"{e['step_s_median']:.2f} | {_f(e.get('speedup_vs_default_median'), 'x')} | "
+                 f"{lib} |")
+  return (f"{r['workload']}, batch {r['batch']} ({r['images_per_step']} images per step), "
+          f"{r['rounds']} round(s) of {r['steps']} step(s) per flag set, each set in its own "
+          f"process (XLA_FLAGS is read once per process), rounds in alternating order; measured "
+          f"{r['date']}. Speed-ups across processes are noisier than the interleaved "
+          f"in-process ratios of the train-step table.\n\n" + "\n".join(lines) + "\n")
+
+
 SECTIONS = {
     "train_step": ("Train step: sim_jax vs PyTorch + pytorch-metric-learning", train_step_md,
                    "bench/train_step.py"),
@@ -189,6 +213,7 @@ SECTIONS = {
     "input_pipeline": ("Input pipeline vs train step", input_pipeline_md,
                        "bench/input_pipeline.py"),
     "retrieval": ("Exact retrieval: sim_jax vs faiss", retrieval_md, "bench/retrieval.py"),
+    "xla_flags": ("XLA:CPU flags on the train step", xla_flags_md, "bench/xla_flags.py"),
 }
 
 
@@ -212,8 +237,14 @@ def results_md(results: dict[str, dict], status: dict[str, str]) -> str:
 OPTIMIZATIONS = """\
 ## What was tried on sim_jax's step, and what each change bought
 
-Measured on the shared 2-core CPU (load average 7-10 from other jobs), so each row compares
-within one process, interleaved. Commands reproduce each row.
+Measured on the shared 2-core CPU, so each row compares within one process, interleaved, unless
+it says otherwise. Commands reproduce each row; JSON of every row is under `bench/results/`.
+
+**Machine load changes the ratios.** The first pass measured at load average 8-10 (other jobs);
+PyTorch's OpenMP threads lose far more than XLA's pool under that contention (LeNet-5's torch
+step took 0.6-1.5 s there, 0.03 s at load 1-2). The first pass's LeNet-5 1.95x and ResNet-18
+0.40x are therefore not comparable with this pass's numbers (load 1-4); the table below
+(`bench/results/train_step.json`) is the reference.
 
 | change | status | measured effect | command |
 |---|---|---|---|
@@ -223,17 +254,56 @@ this work (`Trainer.jit_train_step`) | the baseline every ratio below is measure
 arrays and fetches them only every `log_every` steps; diagnostics are summed on device; \
 the preemption check is host-only with one process | nothing to remove | - |
 | persistent compilation cache | in place (`launch.py --compilation_cache`) | a second \
-launch skips the compile column of the table (7-25 s per workload here) | - |
+launch skips the compile column of the table | - |
+| profile of the ResNet-18 step (`jax.profiler` trace with \
+`--xla_cpu_enable_xprof_traceme=true`, per-op time summed by HLO op) | finding | batch 32 x 2 \
+views: YNNPACK convolutions in the backward pass 59% of op time (the weight gradients of \
+layer1 / layer2 alone ~0.4-0.9 s each), forward convolutions 17%, the layout transposes feeding \
+the weight-gradient convolutions 11%. Forward and input-gradient convolutions alone were at \
+or above torch's speed in a per-layer micro-benchmark; weight gradients 0.4-0.65x torch | \
+by-hand `jax.profiler` script (not in the repo) |
+| **YNNPACK convolutions off**: the train step is compiled with \
+`xla_cpu_experimental_ynn_fusion_type=DOT,REDUCE` (jaxlib's default minus \
+INDIVIDUAL_CONVOLUTION), so XLA's Eigen convolutions run (`sim_jax.train.CPU_COMPILER_OPTIONS`, \
+CPU only) | **kept** | the default-compiled step over the YNNPACK-conv one, 3 interleaved \
+rounds at the issue's batch, median (min): ResNet-18 1.32x (1.19x), multi-scale 1.77x (1.86x), \
+ViT-Ti 1.09x (1.02x, only its patch embedding is a conv), LeNet-5 1.03x (1.10x). ResNet-18 \
+vs torch went to 0.87x, multi-scale to 0.83x (`bench/results/train_step_eigen_conv.json`) | \
+`python bench/train_step.py --workloads=resnet18,multiscale,vit_ti --variant \
+"ynn_conv:xla.xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_DOT\\|\
+LIBRARY_FUSION_TYPE_REDUCE\\|LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION"` |
+| weight gradient as im2col + one GEMM, or as 9 shifted GEMMs (instead of the \
+weight-gradient convolution) | **not kept** | layer1 shape (batch 128, 32x32, 64->64), best / \
+median of 5 interleaved: YNNPACK conv VJP 338 / 353 ms, im2col GEMM 439 / 513, shifted GEMMs \
+419 / 537, torch 128 / 144: slower | by-hand micro-benchmark (not in the repo) |
+| **2x2 max pooling as strided slices + a first-max custom VJP** \
+(`sim_jax.models.encoder.max_pool_2x2`, LeNet-5 and multi-scale) | **kept** | XLA:CPU \
+lowers reduce-window's gradient to a scatter with materialised iota index arrays: 60% of the \
+LeNet-5 step's op time. Pool gradient at [512, 28, 28, 6]: 26.3 -> 5.1 ms; LeNet-5 step \
+(batch 256 pairs, 4 rounds each, two runs) 0.100 -> 0.051 s median, ratio vs torch 0.30x -> \
+0.52x. Values and gradients equal torch / `nn.max_pool` exactly (tested with ties) | \
+`python bench/train_step.py --workloads=lenet5 --repeats=4` before / after commit 42c3e56 \
+(`bench/results/train_step_lenet_{before,after}_pool.json`) |
+| oneDNN (`--xla_cpu_use_onednn`, its custom calls / fusions), XNNPACK graph fusion | \
+**not kept** | see the XLA-flag table below; oneDNN fusions fail to compile the ViT step \
+("partition compile failed") | `python bench/xla_flags.py` |
+| ViT-Ti: other YNNPACK fusion lists, fast math, head-major attention layout | **not kept** | \
+batch 32 x 2 views, 4 interleaved rounds, speed-up median (min): dots to Eigen 0.98x \
+(1.01x), YNNPACK dots only 0.98x (0.98x), YNNPACK element-wise fusions 0.73x (0.77x); \
+`--xla_cpu_enable_fast_math` 1.02x (one process each, batch 16); q/k/v transposed to \
+[B, heads, N, d] once with q pre-scaled: 1.47 vs 1.45 s best of 5 (batch 64 fwd+bwd): noise | \
+`python bench/train_step.py --workloads=vit_ti --batch=32 --repeats=4 --variant \
+"eigen_dot:xla.xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_REDUCE"` \
+(`bench/results/train_step_vit_variants.json`) |
 | LeNet convolutions as patches + matmul (`conv_general_dilated_patches` @ kernel) | \
-**not kept** | forward + backward of one layer at batch 512, best of 5 interleaved: conv1 \
-1014 ms vs 1093 ms (median 2072 vs 1192 ms), conv2 2299 ms vs 383 ms: slower | \
-a by-hand micro-benchmark (jax.grad of the layer in both forms, not in the repo) |
+**not kept** | (first pass, YNNPACK convs, load 8-10) forward + backward of one layer at \
+batch 512, best of 5: conv1 1014 vs 1093 ms, conv2 2299 vs 383 ms: slower | by-hand |
 | `--xla_cpu_use_thunk_runtime=false` (legacy CPU runtime) | **not available** | jax \
-0.10.2 says the flag is no longer supported | - |
+0.10.2: the flag is deprecated and ignored | - |
 | bfloat16 compute (`model.dtype=bfloat16`, float32 params and loss) | selectable for \
-GPU/TPU, **not the default on CPU** | LeNet-5, batch 256 pairs, 4 interleaved rounds: median \
-1.23x, min 0.97x the float32 step: within this machine's noise | `python bench/train_step.py \
---workloads=lenet5 --repeats=4 --variant bf16:model.dtype=bfloat16` |
+GPU/TPU, **not the default on CPU** | (first pass, load 8-10) LeNet-5: median 1.23x, min 0.97x \
+the float32 step: within noise | `python bench/train_step.py --workloads=lenet5 --repeats=4 \
+--variant bf16:model.dtype=bfloat16` |
 """
 
 
@@ -255,7 +325,8 @@ def write_docs(results, status, quick: bool) -> None:
          "| `train_step.py` | one full train step, sim_jax vs PyTorch + pml, 4 workloads |\n"
          "| `loss_scaling.py` | dense vs streaming losses vs pml as N grows |\n"
          "| `input_pipeline.py` | grain pipeline throughput vs the step's consumption |\n"
-         "| `retrieval.py` | exact blockwise top-k vs faiss |\n\n")
+         "| `retrieval.py` | exact blockwise top-k vs faiss |\n"
+         "| `xla_flags.py` | the train step under each XLA:CPU flag set, one process each |\n\n")
   if OPTIMIZATIONS:
     how += OPTIMIZATIONS + "\n"
   with open(os.path.join(_REPO, "bench", "README.md"), "w") as f:

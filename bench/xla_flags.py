@@ -27,7 +27,9 @@ import time
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # label -> XLA_FLAGS. Names and values checked against jaxlib 0.10.2's flag table (an unknown
-# value aborts the process with the flag listing, so a typo cannot pass as "no effect").
+# value aborts the process with the flag listing, so a typo cannot pass as "no effect"). Every
+# set runs on top of the trainer's own compile options (sim_jax.train.CPU_COMPILER_OPTIONS:
+# YNNPACK convolutions off), which override XLA_FLAGS for the same field.
 FLAG_SETS = {
     "default": "",
     "onednn": "--xla_cpu_use_onednn=true --xla_cpu_experimental_onednn_custom_call=true",
@@ -35,9 +37,18 @@ FLAG_SETS = {
                       "--xla_cpu_experimental_onednn_fusion_type=dot,eltwise,reduce",
     # Convolutions leave YNNPACK (on by default) for XLA's Eigen convolution.
     "eigen_conv": "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution",
+    # Not XLA_FLAGS but compile options (see COMPILE_OPTIONS): jaxlib's default YNNPACK list.
+    "ynn_conv": "",
+    "ynn_eltwise": "--xla_cpu_experimental_ynn_fusion_type=+eltwise",
     "xnn_graph": "--xla_cpu_experimental_xnn_graph_fusion_mode=XNN_GRAPH_FUSION_MODE_GREEDY",
     "no_xnnpack": "--xla_cpu_use_xnnpack=false",
     "fast_math": "--xla_cpu_enable_fast_math=true",
+}
+
+# label -> XLA compile options merged over the trainer's (bench.train_step's "xla." overrides).
+COMPILE_OPTIONS = {
+    "ynn_conv": {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_DOT,"
+                 "LIBRARY_FUSION_TYPE_REDUCE,LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION"},
 }
 
 
@@ -49,7 +60,8 @@ def _child(args: dict) -> dict:
     r = train_step.TorchRunner(args["workload"], args["batch"])
     compile_s, targets = 0.0, {}
   else:
-    r = train_step.JaxRunner(args["workload"], args["batch"])
+    r = train_step.JaxRunner(args["workload"], args["batch"], {
+        f"xla.{k}": v for k, v in COMPILE_OPTIONS.get(args["label"], {}).items()})
     compile_s = r.compile_s
     hlo = r.compiled.as_text()
     targets = {}
@@ -126,7 +138,8 @@ def main(argv=None) -> dict:
       out["sets"][s] = {"flags": FLAG_SETS.get(s, ""), "error": runs[s][0]["error"]}
       continue
     ts = [t for r in ok for t in r["times"]]
-    entry = {"flags": FLAG_SETS.get(s, ""), "step_s": ts, "step_s_min": min(ts),
+    entry = {"flags": FLAG_SETS.get(s, ""), "compile_options": COMPILE_OPTIONS.get(s, {}),
+             "step_s": ts, "step_s_min": min(ts),
              "step_s_median": _median(ts), "img_per_s_median": images / _median(ts),
              "compile_s": [r["compile_s"] for r in ok], "hlo_targets": ok[0]["hlo_targets"]}
     if base is None and s != "torch":
