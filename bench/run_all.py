@@ -267,7 +267,8 @@ by-hand `jax.profiler` script (not in the repo) |
 INDIVIDUAL_CONVOLUTION), so XLA's Eigen convolutions run (`sim_jax.train.CPU_COMPILER_OPTIONS`, \
 CPU only) | **kept** | the default-compiled step over the YNNPACK-conv one, 3 interleaved \
 rounds at the issue's batch, median (min): ResNet-18 1.32x (1.19x), multi-scale 1.77x (1.86x), \
-ViT-Ti 1.09x (1.02x, only its patch embedding is a conv), LeNet-5 1.03x (1.10x). ResNet-18 \
+ViT-Ti 1.09x (1.02x, only its patch embedding is a conv); LeNet-5 1.03x (1.10x; 4 rounds, \
+see `train_step_lenet_before_pool.json`). ResNet-18 \
 vs torch went to 0.87x, multi-scale to 0.83x (`bench/results/train_step_eigen_conv.json`) | \
 `python bench/train_step.py --workloads=resnet18,multiscale,vit_ti --variant \
 "ynn_conv:xla.xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_DOT\\|\
