@@ -105,3 +105,22 @@ def test_max_pool_2x2_matches_torch_and_flax_values_and_gradients(shape, ties):
   ref_y, ref_vjp = jax.vjp(lambda v: nn.max_pool(v, (2, 2), (2, 2)), x)
   np.testing.assert_array_equal(np.asarray(y), np.asarray(ref_y))
   np.testing.assert_array_equal(np.asarray(dx), np.asarray(ref_vjp(g)[0]))
+
+
+def test_xla_flag_table_lists_every_set_with_its_speedup_or_error():
+  from bench import run_all, xla_flags
+  assert "default" in xla_flags.FLAG_SETS and xla_flags.FLAG_SETS["default"] == ""
+  assert set(xla_flags.COMPILE_OPTIONS) <= set(xla_flags.FLAG_SETS)
+  r = {"workload": "resnet18", "batch": 4, "images_per_step": 8, "rounds": 2, "steps": 1,
+       "date": "d", "sets": {
+           "default": {"flags": "", "step_s_min": 1.0, "step_s_median": 2.0,
+                       "speedup_vs_default_median": 1.0, "hlo_targets": {"kCustom": 3,
+                                                                        "convolution": 5}},
+           "ynn_conv": {"flags": "", "compile_options": {"opt": "A,B"}, "step_s_min": 3.0,
+                        "step_s_median": 4.0, "speedup_vs_default_median": 0.5,
+                        "hlo_targets": {}},
+           "onednn": {"flags": "--x=1", "error": "boom"}}}
+  md = run_all.xla_flags_md(r)
+  assert "| default | `(none)` | 1.00 / 2.00 | 1.00x | 3 / 5 |" in md
+  assert "| ynn_conv | `opt=A,B` | 3.00 / 4.00 | 0.50x | - |" in md
+  assert "| onednn | `--x=1` | failed: 'boom' |" in md
