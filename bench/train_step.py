@@ -139,8 +139,9 @@ class JaxRunner:
     # own, see sim_jax.train.compiler_options); '|' in their value stands for ',' (which
     # separates --variant overrides).
     overrides = dict(overrides or {})
-    xla = {k[4:]: str(overrides.pop(k)).replace("|", ",")
-           for k in list(overrides) if k.startswith("xla.")}
+    xla = {k[4:]: v.replace("|", ",") if isinstance(v, str) else v
+           for k, v in list(overrides.items()) if k.startswith("xla.")}
+    overrides = {k: v for k, v in overrides.items() if not k.startswith("xla.")}
     self.cfg = workload_config(name, batch, overrides)
     self.trainer = train.Trainer(self.cfg, "/nonexistent")
     self.state = self.trainer.init_state()
