@@ -687,10 +687,11 @@ class Trainer:
     fn = functools.partial(self._embed, state.params, state.batch_stats)
     return embed_arrays(fn, images, self.config.train.batch_size, self.mesh)
 
-  def evaluate(self, state: TrainState, eval_data, evaluators) -> dict[str, float]:
+  def evaluate(self, state: TrainState, eval_data, evaluators):
+    """Every evaluator on `eval_data`; returns `(metrics, embeddings per split)`."""
     embeddings = {s: self.embed_images(state, d["image"]) for s, d in eval_data.items()}
     labels = {s: d["label"] for s, d in eval_data.items()}
-    return run_evaluators(evaluators, embeddings, labels)
+    return run_evaluators(evaluators, embeddings, labels), embeddings
 
 
 def _write_hparams(writer, config):
@@ -761,6 +762,7 @@ def _train_and_evaluate(config, workdir, watcher: PreemptionWatcher) -> dict[str
       hooks.append(periodic_actions.Profile(logdir=workdir, num_profile_steps=tcfg.profile_steps,
                                             first_profile=start + 10))
   final_metrics: dict[str, float] = {}
+  final_embeddings: dict[str, np.ndarray] = {}
   train_metrics, extra_sums, extra_count = None, {}, 0
   data_wait, t_last = 0.0, time.time()
 
@@ -814,7 +816,7 @@ def _train_and_evaluate(config, workdir, watcher: PreemptionWatcher) -> dict[str
       if eval_now:
         logging.info("Evaluating at step %d.", step)
         with report.timed("eval"):
-          eval_metrics = trainer.evaluate(state, eval_data, evaluators)
+          eval_metrics, final_embeddings = trainer.evaluate(state, eval_data, evaluators)
         writer.write_scalars(step, {f"eval/{k}": v for k, v in eval_metrics.items()})
         final_metrics = eval_metrics
       if ckpt_now:
@@ -827,7 +829,7 @@ def _train_and_evaluate(config, workdir, watcher: PreemptionWatcher) -> dict[str
     if start >= tcfg.steps:
       logging.info("Nothing to train: the checkpoint is at step %d >= config.train.steps=%d.",
                    start, tcfg.steps)
-      final_metrics = trainer.evaluate(state, eval_data, evaluators)
+      final_metrics, final_embeddings = trainer.evaluate(state, eval_data, evaluators)
   except Preempted:
     final_metrics = {}
   finally:
@@ -836,10 +838,8 @@ def _train_and_evaluate(config, workdir, watcher: PreemptionWatcher) -> dict[str
     if hasattr(train_iter, "close"):
       train_iter.close()  # Stops grain's prefetch threads and worker processes.
     checkpointing.finalize(manager)  # Re-raises a failed async save.
-  if final_metrics:
-    embeddings = {s: trainer.embed_images(state, d["image"]) for s, d in eval_data.items()}
-    # The embeddings above were also computed by the last evaluation; recomputing them here
-    # keeps `Trainer.evaluate` simple and costs one pass over the eval splits at the end.
+  if final_metrics:  # The last evaluation ran on the final state (eval is forced at the end).
+    embeddings = final_embeddings
     chance = chance_levels(evaluators, embeddings, {s: d["label"] for s, d in eval_data.items()})
     for k in sorted(final_metrics):
       logging.info("eval %-32s %.4f   (chance %.4f)", k, final_metrics[k], chance.get(k, np.nan))
@@ -920,10 +920,8 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict
   step, state = trainer.restore_for_inference()
   eval_data = load_eval_data(config)
   evaluators = evaluators_lib.get_evaluators(config.eval)
-  embeddings = {s: trainer.embed_images(state, d["image"]) for s, d in eval_data.items()}
-  labels = {s: d["label"] for s, d in eval_data.items()}
-  results = run_evaluators(evaluators, embeddings, labels)
-  chance = chance_levels(evaluators, embeddings, labels)
+  results, embeddings = trainer.evaluate(state, eval_data, evaluators)
+  chance = chance_levels(evaluators, embeddings, {s: d["label"] for s, d in eval_data.items()})
   if jax.process_index() == 0:
     for k in sorted(results):
       print(f"step {step}  {k:<32s} {results[k]:.4f}   (chance {chance.get(k, np.nan):.4f})")
