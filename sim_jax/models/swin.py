@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sim_jax.models.encoder import maybe_remat
-from sim_jax.models.vit import drop_path
+from sim_jax.models.vit import residual_branch
 
 
 def relative_position_index(w: int) -> np.ndarray:
@@ -94,9 +94,7 @@ class SwinBlock(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     def residual(y):
-      if train and self.drop_path_rate > 0:
-        return drop_path(y, self.drop_path_rate, self.make_rng("dropout"))
-      return y
+      return residual_branch(self, y, self.drop_path_rate, train)
     c = x.shape[-1]
     y = nn.LayerNorm(1e-5, dtype=self.dtype, name="norm1")(x)
     x = x + residual(ShiftedWindowAttention(self.heads, self.window, self.shift, self.dtype,

@@ -31,6 +31,13 @@ def drop_path(x: jax.Array, rate: float, rng: jax.Array) -> jax.Array:
   return jnp.where(mask, x / keep, jnp.zeros_like(x))
 
 
+def residual_branch(module: nn.Module, y: jax.Array, rate: float, train: bool) -> jax.Array:
+  """`y` through stochastic depth when training with `rate > 0` (ViT and Swin blocks)."""
+  if train and rate > 0:
+    return drop_path(y, rate, module.make_rng("dropout"))
+  return y
+
+
 class Attention(nn.Module):
   """Multi-head self-attention with timm's fused qkv: [B, N, D] -> [B, N, D]."""
   heads: int
@@ -75,9 +82,7 @@ class Block(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     def residual(y):
-      if train and self.drop_path_rate > 0:
-        return drop_path(y, self.drop_path_rate, self.make_rng("dropout"))
-      return y
+      return residual_branch(self, y, self.drop_path_rate, train)
     y = nn.LayerNorm(LN_EPS, dtype=self.dtype, name="norm1")(x)
     x = x + residual(Attention(self.heads, self.dropout_rate, self.dtype, name="attn")(y, train))
     y = nn.LayerNorm(LN_EPS, dtype=self.dtype, name="norm2")(x)
