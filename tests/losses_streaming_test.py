@@ -378,3 +378,61 @@ def test_gradcache_threads_state_per_chunk():
   assert int(new_state["updates"]) == 3
   np.testing.assert_allclose(new_state["mean"], sum(jnp.mean(images[i:i + 4] @ w, axis=0)
                                                     for i in range(0, 12, 4)), rtol=1e-5)
+
+
+# ---------------------------------------------------------------- single-device fast paths
+
+def _band_labels():
+  """Labels that stress the label-sorted band sweep of the single-device NT-Xent.
+
+  A class of 15 (wider than a block of 6), singletons (anchors without a positive), pairs whose
+  sorted positions straddle block borders, and labels given unsorted and non-contiguous.
+  """
+  y = np.array([7] * 15 + [3, 3] + [100, 101, 102] + [5, 5, 5] + [-2, -2, 9, 9, 9, 9]
+               + [11, 12, 11, 12])
+  return np.random.default_rng(11).permutation(y)
+
+
+@pytest.mark.parametrize("temperature,block_size", [(0.05, 6), (0.5, 5), (1.0, 34)])
+def test_nt_xent_band_sweep_classes_across_blocks(temperature, block_size):
+  y = _band_labels()
+  x, _ = _data(12, n=len(y), d=6)
+  _check_all(
+    lambda x: streaming.nt_xent_stats(x, y, temperature=temperature, block_size=block_size),
+    lambda x: infonce.nt_xent_stats_dense(x, y, temperature),
+    lambda x: ref_nt_xent(x, y, temperature), x)
+
+
+def test_nt_xent_fixed_shift_underflow_falls_back_to_exact_lse():
+  # Nearly orthogonal rows: every pair has |cos| < 0.05, so at t = 0.01 the terms exp(l - |q|)
+  # are about e^-100, below float32's normal range: the one-pass fixed-shift sum loses them (0 or
+  # a few denormal digits), while the loss, softplus(L_i - l_ip) with L_i - l_ip = O(1), needs
+  # them to full precision. The exact two-pass log-sum-exp must take over.
+  rng = np.random.default_rng(13)
+  y = np.repeat(np.arange(4), 5)
+  x = np.linalg.qr(rng.normal(size=(32, 32)))[0][:20] + 0.005 * rng.normal(size=(20, 32))
+  _check_all(lambda x: streaming.nt_xent_stats(x, y, temperature=0.01, block_size=6),
+             lambda x: infonce.nt_xent_stats_dense(x, y, 0.01),
+             lambda x: ref_nt_xent(x, y, 0.01), x)
+
+
+def test_single_block_dispatches_to_the_dense_core():
+  # N <= block_size: the local sweep is the dense core itself (same memory bound, one block).
+  x, y = _data(14)
+  xj = jnp.asarray(x, jnp.float32)
+  cases = [
+    (lambda x: streaming.nt_xent_stats(x, y, temperature=0.1, block_size=N),
+     lambda x: ref_nt_xent(x, y, 0.1)),
+    (lambda x: streaming.supcon_stats(x, y, temperature=0.1, block_size=N + 5),
+     lambda x: ref_supcon(x, y, 0.1)),
+    (lambda x: streaming.triplet_stats(x, y, margin=0.2, mining="batch_hard",
+                                       distance="euclidean", soft=False, block_size=64),
+     lambda x: ref_triplet(x, y, 0.2, "batch_hard", "euclidean", False)),
+  ]
+  for fn, ref in cases:
+    num, den = jax.jit(fn)(xj)
+    ref_num, ref_den = ref(x)
+    np.testing.assert_allclose(den, ref_den)
+    np.testing.assert_allclose(num, ref_num, rtol=1e-5, atol=1e-6)
+  hlo = jax.jit(cases[0][0]).lower(xj).as_text()
+  assert "custom_vjp" not in hlo and "while" not in hlo  # no scan, no custom VJP: the dense core

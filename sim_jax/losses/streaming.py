@@ -33,8 +33,9 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from sim_jax.losses import _checks
+from sim_jax.losses import _checks, infonce
 from sim_jax.losses.pairwise import DISTANCES, NORM_EPS, SQ_DIST_EPS
+from sim_jax.losses.triplet import triplet_stats_dense
 
 MININGS = ("batch_hard", "semi_hard", "batch_all")
 # Minings whose selection needs an anchor's complete row of distances (row strips, full width).
@@ -507,6 +508,201 @@ def _full_row_bodies(sweeper, mining, distance, soft):
 
 
 # ----------------------------------------------------------------------------------------------
+# Single-device NT-Xent: one exp per pair, positives visited only where they can be
+# ----------------------------------------------------------------------------------------------
+
+# A row's fixed-shift sum s_i = sum_n exp(l_in - |q_i|) is trusted when s_i > n * 2^-100: every
+# term it may have lost to float32 underflow (flush-to-zero below 2^-126) then changes it by less
+# than 2^-26 relative. Below that (possible only for t < ~0.023 or zero rows), the exact two-pass
+# online log-sum-exp is run instead.
+_FIXED_SHIFT_FLOOR = 2.0 ** -100
+
+
+def _label_layout(labels):
+  """Stable sort by label; in sorted order anchor i's class occupies columns [start_i, end_i)."""
+  order = jnp.argsort(labels, stable=True).astype(jnp.int32)
+  ys = labels[order]
+  start = jnp.searchsorted(ys, ys, side="left").astype(jnp.int32)
+  end = jnp.searchsorted(ys, ys, side="right").astype(jnp.int32)
+  return order, ys, start, end
+
+
+def _unsort(values, order):
+  return jnp.zeros_like(values).at[order].set(values)
+
+
+def _band_bounds(start, end, n, bs, nb):
+  """First / one-past-last column block holding a positive of any row of each row block."""
+  first = jnp.arange(nb, dtype=jnp.int32) * bs
+  last = jnp.minimum(first + bs, n) - 1
+  return start[first] // bs, (end[last] - 1) // bs + 1
+
+
+def _nt_xent_sorted_bodies(block_size: int):
+  """fwd / bwd bodies of the single-device NT-Xent on label-sorted rows (see `nt_xent_stats`)."""
+
+  def layout(z, labels, inv_t):
+    n, d = z.shape
+    bs = min(block_size, n)
+    nb = -(-n // bs)
+    npad = nb * bs
+    padded = npad != n
+    order, ys, start, end = _label_layout(labels)
+    pad = lambda a: jnp.pad(a, [(0, npad - n)] + [(0, 0)] * (a.ndim - 1))
+    zs = pad(z[order])
+    return dict(n=n, d=d, bs=bs, nb=nb, npad=npad, padded=padded, order=order, start=start,
+                end=end, zs=zs, q=zs * inv_t, ys=pad(ys), valid=jnp.arange(npad) < n)
+
+  def neg_mask(lay, y_r, y_c, v_c):
+    neg = y_r[:, None] != y_c[None, :]
+    return neg & v_c[None, :] if lay["padded"] else neg
+
+  def blocks(lay, *arrays):
+    return tuple(a.reshape((lay["nb"], lay["bs"]) + a.shape[1:]) for a in arrays)
+
+  def negatives_lse(lay):
+    """L_i = log sum_{n: y_n != y_i} exp(l_in): one Gram block and one exp per pair."""
+    bs, npad = lay["bs"], lay["npad"]
+    cols = blocks(lay, lay["zs"], lay["ys"], lay["valid"])
+    shift = jnp.sqrt(jnp.sum(lay["q"] * lay["q"], axis=1))   # |q_i| >= l_ij for unit z_j
+
+    def fixed_row(r):
+      q_r, y_r, sh_r = r
+
+      def col(s, c):
+        e = jnp.exp(q_r @ c[0].T - sh_r[:, None])
+        return s + jnp.sum(jnp.where(neg_mask(lay, y_r, c[1], c[2]), e, 0.0), axis=1), None
+
+      return lax.scan(col, jnp.zeros(bs, q_r.dtype), cols)[0]
+
+    s = lax.map(fixed_row, blocks(lay, lay["q"], lay["ys"], shift)).reshape(npad)[:lay["n"]]
+    has_neg = (lay["end"] - lay["start"]) < lay["n"]
+    fixed = jnp.where(has_neg, shift[:lay["n"]] + jnp.log(jnp.where(has_neg, s, 1.0)), -jnp.inf)
+
+    def exact(_):
+      def exact_row(r):
+        q_r, y_r = r
+
+        def col(st, c):
+          return _lse_update(st, q_r @ c[0].T, neg_mask(lay, y_r, c[1], c[2])), None
+
+        return _lse_value(lax.scan(col, _lse_init(bs, q_r.dtype), cols)[0])
+
+      return lax.map(exact_row, blocks(lay, lay["q"], lay["ys"])).reshape(npad)[:lay["n"]]
+
+    underflow = has_neg & (s <= lay["n"] * _FIXED_SHIFT_FLOOR)
+    return lax.cond(jnp.any(underflow), exact, lambda _: fixed, None)
+
+  def band(lay, row_data, col_data, init, body):
+    """`body(c, logits, pos, r, carry)` on the column blocks c holding row block r's positives.
+
+    In label-sorted order the positives of a row block lie in one contiguous band of columns,
+    so only the (usually one or two) column blocks meeting that band are visited. `r` and `c`
+    are dicts of the row block's / column block's slices of `row_data` / `col_data` (flat [npad]).
+    Returns (row_step(carry, r), stacked row blocks) for `lax.map` / `lax.scan`.
+    """
+    bs, nb = lay["bs"], lay["nb"]
+    lo, hi = _band_bounds(lay["start"], lay["end"], lay["n"], bs, nb)
+    idx = jnp.arange(bs, dtype=jnp.int32)
+    col_data = dict(col_data, z=lay["zs"], y=lay["ys"], v=lay["valid"])
+
+    def row_step(carry, r):
+      def col(cb, inner):
+        c = {k: lax.dynamic_slice_in_dim(v, cb * bs, bs) for k, v in col_data.items()}
+        logits = r["q"] @ c["z"].T
+        pos = (r["y"][:, None] == c["y"][None, :]) & ((r["b"] * bs + idx)[:, None]
+                                                      != (cb * bs + idx)[None, :])
+        if lay["padded"]:
+          pos = pos & c["v"][None, :]
+        return body(logits, pos, r, c, inner)
+
+      return lax.fori_loop(r["lo"], r["hi"], col, init(carry, r))
+
+    rows = {k: v.reshape((nb, bs) + v.shape[1:]) for k, v in row_data.items()}
+    rows.update(b=jnp.arange(nb, dtype=jnp.int32), lo=lo, hi=hi)
+    return row_step, rows
+
+  def fwd_local(xs, params, labels):
+    (z,), (inv_t,) = xs, params
+    lay = layout(z, labels, inv_t)
+    n, bs, npad = lay["n"], lay["bs"], lay["npad"]
+    lse = negatives_lse(lay)
+    lse_pad = jnp.pad(lse, (0, npad - n))
+
+    def body(logits, pos, r, c, acc):
+      gap = r["lse"][:, None] - logits
+      # l_ip = softplus(L_i - l_ip); sigmoid(L_i - l_ip) = -d l_ip / d l_ip (kept for the bwd).
+      return (acc[0] + jnp.sum(jnp.where(pos, jax.nn.softplus(gap), 0.0), axis=1),
+              acc[1] + jnp.sum(jnp.where(pos, jax.nn.sigmoid(gap), 0.0), axis=1))
+
+    zeros = lambda carry, r: (jnp.zeros(bs, z.dtype), jnp.zeros(bs, z.dtype))
+    row_step, rows = band(lay, dict(q=lay["q"], y=lay["ys"], lse=lse_pad), {}, zeros, body)
+    a, w = lax.map(lambda r: row_step(None, r), rows)
+    a, w = a.reshape(npad)[:n], w.reshape(npad)[:n]
+    n_pos = (lay["end"] - lay["start"] - 1).astype(z.dtype)
+    order = lay["order"]
+    return (_unsort(a, order), _unsort(n_pos, order)), (lse, w)
+
+  def bwd_local(xs, params, labels, residuals, cotangents):
+    (z,), (inv_t,) = xs, params
+    lse, w = residuals
+    lay = layout(z, labels, inv_t)
+    n, d, bs, npad = lay["n"], lay["d"], lay["bs"], lay["npad"]
+    pad = lambda a: jnp.pad(a, (0, npad - n))
+    g = pad(cotangents[0][lay["order"]])
+    lse_f = pad(_finite_or_zero(lse))
+    coef = pad(w) * g
+    q = lay["q"]
+
+    # d num_i / d l_ij is  exp(l_ij - L_i) w_i g_i  on negatives and  -sigmoid(L_i - l_ij) g_i
+    # on positives. Row side: dq_i = sum_j dl_ij z_j. Column side: dz_j = sum_i dl_ij q_i, and
+    # since l is symmetric (l_ij = inv_t <z_i, z_j>), the block (j rows, i columns) already holds
+    # l_ji = l_ij: dz_j = sum_i dl(l_ji; L_i, w_i, g_i) q_i is a plain [bs, bs] @ [bs, D] product
+    # of that block, with the column's statistics. That costs a second exp per pair but no
+    # transposed product (dl^T @ q, which XLA:CPU runs about twice slower than a plain one) and
+    # no [N, D] column accumulator carried through the sweep.
+    cq = coef[:, None] * q
+
+    def neg_row(r):
+      q_r, y_r, l_r, c_r = r
+
+      def col_step(acc, c):
+        z_c, y_c, v_c, l_c, cq_c = c
+        logits = q_r @ z_c.T
+        neg = neg_mask(lay, y_r, y_c, v_c)
+        e_row = jnp.where(neg, jnp.exp(logits - l_r[:, None]), 0.0)
+        e_col = jnp.where(neg, jnp.exp(logits - l_c[None, :]), 0.0)
+        return (acc[0] + e_row @ z_c, acc[1] + e_col @ cq_c), None
+
+      zeros = jnp.zeros((bs, d), z.dtype)
+      (dq_r, dz_r), _ = lax.scan(col_step, (zeros, zeros),
+                                 blocks(lay, lay["zs"], lay["ys"], lay["valid"], lse_f, cq))
+      return dq_r * c_r[:, None], dz_r
+
+    dq, dz_cols = lax.map(neg_row, blocks(lay, q, lay["ys"], lse_f, coef))
+    dq, dz_cols = dq.reshape(npad, d), dz_cols.reshape(npad, d)
+
+    def body(logits, pos, r, c, acc):
+      p_row = jnp.where(pos, jax.nn.sigmoid(r["lse"][:, None] - logits), 0.0) * r["g"][:, None]
+      p_col = jnp.where(pos, jax.nn.sigmoid(c["lse"][None, :] - logits), 0.0) * c["g"][None, :]
+      return acc[0] - p_row @ c["z"], acc[1] - p_col @ c["q"]
+
+    zeros = lambda carry, r: (jnp.zeros((bs, d), z.dtype), jnp.zeros((bs, d), z.dtype))
+    lse_p = pad(lse)
+    row_step, rows = band(lay, dict(q=q, y=lay["ys"], lse=lse_p, g=g),
+                          dict(q=q, lse=lse_p, g=g), zeros, body)
+    dq_band, dz_band = lax.map(lambda r: row_step(None, r), rows)
+    dq = dq + dq_band.reshape(npad, d)
+    dz_cols = dz_cols + dz_band.reshape(npad, d)
+    # l_ij = inv_t <z_i, z_j>: d/d z_i = inv_t dq_i + (column part), d/d inv_t = sum_i <z_i, dq_i>.
+    dz_sorted = (inv_t * dq + dz_cols)[:n]
+    d_inv_t = jnp.sum(lay["zs"] * dq)
+    return (_unsort(dz_sorted, lay["order"]),), (d_inv_t,)
+
+  return fwd_local, bwd_local
+
+
+# ----------------------------------------------------------------------------------------------
 # Public API
 # ----------------------------------------------------------------------------------------------
 
@@ -523,6 +719,15 @@ def _check_common(embeddings, labels, block_size, mesh):
     raise ValueError("block_size must be a positive int for the streaming form, got None; "
                      "use the dense core (block_size=None in the public loss) instead.")
   _checks.check_block_size(block_size)
+
+
+def _one_block(embeddings, block_size, mesh) -> bool:
+  """N <= block_size on one device: the whole matrix is one block, which is the dense core.
+
+  The dense core then holds the same O(N * block_size) and skips the scan and custom-VJP
+  machinery, which at one block only adds overhead.
+  """
+  return mesh is None and embeddings.shape[0] <= block_size
 
 
 def _sweeper_and_wrap(n, block_size, mesh, full_row: bool):
@@ -548,9 +753,22 @@ def nt_xent_stats(embeddings, labels, *, temperature, block_size, mesh=None):
   (pytorch-metric-learning NTXentLoss; l_ip = 0 when i has no negative). num_i = sum_p l_ip,
   den_i = #positives of i.
 
-  Two forward sweeps (L_i by an online log-sum-exp, then the positives) and one backward sweep:
-  d num_i / d(s_ip/t) = -sigmoid(L_i - s_ip/t),  d num_i / d(s_in/t) = exp(s_in/t - L_i) w_i with
-  w_i = sum_p sigmoid(L_i - s_ip/t), so no exp(s/t) ever overflows, even at t = 0.01.
+  Gradient: d num_i / d(s_ip/t) = -sigmoid(L_i - s_ip/t),  d num_i / d(s_in/t) =
+  exp(s_in/t - L_i) w_i with w_i = sum_p sigmoid(L_i - s_ip/t), so no exp(s/t) ever overflows,
+  even at t = 0.01.
+
+  Single device (mesh=None), the fast form: N <= block_size is the dense core itself (one
+  block). Otherwise the rows are sorted by label once (O(N log N) + an O(N D) gather), so that
+  each anchor's positives form a contiguous band [start_i, end_i) of columns, and 1/t is folded
+  into the row copy q = z/t. The negatives' sweep then costs one Gram block and one exp per pair:
+  L_i = |q_i| + log sum_n exp(l_in - |q_i|) with the fixed shift |q_i| >= l_in (unit columns)
+  needs no running max (a second pass over every block); rows whose sum could have lost terms
+  to float32 underflow (only possible for t < ~0.023) are redone exactly by the two-pass online
+  log-sum-exp. The positive terms visit only the column blocks meeting a row block's band. The
+  backward sweep uses the symmetry l_ij = l_ji: the column-side gradient of a block is a plain
+  product with the column statistics rather than a transposed one, and the temperature
+  gradient is sum_i <z_i, dq_i>, O(N D) instead of a reduction over every pair.
+  Across devices (mesh given) two forward sweeps and one backward sweep run over the ring.
 
   Args:
     embeddings: [N, D] float; labels: [N] int; temperature: scalar > 0 (may be traced, and is
@@ -562,11 +780,16 @@ def nt_xent_stats(embeddings, labels, *, temperature, block_size, mesh=None):
   _check_common(embeddings, labels, block_size, mesh)
   _checks.check_scalar(temperature, "temperature")
   _checks.check_positive(temperature, "temperature")
+  if _one_block(embeddings, block_size, mesh):
+    return infonce.nt_xent_stats_dense(embeddings, labels, temperature)
   dtype = _checks.compute_dtype(embeddings.dtype)
   z = l2_normalize(embeddings.astype(dtype))
   inv_t = 1.0 / jnp.asarray(temperature, dtype)
-  return _run(_nt_xent_bodies, (z,), (inv_t,), labels.astype(jnp.int32), z.shape[0],
-              block_size, mesh)
+  labels = jnp.asarray(labels).astype(jnp.int32)
+  if mesh is None:
+    fwd_local, bwd_local = _nt_xent_sorted_bodies(block_size)
+    return custom_loss(fwd_local, bwd_local)((z,), (inv_t,), labels)
+  return _run(_nt_xent_bodies, (z,), (inv_t,), labels, z.shape[0], block_size, mesh)
 
 
 def supcon_stats(embeddings, labels, *, temperature, block_size, mesh=None):
@@ -581,6 +804,8 @@ def supcon_stats(embeddings, labels, *, temperature, block_size, mesh=None):
   _check_common(embeddings, labels, block_size, mesh)
   _checks.check_scalar(temperature, "temperature")
   _checks.check_positive(temperature, "temperature")
+  if _one_block(embeddings, block_size, mesh):
+    return infonce.supcon_stats_dense(embeddings, labels, temperature)
   dtype = _checks.compute_dtype(embeddings.dtype)
   z = l2_normalize(embeddings.astype(dtype))
   inv_t = 1.0 / jnp.asarray(temperature, dtype)
@@ -613,6 +838,9 @@ def triplet_stats(embeddings, labels, *, margin, mining, distance, soft, block_s
   _checks.check_choice(distance, "distance", DISTANCES)
   _checks.check_scalar(margin, "margin")
   _checks.check_non_negative(margin, "margin")
+  if mining == "batch_hard" and _one_block(embeddings, block_size, mesh):
+    # (semi-hard / batch-all stay streamed: their dense forms hold an [N, N, N] tensor.)
+    return triplet_stats_dense(embeddings, labels, margin, mining, distance, soft)
   dtype = _checks.compute_dtype(embeddings.dtype)
   x = embeddings.astype(dtype)
   if distance == "cosine":
