@@ -436,3 +436,44 @@ def test_single_block_dispatches_to_the_dense_core():
     np.testing.assert_allclose(num, ref_num, rtol=1e-5, atol=1e-6)
   hlo = jax.jit(cases[0][0]).lower(xj).as_text()
   assert "custom_vjp" not in hlo and "while" not in hlo  # no scan, no custom VJP: the dense core
+
+
+def _ref_batch_hard_grad(x, y, margin):
+  """NumPy float64 gradient of the mean batch-hard euclidean loss; ties go to the first index."""
+  n = len(x)
+  d = _ref_dist(x, "euclidean")
+  grad, count = np.zeros_like(x), 0
+  for a in range(n):
+    pos = [p for p in range(n) if p != a and y[p] == y[a]]
+    neg = [q for q in range(n) if y[q] != y[a]]
+    if not pos or not neg:
+      continue
+    count += 1
+    p = pos[int(np.argmax([d[a, j] for j in pos]))]   # np.argmax / argmin: first of the ties
+    q = neg[int(np.argmin([d[a, j] for j in neg]))]
+    if d[a, p] - d[a, q] + margin <= 0:
+      continue
+    for b, sign in ((p, 1.0), (q, -1.0)):
+      unit = (x[a] - x[b]) / d[a, b]
+      grad[a] += sign * unit
+      grad[b] -= sign * unit
+  return grad / max(count, 1)
+
+
+@pytest.mark.parametrize("block_size", [4, 5, 64])
+def test_batch_hard_ties_pick_the_first_column_like_argmax(block_size):
+  # Exact duplicates make the hardest positive and the hardest negative tied between two columns
+  # (in different blocks for block_size 4 / 5): the whole gradient goes to the first of them.
+  rng = np.random.default_rng(15)
+  x = rng.normal(size=(16, 5))
+  y = np.repeat(np.arange(4), 4)
+  x[2] = x[3] = x[1] + 3.0     # class 0: the farthest positive of anchors 0 and 1, tied
+  x[9] = x[10] = x[0] + 0.05   # class 2: the nearest negative of anchor 0, tied
+  xj = jnp.asarray(x, jnp.float32)
+  fn = lambda x: streaming.triplet_stats(x, y, margin=0.5, mining="batch_hard",
+                                         distance="euclidean", soft=False, block_size=block_size)
+  (value, (num, den)), grad = _stream_value_and_grad(fn, xj)
+  ref_num, ref_den = ref_triplet(x, y, 0.5, "batch_hard", "euclidean", False)
+  np.testing.assert_allclose(den, ref_den)
+  np.testing.assert_allclose(num, ref_num, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(grad, _ref_batch_hard_grad(x, y, 0.5), rtol=1e-4, atol=1e-5)

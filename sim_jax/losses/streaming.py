@@ -35,7 +35,6 @@ from jax import lax
 
 from sim_jax.losses import _checks, infonce
 from sim_jax.losses.pairwise import DISTANCES, NORM_EPS, SQ_DIST_EPS
-from sim_jax.losses.triplet import triplet_stats_dense
 
 MININGS = ("batch_hard", "semi_hard", "batch_all")
 # Minings whose selection needs an anchor's complete row of distances (row strips, full width).
@@ -419,6 +418,92 @@ def _batch_hard_bodies(sweeper, distance, soft):
     dx_r, extra_r, dx_c, extra_c = sweeper.backward(grad_block, rows, side)
     dx = dx_r + dx_c + 2.0 * x * (extra_r["sq"] + extra_c["sq"])[:, None]
     d_margin = jnp.zeros((), x.dtype) if soft else sweeper.psum(jnp.sum(dz))
+    return (dx,), (d_margin,)
+
+  return fwd_local, bwd_local
+
+
+def _batch_hard_local_bodies(block_size: int, distance: str, soft: bool):
+  """Single-device batch-hard triplet: mining on a monotone key, an O(N D) backward.
+
+  Mining key k with d = f(k), f non-decreasing: the squared distance (euclidean: d = safe
+  sqrt(k), so no sqrt over the N^2 pairs; squared: d = k) or, for cosine, k = -<a, b> (d = 1 + k).
+  Per block the hardest key is a plain max / min reduction and its column the first index
+  attaining it (a second plain reduction), instead of a variadic arg-reduction. Only the N
+  selected pairs (a, p_a) and (a, n_a) carry gradient, so the backward pass gathers those rows
+  and scatter-adds their O(N D) contributions instead of recomputing every block.
+  """
+  big = jnp.iinfo(jnp.int32).max
+
+  def key_block(r, c):
+    gram = r["x"] @ c["x"].T
+    if distance == "cosine":
+      return -gram
+    return jnp.maximum(r["sq"][:, None] + c["sq"][None, :] - 2.0 * gram, 0.0)
+
+  def to_distance(k):
+    if distance == "cosine":
+      return 1.0 + k
+    if distance == "squared_euclidean":
+      return k
+    positive = k > SQ_DIST_EPS
+    return jnp.where(positive, jnp.sqrt(jnp.where(positive, k, 1.0)), 0.0)
+
+  def fwd_local(xs, params, labels):
+    (x,), (margin,) = xs, params
+    n = x.shape[0]
+    side = _triplet_side(x, labels, jnp.arange(n, dtype=jnp.int32), distance)
+
+    def update(st, r, c):
+      k = key_block(r, c)
+      pos, neg, _ = _masks(r, c)
+      bp = jnp.max(jnp.where(pos, k, -jnp.inf), axis=1)
+      bn = jnp.min(jnp.where(neg, k, jnp.inf), axis=1)
+      cols = c["i"][None, :]
+      # The first column attaining the block's max / min (as argmax / argmin would pick).
+      ip = jnp.min(jnp.where(pos & (k == bp[:, None]), cols, big), axis=1)
+      i_n = jnp.min(jnp.where(neg & (k == bn[:, None]), cols, big), axis=1)
+      # Strict comparison: on ties the first column swept keeps the selection.
+      take_p, take_n = bp > st["hp"], bn < st["hn"]
+      return {"hp": jnp.where(take_p, bp, st["hp"]), "ip": jnp.where(take_p, ip, st["ip"]),
+              "hn": jnp.where(take_n, bn, st["hn"]), "in": jnp.where(take_n, i_n, st["in"])}
+
+    init = {"hp": jnp.full(n, -jnp.inf, x.dtype), "ip": jnp.full(n, -1, jnp.int32),
+            "hn": jnp.full(n, jnp.inf, x.dtype), "in": jnp.full(n, -1, jnp.int32)}
+    st = forward_sweep(update, init, side, side, block_size, block_size)
+    valid = jnp.isfinite(st["hp"]) & jnp.isfinite(st["hn"])
+    k_p = jnp.where(valid, st["hp"], 0.0)
+    k_n = jnp.where(valid, st["hn"], 0.0)
+    z = jnp.where(valid, to_distance(k_p) - to_distance(k_n), 0.0)
+    loss, _ = _triplet_term(z, margin, soft)
+    ip, i_n = jnp.where(valid, st["ip"], 0), jnp.where(valid, st["in"], 0)
+    return (jnp.where(valid, loss, 0.0), valid.astype(x.dtype)), (z, valid, ip, i_n, k_p, k_n)
+
+  def bwd_local(xs, params, labels, residuals, cotangents):
+    (x,), (margin,) = xs, params
+    z, valid, ip, i_n, k_p, k_n = residuals
+    _, dz = _triplet_term(z, margin, soft)
+    dz = jnp.where(valid, dz * cotangents[0], 0.0)
+
+    def d_key(dd, k):
+      """d loss / d key from d loss / d distance (the cuts of `_distance_block_vjp`)."""
+      if distance == "squared_euclidean":
+        return jnp.where(k > 0, dd, 0.0)
+      if distance == "euclidean":
+        positive = k > SQ_DIST_EPS
+        return jnp.where(positive, dd * 0.5 / jnp.sqrt(jnp.where(positive, k, 1.0)), 0.0)
+      return dd
+
+    dx = jnp.zeros_like(x)
+    for idx, dk in ((ip, d_key(dz, k_p)), (i_n, d_key(-dz, k_n))):
+      other = x[idx]
+      if distance == "cosine":   # key = -<a, b>
+        da, db = -dk[:, None] * other, -dk[:, None] * x
+      else:                      # key = |a|^2 + |b|^2 - 2 <a, b>
+        da = 2.0 * dk[:, None] * (x - other)
+        db = -da
+      dx = (dx + da).at[idx].add(db)
+    d_margin = jnp.zeros((), x.dtype) if soft else jnp.sum(dz)
     return (dx,), (d_margin,)
 
   return fwd_local, bwd_local
@@ -821,7 +906,11 @@ def triplet_stats(embeddings, labels, *, margin, mining, distance, soft, block_s
   l(z) = [z + margin]_+ (soft: softplus(z)) for z = d_ap - d_an.
   * batch_hard (Hermans et al. 2017): z_a = max_p d_ap - min_n d_an over anchors with >= 1
     positive and >= 1 negative; num_a = l(z_a), den_a = 1. Running max / min with the winning
-    column (ties: the first one swept); the backward pass sends the gradient to those two columns.
+    column (ties: the lowest column index, as argmax; the dense core instead splits a tied max's
+    gradient evenly); the backward pass sends the gradient to those two columns. On one device
+    it mines on the squared distance (no sqrt over the N^2 pairs) with plain max / min
+    reductions and a first-index pass, and the backward is O(N D): only the 2N selected pairs
+    carry gradient, so their rows are gathered and scatter-added instead of recomputing blocks.
   * semi_hard (TF Addons triplet_semihard_loss): for each positive (a, p) the negative with the
     smallest d_an > d_ap, else the farthest negative; num_a = sum_p l, den_a = #positives
     (0 for anchors without negatives).
@@ -838,9 +927,6 @@ def triplet_stats(embeddings, labels, *, margin, mining, distance, soft, block_s
   _checks.check_choice(distance, "distance", DISTANCES)
   _checks.check_scalar(margin, "margin")
   _checks.check_non_negative(margin, "margin")
-  if mining == "batch_hard" and _one_block(embeddings, block_size, mesh):
-    # (semi-hard / batch-all stay streamed: their dense forms hold an [N, N, N] tensor.)
-    return triplet_stats_dense(embeddings, labels, margin, mining, distance, soft)
   dtype = _checks.compute_dtype(embeddings.dtype)
   x = embeddings.astype(dtype)
   if distance == "cosine":
@@ -849,6 +935,10 @@ def triplet_stats(embeddings, labels, *, margin, mining, distance, soft, block_s
   full_row = mining in FULL_ROW_MININGS
   if full_row:
     bodies = lambda sw: _full_row_bodies(sw, mining, distance, soft)
+  elif mesh is None:
+    fwd_local, bwd_local = _batch_hard_local_bodies(block_size, distance, soft)
+    return custom_loss(fwd_local, bwd_local)((x,), (jnp.asarray(margin, dtype),),
+                                             jnp.asarray(labels).astype(jnp.int32))
   else:
     bodies = lambda sw: _batch_hard_bodies(sw, distance, soft)
   return _run(bodies, (x,), (jnp.asarray(margin, dtype),), labels.astype(jnp.int32),
