@@ -38,6 +38,29 @@ def residual_branch(module: nn.Module, y: jax.Array, rate: float, train: bool) -
   return y
 
 
+def gelu(x: jax.Array) -> jax.Array:
+  """Exact GELU, x * Phi(x) = 0.5 * x * (1 + erf(x / sqrt(2))) (timm's / torch's formula).
+
+  `jax.nn.gelu(approximate=False)` writes it with erfc, which XLA:CPU expands into exp and
+  branch selects on both sides of the step; erf is one clamped rational polynomial (and the
+  formula PyTorch uses). Same function; the two differ by float32 rounding only.
+  """
+  return 0.5 * x * (1.0 + jax.lax.erf(x * jnp.asarray(0.7071067811865476, x.dtype)))
+
+
+def dense_tokens(features: int, x: jax.Array, name: str, dtype: Any) -> jax.Array:
+  """`nn.Dense(features, name=name)` over the last axis of `x` [..., D] -> [..., features].
+
+  The leading (batch, token) axes are flattened first so that every dot of the forward and the
+  backward pass is a plain 2-D [B*N, D] matmul: with a 3-D input XLA:CPU lowers the weight
+  gradient (contracting over both batch and token axes) with a transposed copy of the
+  [B*N, features] output gradient before the dot. Same parameters, same math.
+  """
+  lead = x.shape[:-1]
+  y = nn.Dense(features, dtype=dtype, name=name)(x.reshape(-1, x.shape[-1]))
+  return y.reshape(lead + (features,))
+
+
 class Attention(nn.Module):
   """Multi-head self-attention with timm's fused qkv: [B, N, D] -> [B, N, D]."""
   heads: int
@@ -47,13 +70,13 @@ class Attention(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     b, n, d = x.shape
-    qkv = nn.Dense(3 * d, dtype=self.dtype, name="qkv")(x)
+    qkv = dense_tokens(3 * d, x, "qkv", self.dtype)
     # timm: reshape(B, N, 3, heads, D/heads) then permute: q, k, v are contiguous blocks of D.
     q, k, v = jnp.moveaxis(qkv.reshape(b, n, 3, self.heads, d // self.heads), 2, 0)
     scores = jnp.einsum("bqhd,bkhd->bhqk", q, k) / jnp.sqrt(d // self.heads).astype(self.dtype)
     weights = jax.nn.softmax(scores.astype(jnp.float32), axis=-1).astype(self.dtype)
     out = jnp.einsum("bhqk,bkhd->bqhd", weights, v).reshape(b, n, d)
-    out = nn.Dense(d, dtype=self.dtype, name="proj")(out)
+    out = dense_tokens(d, out, "proj", self.dtype)
     return nn.Dropout(self.dropout_rate, deterministic=not train)(out)
 
 
@@ -65,9 +88,9 @@ class Mlp(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     d = x.shape[-1]
-    x = nn.gelu(nn.Dense(self.hidden, dtype=self.dtype, name="fc1")(x), approximate=False)
+    x = gelu(dense_tokens(self.hidden, x, "fc1", self.dtype))
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-    x = nn.Dense(d, dtype=self.dtype, name="fc2")(x)
+    x = dense_tokens(d, x, "fc2", self.dtype)
     return nn.Dropout(self.dropout_rate, deterministic=not train)(x)
 
 
