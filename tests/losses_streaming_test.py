@@ -477,3 +477,16 @@ def test_batch_hard_ties_pick_the_first_column_like_argmax(block_size):
   np.testing.assert_allclose(den, ref_den)
   np.testing.assert_allclose(num, ref_num, rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(grad, _ref_batch_hard_grad(x, y, 0.5), rtol=1e-4, atol=1e-5)
+
+
+def test_nt_xent_backward_with_a_wide_spread_of_log_sum_exps():
+  # t = 0.01 and the angles below give L (the negatives' log-sum-exp) ~ 1.4 for the anchors of
+  # class 2 and ~ 100 for classes 0 / 1, a spread > 40: the column-side softmax exp(l - L_i)
+  # of a class-2 column is ~ 0.25 where the row-side exp(l - L_j) of a class-0 row is e^-100
+  # (flushed), so it cannot be derived from the row side: the two-exp backward must be used.
+  angles = np.deg2rad([180.0, 0.0, 90.0, 91.0, 92.0, 93.0, 271.0, 272.0])
+  x = np.stack([np.cos(angles), np.sin(angles)], axis=1) * np.linspace(1.0, 2.0, 8)[:, None]
+  y = np.array([2, 2, 0, 0, 1, 1, 3, 3])
+  _check_all(lambda x: streaming.nt_xent_stats(x, y, temperature=0.01, block_size=3),
+             lambda x: infonce.nt_xent_stats_dense(x, y, 0.01),
+             lambda x: ref_nt_xent(x, y, 0.01), x)
