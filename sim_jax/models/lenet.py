@@ -17,13 +17,36 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax import lax
 
-from sim_jax.models.encoder import max_pool_2x2
+from sim_jax.models.encoder import conv_nhwc, conv_relu_max_pool
 
 
-def _pool(x: jax.Array) -> jax.Array:
-  # max_pool_2x2 == nn.max_pool(x, (2, 2), (2, 2)) in value and gradient, faster on XLA:CPU.
-  return max_pool_2x2(x) if min(x.shape[1:3]) >= 2 else x
+class ConvReluPool(nn.Module):
+  """nn.Conv(features, (5, 5), padding) -> ReLU -> 2x2 max pool (skipped on 1-pixel maps).
+
+  The parameters are nn.Conv's (kernel [5, 5, C, features] lecun-normal, bias zeros, float32,
+  computed in `dtype`); values and gradients are those of the composition with nn.max_pool.
+  The stage runs as `encoder.conv_relu_max_pool` (one custom VJP; a C_in = 1 convolution as
+  fused shifted multiply-adds), which made the LeNet-5 train step faster on XLA:CPU
+  (bench/README.md).
+  """
+  features: int
+  padding: str
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    kernel = self.param("kernel", nn.initializers.lecun_normal(),
+                        (5, 5, x.shape[-1], self.features), jnp.float32)
+    bias = self.param("bias", nn.initializers.zeros_init(), (self.features,), jnp.float32)
+    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+    pads = tuple((int(lo), int(hi)) for lo, hi in
+                 lax.padtype_to_pads(x.shape[1:3], (5, 5), (1, 1), self.padding))
+    out_hw = [x.shape[1 + a] + sum(pads[a]) - 4 for a in range(2)]
+    if min(out_hw) >= 2:
+      return conv_relu_max_pool(x, kernel, bias, pads)
+    return nn.relu(conv_nhwc(x, kernel, pads) + bias)
 
 
 class LeNet5(nn.Module):
@@ -35,9 +58,9 @@ class LeNet5(nn.Module):
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     del train  # no batch norm or dropout
     pad1 = "SAME" if x.shape[1] < 32 else "VALID"
-    x = _pool(nn.relu(nn.Conv(6, (5, 5), padding=pad1, dtype=self.dtype, name="conv1")(x)))
+    x = ConvReluPool(6, pad1, self.dtype, name="conv1")(x)
     pad2 = "VALID" if min(x.shape[1:3]) >= 5 else "SAME"
-    x = _pool(nn.relu(nn.Conv(16, (5, 5), padding=pad2, dtype=self.dtype, name="conv2")(x)))
+    x = ConvReluPool(16, pad2, self.dtype, name="conv2")(x)
     x = x.reshape(x.shape[0], -1)
     x = nn.relu(nn.Dense(120, dtype=self.dtype, name="fc1")(x))
     return nn.relu(nn.Dense(84, dtype=self.dtype, name="fc2")(x))
