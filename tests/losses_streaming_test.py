@@ -490,3 +490,15 @@ def test_nt_xent_backward_with_a_wide_spread_of_log_sum_exps():
   _check_all(lambda x: streaming.nt_xent_stats(x, y, temperature=0.01, block_size=3),
              lambda x: infonce.nt_xent_stats_dense(x, y, 0.01),
              lambda x: ref_nt_xent(x, y, 0.01), x)
+
+
+def test_nt_xent_band_tiles_smaller_than_the_block():
+  # block_size 256 sweeps with 256-blocks but visits the positives' band in 128-tiles: a class
+  # of 150 (wider than a tile), pairs straddling tile borders, singletons, padding (N = 300).
+  rng = np.random.default_rng(16)
+  y = np.concatenate([np.full(150, 4), np.repeat(np.arange(10, 70), 2), np.arange(100, 130)])
+  y = rng.permutation(y)
+  x = rng.normal(size=(300, 4))
+  _check_all(lambda x: streaming.nt_xent_stats(x, y, temperature=0.2, block_size=256),
+             lambda x: infonce.nt_xent_stats_dense(x, y, 0.2),
+             lambda x: ref_nt_xent(x, y, 0.2), x)

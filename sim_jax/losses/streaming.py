@@ -604,6 +604,8 @@ _FIXED_SHIFT_FLOOR = 2.0 ** -100
 # Largest spread max L - min L of the negatives' log-sum-exps for which the backward pass derives
 # the column-side softmax from the row-side one (see `_nt_xent_sorted_bodies`).
 _SHARED_EXP_SPREAD = 40.0
+# Tile of the positives' band sweep when it divides block_size (else block_size itself).
+_BAND_TILE = 128
 
 
 def _label_layout(labels):
@@ -638,8 +640,12 @@ def _nt_xent_sorted_bodies(block_size: int):
     order, ys, start, end = _label_layout(labels)
     pad = lambda a: jnp.pad(a, [(0, npad - n)] + [(0, 0)] * (a.ndim - 1))
     zs = pad(z[order])
+    # The band sweep uses its own, smaller tile: a class of k members costs about k + tile
+    # columns per row instead of k + block_size.
+    bt = _BAND_TILE if bs % _BAND_TILE == 0 else bs
     return dict(n=n, d=d, bs=bs, nb=nb, npad=npad, padded=padded, order=order, start=start,
-                end=end, zs=zs, q=zs * inv_t, ys=pad(ys), valid=jnp.arange(npad) < n)
+                end=end, zs=zs, q=zs * inv_t, ys=pad(ys), valid=jnp.arange(npad) < n,
+                bt=bt, nbt=npad // bt)
 
   def neg_mask(lay, y_r, y_c, v_c):
     neg = y_r[:, None] != y_c[None, :]
@@ -689,7 +695,7 @@ def _nt_xent_sorted_bodies(block_size: int):
     are dicts of the row block's / column block's slices of `row_data` / `col_data` (flat [npad]).
     Returns (row_step(carry, r), stacked row blocks) for `lax.map` / `lax.scan`.
     """
-    bs, nb = lay["bs"], lay["nb"]
+    bs, nb = lay["bt"], lay["nbt"]   # band tiles (see `layout`), not the sweep's blocks
     lo, hi = _band_bounds(lay["start"], lay["end"], lay["n"], bs, nb)
     idx = jnp.arange(bs, dtype=jnp.int32)
     col_data = dict(col_data, z=lay["zs"], y=lay["ys"], v=lay["valid"])
@@ -713,7 +719,7 @@ def _nt_xent_sorted_bodies(block_size: int):
   def fwd_local(xs, params, labels):
     (z,), (inv_t,) = xs, params
     lay = layout(z, labels, inv_t)
-    n, bs, npad = lay["n"], lay["bs"], lay["npad"]
+    n, npad = lay["n"], lay["npad"]
     lse = negatives_lse(lay)
     lse_pad = jnp.pad(lse, (0, npad - n))
 
@@ -723,7 +729,7 @@ def _nt_xent_sorted_bodies(block_size: int):
       return (acc[0] + jnp.sum(jnp.where(pos, jax.nn.softplus(gap), 0.0), axis=1),
               acc[1] + jnp.sum(jnp.where(pos, jax.nn.sigmoid(gap), 0.0), axis=1))
 
-    zeros = lambda carry, r: (jnp.zeros(bs, z.dtype), jnp.zeros(bs, z.dtype))
+    zeros = lambda carry, r: (jnp.zeros(lay["bt"], z.dtype), jnp.zeros(lay["bt"], z.dtype))
     row_step, rows = band(lay, dict(q=lay["q"], y=lay["ys"], lse=lse_pad), {}, zeros, body)
     a, w = lax.map(lambda r: row_step(None, r), rows)
     a, w = a.reshape(npad)[:n], w.reshape(npad)[:n]
@@ -802,7 +808,7 @@ def _nt_xent_sorted_bodies(block_size: int):
       p_col = jnp.where(pos, jax.nn.sigmoid(c["lse"][None, :] - logits), 0.0) * c["g"][None, :]
       return acc[0] - p_row @ c["z"], acc[1] - p_col @ c["q"]
 
-    zeros = lambda carry, r: (jnp.zeros((bs, d), z.dtype), jnp.zeros((bs, d), z.dtype))
+    zeros = lambda carry, r: (jnp.zeros((lay["bt"], d), z.dtype),) * 2
     lse_p = pad(lse)
     row_step, rows = band(lay, dict(q=q, y=lay["ys"], lse=lse_p, g=g),
                           dict(q=q, lse=lse_p, g=g), zeros, body)
