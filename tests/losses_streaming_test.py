@@ -393,17 +393,27 @@ def _band_labels():
   return np.random.default_rng(11).permutation(y)
 
 
+# The single-device NT-Xent / SupCon forms share the label-sorted sweep.
+INFONCE = {"nt_xent": (streaming.nt_xent_stats, infonce.nt_xent_stats_dense, ref_nt_xent),
+           "supcon": (streaming.supcon_stats, infonce.supcon_stats_dense, ref_supcon)}
+
+
+def _check_infonce(loss, x, y, temperature, block_size):
+  stream, dense, ref = INFONCE[loss]
+  _check_all(lambda x: stream(x, y, temperature=temperature, block_size=block_size),
+             lambda x: dense(x, y, temperature), lambda x: ref(x, y, temperature), x)
+
+
+@pytest.mark.parametrize("loss", ["nt_xent", "supcon"])
 @pytest.mark.parametrize("temperature,block_size", [(0.05, 6), (0.5, 5), (1.0, 34)])
-def test_nt_xent_band_sweep_classes_across_blocks(temperature, block_size):
+def test_infonce_sorted_sweep_classes_across_blocks(loss, temperature, block_size):
   y = _band_labels()
   x, _ = _data(12, n=len(y), d=6)
-  _check_all(
-    lambda x: streaming.nt_xent_stats(x, y, temperature=temperature, block_size=block_size),
-    lambda x: infonce.nt_xent_stats_dense(x, y, temperature),
-    lambda x: ref_nt_xent(x, y, temperature), x)
+  _check_infonce(loss, x, y, temperature, block_size)
 
 
-def test_nt_xent_fixed_shift_underflow_falls_back_to_exact_lse():
+@pytest.mark.parametrize("loss", ["nt_xent", "supcon"])
+def test_infonce_fixed_shift_underflow_falls_back_to_exact_lse(loss):
   # Nearly orthogonal rows: every pair has |cos| < 0.05, so at t = 0.01 the terms exp(l - |q|)
   # are about e^-100, below float32's normal range: the one-pass fixed-shift sum loses them (0 or
   # a few denormal digits), while the loss, softplus(L_i - l_ip) with L_i - l_ip = O(1), needs
@@ -411,9 +421,7 @@ def test_nt_xent_fixed_shift_underflow_falls_back_to_exact_lse():
   rng = np.random.default_rng(13)
   y = np.repeat(np.arange(4), 5)
   x = np.linalg.qr(rng.normal(size=(32, 32)))[0][:20] + 0.005 * rng.normal(size=(20, 32))
-  _check_all(lambda x: streaming.nt_xent_stats(x, y, temperature=0.01, block_size=6),
-             lambda x: infonce.nt_xent_stats_dense(x, y, 0.01),
-             lambda x: ref_nt_xent(x, y, 0.01), x)
+  _check_infonce(loss, x, y, 0.01, 6)
 
 
 def test_single_block_dispatches_to_the_dense_core():
@@ -479,7 +487,8 @@ def test_batch_hard_ties_pick_the_first_column_like_argmax(block_size):
   np.testing.assert_allclose(grad, _ref_batch_hard_grad(x, y, 0.5), rtol=1e-4, atol=1e-5)
 
 
-def test_nt_xent_backward_with_a_wide_spread_of_log_sum_exps():
+@pytest.mark.parametrize("loss", ["nt_xent", "supcon"])
+def test_infonce_backward_with_a_wide_spread_of_log_sum_exps(loss):
   # t = 0.01 and the angles below give L (the negatives' log-sum-exp) ~ 1.4 for the anchors of
   # class 2 and ~ 100 for classes 0 / 1, a spread > 40: the column-side softmax exp(l - L_i)
   # of a class-2 column is ~ 0.25 where the row-side exp(l - L_j) of a class-0 row is e^-100
@@ -487,18 +496,15 @@ def test_nt_xent_backward_with_a_wide_spread_of_log_sum_exps():
   angles = np.deg2rad([180.0, 0.0, 90.0, 91.0, 92.0, 93.0, 271.0, 272.0])
   x = np.stack([np.cos(angles), np.sin(angles)], axis=1) * np.linspace(1.0, 2.0, 8)[:, None]
   y = np.array([2, 2, 0, 0, 1, 1, 3, 3])
-  _check_all(lambda x: streaming.nt_xent_stats(x, y, temperature=0.01, block_size=3),
-             lambda x: infonce.nt_xent_stats_dense(x, y, 0.01),
-             lambda x: ref_nt_xent(x, y, 0.01), x)
+  _check_infonce(loss, x, y, 0.01, 3)
 
 
-def test_nt_xent_band_tiles_smaller_than_the_block():
+@pytest.mark.parametrize("loss", ["nt_xent", "supcon"])
+def test_infonce_band_tiles_smaller_than_the_block(loss):
   # block_size 256 sweeps with 256-blocks but visits the positives' band in 128-tiles: a class
   # of 150 (wider than a tile), pairs straddling tile borders, singletons, padding (N = 300).
   rng = np.random.default_rng(16)
   y = np.concatenate([np.full(150, 4), np.repeat(np.arange(10, 70), 2), np.arange(100, 130)])
   y = rng.permutation(y)
   x = rng.normal(size=(300, 4))
-  _check_all(lambda x: streaming.nt_xent_stats(x, y, temperature=0.2, block_size=256),
-             lambda x: infonce.nt_xent_stats_dense(x, y, 0.2),
-             lambda x: ref_nt_xent(x, y, 0.2), x)
+  _check_infonce(loss, x, y, 0.2, 256)

@@ -602,7 +602,7 @@ def _full_row_bodies(sweeper, mining, distance, soft):
 # online log-sum-exp is run instead.
 _FIXED_SHIFT_FLOOR = 2.0 ** -100
 # Largest spread max L - min L of the negatives' log-sum-exps for which the backward pass derives
-# the column-side softmax from the row-side one (see `_nt_xent_sorted_bodies`).
+# the column-side softmax from the row-side one (see `_sorted_bodies`).
 _SHARED_EXP_SPREAD = 40.0
 # Tile of the positives' band sweep when it divides block_size (else block_size itself).
 _BAND_TILE = 128
@@ -628,8 +628,13 @@ def _band_bounds(start, end, n, bs, nb):
   return start[first] // bs, (end[last] - 1) // bs + 1
 
 
-def _nt_xent_sorted_bodies(block_size: int):
-  """fwd / bwd bodies of the single-device NT-Xent on label-sorted rows (see `nt_xent_stats`)."""
+def _sorted_bodies(block_size: int, loss: str):
+  """fwd / bwd bodies of the single-device NT-Xent / SupCon on label-sorted rows.
+
+  See `nt_xent_stats` and `supcon_stats`. The log-sum-exp runs over the negatives (nt_xent) or
+  over every other sample (supcon); NT-Xent's positive terms are non-linear and visit the band,
+  SupCon's are linear in the logits and reduce to O(N D) class sums.
+  """
 
   def layout(z, labels, inv_t):
     n, d = z.shape
@@ -645,44 +650,64 @@ def _nt_xent_sorted_bodies(block_size: int):
     bt = _BAND_TILE if bs % _BAND_TILE == 0 else bs
     return dict(n=n, d=d, bs=bs, nb=nb, npad=npad, padded=padded, order=order, start=start,
                 end=end, zs=zs, q=zs * inv_t, ys=pad(ys), valid=jnp.arange(npad) < n,
-                bt=bt, nbt=npad // bt)
+                idx=jnp.arange(npad, dtype=jnp.int32), bt=bt, nbt=npad // bt)
 
-  def neg_mask(lay, y_r, y_c, v_c):
-    neg = y_r[:, None] != y_c[None, :]
-    return neg & v_c[None, :] if lay["padded"] else neg
+  def lse_mask(lay, r, c):
+    """The log-sum-exp's terms of a block: negatives (nt_xent) or all other samples (supcon).
+
+    r = (y, i) of the rows, c = (y, i, valid) of the columns."""
+    if loss == "nt_xent":
+      mask = r[0][:, None] != c[0][None, :]
+    else:
+      mask = r[1][:, None] != c[1][None, :]
+    return mask & c[2][None, :] if lay["padded"] else mask
+
+  def has_terms(lay):
+    if loss == "nt_xent":
+      return (lay["end"] - lay["start"]) < lay["n"]
+    return jnp.full(lay["n"], lay["n"] > 1)
+
+  def class_sums(lay, v):
+    """sum over i's class of v (rows [n, ...] in sorted order): O(N D) by a segment sum."""
+    ys = lay["ys"][:lay["n"]]
+    gid = jnp.concatenate([jnp.zeros(1, jnp.int32),
+                           jnp.cumsum(ys[1:] != ys[:-1]).astype(jnp.int32)])
+    return jax.ops.segment_sum(v, gid, num_segments=lay["n"])[gid]
 
   def blocks(lay, *arrays):
     return tuple(a.reshape((lay["nb"], lay["bs"]) + a.shape[1:]) for a in arrays)
 
   def negatives_lse(lay):
-    """L_i = log sum_{n: y_n != y_i} exp(l_in): one Gram block and one exp per pair."""
+    """L_i = log sum_{j in mask} exp(l_ij): one Gram block and one exp per pair."""
     bs, npad = lay["bs"], lay["npad"]
-    cols = blocks(lay, lay["zs"], lay["ys"], lay["valid"])
+    cols = blocks(lay, lay["zs"], lay["ys"], lay["idx"], lay["valid"])
     shift = jnp.sqrt(jnp.sum(lay["q"] * lay["q"], axis=1))   # |q_i| >= l_ij for unit z_j
 
     def fixed_row(r):
-      q_r, y_r, sh_r = r
+      q_r, y_r, i_r, sh_r = r
 
       def col(s, c):
         e = jnp.exp(q_r @ c[0].T - sh_r[:, None])
-        return s + jnp.sum(jnp.where(neg_mask(lay, y_r, c[1], c[2]), e, 0.0), axis=1), None
+        return s + jnp.sum(jnp.where(lse_mask(lay, (y_r, i_r), c[1:]), e, 0.0), axis=1), None
 
       return lax.scan(col, jnp.zeros(bs, q_r.dtype), cols)[0]
 
-    s = lax.map(fixed_row, blocks(lay, lay["q"], lay["ys"], shift)).reshape(npad)[:lay["n"]]
-    has_neg = (lay["end"] - lay["start"]) < lay["n"]
+    s = lax.map(fixed_row, blocks(lay, lay["q"], lay["ys"], lay["idx"], shift))
+    s = s.reshape(npad)[:lay["n"]]
+    has_neg = has_terms(lay)
     fixed = jnp.where(has_neg, shift[:lay["n"]] + jnp.log(jnp.where(has_neg, s, 1.0)), -jnp.inf)
 
     def exact(_):
       def exact_row(r):
-        q_r, y_r = r
+        q_r, y_r, i_r = r
 
         def col(st, c):
-          return _lse_update(st, q_r @ c[0].T, neg_mask(lay, y_r, c[1], c[2])), None
+          return _lse_update(st, q_r @ c[0].T, lse_mask(lay, (y_r, i_r), c[1:])), None
 
         return _lse_value(lax.scan(col, _lse_init(bs, q_r.dtype), cols)[0])
 
-      return lax.map(exact_row, blocks(lay, lay["q"], lay["ys"])).reshape(npad)[:lay["n"]]
+      rows = blocks(lay, lay["q"], lay["ys"], lay["idx"])
+      return lax.map(exact_row, rows).reshape(npad)[:lay["n"]]
 
     underflow = has_neg & (s <= lay["n"] * _FIXED_SHIFT_FLOOR)
     return lax.cond(jnp.any(underflow), exact, lambda _: fixed, None)
@@ -722,6 +747,16 @@ def _nt_xent_sorted_bodies(block_size: int):
     n, npad = lay["n"], lay["npad"]
     lse = negatives_lse(lay)
     lse_pad = jnp.pad(lse, (0, npad - n))
+    n_pos = (lay["end"] - lay["start"] - 1).astype(z.dtype)
+    order = lay["order"]
+    if loss == "supcon":
+      # sum_p l_ip = <q_i, (sum of i's class) - z_i>: no pass over the pairs.
+      zs = lay["zs"][:n]
+      sp = jnp.sum(lay["q"][:n] * (class_sums(lay, zs) - zs), axis=1)
+      has_pos = n_pos > 0
+      num = jnp.where(has_pos, lse - sp / jnp.maximum(n_pos, 1.0), 0.0)
+      return ((_unsort(num, order), _unsort(has_pos.astype(z.dtype), order)),
+              (lse, jnp.ones_like(lse)))
 
     def body(logits, pos, r, c, acc):
       gap = r["lse"][:, None] - logits
@@ -733,8 +768,6 @@ def _nt_xent_sorted_bodies(block_size: int):
     row_step, rows = band(lay, dict(q=lay["q"], y=lay["ys"], lse=lse_pad), {}, zeros, body)
     a, w = lax.map(lambda r: row_step(None, r), rows)
     a, w = a.reshape(npad)[:n], w.reshape(npad)[:n]
-    n_pos = (lay["end"] - lay["start"] - 1).astype(z.dtype)
-    order = lay["order"]
     return (_unsort(a, order), _unsort(n_pos, order)), (lse, w)
 
   def bwd_local(xs, params, labels, residuals, cotangents):
@@ -743,7 +776,11 @@ def _nt_xent_sorted_bodies(block_size: int):
     lay = layout(z, labels, inv_t)
     n, d, bs, npad = lay["n"], lay["d"], lay["bs"], lay["npad"]
     pad = lambda a: jnp.pad(a, (0, npad - n))
-    g = pad(cotangents[0][lay["order"]])
+    g = cotangents[0][lay["order"]]
+    n_pos = (lay["end"] - lay["start"] - 1).astype(z.dtype)
+    if loss == "supcon":   # anchors without a positive are excluded: no gradient
+      g = jnp.where(n_pos > 0, g, 0.0)
+    g = pad(g)
     lse_f = pad(_finite_or_zero(lse))
     coef = pad(w) * g
     q = lay["q"]
@@ -760,7 +797,7 @@ def _nt_xent_sorted_bodies(block_size: int):
     # and a flushed exp(l - L_r) < 2^-126 errs by < 2^-126 e^40 (absolute) when the spread of
     # L is <= 40, always the case for t >= 0.06; otherwise two exps per pair are taken.
     cq = coef[:, None] * q
-    has_neg = jnp.pad((lay["end"] - lay["start"]) < n, (0, npad - n))
+    has_neg = jnp.pad(has_terms(lay), (0, npad - n))
     lo_l = jnp.min(jnp.where(has_neg, lse_f, jnp.inf))
     hi_l = jnp.max(jnp.where(has_neg, lse_f, -jnp.inf))
     mid = jnp.where(hi_l >= lo_l, 0.5 * (lo_l + hi_l), 0.0)
@@ -769,39 +806,49 @@ def _nt_xent_sorted_bodies(block_size: int):
     rhs = jnp.concatenate([lay["zs"], col_f[:, None] * cq], axis=1)
 
     def shared_row(r):
-      q_r, y_r, l_r, c_r, f_r = r
+      q_r, y_r, i_r, l_r, c_r, f_r = r
 
       def col_step(acc, c):
-        y_c, v_c, rhs_c = c
-        e = jnp.where(neg_mask(lay, y_r, y_c, v_c), jnp.exp(q_r @ rhs_c[:, :d].T - l_r[:, None]),
-                      0.0)
+        y_c, i_c, v_c, rhs_c = c
+        e = jnp.where(lse_mask(lay, (y_r, i_r), (y_c, i_c, v_c)),
+                      jnp.exp(q_r @ rhs_c[:, :d].T - l_r[:, None]), 0.0)
         return acc + e @ rhs_c, None
 
       acc, _ = lax.scan(col_step, jnp.zeros((bs, 2 * d), z.dtype),
-                        blocks(lay, lay["ys"], lay["valid"], rhs))
+                        blocks(lay, lay["ys"], lay["idx"], lay["valid"], rhs))
       return acc[:, :d] * c_r[:, None], acc[:, d:] * f_r[:, None]
 
     def two_exp_row(r):
-      q_r, y_r, l_r, c_r, _ = r
+      q_r, y_r, i_r, l_r, c_r, _ = r
 
       def col_step(acc, c):
-        z_c, y_c, v_c, l_c, cq_c = c
+        z_c, y_c, i_c, v_c, l_c, cq_c = c
         logits = q_r @ z_c.T
-        neg = neg_mask(lay, y_r, y_c, v_c)
+        neg = lse_mask(lay, (y_r, i_r), (y_c, i_c, v_c))
         e_row = jnp.where(neg, jnp.exp(logits - l_r[:, None]), 0.0)
         e_col = jnp.where(neg, jnp.exp(logits - l_c[None, :]), 0.0)
         return (acc[0] + e_row @ z_c, acc[1] + e_col @ cq_c), None
 
       zeros = jnp.zeros((bs, d), z.dtype)
       (dq_r, dz_r), _ = lax.scan(col_step, (zeros, zeros),
-                                 blocks(lay, lay["zs"], lay["ys"], lay["valid"], lse_f, cq))
+                                 blocks(lay, lay["zs"], lay["ys"], lay["idx"], lay["valid"],
+                                        lse_f, cq))
       return dq_r * c_r[:, None], dz_r
 
-    row_blocks = blocks(lay, q, lay["ys"], lse_f, coef, row_f)
+    row_blocks = blocks(lay, q, lay["ys"], lay["idx"], lse_f, coef, row_f)
     dq, dz_cols = lax.cond(hi_l - lo_l <= _SHARED_EXP_SPREAD,
                            lambda rb: lax.map(shared_row, rb),
                            lambda rb: lax.map(two_exp_row, rb), row_blocks)
     dq, dz_cols = dq.reshape(npad, d), dz_cols.reshape(npad, d)
+    if loss == "supcon":
+      # d l_i / d l_ip = -g_i / |P(i)| is linear: row side -(g_i/|P(i)|) (class sum - z_i),
+      # column side -(class sum of t - t_j) with t_i = (g_i/|P(i)|) q_i.
+      k = (g[:n] / jnp.maximum(n_pos, 1.0))[:, None]
+      zs, t = lay["zs"][:n], k * q[:n]
+      dq = dq - jnp.pad(k * (class_sums(lay, zs) - zs), ((0, npad - n), (0, 0)))
+      dz_cols = dz_cols - jnp.pad(class_sums(lay, t) - t, ((0, npad - n), (0, 0)))
+      dz_sorted = (inv_t * dq + dz_cols)[:n]
+      return (_unsort(dz_sorted, lay["order"]),), (jnp.sum(lay["zs"] * dq),)
 
     def body(logits, pos, r, c, acc):
       p_row = jnp.where(pos, jax.nn.sigmoid(r["lse"][:, None] - logits), 0.0) * r["g"][:, None]
@@ -908,7 +955,7 @@ def nt_xent_stats(embeddings, labels, *, temperature, block_size, mesh=None):
   inv_t = 1.0 / jnp.asarray(temperature, dtype)
   labels = jnp.asarray(labels).astype(jnp.int32)
   if mesh is None:
-    fwd_local, bwd_local = _nt_xent_sorted_bodies(block_size)
+    fwd_local, bwd_local = _sorted_bodies(block_size, "nt_xent")
     return custom_loss(fwd_local, bwd_local)((z,), (inv_t,), labels)
   return _run(_nt_xent_bodies, (z,), (inv_t,), labels, z.shape[0], block_size, mesh)
 
@@ -918,8 +965,13 @@ def supcon_stats(embeddings, labels, *, temperature, block_size, mesh=None):
 
   l_i = log sum_{a != i} exp(s_ia/t) - (1/|P(i)|) sum_{p in P(i)} s_ip/t  (Khosla et al. 2020,
   L_out), s = cosine similarity (norms clamped at 1e-12); num_i = l_i, den_i = 1 for anchors with
-  P(i) non-empty, num_i = den_i = 0 otherwise. One forward sweep (online log-sum-exp, positive
-  sums and counts) and one backward sweep (d l_i / d(s_ij/t) = softmax_ij - [j in P(i)]/|P(i)|).
+  P(i) non-empty, num_i = den_i = 0 otherwise. One forward sweep and one backward sweep
+  (d l_i / d(s_ij/t) = softmax_ij - [j in P(i)]/|P(i)|).
+  Single device (mesh=None): N <= block_size is the dense core; otherwise the label-sorted form
+  of `nt_xent_stats` (fixed-shift one-exp log-sum-exp over a != i with the exact fallback,
+  symmetric one-exp backward), and since the positive part is linear in the logits,
+  sum_p s_ip/t = <z_i/t, (sum of i's class) - z_i> and its gradient are O(N D) class sums
+  (a segment sum over the sorted labels) instead of a pass over the pairs.
   Arguments and memory as `nt_xent_stats`.
   """
   _check_common(embeddings, labels, block_size, mesh)
@@ -930,8 +982,11 @@ def supcon_stats(embeddings, labels, *, temperature, block_size, mesh=None):
   dtype = _checks.compute_dtype(embeddings.dtype)
   z = l2_normalize(embeddings.astype(dtype))
   inv_t = 1.0 / jnp.asarray(temperature, dtype)
-  return _run(_supcon_bodies, (z,), (inv_t,), labels.astype(jnp.int32), z.shape[0],
-              block_size, mesh)
+  labels = jnp.asarray(labels).astype(jnp.int32)
+  if mesh is None:
+    fwd_local, bwd_local = _sorted_bodies(block_size, "supcon")
+    return custom_loss(fwd_local, bwd_local)((z,), (inv_t,), labels)
+  return _run(_supcon_bodies, (z,), (inv_t,), labels, z.shape[0], block_size, mesh)
 
 
 def triplet_stats(embeddings, labels, *, margin, mining, distance, soft, block_size, mesh=None):
