@@ -17,6 +17,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from sim_jax.models import heads
@@ -283,6 +284,41 @@ def _conv_relu_max_pool_fwd(x, kernel, bias, pads):
   return y, (x, kernel, y, code)
 
 
+def _input_grad_s2d(dz, kernel, pads, x_shape):
+  """d x of `conv_nhwc(x, kernel, pads)` as a space-to-depth convolution.
+
+  dx = VALID conv of dzp (dz zero-padded by kh - 1 - pad) with the flipped, transposed kernel
+  V[i, j, o, c] = kernel[kh-1-i, kw-1-j, c, o]. Writing output rows y = 2Y + a and input rows
+  y + i = 2(Y + s) + p (same for columns), dx in 2x2 blocks is a 3x3 (for kh = 5) VALID conv
+  of D = space_to_depth(dzp) [B, H/2 + 2, W/2 + 2, 4 O] with
+  K[s, t, (p, r, o), (a, c, ch)] = V[2s + p - a, 2t + r - c, o, ch] (0 outside the kernel),
+  then depth_to_space. Why: XLA's Eigen convolution for the plain form (C_out = 6 for LeNet's
+  conv2, 4 pad rows and columns of zeros) ran at ~17 GFLOP/s; the blocked form (64 -> 24
+  channels) is ~3x faster at batch 512 although it multiplies 1.4x more zeros.
+  """
+  kh, kw, cin, cout = kernel.shape
+  n, h_in, w_in = x_shape[0], x_shape[1], x_shape[2]
+  (pt, _), (pl, _) = pads
+  ns, nt = kh // 2 + 1, kw // 2 + 1
+  hh, wh = -(-h_in // 2), -(-w_in // 2)  # output size in 2x2 blocks, rounded up
+  top, left = kh - 1 - pt, kw - 1 - pl
+  rows, cols = 2 * (hh + ns - 1), 2 * (wh + nt - 1)
+  dzp = jnp.pad(dz, ((0, 0), (top, rows - top - dz.shape[1]), (left, cols - left - dz.shape[2]),
+                     (0, 0)))
+  d = dzp.reshape(n, hh + ns - 1, 2, wh + nt - 1, 2, cout).transpose(0, 1, 3, 2, 4, 5)
+  d = d.reshape(n, hh + ns - 1, wh + nt - 1, 4 * cout)
+  s, t, p, r, a, c = np.meshgrid(*(np.arange(m) for m in (ns, nt, 2, 2, 2, 2)), indexing="ij")
+  i, j = kh - 1 - (2 * s + p - a), kw - 1 - (2 * t + r - c)
+  valid = (i >= 0) & (i < kh) & (j >= 0) & (j < kw)
+  k2 = kernel[np.clip(i, 0, kh - 1), np.clip(j, 0, kw - 1)]  # [ns, nt, 2, 2, 2, 2, C, O]
+  k2 = jnp.where(valid[..., None, None], k2, jnp.zeros((), kernel.dtype))
+  k2 = k2.transpose(0, 1, 2, 3, 7, 4, 5, 6).reshape(ns, nt, 4 * cout, 4 * cin)
+  out = lax.conv_general_dilated(d, k2, (1, 1), "VALID",
+                                 dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  out = out.reshape(n, hh, wh, 2, 2, cin).transpose(0, 1, 3, 2, 4, 5)
+  return out.reshape(n, 2 * hh, 2 * wh, cin)[:, :h_in, :w_in]
+
+
 def _conv_relu_max_pool_bwd(pads, res, g):
   x, kernel, y, code = res
   g = jnp.where(y > 0, g, jnp.zeros_like(g))
@@ -296,6 +332,8 @@ def _conv_relu_max_pool_bwd(pads, res, g):
   w = x.shape[2] + pads[1][0] + pads[1][1] - kw + 1
   dz = jnp.pad(dz, ((0, 0), (0, h - 2 * h2), (0, w - 2 * w2), (0, 0)))
   dx, dk = jax.vjp(functools.partial(conv_nhwc, pads=pads), x, kernel)[1](dz)
+  if kernel.shape[2] > 1:  # C_in = 1: the input is the image, its gradient is unused
+    dx = _input_grad_s2d(dz, kernel, pads, x.shape)
   return dx, dk, jnp.sum(dz, axis=(0, 1, 2)).astype(kernel.dtype)
 
 
