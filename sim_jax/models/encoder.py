@@ -218,6 +218,15 @@ def conv_nhwc(x: jax.Array, kernel: jax.Array, pads) -> jax.Array:
                                   dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
+def _parity_planes(x, pads):
+  """x [B, H, W, 1] zero-padded by `pads` (and to even size) -> [B, H' / 2, 2, W' / 2, 2]:
+  element [b, u, p, v, q] is xp[b, 2u + p, 2v + q]."""
+  xp = jnp.pad(x[..., 0], ((0, 0), tuple(pads[0]), tuple(pads[1])))
+  xp = jnp.pad(xp, ((0, 0), (0, xp.shape[1] % 2), (0, xp.shape[2] % 2)))
+  return xp.reshape(xp.shape[0], xp.shape[1] // 2, 2, xp.shape[2] // 2, 2)
+
+
+
 def _relu_corners_polyphase(x, kernel, bias, pads):
   """relu(conv + bias) at the four 2x2-pool corners, for C_in = 1, from the input's parity planes.
 
@@ -227,10 +236,9 @@ def _relu_corners_polyphase(x, kernel, bias, pads):
   same sums read at stride 2 ran ~10x slower).
   """
   kh, kw, _, _ = kernel.shape
-  xp = jnp.pad(x[..., 0], ((0, 0), tuple(pads[0]), tuple(pads[1])))
-  h2, w2 = (xp.shape[1] - kh + 1) // 2, (xp.shape[2] - kw + 1) // 2
-  xp = jnp.pad(xp, ((0, 0), (0, xp.shape[1] % 2), (0, xp.shape[2] % 2)))
-  q = xp.reshape(xp.shape[0], xp.shape[1] // 2, 2, xp.shape[2] // 2, 2)
+  h2 = (x.shape[1] + pads[0][0] + pads[0][1] - kh + 1) // 2
+  w2 = (x.shape[2] + pads[1][0] + pads[1][1] - kw + 1) // 2
+  q = _parity_planes(x, pads)
   corners = []
   for a in range(2):
     for c in range(2):
@@ -319,12 +327,37 @@ def _input_grad_s2d(dz, kernel, pads, x_shape):
   return out.reshape(n, 2 * hh, 2 * wh, cin)[:, :h_in, :w_in]
 
 
+def _weight_grad_polyphase(x, kernel, pads, corner_grads):
+  """d kernel of the C_in = 1 stage from the corner gradients corner_grads[2a + c] [B, h2, w2, O].
+
+  dkernel[i, j, 0, o] = sum_{a, c} G[(a+i)//2, (c+j)//2, (a+i)%2, (c+j)%2, a, c, o], where
+  G[s, t, (p, q), (a, c, o)] = sum_{b, u, v} plane_pq[b, u + s, v + t] dz_ac[b, u, v, o] is the
+  weight gradient of a VALID (kh//2 + 1)^2 convolution from the 4 parity planes to the 4 x O
+  corner gradients. Why: XLA's plain weight-gradient convolution needed dz interleaved back to
+  [B, H, W, O] and contracted 1 x 6 channels over the full map (~17 GFLOP/s).
+  """
+  kh, kw, _, cout = kernel.shape
+  h2, w2 = corner_grads[0].shape[1:3]
+  ns, nt = kh // 2 + 1, kw // 2 + 1
+  q = _parity_planes(x, pads).transpose(0, 1, 3, 2, 4)
+  q = q.reshape(q.shape[0], q.shape[1], q.shape[2], 4)[:, :h2 + ns - 1, :w2 + nt - 1]
+  d = jnp.concatenate(corner_grads, axis=-1)
+  conv = functools.partial(conv_nhwc, q, pads=((0, 0), (0, 0)))
+  g = jax.vjp(conv, jnp.zeros((ns, nt, 4, 4 * cout), d.dtype))[1](d)[0]
+  g = g.reshape(ns, nt, 2, 2, 2, 2, cout)
+  i, j, a, c = np.meshgrid(np.arange(kh), np.arange(kw), np.arange(2), np.arange(2),
+                           indexing="ij")
+  picked = g[(a + i) // 2, (c + j) // 2, (a + i) % 2, (c + j) % 2, a, c]  # [kh, kw, 2, 2, O]
+  return jnp.sum(picked, axis=(2, 3))[:, :, None, :].astype(kernel.dtype)
+
+
 def _conv_relu_max_pool_bwd(pads, res, g):
   x, kernel, y, code = res
   g = jnp.where(y > 0, g, jnp.zeros_like(g))
   zero = jnp.zeros_like(g)
-  ga, gb, gc, gd = (jnp.where(code == k, g, zero) for k in range(4))
+  corner_grads = tuple(jnp.where(code == k, g, zero) for k in range(4))
   n, h2, w2, ch = g.shape
+  ga, gb, gc, gd = corner_grads
   top, bottom = jnp.stack([ga, gb], axis=3), jnp.stack([gc, gd], axis=3)
   dz = jnp.stack([top, bottom], axis=2).reshape(n, 2 * h2, 2 * w2, ch)
   kh, kw = kernel.shape[:2]
@@ -332,9 +365,14 @@ def _conv_relu_max_pool_bwd(pads, res, g):
   w = x.shape[2] + pads[1][0] + pads[1][1] - kw + 1
   dz = jnp.pad(dz, ((0, 0), (0, h - 2 * h2), (0, w - 2 * w2), (0, 0)))
   dx, dk = jax.vjp(functools.partial(conv_nhwc, pads=pads), x, kernel)[1](dz)
-  if kernel.shape[2] > 1:  # C_in = 1: the input is the image, its gradient is unused
+  if kernel.shape[2] == 1:
+    # dx (of the image, for LeNet) stays the plain VJP's; XLA drops it and dz when unused.
+    dk = _weight_grad_polyphase(x, kernel, pads, corner_grads)
+    db = jnp.sum(ga + gb + gc + gd, axis=(0, 1, 2))
+  else:
     dx = _input_grad_s2d(dz, kernel, pads, x.shape)
-  return dx, dk, jnp.sum(dz, axis=(0, 1, 2)).astype(kernel.dtype)
+    db = jnp.sum(dz, axis=(0, 1, 2))
+  return dx, dk, db.astype(kernel.dtype)
 
 
 conv_relu_max_pool.defvjp(_conv_relu_max_pool_fwd, _conv_relu_max_pool_bwd)
