@@ -16,6 +16,7 @@ markdown table.
   python bench/loss_scaling.py --quick                 # small N, a minute
   python bench/loss_scaling.py --out docs/bench_loss_scaling  # full run
   python bench/loss_scaling.py --memory_only_n=262144  # compile-only XLA memory at a large N
+  python bench/loss_scaling.py --impls streaming --block_size 256,512,1024,2048  # block sweep
 """
 
 from __future__ import annotations
@@ -202,7 +203,8 @@ def _fmt_bytes(b):
 
 def to_markdown(report):
   lines = [
-    f"Machine: {report['machine']}. D = {D}, block_size = {report['block_size']}, "
+    f"Machine: {report['machine']}. D = {D}, block_size = "
+    f"{','.join(str(b) for b in report.get('block_sizes', [report['block_size']]))}, "
     f"float32, CPU. Matmul rate at the start of the run: "
     f"{report['matmul_flops'] / 1e9:.1f} GFLOP/s (square {report['matmul_n']}^3 float32 GEMM); "
     f"'% of matmul' = (8 N^2 D / time) / the GEMM rate measured "
@@ -211,11 +213,13 @@ def to_markdown(report):
     "| loss | impl | N | time (s) | XLA temp | peak RSS | % of matmul rate | status |",
     "|---|---|---|---|---|---|---|---|",
   ]
+  sweep = len(report.get("block_sizes", [])) > 1
   for p in report["points"]:
     rate = p.get("fraction_of_matmul")
     seconds = f"{p['seconds']:.3f}" if "seconds" in p else "-"
     rss = p.get("peak_rss_bytes", p.get("observed_rss_bytes"))
-    lines.append(f"| {p['loss']} | {p['impl']} | {p['n']} | {seconds} | "
+    impl = f"{p['impl']} ({p['block_size']})" if sweep and p["impl"] == "streaming" else p["impl"]
+    lines.append(f"| {p['loss']} | {impl} | {p['n']} | {seconds} | "
                  f"{_fmt_bytes(p.get('xla_temp_bytes'))} | {_fmt_bytes(rss)} | "
                  f"{'-' if rate is None else f'{100 * rate:.0f}%'} | {p['status']} |")
   lines += ["", "Largest N measured within the cap "
@@ -237,7 +241,9 @@ def main():
   parser.add_argument("--impls", default="dense,streaming,pml")
   parser.add_argument("--n_min", type=int, default=1024)
   parser.add_argument("--n_max", type=int, default=65536)
-  parser.add_argument("--block_size", type=int, default=1024)
+  parser.add_argument("--block_size", default="1024",
+                      help="streaming block size, or a comma-separated list to sweep (each "
+                           "streaming point is then run once per block size)")
   parser.add_argument("--reps", type=int, default=3)
   parser.add_argument("--rss_cap_gib", type=float, default=10.0)
   parser.add_argument("--max_seconds", type=float, default=300.0)
@@ -255,19 +261,23 @@ def main():
   if args.quick:
     args.n_min, args.n_max, args.reps, args.max_seconds = 256, 1024, 1, 120
   cap = int(args.rss_cap_gib * 2**30)
+  block_sizes = [int(b) for b in str(args.block_size).split(",")]
   impls = [i for i in args.impls.split(",") if i != "pml" or _pml_available()]
   flops = matmul_rate()
   points, largest = [], {}
+  runs = [(impl, bs) for impl in impls
+          for bs in (block_sizes if impl == "streaming" else block_sizes[:1])]
   for loss in args.losses.split(","):
-    for impl in impls:
+    for impl, bs in runs:
+      key = f"{loss}/{impl}" + (f"@{bs}" if impl == "streaming" and len(block_sizes) > 1 else "")
       n = args.n_min
       while n <= args.n_max:
-        child = {"loss": loss, "impl": impl, "n": n, "block_size": args.block_size,
+        child = {"loss": loss, "impl": impl, "n": n, "block_size": bs,
                  "reps": args.reps, "cap_bytes": cap}
         res = dict(child, **_spawn(child, cap, args.max_seconds))
         res.pop("cap_bytes", None)
         if res.get("status") == "ok":
-          largest[f"{loss}/{impl}"] = n
+          largest[key] = n
         points.append(res)
         print(json.dumps(res), flush=True)
         if res.get("status") != "ok":
@@ -277,11 +287,11 @@ def main():
   for n in [int(v) for v in args.memory_only_n.split(",") if v]:
     for loss in args.losses.split(","):
       for impl in ("dense", "streaming"):
-        memory_only.append(run_point(loss, impl, n, args.block_size, 1, cap, compile_only=True))
+        memory_only.append(run_point(loss, impl, n, block_sizes[0], 1, cap, compile_only=True))
         print(json.dumps(memory_only[-1]), flush=True)
   report = {"machine": f"{platform.machine()}, {os.cpu_count()} CPU cores "
                        f"(shared with other jobs while measured)",
-            "block_size": args.block_size, "matmul_flops": flops,
+            "block_size": block_sizes[0], "block_sizes": block_sizes, "matmul_flops": flops,
             "matmul_n": 2048, "rss_cap_gib": args.rss_cap_gib,
             "max_seconds": args.max_seconds, "points": points, "largest_n": largest,
             "memory_only": memory_only, "command": " ".join(sys.argv)}
