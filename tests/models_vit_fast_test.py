@@ -81,3 +81,50 @@ def test_block_gradient_has_no_transposed_activation_copies():
   shapes = re.findall(r"= f32\[(\d+),(\d+)\]\{1,0\} (?:fusion|copy|transpose)\(", hlo)
   transposed = [s for s in shapes if int(s[1]) == b * n and int(s[0]) in (d, 3 * d, 4 * d)]
   assert not transposed, f"transposed activation copies in the block gradient: {transposed}"
+
+
+def _attention_numpy(x, wqkv, bqkv, wp, bp, heads):
+  """timm's Attention in float64 NumPy: qkv -> [3, B, h, N, d], softmax(q k^T / sqrt d) v."""
+  b, n, dim = x.shape
+  hd = dim // heads
+  qkv = (x @ wqkv + bqkv).reshape(b, n, 3, heads, hd).transpose(2, 0, 3, 1, 4)
+  s = np.einsum("bhqd,bhkd->bhqk", qkv[0], qkv[1]) / np.sqrt(hd)
+  p = np.exp(s - s.max(-1, keepdims=True))
+  p /= p.sum(-1, keepdims=True)
+  o = np.einsum("bhqk,bhkd->bqhd", p, qkv[2]).reshape(b, n, dim)
+  return o @ wp + bp
+
+
+@pytest.mark.parametrize("heads,dim", [(3, 48), (2, 20)])
+def test_attention_matches_numpy_and_torch_gradients(heads, dim):
+  rng = np.random.default_rng(heads)
+  x = rng.normal(size=(3, 9, dim)).astype(np.float32)
+  attn = vit.Attention(heads)
+  params = attn.init(jax.random.PRNGKey(0), jnp.asarray(x), False)["params"]
+  params = jax.tree.map(lambda a: jnp.asarray(rng.normal(size=a.shape).astype(np.float32)
+                                              / np.sqrt(a.shape[0])), params)
+  assert jax.tree.map(jnp.shape, params) == {"qkv": {"kernel": (dim, 3 * dim), "bias": (3 * dim,)},
+                                             "proj": {"kernel": (dim, dim), "bias": (dim,)}}
+  p64 = {k: {n: np.asarray(v, np.float64) for n, v in d.items()} for k, d in params.items()}
+  want = _attention_numpy(x.astype(np.float64), p64["qkv"]["kernel"], p64["qkv"]["bias"],
+                          p64["proj"]["kernel"], p64["proj"]["bias"], heads)
+  got = attn.apply({"params": params}, jnp.asarray(x), False)
+  np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-5)
+
+  torch = pytest.importorskip("torch")
+  r = rng.normal(size=want.shape).astype(np.float32)
+  gp, gx = jax.grad(lambda p, xx: jnp.sum(attn.apply({"params": p}, xx, False) * r),
+                    argnums=(0, 1))(params, jnp.asarray(x))
+  tp = {k: {n: torch.tensor(v, requires_grad=True) for n, v in d.items()} for k, d in p64.items()}
+  tx = torch.tensor(x.astype(np.float64), requires_grad=True)
+  b, n, _ = x.shape
+  qkv = (tx @ tp["qkv"]["kernel"] + tp["qkv"]["bias"]).reshape(b, n, 3, heads, dim // heads)
+  q, k, v = qkv.permute(2, 0, 3, 1, 4)
+  o = torch.nn.functional.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, dim)
+  out = o @ tp["proj"]["kernel"] + tp["proj"]["bias"]
+  (out * torch.from_numpy(r.astype(np.float64))).sum().backward()
+  np.testing.assert_allclose(np.asarray(gx), tx.grad.numpy(), rtol=1e-4, atol=1e-4)
+  for key in ("qkv", "proj"):
+    for name in ("kernel", "bias"):
+      np.testing.assert_allclose(np.asarray(gp[key][name]), tp[key][name].grad.numpy(),
+                                 rtol=1e-4, atol=1e-4)
