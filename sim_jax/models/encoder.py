@@ -265,16 +265,20 @@ def conv_relu_max_pool(x: jax.Array, kernel: jax.Array, bias: jax.Array, pads) -
   Same values as the composition and the same gradients: the output gradient g of each 2x2
   window goes to its first maximum in row-major order (torch / `nn.max_pool`), times
   relu'(z) = [z > 0], which at the window's maximum is [y > 0] with y the pooled output.
-  Why it is faster on XLA:CPU (LeNet-5 step 1.5x, bench/README.md):
+  Why it is faster on XLA:CPU (LeNet-5 train step 1.8x with the two helpers below):
   - C_in = 1 (LeNet's conv1): the convolution is never materialised; each pool corner is summed
     from the input's parity planes (`_relu_corners_polyphase`) in one vectorised loop fusion
     (~2 ms at batch 512 vs ~30 ms for XLA's Eigen convolution + pooling, which handle C_in = 1
     and stride-2 reads badly). XLA re-runs these cheap sums inside the backward fusions that
     need the winning corner instead of storing them; forcing them into memory through a
-    variadic reduce was slower (the reduce did not vectorise: 48 vs ~3 ms).
-  - The backward never differentiates through the pooling's strided slices: it scatters
-    g * [y > 0] to the winning corner of each window (dz) and takes the weight / input
-    gradients as the VJP of `lax.conv_general_dilated` on dz.
+    variadic reduce was slower (the reduce did not vectorise: 48 vs ~3 ms), through an opaque
+    integer division no faster.
+  - The backward never differentiates through the pooling's strided slices: it sends
+    g * [y > 0] to the winning corner of each window and computes the gradients from those
+    per-corner maps: the C_in = 1 weight gradient from the parity planes
+    (`_weight_grad_polyphase`), the input gradient for C_in > 1 as a space-to-depth
+    convolution (`_input_grad_s2d`), the rest as the VJP of `lax.conv_general_dilated` on the
+    interleaved map dz.
   pads: ((top, bottom), (left, right)) as ints.
   """
   return _first_max_code(_relu_corners(x, kernel, bias, pads))[0]
