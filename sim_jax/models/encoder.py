@@ -192,21 +192,33 @@ def _max_pool_2x2_fwd(x):
   return max_pool_2x2(x), x
 
 
-def _max_pool_2x2_bwd(x, g):
-  a, b, c, d = _pool_corners(x)
-  m = jnp.maximum(jnp.maximum(a, b), jnp.maximum(c, d))
+def _first_max_code(corners) -> tuple[jax.Array, jax.Array]:
+  """Max of the four pool corners and the int32 index (0..3, row-major) of the first maximum."""
+  a, b, c, d = corners
+  y = jnp.maximum(jnp.maximum(a, b), jnp.maximum(c, d))
+  return y, jnp.where(a == y, 0, jnp.where(b == y, 1, jnp.where(c == y, 2, 3)))
+
+
+def _route_to_corners(g: jax.Array, code: jax.Array) -> tuple[jax.Array, ...]:
+  """The window gradient g sent to its first-maximum corner: four [B, h2, w2, C] maps."""
   zero = jnp.zeros_like(g)
-  # First maximum wins: each corner takes g only if no earlier corner already equals the max.
-  ta, tb, tc = a == m, b == m, c == m
-  ga = jnp.where(ta, g, zero)
-  gb = jnp.where(tb & ~ta, g, zero)
-  gc = jnp.where(tc & ~(ta | tb), g, zero)
-  gd = jnp.where(~(ta | tb | tc), g, zero)
-  n, h2, w2, ch = g.shape
-  # [B, h2, 2, w2, 2, C] -> [B, 2 h2, 2 w2, C] interleaves the corners back into place.
+  return tuple(jnp.where(code == k, g, zero) for k in range(4))
+
+
+def _interleave_corners(corner_grads, h: int, w: int) -> jax.Array:
+  """Four per-corner maps [B, h2, w2, C] back into place as [B, h, w, C] (zero-padded rows /
+  columns beyond 2 h2, 2 w2: the odd row / column VALID pooling dropped)."""
+  ga, gb, gc, gd = corner_grads
+  n, h2, w2, ch = ga.shape
+  # [B, h2, 2, w2, 2, C] -> [B, 2 h2, 2 w2, C].
   top, bottom = jnp.stack([ga, gb], axis=3), jnp.stack([gc, gd], axis=3)
   dx = jnp.stack([top, bottom], axis=2).reshape(n, 2 * h2, 2 * w2, ch)
-  return (jnp.pad(dx, ((0, 0), (0, x.shape[1] - 2 * h2), (0, x.shape[2] - 2 * w2), (0, 0))),)
+  return jnp.pad(dx, ((0, 0), (0, h - 2 * h2), (0, w - 2 * w2), (0, 0)))
+
+
+def _max_pool_2x2_bwd(x, g):
+  _, code = _first_max_code(_pool_corners(x))
+  return (_interleave_corners(_route_to_corners(g, code), x.shape[1], x.shape[2]),)
 
 
 max_pool_2x2.defvjp(_max_pool_2x2_fwd, _max_pool_2x2_bwd)
@@ -224,7 +236,6 @@ def _parity_planes(x, pads):
   xp = jnp.pad(x[..., 0], ((0, 0), tuple(pads[0]), tuple(pads[1])))
   xp = jnp.pad(xp, ((0, 0), (0, xp.shape[1] % 2), (0, xp.shape[2] % 2)))
   return xp.reshape(xp.shape[0], xp.shape[1] // 2, 2, xp.shape[2] // 2, 2)
-
 
 
 def _relu_corners_polyphase(x, kernel, bias, pads):
@@ -282,13 +293,6 @@ def conv_relu_max_pool(x: jax.Array, kernel: jax.Array, bias: jax.Array, pads) -
   pads: ((top, bottom), (left, right)) as ints.
   """
   return _first_max_code(_relu_corners(x, kernel, bias, pads))[0]
-
-
-def _first_max_code(corners) -> tuple[jax.Array, jax.Array]:
-  """Max of the four pool corners and the int32 index (0..3, row-major) of the first maximum."""
-  a, b, c, d = corners
-  y = jnp.maximum(jnp.maximum(a, b), jnp.maximum(c, d))
-  return y, jnp.where(a == y, 0, jnp.where(b == y, 1, jnp.where(c == y, 2, 3)))
 
 
 def _conv_relu_max_pool_fwd(x, kernel, bias, pads):
@@ -357,22 +361,16 @@ def _weight_grad_polyphase(x, kernel, pads, corner_grads):
 
 def _conv_relu_max_pool_bwd(pads, res, g):
   x, kernel, y, code = res
-  g = jnp.where(y > 0, g, jnp.zeros_like(g))
-  zero = jnp.zeros_like(g)
-  corner_grads = tuple(jnp.where(code == k, g, zero) for k in range(4))
-  n, h2, w2, ch = g.shape
-  ga, gb, gc, gd = corner_grads
-  top, bottom = jnp.stack([ga, gb], axis=3), jnp.stack([gc, gd], axis=3)
-  dz = jnp.stack([top, bottom], axis=2).reshape(n, 2 * h2, 2 * w2, ch)
+  corner_grads = _route_to_corners(jnp.where(y > 0, g, jnp.zeros_like(g)), code)
   kh, kw = kernel.shape[:2]
   h = x.shape[1] + pads[0][0] + pads[0][1] - kh + 1
   w = x.shape[2] + pads[1][0] + pads[1][1] - kw + 1
-  dz = jnp.pad(dz, ((0, 0), (0, h - 2 * h2), (0, w - 2 * w2), (0, 0)))
+  dz = _interleave_corners(corner_grads, h, w)
   dx, dk = jax.vjp(functools.partial(conv_nhwc, pads=pads), x, kernel)[1](dz)
   if kernel.shape[2] == 1:
     # dx (of the image, for LeNet) stays the plain VJP's; XLA drops it and dz when unused.
     dk = _weight_grad_polyphase(x, kernel, pads, corner_grads)
-    db = jnp.sum(ga + gb + gc + gd, axis=(0, 1, 2))
+    db = jnp.sum(sum(corner_grads), axis=(0, 1, 2))
   else:
     dx = _input_grad_s2d(dz, kernel, pads, x.shape)
     db = jnp.sum(dz, axis=(0, 1, 2))

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sim_jax.models.encoder import maybe_remat
-from sim_jax.models.vit import residual_branch
+from sim_jax.models.vit import gelu, residual_branch
 
 
 def relative_position_index(w: int) -> np.ndarray:
@@ -100,7 +100,7 @@ class SwinBlock(nn.Module):
     x = x + residual(ShiftedWindowAttention(self.heads, self.window, self.shift, self.dtype,
                                             name="attn")(y))
     y = nn.LayerNorm(1e-5, dtype=self.dtype, name="norm2")(x)
-    y = nn.gelu(nn.Dense(4 * c, dtype=self.dtype, name="mlp_fc1")(y), approximate=False)
+    y = gelu(nn.Dense(4 * c, dtype=self.dtype, name="mlp_fc1")(y))
     return x + residual(nn.Dense(c, dtype=self.dtype, name="mlp_fc2")(y))
 
 
