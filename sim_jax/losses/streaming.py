@@ -341,16 +341,25 @@ def _supcon_bodies(sweeper):
 # Triplet (batch_hard, semi_hard, batch_all)
 # ----------------------------------------------------------------------------------------------
 
+def _safe_sqrt(sq):
+  """sqrt(sq), 0 at or below SQ_DIST_EPS (where the gradient is cut to 0, as the dense form)."""
+  positive = sq > SQ_DIST_EPS
+  return jnp.where(positive, jnp.sqrt(jnp.where(positive, sq, 1.0)), 0.0)
+
+
+def _safe_sqrt_vjp(dd, sq):
+  """d loss / d sq from d loss / d `_safe_sqrt(sq)`."""
+  positive = sq > SQ_DIST_EPS
+  return jnp.where(positive, dd * 0.5 / jnp.sqrt(jnp.where(positive, sq, 1.0)), 0.0)
+
+
 def _distance_block(r, c, distance):
   """Distances of a block from the Gram form (cosine: x are unit vectors, d = 1 - <x, y>)."""
   gram = r["x"] @ c["x"].T
   if distance == "cosine":
     return 1.0 - gram
   sq = jnp.maximum(r["sq"][:, None] + c["sq"][None, :] - 2.0 * gram, 0.0)
-  if distance == "squared_euclidean":
-    return sq
-  positive = sq > SQ_DIST_EPS
-  return jnp.where(positive, jnp.sqrt(jnp.where(positive, sq, 1.0)), 0.0)
+  return sq if distance == "squared_euclidean" else _safe_sqrt(sq)
 
 
 def _distance_block_vjp(dd, r, c, distance):
@@ -360,11 +369,7 @@ def _distance_block_vjp(dd, r, c, distance):
     zr, zc = jnp.zeros(dd.shape[0], dd.dtype), jnp.zeros(dd.shape[1], dd.dtype)
     return -dd, zr, zc
   sq = r["sq"][:, None] + c["sq"][None, :] - 2.0 * gram
-  if distance == "squared_euclidean":
-    dsq = jnp.where(sq > 0, dd, 0.0)
-  else:
-    positive = sq > SQ_DIST_EPS
-    dsq = jnp.where(positive, dd * 0.5 / jnp.sqrt(jnp.where(positive, sq, 1.0)), 0.0)
+  dsq = jnp.where(sq > 0, dd, 0.0) if distance == "squared_euclidean" else _safe_sqrt_vjp(dd, sq)
   return -2.0 * dsq, jnp.sum(dsq, axis=1), jnp.sum(dsq, axis=0)
 
 
@@ -377,6 +382,20 @@ def _triplet_term(z, margin, soft):
 
 def _triplet_side(x, labels, idx, distance):
   return _side(x, labels, idx, sq=jnp.sum(x * x, axis=1))
+
+
+def _hardest_init(n: int, dtype):
+  """Running batch-hard selection: hardest positive (max) / negative (min) value and column."""
+  return {"hp": jnp.full(n, -jnp.inf, dtype), "ip": jnp.full(n, -1, jnp.int32),
+          "hn": jnp.full(n, jnp.inf, dtype), "in": jnp.full(n, -1, jnp.int32)}
+
+
+def _keep_hardest(st, bp, ip, bn, i_n):
+  """Merges a block's hardest (value, column) into the running selection. Strict comparison:
+  on ties the first column swept keeps the selection."""
+  take_p, take_n = bp > st["hp"], bn < st["hn"]
+  return {"hp": jnp.where(take_p, bp, st["hp"]), "ip": jnp.where(take_p, ip, st["ip"]),
+          "hn": jnp.where(take_n, bn, st["hn"]), "in": jnp.where(take_n, i_n, st["in"])}
 
 
 def _batch_hard_bodies(sweeper, distance, soft):
@@ -392,14 +411,9 @@ def _batch_hard_bodies(sweeper, distance, soft):
       dn = jnp.where(neg, d, jnp.inf)
       bp, bn = jnp.max(dp, axis=1), jnp.min(dn, axis=1)
       ip, i_n = c["i"][jnp.argmax(dp, axis=1)], c["i"][jnp.argmin(dn, axis=1)]
-      # Strict comparison: on ties the first column swept keeps the selection.
-      take_p, take_n = bp > st["hp"], bn < st["hn"]
-      return {"hp": jnp.where(take_p, bp, st["hp"]), "ip": jnp.where(take_p, ip, st["ip"]),
-              "hn": jnp.where(take_n, bn, st["hn"]), "in": jnp.where(take_n, i_n, st["in"])}
+      return _keep_hardest(st, bp, ip, bn, i_n)
 
-    init = {"hp": jnp.full(n, -jnp.inf, x.dtype), "ip": jnp.full(n, -1, jnp.int32),
-            "hn": jnp.full(n, jnp.inf, x.dtype), "in": jnp.full(n, -1, jnp.int32)}
-    st = sweeper.forward(update, init, side, side)
+    st = sweeper.forward(update, _hardest_init(n, x.dtype), side, side)
     valid = jnp.isfinite(st["hp"]) & jnp.isfinite(st["hn"])
     z = jnp.where(valid, st["hp"] - st["hn"], 0.0)
     loss, _ = _triplet_term(z, margin, soft)
@@ -451,10 +465,7 @@ def _batch_hard_local_bodies(block_size: int, distance: str, soft: bool):
   def to_distance(k):
     if distance == "cosine":
       return 1.0 + k
-    if distance == "squared_euclidean":
-      return k
-    positive = k > SQ_DIST_EPS
-    return jnp.where(positive, jnp.sqrt(jnp.where(positive, k, 1.0)), 0.0)
+    return k if distance == "squared_euclidean" else _safe_sqrt(k)
 
   def fwd_local(xs, params, labels):
     (x,), (margin,) = xs, params
@@ -470,14 +481,9 @@ def _batch_hard_local_bodies(block_size: int, distance: str, soft: bool):
       # The first column attaining the block's max / min (as argmax / argmin would pick).
       ip = jnp.min(jnp.where(pos & (k == bp[:, None]), cols, big), axis=1)
       i_n = jnp.min(jnp.where(neg & (k == bn[:, None]), cols, big), axis=1)
-      # Strict comparison: on ties the first column swept keeps the selection.
-      take_p, take_n = bp > st["hp"], bn < st["hn"]
-      return {"hp": jnp.where(take_p, bp, st["hp"]), "ip": jnp.where(take_p, ip, st["ip"]),
-              "hn": jnp.where(take_n, bn, st["hn"]), "in": jnp.where(take_n, i_n, st["in"])}
+      return _keep_hardest(st, bp, ip, bn, i_n)
 
-    init = {"hp": jnp.full(n, -jnp.inf, x.dtype), "ip": jnp.full(n, -1, jnp.int32),
-            "hn": jnp.full(n, jnp.inf, x.dtype), "in": jnp.full(n, -1, jnp.int32)}
-    st = forward_sweep(update, init, side, side, block_size, block_size)
+    st = forward_sweep(update, _hardest_init(n, x.dtype), side, side, block_size, block_size)
     valid = jnp.isfinite(st["hp"]) & jnp.isfinite(st["hn"])
     k_p = jnp.where(valid, st["hp"], 0.0)
     k_n = jnp.where(valid, st["hn"], 0.0)
@@ -496,10 +502,7 @@ def _batch_hard_local_bodies(block_size: int, distance: str, soft: bool):
       """d loss / d key from d loss / d distance (the cuts of `_distance_block_vjp`)."""
       if distance == "squared_euclidean":
         return jnp.where(k > 0, dd, 0.0)
-      if distance == "euclidean":
-        positive = k > SQ_DIST_EPS
-        return jnp.where(positive, dd * 0.5 / jnp.sqrt(jnp.where(positive, k, 1.0)), 0.0)
-      return dd
+      return _safe_sqrt_vjp(dd, k) if distance == "euclidean" else dd
 
     dx = jnp.zeros_like(x)
     for idx, dk in ((ip, d_key(dz, k_p)), (i_n, d_key(-dz, k_n))):
