@@ -313,50 +313,57 @@ batch 512, best of 5: conv1 1014 vs 1093 ms, conv2 2299 vs 383 ms: slower | by-h
 | bfloat16 compute (`model.dtype=bfloat16`, float32 params and loss) | selectable for \
 GPU/TPU, **not the default on CPU** | (first pass, load 8-10) LeNet-5: median 1.23x, min 0.97x \
 the float32 step: within noise | `python bench/train_step.py --workloads=lenet5 --repeats=4 \
---variant bf16:model.dtype=bfloat16` || **LeNet-5 conv -> ReLU -> 2x2 max-pool stages as one custom VJP** \
+--variant bf16:model.dtype=bfloat16` |
+| **LeNet-5 conv -> ReLU -> 2x2 max-pool stages as one custom VJP** \
 (`sim_jax.models.encoder.conv_relu_max_pool`, second pass): conv1 (C_in = 1) summed per pool \
 corner from the input's 2x2 parity planes; conv2's input gradient as a 3x3 space-to-depth \
 convolution (64 -> 24 channels) instead of a 5x5 one with 6 output channels (that op 34 -> 11 \
 ms); conv1's weight gradient from the parity planes, no re-interleave to 28x28 | **kept** | \
-LeNet-5 step vs the plain `nn.Conv` LeNet, 9 interleaved rounds x 5 steps, load 5.5: 112.9 -> \
-62.0 ms median (1.82x), 94.1 -> 48.9 ms min (1.92x); per change 1.49x, 1.27x, 1.08x median. \
+LeNet-5 trainer step vs the previous `nn.Conv` -> ReLU -> `max_pool_2x2` LeNet, 9 interleaved \
+rounds x 5 steps, load 3.6: 117.0 -> 62.6 ms median (**1.87x**), 97.8 -> 50.8 ms min (1.93x). \
 vs torch at load 1.6-2.0: 0.54x -> **1.07x-1.13x**. Values and gradients equal torch's conv2d + \
-relu + max_pool2d, ties included (`tests/models_fastconv_test.py`) | by-hand A/B of the \
-implementations in one process; `python bench/train_step.py --workloads=lenet5 --repeats=5` |
+relu + max_pool2d, ties included (`tests/models_fastconv_test.py`). (The helper's by-hand A/B \
+of the three steps: 1.49x, 1.27x, 1.08x.) | `python bench/ab_formulations.py --workload=lenet5 \
+--rounds=9`; `python bench/train_step.py --workloads=lenet5 --repeats=5` |
 | LeNet-5, not kept (second pass) | **not kept** | `xla_cpu_prefer_vector_width=512` 0.97x; \
 concurrency-optimised scheduler 0.91x / 1.10x (noise); `xla_cpu_use_fusion_emitters=false` \
 0.71x; im2col from 25 shifted slices + one GEMM 0.70x (the concatenate alone 22 ms); conv1 as \
 25 taps 0.62x; conv2 input gradient as GEMM + col2im 1.5x on the op but 0.55x in the step \
 (duplicated into 4 consumers); output channels zero-padded to 8 / 16: no gain | by-hand A/B, \
-load 3-7 |
+load 3-7 (scripts not in the repo) |
 | **ViT-Ti: every Dense on 2-D [B*N, D] inputs; exact GELU as 0.5 x (1 + erf(x / sqrt 2))** \
 (`sim_jax.models.vit.dense_tokens`, `gelu`) | **kept** | with [B, N, D] inputs XLA:CPU \
 copied each weight gradient's [B*N, features] cotangent into a transposed layout (13% of op \
-time); `jax.nn.gelu`'s erfc form expands into exp + selects. Step at batch 32 x 2 views, 9 \
-rounds, load 4.7-5: 2717 -> 2188 ms median (1.24x) | by-hand A/B (`tests/models_vit_fast_test.py` \
-pins values, gradients and the absence of transposed copies) |
+time in a by-hand profile); `jax.nn.gelu`'s erfc form expands into exp + selects. \
+`tests/models_vit_fast_test.py` pins values, gradients and the absence of transposed copies | \
+measured together with the next row |
 | **ViT-Ti attention with heads folded into one batch axis** after a single qkv transpose, q \
-pre-scaled as timm does | **kept** | forward + backward at batch 32, 9 rounds, load 7.5: CPU \
-time 1.09x, wall 1.12x paired; both ViT changes together at the full batch 1.36x (11.36 -> \
-8.36 s median, load 4.1); vs torch 0.58x -> **0.67x** (load 2.0) | by-hand A/B; `python \
-bench/train_step.py --workloads=vit_ti --repeats=3` |
+pre-scaled as timm does | **kept** | both ViT rows together, trainer step at the full batch \
+(128 x 2 views) vs the previous 3-D Dense / erfc GELU / head-major attention, 3 interleaved \
+rounds, load 5.1: 14.73 -> 9.70 s median (**1.52x**); vs torch 0.58x -> **0.67x** (load 2.0). \
+(The helper's by-hand A/B, load 4-7.5: 1.24x for the previous row, 1.09x for this one.) | \
+`python bench/ab_formulations.py --workload=vit_ti --rounds=3`; `python bench/train_step.py \
+--workloads=vit_ti --repeats=3` |
 | ViT-Ti, not kept (second pass) | **not kept** | hand-written LayerNorm VJP 0.95x; LayerNorm on \
 2-D inputs 0.97x; GELU VJP recomputing from x 0.89x; `jax.nn.dot_product_attention` 0.88-1.04x; \
 head-major einsums 1.07x vs the folded layout's 1.09x; YNNPACK dots only / Eigen dots / \
-vector width 512 / concurrency scheduler 0.97x-1.03x (noise) | by-hand A/B, load 5-7.5 |
+vector width 512 / concurrency scheduler 0.97x-1.03x (noise) | by-hand A/B, load 5-7.5 \
+(scripts not in the repo) |
 | ViT-Ti finding: XLA's scratch buffer is mapped and page-faulted anew every step | **not \
-adopted** | full batch: 1.11 M minor faults and 1.6-1.7 s of system time per step (~20% of \
-its CPU time; torch 0.5-0.6 M). `GLIBC_TUNABLES=glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:\
-glibc.malloc.trim_threshold=68719476736` keeps freed memory mapped: 67 K faults, 0.11 s; the \
-bench at load 1.5 gave sim_jax 43 -> 48 img/s median, 0.67x -> 0.72x vs torch, with peak RSS \
-8.3 -> 9.1 GiB (13.6 GiB in the helper's run). Not adopted: it does not reach the target, costs \
-memory, and must be set before the process starts (`bench/results/train_step_vit_glibc.json`) | \
-`GLIBC_TUNABLES=... python bench/train_step.py --workloads=vit_ti --repeats=3` |
+adopted** | full batch: 1.12 M minor faults per sim_jax step against 0.40-0.56 M for torch's \
+(at load 5: 6.1-8.6 s of system time per sim_jax step next to 5.9-6.2 s of user time; torch \
+0.7-0.9 s). `GLIBC_TUNABLES=glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:\
+glibc.malloc.trim_threshold=68719476736` keeps freed memory mapped; the bench at load 1.5 gave \
+sim_jax 43 -> 48 img/s median, 0.67x -> 0.72x vs torch, with peak RSS 8.3 -> 9.1 GiB. Not \
+adopted: it does not reach the target, costs memory, and must be set before the process starts \
+(`bench/results/train_step_vit_glibc.json`) | `python bench/ab_formulations.py \
+--workload=vit_ti --faults`; `GLIBC_TUNABLES=... python bench/train_step.py --workloads=vit_ti \
+--repeats=3` |
 | XLA:CPU loop fusions use one core | finding | in jaxlib 0.10.2 element-wise and transpose \
 fusions showed no 2-core speed-up (`taskset`: element-wise 35 ms on 1 core vs 44-49 ms on 2); a \
 12.8 MB transpose takes 23 ms against 0.8 ms for an element-wise pass over it. This is the main \
 reason the ViT-Ti step stays below torch, whose element-wise kernels are OpenMP-parallel | \
-by-hand scripts |
+by-hand scripts (not in the repo) |
 """
 
 

@@ -777,7 +777,7 @@ def _sorted_bodies(block_size: int):
     # since l is symmetric (l_ij = inv_t <z_i, z_j>), the block (j rows, i columns) already holds
     # l_ji = l_ij: dz_j = sum_i dl(l_ji; L_i, w_i, g_i) q_i is a plain [bs, bs] @ [bs, D] product
     # of that block with the column's statistics, not a transposed one (dl^T @ q, which XLA:CPU
-    # runs about twice slower), and no [N, D] column accumulator is carried through the sweep.
+    # measured slower here), and no [N, D] column accumulator is carried through the sweep.
     # Moreover exp(l - L_c) = exp(L_r - M) exp(l - L_r) exp(M - L_c): with the row factor applied
     # to the [bs, D] result and the column factor folded into the right-hand side, one exp per
     # pair and one [bs, bs] @ [bs, 2D] product serve both sides. The factors stay within e^+-20

@@ -1,0 +1,151 @@
+"""The trainer's step with the second pass's model formulations vs the ones they replaced.
+
+  python bench/ab_formulations.py --workload=lenet5 --rounds=9
+  python bench/ab_formulations.py --workload=vit_ti --batch=32 --rounds=5
+  python bench/ab_formulations.py --workload=vit_ti --faults    # page faults of one step
+
+"before" swaps the previous formulation back into `sim_jax.models` for the build (LeNet-5:
+nn.Conv -> ReLU -> `max_pool_2x2`; ViT: 3-D Dense layers, `jax.nn.gelu`'s erfc form, head-major
+attention einsums); "after" is the current code. Both are `bench/train_step.JaxRunner` (the
+trainer's jitted step on one fixed batch, CPU compiler options included), timed in interleaved
+rounds of alternating order in one process. Parameters are identical, so both start from the same
+state. `--faults` reports the minor page faults and system time of one sim_jax and one PyTorch
+step (`resource.getrusage`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import resource
+import sys
+import time
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import train_step  # noqa: E402  (bench/train_step.py)
+
+from sim_jax.models import encoder, lenet, vit  # noqa: E402
+
+
+class LeNet5Before(nn.Module):
+  """LeNet-5 as before the conv -> ReLU -> pool custom VJP (same parameter tree)."""
+  dtype: Any = jnp.float32
+  stem_path = ("conv1",)
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    del train
+    pool = lambda y: encoder.max_pool_2x2(y) if min(y.shape[1:3]) >= 2 else y  # noqa: E731
+    pad1 = "SAME" if x.shape[1] < 32 else "VALID"
+    x = pool(nn.relu(nn.Conv(6, (5, 5), padding=pad1, dtype=self.dtype, name="conv1")(x)))
+    pad2 = "VALID" if min(x.shape[1:3]) >= 5 else "SAME"
+    x = pool(nn.relu(nn.Conv(16, (5, 5), padding=pad2, dtype=self.dtype, name="conv2")(x)))
+    x = x.reshape(x.shape[0], -1)
+    x = nn.relu(nn.Dense(120, dtype=self.dtype, name="fc1")(x))
+    return nn.relu(nn.Dense(84, dtype=self.dtype, name="fc2")(x))
+
+
+class AttentionBefore(nn.Module):
+  """ViT attention as before: 3-D Dense layers, head-major einsums."""
+  heads: int
+  dropout_rate: float = 0.0
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train):
+    b, n, d = x.shape
+    qkv = nn.Dense(3 * d, dtype=self.dtype, name="qkv")(x)
+    q, k, v = jnp.moveaxis(qkv.reshape(b, n, 3, self.heads, d // self.heads), 2, 0)
+    scores = jnp.einsum("bqhd,bkhd->bhqk", q, k) / jnp.sqrt(d // self.heads).astype(self.dtype)
+    weights = jax.nn.softmax(scores.astype(jnp.float32), axis=-1).astype(self.dtype)
+    out = jnp.einsum("bhqk,bkhd->bqhd", weights, v).reshape(b, n, d)
+    out = nn.Dense(d, dtype=self.dtype, name="proj")(out)
+    return nn.Dropout(self.dropout_rate, deterministic=not train)(out)
+
+
+class MlpBefore(nn.Module):
+  """ViT MLP as before: 3-D Dense layers, `jax.nn.gelu(approximate=False)` (erfc form)."""
+  hidden: int
+  dropout_rate: float = 0.0
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train):
+    d = x.shape[-1]
+    x = nn.gelu(nn.Dense(self.hidden, dtype=self.dtype, name="fc1")(x), approximate=False)
+    x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+    x = nn.Dense(d, dtype=self.dtype, name="fc2")(x)
+    return nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+
+
+BEFORE = {"lenet5": [(lenet, "LeNet5", LeNet5Before)],
+          "vit_ti": [(vit, "Attention", AttentionBefore), (vit, "Mlp", MlpBefore)]}
+
+
+@contextlib.contextmanager
+def swapped(patches):
+  old = [(obj, name, getattr(obj, name)) for obj, name, _ in patches]
+  for obj, name, value in patches:
+    setattr(obj, name, value)
+  try:
+    yield
+  finally:
+    for obj, name, value in old:
+      setattr(obj, name, value)
+
+
+def faults(workload: str, batch: int) -> None:
+  runners = {"sim_jax": train_step.JaxRunner(workload, batch),
+             "torch": train_step.TorchRunner(workload, batch)}
+  for name, r in list(runners.items()) * 2:
+    before = resource.getrusage(resource.RUSAGE_SELF)
+    t0 = time.perf_counter()
+    r.run(1)
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    print(f"{name:8s} wall {time.perf_counter() - t0:7.2f} s  minor faults "
+          f"{after.ru_minflt - before.ru_minflt:9d}  system time "
+          f"{after.ru_stime - before.ru_stime:6.2f} s  user time "
+          f"{after.ru_utime - before.ru_utime:6.2f} s")
+
+
+def main() -> None:
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument("--workload", choices=sorted(BEFORE), default="lenet5")
+  p.add_argument("--batch", type=int, default=None, help="default: the issue's batch")
+  p.add_argument("--rounds", type=int, default=7)
+  p.add_argument("--steps", type=int, default=None, help="steps per round (default: workload's)")
+  p.add_argument("--faults", action="store_true")
+  args = p.parse_args()
+  w = train_step.WORKLOADS[args.workload]
+  batch = args.batch or w["batch"]
+  if args.faults:
+    faults(args.workload, batch)
+    return
+  steps = args.steps or w["steps"]
+  with swapped(BEFORE[args.workload]):
+    runners = {"before": train_step.JaxRunner(args.workload, batch)}
+  runners["after"] = train_step.JaxRunner(args.workload, batch)
+  times = {k: [] for k in runners}
+  for rd in range(args.rounds):
+    for k in (list(runners) if rd % 2 == 0 else list(runners)[::-1]):
+      t0 = time.perf_counter()
+      runners[k].run(steps)
+      times[k].append((time.perf_counter() - t0) / steps)
+  b, a = np.array(times["before"]), np.array(times["after"])
+  print(f"{args.workload} batch {batch}, {args.rounds} rounds x {steps} step(s), load average "
+        f"{os.getloadavg()[0]:.1f}")
+  for k, t in (("before", b), ("after", a)):
+    print(f"  {k:6s} step min {1e3 * t.min():8.1f} ms  median {1e3 * np.median(t):8.1f} ms")
+  print(f"  speed-up after / before: median {np.median(b) / np.median(a):.2f}x, "
+        f"min {b.min() / a.min():.2f}x")
+
+
+if __name__ == "__main__":
+  main()
