@@ -1,0 +1,137 @@
+"""sim_jax.hostenv: when launch.py re-executes itself with glibc's huge-page malloc tunable."""
+
+import os
+import re
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from sim_jax import hostenv
+
+GLIBC = "glibc 2.36"
+TUNE = "glibc.malloc.hugetlb=1"
+
+
+def test_appends_the_tunable_when_none_is_set():
+  env = hostenv.malloc_env({"PATH": "/bin"}, GLIBC)
+  assert env == {"PATH": "/bin", "GLIBC_TUNABLES": TUNE}
+
+
+def test_keeps_existing_tunables_in_order():
+  env = hostenv.malloc_env({"GLIBC_TUNABLES": "glibc.malloc.arena_max=1:glibc.pthread.x=2"},
+                           GLIBC)
+  assert env["GLIBC_TUNABLES"] == f"glibc.malloc.arena_max=1:glibc.pthread.x=2:{TUNE}"
+
+
+def test_does_not_modify_the_callers_mapping():
+  environ = {"GLIBC_TUNABLES": "glibc.malloc.arena_max=1"}
+  hostenv.malloc_env(environ, GLIBC)
+  assert environ == {"GLIBC_TUNABLES": "glibc.malloc.arena_max=1"}
+
+
+@pytest.mark.parametrize("tunables", [TUNE, "glibc.malloc.hugetlb=0",
+                                      "glibc.malloc.arena_max=1:glibc.malloc.hugetlb=2"])
+def test_already_set_means_no_reexec(tunables):
+  """A user's own choice (hugetlb=0 included) wins, and the re-exec'd process stops here."""
+  assert hostenv.malloc_env({"GLIBC_TUNABLES": tunables}, GLIBC) is None
+
+
+def test_a_tunable_that_only_starts_alike_is_not_mistaken_for_it():
+  env = hostenv.malloc_env({"GLIBC_TUNABLES": "glibc.malloc.hugetlbx=1"}, GLIBC)
+  assert env["GLIBC_TUNABLES"] == f"glibc.malloc.hugetlbx=1:{TUNE}"
+
+
+def test_opt_out():
+  assert hostenv.malloc_env({"SIM_JAX_HUGEPAGES": "0"}, GLIBC) is None
+  assert hostenv.malloc_env({"SIM_JAX_HUGEPAGES": "1"}, GLIBC)["GLIBC_TUNABLES"] == TUNE
+
+
+@pytest.mark.parametrize("libc", ["glibc 2.34", "glibc 2.17", "glibc 1.99"])
+def test_glibc_older_than_2_35_is_left_alone(libc):
+  assert hostenv.malloc_env({}, libc) is None
+
+
+@pytest.mark.parametrize("libc", [None, "", "musl 1.2.4", "glibc", "glibc two.x"])
+def test_non_glibc_is_left_alone(libc):
+  assert hostenv.malloc_env({}, libc) is None
+
+
+def test_newer_glibc_versions_compare_numerically():
+  assert hostenv.malloc_env({}, "glibc 2.35")["GLIBC_TUNABLES"] == TUNE
+  assert hostenv.malloc_env({}, "glibc 2.100")["GLIBC_TUNABLES"] == TUNE  # not a string compare
+  assert hostenv.malloc_env({}, "glibc 3.0")["GLIBC_TUNABLES"] == TUNE
+
+
+def test_describe_says_on_or_off_and_why():
+  assert hostenv.describe({"GLIBC_TUNABLES": f"a=1:{TUNE}"}) == (
+      f"transparent huge pages for malloc: on (GLIBC_TUNABLES=a=1:{TUNE})")
+  assert ": off (GLIBC_TUNABLES=glibc.malloc.hugetlb=0)" in hostenv.describe(
+      {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"})
+  assert "off (SIM_JAX_HUGEPAGES=0)" in hostenv.describe({"SIM_JAX_HUGEPAGES": "0"})
+
+
+# A tiny entry point as launch.py uses it: re-exec first, then allocate like XLA does (one big
+# malloc, touched). ctypes' malloc, not numpy: numpy madvises its own large arrays for huge
+# pages whatever the tunable says, which would make the control run pass for the wrong reason.
+ENTRY = textwrap.dedent("""
+    import ctypes, os, sys
+    from sim_jax import hostenv
+    print("argv", sys.argv[1:], flush=True)
+    hostenv.maybe_reexec()
+    libc = ctypes.CDLL(None)
+    libc.malloc.restype = ctypes.c_void_p
+    n = 256 << 20
+    p = libc.malloc(ctypes.c_size_t(n))
+    ctypes.memset(p, 1, n)
+    with open("/proc/self/smaps_rollup") as f:
+      huge = [line.split()[1] for line in f if line.startswith("AnonHugePages:")][0]
+    print("GLIBC_TUNABLES", os.environ.get("GLIBC_TUNABLES", ""))
+    print("AnonHugePages_kB", huge)
+    print("describe", hostenv.describe())
+""")
+
+
+def _thp_mode() -> str:
+  try:
+    with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
+      return re.search(r"\[(\w+)\]", f.read()).group(1)
+  except (OSError, AttributeError):
+    return "unavailable"
+
+
+def _run_entry(tmp_path, **env_extra):
+  script = tmp_path / "entry.py"
+  script.write_text(ENTRY)
+  env = {k: v for k, v in os.environ.items()
+         if k not in ("GLIBC_TUNABLES", "SIM_JAX_HUGEPAGES", "LD_PRELOAD")}
+  env.update(env_extra)
+  proc = subprocess.run([sys.executable, str(script), "--flag=x", "--coordinator_address=h:1"],
+                        env=env, capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  out = dict(line.split(" ", 1) for line in proc.stdout.splitlines())
+  # "argv" is printed before and after the re-exec; the dict keeps the last (the new process).
+  return proc.stdout, out
+
+
+@pytest.mark.skipif(hostenv.malloc_env({}, hostenv.current_libc_version()) is None,
+                    reason=f"needs Linux with glibc >= 2.35 (this libc: "
+                           f"{hostenv.current_libc_version()})")
+def test_reexec_gives_malloc_transparent_huge_pages(tmp_path):
+  """The real thing: the re-exec'd process has the tunable, the same argv, and the kernel backs
+  a 256 MiB malloc with huge pages (read from /proc/self/smaps_rollup, not from our code)."""
+  mode = _thp_mode()
+  if mode not in ("madvise", "always"):
+    pytest.skip(f"transparent huge pages are {mode!r} on this kernel "
+                f"(/sys/kernel/mm/transparent_hugepage/enabled)")
+  stdout, out = _run_entry(tmp_path, GLIBC_TUNABLES="glibc.malloc.arena_max=2")
+  assert stdout.count("argv ['--flag=x', '--coordinator_address=h:1']") == 2, stdout
+  assert out["GLIBC_TUNABLES"] == f"glibc.malloc.arena_max=2:{TUNE}"
+  assert out["describe"].startswith("transparent huge pages for malloc: on")
+  assert int(out["AnonHugePages_kB"]) >= 128 << 10, out  # most of the 256 MiB
+  if mode == "madvise":
+    # Control: opted out, nothing madvises the chunk, so the kernel gives it no huge pages.
+    stdout, off = _run_entry(tmp_path, SIM_JAX_HUGEPAGES="0")
+    assert stdout.count("argv") == 1 and off["GLIBC_TUNABLES"] == ""
+    assert int(off["AnonHugePages_kB"]) < 16 << 10, off
