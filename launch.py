@@ -19,6 +19,8 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from sim_jax import hostenv  # standard library only: safe before the re-exec
+
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Path to an ml_collections config file.",
                                 lock_config=True)
@@ -76,6 +78,7 @@ def main(argv):
                                   FLAGS.process_id)
   logging.info("%s", sharding.describe_topology())
   logging.info("local devices: %s", jax.local_devices())
+  logging.info("%s", hostenv.describe())
   config = FLAGS.config
   try:
     if FLAGS.mode == "train":
@@ -101,4 +104,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  # glibc reads GLIBC_TUNABLES only at process start: re-exec with malloc's transparent-huge-page
+  # tunable before JAX allocates anything (docs/cpu_performance.md; SIM_JAX_HUGEPAGES=0 opts out).
+  hostenv.maybe_reexec()
   app.run(main)
