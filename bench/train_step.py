@@ -29,6 +29,13 @@ achieved FLOP/s relative to a float32 [2048,2048] x [2048,2048] jnp matmul timed
 subprocess, XLA's temp buffer size, and the subprocess's peak RSS (both frameworks together).
 Thread counts: torch.get_num_threads() and the CPU affinity XLA's thread pool sizes itself to.
 Writes JSON (--out) and a markdown table (--md).
+
+Per-framework environments (`--jax_env NAME=VALUE`, `--torch_env NAME=VALUE`, or `--envs=best`
+for the winners of bench/allocators.py): the memory allocator is fixed when a process starts,
+and sim_jax and PyTorch are fastest under different ones, so then each workload runs sim_jax
+and torch in two persistent worker processes (bench/workers.py), each in its own environment,
+with the timed rounds interleaved exactly as above; the JSON and the table record each
+framework's environment and the malloc libraries really loaded.
 """
 
 from __future__ import annotations
@@ -430,6 +437,90 @@ def run_workload(name: str, batch: int, repeats: int, steps: int,
   return out
 
 
+def run_workload_workers(name: str, batch: int, repeats: int, steps: int,
+                         envs: dict[str, dict], overrides: dict | None = None,
+                         matmul_n: int = 2048, timeout: float = 1800.0) -> dict:
+  """`run_workload`, but sim_jax and torch each in its own worker process and environment.
+
+  `envs` is {"sim_jax": {"name": label, "vars": {VAR: value}, "clear_allocator": bool}, "torch":
+  ...}: each worker gets this process's environment (minus GLIBC_TUNABLES / LD_PRELOAD when
+  `clear_allocator`) plus `vars`, so each framework can run under its own allocator
+  (bench/workers.py). Timed rounds interleave exactly as `run_workload`'s (order alternating).
+  Keys are `run_workload`'s; `peak_rss_bytes` is the sim_jax worker's (each framework's own is
+  in its entry), and each framework's entry adds per-step system seconds and minor faults.
+  """
+  import numpy as np
+
+  from bench import workers
+  images = batch * WORKLOADS[name]["per_item"]
+  specs = [dict(label=fw, framework=fw, workload=name, batch=batch, timeout=timeout,
+                overrides=overrides if fw == "sim_jax" else None,
+                matmul_n=matmul_n if fw == "sim_jax" else 0,
+                env=workers.worker_env(envs[fw].get("vars"), envs[fw].get("clear_allocator")))
+           for fw in workers.FRAMEWORKS]
+  jw, tw = workers.start_all(specs)
+  try:
+    samples = {"sim_jax": [], "torch": []}
+    for r in range(repeats):
+      order = [jw, tw] if r % 2 == 0 else [tw, jw]
+      for w in order:
+        samples[w.label].append(w.step(steps))
+    loss = jw.request("loss")["loss"]
+    rss = {w.label: w.request("stats")["peak_rss_bytes"] for w in (jw, tw)}
+  finally:
+    jw.close()
+    tw.close()
+  j, t = jw.info, tw.info
+  out = {"workload": name, "batch": batch, "images_per_step": images, "steps": steps,
+         "repeats": repeats, "overrides": overrides or {}, "compile_s": j["compile_s"],
+         "step_flops": j["step_flops"], "xla_temp_bytes": j["xla_temp_bytes"],
+         "matmul_flops_per_s": j.get("matmul_flops_per_s", float("nan")),
+         "peak_rss_bytes": rss["sim_jax"], "torch_threads": t["torch_threads"],
+         "xla_cpu_threads": j["affinity"], "jax_devices": j["jax_devices"], "loss_after": loss,
+         "environments": {fw: {"name": envs[fw].get("name") or workers.describe_env(
+             envs[fw].get("vars")), "vars": envs[fw].get("vars") or {},
+             "malloc_libs": w.info["malloc_libs"]} for fw, w in (("sim_jax", jw), ("torch", tw))}}
+  for fw, ss in samples.items():
+    ips = images / np.asarray([x["step_s"] for x in ss])
+    out[fw] = {"step_s": [x["step_s"] for x in ss], "img_per_s_min": float(ips.min()),
+               "img_per_s_median": float(np.median(ips)),
+               "sys_s_median": float(np.median([x["sys_s"] for x in ss])),
+               "minflt_median": float(np.median([x["minflt"] for x in ss])),
+               "peak_rss_bytes": rss[fw]}
+  out["torch"]["first_step_s"] = t["first_step_s"]
+  out["ratio_median"] = out["sim_jax"]["img_per_s_median"] / out["torch"]["img_per_s_median"]
+  out["ratio_min"] = out["sim_jax"]["img_per_s_min"] / out["torch"]["img_per_s_min"]
+  step_s = float(np.median(out["sim_jax"]["step_s"]))
+  out["sim_jax"]["flops_per_s"] = j["step_flops"] / step_s
+  out["sim_jax"]["matmul_fraction"] = j["step_flops"] / step_s / out["matmul_flops_per_s"]
+  return out
+
+
+def framework_envs(args, name: str) -> dict[str, dict] | None:
+  """{framework: environment} for the two-worker mode from --jax_env / --torch_env / --envs;
+  None (today's single process) when none of them is given."""
+  from bench import workers
+  if args.envs:
+    if args.jax_env or args.torch_env:
+      raise ValueError("--envs=best chooses both environments; do not combine it with "
+                       f"--jax_env {args.jax_env} / --torch_env {args.torch_env}")
+    if args.envs != "best":
+      raise ValueError(f"--envs must be 'best'; got {args.envs!r}")
+    from bench import allocators
+    path = args.allocators_json
+    if not os.path.exists(path):
+      raise FileNotFoundError(f"--envs=best reads {path}, which does not exist: run "
+                              f"python bench/allocators.py first (or pass --allocators_json)")
+    with open(path) as f:
+      result = {**json.load(f), "_path": path}
+    return {fw: {"name": a, "vars": v, "clear_allocator": True}
+            for fw, (a, v) in allocators.best_envs(result, name).items()}
+  if not (args.jax_env or args.torch_env):
+    return None
+  return {"sim_jax": {"vars": workers.parse_env(args.jax_env)},
+          "torch": {"vars": workers.parse_env(args.torch_env)}}
+
+
 def environment() -> dict:
   import flax
   import jax
@@ -467,6 +558,12 @@ def _fmt_rate(x: float) -> str:
   return f"{x / 1e9:.1f}"
 
 
+def _env_cell(e: dict) -> str:
+  """`name` (`VAR=value ...`) of one framework's worker environment, for the table."""
+  settings = " ".join(f"{k}={v}" for k, v in sorted(e.get("vars", {}).items()))
+  return f"{e['name']} (`{settings}`)" if settings and settings != e["name"] else e["name"]
+
+
 def markdown(result: dict) -> str:
   env = result["environment"]
   lines = [
@@ -481,6 +578,12 @@ def markdown(result: dict) -> str:
       "ratio median (min) | target | compile s | step GFLOP | achieved GFLOP/s (% of matmul) "
       "| XLA temp MiB | peak RSS MiB | threads torch / XLA |",
       "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+  with_envs = any("environments" in r for r in result["workloads"])
+  if with_envs:  # two-worker mode: each framework's process environment (bench/workers.py)
+    lines[0] += (" Each framework ran in its own worker process with the environment in the "
+                 "last column (rounds still interleaved); peak RSS is the sim_jax worker's.")
+    lines[2] = lines[2][:-1] + "| environment sim_jax / torch |"
+    lines[3] += "---|"
   for r in result["workloads"]:
     j, t = r["sim_jax"], r.get("torch")
     target = TARGETS.get(r["workload"])
@@ -497,6 +600,10 @@ def markdown(result: dict) -> str:
         f"{_fmt_rate(j['flops_per_s'])} ({100 * j['matmul_fraction']:.0f}% of "
         f"{_fmt_rate(r['matmul_flops_per_s'])}) | {r['xla_temp_bytes'] / 2**20:.0f} | "
         f"{r['peak_rss_bytes'] / 2**20:.0f} | {r['torch_threads']} / {r['xla_cpu_threads']} |")
+    if with_envs:
+      e = r.get("environments")
+      lines[-1] += (" same process |" if e is None else
+                    f" {_env_cell(e['sim_jax'])} / {_env_cell(e['torch'])} |")
   if result.get("note"):
     lines += ["", result["note"]]
   return "\n".join(lines) + "\n"
@@ -518,6 +625,17 @@ def parse_args(argv=None):
                       "interleaved rounds (e.g. bf16:model.dtype=bfloat16); a key xla.<option> "
                       "is an XLA compiler option instead ('|' for ',' in its value), e.g. "
                       f"ynn_conv:xla.xla_cpu_experimental_ynn_fusion_type={YNN_DEFAULT}")
+  p.add_argument("--jax_env", action="append", default=[],
+                 help="NAME=VALUE set for sim_jax only (repeatable), e.g. "
+                      "GLIBC_TUNABLES=glibc.malloc.hugetlb=1: sim_jax and torch then run in two "
+                      "worker processes, each in its own environment, rounds still interleaved")
+  p.add_argument("--torch_env", action="append", default=[],
+                 help="NAME=VALUE set for torch only (repeatable), e.g. "
+                      "LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4")
+  p.add_argument("--envs", default="", help="'best': each framework in its best allocator "
+                 "environment per --allocators_json (bench/allocators.py's per-workload winners)")
+  p.add_argument("--allocators_json",
+                 default=os.path.join(_REPO, "bench", "results", "allocators.json"))
   p.add_argument("--timeout", type=float, default=1800.0, help="seconds per workload")
   p.add_argument("--out", default=os.path.join(_REPO, "bench", "results", "train_step.json"))
   p.add_argument("--md", default=os.path.join(_REPO, "bench", "results", "train_step.md"))
@@ -565,11 +683,20 @@ def main(argv=None) -> dict:
   result = {"date": time.strftime("%Y-%m-%d %H:%M"), "repeats": args.repeats,
             "steps": args.steps, "quick": args.quick, "environment": environment(),
             "workloads": []}
+  all_envs = {n: framework_envs(args, n) for n in names}  # bad flags fail before any run
   for n in names:
     batch = args.batch or WORKLOADS[n]["batch"]
     steps = args.steps or WORKLOADS[n]["steps"]
-    r = run_in_subprocess(dict(name=n, batch=batch, repeats=args.repeats, steps=steps,
-                               overrides=overrides, variants=variants), args.timeout)
+    envs = all_envs[n]
+    if envs is None:
+      r = run_in_subprocess(dict(name=n, batch=batch, repeats=args.repeats, steps=steps,
+                                 overrides=overrides, variants=variants), args.timeout)
+    elif variants:
+      raise ValueError(f"--variant {args.variant} runs in one process with the base step; it "
+                       f"cannot be combined with per-framework environments")
+    else:
+      r = run_workload_workers(n, batch, args.repeats, steps, envs, overrides,
+                               timeout=args.timeout)
     print(json.dumps({**{k: r.get(k) for k in ("workload", "ratio_median", "ratio_min",
                                                "compile_s")},
                       **{f"{k} speedup vs base (median, min)": (v["speedup_vs_base_median"],
