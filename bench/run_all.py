@@ -35,8 +35,13 @@ def bench_commands(quick: bool) -> dict[str, list[str]]:
   py = sys.executable
   q = ["--quick"] if quick else []
   rs = _results
+  # The allocator bench runs first; train_step then gives each framework its winning allocator
+  # (each in its own worker process), the fair comparison when they differ (bench/allocators.py).
+  envs = ["--envs=best", "--allocators_json", rs("allocators", quick)]
   return {
-      "train_step": [py, "bench/train_step.py", *q,
+      "allocators": [py, "bench/allocators.py", *q, "--out", rs("allocators", False),
+                     "--md", rs("allocators", False, ".md")],
+      "train_step": [py, "bench/train_step.py", *q, *envs,
                      "--out", rs("train_step", False), "--md", rs("train_step", False, ".md")],
       "loss_scaling": [py, "bench/loss_scaling.py", *q,
                        "--out", rs("loss_scaling", quick, "")],
@@ -59,6 +64,10 @@ def run_benches(names: list[str], quick: bool, timeout: float) -> dict[str, str]
     if not os.path.exists(os.path.join(_REPO, cmd[1])):
       status[name] = f"not run: {cmd[1]} does not exist yet"
       continue
+    if "--envs=best" in cmd and not os.path.exists(cmd[cmd.index("--envs=best") + 2]):
+      # No allocator winners (that bench was not run or failed): one process, one environment.
+      i = cmd.index("--envs=best")
+      cmd = cmd[:i] + cmd[i + 3:]
     print(f"[run_all] {' '.join(cmd[1:])}", flush=True)
     t0 = time.time()
     try:
@@ -76,7 +85,8 @@ def run_benches(names: list[str], quick: bool, timeout: float) -> dict[str, str]
 
 def load_results(quick: bool) -> dict[str, dict]:
   """The JSON each bench wrote (quick files when `quick`); missing ones are left out."""
-  paths = {"train_step": _results("train_step", quick),
+  paths = {"allocators": _results("allocators", quick),
+           "train_step": _results("train_step", quick),
            "loss_scaling": _results("loss_scaling", quick),
            "input_pipeline": _results("input_pipeline", quick),
            "retrieval": _results("retrieval", quick),
@@ -132,6 +142,12 @@ def train_step_md(r: dict) -> str:
   sys.path.insert(0, _REPO)
   from bench import train_step
   return train_step.markdown(r)
+
+
+def allocators_md(r: dict) -> str:
+  sys.path.insert(0, _REPO)
+  from bench import allocators
+  return allocators.markdown(r)
 
 
 def loss_scaling_md(r: dict) -> str:
@@ -207,6 +223,8 @@ def xla_flags_md(r: dict) -> str:
 
 
 SECTIONS = {
+    "allocators": ("Memory allocators: each framework's step under glibc / huge pages / tcmalloc "
+                   "/ jemalloc", allocators_md, "bench/allocators.py"),
     "train_step": ("Train step: sim_jax vs PyTorch + pytorch-metric-learning", train_step_md,
                    "bench/train_step.py"),
     "loss_scaling": ("Loss scaling: dense vs streaming vs pytorch-metric-learning",
@@ -382,6 +400,8 @@ def write_docs(results, status, quick: bool) -> None:
          "python -m bench.run_all --quick    # smoke sizes\npython -m bench.run_all "
          "--report_only  # markdown from the existing JSON\n```\n\n"
          "| script | measures |\n|---|---|\n"
+         "| `allocators.py` | each framework's step under each malloc, one worker process "
+         "each |\n"
          "| `train_step.py` | one full train step, sim_jax vs PyTorch + pml, 4 workloads |\n"
          "| `loss_scaling.py` | dense vs streaming losses vs pml as N grows |\n"
          "| `input_pipeline.py` | grain pipeline throughput vs the step's consumption |\n"
