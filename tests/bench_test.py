@@ -124,3 +124,161 @@ def test_xla_flag_table_lists_every_set_with_its_speedup_or_error():
   assert "| default | `(none)` | 1.00 / 2.00 | 1.00x | 3 / 5 |" in md
   assert "| ynn_conv | `opt=A,B` | 3.00 / 4.00 | 0.50x | - |" in md
   assert "| onednn | `--x=1` | failed: 'boom' |" in md
+
+
+# ------------------------------------------------------- per-framework environments (workers)
+
+
+def _malloc_preloads_or_skip():
+  """tcmalloc and jemalloc .so paths; CI installs them (.ci/run), so there a miss is a failure."""
+  import os
+
+  from bench import allocators
+  envs, skipped = allocators.allocator_envs()
+  if skipped:
+    why = "; ".join(f"{k}: {v}" for k, v in skipped.items())
+    if os.environ.get("CI") == "true":
+      pytest.fail(f"CI must install the malloc libraries the allocator bench measures: {why}")
+    pytest.skip(f"allocator libraries missing: {why}")
+  return envs
+
+
+def test_parse_env_keeps_equals_in_values_and_names_bad_items():
+  from bench import workers
+  assert workers.parse_env(["GLIBC_TUNABLES=glibc.malloc.hugetlb=1", "LD_PRELOAD="]) == {
+      "GLIBC_TUNABLES": "glibc.malloc.hugetlb=1", "LD_PRELOAD": ""}
+  for bad in ("LD_PRELOAD", "=x", "A B=1"):
+    with pytest.raises(ValueError, match=repr(bad).replace("[", r"\[")):
+      workers.parse_env([bad])
+
+
+def test_worker_env_clears_inherited_allocator_settings(monkeypatch):
+  from bench import workers
+  monkeypatch.setenv("LD_PRELOAD", "/x/libjemalloc.so.2")
+  monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.hugetlb=1")
+  env = workers.worker_env({"LD_PRELOAD": "/y.so"}, clear_allocator=True)
+  assert env["LD_PRELOAD"] == "/y.so" and "GLIBC_TUNABLES" not in env
+  assert env["JAX_PLATFORMS"] == "cpu"
+  kept = workers.worker_env({}, clear_allocator=False)
+  assert kept["GLIBC_TUNABLES"] == "glibc.malloc.hugetlb=1"
+
+
+def test_failing_worker_raises_with_its_error():
+  from bench import workers
+  w = workers.Worker("t", "torch", "no_such_workload", 4, workers.worker_env(), timeout=120)
+  with pytest.raises(workers.WorkerError, match="no_such_workload"):
+    w.wait_ready()
+  assert w.proc.poll() is not None  # not left running
+
+
+def _alloc_result():
+  """Two workloads of hand-written step times: per-workload winners differ from the overall."""
+  def runs(**medians):
+    return {a: {"step_s_median": m} for a, m in medians.items()}
+  return {"allocators": {"glibc": {}, "glibc_hugetlb": {"GLIBC_TUNABLES": "h"},
+                         "tcmalloc": {"LD_PRELOAD": "/t.so"}},
+          "workloads": [
+              {"workload": "lenet5", "best": {"sim_jax": "glibc", "torch": "tcmalloc"},
+               "runs": {"sim_jax": runs(glibc=1.0, glibc_hugetlb=1.1, tcmalloc=1.2),
+                        "torch": runs(glibc=1.0, glibc_hugetlb=2.0, tcmalloc=0.5)}},
+              {"workload": "vit_ti", "best": {"sim_jax": "glibc_hugetlb", "torch": "glibc"},
+               "runs": {"sim_jax": runs(glibc=4.0, glibc_hugetlb=2.0, tcmalloc=5.0),
+                        "torch": runs(glibc=1.0, glibc_hugetlb=1.2, tcmalloc=1.1)}}]}
+
+
+def test_best_overall_is_the_geometric_mean_winner_and_best_envs_falls_back_to_it():
+  from bench import allocators
+  r = _alloc_result()
+  # sim_jax: hugetlb 1.1 * 0.5 = 0.55 < glibc 1 < tcmalloc 1.2 * 1.25; torch: tcmalloc
+  # 0.5 * 1.1 = 0.55 < glibc 1 < hugetlb 2.4.
+  r["best_overall"] = allocators.best_overall(r["workloads"])
+  assert r["best_overall"] == {"sim_jax": "glibc_hugetlb", "torch": "tcmalloc"}
+  assert allocators.best_envs(r, "vit_ti") == {
+      "sim_jax": ("glibc_hugetlb", {"GLIBC_TUNABLES": "h"}), "torch": ("glibc", {})}
+  assert allocators.best_envs(r, "resnet18") == {  # not measured: the overall winners
+      "sim_jax": ("glibc_hugetlb", {"GLIBC_TUNABLES": "h"}),
+      "torch": ("tcmalloc", {"LD_PRELOAD": "/t.so"})}
+
+
+def test_envs_flags_are_checked_before_anything_runs(tmp_path):
+  args = train_step.parse_args(["--envs=best", f"--allocators_json={tmp_path}/none.json"])
+  with pytest.raises(FileNotFoundError, match="none.json"):
+    train_step.framework_envs(args, "lenet5")
+  args = train_step.parse_args(["--envs=best", "--jax_env=A=1"])
+  with pytest.raises(ValueError, match="do not combine"):
+    train_step.framework_envs(args, "lenet5")
+  args = train_step.parse_args(["--envs=fastest"])
+  with pytest.raises(ValueError, match="'fastest'"):
+    train_step.framework_envs(args, "lenet5")
+  assert train_step.framework_envs(train_step.parse_args([]), "lenet5") is None
+  with pytest.raises(ValueError, match="cannot be combined"):
+    train_step.main(["--quick", "--workloads=lenet5", "--jax_env=A=1", "--variant=x:a.b=1",
+                     f"--out={tmp_path}/o.json", f"--md={tmp_path}/o.md"])
+
+
+def _check_two_worker_record(r):
+  """The two-worker row is internally consistent with its raw per-round step times."""
+  for fw in ("sim_jax", "torch"):
+    ips = r["images_per_step"] / np.asarray(r[fw]["step_s"])
+    np.testing.assert_allclose(r[fw]["img_per_s_median"], np.median(ips))
+  np.testing.assert_allclose(
+      r["ratio_median"], r["sim_jax"]["img_per_s_median"] / r["torch"]["img_per_s_median"])
+  assert np.isfinite(r["loss_after"]) and r["compile_s"] > 0 and r["step_flops"] > 0
+
+
+@pytest.mark.slow
+def test_two_worker_mode_runs_each_framework_in_its_own_environment(tmp_path):
+  """--jax_env / --torch_env: two processes, each with only its own settings (read back from
+  each worker's os.environ), the table names both."""
+  out = train_step.main(["--quick", "--workloads=lenet5",
+                         "--jax_env=GLIBC_TUNABLES=glibc.malloc.hugetlb=1",
+                         "--torch_env=GLIBC_TUNABLES=glibc.malloc.arena_max=1",
+                         f"--out={tmp_path}/ts.json", f"--md={tmp_path}/ts.md"])
+  (r,) = out["workloads"]
+  assert len(r["sim_jax"]["step_s"]) == len(r["torch"]["step_s"]) == 1  # --quick: one round
+  _check_two_worker_record(r)
+  assert r["environments"]["sim_jax"]["vars"] == {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}
+  assert r["environments"]["torch"]["vars"] == {"GLIBC_TUNABLES": "glibc.malloc.arena_max=1"}
+  md = (tmp_path / "ts_quick.md").read_text()
+  assert ("| GLIBC_TUNABLES=glibc.malloc.hugetlb=1 / GLIBC_TUNABLES=glibc.malloc.arena_max=1 |"
+          in md)
+
+
+@pytest.mark.slow
+def test_allocator_bench_quick_then_train_step_with_the_winners(tmp_path):
+  """bench/allocators.py --quick: every (framework, allocator) ran in a process that really
+  loaded that malloc (/proc/self/maps), winners and ratios follow from the raw times, and
+  train_step --envs=best runs each framework under its winner."""
+  _malloc_preloads_or_skip()
+  from bench import allocators
+  res = allocators.main(["--quick", "--workloads=lenet5", f"--out={tmp_path}/a.json",
+                         f"--md={tmp_path}/a.md"])
+  (w,) = res["workloads"]
+  expect_lib = {"glibc": None, "glibc_hugetlb": None, "tcmalloc": "libtcmalloc",
+                "jemalloc": "libjemalloc"}
+  for fw in ("sim_jax", "torch"):
+    assert set(w["runs"][fw]) == set(expect_lib)
+    for a, run in w["runs"][fw].items():
+      libs = " ".join(run["malloc_libs"])
+      assert (expect_lib[a] in libs) if expect_lib[a] else libs == "", (fw, a, libs)
+      assert len(run["step_s"]) == 2 and run["minflt_median"] >= 0
+    medians = {a: np.median(run["step_s"]) for a, run in w["runs"][fw].items()}
+    assert w["best"][fw] == min(medians, key=medians.get)
+  j, t = w["runs"]["sim_jax"], w["runs"]["torch"]
+  np.testing.assert_allclose(w["ratio_best_median"], np.median(t[w["best"]["torch"]]["step_s"])
+                             / np.median(j[w["best"]["sim_jax"]]["step_s"]))
+  np.testing.assert_allclose(w["ratio_glibc_median"], np.median(t["glibc"]["step_s"])
+                             / np.median(j["glibc"]["step_s"]))
+  assert f"| lenet5 (batch 8) | torch | {w['best']['torch']} (best) |" in (
+      tmp_path / "a_quick.md").read_text()
+
+  out = train_step.main(["--quick", "--workloads=lenet5", "--envs=best",
+                         f"--allocators_json={tmp_path}/a_quick.json",
+                         f"--out={tmp_path}/ts.json", f"--md={tmp_path}/ts.md"])
+  (r,) = out["workloads"]
+  _check_two_worker_record(r)
+  for fw in ("sim_jax", "torch"):
+    env = r["environments"][fw]
+    assert env["name"] == w["best"][fw] and env["vars"] == res["allocators"][env["name"]]
+    lib = expect_lib[env["name"]]
+    assert (lib in " ".join(env["malloc_libs"])) if lib else env["malloc_libs"] == []
