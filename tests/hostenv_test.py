@@ -135,3 +135,25 @@ def test_reexec_gives_malloc_transparent_huge_pages(tmp_path):
     stdout, off = _run_entry(tmp_path, SIM_JAX_HUGEPAGES="0")
     assert stdout.count("argv") == 1 and off["GLIBC_TUNABLES"] == ""
     assert int(off["AnonHugePages_kB"]) < 16 << 10, off
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(hostenv.malloc_env({}, hostenv.current_libc_version()) is None,
+                    reason=f"needs Linux with glibc >= 2.35 (this libc: "
+                           f"{hostenv.current_libc_version()})")
+def test_launch_py_runs_with_the_tunable_and_logs_it(tmp_path):
+  """launch.py itself re-executes: started without the tunable, its log shows it set (the
+  variable can only come from the re-exec). --mode=embed without --output stops right after."""
+  from tests import helpers
+  for extra, line in (({}, f"transparent huge pages for malloc: on (GLIBC_TUNABLES={TUNE})"),
+                      ({"SIM_JAX_HUGEPAGES": "0"},
+                       "transparent huge pages for malloc: off (SIM_JAX_HUGEPAGES=0)")):
+    env = helpers.subprocess_env()
+    for k in ("GLIBC_TUNABLES", "LD_PRELOAD", "SIM_JAX_HUGEPAGES"):
+      env.pop(k, None)
+    env.update(extra)
+    proc = subprocess.run(helpers.launch_cmd(str(tmp_path / "w"), "--mode=embed"), env=env,
+                          capture_output=True, text=True, timeout=300, cwd=helpers.REPO_ROOT)
+    assert proc.returncode == 2 and "--mode=embed needs --output" in proc.stderr, (
+        helpers.describe(proc))
+    assert line in proc.stderr, helpers.describe(proc)
