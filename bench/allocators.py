@@ -27,9 +27,11 @@ per framework, the allocator with the lowest geometric mean of step time relativ
 over the measured workloads; `bench/train_step.py --envs=best` uses the per-workload winners
 (or `best_overall` for a workload not measured here).
 
-Memory: all 2 x 4 workers of a workload live at once; tcmalloc and jemalloc keep freed memory, so
-a ViT-Ti sim_jax worker holds its ~4.4 GiB scratch buffer between steps. Use `--frameworks` to
-measure one framework at a time if 24 GiB is not enough.
+Memory: all 2 x 4 workers of a workload live at once (at most two start at once and they are
+timed one at a time, so their transient peaks do not pile up); tcmalloc and jemalloc keep freed
+memory, so a ViT-Ti sim_jax worker under them holds its ~4.4 GiB scratch buffer between steps.
+Use `--frameworks` to measure one framework at a time if memory is short. A workload whose worker
+fails (e.g. killed for memory) is recorded with its error and the others still run.
 """
 
 from __future__ import annotations
@@ -131,7 +133,7 @@ def best_overall(workloads: list[dict]) -> dict[str, str]:
   for fw in workers.FRAMEWORKS:
     scores = {}
     for w in workloads:
-      runs = w["runs"].get(fw, {})
+      runs = w.get("runs", {}).get(fw, {})
       if "glibc" not in runs:
         continue
       for a, r in runs.items():
@@ -145,7 +147,7 @@ def best_overall(workloads: list[dict]) -> dict[str, str]:
 def best_envs(result: dict, workload: str) -> dict[str, tuple[str, dict[str, str]]]:
   """framework -> (allocator name, environment settings) that won for `workload`, falling back
   to `best_overall` when this result did not measure it."""
-  per = {w["workload"]: w["best"] for w in result["workloads"]}
+  per = {w["workload"]: w["best"] for w in result["workloads"] if "best" in w}
   out = {}
   for fw in workers.FRAMEWORKS:
     name = per.get(workload, {}).get(fw) or result.get("best_overall", {}).get(fw)
@@ -173,6 +175,10 @@ def markdown(result: dict) -> str:
       "minor faults / step | peak RSS MiB |",
       "|---|---|---|---|---|---|---|"]
   for w in result["workloads"]:
+    if "error" in w:
+      lines.append(f"| {w['workload']} (batch {w['batch']}) | - | - | failed: "
+                   f"{w['error'].strip().splitlines()[0][:150]!r} | - | - | - |")
+      continue
     for fw, runs in w["runs"].items():
       for a in ALLOCATOR_ORDER:
         if a not in runs:
@@ -241,7 +247,12 @@ def main(argv=None) -> dict:
   for n in names:
     batch = args.batch or train_step.WORKLOADS[n]["batch"]
     steps = args.steps or train_step.WORKLOADS[n]["steps"]
-    w = run_workload(n, batch, args.rounds, steps, envs, frameworks, args.timeout)
+    try:
+      w = run_workload(n, batch, args.rounds, steps, envs, frameworks, args.timeout)
+    except workers.WorkerError as e:  # e.g. a worker killed for memory: report, go on
+      print(f"[allocators] {n} failed: {e}", flush=True)
+      result["workloads"].append({"workload": n, "batch": batch, "error": str(e)})
+      continue
     print(json.dumps({k: w.get(k) for k in ("workload", "best", "ratio_best_median",
                                             "ratio_glibc_median")}), flush=True)
     result["workloads"].append(w)

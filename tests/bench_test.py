@@ -198,6 +198,24 @@ def test_best_overall_is_the_geometric_mean_winner_and_best_envs_falls_back_to_i
   assert allocators.best_envs(r, "resnet18") == {  # not measured: the overall winners
       "sim_jax": ("glibc_hugetlb", {"GLIBC_TUNABLES": "h"}),
       "torch": ("tcmalloc", {"LD_PRELOAD": "/t.so"})}
+  # A workload whose worker failed is reported and changes no winner.
+  r["workloads"].append({"workload": "multiscale", "batch": 4,
+                         "error": "worker sim_jax/glibc (sim_jax) exited with code -9; its "
+                                  "stderr ends:\nKilled"})
+  assert allocators.best_overall(r["workloads"]) == r["best_overall"]
+  assert allocators.best_envs(r, "multiscale") == allocators.best_envs(r, "resnet18")
+  for w in r["workloads"][:2]:
+    w["batch"] = 4
+    for fw in w["runs"].values():
+      for run in fw.values():
+        run.update(step_s_min=run["step_s_median"], sys_s_median=0.0, minflt_median=0,
+                   peak_rss_bytes=2**20)
+  r["workloads"][1].update(ratio_best_median=0.5, ratio_best_min=0.5)  # torch 1.0 s / jax 2.0 s
+  md = allocators.markdown({**r, "date": "d", "load_avg_at_start": (1.0,), "rounds": 1,
+                            "skipped": {}})
+  assert "| multiscale (batch 4) | - | - | failed: 'worker sim_jax/glibc (sim_jax) exited " in md
+  assert "| vit_ti | glibc_hugetlb / glibc: **0.50x** (0.50x) | - |" in md
+  assert "| vit_ti (batch 4) | sim_jax | glibc_hugetlb (best) | 2.000 / 2.000 |" in md
 
 
 def test_envs_flags_are_checked_before_anything_runs(tmp_path):
