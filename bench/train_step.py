@@ -479,7 +479,8 @@ def run_workload_workers(name: str, batch: int, repeats: int, steps: int,
          "xla_cpu_threads": j["affinity"], "jax_devices": j["jax_devices"], "loss_after": loss,
          "environments": {fw: {"name": envs[fw].get("name") or workers.describe_env(
              envs[fw].get("vars")), "vars": envs[fw].get("vars") or {},
-             "malloc_libs": w.info["malloc_libs"]} for fw, w in (("sim_jax", jw), ("torch", tw))}}
+             "malloc_libs": w.info["malloc_libs"], "allocator_vars_seen": w.info["env"]}
+             for fw, w in (("sim_jax", jw), ("torch", tw))}}
   for fw, ss in samples.items():
     ips = images / np.asarray([x["step_s"] for x in ss])
     out[fw] = {"step_s": [x["step_s"] for x in ss], "img_per_s_min": float(ips.min()),
@@ -535,6 +536,9 @@ def environment() -> dict:
           "torch": torch.__version__,
           "pytorch_metric_learning": pytorch_metric_learning.__version__,
           "xla_flags": os.environ.get("XLA_FLAGS", ""),
+          # Inherited by the single-process mode's subprocess: which malloc both frameworks ran.
+          "allocator_vars": {k: os.environ[k] for k in ("GLIBC_TUNABLES", "LD_PRELOAD")
+                             if k in os.environ},
           "load_avg_at_start": os.getloadavg()}
 
 
@@ -558,6 +562,14 @@ def _fmt_rate(x: float) -> str:
   return f"{x / 1e9:.1f}"
 
 
+def _allocator_note(env: dict) -> str:
+  """The parent's malloc settings (JSON written before they were recorded: nothing)."""
+  if "allocator_vars" not in env:
+    return ""
+  settings = " ".join(f"{k}={v}" for k, v in sorted(env["allocator_vars"].items()))
+  return f"Allocator settings of the run: {settings or '(glibc defaults)'}. "
+
+
 def _env_cell(e: dict) -> str:
   """`name` (`VAR=value ...`) of one framework's worker environment, for the table."""
   settings = " ".join(f"{k}={v}" for k, v in sorted(e.get("vars", {}).items()))
@@ -571,6 +583,7 @@ def markdown(result: dict) -> str:
       f"(load average at start {env['load_avg_at_start'][0]:.1f}: the machine was shared), "
       f"jax {env['jax']}, flax {env['flax']}, torch {env['torch']}, pytorch-metric-learning "
       f"{env['pytorch_metric_learning']}. XLA_FLAGS={env['xla_flags'] or '(none)'}. "
+      f"{_allocator_note(env)}"
       f"Repeats: {result['repeats']} interleaved rounds of "
       f"{', '.join(str(r['steps']) for r in result['workloads'])} step(s).",
       "",

@@ -46,8 +46,10 @@ def test_lenet_step_runs_and_reports():
       r["ratio_median"], r["sim_jax"]["img_per_s_median"] / r["torch"]["img_per_s_median"])
   md = train_step.markdown({"date": "d", "repeats": 1, "environment": {
       "machine": "m", "affinity": 2, "load_avg_at_start": (1.0,), "jax": "j", "flax": "f",
-      "torch": "t", "pytorch_metric_learning": "p", "xla_flags": ""}, "workloads": [r]})
+      "torch": "t", "pytorch_metric_learning": "p", "xla_flags": "",
+      "allocator_vars": {"LD_PRELOAD": "/x.so"}}, "workloads": [r]})
   assert f"**{r['ratio_median']:.2f}x**" in md
+  assert "Allocator settings of the run: LD_PRELOAD=/x.so." in md
   assert ("NOT met" in md) == (r["ratio_median"] < 1.0)
 
 
@@ -257,6 +259,11 @@ def test_two_worker_mode_runs_each_framework_in_its_own_environment(tmp_path):
   _check_two_worker_record(r)
   assert r["environments"]["sim_jax"]["vars"] == {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}
   assert r["environments"]["torch"]["vars"] == {"GLIBC_TUNABLES": "glibc.malloc.arena_max=1"}
+  # What each worker process itself saw (its os.environ), independent of what was asked for:
+  assert r["environments"]["sim_jax"]["allocator_vars_seen"]["GLIBC_TUNABLES"] == (
+      "glibc.malloc.hugetlb=1")
+  assert r["environments"]["torch"]["allocator_vars_seen"]["GLIBC_TUNABLES"] == (
+      "glibc.malloc.arena_max=1")
   md = (tmp_path / "ts_quick.md").read_text()
   assert ("| GLIBC_TUNABLES=glibc.malloc.hugetlb=1 / GLIBC_TUNABLES=glibc.malloc.arena_max=1 |"
           in md)
