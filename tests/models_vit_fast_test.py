@@ -128,3 +128,77 @@ def test_attention_matches_numpy_and_torch_gradients(heads, dim):
     for name in ("kernel", "bias"):
       np.testing.assert_allclose(np.asarray(gp[key][name]), tp[key][name].grad.numpy(),
                                  rtol=1e-4, atol=1e-4)
+
+
+def _ln_dense_numpy(x, gamma, beta, w, b, s, eps=vit.LN_EPS):
+  mean = x.mean(-1, keepdims=True)
+  xhat = (x - mean) / np.sqrt(((x - mean) ** 2).mean(-1, keepdims=True) + eps)
+  return ((xhat * gamma + beta) @ w + b) * s
+
+
+def test_layer_norm_dense_value_and_all_gradients_match_float64_autodiff():
+  # The hand-written backward against torch's float64 autodiff of the unfused LayerNorm -> Dense
+  # (x with a large common offset: the two-pass variance must not cancel).
+  torch = pytest.importorskip("torch")
+  rng = np.random.default_rng(2)
+  m, d, f = 37, 24, 40
+  x = (rng.normal(size=(m, d)) * rng.uniform(0.1, 3.0, size=(m, 1)) + 50.0).astype(np.float32)
+  gamma, beta = (rng.normal(size=d).astype(np.float32) for _ in range(2))
+  w = (rng.normal(size=(d, f)) / np.sqrt(d)).astype(np.float32)
+  b = rng.normal(size=f).astype(np.float32)
+  s = rng.uniform(0.5, 2.0, size=f).astype(np.float32)
+  r = rng.normal(size=(m, f)).astype(np.float32)
+
+  def f_jax(x, gamma, beta, w, b):
+    y = vit.layer_norm_dense(x, (gamma, beta), w, b, column_scale=jnp.asarray(s))
+    return jnp.sum(y * r), y
+
+  (_, y), grads = jax.jit(jax.value_and_grad(f_jax, argnums=(0, 1, 2, 3, 4), has_aux=True))(
+      *map(jnp.asarray, (x, gamma, beta, w, b)))
+  t = [torch.tensor(a.astype(np.float64), requires_grad=True) for a in (x, gamma, beta, w, b)]
+  want = torch.nn.functional.layer_norm(t[0], (d,), t[1], t[2], eps=vit.LN_EPS) @ t[3] + t[4]
+  want = want * torch.from_numpy(s.astype(np.float64))
+  (want * torch.from_numpy(r.astype(np.float64))).sum().backward()
+  np.testing.assert_allclose(np.asarray(y), want.detach().numpy(), rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(np.asarray(y), _ln_dense_numpy(*(a.astype(np.float64) for a in (
+      x, gamma, beta, w, b, s))), rtol=1e-4, atol=1e-4)
+  for name, got, ref in zip(("x", "gamma", "beta", "kernel", "bias"), grads, t):
+    want_g = ref.grad.numpy()
+    np.testing.assert_allclose(np.asarray(got), want_g, rtol=2e-4,
+                               atol=2e-4 * np.abs(want_g).max(), err_msg=name)
+
+
+def test_layer_norm_dense_block_equals_unfused_flax_block():
+  # Block folds each LayerNorm into the next projection: same parameters as flax's LayerNorm +
+  # Dense (names, shapes, init values), same outputs and gradients as the unfused composition.
+  b, n, d, heads = 2, 9, 24, 3
+  x = jnp.asarray(np.random.default_rng(3).normal(size=(b, n, d)).astype(np.float32) * 2 + 1)
+  block = vit.Block(heads=heads, mlp_dim=4 * d)
+  params = block.init(jax.random.PRNGKey(0), x, False)["params"]
+  params = jax.tree.map(lambda a: a + 0.1 * jax.random.normal(jax.random.PRNGKey(a.size), a.shape),
+                        params)
+
+  class Unfused(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      y = nn.LayerNorm(vit.LN_EPS, name="norm1")(x)
+      x = x + vit.Attention(heads, name="attn")(y, False)
+      y = nn.LayerNorm(vit.LN_EPS, name="norm2")(x)
+      return x + vit.Mlp(4 * d, name="mlp")(y, False)
+
+  ref = Unfused()
+  ref_params = ref.init(jax.random.PRNGKey(0), x)["params"]
+  assert jax.tree.map(jnp.shape, ref_params) == jax.tree.map(jnp.shape, params)
+  init = block.init(jax.random.PRNGKey(0), x, False)["params"]
+  assert all(jax.tree.leaves(jax.tree.map(np.array_equal, init, ref_params)))
+  r = jnp.asarray(np.random.default_rng(4).normal(size=(b, n, d)).astype(np.float32))
+
+  def loss(m, extra):
+    return lambda p, xx: jnp.sum(m.apply({"params": p}, xx, *extra) * r)
+
+  (got, g_got) = jax.value_and_grad(loss(block, (False,)), argnums=(0, 1))(params, x)
+  (want, g_want) = jax.value_and_grad(loss(ref, ()), argnums=(0, 1))(params, x)
+  np.testing.assert_allclose(got, want, rtol=1e-5)
+  for a, c in zip(jax.tree.leaves(g_got), jax.tree.leaves(g_want)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(c), rtol=1e-4,
+                               atol=1e-5 * float(jnp.max(jnp.abs(c))))

@@ -13,6 +13,7 @@ over the blocks (DeiT); it and dropout are active only with train=True and need 
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import flax.linen as nn
@@ -61,24 +62,116 @@ def dense_tokens(features: int, x: jax.Array, name: str, dtype: Any) -> jax.Arra
   return y.reshape(lead + (features,))
 
 
+def _normalize(x: jax.Array, eps: float) -> tuple[jax.Array, jax.Array]:
+  """(x - mean) / sqrt(var + eps) over the last axis in float32, and 1 / sqrt(var + eps)."""
+  x = x.astype(jnp.float32)
+  mean = jnp.mean(x, axis=-1, keepdims=True)
+  var = jnp.mean(jnp.square(x - mean), axis=-1, keepdims=True)  # two-pass: no cancellation
+  rstd = jax.lax.rsqrt(var + eps)
+  return (x - mean) * rstd, rstd
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _normalized_dense(x: jax.Array, w: jax.Array, b: jax.Array, eps: float) -> jax.Array:
+  """xhat(x) @ w + b with xhat = (x - mean) / sqrt(var + eps); x and w share one dtype."""
+  xhat, _ = _normalize(x, eps)
+  return xhat.astype(w.dtype) @ w + b
+
+
+def _normalized_dense_fwd(x, w, b, eps):
+  xhat, rstd = _normalize(x, eps)
+  xhat = xhat.astype(w.dtype)
+  return xhat @ w + b, (xhat, rstd, w)
+
+
+def _normalized_dense_bwd(eps, res, g):
+  del eps
+  xhat, rstd, w = res
+  g = g.astype(w.dtype)
+  dxhat = (g @ w.T).astype(jnp.float32)
+  xhat32 = xhat.astype(jnp.float32)
+  # d/dx of (x - mean) * rstd: rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)).
+  dx = rstd * (dxhat - jnp.mean(dxhat, axis=-1, keepdims=True)
+               - xhat32 * jnp.mean(dxhat * xhat32, axis=-1, keepdims=True))
+  return dx.astype(w.dtype), xhat.T @ g, jnp.sum(g, axis=0)
+
+
+_normalized_dense.defvjp(_normalized_dense_fwd, _normalized_dense_bwd)
+
+
+def layer_norm_dense(x: jax.Array, norm: tuple[jax.Array, jax.Array], kernel: jax.Array,
+                     bias: jax.Array, eps: float = LN_EPS, dtype: Any = jnp.float32,
+                     column_scale: jax.Array | None = None) -> jax.Array:
+  """Dense(LayerNorm(x)) for 2-D x [M, D]: LN's affine folded into the Dense weights.
+
+    LN(x) = xhat * gamma + beta,  xhat = (x - mean) / sqrt(var + eps)  (per row of x)
+    LN(x) @ W + b = xhat @ (gamma[:, None] * W) + (beta @ W + b)
+
+  With `column_scale` s [F] the output columns are scaled too: xhat @ (gamma W s) + (beta W + b) s
+  (the attention's q * D_h^-1/2 of timm, taken into the weights). Same function as
+  `nn.Dense(nn.LayerNorm(x))`, up to float32 rounding. Why: the LN output is never written, and
+  the hand-written backward (one matmul, two row means, one element-wise pass; gamma and beta
+  get their gradients through the [D, F] weight fold) replaces the half-dozen [M, D] passes and
+  materialised broadcasts of gamma that autodiff of the two layers makes XLA:CPU emit. `norm` is
+  the LayerNorm's (scale, bias) = (gamma, beta); statistics are float32, the matmul runs in
+  `dtype`.
+  """
+  scale, shift = norm
+  w = scale[:, None] * kernel
+  b = shift @ kernel + bias
+  if column_scale is not None:
+    w, b = w * column_scale, b * column_scale
+  return _normalized_dense(x.astype(dtype), w.astype(dtype), b.astype(dtype), eps)
+
+
+class LayerNormParams(nn.Module):
+  """`nn.LayerNorm`'s parameters (scale = 1, bias = 0 at init) for `layer_norm_dense`."""
+
+  @nn.compact
+  def __call__(self, features: int) -> tuple[jax.Array, jax.Array]:
+    return (self.param("scale", nn.initializers.ones, (features,)),
+            self.param("bias", nn.initializers.zeros, (features,)))
+
+
+class DenseParams(nn.Module):
+  """`nn.Dense`'s parameters (LeCun-normal kernel [D, F], zero bias [F])."""
+  features: int
+
+  @nn.compact
+  def __call__(self, in_features: int) -> tuple[jax.Array, jax.Array]:
+    return (self.param("kernel", nn.initializers.lecun_normal(), (in_features, self.features)),
+            self.param("bias", nn.initializers.zeros, (self.features,)))
+
+
 class Attention(nn.Module):
-  """Multi-head self-attention with timm's fused qkv: [B, N, D] -> [B, N, D]."""
+  """Multi-head self-attention with timm's fused qkv: [B, N, D] -> [B, N, D].
+
+  With `norm` = (gamma, beta) of the block's pre-norm LayerNorm, the input is the block's
+  un-normalised x and the LayerNorm is folded into the qkv projection (`layer_norm_dense`);
+  without it the input is used as is.
+  """
   heads: int
   dropout_rate: float = 0.0
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+  def __call__(self, x: jax.Array, train: bool,
+               norm: tuple[jax.Array, jax.Array] | None = None) -> jax.Array:
     b, n, d = x.shape
     h, hd = self.heads, d // self.heads
-    qkv = dense_tokens(3 * d, x, "qkv", self.dtype)
+    # q is pre-scaled as timm does (q * D_h^-1/2); the scale is folded into q's weight columns.
+    q_scale = jnp.concatenate([jnp.full((d,), hd ** -0.5, jnp.float32), jnp.ones((2 * d,))])
+    kernel, bias = DenseParams(3 * d, name="qkv")(d)
+    if norm is None:
+      qkv = (x.reshape(b * n, d).astype(self.dtype) @ (kernel * q_scale).astype(self.dtype)
+             + (bias * q_scale).astype(self.dtype))
+    else:
+      qkv = layer_norm_dense(x.reshape(b * n, d), norm, kernel, bias, LN_EPS, self.dtype, q_scale)
     # timm: reshape(B, N, 3, heads, D/heads) then permute: q, k, v are contiguous blocks of D.
     # One transpose to [3, B*heads, N, D/heads] makes both attention products plain batched
     # matmuls with a single leading batch axis: fewer and cheaper XLA:CPU layout copies than
-    # einsums over (b, h) batch axes taken from the token-major layout. q is pre-scaled as timm
-    # does (q * D_h^-1/2).
+    # einsums over (b, h) batch axes taken from the token-major layout.
     q, k, v = jnp.transpose(qkv.reshape(b, n, 3, h, hd), (2, 0, 3, 1, 4)).reshape(3, b * h, n, hd)
-    q = q * jnp.asarray(hd ** -0.5, self.dtype)
     scores = jax.lax.dot_general(q, k, (((2,), (2,)), ((0,), (0,))))  # [B*h, N, N]
     weights = jax.nn.softmax(scores.astype(jnp.float32), axis=-1).astype(self.dtype)
     out = jax.lax.dot_general(weights, v, (((2,), (1,)), ((0,), (0,))))  # [B*h, N, hd]
@@ -88,21 +181,29 @@ class Attention(nn.Module):
 
 
 class Mlp(nn.Module):
+  """fc1 -> GELU -> fc2; with `norm` the block's pre-norm LayerNorm is folded into fc1."""
   hidden: int
   dropout_rate: float = 0.0
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+  def __call__(self, x: jax.Array, train: bool,
+               norm: tuple[jax.Array, jax.Array] | None = None) -> jax.Array:
     d = x.shape[-1]
-    x = gelu(dense_tokens(self.hidden, x, "fc1", self.dtype))
+    if norm is None:
+      x = dense_tokens(self.hidden, x, "fc1", self.dtype)
+    else:
+      kernel, bias = DenseParams(self.hidden, name="fc1")(d)
+      x = layer_norm_dense(x.reshape(-1, d), norm, kernel, bias, LN_EPS, self.dtype)
+    x = gelu(x)
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
     x = dense_tokens(d, x, "fc2", self.dtype)
     return nn.Dropout(self.dropout_rate, deterministic=not train)(x)
 
 
 class Block(nn.Module):
-  """Pre-norm transformer block with stochastic depth."""
+  """Pre-norm transformer block with stochastic depth; each LayerNorm is folded into the
+  projection that follows it (`layer_norm_dense`): same parameters (`norm1`, `norm2`) and math."""
   heads: int
   mlp_dim: int
   dropout_rate: float = 0.0
@@ -113,10 +214,13 @@ class Block(nn.Module):
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     def residual(y):
       return residual_branch(self, y, self.drop_path_rate, train)
-    y = nn.LayerNorm(LN_EPS, dtype=self.dtype, name="norm1")(x)
-    x = x + residual(Attention(self.heads, self.dropout_rate, self.dtype, name="attn")(y, train))
-    y = nn.LayerNorm(LN_EPS, dtype=self.dtype, name="norm2")(x)
-    return x + residual(Mlp(self.mlp_dim, self.dropout_rate, self.dtype, name="mlp")(y, train))
+    d = x.shape[-1]
+    norm1 = LayerNormParams(name="norm1")(d)
+    x = x + residual(Attention(self.heads, self.dropout_rate, self.dtype, name="attn")(
+        x, train, norm1))
+    norm2 = LayerNormParams(name="norm2")(d)
+    y = Mlp(self.mlp_dim, self.dropout_rate, self.dtype, name="mlp")(x, train, norm2)
+    return x + residual(y.reshape(x.shape))
 
 
 class VisionTransformer(nn.Module):
@@ -154,8 +258,9 @@ class VisionTransformer(nn.Module):
       rate = self.stochastic_depth * i / max(self.depth - 1, 1)
       x = block(self.heads, self.hidden * self.mlp_ratio, self.dropout_rate, rate, self.dtype,
                 name=f"blocks_{i}")(x, train)
-    x = nn.LayerNorm(LN_EPS, dtype=self.dtype, name="norm")(x)
-    return x[:, 0] if self.pooling == "cls" else jnp.mean(x[:, 1:], axis=1)
+    if self.pooling == "cls":  # LayerNorm is per token: normalise the class token alone
+      return nn.LayerNorm(LN_EPS, dtype=self.dtype, name="norm")(x[:, 0])
+    return jnp.mean(nn.LayerNorm(LN_EPS, dtype=self.dtype, name="norm")(x)[:, 1:], axis=1)
 
 
 # name -> (hidden, depth, heads); the test-sized variant keeps the layout at toy width.
