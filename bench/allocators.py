@@ -11,6 +11,8 @@ with tcmalloc, and slowest with huge pages. One process cannot give both framewo
 allocator, so this bench runs every (framework, allocator) pair in its own persistent worker
 (bench/workers.py, reusing bench/train_step.py's JaxRunner / TorchRunner), and times them in
 interleaved rounds: in round r every worker times `--steps` steps once, the order rotated by r,
+after `--warmup_rounds` untimed rounds (an allocator's caches and arenas grow over the first
+steps of a fresh process; a long training run sees the steady state),
 so that load from other jobs hits every pair alike.
 
 Allocators: glibc (defaults), glibc_hugetlb (the tunable above), tcmalloc and jemalloc
@@ -83,7 +85,7 @@ def allocator_envs() -> tuple[dict[str, dict[str, str]], dict[str, str]]:
 
 def run_workload(name: str, batch: int, rounds: int, steps: int, envs: dict[str, dict],
                  frameworks: tuple[str, ...] = workers.FRAMEWORKS,
-                 timeout: float = 1800.0) -> dict:
+                 timeout: float = 1800.0, warmup_rounds: int = 0) -> dict:
   """Start a worker per (framework, allocator), time `rounds` rotated rounds, summarise."""
   images = batch * train_step.WORKLOADS[name]["per_item"]
   specs = [dict(label=f"{fw}/{a}", framework=fw, workload=name, batch=batch, timeout=timeout,
@@ -92,6 +94,9 @@ def run_workload(name: str, batch: int, rounds: int, steps: int, envs: dict[str,
   pool = workers.start_all(specs)
   try:
     samples = {w.label: [] for w in pool}
+    for _ in range(warmup_rounds):
+      for w in pool:
+        w.step(steps)
     for r in range(rounds):
       k = r % len(pool)
       for w in pool[k:] + pool[:k]:
@@ -112,8 +117,10 @@ def run_workload(name: str, batch: int, rounds: int, steps: int, envs: dict[str,
         "sys_s_median": statistics.median(x["sys_s"] for x in s),
         "user_s_median": statistics.median(x["user_s"] for x in s),
         "minflt_median": statistics.median(x["minflt"] for x in s),
-        "peak_rss_bytes": stats[w.label]["peak_rss_bytes"]}
+        "peak_rss_bytes": stats[w.label]["peak_rss_bytes"],
+        "train_state_step": stats[w.label].get("train_state_step")}
   out = {"workload": name, "batch": batch, "images_per_step": images, "rounds": rounds,
+         "warmup_rounds": warmup_rounds,
          "steps": steps, "runs": runs,
          "best": {fw: min(r, key=lambda a, r=r: r[a]["step_s_median"]) for fw, r in runs.items()}}
   if set(runs) == set(workers.FRAMEWORKS):
@@ -163,10 +170,12 @@ def best_envs(result: dict, workload: str) -> dict[str, tuple[str, dict[str, str
 
 def markdown(result: dict) -> str:
   """A table of every (workload, framework, allocator) and the ratios, for bench/README.md."""
+  end = result.get("load_avg_at_end")
   lines = [
-      f"Measured {result['date']} (load average at start {result['load_avg_at_start'][0]:.1f}), "
+      f"Measured {result['date']} (load average at start {result['load_avg_at_start'][0]:.1f}"
+      f"{'' if end is None else f', at end {end[0]:.1f}'}), "
       f"each (framework, allocator) in its own worker process, {result['rounds']} rotated "
-      f"interleaved round(s). Skipped: "
+      f"interleaved round(s) after {result.get('warmup_rounds', 0)} untimed. Skipped: "
       f"{'; '.join(f'{k}: {v}' for k, v in result['skipped'].items()) or 'none'}. "
       f"Best overall (geometric mean vs glibc): "
       f"{', '.join(f'{k} {v}' for k, v in result.get('best_overall', {}).items())}.",
@@ -198,6 +207,8 @@ def markdown(result: dict) -> str:
              f"{w['ratio_glibc_median']:.2f}x ({w['ratio_glibc_min']:.2f}x)")
     lines.append(f"| {w['workload']} | {w['best']['sim_jax']} / {w['best']['torch']}: "
                  f"**{w['ratio_best_median']:.2f}x** ({w['ratio_best_min']:.2f}x) | {glibc} |")
+  if result.get("note"):
+    lines += ["", result["note"]]
   return "\n".join(lines) + "\n"
 
 
@@ -208,6 +219,8 @@ def parse_args(argv=None):
   p.add_argument("--frameworks", default=",".join(workers.FRAMEWORKS))
   p.add_argument("--allocators", default=",".join(ALLOCATOR_ORDER))
   p.add_argument("--rounds", type=int, default=5)
+  p.add_argument("--warmup_rounds", type=int, default=None,
+                 help="untimed rounds first (default 1; 0 with --quick)")
   p.add_argument("--steps", type=int, default=0,
                  help="steps per timed round (0: the workload's default)")
   p.add_argument("--batch", type=int, default=0, help="override every workload's batch")
@@ -221,8 +234,10 @@ def main(argv=None) -> dict:
   args = parse_args(argv)
   if args.quick:
     args.rounds, args.steps, args.batch = 2, 1, args.batch or 8
+    args.warmup_rounds = 0 if args.warmup_rounds is None else args.warmup_rounds
     args.out = args.out.replace(".json", "_quick.json")
     args.md = args.md.replace(".md", "_quick.md")
+  args.warmup_rounds = 1 if args.warmup_rounds is None else args.warmup_rounds
   names = [n for n in args.workloads.split(",") if n]
   for n in names:
     if n not in train_step.WORKLOADS:
@@ -241,6 +256,7 @@ def main(argv=None) -> dict:
       print(f"[allocators] skipping {a}: {why}", flush=True)
   envs = {a: e for a, e in envs.items() if a in wanted}
   result = {"date": time.strftime("%Y-%m-%d %H:%M"), "quick": args.quick, "rounds": args.rounds,
+            "warmup_rounds": args.warmup_rounds,
             "load_avg_at_start": os.getloadavg(), "allocators": envs,
             "skipped": {a: w for a, w in skipped.items() if a in wanted},
             "frameworks": list(frameworks), "workloads": []}
@@ -248,7 +264,8 @@ def main(argv=None) -> dict:
     batch = args.batch or train_step.WORKLOADS[n]["batch"]
     steps = args.steps or train_step.WORKLOADS[n]["steps"]
     try:
-      w = run_workload(n, batch, args.rounds, steps, envs, frameworks, args.timeout)
+      w = run_workload(n, batch, args.rounds, steps, envs, frameworks, args.timeout,
+                       args.warmup_rounds)
     except workers.WorkerError as e:  # e.g. a worker killed for memory: report, go on
       print(f"[allocators] {n} failed: {e}", flush=True)
       result["workloads"].append({"workload": n, "batch": batch, "error": str(e)})

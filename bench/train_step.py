@@ -465,8 +465,8 @@ def run_workload_workers(name: str, batch: int, repeats: int, steps: int,
       order = [jw, tw] if r % 2 == 0 else [tw, jw]
       for w in order:
         samples[w.label].append(w.step(steps))
-    loss = jw.request("loss")["loss"]
     rss = {w.label: w.request("stats")["peak_rss_bytes"] for w in (jw, tw)}
+    loss = jw.request("loss")["loss"]  # last: JaxRunner.loss() donates (deletes) the state
   finally:
     jw.close()
     tw.close()

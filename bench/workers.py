@@ -12,7 +12,7 @@ Protocol: JSON lines. The worker's first line on stdout is `{"ready": true, ...f
 `{"error": ...}`); then per request line on stdin one reply line:
   {"cmd": "step", "n": N}  -> {"step_s", "user_s", "sys_s", "minflt"}: per-step means over N steps
   {"cmd": "loss"}          -> {"loss": float} (sim_jax only: one more step's loss)
-  {"cmd": "stats"}         -> {"peak_rss_bytes": int}
+  {"cmd": "stats"}         -> {"peak_rss_bytes": int, "train_state_step": int (sim_jax)}
   {"cmd": "quit"}          -> the worker exits
 Anything the libraries print goes to the worker's stderr (stdout is kept for the protocol); the
 parent keeps it in a temporary file and shows its tail when a worker fails.
@@ -253,7 +253,10 @@ def serve(spec: dict) -> None:
       elif cmd == "loss" and fw == "sim_jax":
         send({"loss": runner.loss()})
       elif cmd == "stats":
-        send({"peak_rss_bytes": train_step.peak_rss_bytes()})
+        stats = {"peak_rss_bytes": train_step.peak_rss_bytes()}
+        if fw == "sim_jax":  # updates taken, from the train state itself (warm-ups included)
+          stats["train_state_step"] = int(runner.state.step)
+        send(stats)
       else:
         send({"error": f"unknown request {line.strip()!r} for a {fw} worker"})
     except Exception:  # noqa: BLE001
