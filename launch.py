@@ -104,7 +104,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  # glibc reads GLIBC_TUNABLES only at process start: re-exec with malloc's transparent-huge-page
-  # tunable before JAX allocates anything (docs/cpu_performance.md; SIM_JAX_HUGEPAGES=0 opts out).
+  # glibc reads GLIBC_TUNABLES only at process start: with SIM_JAX_HUGEPAGES=1, re-exec with
+  # malloc's transparent-huge-page tunable before JAX allocates anything (docs/cpu_performance.md).
   hostenv.maybe_reexec()
   app.run(main)

@@ -6,12 +6,15 @@ every step page-faults and zeroes the whole buffer again in 4 KiB pages (1.12 M 
 ViT-Ti step, 2 s of system time). With `GLIBC_TUNABLES=glibc.malloc.hugetlb=1` (glibc >= 2.35)
 malloc madvises its mmap'd chunks for transparent huge pages, which this kind of kernel
 (`/sys/kernel/mm/transparent_hugepage/enabled` = `madvise`) then backs with 2 MiB pages: the
-faults drop ~500x and the ViT-Ti step went 4.30 -> 3.72 s (docs/cpu_performance.md).
+faults drop ~500x. Measured on this 2-core VM (docs/cpu_performance.md): a ViT-Ti step alone ran
+1.26x faster (median 5.84 -> 4.64 s, interleaved processes), but with a second process stepping
+in between (the benchmark's PyTorch worker) the same setting made it 1.5-2x *slower* (system
+time 4.5-7.5 s a step, no compaction stalls in /proc/vmstat; cause not found). So it is opt-in.
 
-glibc reads its tunables once, when the process starts, so `launch.py` re-executes itself with
-the tunable added (`maybe_reexec`) before JAX or anything else heavy is imported. Set
-`SIM_JAX_HUGEPAGES=0` to opt out; a `glibc.malloc.hugetlb` already in `GLIBC_TUNABLES` (any
-value, e.g. 0) is respected and nothing is re-executed.
+glibc reads its tunables once, when the process starts, so with `SIM_JAX_HUGEPAGES=1`
+`launch.py` re-executes itself with the tunable added (`maybe_reexec`) before JAX or anything
+else heavy is imported. A `glibc.malloc.hugetlb` already in `GLIBC_TUNABLES` (any value) is
+respected and nothing is re-executed.
 
 This module imports only the standard library: it runs before everything else.
 """
@@ -23,7 +26,7 @@ import sys
 from collections.abc import Mapping
 
 HUGETLB_TUNABLE = "glibc.malloc.hugetlb"
-OPT_OUT_VAR = "SIM_JAX_HUGEPAGES"
+OPT_IN_VAR = "SIM_JAX_HUGEPAGES"
 MIN_GLIBC = (2, 35)  # the first glibc with glibc.malloc.hugetlb
 
 
@@ -51,14 +54,14 @@ def malloc_env(environ: Mapping[str, str], libc_version: str | None) -> dict[str
   `environ` is the current environment, `libc_version` the value of
   `os.confstr("CS_GNU_LIBC_VERSION")` (None off glibc). Returns a copy of `environ` whose
   `GLIBC_TUNABLES` has `glibc.malloc.hugetlb=1` appended to the tunables already there
-  (':'-separated), unless: glibc is missing or older than 2.35 (the tunable would be ignored),
-  `SIM_JAX_HUGEPAGES=0` opts out, or `glibc.malloc.hugetlb` is already set (by the user, or by
-  the re-exec itself: this is what stops a second re-exec).
+  (':'-separated) when `SIM_JAX_HUGEPAGES=1` asks for it, unless: glibc is missing or older
+  than 2.35 (the tunable would be ignored), or `glibc.malloc.hugetlb` is already set (by the
+  user, or by the re-exec itself: this is what stops a second re-exec).
   """
   version = glibc_version(libc_version)
   if version is None or version < MIN_GLIBC:
     return None
-  if environ.get(OPT_OUT_VAR, "").strip() == "0":
+  if environ.get(OPT_IN_VAR, "").strip() != "1":
     return None
   tunables = environ.get("GLIBC_TUNABLES", "")
   if _has_hugetlb(tunables):
@@ -87,8 +90,8 @@ def describe(environ: Mapping[str, str] | None = None) -> str:
     if key == HUGETLB_TUNABLE:
       state = "off" if value.strip() == "0" else "on"
       return f"transparent huge pages for malloc: {state} (GLIBC_TUNABLES={tunables})"
-  if environ.get(OPT_OUT_VAR, "").strip() == "0":
-    return f"transparent huge pages for malloc: off ({OPT_OUT_VAR}=0)"
+  if environ.get(OPT_IN_VAR, "").strip() != "1":
+    return f"transparent huge pages for malloc: off (opt in with {OPT_IN_VAR}=1)"
   version = glibc_version(current_libc_version())
   if version is None or version < MIN_GLIBC:
     return (f"transparent huge pages for malloc: off (needs glibc >= 2.35; this libc: "

@@ -12,56 +12,60 @@ from sim_jax import hostenv
 
 GLIBC = "glibc 2.36"
 TUNE = "glibc.malloc.hugetlb=1"
+ON = {"SIM_JAX_HUGEPAGES": "1"}
 
 
 def test_appends_the_tunable_when_none_is_set():
-  env = hostenv.malloc_env({"PATH": "/bin"}, GLIBC)
-  assert env == {"PATH": "/bin", "GLIBC_TUNABLES": TUNE}
+  env = hostenv.malloc_env({"PATH": "/bin", **ON}, GLIBC)
+  assert env == {"PATH": "/bin", "GLIBC_TUNABLES": TUNE, **ON}
 
 
 def test_keeps_existing_tunables_in_order():
-  env = hostenv.malloc_env({"GLIBC_TUNABLES": "glibc.malloc.arena_max=1:glibc.pthread.x=2"},
-                           GLIBC)
+  env = hostenv.malloc_env({"GLIBC_TUNABLES": "glibc.malloc.arena_max=1:glibc.pthread.x=2",
+                            **ON}, GLIBC)
   assert env["GLIBC_TUNABLES"] == f"glibc.malloc.arena_max=1:glibc.pthread.x=2:{TUNE}"
 
 
 def test_does_not_modify_the_callers_mapping():
-  environ = {"GLIBC_TUNABLES": "glibc.malloc.arena_max=1"}
+  environ = {"GLIBC_TUNABLES": "glibc.malloc.arena_max=1", **ON}
   hostenv.malloc_env(environ, GLIBC)
-  assert environ == {"GLIBC_TUNABLES": "glibc.malloc.arena_max=1"}
+  assert environ == {"GLIBC_TUNABLES": "glibc.malloc.arena_max=1", **ON}
 
 
 @pytest.mark.parametrize("tunables", [TUNE, "glibc.malloc.hugetlb=0",
                                       "glibc.malloc.arena_max=1:glibc.malloc.hugetlb=2"])
 def test_already_set_means_no_reexec(tunables):
   """A user's own choice (hugetlb=0 included) wins, and the re-exec'd process stops here."""
-  assert hostenv.malloc_env({"GLIBC_TUNABLES": tunables}, GLIBC) is None
+  assert hostenv.malloc_env({"GLIBC_TUNABLES": tunables, **ON}, GLIBC) is None
 
 
 def test_a_tunable_that_only_starts_alike_is_not_mistaken_for_it():
-  env = hostenv.malloc_env({"GLIBC_TUNABLES": "glibc.malloc.hugetlbx=1"}, GLIBC)
+  env = hostenv.malloc_env({"GLIBC_TUNABLES": "glibc.malloc.hugetlbx=1", **ON}, GLIBC)
   assert env["GLIBC_TUNABLES"] == f"glibc.malloc.hugetlbx=1:{TUNE}"
 
 
-def test_opt_out():
+def test_opt_in_only():
+  # Off by default: measured slower when another process steps in between (hostenv docstring).
+  assert hostenv.malloc_env({}, GLIBC) is None
   assert hostenv.malloc_env({"SIM_JAX_HUGEPAGES": "0"}, GLIBC) is None
+  assert hostenv.malloc_env({"SIM_JAX_HUGEPAGES": "yes"}, GLIBC) is None
   assert hostenv.malloc_env({"SIM_JAX_HUGEPAGES": "1"}, GLIBC)["GLIBC_TUNABLES"] == TUNE
 
 
 @pytest.mark.parametrize("libc", ["glibc 2.34", "glibc 2.17", "glibc 1.99"])
 def test_glibc_older_than_2_35_is_left_alone(libc):
-  assert hostenv.malloc_env({}, libc) is None
+  assert hostenv.malloc_env(ON, libc) is None
 
 
 @pytest.mark.parametrize("libc", [None, "", "musl 1.2.4", "glibc", "glibc two.x"])
 def test_non_glibc_is_left_alone(libc):
-  assert hostenv.malloc_env({}, libc) is None
+  assert hostenv.malloc_env(ON, libc) is None
 
 
 def test_newer_glibc_versions_compare_numerically():
-  assert hostenv.malloc_env({}, "glibc 2.35")["GLIBC_TUNABLES"] == TUNE
-  assert hostenv.malloc_env({}, "glibc 2.100")["GLIBC_TUNABLES"] == TUNE  # not a string compare
-  assert hostenv.malloc_env({}, "glibc 3.0")["GLIBC_TUNABLES"] == TUNE
+  assert hostenv.malloc_env(ON, "glibc 2.35")["GLIBC_TUNABLES"] == TUNE
+  assert hostenv.malloc_env(ON, "glibc 2.100")["GLIBC_TUNABLES"] == TUNE  # not a string compare
+  assert hostenv.malloc_env(ON, "glibc 3.0")["GLIBC_TUNABLES"] == TUNE
 
 
 def test_describe_says_on_or_off_and_why():
@@ -69,7 +73,8 @@ def test_describe_says_on_or_off_and_why():
       f"transparent huge pages for malloc: on (GLIBC_TUNABLES=a=1:{TUNE})")
   assert ": off (GLIBC_TUNABLES=glibc.malloc.hugetlb=0)" in hostenv.describe(
       {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"})
-  assert "off (SIM_JAX_HUGEPAGES=0)" in hostenv.describe({"SIM_JAX_HUGEPAGES": "0"})
+  assert "off (opt in with SIM_JAX_HUGEPAGES=1)" in hostenv.describe({"SIM_JAX_HUGEPAGES": "0"})
+  assert "off (opt in with SIM_JAX_HUGEPAGES=1)" in hostenv.describe({})
 
 
 # A tiny entry point as launch.py uses it: re-exec first, then allocate like XLA does (one big
@@ -115,7 +120,7 @@ def _run_entry(tmp_path, **env_extra):
   return proc.stdout, out
 
 
-@pytest.mark.skipif(hostenv.malloc_env({}, hostenv.current_libc_version()) is None,
+@pytest.mark.skipif(hostenv.malloc_env(ON, hostenv.current_libc_version()) is None,
                     reason=f"needs Linux with glibc >= 2.35 (this libc: "
                            f"{hostenv.current_libc_version()})")
 def test_reexec_gives_malloc_transparent_huge_pages(tmp_path):
@@ -125,29 +130,30 @@ def test_reexec_gives_malloc_transparent_huge_pages(tmp_path):
   if mode not in ("madvise", "always"):
     pytest.skip(f"transparent huge pages are {mode!r} on this kernel "
                 f"(/sys/kernel/mm/transparent_hugepage/enabled)")
-  stdout, out = _run_entry(tmp_path, GLIBC_TUNABLES="glibc.malloc.arena_max=2")
+  stdout, out = _run_entry(tmp_path, GLIBC_TUNABLES="glibc.malloc.arena_max=2", **ON)
   assert stdout.count("argv ['--flag=x', '--coordinator_address=h:1']") == 2, stdout
   assert out["GLIBC_TUNABLES"] == f"glibc.malloc.arena_max=2:{TUNE}"
   assert out["describe"].startswith("transparent huge pages for malloc: on")
   assert int(out["AnonHugePages_kB"]) >= 128 << 10, out  # most of the 256 MiB
   if mode == "madvise":
-    # Control: opted out, nothing madvises the chunk, so the kernel gives it no huge pages.
-    stdout, off = _run_entry(tmp_path, SIM_JAX_HUGEPAGES="0")
+    # Control: not opted in, nothing madvises the chunk, so the kernel gives it no huge pages.
+    stdout, off = _run_entry(tmp_path)
     assert stdout.count("argv") == 1 and off["GLIBC_TUNABLES"] == ""
     assert int(off["AnonHugePages_kB"]) < 16 << 10, off
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(hostenv.malloc_env({}, hostenv.current_libc_version()) is None,
+@pytest.mark.skipif(hostenv.malloc_env(ON, hostenv.current_libc_version()) is None,
                     reason=f"needs Linux with glibc >= 2.35 (this libc: "
                            f"{hostenv.current_libc_version()})")
 def test_launch_py_runs_with_the_tunable_and_logs_it(tmp_path):
-  """launch.py itself re-executes: started without the tunable, its log shows it set (the
-  variable can only come from the re-exec). --mode=embed without --output stops right after."""
+  """launch.py itself re-executes when opted in: started without the tunable, its log shows it
+  set (the variable can only come from the re-exec); not opted in, it stays off. --mode=embed
+  without --output stops right after."""
   from tests import helpers
-  for extra, line in (({}, f"transparent huge pages for malloc: on (GLIBC_TUNABLES={TUNE})"),
-                      ({"SIM_JAX_HUGEPAGES": "0"},
-                       "transparent huge pages for malloc: off (SIM_JAX_HUGEPAGES=0)")):
+  for extra, line in ((ON, f"transparent huge pages for malloc: on (GLIBC_TUNABLES={TUNE})"),
+                      ({}, "transparent huge pages for malloc: off (opt in with "
+                           "SIM_JAX_HUGEPAGES=1)")):
     env = helpers.subprocess_env()
     for k in ("GLIBC_TUNABLES", "LD_PRELOAD", "SIM_JAX_HUGEPAGES"):
       env.pop(k, None)
