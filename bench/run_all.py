@@ -35,13 +35,14 @@ def bench_commands(quick: bool) -> dict[str, list[str]]:
   py = sys.executable
   q = ["--quick"] if quick else []
   rs = _results
-  # The allocator bench runs first; train_step then gives each framework its winning allocator
-  # (each in its own worker process), the fair comparison when they differ (bench/allocators.py).
-  envs = ["--envs=best", "--allocators_json", rs("allocators", quick)]
+  # The headline train-step comparison runs both frameworks in one process, one environment
+  # (glibc's malloc), rounds interleaved. The allocator bench is reported beside it; its
+  # per-framework winners are not the headline because sim_jax's winner (huge pages) turned
+  # 1.5-2x slower with the PyTorch worker stepping in between (docs/cpu_performance.md).
   return {
       "allocators": [py, "bench/allocators.py", *q, "--out", rs("allocators", False),
                      "--md", rs("allocators", False, ".md")],
-      "train_step": [py, "bench/train_step.py", *q, *envs,
+      "train_step": [py, "bench/train_step.py", *q,
                      "--out", rs("train_step", False), "--md", rs("train_step", False, ".md")],
       "loss_scaling": [py, "bench/loss_scaling.py", *q,
                        "--out", rs("loss_scaling", quick, "")],
@@ -64,10 +65,6 @@ def run_benches(names: list[str], quick: bool, timeout: float) -> dict[str, str]
     if not os.path.exists(os.path.join(_REPO, cmd[1])):
       status[name] = f"not run: {cmd[1]} does not exist yet"
       continue
-    if "--envs=best" in cmd and not os.path.exists(cmd[cmd.index("--envs=best") + 2]):
-      # No allocator winners (that bench was not run or failed): one process, one environment.
-      i = cmd.index("--envs=best")
-      cmd = cmd[:i] + cmd[i + 3:]
     print(f"[run_all] {' '.join(cmd[1:])}", flush=True)
     t0 = time.time()
     try:
@@ -382,6 +379,38 @@ fusions showed no 2-core speed-up (`taskset`: element-wise 35 ms on 1 core vs 44
 12.8 MB transpose takes 23 ms against 0.8 ms for an element-wise pass over it. This is the main \
 reason the ViT-Ti step stays below torch, whose element-wise kernels are OpenMP-parallel | \
 by-hand scripts (not in the repo) |
+| **ViT: each pre-norm LayerNorm folded into the projection after it** \
+(`vit.layer_norm_dense`: xhat (gamma W) + (beta W + b), hand-written VJP; q's 1/sqrt(D_h) in \
+its weight columns; final LN on the class token alone) | **kept** | compiled ViT-Ti fwd+bwd at \
+256 images: XLA temp 4355 -> 3448 MiB, element-wise fusion traffic (operands + outputs, summed \
+over the HLO) 11.5 -> 9.0 GiB, library-fusion traffic 12.2 -> 11.2 GiB, materialised \
+broadcasts 42 -> 18. Trainer step A/B in one process, 5 rounds, load 1.8: median 4.83 -> 4.67 s \
+(1.03x), min 4.65 -> 4.59 s | by-hand scripts (not in the repo): the pre-session `vit.py` and \
+the new one side by side |
+| GELU with a closed-form derivative (custom JVP, then custom VJP keeping GELU'(x), with an \
+optimisation barrier) | **not kept** | XLA fused the derivative's exp back into the fc2 \
+backward matmul each time: the compiled programs had identical traffic to plain autodiff | \
+by-hand HLO inspection |
+| attention per head on slices of the token-major qkv (no transposes) | **not kept** | \
+element-wise traffic 9.0 -> 10.8 GiB (slices and concatenations cost more than the one \
+transpose) | by-hand HLO traffic count |
+| finding: where ViT-Ti's step goes after the fold (profile, load ~1.5) | finding | 2-D \
+(linear) matmuls 55% of op time at ~214 GFLOP/s, element-wise / copy fusions 23%, batched \
+attention matmuls 8%, library reduces 8%. Per shape, XLA vs torch (ms, same process, min of 7): \
+qkv 42 vs 28, fc1 41 vs 41, fc2 24 vs 21, fc1 dX 24 vs 18, fc2 dX 43 vs 41, fc1 dW 30 vs 21, \
+fc2 dW 42 vs 26; batched Q K^T [768, 65, 64] 10-11 vs 3.9 (2-3x, also with XNNPACK or without \
+a library; splitting the batch into independent halves did not help) | by-hand scripts |
+| glibc malloc with transparent huge pages (`GLIBC_TUNABLES=glibc.malloc.hugetlb=1`) | \
+**opt-in** (`SIM_JAX_HUGEPAGES=1`, `sim_jax.hostenv`) | ViT-Ti step alone, alternating \
+processes: median 5.84 -> 4.64 s, minor faults 1.12 M -> 2 k; with a PyTorch worker stepping \
+in between: 6.4-12.6 s a step, 4.5-7.5 s of system time (no compaction stalls); PyTorch itself \
+is slower with it (5.8 vs 3.7-4.5 s) and fastest with tcmalloc | `docs/cpu_performance.md`, \
+`python bench/allocators.py` |
+| one XLA CPU device per core (`XLA_FLAGS=--xla_force_host_platform_device_count=2`; the \
+trainer shards the batch, same math under GSPMD) | **documented, not default** | ViT-Ti vs \
+torch in one process: 1 device 0.87x, 2 devices 0.94x, 4 devices 0.93x (load 1.6); a second 2-device run 0.99x (min 1.09x) | \
+`XLA_FLAGS=... python bench/train_step.py --workloads vit_ti --repeats 4` \
+(`bench/results/train_step_vit_2dev.json`) |
 """
 
 

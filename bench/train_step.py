@@ -160,9 +160,13 @@ class JaxRunner:
     self.compile_s = time.perf_counter() - t0
     cost = self.compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    self.flops = float(cost.get("flops", float("nan"))) if cost else float("nan")
+    # Cost and memory analyses describe one device's partition of the SPMD program: scale by
+    # the mesh size (XLA_FLAGS=--xla_force_host_platform_device_count=N runs N CPU devices).
+    n_dev = self.trainer.mesh.devices.size
+    self.flops = n_dev * float(cost.get("flops", float("nan"))) if cost else float("nan")
     mem = self.compiled.memory_analysis()
-    self.temp_bytes = int(getattr(mem, "temp_size_in_bytes", -1)) if mem is not None else -1
+    temp = int(getattr(mem, "temp_size_in_bytes", -1)) if mem is not None else -1
+    self.temp_bytes = n_dev * temp if temp >= 0 else -1
     self._jax = jax
     self.run(1)  # first execution (allocations, thread pool start)
 
