@@ -408,9 +408,12 @@ is slower with it (5.8 vs 3.7-4.5 s) and fastest with tcmalloc | `docs/cpu_perfo
 `python bench/allocators.py` |
 | one XLA CPU device per core (`XLA_FLAGS=--xla_force_host_platform_device_count=2`; the \
 trainer shards the batch, same math under GSPMD) | **documented, not default** | ViT-Ti vs \
-torch in one process: 1 device 0.87x, 2 devices 0.94x, 4 devices 0.93x (load 1.6); a second 2-device run 0.99x (min 1.09x) | \
+torch in one process: 1 device 0.87x, 2 devices 0.94x, 4 devices 0.93x (load 1.6); a \
+second 2-device run 0.99x (min 1.09x). \
+Other workloads with 2 devices (load 2.5): LeNet-5 1.08x -> 1.21x, ResNet-18 0.84x -> 0.90x, \
+multi-scale 1.02x -> 0.89x, so not a default | \
 `XLA_FLAGS=... python bench/train_step.py --workloads vit_ti --repeats 4` \
-(`bench/results/train_step_vit_2dev.json`) |
+(`bench/results/train_step_vit_2dev.json`, `train_step_2dev_others.json`) |
 """
 
 
