@@ -106,13 +106,13 @@ def test_kill9_during_async_save_resumes_from_previous_step(tmp_path):
   """Item 3: the half-written step is ignored, the previous one restored, and re-saved later."""
   workdir = str(tmp_path / "async")
   args = (*LONG, "--config.train.async_checkpoint=True")
-  for attempt in range(3):
+  for _attempt in range(3):
     proc = helpers.start_launch(workdir, *args)
     pattern = os.path.join(_ckpt(workdir), "*.orbax-checkpoint-tmp*")
     try:
       # Wait until the first finished save exists, then catch the next one half-written.
       _wait_for(lambda: os.path.exists(_ckpt(workdir, 100)), proc, what="step 100")
-      _wait_for(lambda: glob.glob(pattern), proc, what="an in-flight save")
+      _wait_for(lambda p=pattern: glob.glob(p), proc, what="an in-flight save")
       helpers.kill_group(proc, signal.SIGKILL)
       proc.wait(timeout=30)
     finally:
@@ -280,7 +280,7 @@ def test_no_leftovers_after_normal_end_and_sigterm(tmp_path):
     proc = helpers.start_launch(workdir, *LONG, "--config.data.worker_count=1", log_path=log)
     try:
       if mode == "sigterm":
-        _wait_for(lambda: os.path.exists(_ckpt(workdir, 100)), proc, what="step 100")
+        _wait_for(lambda w=workdir: os.path.exists(_ckpt(w, 100)), proc, what="step 100")
         os.kill(proc.pid, signal.SIGTERM)  # Only the main process, as a scheduler would.
       proc.wait(timeout=240)
       assert proc.returncode == 0, open(log).read()[-3000:]
