@@ -1,12 +1,14 @@
-"""The trainer's step with the second pass's model formulations vs the ones they replaced.
+"""The trainer's step with the CPU model formulations vs the ones they replaced.
 
   python bench/ab_formulations.py --workload=lenet5 --rounds=9
   python bench/ab_formulations.py --workload=vit_ti --batch=32 --rounds=5
   python bench/ab_formulations.py --workload=vit_ti --faults    # page faults of one step
 
 "before" swaps the previous formulation back into `sim_jax.models` for the build (LeNet-5:
-nn.Conv -> ReLU -> `max_pool_2x2`; ViT: 3-D Dense layers, `jax.nn.gelu`'s erfc form, head-major
-attention einsums); "after" is the current code. Both are `bench/train_step.JaxRunner` (the
+nn.Conv -> ReLU -> `max_pool_2x2`; ViT blocks: flax LayerNorms, 3-D Dense layers,
+`jax.nn.gelu`'s erfc form, head-major attention einsums); "after" is the current code (the ViT
+also folds each LayerNorm into the next projection since session 3, so its ratio now includes
+that fold). Both are `bench/train_step.JaxRunner` (the
 trainer's jitted step on one fixed batch, CPU compiler options included), timed in interleaved
 rounds of alternating order in one process. Parameters are identical, so both start from the same
 state. `--faults` reports the minor page faults and system time of one sim_jax and one PyTorch
@@ -85,8 +87,30 @@ class MlpBefore(nn.Module):
     return nn.Dropout(self.dropout_rate, deterministic=not train)(x)
 
 
+class BlockBefore(nn.Module):
+  """ViT block as before: flax LayerNorms feeding the attention and MLP above (no LN fold)."""
+  heads: int
+  mlp_dim: int
+  dropout_rate: float = 0.0
+  drop_path_rate: float = 0.0
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train):
+    def residual(y):
+      return vit.residual_branch(self, y, self.drop_path_rate, train)
+    y = nn.LayerNorm(vit.LN_EPS, dtype=self.dtype, name="norm1")(x)
+    x = x + residual(AttentionBefore(self.heads, self.dropout_rate, self.dtype, name="attn")(
+        y, train))
+    y = nn.LayerNorm(vit.LN_EPS, dtype=self.dtype, name="norm2")(x)
+    return x + residual(MlpBefore(self.mlp_dim, self.dropout_rate, self.dtype, name="mlp")(
+        y, train))
+
+
+# vit_ti's "before" swaps the whole block: the current Block passes un-normalised x and the
+# LayerNorm parameters to Attention / Mlp (vit.layer_norm_dense), which the old modules lack.
 BEFORE = {"lenet5": [(lenet, "LeNet5", LeNet5Before)],
-          "vit_ti": [(vit, "Attention", AttentionBefore), (vit, "Mlp", MlpBefore)]}
+          "vit_ti": [(vit, "Block", BlockBefore)]}
 
 
 @contextlib.contextmanager

@@ -275,12 +275,7 @@ def main(argv=None) -> dict:
     result["workloads"].append(w)
   result["best_overall"] = best_overall(result["workloads"])
   result["load_avg_at_end"] = os.getloadavg()
-  os.makedirs(os.path.dirname(args.out), exist_ok=True)
-  with open(args.out, "w") as f:
-    json.dump(result, f, indent=1)
-  with open(args.md, "w") as f:
-    f.write(markdown(result))
-  print(markdown(result))
+  train_step.write_results(result, args.out, args.md, markdown(result))
   return result
 
 

@@ -626,6 +626,16 @@ def markdown(result: dict) -> str:
   return "\n".join(lines) + "\n"
 
 
+def write_results(result: dict, out: str, md: str, table: str) -> None:
+  """Writes the JSON and its markdown table, and prints the table."""
+  os.makedirs(os.path.dirname(out), exist_ok=True)
+  with open(out, "w") as f:
+    json.dump(result, f, indent=1)
+  with open(md, "w") as f:
+    f.write(table)
+  print(table)
+
+
 def parse_args(argv=None):
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--child", help=argparse.SUPPRESS)
@@ -720,12 +730,7 @@ def main(argv=None) -> dict:
                                                                 v["speedup_vs_base_min"])
                          for k, v in r.get("variants", {}).items()}}), flush=True)
     result["workloads"].append(r)
-  os.makedirs(os.path.dirname(args.out), exist_ok=True)
-  with open(args.out, "w") as f:
-    json.dump(result, f, indent=1)
-  with open(args.md, "w") as f:
-    f.write(markdown(result))
-  print(markdown(result))
+  write_results(result, args.out, args.md, markdown(result))
   return result
 
 
