@@ -37,7 +37,10 @@ from clu import metric_writers, metrics, periodic_actions
 from sim_jax import checkpointing, sharding
 
 PAIR_LOSSES = ("contrastive", "learnable_margin_contrastive", "pair_bce", "snr_contrastive")
-LABEL_LOSSES = ("nt_xent", "supcon", "triplet", "recall_at_k_surrogate")
+LABEL_LOSSES = ("nt_xent", "supcon", "triplet", "recall_at_k_surrogate", "softmax_ce")
+# eval.metric values that compare output distributions: with softmax_ce they see the classifier's
+# logits instead of the embedding (seed 001, Table 1).
+DISTRIBUTION_METRICS = ("kl", "reverse_kl", "cross_entropy")
 SAMPLERS = ("pk", "random", "views", "pairs", "triplets")
 # Sections whose change makes a checkpoint mean something else; `train.*` cadence fields, run
 # length and `eval.*` may change between a run and its resume.
@@ -132,9 +135,21 @@ def _softplus_inverse(x: float) -> float:
   return float(np.log(np.expm1(x)))
 
 
-def init_loss_params(loss_cfg: ml_collections.ConfigDict) -> dict:
-  """Trainable parameters of the objective (kept positive through softplus)."""
+def init_loss_params(loss_cfg: ml_collections.ConfigDict, *, embedding_dim: int = 0,
+                     num_classes: int = 0, rng=None) -> dict:
+  """Trainable parameters of the objective.
+
+  Margin and temperature are kept positive through softplus. softmax_ce's linear classifier
+  [embedding_dim, num_classes] starts like `flax.linen.Dense` (LeCun normal kernel, zero bias).
+  """
   out = {}
+  if loss_cfg.name == "softmax_ce":
+    if embedding_dim <= 0 or num_classes <= 0 or rng is None:
+      raise ValueError(f"softmax_ce needs embedding_dim, num_classes > 0 and an rng; got "
+                       f"embedding_dim={embedding_dim}, num_classes={num_classes}")
+    init = jax.nn.initializers.lecun_normal()
+    out["classifier_kernel"] = init(rng, (embedding_dim, num_classes), jnp.float32)
+    out["classifier_bias"] = jnp.zeros((num_classes,), jnp.float32)
   if loss_cfg.name == "learnable_margin_contrastive" or loss_cfg.learnable_margin:
     out["margin_raw"] = jnp.asarray(_softplus_inverse(loss_cfg.margin), jnp.float32)
   if loss_cfg.learnable_temperature:
@@ -152,13 +167,18 @@ def create_pair_head(config: ml_collections.ConfigDict):
   return models.get_pair_head(config.model)
 
 
-def init_variables(config, model, pair_head, rng, image_shape) -> tuple[dict, dict]:
+def init_variables(config, model, pair_head, rng, image_shape,
+                   num_classes: int = 0) -> tuple[dict, dict]:
   """Initial `(params, batch_stats)` for the encoder, the pair head and the objective."""
   k_model, k_drop, k_head = jax.random.split(rng, 3)
   dummy = jnp.zeros((2, *image_shape), jnp.float32)
   variables = model.init({"params": k_model, "dropout": k_drop}, dummy, train=False)
   params = {"encoder": variables["params"]}
-  loss_params = init_loss_params(config.loss)
+  embedding_dim = 0
+  if config.loss.name == "softmax_ce":
+    embedding_dim = model.apply(variables, dummy, train=False)[0].shape[-1]
+  loss_params = init_loss_params(config.loss, embedding_dim=embedding_dim,
+                                 num_classes=num_classes, rng=jax.random.fold_in(k_head, 1))
   if loss_params:
     params["loss"] = loss_params
   if pair_head is not None:
@@ -167,9 +187,11 @@ def init_variables(config, model, pair_head, rng, image_shape) -> tuple[dict, di
   return params, variables.get("batch_stats", {})
 
 
-def create_train_state(config, model, pair_head, tx, rng, image_shape) -> TrainState:
+def create_train_state(config, model, pair_head, tx, rng, image_shape,
+                       num_classes: int = 0) -> TrainState:
   init_rng, state_rng = jax.random.split(rng)
-  params, batch_stats = init_variables(config, model, pair_head, init_rng, image_shape)
+  params, batch_stats = init_variables(config, model, pair_head, init_rng, image_shape,
+                                       num_classes)
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
                     opt_state=tx.init(params), rng=state_rng,
                     nonfinite_skips=jnp.zeros((), jnp.int32),
@@ -230,7 +252,16 @@ def label_objective(loss_cfg, z, labels, *, params, mesh):
                           block_size=block, mesh=mesh if block else None)
   if name == "recall_at_k_surrogate":
     return losses.recall_at_k_surrogate(z, labels)
+  if name == "softmax_ce":
+    return losses.softmax_ce(classifier_logits(params, z), labels)
   raise ValueError(f"config.loss.name={name!r} needs class labels; use one of {LABEL_LOSSES}")
+
+
+def classifier_logits(params, z):
+  """softmax_ce's class logits z W + b (the classifier lives in params["loss"])."""
+  from sim_jax import losses
+  return losses.linear_logits(z, params["loss"]["classifier_kernel"],
+                              params["loss"]["classifier_bias"])
 
 
 def pair_objective(loss_cfg, za, zb, same, *, params, pair_head):
@@ -415,6 +446,17 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   if c.loss.name in LABEL_LOSSES and c.data.sampler == "pairs":
     raise ValueError(f"config.loss.name={c.loss.name!r} needs labelled batches, not pairs: set "
                      f"config.data.sampler to one of pk, random, views, triplets")
+  if c.loss.name == "softmax_ce":
+    if c.data.sampler == "views" and c.train.view_labels != "class":
+      raise ValueError("config.loss.name='softmax_ce' classifies classes, but the views sampler "
+                       "labels views by example index: set config.train.view_labels='class' or "
+                       "config.data.sampler='pk'")
+    if c.model.projection_depth:
+      raise ValueError(f"config.loss.name='softmax_ce' classifies the embedding itself: set "
+                       f"config.model.projection_depth=0 (got {c.model.projection_depth})")
+    if c.loss.num_classes is not None and c.loss.num_classes <= 0:
+      raise ValueError(f"config.loss.num_classes must be positive (or None: the dataset's), "
+                       f"got {c.loss.num_classes}")
   if c.train.steps <= 0:
     raise ValueError(f"config.train.steps must be positive, got {c.train.steps}")
   if c.train.batch_size <= 0:
@@ -427,7 +469,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     raise ValueError(f"config.train.grad_accum_chunks must be >= 1, got "
                      f"{c.train.grad_accum_chunks}")
   if c.train.grad_accum_chunks > 1:
-    if c.loss.name not in LABEL_LOSSES or c.loss.learnable_margin or c.loss.learnable_temperature:
+    if (c.loss.name not in LABEL_LOSSES or c.loss.name == "softmax_ce" or c.loss.learnable_margin
+        or c.loss.learnable_temperature):
       raise ValueError(
           f"config.train.grad_accum_chunks={c.train.grad_accum_chunks} (GradCache) supports the "
           f"label losses {LABEL_LOSSES} without learnable loss parameters; got "
@@ -590,12 +633,13 @@ class Trainer:
     self.image_shape = tuple(self.info.image_shape)
     self.model = create_model(config)
     self.pair_head = create_pair_head(config) if config.loss.name == "pair_bce" else None
+    self.num_classes = self._classifier_outputs()
     self.tx, self.schedule = make_optimizer(config.optimizer, config.train.steps)
     self.augment_fn = make_augment_fn(config.data.augment)
     self.replicated = sharding.replicated(self.mesh)
 
     init = functools.partial(create_train_state, config, self.model, self.pair_head, self.tx,
-                             image_shape=self.image_shape)
+                             image_shape=self.image_shape, num_classes=self.num_classes)
     self._init = jax.jit(init, out_shardings=self.replicated)
     self.abstract_state = jax.eval_shape(init, jax.random.PRNGKey(0))
     self.abstract_state = jax.tree.map(
@@ -603,6 +647,22 @@ class Trainer:
         self.abstract_state)
     self._embed = jax.jit(functools.partial(embed_step, model=self.model),
                           out_shardings=self.replicated)
+
+  def _classifier_outputs(self) -> int:
+    """softmax_ce's number of logits: config.loss.num_classes, else the dataset's; 0 otherwise."""
+    if self.config.loss.name != "softmax_ce":
+      return 0
+    known = self.info.num_classes
+    wanted = self.config.loss.num_classes
+    if wanted is None:
+      if known <= 0:
+        raise ValueError(f"config.loss.name='softmax_ce': dataset {self.info.name!r} does not "
+                         f"declare its number of classes; set config.loss.num_classes")
+      return known
+    if 0 < wanted < known:
+      raise ValueError(f"config.loss.num_classes={wanted} is smaller than the {known} classes of "
+                       f"dataset {self.info.name!r}: their labels would have no logit")
+    return wanted
 
   # -- state
   def init_state(self) -> TrainState:
@@ -684,8 +744,14 @@ class Trainer:
 
   # -- evaluation
   def embed_images(self, state: TrainState, images: np.ndarray) -> np.ndarray:
+    """The vectors evaluation compares: embeddings, or softmax_ce's logits for a distribution
+    metric (kl / reverse_kl / cross_entropy), as seed 001 compares them."""
     fn = functools.partial(self._embed, state.params, state.batch_stats)
-    return embed_arrays(fn, images, self.config.train.batch_size, self.mesh)
+    emb = embed_arrays(fn, images, self.config.train.batch_size, self.mesh)
+    if self.config.loss.name == "softmax_ce" and self.config.eval.metric in DISTRIBUTION_METRICS:
+      loss_params = jax.tree.map(np.asarray, state.params["loss"])
+      emb = emb @ loss_params["classifier_kernel"] + loss_params["classifier_bias"]
+    return emb
 
   def evaluate(self, state: TrainState, eval_data, evaluators):
     """Every evaluator on `eval_data`; returns `(metrics, embeddings per split)`."""

@@ -101,6 +101,7 @@ CALLS = {  # loss -> (jitted function, args for call 1, args for call 2 with the
     "snr_contrastive": (jax.jit(losses.snr_contrastive), (X, Y), (X * 3, Y[::-1])),
     "recall_at_k_surrogate": (jax.jit(losses.recall_at_k_surrogate), (X, Y), (X * 3, Y[::-1])),
     "diagnostics": (jax.jit(losses.diagnostics), (X, Y), (X * 3, Y[::-1])),
+    "softmax_ce": (jax.jit(losses.softmax_ce), (X, Y), (X * 3, Y[::-1])),
 }
 
 
@@ -121,11 +122,11 @@ def test_default_config_holds_every_field_the_trainer_reads():
   assert c.name in losses.LOSS_NAMES
   assert set(losses.LOSS_NAMES) == {
       "contrastive", "learnable_margin_contrastive", "pair_bce", "nt_xent", "supcon", "triplet",
-      "snr_contrastive", "recall_at_k_surrogate", "clip_infonce", "siglip"}
+      "snr_contrastive", "recall_at_k_surrogate", "clip_infonce", "siglip", "softmax_ce"}
   for field in ("temperature", "learnable_temperature", "margin", "learnable_margin", "squared",
                 "distance", "mining", "soft", "block_size", "pos_margin", "snr_regularization",
                 "k_values", "rank_temperature", "k_temperature", "siglip_bias",
-                "siglip_log_temperature"):
+                "siglip_log_temperature", "num_classes"):
     assert field in c, field
   assert c.block_size is None                     # dense by default
   c.block_size = 256                              # typed placeholder: an int override works

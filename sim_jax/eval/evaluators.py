@@ -18,9 +18,11 @@ import dataclasses
 
 import numpy as np
 
-from sim_jax.eval import fewshot, knn, pools, retrieval, verification
+from sim_jax.eval import distances, fewshot, knn, pools, retrieval, verification
 
 PROTOCOLS = ("retrieval", "knn", "pool", "verification", "fewshot", "zeroshot")
+# Protocols that accept the kl / reverse_kl / cross_entropy distances (they rank a gallery).
+DISTRIBUTION_PROTOCOLS = ("retrieval", "zeroshot")
 
 
 def _get(d: dict, split: str, what: str):
@@ -245,7 +247,16 @@ def get_evaluators(eval_config) -> list:
   if c.pool_mode not in ("labels", "pairs"):
     raise ValueError(f"pool_mode must be 'labels' or 'pairs', got {c.pool_mode!r}.")
   best_metric(c)
-  return [makers[p]() for p in _parse_protocols(c.protocols)]
+  names = _parse_protocols(c.protocols)
+  if c.metric in distances.DISTANCES and c.metric not in ("euclidean", "cosine"):
+    # Distances between classifier distributions rank a gallery; k-NN, pools, verification and
+    # few-shot search or threshold by euclidean / cosine / dot only.
+    other = [p for p in names if p not in DISTRIBUTION_PROTOCOLS]
+    if other:
+      raise ValueError(f"metric={c.metric!r} (a distance between classifier distributions) "
+                       f"works with the protocols {DISTRIBUTION_PROTOCOLS} only; protocols="
+                       f"{c.protocols!r} also names {other}.")
+  return [makers[p]() for p in names]
 
 
 def best_metric(eval_config) -> tuple[str, str]:

@@ -4,6 +4,7 @@ Dense forms live here; `block_size=...` dispatches the all-pairs losses to the s
 (`sim_jax.losses.streaming`). Semantics where the literature disagrees: docs/losses.md.
 """
 
+from sim_jax.losses.classification import linear_logits, softmax_ce
 from sim_jax.losses.config import LOSS_NAMES, default_config
 from sim_jax.losses.diagnostics import diagnostics
 from sim_jax.losses.infonce import (
@@ -36,6 +37,7 @@ __all__ = [
   "diagnostics",
   "l2_normalize",
   "learnable_margin_contrastive",
+  "linear_logits",
   "margin_from_raw",
   "nt_xent",
   "nt_xent_pairs",
@@ -47,6 +49,7 @@ __all__ = [
   "siglip",
   "snr_contrastive",
   "snr_distance_matrix",
+  "softmax_ce",
   "supcon",
   "supcon_stats_dense",
   "triplet",

@@ -6,7 +6,8 @@ import ml_collections
 from ml_collections import config_dict
 
 LOSS_NAMES = ("contrastive", "learnable_margin_contrastive", "pair_bce", "nt_xent", "supcon",
-              "triplet", "snr_contrastive", "recall_at_k_surrogate", "clip_infonce", "siglip")
+              "triplet", "snr_contrastive", "recall_at_k_surrogate", "clip_infonce", "siglip",
+              "softmax_ce")
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -29,6 +30,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.k_temperature = 1.0              # recall_at_k_surrogate: tau1, sigmoid of k - rank
   c.siglip_bias = -10.0              # siglip: initial learnable bias b (Zhai et al. 2023)
   c.siglip_log_temperature = 2.302585  # siglip: initial learnable log t' = log(10) (paper init)
+  c.num_classes = config_dict.placeholder(int)  # softmax_ce: C logits (None: the dataset's)
   c.diagnostics_margin = 0.2         # margin of the active-triplet fraction in diagnostics()
   c.lock()
   return c
