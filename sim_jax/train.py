@@ -499,6 +499,8 @@ def config_diff(saved: Mapping, current: Mapping) -> list[str]:
   for key in sorted(set(a) | set(b)):
     if not any(key == p or key.startswith(p + ".") for p in IMMUTABLE_KEYS):
       continue
+    if key not in a and b.get(key) is None:
+      continue  # A field added after the checkpoint was written, left unset: same meaning.
     if a.get(key, "<absent>") != b.get(key, "<absent>"):
       lines.append(f"  {key}: checkpoint {a.get(key, '<absent>')!r} != now "
                    f"{b.get(key, '<absent>')!r}")

@@ -168,6 +168,13 @@ def test_config_diff_names_immutable_fields_only():
   assert len(diff) == 2
   assert any("seed" in line and "0" in line and "3" in line for line in diff)
   assert any("model.embedding_dim" in line for line in diff)
+  # A checkpoint from before a field existed: unset (None) now means the same; set does not.
+  del a["loss"]["num_classes"]
+  c = test_config.get_config()
+  assert train.config_diff(a, train.config_to_dict(c)) == []
+  c.loss.num_classes = 10
+  assert train.config_diff(a, train.config_to_dict(c)) == [
+      "  loss.num_classes: checkpoint '<absent>' != now 10"]
 
 
 def test_schedule_warmup_then_cosine():
