@@ -492,12 +492,13 @@ def _flatten(d: Mapping, prefix: str = "") -> dict[str, Any]:
   return out
 
 
-def config_diff(saved: Mapping, current: Mapping) -> list[str]:
-  """Readable lines for every immutable field that differs between two config dicts."""
+def config_diff(saved: Mapping, current: Mapping,
+                keys: tuple[str, ...] = IMMUTABLE_KEYS) -> list[str]:
+  """Readable lines for every field under `keys` that differs between two config dicts."""
   a, b = _flatten(saved), _flatten(json.loads(json.dumps(dict(current), default=list)))
   lines = []
   for key in sorted(set(a) | set(b)):
-    if not any(key == p or key.startswith(p + ".") for p in IMMUTABLE_KEYS):
+    if not any(key == p or key.startswith(p + ".") for p in keys):
       continue
     if key not in a and b.get(key) is None:
       continue  # A field added after the checkpoint was written, left unset: same meaning.
@@ -518,6 +519,27 @@ def save_config(config, workdir: str) -> None:
     with open(tmp, "w") as f:
       json.dump(config_to_dict(config), f, indent=2, sort_keys=True)
     os.replace(tmp, os.path.join(workdir, "config.json"))
+
+
+# What evaluate / embed / search must share with the checkpoint: the parameter tree's structure.
+# Data and eval may differ (another split, another metric).
+INFERENCE_KEYS = ("model", "loss")
+
+
+def check_inference_compatible(config, workdir: str) -> None:
+  """Refuses (before any restore is tried) a model / loss config the checkpoint was not written
+  with: a failed restore would otherwise count the healthy checkpoint as corrupt."""
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    saved = json.load(f)
+  diff = config_diff(saved, config_to_dict(config), INFERENCE_KEYS)
+  if diff:
+    raise ConfigMismatchError(
+        f"Refusing to load the checkpoint of {workdir}: it was written with a different model / "
+        f"loss config:\n" + "\n".join(diff) + "\nPass the config it was trained with (eval.* "
+        "and data.* may differ).")
 
 
 def check_resume_compatible(config, workdir: str) -> None:
@@ -720,6 +742,7 @@ class Trainer:
 
   def restore_for_inference(self) -> tuple[int, TrainState]:
     """Latest restorable checkpoint of the workdir (for evaluate / embed / search)."""
+    check_inference_compatible(self.config, self.workdir)
     manager = checkpointing.create_manager(self.workdir, keep=10**6)
     try:
       found = checkpointing.restore_latest(manager, self.workdir, self.abstract_save_target(),

@@ -265,3 +265,18 @@ def test_nonfinite_steps_are_skipped_counted_and_then_frozen():
   assert m["nonfinite_skips"] == 2 and m["first_nonfinite_step"] == 0
   assert all(np.array_equal(a, b) for a, b in zip(after_good, params(state)))
   assert int(state.step) == 4
+
+
+def test_evaluate_with_another_model_config_is_refused_and_keeps_the_checkpoint(tmp_path):
+  """--mode=evaluate with a model the checkpoint was not written with: exit 2, the field named,
+  and the healthy checkpoint left where it is (it used to be moved to checkpoints.corrupt)."""
+  workdir = str(tmp_path / "run")
+  assert helpers.run_launch(workdir).returncode == 0
+  before = sorted(os.listdir(os.path.join(workdir, "checkpoints")))
+  proc = helpers.run_launch(workdir, "--mode=evaluate", "--config.model.embedding_dim=8")
+  assert proc.returncode == 2, helpers.describe(proc)
+  assert "model.embedding_dim: checkpoint 16 != now 8" in proc.stderr
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == before
+  assert not os.path.exists(os.path.join(workdir, "checkpoints.corrupt"))
+  ok = helpers.run_launch(workdir, "--mode=evaluate", "--config.eval.metric=euclidean")
+  assert ok.returncode == 0, helpers.describe(ok)
