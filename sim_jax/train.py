@@ -38,9 +38,6 @@ from sim_jax import checkpointing, sharding
 
 PAIR_LOSSES = ("contrastive", "learnable_margin_contrastive", "pair_bce", "snr_contrastive")
 LABEL_LOSSES = ("nt_xent", "supcon", "triplet", "recall_at_k_surrogate", "softmax_ce")
-# eval.metric values that compare output distributions: with softmax_ce they see the classifier's
-# logits instead of the embedding (seed 001, Table 1).
-DISTRIBUTION_METRICS = ("kl", "reverse_kl", "cross_entropy")
 SAMPLERS = ("pk", "random", "views", "pairs", "triplets")
 # Sections whose change makes a checkpoint mean something else; `train.*` cadence fields, run
 # length and `eval.*` may change between a run and its resume.
@@ -521,6 +518,15 @@ def save_config(config, workdir: str) -> None:
     os.replace(tmp, os.path.join(workdir, "config.json"))
 
 
+def _saved_config(workdir: str) -> dict | None:
+  """The config.json a run wrote in `workdir`, or None before its first save."""
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
+
+
 # What evaluate / embed / search must share with the checkpoint: the parameter tree's structure.
 # Data and eval may differ (another split, another metric).
 INFERENCE_KEYS = ("model", "loss")
@@ -529,11 +535,9 @@ INFERENCE_KEYS = ("model", "loss")
 def check_inference_compatible(config, workdir: str) -> None:
   """Refuses (before any restore is tried) a model / loss config the checkpoint was not written
   with: a failed restore would otherwise count the healthy checkpoint as corrupt."""
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
+  saved = _saved_config(workdir)
+  if saved is None:
     return
-  with open(path) as f:
-    saved = json.load(f)
   diff = config_diff(saved, config_to_dict(config), INFERENCE_KEYS)
   if diff:
     raise ConfigMismatchError(
@@ -543,11 +547,9 @@ def check_inference_compatible(config, workdir: str) -> None:
 
 
 def check_resume_compatible(config, workdir: str) -> None:
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
+  saved = _saved_config(workdir)
+  if saved is None:
     return
-  with open(path) as f:
-    saved = json.load(f)
   diff = config_diff(saved, config_to_dict(config))
   if diff:
     raise ConfigMismatchError(
@@ -773,7 +775,9 @@ class Trainer:
     metric (kl / reverse_kl / cross_entropy), as seed 001 compares them."""
     fn = functools.partial(self._embed, state.params, state.batch_stats)
     emb = embed_arrays(fn, images, self.config.train.batch_size, self.mesh)
-    if self.config.loss.name == "softmax_ce" and self.config.eval.metric in DISTRIBUTION_METRICS:
+    from sim_jax.eval import distances
+    if (self.config.loss.name == "softmax_ce"
+        and self.config.eval.metric in distances.DISTRIBUTION_DISTANCES):
       loss_params = jax.tree.map(np.asarray, state.params["loss"])
       emb = emb @ loss_params["classifier_kernel"] + loss_params["classifier_bias"]
     return emb

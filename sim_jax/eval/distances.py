@@ -23,6 +23,8 @@ from __future__ import annotations
 import numpy as np
 
 DISTANCES = ("euclidean", "cosine", "kl", "reverse_kl", "cross_entropy")
+# The distances between output distributions: they take classifier logits, not embeddings.
+DISTRIBUTION_DISTANCES = ("kl", "reverse_kl", "cross_entropy")
 _EPS = 1e-12
 
 

@@ -248,7 +248,7 @@ def get_evaluators(eval_config) -> list:
     raise ValueError(f"pool_mode must be 'labels' or 'pairs', got {c.pool_mode!r}.")
   best_metric(c)
   names = _parse_protocols(c.protocols)
-  if c.metric in distances.DISTANCES and c.metric not in ("euclidean", "cosine"):
+  if c.metric in distances.DISTRIBUTION_DISTANCES:
     # Distances between classifier distributions rank a gallery; k-NN, pools, verification and
     # few-shot search or threshold by euclidean / cosine / dot only.
     other = [p for p in names if p not in DISTRIBUTION_PROTOCOLS]
