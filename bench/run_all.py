@@ -406,6 +406,17 @@ processes: median 5.84 -> 4.64 s, minor faults 1.12 M -> 2 k; with a PyTorch wor
 in between: 6.4-12.6 s a step, 4.5-7.5 s of system time (no compaction stalls); PyTorch itself \
 is slower with it (5.8 vs 3.7-4.5 s) and fastest with tcmalloc | `docs/cpu_performance.md`, \
 `python bench/allocators.py` |
+| huge pages with the scratch buffer kept mapped (`GLIBC_TUNABLES=glibc.malloc.hugetlb=1:\
+glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=68719476736:glibc.malloc.arena_max=1`) | \
+**opt-in** (`SIM_JAX_HUGEPAGES=resident`, `sim_jax.hostenv`) | ViT-Ti, each framework in its \
+own worker, rounds interleaved (2026-12-02, a slower day: GEMM 100-140 GFLOP/s): sim_jax step \
+0 minor faults and 0.006-0.07 s of system time (was 1.12 M and ~2 s); vs PyTorch under glibc \
+1.37x (min 1.57x), vs PyTorch under tcmalloc 1.00x (0.97x) and 0.92x (0.70x) in a second run, \
+1.17x (0.83x, a slow first round) with 2 XLA CPU devices added. No slowdown from the other \
+worker (unlike hugetlb=1 alone). Cost: the heap keeps its peak \
+(sim_jax worker peak RSS 4.8-8.0 GiB) | `docs/cpu_performance.md`; `python \
+bench/train_step.py --workloads=vit_ti --jax_env GLIBC_TUNABLES=... --torch_env \
+LD_PRELOAD=...libtcmalloc_minimal.so.4` (`bench/results/train_step_vit_resident_*.json`) |
 | one XLA CPU device per core (`XLA_FLAGS=--xla_force_host_platform_device_count=2`; the \
 trainer shards the batch, same math under GSPMD) | **documented, not default** | ViT-Ti vs \
 torch in one process: 1 device 0.87x, 2 devices 0.94x, 4 devices 0.93x (load 1.6); a \
