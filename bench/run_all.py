@@ -409,7 +409,7 @@ is slower with it (5.8 vs 3.7-4.5 s) and fastest with tcmalloc | `docs/cpu_perfo
 | huge pages with the scratch buffer kept mapped (`GLIBC_TUNABLES=glibc.malloc.hugetlb=1:\
 glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=68719476736:glibc.malloc.arena_max=1`) | \
 **opt-in** (`SIM_JAX_HUGEPAGES=resident`, `sim_jax.hostenv`) | ViT-Ti, each framework in its \
-own worker, rounds interleaved (2026-12-02, a slower day: GEMM 100-140 GFLOP/s): sim_jax step \
+own worker, rounds interleaved (2026-12-02, a slower day: GEMM 75-140 GFLOP/s): sim_jax step \
 0 minor faults and 0.006-0.07 s of system time (was 1.12 M and ~2 s); vs PyTorch under glibc \
 1.37x (min 1.57x), vs PyTorch under tcmalloc 1.00x (0.97x) and 0.92x (0.70x) in a second run, \
 1.17x (0.83x, a slow first round) with 2 XLA CPU devices added. No slowdown from the other \

@@ -106,18 +106,24 @@ def _thp_mode() -> str:
     return "unavailable"
 
 
-def _run_entry(tmp_path, **env_extra):
-  script = tmp_path / "entry.py"
-  script.write_text(ENTRY)
+def _run_script(tmp_path, text, args=(), **env_extra) -> str:
+  """stdout of `text` run as a script, in this environment minus any malloc settings."""
+  script = tmp_path / "script.py"
+  script.write_text(text)
   env = {k: v for k, v in os.environ.items()
          if k not in ("GLIBC_TUNABLES", "SIM_JAX_HUGEPAGES", "LD_PRELOAD")}
   env.update(env_extra)
-  proc = subprocess.run([sys.executable, str(script), "--flag=x", "--coordinator_address=h:1"],
+  proc = subprocess.run([sys.executable, str(script), *args],
                         env=env, capture_output=True, text=True, timeout=120)
   assert proc.returncode == 0, proc.stderr[-3000:]
-  out = dict(line.split(" ", 1) for line in proc.stdout.splitlines())
+  return proc.stdout
+
+
+def _run_entry(tmp_path, **env_extra):
+  stdout = _run_script(tmp_path, ENTRY, ("--flag=x", "--coordinator_address=h:1"), **env_extra)
+  out = dict(line.split(" ", 1) for line in stdout.splitlines())
   # "argv" is printed before and after the re-exec; the dict keeps the last (the new process).
-  return proc.stdout, out
+  return stdout, out
 
 
 @pytest.mark.skipif(hostenv.malloc_env(ON, hostenv.current_libc_version()) is None,
@@ -206,17 +212,8 @@ REUSE = textwrap.dedent("""
                     reason=f"needs Linux with glibc >= 2.35 (this libc: "
                            f"{hostenv.current_libc_version()})")
 def test_resident_reuses_the_freed_buffer_without_page_faults(tmp_path):
-  script = tmp_path / "reuse.py"
-  script.write_text(REUSE)
-
   def faults(**extra):
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("GLIBC_TUNABLES", "SIM_JAX_HUGEPAGES", "LD_PRELOAD")}
-    env.update(extra)
-    proc = subprocess.run([sys.executable, str(script)], env=env, capture_output=True,
-                          text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return [int(f) for f in proc.stdout.split()]
+    return [int(f) for f in _run_script(tmp_path, REUSE, **extra).split()]
 
   default = faults()
   # glibc's default unmaps the 256 MiB chunk on free: every cycle faults its 65536 4 KiB pages.
