@@ -218,6 +218,50 @@ def forward(model, params, batch_stats, images, *, train: bool, rng=None):
   return emb, aux, batch_stats
 
 
+def forward_in_splits(model, params, batch_stats, images, *, splits: int, shards: int = 1,
+                      train: bool, rng=None):
+  """`forward` run on `splits` independent slices of the batch, outputs back in batch order.
+
+  Why: XLA:CPU (jaxlib 0.10.2) runs each element-wise and layout fusion on one core, while its
+  matmuls use them all. Two slices are two independent chains of ops in one jitted program,
+  so the thunk executor runs one slice's single-core fusions while the other's matmuls run:
+  the same arithmetic keeps more cores busy (bench/README.md has the measured effect).
+
+  Exact for encoders without batch norm: every op of such an encoder is per example, and the
+  loss still sees the whole batch (the slices are re-assembled before it). Batch norm's
+  statistics would be per slice, so `Trainer` refuses `splits > 1` for models that have them.
+  With dropout, slice i draws its masks from `fold_in(rng, i)`: a different draw from the
+  same distribution.
+
+  `shards` is the number of devices the batch is sharded over (contiguous blocks of B / shards
+  examples). Slice i takes the i-th sub-block of every device's block, so each slice stays
+  sharded like the batch and no example moves between devices:
+    images [B, ...] -> [shards, splits, m, ...] -> slice i = [:, i] -> [shards * m, ...]
+  and every output leaf is put back by the inverse reshape.
+  """
+  if splits == 1:
+    return forward(model, params, batch_stats, images, train=train, rng=rng)
+  b = images.shape[0]
+  if b % (shards * splits):
+    raise ValueError(f"config.train.parallel_splits={splits}: the batch of {b} encoder inputs "
+                     f"does not divide into {splits} slices on each of {shards} device(s)")
+  m = b // (shards * splits)
+  blocks = images.reshape((shards, splits, m) + images.shape[1:])
+  outs = []
+  for i in range(splits):
+    key = None if rng is None else jax.random.fold_in(rng, i)
+    x = blocks[:, i].reshape((shards * m,) + images.shape[1:])
+    outs.append(forward(model, params, batch_stats, x, train=train, rng=key))
+
+  def merge(*leaves):
+    y = jnp.stack([v.reshape((shards, m) + v.shape[1:]) for v in leaves], axis=1)
+    return y.reshape((b,) + leaves[0].shape[1:])
+
+  emb = merge(*(o[0] for o in outs))
+  aux = jax.tree.map(merge, *(o[1] for o in outs))
+  return emb, aux, outs[0][2]  # no batch statistics to merge (refused by Trainer)
+
+
 def loss_margin(loss_cfg, params) -> jax.Array | float:
   if "loss" in params and "margin_raw" in params["loss"]:
     return jax.nn.softplus(params["loss"]["margin_raw"])
@@ -316,7 +360,9 @@ def compute_loss(params, batch_stats, batch, rng, *, config, model, pair_head, a
   """
   k_inputs, k_drop = jax.random.split(rng)
   x, labels = prepare_inputs(batch, k_inputs, config=config, augment_fn=augment_fn, train=train)
-  emb, aux, new_bs = forward(model, params, batch_stats, x, train=train, rng=k_drop)
+  emb, aux, new_bs = forward_in_splits(
+      model, params, batch_stats, x, splits=config.train.parallel_splits if train else 1,
+      shards=mesh.size if mesh is not None else 1, train=train, rng=k_drop)
   z = aux.get("projection", emb) if isinstance(aux, Mapping) else emb
   loss = objective(params, z, labels, batch, config=config, pair_head=pair_head, mesh=mesh)
   return loss, (new_bs, z, labels)
@@ -473,6 +519,12 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
           f"label losses {LABEL_LOSSES} without learnable loss parameters; got "
           f"config.loss.name={c.loss.name!r}, learnable_margin={c.loss.learnable_margin}, "
           f"learnable_temperature={c.loss.learnable_temperature}")
+  if c.train.parallel_splits < 1:
+    raise ValueError(f"config.train.parallel_splits must be >= 1, got {c.train.parallel_splits}")
+  if c.train.parallel_splits > 1 and c.train.grad_accum_chunks > 1:
+    raise ValueError(f"config.train.parallel_splits={c.train.parallel_splits} and "
+                     f"config.train.grad_accum_chunks={c.train.grad_accum_chunks}: GradCache "
+                     f"already runs the encoder in chunks; set one of them to 1")
   if c.train.view_labels not in ("index", "class"):
     raise ValueError(f"config.train.view_labels must be 'index' or 'class', got "
                      f"{c.train.view_labels!r}")
@@ -671,6 +723,11 @@ class Trainer:
     self.abstract_state = jax.tree.map(
         lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=self.replicated),
         self.abstract_state)
+    if config.train.parallel_splits > 1 and jax.tree.leaves(self.abstract_state.batch_stats):
+      raise ValueError(
+          f"config.train.parallel_splits={config.train.parallel_splits}: "
+          f"config.model.name={config.model.name!r} has batch norm, whose statistics would be "
+          f"computed per slice instead of over the batch; use parallel_splits=1 with it")
     self._embed = jax.jit(functools.partial(embed_step, model=self.model),
                           out_shardings=self.replicated)
 
