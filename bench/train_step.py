@@ -397,8 +397,14 @@ def run_workload(name: str, batch: int, repeats: int, steps: int,
   tr = None if skip_torch else TorchRunner(name, batch)
   # Variants of sim_jax's config (e.g. bfloat16, remat) timed in the same interleaved rounds, so
   # what a change buys is measured against the base step under the same machine load.
-  vr = {label: JaxRunner(name, batch, {**(overrides or {}), **o})
-        for label, o in (variants or {}).items()}
+  # A variant the trainer refuses for this workload (parallel_splits with batch norm) is recorded
+  # with the trainer's reason instead of stopping the run.
+  vr, refused = {}, {}
+  for label, o in (variants or {}).items():
+    try:
+      vr[label] = JaxRunner(name, batch, {**(overrides or {}), **o})
+    except ValueError as e:
+      refused[label] = {"overrides": o, "refused": str(e)}
   rate = matmul_rate(matmul_n)
   times = {"sim_jax": [], "torch": [], **{f"variant:{k}": [] for k in vr}}
   for r in range(repeats):
@@ -434,6 +440,11 @@ def run_workload(name: str, batch: int, repeats: int, steps: int,
     v["speedup_vs_base_median"] = v["img_per_s_median"] / out["sim_jax"]["img_per_s_median"]
     v["speedup_vs_base_min"] = v["img_per_s_min"] / out["sim_jax"]["img_per_s_min"]
     v["overrides"], v["compile_s"] = variants[k], vr[k].compile_s
+    if tr is not None:
+      v["ratio_median"] = v["img_per_s_median"] / out["torch"]["img_per_s_median"]
+      v["ratio_min"] = v["img_per_s_min"] / out["torch"]["img_per_s_min"]
+    out.setdefault("variants", {})[k] = v
+  for k, v in refused.items():
     out.setdefault("variants", {})[k] = v
   step_s = float(np.median(times["sim_jax"]))
   out["sim_jax"]["flops_per_s"] = jr.flops / step_s
@@ -621,6 +632,23 @@ def markdown(result: dict) -> str:
       e = r.get("environments")
       lines[-1] += (" same process |" if e is None else
                     f" {_env_cell(e['sim_jax'])} / {_env_cell(e['torch'])} |")
+  variant_rows = [(r, k, v) for r in result["workloads"] for k, v in r.get("variants", {}).items()]
+  if variant_rows:
+    lines += ["", "sim_jax config variants, timed in the same interleaved rounds as the table "
+              "above (`--variant`):", "",
+              "| workload | variant | overrides | img/s min / median | speed-up vs base median "
+              "(min) | vs torch median (min) |", "|---|---|---|---|---|---|"]
+    for r, k, v in variant_rows:
+      over = ", ".join(f"{a}={b}" for a, b in v["overrides"].items())
+      if "refused" in v:
+        lines.append(f"| {r['workload']} | {k} | {over} | refused by the trainer: "
+                     f"{v['refused']} | - | - |")
+        continue
+      vs_torch = (f"**{v['ratio_median']:.2f}x** ({v['ratio_min']:.2f}x)" if "ratio_median" in v
+                  else "-")
+      lines.append(f"| {r['workload']} | {k} | {over} | {v['img_per_s_min']:.0f} / "
+                   f"{v['img_per_s_median']:.0f} | {v['speedup_vs_base_median']:.2f}x "
+                   f"({v['speedup_vs_base_min']:.2f}x) | {vs_torch} |")
   if result.get("note"):
     lines += ["", result["note"]]
   return "\n".join(lines) + "\n"
@@ -728,6 +756,7 @@ def main(argv=None) -> dict:
                                                "compile_s")},
                       **{f"{k} speedup vs base (median, min)": (v["speedup_vs_base_median"],
                                                                 v["speedup_vs_base_min"])
+                         if "refused" not in v else f"refused: {v['refused']}"
                          for k, v in r.get("variants", {}).items()}}), flush=True)
     result["workloads"].append(r)
   write_results(result, args.out, args.md, markdown(result))

@@ -38,7 +38,8 @@ def test_make_batch_matches_the_trainer_wire_format():
 
 def test_lenet_step_runs_and_reports():
   """One tiny interleaved round: both frameworks ran, images counted per encoder input."""
-  r = train_step.run_workload("lenet5", batch=4, repeats=1, steps=1, matmul_n=256)
+  r = train_step.run_workload("lenet5", batch=4, repeats=2, steps=1, matmul_n=256, variants={
+      "split2": {"train.parallel_splits": 2}, "split3": {"train.parallel_splits": 3}})
   assert r["images_per_step"] == 8
   assert r["step_flops"] > 0 and np.isfinite(r["loss_after"])
   assert r["sim_jax"]["img_per_s_min"] > 0 and r["torch"]["img_per_s_min"] > 0
@@ -51,6 +52,18 @@ def test_lenet_step_runs_and_reports():
   assert f"**{r['ratio_median']:.2f}x**" in md
   assert "Allocator settings of the run: LD_PRELOAD=/x.so." in md
   assert ("NOT met" in md) == (r["ratio_median"] < 1.0)
+  # A variant is timed in the same rounds; its ratios come from the raw step times.
+  v = r["variants"]["split2"]
+  assert len(v["step_s"]) == len(r["torch"]["step_s"]) == 2
+  v_ips, t_ips = 8 / np.asarray(v["step_s"]), 8 / np.asarray(r["torch"]["step_s"])
+  np.testing.assert_allclose(v["ratio_median"], np.median(v_ips) / np.median(t_ips))
+  np.testing.assert_allclose(v["speedup_vs_base_min"],
+                             v_ips.min() / (8 / np.asarray(r["sim_jax"]["step_s"])).min())
+  assert f"| lenet5 | split2 | train.parallel_splits=2 | {v_ips.min():.0f} / " in md
+  assert f"**{v['ratio_median']:.2f}x** ({v['ratio_min']:.2f}x) |" in md
+  # 8 images do not make 3 slices: recorded with the trainer's reason, the run goes on.
+  assert "parallel_splits=3" in r["variants"]["split3"]["refused"]
+  assert "| lenet5 | split3 | train.parallel_splits=3 | refused by the trainer: " in md
 
 
 def test_overrides_are_typed_and_checked():
@@ -309,3 +322,25 @@ def test_allocator_bench_quick_then_train_step_with_the_winners(tmp_path):
     assert env["name"] == w["best"][fw] and env["vars"] == res["allocators"][env["name"]]
     lib = expect_lib[env["name"]]
     assert (lib in " ".join(env["malloc_libs"])) if lib else env["malloc_libs"] == []
+
+
+def test_profile_parsing_sums_spans_per_op_and_counts_dot_flops():
+  """bench/profile_step.py's trace and HLO parsing, against hand-computed values."""
+  from bench import profile_step
+  events = [{"ph": "X", "name": "ynn_fusion.3", "dur": 10}, {"ph": "X", "name": "ynn_fusion.7",
+            "dur": 5}, {"ph": "X", "name": "ynn_fusion.3", "dur": 1}, {"ph": "i", "name": "x"},
+            {"ph": "X", "name": "$train_step.py:173 run", "dur": 99},
+            {"ph": "X", "name": "ThunkExecutor::Execute", "dur": 99}]
+  total, count = profile_step.sum_events(events)
+  assert total["ynn_fusion.3"] == 11 and count["ynn_fusion.3"] == 2
+  assert [n for n in total if profile_step.is_op(n)] == ["ynn_fusion.3", "ynn_fusion.7"]
+  assert profile_step.op_kind("multiply_erf_fusion.12") == "multiply_erf_fusion"
+  body = """
+  %param_5.2 = f32[16640,768]{1,0} parameter(5)
+  %param_6.4 = f32[192,768]{1,0} parameter(6)
+  %dot.0 = f32[16640,192]{1,0} dot(%param_5.2, %param_6.4), lhs_contracting_dims={1}, rhs_contracting_dims={1}
+  %p0 = f32[768,65,64]{2,1,0} parameter(0)
+  %d2 = f32[768,65,65]{2,1,0} dot(%p0, %p0), lhs_batch_dims={0}, lhs_contracting_dims={2}, rhs_batch_dims={0}, rhs_contracting_dims={2}
+"""  # noqa: E501
+  # [16640, 768] x [768, 192]: 2*M*K*N; the batched Q K^T: 2 * 768 * 65 * 65 * 64.
+  assert profile_step.dot_flops(body) == 2 * 16640 * 768 * 192 + 2 * 768 * 65 * 65 * 64
