@@ -42,7 +42,12 @@ def bench_commands(quick: bool) -> dict[str, list[str]]:
   return {
       "allocators": [py, "bench/allocators.py", *q, "--out", rs("allocators", False),
                      "--md", rs("allocators", False, ".md")],
+      # The headline as measured: 5 interleaved rounds, the parallel_splits variants timed in
+      # the same rounds (refused, and recorded so, for the batch-norm workloads).
       "train_step": [py, "bench/train_step.py", *q,
+                     *([] if quick else ["--repeats=5",
+                                         "--variant=split2:train.parallel_splits=2",
+                                         "--variant=split4:train.parallel_splits=4"]),
                      "--out", rs("train_step", False), "--md", rs("train_step", False, ".md")],
       "loss_scaling": [py, "bench/loss_scaling.py", *q,
                        "--out", rs("loss_scaling", quick, "")],
@@ -259,7 +264,10 @@ it says otherwise. Commands reproduce each row; JSON of every row is under `benc
 **Machine load changes the ratios.** The first pass measured at load average 8-10 (other jobs);
 PyTorch's OpenMP threads lose far more than XLA's pool under that contention (LeNet-5's torch
 step took 0.6-1.5 s there, 0.03 s at load 1-2). The first pass's LeNet-5 1.95x and ResNet-18
-0.40x are therefore not comparable with this pass's numbers (load 1-4); the table below
+0.40x are therefore not comparable with this pass's numbers (load 1-4). The same holds on a
+quiet machine the other way: at load ~1 (2026-12-05) PyTorch's lead on the convolutional
+workloads grew (ResNet-18 0.84x -> 0.64x, multi-scale 1.02x -> 0.88x against the load 1.2-1.6
+run of 2026-11-23, `bench/results/train_step_2026-11-23.json`). The table under "Results"
 (`bench/results/train_step.json`) is the reference.
 
 | change | status | measured effect | command |
@@ -425,6 +433,52 @@ Other workloads with 2 devices (load 2.5): LeNet-5 1.08x -> 1.21x, ResNet-18 0.8
 multi-scale 1.02x -> 0.89x, so not a default | \
 `XLA_FLAGS=... python bench/train_step.py --workloads vit_ti --repeats 4` \
 (`bench/results/train_step_vit_2dev.json`, `train_step_2dev_others.json`) |
+| **`config.train.parallel_splits`** (`sim_jax.train.forward_in_splits`): the encoder runs on S \
+independent slices of the batch inside the one jitted step, re-assembled before the loss; XLA's \
+thunk executor then runs one slice's single-core fusions while another's matmuls run. Exact \
+without batch norm (tested against the unsplit step); refused with it | **kept, as an option** \
+(default 1: batch-norm models cannot use it) | quiet machine (load ~1, 2026-12-05), one \
+process, glibc defaults, 5 interleaved rounds: ViT-Ti 4 splits 1.38x the unsplit step (min \
+1.83x; the unsplit step's times swing 3.7-7.1 s, the split one's 3.8-3.9 s), vs torch 0.69x -> \
+**0.95x** (min 0.98x); 2 splits 1.03x. LeNet-5 2 / 4 splits 1.15x / 1.17x, vs torch 1.06x -> \
+1.24x. With two XLA CPU devices x 4 splits: ViT-Ti 0.95x (min 0.97x), 1.21x the 2-device step. \
+With the resident malloc tunables (both frameworks): ViT-Ti 4 splits 1.10x | `python \
+bench/train_step.py --repeats=5 --variant split2:train.parallel_splits=2 --variant \
+split4:train.parallel_splits=4` (`bench/results/train_step.json`; `XLA_FLAGS=... \
+--workloads=vit_ti`: `train_step_vit_2dev_splits.json`; `train_step_resident_both_*.json`) |
+| profile of the ViT-Ti step with 4 splits (`bench/profile_step.py`, committed this time) | \
+finding | YNNPACK library fusions 65% of op spans (dots with their fused LayerNorm backward, \
+bias adds and reductions), exact-GELU fusions 6.6%, other element-wise / layout fusions ~20%. \
+The input-gradient dots show ~100-146 GFLOP/s in the step against 244-290 GFLOP/s alone: they \
+share the 2 cores with the weight-gradient dots (XLA/Eigen `dot` thunks, which run \
+asynchronously and so are under-counted by the trace) | `python bench/profile_step.py \
+--workload=vit_ti --override train.parallel_splits=4` |
+| the GEMM layouts alone (by-hand micro-benchmark, [16640, K] x [K, N] for ViT-Ti's K, N) | \
+finding | NN (forward) 219-264 GFLOP/s, NT (input gradient) 183-269, **TN (weight gradient, x^T \
+g) 128-186**, against torch's 237-300 for all three: the weight gradients are the GEMM gap. \
+XLA:CPU sends TN to Eigen; `xla_cpu_experimental_onednn_fusion_type` / \
+`xla_cpu_experimental_xnn_fusion_type` = DOT or INDIVIDUAL_DOT are accepted but every dot still \
+compiles to Eigen or YNNPACK | by-hand scripts (not in the repo) |
+| weight gradient as two batched half-contractions summed, x[:M/2]^T g[:M/2] + x[M/2:]^T \
+g[M/2:] (a custom VJP on every ViT Dense), which XLA:CPU hands to YNNPACK | **not kept** | \
+alone 1.15-1.28x faster on every ViT-Ti shape (e.g. 32.9 -> 27.6 ms), same accuracy; in the \
+step **0.90x** (median 4.16 -> 4.60 s, 7 interleaved rounds, load 1.6): Eigen's asynchronous TN \
+dots had overlapped the YNNPACK input-gradient fusions, and moving them onto YNNPACK serialised \
+the two | by-hand micro-benchmark; the step A/B with `bench/ab_formulations.py \
+--change=weight_grad` before the change was reverted (not in the repo) |
+| weight gradient via the narrow operand's transpose ((g^T x)^T behind an optimisation barrier \
+so XLA cannot fold it back into a TN dot), or with x^T materialised | **not kept** | 0.94x \
+(fc2's shape) to 0.5x (the others): the barrier stops the dot fusing, and transposing a [16640, \
+768] array costs ~20 ms on one core (a [16640, 192] one 2-3 ms) | by-hand micro-benchmark |
+| attention core alone (qkv -> softmax(QK^T)V -> heads merged, forward + backward, 256 images) \
+| finding | sim_jax 75 ms vs torch 90 ms (min of 7): not the gap; padding 65 tokens to 72 / 80 \
+made it slower (91 / 98 ms), head-major einsums too (82 ms) | by-hand micro-benchmark |
+| SIM_JAX_HUGEPAGES=resident's tunables for the *whole* benchmark process (both frameworks) | \
+finding | PyTorch gains from them as much or more: ViT-Ti torch 4.2 -> 3.3 s, sim_jax 6.3 -> \
+4.3 s; same-environment ratios ViT-Ti 0.77x (4 splits 0.84x), LeNet-5 0.90x, ResNet-18 0.60x, \
+multi-scale 0.65x. So it is no way to a fairer headline; the headline stays glibc defaults for \
+both | `GLIBC_TUNABLES=... python bench/train_step.py ...` \
+(`bench/results/train_step_resident_both_*.json`) |
 """
 
 
