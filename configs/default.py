@@ -74,10 +74,11 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.async_checkpoint = True  # save in the background; errors surface at the next save
   config.train.max_nonfinite_skips = 0  # NaN/Inf steps skipped before the run halts (0 = halt)
   config.train.grad_accum_chunks = 1  # > 1: GradCache-style accumulation over this many chunks
-  # > 1: the encoder runs on this many independent slices of the batch inside the one jitted
-  # step, which lets XLA:CPU overlap its single-core fusions (exact without batch norm; refused
-  # with it). See bench/README.md for what it buys per model.
-  config.train.parallel_splits = 1
+  # The encoder runs on this many independent slices of the batch inside the one jitted step,
+  # which lets XLA:CPU overlap its single-core fusions; exact without batch norm, refused with
+  # it. 0 = auto: 4 (else 2) on CPU for encoders without batch norm, 1 otherwise and on GPU/TPU
+  # (docs/cpu_performance.md has what it buys per model).
+  config.train.parallel_splits = 0
   config.train.log_diagnostics = True  # embedding diagnostics (dense losses only)
   config.train.plots = True  # PNGs at the end: curves, t-SNE, retrieval grid, distances
   config.train.profile_steps = 0  # > 0: write a jax.profiler trace of N steps after step 10

@@ -218,6 +218,42 @@ def forward(model, params, batch_stats, images, *, train: bool, rng=None):
   return emb, aux, batch_stats
 
 
+# config.train.parallel_splits=0 ("auto") tries these slice counts, largest first.
+AUTO_SPLITS = (4, 2)
+# Encoder inputs per batch item (pairs and triplets are flattened, views are two augmentations).
+INPUTS_PER_ITEM = {"pairs": 2, "triplets": 3, "views": 2}
+
+
+def resolve_parallel_splits(config: ml_collections.ConfigDict, *, platform: str,
+                            has_batch_norm: bool, inputs_per_device: int) -> tuple[int, str]:
+  """The encoder's slice count for `forward_in_splits`, and why (for the log).
+
+  A positive `config.train.parallel_splits` is taken as given (batch norm refused). 0 = auto:
+  the largest of `AUTO_SPLITS` that divides each device's encoder inputs, on CPU only (the
+  overlap it buys is of XLA:CPU's single-threaded fusions; GPU and TPU kernels use the whole
+  chip), and only where it is exact and meaningful: no batch norm, no GradCache.
+  """
+  requested = config.train.parallel_splits
+  if requested > 0:
+    if requested > 1 and has_batch_norm:
+      raise ValueError(
+          f"config.train.parallel_splits={requested}: config.model.name="
+          f"{config.model.name!r} has batch norm, whose statistics would be computed per slice "
+          f"instead of over the batch; use parallel_splits=1 (or 0, auto) with it")
+    return requested, "set in the config"
+  if platform != "cpu":
+    return 1, f"auto: {platform} kernels already use the whole chip"
+  if has_batch_norm:
+    return 1, f"auto: {config.model.name} has batch norm"
+  if config.train.grad_accum_chunks > 1:
+    return 1, "auto: GradCache already runs the encoder in chunks"
+  for s in AUTO_SPLITS:
+    if inputs_per_device % s == 0:
+      return s, (f"auto: CPU, no batch norm; {inputs_per_device} encoder inputs per device "
+                 f"in {s} slices")
+  return 1, f"auto: {inputs_per_device} encoder inputs per device do not split evenly"
+
+
 def forward_in_splits(model, params, batch_stats, images, *, splits: int, shards: int = 1,
                       train: bool, rng=None):
   """`forward` run on `splits` independent slices of the batch, outputs back in batch order.
@@ -353,7 +389,7 @@ def objective(params, z, labels, batch, *, config, pair_head, mesh):
 
 
 def compute_loss(params, batch_stats, batch, rng, *, config, model, pair_head, augment_fn,
-                 mesh, train: bool = True):
+                 mesh, train: bool = True, splits: int = 1):
   """Loss of one global batch, with the auxiliary outputs the metrics need.
 
   Returns `(loss, (new_batch_stats, z, labels))` where `z` are the vectors the loss saw.
@@ -361,7 +397,7 @@ def compute_loss(params, batch_stats, batch, rng, *, config, model, pair_head, a
   k_inputs, k_drop = jax.random.split(rng)
   x, labels = prepare_inputs(batch, k_inputs, config=config, augment_fn=augment_fn, train=train)
   emb, aux, new_bs = forward_in_splits(
-      model, params, batch_stats, x, splits=config.train.parallel_splits if train else 1,
+      model, params, batch_stats, x, splits=splits if train else 1,
       shards=mesh.size if mesh is not None else 1, train=train, rng=k_drop)
   z = aux.get("projection", emb) if isinstance(aux, Mapping) else emb
   loss = objective(params, z, labels, batch, config=config, pair_head=pair_head, mesh=mesh)
@@ -422,7 +458,7 @@ def _tree_where(pred, new, old):
 
 
 def train_step(state: TrainState, batch, *, config, model, pair_head, tx, schedule,
-               augment_fn, mesh, diagnostics_fn: Callable | None = None):
+               augment_fn, mesh, diagnostics_fn: Callable | None = None, splits: int = 1):
   """One update: `(state, global batch) -> (state, metrics)`. Pure; jit it with donation."""
   rng = jax.random.fold_in(state.rng, state.step)
   if config.train.grad_accum_chunks > 1:
@@ -432,7 +468,7 @@ def train_step(state: TrainState, batch, *, config, model, pair_head, tx, schedu
     z = labels = None
   else:
     loss_fn = functools.partial(compute_loss, config=config, model=model, pair_head=pair_head,
-                                augment_fn=augment_fn, mesh=mesh, train=True)
+                                augment_fn=augment_fn, mesh=mesh, train=True, splits=splits)
     (loss, (new_bs, z, labels)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
         state.params, state.batch_stats, batch, rng)
   updates, new_opt_state = tx.update(grads, state.opt_state, state.params)
@@ -519,8 +555,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
           f"label losses {LABEL_LOSSES} without learnable loss parameters; got "
           f"config.loss.name={c.loss.name!r}, learnable_margin={c.loss.learnable_margin}, "
           f"learnable_temperature={c.loss.learnable_temperature}")
-  if c.train.parallel_splits < 1:
-    raise ValueError(f"config.train.parallel_splits must be >= 1, got {c.train.parallel_splits}")
+  if c.train.parallel_splits < 0:
+    raise ValueError(f"config.train.parallel_splits must be >= 1, or 0 for auto; got "
+                     f"{c.train.parallel_splits}")
   if c.train.parallel_splits > 1 and c.train.grad_accum_chunks > 1:
     raise ValueError(f"config.train.parallel_splits={c.train.parallel_splits} and "
                      f"config.train.grad_accum_chunks={c.train.grad_accum_chunks}: GradCache "
@@ -723,11 +760,11 @@ class Trainer:
     self.abstract_state = jax.tree.map(
         lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=self.replicated),
         self.abstract_state)
-    if config.train.parallel_splits > 1 and jax.tree.leaves(self.abstract_state.batch_stats):
-      raise ValueError(
-          f"config.train.parallel_splits={config.train.parallel_splits}: "
-          f"config.model.name={config.model.name!r} has batch norm, whose statistics would be "
-          f"computed per slice instead of over the batch; use parallel_splits=1 with it")
+    inputs = config.train.batch_size * INPUTS_PER_ITEM.get(config.data.sampler, 1)
+    self.parallel_splits, self.parallel_splits_why = resolve_parallel_splits(
+        config, platform=self.mesh.devices.flat[0].platform,
+        has_batch_norm=bool(jax.tree.leaves(self.abstract_state.batch_stats)),
+        inputs_per_device=inputs // self.mesh.size)
     self._embed = jax.jit(functools.partial(embed_step, model=self.model),
                           out_shardings=self.replicated)
 
@@ -823,7 +860,8 @@ class Trainer:
     return jax.jit(
         functools.partial(train_step, config=self.config, model=self.model,
                           pair_head=self.pair_head, tx=self.tx, schedule=self.schedule,
-                          augment_fn=self.augment_fn, mesh=self.mesh, diagnostics_fn=diag),
+                          augment_fn=self.augment_fn, mesh=self.mesh, diagnostics_fn=diag,
+                          splits=self.parallel_splits),
         donate_argnums=(0,), compiler_options=compiler_options(self.mesh))
 
   # -- evaluation
@@ -1060,6 +1098,9 @@ def _log_model_summary(trainer: Trainer, state: TrainState) -> None:
   logging.info("Model %s: %s parameters (%.2f M); image shape %s; global batch %d over %d "
                "device(s).", trainer.config.model.name, f"{n:,}", n / 1e6, trainer.image_shape,
                trainer.config.train.batch_size, jax.device_count())
+  logging.info("Encoder slices per step (config.train.parallel_splits=%d): %d (%s).",
+               trainer.config.train.parallel_splits, trainer.parallel_splits,
+               trainer.parallel_splits_why)
 
 
 # ------------------------------------------------------------------ evaluate / embed / search

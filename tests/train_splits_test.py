@@ -93,8 +93,8 @@ def test_batch_norm_models_and_bad_values_are_refused():
   from sim_jax import train
   with pytest.raises(ValueError, match=r"parallel_splits=2.*'resnet_tiny' has batch norm"):
     train.Trainer(_config("resnet_tiny", 2), "/nonexistent")
-  with pytest.raises(ValueError, match="parallel_splits must be >= 1, got 0"):
-    train.validate_config(_config("lenet5", 0))
+  with pytest.raises(ValueError, match="parallel_splits must be >= 1, or 0 for auto; got -1"):
+    train.validate_config(_config("lenet5", -1))
   cfg = _config("lenet5", 2)
   cfg.train.grad_accum_chunks = 2
   with pytest.raises(ValueError, match="parallel_splits=2 and config.train.grad_accum_chunks=2"):
@@ -130,3 +130,38 @@ print("OK", out[1][0])
 def test_two_devices_two_splits_match_one_device():
   proc = helpers.run_python(SHARDED, num_devices=2, timeout=300)
   assert "OK" in proc.stdout
+
+
+@pytest.mark.parametrize("platform,bn,chunks,inputs,want", [
+    ("cpu", False, 1, 32, 4),    # the CPU case it is for
+    ("cpu", False, 1, 30, 2),    # 4 does not divide 30, 2 does
+    ("cpu", False, 1, 15, 1),    # neither divides
+    ("cpu", True, 1, 32, 1),     # batch norm: statistics would be per slice
+    ("cpu", False, 4, 32, 1),    # GradCache already chunks the encoder
+    ("gpu", False, 1, 32, 1),    # GPU / TPU kernels use the whole chip
+    ("tpu", False, 1, 32, 1),
+])
+def test_auto_splits_only_on_cpu_where_exact(platform, bn, chunks, inputs, want):
+  from sim_jax import train
+  cfg = _config("lenet5", 0)
+  cfg.train.grad_accum_chunks = chunks
+  got, why = train.resolve_parallel_splits(cfg, platform=platform, has_batch_norm=bn,
+                                           inputs_per_device=inputs)
+  assert got == want, why
+  assert why.startswith("auto")
+  # An explicit value is taken as given, batch norm aside.
+  cfg.train.parallel_splits = 3
+  assert train.resolve_parallel_splits(cfg, platform=platform, has_batch_norm=False,
+                                       inputs_per_device=inputs)[0] == 3
+
+
+def test_trainer_resolves_auto_from_the_model_sampler_and_devices():
+  """Auto on this CPU: views double the inputs; batch norm and GradCache turn it off."""
+  from sim_jax import train
+  cfg = _config("vit_tiny", 0, sampler="views")
+  cfg.train.batch_size = 6  # 12 encoder inputs: 4 slices of 3
+  assert train.Trainer(cfg, "/nonexistent").parallel_splits == 4
+  cfg = _config("lenet5", 0)
+  cfg.train.batch_size = 6  # pk: 6 inputs, 2 slices of 3
+  assert train.Trainer(cfg, "/nonexistent").parallel_splits == 2
+  assert train.Trainer(_config("resnet_tiny", 0), "/nonexistent").parallel_splits == 1
