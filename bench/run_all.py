@@ -42,12 +42,13 @@ def bench_commands(quick: bool) -> dict[str, list[str]]:
   return {
       "allocators": [py, "bench/allocators.py", *q, "--out", rs("allocators", False),
                      "--md", rs("allocators", False, ".md")],
-      # The headline as measured: 5 interleaved rounds, the parallel_splits variants timed in
-      # the same rounds (refused, and recorded so, for the batch-norm workloads).
+      # The headline as measured: 5 interleaved rounds of the default step (parallel_splits
+      # auto) with the unsplit and 2-slice steps timed in the same rounds as variants (2 slices
+      # refused, and recorded so, for the batch-norm workloads).
       "train_step": [py, "bench/train_step.py", *q,
                      *([] if quick else ["--repeats=5",
-                                         "--variant=split2:train.parallel_splits=2",
-                                         "--variant=split4:train.parallel_splits=4"]),
+                                         "--variant=unsplit:train.parallel_splits=1",
+                                         "--variant=split2:train.parallel_splits=2"]),
                      "--out", rs("train_step", False), "--md", rs("train_step", False, ".md")],
       "loss_scaling": [py, "bench/loss_scaling.py", *q,
                        "--out", rs("loss_scaling", quick, "")],
@@ -436,15 +437,17 @@ multi-scale 1.02x -> 0.89x, so not a default | \
 | **`config.train.parallel_splits`** (`sim_jax.train.forward_in_splits`): the encoder runs on S \
 independent slices of the batch inside the one jitted step, re-assembled before the loss; XLA's \
 thunk executor then runs one slice's single-core fusions while another's matmuls run. Exact \
-without batch norm (tested against the unsplit step); refused with it | **kept, as an option** \
-(default 1: batch-norm models cannot use it) | quiet machine (load ~1, 2026-12-05), one \
+without batch norm (tested against the unsplit step); refused with it | **kept; the default \
+is auto** (`parallel_splits=0`: 4 slices on CPU without batch norm or GradCache, else 1) | \
+quiet machine (load ~1, 2026-12-05), one \
 process, glibc defaults, 5 interleaved rounds: ViT-Ti 4 splits 1.38x the unsplit step (min \
-1.83x; the unsplit step's times swing 3.7-7.1 s, the split one's 3.8-3.9 s), vs torch 0.69x -> \
+1.83x; the unsplit step's times swing 4.1-7.2 s, the split one's 3.9 s), vs torch 0.69x -> \
 **0.95x** (min 0.98x); 2 splits 1.03x. LeNet-5 2 / 4 splits 1.15x / 1.17x, vs torch 1.06x -> \
 1.24x. With two XLA CPU devices x 4 splits: ViT-Ti 0.95x (min 0.97x), 1.21x the 2-device step. \
 With the resident malloc tunables (both frameworks): ViT-Ti 4 splits 1.10x | `python \
 bench/train_step.py --repeats=5 --variant split2:train.parallel_splits=2 --variant \
-split4:train.parallel_splits=4` (`bench/results/train_step.json`; `XLA_FLAGS=... \
+split4:train.parallel_splits=4`, before auto was the default \
+(`bench/results/train_step_explicit_splits.json`; `XLA_FLAGS=... \
 --workloads=vit_ti`: `train_step_vit_2dev_splits.json`; `train_step_resident_both_*.json`) |
 | profile of the ViT-Ti step with 4 splits (`bench/profile_step.py`, committed this time) | \
 finding | YNNPACK library fusions 65% of op spans (dots with their fused LayerNorm backward, \
