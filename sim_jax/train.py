@@ -265,7 +265,8 @@ def forward_in_splits(model, params, batch_stats, images, *, splits: int, shards
 
   Exact for encoders without batch norm: every op of such an encoder is per example, and the
   loss still sees the whole batch (the slices are re-assembled before it). Batch norm's
-  statistics would be per slice, so `Trainer` refuses `splits > 1` for models that have them.
+  statistics would be per slice, so `resolve_parallel_splits` keeps models that have them at
+  one slice (auto) or refuses the explicit value.
   With dropout, slice i draws its masks from `fold_in(rng, i)`: a different draw from the
   same distribution.
 
@@ -295,7 +296,7 @@ def forward_in_splits(model, params, batch_stats, images, *, splits: int, shards
 
   emb = merge(*(o[0] for o in outs))
   aux = jax.tree.map(merge, *(o[1] for o in outs))
-  return emb, aux, outs[0][2]  # no batch statistics to merge (refused by Trainer)
+  return emb, aux, outs[0][2]  # no batch statistics to merge (see resolve_parallel_splits)
 
 
 def loss_margin(loss_cfg, params) -> jax.Array | float:
