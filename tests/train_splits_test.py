@@ -27,12 +27,12 @@ def _config(model: str, splits: int, sampler: str = "pk"):
   return cfg
 
 
-def _train(cfg, steps: int = 2):
+def _train(cfg, steps: int = 2, devices=None):
   """Losses and final params of `steps` trainer steps on the real digits pipeline."""
   import jax
 
   from sim_jax import data, sharding, train
-  tr = train.Trainer(cfg, "/nonexistent")
+  tr = train.Trainer(cfg, "/nonexistent", devices=devices)
   state = tr.init_state()
   it = data.create_train_iterator(cfg.data, global_batch_size=cfg.train.batch_size, seed=0,
                                   process_index=0, process_count=1)
@@ -103,22 +103,10 @@ def test_batch_norm_models_and_bad_values_are_refused():
 
 SHARDED = """
 import jax, numpy as np
-from sim_jax import data, sharding, train
-from tests.train_splits_test import _config
+from tests.train_splits_test import _config, _train
 
-out = {}
-for n, splits in ((1, 1), (2, 2)):
-  cfg = _config("vit_tiny", splits)
-  tr = train.Trainer(cfg, "/nonexistent", devices=jax.devices()[:n])
-  state = tr.init_state()
-  it = data.create_train_iterator(cfg.data, global_batch_size=16, seed=0, process_index=0,
-                                  process_count=1)
-  step = tr.jit_train_step()
-  losses = []
-  for _ in range(2):
-    state, m, _ = step(state, sharding.host_to_global(next(it), tr.mesh))
-    losses.append(float(m.compute()["loss"]))
-  out[n] = (np.array(losses), jax.tree.map(np.asarray, state.params))
+out = {n: _train(_config("vit_tiny", splits), devices=jax.devices()[:n])
+       for n, splits in ((1, 1), (2, 2))}
 np.testing.assert_allclose(out[1][0], out[2][0], rtol=1e-5, atol=1e-6)
 for a, b in zip(jax.tree.leaves(out[1][1]), jax.tree.leaves(out[2][1]), strict=True):
   np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
