@@ -13,7 +13,14 @@ import flax.linen as nn
 
 from sim_jax.models import extra, lenet, multiscale, resnet, swin, vgg, vit
 from sim_jax.models.config import default_config
-from sim_jax.models.encoder import ATTENTIONS, POOLINGS, Encoder, parse_dtype
+from sim_jax.models.encoder import (
+  ATTENTIONS,
+  MATERIALIZE,
+  POOLINGS,
+  Encoder,
+  parse_dtype,
+  resolve_materialize,
+)
 from sim_jax.models.heads import PAIR_HEAD_MODES, PairHead, l2_normalize
 
 __all__ = ["MODEL_NAMES", "Encoder", "PairHead", "default_config", "get_model", "get_pair_head",
@@ -24,7 +31,8 @@ def _resnet(name):
   def build(cfg, dtype):
     stages, block = resnet.STAGES[name]
     width = cfg.width or (8 if "tiny" in name else 64)
-    return resnet.ResNet(stages, block, width, cfg.stem, dtype, cfg.remat)
+    return resnet.ResNet(stages, block, width, cfg.stem, dtype, cfg.remat,
+                         resolve_materialize(cfg.get("materialize", "auto")))
   return build
 
 
@@ -86,6 +94,8 @@ def get_model(model_config) -> Encoder:
   _check("stem", cfg.stem, resnet.STEMS)
   _check("input_norm", cfg.input_norm, ("imagenet", "none"))
   _check("pair_head", cfg.pair_head, PAIR_HEAD_MODES)
+  # Configs saved before the field existed (checkpoints' config.json) mean its default.
+  _check("materialize", cfg.get("materialize", "auto"), MATERIALIZE)
   for field in ("embedding_dim", "projection_depth"):
     if cfg[field] < 0:
       raise ValueError(f"model config {field} must be >= 0; got {cfg[field]}")

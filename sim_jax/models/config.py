@@ -32,5 +32,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.pair_head = "abs_diff"  # PairHead mode: "abs_diff" (Dense on |e1 - e2|) or "euclidean".
   c.dtype = "float32"  # compute dtype "float32" | "bfloat16" (params stay float32).
   c.remat = False  # wrap blocks in nn.remat (recompute activations in the backward pass).
+  # ResNet: each ReLU output written to its own buffer, so XLA does not re-compute batch norm
+  # chains inside the weight gradients' layout copies. "auto" = on on CPU (where it pays).
+  c.materialize = "auto"  # "auto" | "on" | "off"
   c.init_from = ""  # workdir / checkpoint to initialise the encoder from ("" = none).
   return c

@@ -32,6 +32,7 @@ GRAY_STD = (0.226,)
 POOLINGS = ("avg", "max", "cls", "mean")
 ATTENTIONS = ("none", "before", "after")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+MATERIALIZE = ("auto", "on", "off")
 
 
 def parse_dtype(name: str) -> Any:
@@ -49,6 +50,52 @@ def batch_norm(train: bool, dtype: Any, name: str, **kw) -> nn.BatchNorm:
   """
   return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype,
                       axis_name=None, name=name, **kw)
+
+
+def resolve_materialize(mode: str, platform: str | None = None) -> bool:
+  """`config.model.materialize`: "on" / "off", or "auto" = on when the platform is the CPU.
+
+  `platform` defaults to `jax.default_backend()`, where the model will be compiled.
+  """
+  if mode not in MATERIALIZE:
+    raise ValueError(f"model config materialize must be one of {MATERIALIZE}; got {mode!r}")
+  if mode == "auto":
+    return (platform or jax.default_backend()) == "cpu"
+  return mode == "on"
+
+
+@jax.custom_jvp
+def materialize(x: jax.Array) -> jax.Array:
+  """Identity that XLA cannot fuse through: `x` is computed once, into a buffer of its own.
+
+  Why: XLA:CPU fuses cheap element-wise producers (batch norm's scale and shift, ReLU, a residual
+  add) into *every* consumer of their result. In ResNet's backward pass one such consumer is the
+  layout copy that moves N innermost for each weight-gradient convolution; fused there, the
+  producers run in that copy's transposed order, and each of their operands is read with one
+  float used per cache line. Along the residual stream a copy re-computed up to three blocks'
+  chains that way (0.2-0.95 s per copy in a profile of the ResNet-18 step, bench/README.md).
+
+  `lax.optimization_barrier` would state this, but XLA:CPU expands it away; it also removes an
+  identity `cond`, `max(x, x)` and loop-invariant `while` state. A one-trip `while` whose state
+  becomes `x * (i + 1)` at i = 0, with the trip count read from the data, is opaque to it: the
+  loop's operand is written once (its producers fused in x's own order) and every consumer reads
+  that buffer. Multiplying by exactly 1 keeps the values bit-identical (NaN, -0.0 and infinities
+  included; denormals flush to zero as in any XLA:CPU arithmetic, ReLU's too), and the custom
+  JVP passes tangents straight through, so gradients are those of the identity.
+  """
+  if x.size == 0:
+    return x
+  first = x.reshape(-1)[0]
+  trips = (first == first).astype(jnp.int32) | 1  # always 1; XLA cannot fold it (NaN-aware)
+  _, out = lax.while_loop(lambda c: c[0] < trips,
+                          lambda c: (c[0] + 1, c[1] * (c[0] + 1).astype(c[1].dtype)),
+                          (jnp.int32(0), x))
+  return out
+
+
+@materialize.defjvp
+def _materialize_jvp(primals, tangents):
+  return materialize(primals[0]), tangents[0]
 
 
 def maybe_remat(cls: type[nn.Module], remat: bool) -> type[nn.Module]:

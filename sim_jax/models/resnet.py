@@ -18,9 +18,15 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from sim_jax.models.encoder import Conv, batch_norm, conv_padding, maybe_remat
+from sim_jax.models.encoder import Conv, batch_norm, conv_padding, materialize, maybe_remat
 
 STEMS = ("auto", "small", "imagenet")
+
+
+def _relu(x: jax.Array, keep: bool) -> jax.Array:
+  """ReLU; with `keep` its result is materialised (`encoder.materialize`, config "materialize")."""
+  y = nn.relu(x)
+  return materialize(y) if keep else y
 
 
 def resolve_stem(stem: str, height: int) -> str:
@@ -37,16 +43,18 @@ class BasicBlock(nn.Module):
   filters: int
   strides: int = 1
   dtype: Any = jnp.float32
+  materialize: bool = False
   expansion = 1
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     y = Conv(self.filters, (3, 3), self.strides, padding=conv_padding(3), dtype=self.dtype,
              name="conv1")(x)
-    y = nn.relu(batch_norm(train, self.dtype, "bn1")(y))
+    y = _relu(batch_norm(train, self.dtype, "bn1")(y), self.materialize)
     y = Conv(self.filters, (3, 3), padding=conv_padding(3), dtype=self.dtype, name="conv2")(y)
     y = batch_norm(train, self.dtype, "bn2")(y)
-    return nn.relu(y + _shortcut(x, y.shape[-1], self.strides, train, self.dtype))
+    return _relu(y + _shortcut(x, y.shape[-1], self.strides, train, self.dtype),
+                 self.materialize)
 
 
 class Bottleneck(nn.Module):
@@ -54,18 +62,20 @@ class Bottleneck(nn.Module):
   filters: int
   strides: int = 1
   dtype: Any = jnp.float32
+  materialize: bool = False
   expansion = 4
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     y = Conv(self.filters, (1, 1), dtype=self.dtype, name="conv1")(x)
-    y = nn.relu(batch_norm(train, self.dtype, "bn1")(y))
+    y = _relu(batch_norm(train, self.dtype, "bn1")(y), self.materialize)
     y = Conv(self.filters, (3, 3), self.strides, padding=conv_padding(3), dtype=self.dtype,
              name="conv2")(y)
-    y = nn.relu(batch_norm(train, self.dtype, "bn2")(y))
+    y = _relu(batch_norm(train, self.dtype, "bn2")(y), self.materialize)
     y = Conv(self.filters * 4, (1, 1), dtype=self.dtype, name="conv3")(y)
     y = batch_norm(train, self.dtype, "bn3")(y)
-    return nn.relu(y + _shortcut(x, y.shape[-1], self.strides, train, self.dtype))
+    return _relu(y + _shortcut(x, y.shape[-1], self.strides, train, self.dtype),
+                 self.materialize)
 
 
 def _shortcut(x, channels, strides, train, dtype):
@@ -90,22 +100,26 @@ class ResNet(nn.Module):
   stem: str = "auto"
   dtype: Any = jnp.float32
   remat: bool = False
+  # Each ReLU's output written to its own buffer (`encoder.materialize`); get_model sets it from
+  # config.model.materialize ("auto": on CPU).
+  materialize: bool = False
   stem_path = ("conv1",)
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     if resolve_stem(self.stem, x.shape[1]) == "imagenet":
       x = Conv(self.width, (7, 7), 2, padding=conv_padding(7), dtype=self.dtype, name="conv1")(x)
-      x = nn.relu(batch_norm(train, self.dtype, "bn1")(x))
+      x = _relu(batch_norm(train, self.dtype, "bn1")(x), self.materialize)
       x = nn.max_pool(x, (3, 3), (2, 2), padding=conv_padding(3))
     else:
       x = Conv(self.width, (3, 3), padding=conv_padding(3), dtype=self.dtype, name="conv1")(x)
-      x = nn.relu(batch_norm(train, self.dtype, "bn1")(x))
+      x = _relu(batch_norm(train, self.dtype, "bn1")(x), self.materialize)
     block = maybe_remat(self.block, self.remat)
     for i, n in enumerate(self.stage_sizes):
       for j in range(n):
         strides = 2 if i > 0 and j == 0 else 1
-        x = block(self.width * 2**i, strides, self.dtype, name=f"layer{i + 1}_{j}")(x, train)
+        x = block(self.width * 2**i, strides, self.dtype, self.materialize,
+                  name=f"layer{i + 1}_{j}")(x, train)
     return x
 
 
