@@ -344,3 +344,47 @@ def test_profile_parsing_sums_spans_per_op_and_counts_dot_flops():
 """  # noqa: E501
   # [16640, 768] x [768, 192]: 2*M*K*N; the batched Q K^T: 2 * 768 * 65 * 65 * 64.
   assert profile_step.dot_flops(body) == 2 * 16640 * 768 * 192 + 2 * 768 * 65 * 65 * 64
+
+
+def _weight_grad_loop(x, g):
+  """dW[i, j, c, k] = sum_{n,h,w} xpad[n, h+i, w+j, c] g[n, h, w, k], tap by tap in NumPy."""
+  n, h, w, c = x.shape
+  xp = np.pad(x.astype(np.float64), ((0, 0), (1, 1), (1, 1), (0, 0)))
+  out = np.zeros((3, 3, c, g.shape[-1]))
+  for i in range(3):
+    for j in range(3):
+      out[i, j] = xp[:, i:i + h, j:j + w, :].reshape(-1, c).T @ g.reshape(-1, g.shape[-1])
+  return out
+
+
+def test_weight_grad_formulations_match_a_numpy_loop():
+  """bench/resnet_parts: the stacked-images weight gradient and jax.vjp's, against the taps."""
+  from bench import resnet_parts
+  rng = np.random.default_rng(3)
+  x = rng.standard_normal((3, 5, 4, 2)).astype(np.float32)  # H != W catches a swapped axis
+  g = rng.standard_normal((3, 5, 4, 3)).astype(np.float32)
+  want = _weight_grad_loop(x, g)
+  for fn in (resnet_parts.weight_grad_stacked, resnet_parts.weight_grad_vjp):
+    np.testing.assert_allclose(np.asarray(jax.jit(fn)(x, g)), want, rtol=1e-5, atol=1e-5)
+
+
+def test_no_batch_norm_removes_it_from_both_twins_and_restores_it():
+  import torch
+
+  from bench import resnet_parts
+  from sim_jax import train
+  real_bn = torch.nn.BatchNorm2d  # the context swaps the name torch.nn.BatchNorm2d itself
+
+  def counts():
+    cfg = train_step.workload_config("resnet18", batch=4)
+    v = jax.eval_shape(lambda: train.create_model(cfg).init(
+        {"params": jax.random.PRNGKey(0)}, np.zeros((2, 32, 32, 3), np.float32), train=False))
+    twin = train_step.torch_model("resnet18")
+    return (len(jax.tree.leaves(v.get("batch_stats", {}))),
+            sum(isinstance(m, real_bn) for m in twin.modules()))
+
+  before = counts()
+  assert before == (2 * 20, 20)  # ResNet-18 at 32 px: 20 BN layers (mean + var each in flax)
+  with resnet_parts.no_batch_norm():
+    assert counts() == (0, 0)
+  assert counts() == before
