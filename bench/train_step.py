@@ -19,15 +19,17 @@ wd 1e-4), and pytorch-metric-learning's ContrastiveLoss(pos_margin=0, neg_margin
 pairs, NTXentLoss(0.1), TripletMarginLoss(0.2) + BatchHardMiner. Augmentation is "none" on both
 sides (the two views are the same image), embedding diagnostics are off.
 
-Each workload runs in its own subprocess (so peak RSS and thread pools are its own). Inside it,
-both frameworks are warmed up (sim_jax: lower + compile, timed: the "compile" column; then one
-step), then timed in interleaved repeats (order alternates) of `--steps` steps each, so that load
-from other processes on this shared machine hits both alike. Reported per framework: images/s
-min / median over repeats (images = encoder inputs per step), their ratio sim_jax / torch
-(median over median, and min over min), the step's FLOPs from XLA's cost analysis and the
-achieved FLOP/s relative to a float32 [2048,2048] x [2048,2048] jnp matmul timed in the same
-subprocess, XLA's temp buffer size, and the subprocess's peak RSS (both frameworks together).
-Thread counts: torch.get_num_threads() and the CPU affinity XLA's thread pool sizes itself to.
+Each workload runs in its own subprocess (so peak RSS and thread pools are its own). Inside it, both
+frameworks are warmed up (sim_jax: lower + compile, timed: the "compile" column; then one step),
+then timed in interleaved repeats (order alternates) of `--steps` steps each, so that load from
+other processes on this shared machine hits both alike; in each repeat a framework first takes
+`--rewarm` untimed steps (default 1), so its timed steps follow its own step as in a training loop,
+not the other framework's (REWARM says why this matters here). Reported per framework: images/s min
+/ median over repeats (images = encoder inputs per step), their ratio sim_jax / torch (median over
+median, and min over min), the step's FLOPs from XLA's cost analysis and the achieved FLOP/s
+relative to a float32 [2048,2048] x [2048,2048] jnp matmul timed in the same subprocess, XLA's temp
+buffer size, and the subprocess's peak RSS (both frameworks together). Thread counts:
+torch.get_num_threads() and the CPU affinity XLA's thread pool sizes itself to.
 Writes JSON (--out) and a markdown table (--md).
 
 Per-framework environments (`--jax_env NAME=VALUE`, `--torch_env NAME=VALUE`, or `--envs=best`
@@ -68,6 +70,17 @@ WORKLOADS = {
 YNN_DEFAULT = ("LIBRARY_FUSION_TYPE_DOT|LIBRARY_FUSION_TYPE_REDUCE|"
                "LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION")
 TARGETS = {"lenet5": 1.0, "resnet18": 0.8, "vit_ti": 1.0, "multiscale": 0.8}
+
+# Untimed steps each framework takes right before its timed steps in every round. Why: on this
+# project's VMs (KVM, virtio-balloon free page reporting in 2 MiB blocks) freed memory is handed
+# back to the host, and faulting it in again costs about twice the system time (3 GiB after a
+# 1-5 s wait: 3.2-3.9 s of system time, against 1.5-1.7 s at best right after a free;
+# `python bench/fault_probe.py`). Timed right after the *other* framework's step, a step pays
+# that for what it maps anew: sim_jax's ViT-Ti step (3.4 GiB of XLA scratch mapped each step)
+# took 5.0-6.2 s there, with 3.5-5.7 s of system time, against 3.8-3.9 s and ~1.4 s right
+# after its own step. A training loop runs its steps back to back, so one re-warm step per
+# round times what it sees; --rewarm=0 restores the earlier protocol.
+REWARM = 1
 K_PER_CLASS = 4  # pk sampler: examples per class
 LR, WD = 2e-3, 1e-4
 
@@ -387,8 +400,13 @@ def matmul_rate(n: int = 2048, reps: int = 5) -> float:
 
 def run_workload(name: str, batch: int, repeats: int, steps: int,
                  overrides: dict | None = None, skip_torch: bool = False,
-                 matmul_n: int = 2048, variants: dict | None = None) -> dict:
-  """Warm both frameworks, then time `repeats` interleaved rounds of `steps` steps each."""
+                 matmul_n: int = 2048, variants: dict | None = None,
+                 rewarm: int = REWARM) -> dict:
+  """Warm both frameworks, then time `repeats` interleaved rounds of `steps` steps each.
+
+  In each round every runner first takes `rewarm` untimed steps, so that its timed steps follow
+  its own step as in a training loop, not the other framework's (see REWARM).
+  """
   import jax
   import numpy as np
   import torch
@@ -414,12 +432,15 @@ def run_workload(name: str, batch: int, repeats: int, steps: int,
     for key, runner in order:
       if runner is None:
         continue
+      if rewarm:
+        runner.run(rewarm)
       t0 = time.perf_counter()
       runner.run(steps)
       times[key].append((time.perf_counter() - t0) / steps)
   out = {"workload": name, "batch": batch, "images_per_step": images, "steps": steps,
-         "repeats": repeats, "overrides": overrides or {},
-         "compile_s": jr.compile_s, "step_flops": jr.flops, "xla_temp_bytes": jr.temp_bytes,
+         "repeats": repeats, "rewarm": rewarm, "overrides": overrides or {},
+         "sim_jax_steps_taken": int(jr.state.step), "compile_s": jr.compile_s,
+         "step_flops": jr.flops, "xla_temp_bytes": jr.temp_bytes,
          "matmul_flops_per_s": rate, "peak_rss_bytes": peak_rss_bytes(),
          "torch_threads": torch.get_num_threads(),
          "xla_cpu_threads": len(os.sched_getaffinity(0)),
@@ -454,7 +475,8 @@ def run_workload(name: str, batch: int, repeats: int, steps: int,
 
 def run_workload_workers(name: str, batch: int, repeats: int, steps: int,
                          envs: dict[str, dict], overrides: dict | None = None,
-                         matmul_n: int = 2048, timeout: float = 1800.0) -> dict:
+                         matmul_n: int = 2048, timeout: float = 1800.0,
+                         rewarm: int = REWARM) -> dict:
   """`run_workload`, but sim_jax and torch each in its own worker process and environment.
 
   `envs` is {"sim_jax": {"name": label, "vars": {VAR: value}, "clear_allocator": bool}, "torch":
@@ -479,15 +501,20 @@ def run_workload_workers(name: str, batch: int, repeats: int, steps: int,
     for r in range(repeats):
       order = [jw, tw] if r % 2 == 0 else [tw, jw]
       for w in order:
+        if rewarm:
+          w.step(rewarm)
         samples[w.label].append(w.step(steps))
-    rss = {w.label: w.request("stats")["peak_rss_bytes"] for w in (jw, tw)}
+    stats = {w.label: w.request("stats") for w in (jw, tw)}
+    rss = {k: v["peak_rss_bytes"] for k, v in stats.items()}
     loss = jw.request("loss")["loss"]  # last: JaxRunner.loss() donates (deletes) the state
   finally:
     jw.close()
     tw.close()
   j, t = jw.info, tw.info
   out = {"workload": name, "batch": batch, "images_per_step": images, "steps": steps,
-         "repeats": repeats, "overrides": overrides or {}, "compile_s": j["compile_s"],
+         "repeats": repeats, "rewarm": rewarm, "overrides": overrides or {},
+         "sim_jax_steps_taken": stats["sim_jax"]["train_state_step"],
+         "compile_s": j["compile_s"],
          "step_flops": j["step_flops"], "xla_temp_bytes": j["xla_temp_bytes"],
          "matmul_flops_per_s": j.get("matmul_flops_per_s", float("nan")),
          "peak_rss_bytes": rss["sim_jax"], "torch_threads": t["torch_threads"],
@@ -591,6 +618,17 @@ def _env_cell(e: dict) -> str:
   return f"{e['name']} (`{settings}`)" if settings and settings != e["name"] else e["name"]
 
 
+def _rewarm_note(result: dict) -> str:
+  rewarm = {r.get("rewarm") for r in result["workloads"]}
+  if rewarm == {None}:
+    return (" (no untimed re-warm step: a framework's timed step could follow the other "
+            "framework's step, the protocol before `--rewarm`)")
+  if rewarm == {0}:
+    return " (`--rewarm=0`: a framework's timed step may follow the other framework's step)"
+  return (f", each right after {'/'.join(str(x) for x in sorted(rewarm, key=str))} untimed "
+          "step(s) of the same framework (`--rewarm`)")
+
+
 def markdown(result: dict) -> str:
   env = result["environment"]
   lines = [
@@ -600,7 +638,7 @@ def markdown(result: dict) -> str:
       f"{env['pytorch_metric_learning']}. XLA_FLAGS={env['xla_flags'] or '(none)'}. "
       f"{_allocator_note(env)}"
       f"Repeats: {result['repeats']} interleaved rounds of "
-      f"{', '.join(str(r['steps']) for r in result['workloads'])} step(s).",
+      f"{', '.join(str(r['steps']) for r in result['workloads'])} step(s){_rewarm_note(result)}.",
       "",
       "| workload | images/step | sim_jax img/s min / median | torch img/s min / median | "
       "ratio median (min) | target | compile s | step GFLOP | achieved GFLOP/s (% of matmul) "
@@ -673,6 +711,9 @@ def parse_args(argv=None):
   p.add_argument("--steps", type=int, default=0,
                  help="steps per timed round (0: the workload's default, 5 for LeNet, else 1)")
   p.add_argument("--batch", type=int, default=0, help="override every workload's batch")
+  p.add_argument("--rewarm", type=int, default=REWARM,
+                 help="untimed steps each framework takes right before its timed steps in every "
+                      "round (0: time a step right after the other framework's; see REWARM)")
   p.add_argument("--override", action="append", default=[],
                  help="sim_jax config override key=value (e.g. model.dtype=bfloat16)")
   p.add_argument("--variant", action="append", default=[],
@@ -745,13 +786,14 @@ def main(argv=None) -> dict:
     envs = all_envs[n]
     if envs is None:
       r = run_in_subprocess(dict(name=n, batch=batch, repeats=args.repeats, steps=steps,
-                                 overrides=overrides, variants=variants), args.timeout)
+                                 overrides=overrides, variants=variants, rewarm=args.rewarm),
+                            args.timeout)
     elif variants:
       raise ValueError(f"--variant {args.variant} runs in one process with the base step; it "
                        f"cannot be combined with per-framework environments")
     else:
       r = run_workload_workers(n, batch, args.repeats, steps, envs, overrides,
-                               timeout=args.timeout)
+                               timeout=args.timeout, rewarm=args.rewarm)
     print(json.dumps({**{k: r.get(k) for k in ("workload", "ratio_median", "ratio_min",
                                                "compile_s")},
                       **{f"{k} speedup vs base (median, min)": (v["speedup_vs_base_median"],

@@ -1,5 +1,8 @@
 """bench/train_step.py: the PyTorch twins match sim_jax's models, one tiny step runs, tables."""
 
+import json
+import os
+
 import jax
 import numpy as np
 import pytest
@@ -48,6 +51,8 @@ def test_lenet_step_runs_and_reports():
   r = train_step.run_workload("lenet5", batch=4, repeats=2, steps=1, matmul_n=256, variants={
       "split2": {"train.parallel_splits": 2}, "split3": {"train.parallel_splits": 3}})
   assert r["images_per_step"] == 8
+  # The start-up step, then per round one untimed re-warm step (REWARM) before the timed one.
+  assert r["rewarm"] == train_step.REWARM == 1 and r["sim_jax_steps_taken"] == 1 + 2 * (1 + 1)
   assert r["step_flops"] > 0 and np.isfinite(r["loss_after"])
   assert r["sim_jax"]["img_per_s_min"] > 0 and r["torch"]["img_per_s_min"] > 0
   np.testing.assert_allclose(
@@ -76,6 +81,21 @@ def test_lenet_step_runs_and_reports():
   # 8 images do not make 3 slices: recorded with the trainer's reason, the run goes on.
   assert "parallel_splits=3" in r["variants"]["split3"]["refused"]
   assert "| lenet5 | split3 | train.parallel_splits=3 | refused by the trainer: " in md
+
+
+def test_markdown_states_the_rewarm_protocol():
+  base = {"workload": "lenet5", "batch": 256, "images_per_step": 512, "steps": 5, "compile_s": 1.0,
+          "step_flops": 1e9, "xla_temp_bytes": 2**20, "peak_rss_bytes": 2**30,
+          "matmul_flops_per_s": 1e11, "torch_threads": 2, "xla_cpu_threads": 2,
+          "sim_jax": {"img_per_s_min": 1.0, "img_per_s_median": 1.0, "flops_per_s": 1e9,
+                      "matmul_fraction": 0.01},
+          "torch": {"img_per_s_min": 1.0, "img_per_s_median": 1.0},
+          "ratio_median": 1.0, "ratio_min": 1.0}
+  assert "of 5 step(s), each right after 1 untimed step(s) of the same framework" in _markdown(
+      [dict(base, rewarm=1)])
+  assert "`--rewarm=0`: a framework's timed step may follow" in _markdown([dict(base, rewarm=0)])
+  # JSON written before the option existed says which protocol it used.
+  assert "the protocol before `--rewarm`" in _markdown([base])
 
 
 def test_overrides_are_typed_and_checked():
@@ -281,6 +301,7 @@ def test_two_worker_mode_runs_each_framework_in_its_own_environment(tmp_path):
                          f"--out={tmp_path}/ts.json", f"--md={tmp_path}/ts.md"])
   (r,) = out["workloads"]
   assert len(r["sim_jax"]["step_s"]) == len(r["torch"]["step_s"]) == 1  # --quick: one round
+  assert r["sim_jax_steps_taken"] == 1 + 1 + 1  # start-up, re-warm, timed
   _check_two_worker_record(r)
   assert r["environments"]["sim_jax"]["vars"] == {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}
   assert r["environments"]["torch"]["vars"] == {"GLIBC_TUNABLES": "glibc.malloc.arena_max=1"}
@@ -400,3 +421,21 @@ def test_no_batch_norm_removes_it_from_both_twins_and_restores_it():
   with resnet_parts.no_batch_norm():
     assert counts() == (0, 0)
   assert counts() == before
+
+
+def test_fault_probe_counts_one_fault_per_fresh_page(tmp_path):
+  """bench/fault_probe.py: the kernel's own counter sees every page of a fresh mapping faulted
+  (with transparent huge pages `always`, one fault per 2 MiB at best)."""
+  from bench import fault_probe
+  res = fault_probe.main(["--gib=0.0625", "--waits=0,0,0.2", f"--out={tmp_path}/f.json"])
+  pages = 2**26 // 4096
+  thp = "/sys/kernel/mm/transparent_hugepage/enabled"
+  thp_always = os.path.exists(thp) and "[always]" in open(thp).read()
+  for t in res["touches"]:
+    assert (pages // 512 if thp_always else pages) <= t["minflt"] < pages + 2048, t
+    assert t["sys_s"] >= 0 and t["wall_s"] > 0
+  sys_s = [t["sys_s"] for t in res["touches"]]
+  assert res["summary"] == {"sys_s_no_wait_median": sys_s[1], "sys_s_after_wait_median": sys_s[2]}
+  assert json.loads((tmp_path / "f.json").read_text())["bytes"] == 2**26
+  with pytest.raises(ValueError, match="-1"):
+    fault_probe.main(["--waits=0,-1", f"--out={tmp_path}/g.json"])
