@@ -482,6 +482,60 @@ finding | PyTorch gains from them as much or more: ViT-Ti torch 4.2 -> 3.3 s, si
 multi-scale 0.65x. So it is no way to a fairer headline; the headline stays glibc defaults for \
 both | `GLIBC_TUNABLES=... python bench/train_step.py ...` \
 (`bench/results/train_step_resident_both_*.json`) |
+| profile of the ResNet-18 step with XLA's convolutions (session 7) | finding | \
+`transpose_copy_fusion` 64.5% of op spans (3.6 s of a 9.3 s profiled step): the layout copies \
+that move N innermost for each weight-gradient convolution ([C, H, W, N]) had batch norm's \
+scale/shift, the ReLUs and the residual adds fused in, evaluated in the copy's transposed order; \
+along the residual stream one copy re-computed three blocks' chains (0.95 s for layer1_1's \
+output, 0.2-0.25 s for a single chain, against ~30 ms for a plain transpose of that array) | \
+`python bench/profile_step.py --workload=resnet18` |
+| what batch norm costs each framework inside the ResNet-18 step (every BN the identity in both \
+twins, same rounds), measured before the next rows' `materialize` | finding | \
+sim_jax 7.83 -> 5.40 s (**2.43 s**), torch 4.43 -> 3.72 s \
+(0.70 s); ratio 0.56x with BN, 0.69x without. Per step, sim_jax 529k minor faults, 10.5 s user \
+and 4.4 s system CPU time with BN (362k / 8.7 / 1.9 without); torch 682k / 7.5 / 1.1. \
+Multi-scale: BN costs both ~0.4 s | `python bench/resnet_parts.py --part=ablate \
+--workloads=resnet18,multiscale --repeats=5` \
+(`bench/results/resnet_parts_before_materialize.json`) |
+| forcing XLA to compute each ReLU output once: `lax.optimization_barrier`, an identity \
+`lax.cond`, `max(y, y)`, `sqrt(y * y)`, a loop-invariant `while` | **not kept** | XLA:CPU \
+removes each of them (barrier expanded, the others simplified): the compiled layout copies \
+still take the convolution outputs and BN parameters as operands | by-hand HLO inspection |
+| **ResNet: every ReLU output through `encoder.materialize`** (a one-trip `while` whose state is \
+y x (i + 1) at i = 0, trip count read from the data, identity JVP; `config.model.materialize`, \
+"auto" = on on CPU) | **kept; on by default on CPU** | the layout copies now read one \
+materialised buffer each. ResNet-18 step 7.88 -> 5.56 s median (**1.42x**; min 7.47 -> 5.04 s), \
+vs torch 0.60x -> **0.85x** (min 0.66x: one 7.2 s round); XLA temp 1838 -> 2014 MiB. Values \
+and gradients bit-identical (`tests/models_materialize_test.py`). Not adopted elsewhere \
+(by-hand A/B, 4-5 interleaved rounds): multi-scale ReLUs 0.90x, ViT-Ti GELU outputs 0.96x \
+| `python bench/train_step.py \
+--workloads=resnet18 --repeats=5 --variant off:model.materialize=off` \
+(`bench/results/train_step_resnet_materialize.json`) |
+| 3x3 weight gradient alone per ResNet-18 stage (256 images) vs `torch.nn.grad.conv2d_weight` \
+| finding | median ms, XLA (input materialised) / with a fused BN + ReLU producer / torch: \
+32x32x64 165 / 274 / 112; 16x16x128 115 / 135 / 81; 8x8x256 87 / 103 / 70; 4x4x512 71 / 79 / \
+83. After `materialize` the remaining ResNet gap is mostly XLA/Eigen's weight-gradient \
+convolution at 64 and 128 channels (117-168 GFLOP/s against torch's 173-239) | `python \
+bench/resnet_parts.py --part=wgrad --repeats=5` \
+(`bench/results/resnet_parts_before_materialize.json`: the micro-benchmark does not use it) |
+| weight gradient with the images stacked along H (two zero rows between them), so the \
+convolution's feature dimension is 1 and its input is [C, N, H+2, W+2]; im2col + one GEMM; 9 \
+shifted TN GEMMs | **not kept** | stacked 206 / 148 / 125 / 138 ms for the four stages \
+(slower than XLA's own, 165 / 115 / 87 / 71); im2col 916 ms and shifted GEMMs 1153 ms at \
+32x32x64 | `bench/resnet_parts.py` (`xla_stacked` column; `weight_grad_stacked` tested \
+against a NumPy loop); im2col / shifted GEMMs by-hand |
+| finding: a step timed right after the *other* framework's step is slower (virtio-balloon \
+free page reporting on these VMs) -> **one untimed re-warm step per framework per round** \
+(`bench/train_step.py --rewarm=1`, the default) | **protocol change** | 3 GiB mapped and \
+touched: 3.4 s of system time after a 1-5 s wait vs 1.7 s right after a free (median). ViT-Ti \
+sim_jax steps after a torch step 5.0-6.2 s (one process) / 6.5-7.3 s (own process each) vs \
+3.8-3.9 / 4.6-4.8 s after its own. Headline without -> with re-warm (different hours): LeNet-5 \
+1.05x -> 1.33x, ResNet-18 0.87x -> 0.93x, ViT-Ti 0.75x -> 0.93x, multi-scale 0.92x -> 0.95x; \
+ViT-Ti back to back, alternating: 0.73x, **1.02x**, 0.78x, **0.94x** (without, with, without, \
+with; `train_step_vit_rewarm_ab_*.json`) | \
+`python bench/fault_probe.py`; `python bench/train_step.py --rewarm=0 ...` \
+(`bench/results/fault_probe.json`, `train_step_norewarm.json`, \
+`train_step_vit_workers_norewarm.json`, `train_step.json`) |
 """
 
 
