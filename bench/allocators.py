@@ -13,7 +13,9 @@ allocator, so this bench runs every (framework, allocator) pair in its own persi
 interleaved rounds: in round r every worker times `--steps` steps once, the order rotated by r,
 after `--warmup_rounds` untimed rounds (an allocator's caches and arenas grow over the first
 steps of a fresh process; a long training run sees the steady state),
-so that load from other jobs hits every pair alike.
+so that load from other jobs hits every pair alike. Each worker takes `--rewarm` untimed steps
+right before its timed ones (train_step.REWARM says why: on these VMs a step right after another
+process's step re-faults memory the host has taken back).
 
 Allocators: glibc (defaults), glibc_hugetlb (the tunable above), tcmalloc and jemalloc
 (`LD_PRELOAD` of Debian's libtcmalloc-minimal4 / libjemalloc2; skipped, with the reason printed,
@@ -85,7 +87,8 @@ def allocator_envs() -> tuple[dict[str, dict[str, str]], dict[str, str]]:
 
 def run_workload(name: str, batch: int, rounds: int, steps: int, envs: dict[str, dict],
                  frameworks: tuple[str, ...] = workers.FRAMEWORKS,
-                 timeout: float = 1800.0, warmup_rounds: int = 0) -> dict:
+                 timeout: float = 1800.0, warmup_rounds: int = 0,
+                 rewarm: int = train_step.REWARM) -> dict:
   """Start a worker per (framework, allocator), time `rounds` rotated rounds, summarise."""
   images = batch * train_step.WORKLOADS[name]["per_item"]
   specs = [dict(label=f"{fw}/{a}", framework=fw, workload=name, batch=batch, timeout=timeout,
@@ -100,6 +103,8 @@ def run_workload(name: str, batch: int, rounds: int, steps: int, envs: dict[str,
     for r in range(rounds):
       k = r % len(pool)
       for w in pool[k:] + pool[:k]:
+        if rewarm:
+          w.step(rewarm)
         samples[w.label].append(w.step(steps))
     stats = {w.label: w.request("stats") for w in pool}
   finally:
@@ -120,7 +125,7 @@ def run_workload(name: str, batch: int, rounds: int, steps: int, envs: dict[str,
         "peak_rss_bytes": stats[w.label]["peak_rss_bytes"],
         "train_state_step": stats[w.label].get("train_state_step")}
   out = {"workload": name, "batch": batch, "images_per_step": images, "rounds": rounds,
-         "warmup_rounds": warmup_rounds,
+         "warmup_rounds": warmup_rounds, "rewarm": rewarm,
          "steps": steps, "runs": runs,
          "best": {fw: min(r, key=lambda a, r=r: r[a]["step_s_median"]) for fw, r in runs.items()}}
   if set(runs) == set(workers.FRAMEWORKS):
@@ -168,6 +173,12 @@ def best_envs(result: dict, workload: str) -> dict[str, tuple[str, dict[str, str
 # ---------------------------------------------------------------------------------- reporting
 
 
+def _rewarm_note(result: dict) -> str:
+  r = result.get("rewarm")
+  return (", no re-warm step (timed right after another worker's step)" if not r else
+          f", each timed step right after {r} untimed step(s) of its own worker")
+
+
 def markdown(result: dict) -> str:
   """A table of every (workload, framework, allocator) and the ratios, for bench/README.md."""
   end = result.get("load_avg_at_end")
@@ -175,7 +186,8 @@ def markdown(result: dict) -> str:
       f"Measured {result['date']} (load average at start {result['load_avg_at_start'][0]:.1f}"
       f"{'' if end is None else f', at end {end[0]:.1f}'}), "
       f"each (framework, allocator) in its own worker process, {result['rounds']} rotated "
-      f"interleaved round(s) after {result.get('warmup_rounds', 0)} untimed. Skipped: "
+      f"interleaved round(s) after {result.get('warmup_rounds', 0)} untimed"
+      f"{_rewarm_note(result)}. Skipped: "
       f"{'; '.join(f'{k}: {v}' for k, v in result['skipped'].items()) or 'none'}. "
       f"Best overall (geometric mean vs glibc): "
       f"{', '.join(f'{k} {v}' for k, v in result.get('best_overall', {}).items())}.",
@@ -219,6 +231,8 @@ def parse_args(argv=None):
   p.add_argument("--frameworks", default=",".join(workers.FRAMEWORKS))
   p.add_argument("--allocators", default=",".join(ALLOCATOR_ORDER))
   p.add_argument("--rounds", type=int, default=5)
+  p.add_argument("--rewarm", type=int, default=train_step.REWARM,
+                 help="untimed steps each worker takes right before its timed ones per round")
   p.add_argument("--warmup_rounds", type=int, default=None,
                  help="untimed rounds first (default 1; 0 with --quick)")
   p.add_argument("--steps", type=int, default=0,
@@ -256,7 +270,7 @@ def main(argv=None) -> dict:
       print(f"[allocators] skipping {a}: {why}", flush=True)
   envs = {a: e for a, e in envs.items() if a in wanted}
   result = {"date": time.strftime("%Y-%m-%d %H:%M"), "quick": args.quick, "rounds": args.rounds,
-            "warmup_rounds": args.warmup_rounds,
+            "warmup_rounds": args.warmup_rounds, "rewarm": args.rewarm,
             "load_avg_at_start": os.getloadavg(), "allocators": envs,
             "skipped": {a: w for a, w in skipped.items() if a in wanted},
             "frameworks": list(frameworks), "workloads": []}
@@ -265,7 +279,7 @@ def main(argv=None) -> dict:
     steps = args.steps or train_step.WORKLOADS[n]["steps"]
     try:
       w = run_workload(n, batch, args.rounds, steps, envs, frameworks, args.timeout,
-                       args.warmup_rounds)
+                       args.warmup_rounds, args.rewarm)
     except workers.WorkerError as e:  # e.g. a worker killed for memory: report, go on
       print(f"[allocators] {n} failed: {e}", flush=True)
       result["workloads"].append({"workload": n, "batch": batch, "error": str(e)})

@@ -325,8 +325,10 @@ def test_allocator_bench_quick_then_train_step_with_the_winners(tmp_path):
   res = allocators.main(["--quick", "--workloads=lenet5", "--warmup_rounds=1",
                          f"--out={tmp_path}/a.json", f"--md={tmp_path}/a.md"])
   (w,) = res["workloads"]
-  for run in w["runs"]["sim_jax"].values():  # start-up step + 1 untimed round + 2 timed rounds
-    assert run["train_state_step"] == 4, run
+  # start-up step + 1 untimed round + 2 timed rounds, each after a re-warm step
+  assert res["rewarm"] == w["rewarm"] == 1
+  for run in w["runs"]["sim_jax"].values():
+    assert run["train_state_step"] == 1 + 1 + 2 * (1 + 1), run
   expect_lib = {"glibc": None, "glibc_hugetlb": None, "tcmalloc": "libtcmalloc",
                 "jemalloc": "libjemalloc"}
   for fw in ("sim_jax", "torch"):
