@@ -103,9 +103,7 @@ def run_workload(name: str, batch: int, rounds: int, steps: int, envs: dict[str,
     for r in range(rounds):
       k = r % len(pool)
       for w in pool[k:] + pool[:k]:
-        if rewarm:
-          w.step(rewarm)
-        samples[w.label].append(w.step(steps))
+        samples[w.label].append(w.step(steps, rewarm))
     stats = {w.label: w.request("stats") for w in pool}
   finally:
     for w in pool:

@@ -25,6 +25,7 @@ import json
 import mmap
 import os
 import resource
+import statistics
 import time
 
 PAGE = 4096
@@ -75,7 +76,6 @@ def run(gib: float, waits: list[float]) -> dict:
 def summary(result: dict) -> dict:
   """Median system seconds of touches after no wait and after a wait (the first touch, which
   also faults the process's page tables in, is left out)."""
-  import statistics
   rest = result["touches"][1:]
   now = [t["sys_s"] for t in rest if t["wait_s"] == 0]
   later = [t["sys_s"] for t in rest if t["wait_s"] > 0]

@@ -528,9 +528,10 @@ against a NumPy loop); im2col / shifted GEMMs by-hand |
 free page reporting on these VMs) -> **one untimed re-warm step per framework per round** \
 (`bench/train_step.py --rewarm=1`, the default) | **protocol change** | 3 GiB mapped and \
 touched: 3.4 s of system time after a 1-5 s wait vs 1.7 s right after a free (median). ViT-Ti \
-sim_jax steps after a torch step 5.0-6.2 s (one process) / 6.5-7.3 s (own process each) vs \
-3.8-3.9 / 4.6-4.8 s after its own. Headline without -> with re-warm (different hours): LeNet-5 \
-1.05x -> 1.33x, ResNet-18 0.87x -> 0.93x, ViT-Ti 0.75x -> 0.93x, multi-scale 0.92x -> 0.95x; \
+sim_jax steps after a torch step 4.3-5.4 s (one process, `train_step_vit_splits.json`) / \
+6.5-7.3 s (own process each) vs 3.9-4.0 / 4.6-4.8 s after its own. Headline without -> with \
+re-warm (different hours): LeNet-5 1.05x -> 1.33x, ResNet-18 0.87x -> 0.93x, ViT-Ti 0.75x -> \
+0.93x, multi-scale 0.92x -> 0.95x; \
 ViT-Ti back to back, alternating: 0.73x, **1.02x**, 0.78x, **0.94x** (without, with, without, \
 with; `train_step_vit_rewarm_ab_*.json`) | \
 `python bench/fault_probe.py`; `python bench/train_step.py --rewarm=0 ...` \

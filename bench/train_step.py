@@ -74,12 +74,13 @@ TARGETS = {"lenet5": 1.0, "resnet18": 0.8, "vit_ti": 1.0, "multiscale": 0.8}
 # Untimed steps each framework takes right before its timed steps in every round. Why: on this
 # project's VMs (KVM, virtio-balloon free page reporting in 2 MiB blocks) freed memory is handed
 # back to the host, and faulting it in again costs about twice the system time (3 GiB after a
-# 1-5 s wait: 3.2-3.9 s of system time, against 1.5-1.7 s at best right after a free;
+# 1-5 s wait: 3.2-3.8 s of system time, against 1.5-1.7 s at best right after a free;
 # `python bench/fault_probe.py`). Timed right after the *other* framework's step, a step pays
 # that for what it maps anew: sim_jax's ViT-Ti step (3.4 GiB of XLA scratch mapped each step)
-# took 5.0-6.2 s there, with 3.5-5.7 s of system time, against 3.8-3.9 s and ~1.4 s right
-# after its own step. A training loop runs its steps back to back, so one re-warm step per
-# round times what it sees; --rewarm=0 restores the earlier protocol.
+# took 6.5-7.3 s there, against 4.6-4.8 s right after its own step (each framework in its own
+# process, `bench/results/train_step_vit_workers_norewarm.json`). A training loop runs its steps
+# back to back, so one re-warm step per round times what it sees; --rewarm=0 restores the
+# earlier protocol.
 REWARM = 1
 K_PER_CLASS = 4  # pk sampler: examples per class
 LR, WD = 2e-3, 1e-4
@@ -501,9 +502,7 @@ def run_workload_workers(name: str, batch: int, repeats: int, steps: int,
     for r in range(repeats):
       order = [jw, tw] if r % 2 == 0 else [tw, jw]
       for w in order:
-        if rewarm:
-          w.step(rewarm)
-        samples[w.label].append(w.step(steps))
+        samples[w.label].append(w.step(steps, rewarm))
     stats = {w.label: w.request("stats") for w in (jw, tw)}
     rss = {k: v["peak_rss_bytes"] for k, v in stats.items()}
     loss = jw.request("loss")["loss"]  # last: JaxRunner.loss() donates (deletes) the state
@@ -619,14 +618,13 @@ def _env_cell(e: dict) -> str:
 
 
 def _rewarm_note(result: dict) -> str:
-  rewarm = {r.get("rewarm") for r in result["workloads"]}
-  if rewarm == {None}:
+  rewarm = next(iter(result["workloads"]), {}).get("rewarm")  # one --rewarm for the whole run
+  if rewarm is None:
     return (" (no untimed re-warm step: a framework's timed step could follow the other "
             "framework's step, the protocol before `--rewarm`)")
-  if rewarm == {0}:
+  if rewarm == 0:
     return " (`--rewarm=0`: a framework's timed step may follow the other framework's step)"
-  return (f", each right after {'/'.join(str(x) for x in sorted(rewarm, key=str))} untimed "
-          "step(s) of the same framework (`--rewarm`)")
+  return f", each right after {rewarm} untimed step(s) of the same framework (`--rewarm`)"
 
 
 def markdown(result: dict) -> str:

@@ -136,7 +136,10 @@ class Worker:
       self._fail("closed its input")
     return self._readline()
 
-  def step(self, n: int) -> dict:
+  def step(self, n: int, rewarm: int = 0) -> dict:
+    """Times n steps; with `rewarm`, after that many untimed ones (train_step.REWARM)."""
+    if rewarm:
+      self.request("step", n=rewarm)
     return self.request("step", n=n)
 
   def close(self, kill: bool = False) -> None:
