@@ -160,8 +160,8 @@ def main() -> None:
   for rd in range(args.rounds):
     for k in (list(runners) if rd % 2 == 0 else list(runners)[::-1]):
       t0 = time.perf_counter()
-      runners[k].run(steps)
-      times[k].append((time.perf_counter() - t0) / steps)
+      taken = runners[k].run(steps)
+      times[k].append((time.perf_counter() - t0) / taken)
   b, a = np.array(times["before"]), np.array(times["after"])
   print(f"{args.workload} batch {batch}, {args.rounds} rounds x {steps} step(s), load average "
         f"{os.getloadavg()[0]:.1f}")

@@ -108,7 +108,8 @@ def profile(workload: str, batch: int, overrides: dict, top: int) -> dict:
 
   sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
   import train_step
-  runner = train_step.JaxRunner(workload, batch, overrides)
+  # One step per execution unless asked otherwise, so the trace holds exactly one step.
+  runner = train_step.JaxRunner(workload, batch, {"train.steps_per_execution": 1, **overrides})
   runner.run(1)
   logdir = tempfile.mkdtemp(prefix="sim_jax_profile_")
   t0 = time.perf_counter()

@@ -93,8 +93,8 @@ def ablate(name: str, batch: int, repeats: int) -> dict:
   for i in range(repeats):
     for v, fw, r in (order if i % 2 == 0 else order[::-1]):
       u0, t0 = _usage(), time.perf_counter()
-      r.run(1)
-      dt, du = time.perf_counter() - t0, _usage() - u0
+      taken = r.run(1)
+      dt, du = (time.perf_counter() - t0) / taken, (_usage() - u0) / taken
       d = rec[v][fw]
       d["step_s"].append(dt)
       d["minor_faults"].append(int(du[0]))

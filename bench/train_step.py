@@ -166,7 +166,8 @@ class JaxRunner:
     self.cfg = workload_config(name, batch, overrides)
     self.trainer = train.Trainer(self.cfg, "/nonexistent")
     self.state = self.trainer.init_state()
-    self.batch = sharding.host_to_global(make_batch(name, batch), self.trainer.mesh)
+    host = make_batch(name, batch)
+    self.batch = sharding.host_to_global(host, self.trainer.mesh)
     step = self.trainer.jit_train_step()
     t0 = time.perf_counter()
     lowered = step.lower(self.state, self.batch)
@@ -181,14 +182,34 @@ class JaxRunner:
     mem = self.compiled.memory_analysis()
     temp = int(getattr(mem, "temp_size_in_bytes", -1)) if mem is not None else -1
     self.temp_bytes = n_dev * temp if temp >= 0 else -1
+    # Steps per execution as the trainer picks them (`Trainer.compile_train_steps`): with k > 1
+    # every call runs k steps on the batch stacked k times, and `run(n)` rounds n up to a
+    # multiple of k. Compile time counts both programs (the trainer compiles both too).
+    self.per_execution, self.per_execution_why = train.resolve_steps_per_execution(
+        self.cfg, platform=self.trainer.mesh.devices.flat[0].platform, temp_bytes=max(temp, 0))
+    self.single = self.compiled
+    if self.per_execution > 1:
+      import numpy as np
+      stacked = {k: np.stack([v] * self.per_execution) for k, v in host.items()}
+      self.batch = sharding.host_to_global(stacked, self.trainer.mesh, stacked=True)
+      t0 = time.perf_counter()
+      self.compiled = self.trainer.jit_train_step(self.per_execution).lower(
+          self.state, self.batch).compile(compiler_options=xla or None)
+      self.compile_s += time.perf_counter() - t0
+      mem = self.compiled.memory_analysis()
+      temp = int(getattr(mem, "temp_size_in_bytes", -1)) if mem is not None else -1
+      self.temp_bytes = n_dev * temp if temp >= 0 else -1
     self._jax = jax
     self.run(1)  # first execution (allocations, thread pool start)
 
-  def run(self, n: int) -> None:
+  def run(self, n: int) -> int:
+    """At least n steps, in whole executions; returns the steps taken."""
     m = None
-    for _ in range(n):
+    executions = -(-n // self.per_execution)
+    for _ in range(executions):
       self.state, m, _ = self.compiled(self.state, self.batch)
     self._jax.block_until_ready((self.state.params, m))
+    return executions * self.per_execution
 
   def loss(self) -> float:
     _, m, _ = self.compiled(self.state, self.batch)
@@ -367,7 +388,8 @@ class TorchRunner:
       x = self.torch.cat([x, x])
     return x
 
-  def run(self, n: int) -> None:
+  def run(self, n: int) -> int:
+    """n steps; returns n (the steps taken, as `JaxRunner.run`)."""
     for _ in range(n):
       emb = self.model(self._inputs())
       if self.miner is not None:
@@ -379,6 +401,7 @@ class TorchRunner:
       self.opt.zero_grad(set_to_none=True)
       loss.backward()
       self.opt.step()
+    return n
 
 
 # ---------------------------------------------------------------------------------- measuring
@@ -436,11 +459,13 @@ def run_workload(name: str, batch: int, repeats: int, steps: int,
       if rewarm:
         runner.run(rewarm)
       t0 = time.perf_counter()
-      runner.run(steps)
-      times[key].append((time.perf_counter() - t0) / steps)
+      taken = runner.run(steps)
+      times[key].append((time.perf_counter() - t0) / taken)
   out = {"workload": name, "batch": batch, "images_per_step": images, "steps": steps,
          "repeats": repeats, "rewarm": rewarm, "overrides": overrides or {},
          "sim_jax_steps_taken": int(jr.state.step), "compile_s": jr.compile_s,
+         "sim_jax_steps_per_execution": jr.per_execution,
+         "sim_jax_steps_per_execution_why": jr.per_execution_why,
          "step_flops": jr.flops, "xla_temp_bytes": jr.temp_bytes,
          "matmul_flops_per_s": rate, "peak_rss_bytes": peak_rss_bytes(),
          "torch_threads": torch.get_num_threads(),
@@ -462,6 +487,7 @@ def run_workload(name: str, batch: int, repeats: int, steps: int,
     v["speedup_vs_base_median"] = v["img_per_s_median"] / out["sim_jax"]["img_per_s_median"]
     v["speedup_vs_base_min"] = v["img_per_s_min"] / out["sim_jax"]["img_per_s_min"]
     v["overrides"], v["compile_s"] = variants[k], vr[k].compile_s
+    v["steps_per_execution"], v["steps_taken"] = vr[k].per_execution, int(vr[k].state.step)
     if tr is not None:
       v["ratio_median"] = v["img_per_s_median"] / out["torch"]["img_per_s_median"]
       v["ratio_min"] = v["img_per_s_min"] / out["torch"]["img_per_s_min"]
@@ -513,7 +539,7 @@ def run_workload_workers(name: str, batch: int, repeats: int, steps: int,
   out = {"workload": name, "batch": batch, "images_per_step": images, "steps": steps,
          "repeats": repeats, "rewarm": rewarm, "overrides": overrides or {},
          "sim_jax_steps_taken": stats["sim_jax"]["train_state_step"],
-         "compile_s": j["compile_s"],
+         "compile_s": j["compile_s"], "sim_jax_steps_per_execution": j["steps_per_execution"],
          "step_flops": j["step_flops"], "xla_temp_bytes": j["xla_temp_bytes"],
          "matmul_flops_per_s": j.get("matmul_flops_per_s", float("nan")),
          "peak_rss_bytes": rss["sim_jax"], "torch_threads": t["torch_threads"],
@@ -627,6 +653,14 @@ def _rewarm_note(result: dict) -> str:
   return f", each right after {rewarm} untimed step(s) of the same framework (`--rewarm`)"
 
 
+def _per_execution_note(result: dict) -> str:
+  if not any(r.get("sim_jax_steps_per_execution", 1) > 1 for r in result["workloads"]):
+    return ""
+  return (" sim_jax runs whole executions of its steps per execution (the trainer's "
+          "`config.train.steps_per_execution`), so its rounds hold at least that many steps; "
+          "images/s are per step taken.")
+
+
 def markdown(result: dict) -> str:
   env = result["environment"]
   lines = [
@@ -636,12 +670,13 @@ def markdown(result: dict) -> str:
       f"{env['pytorch_metric_learning']}. XLA_FLAGS={env['xla_flags'] or '(none)'}. "
       f"{_allocator_note(env)}"
       f"Repeats: {result['repeats']} interleaved rounds of "
-      f"{', '.join(str(r['steps']) for r in result['workloads'])} step(s){_rewarm_note(result)}.",
+      f"{', '.join(str(r['steps']) for r in result['workloads'])} step(s){_rewarm_note(result)}."
+      f"{_per_execution_note(result)}",
       "",
-      "| workload | images/step | sim_jax img/s min / median | torch img/s min / median | "
-      "ratio median (min) | target | compile s | step GFLOP | achieved GFLOP/s (% of matmul) "
-      "| XLA temp MiB | peak RSS MiB | threads torch / XLA |",
-      "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+      "| workload | images/step | sim_jax steps / execution | sim_jax img/s min / median | "
+      "torch img/s min / median | ratio median (min) | target | compile s | step GFLOP | "
+      "achieved GFLOP/s (% of matmul) | XLA temp MiB | peak RSS MiB | threads torch / XLA |",
+      "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
   with_envs = any("environments" in r for r in result["workloads"])
   if with_envs:  # two-worker mode: each framework's process environment (bench/workers.py)
     lines[0] += (" Each framework ran in its own worker process with the environment in the "
@@ -658,7 +693,8 @@ def markdown(result: dict) -> str:
       met = f" not assessed (batch {r['batch']}, not {WORKLOADS[r['workload']]['batch']})"
     tcol = "-" if t is None else f"{t['img_per_s_min']:.0f} / {t['img_per_s_median']:.0f}"
     lines.append(
-        f"| {r['workload']} | {r['images_per_step']} | {j['img_per_s_min']:.0f} / "
+        f"| {r['workload']} | {r['images_per_step']} | "
+        f"{r.get('sim_jax_steps_per_execution', 1)} | {j['img_per_s_min']:.0f} / "
         f"{j['img_per_s_median']:.0f} | {tcol} | {ratio} | >= {target}x{met} | "
         f"{r['compile_s']:.1f} | {r['step_flops'] / 1e9:.1f} | "
         f"{_fmt_rate(j['flops_per_s'])} ({100 * j['matmul_fraction']:.0f}% of "
@@ -682,6 +718,7 @@ def markdown(result: dict) -> str:
         continue
       vs_torch = (f"**{v['ratio_median']:.2f}x** ({v['ratio_min']:.2f}x)" if "ratio_median" in v
                   else "-")
+      over += f" ({v.get('steps_per_execution', 1)} steps / execution)"
       lines.append(f"| {r['workload']} | {k} | {over} | {v['img_per_s_min']:.0f} / "
                    f"{v['img_per_s_median']:.0f} | {v['speedup_vs_base_median']:.2f}x "
                    f"({v['speedup_vs_base_min']:.2f}x) | {vs_torch} |")

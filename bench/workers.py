@@ -225,7 +225,8 @@ def serve(spec: dict) -> None:
       import jax
       runner = train_step.JaxRunner(name, batch, spec.get("overrides"))
       info.update(compile_s=runner.compile_s, step_flops=runner.flops,
-                  xla_temp_bytes=runner.temp_bytes, jax_devices=[str(d) for d in jax.devices()])
+                  xla_temp_bytes=runner.temp_bytes, jax_devices=[str(d) for d in jax.devices()],
+                  steps_per_execution=runner.per_execution)
       if spec.get("matmul_n"):
         info["matmul_flops_per_s"] = train_step.matmul_rate(spec["matmul_n"])
     else:
@@ -248,7 +249,7 @@ def serve(spec: dict) -> None:
         n = int(msg.get("n", 1))
         u0, s0, f0 = _rusage()
         t0 = time.perf_counter()
-        runner.run(n)
+        n = runner.run(n)  # the steps taken: sim_jax runs whole executions of k steps
         t = time.perf_counter() - t0
         u1, s1, f1 = _rusage()
         send({"step_s": t / n, "user_s": (u1 - u0) / n, "sys_s": (s1 - s0) / n,

@@ -35,13 +35,20 @@ def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
-def host_to_global(batch, mesh: Mesh):
+def stacked_data_sharding(mesh: Mesh) -> NamedSharding:
+  """[steps, batch, ...] arrays: the step axis whole on every device, the batch split."""
+  return NamedSharding(mesh, P(None, DATA_AXIS))
+
+
+def host_to_global(batch, mesh: Mesh, stacked: bool = False):
   """Turns a host-local batch (a pytree of NumPy arrays) into global `jax.Array`s.
 
   Each process passes its own slice of the global batch; the result has leading dimension
-  `local_batch * process_count`, sharded over `data`.
+  `local_batch * process_count`, sharded over `data`. With `stacked=True` the arrays are
+  [steps, local_batch, ...] (several steps' batches for one execution) and the batch is their
+  second axis.
   """
-  sharding = data_sharding(mesh)
+  sharding = stacked_data_sharding(mesh) if stacked else data_sharding(mesh)
   return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)),
                       batch)
 

@@ -254,6 +254,53 @@ def resolve_parallel_splits(config: ml_collections.ConfigDict, *, platform: str,
   return 1, f"auto: {inputs_per_device} encoder inputs per device do not split evenly"
 
 
+# glibc's largest dynamic mmap threshold on 64-bit Linux (DEFAULT_MMAP_THRESHOLD_MAX): a larger
+# allocation is always a fresh mmap, so each execution faults all of that scratch buffer in anew.
+MMAP_THRESHOLD_MAX = 32 * 2**20
+AUTO_STEPS_PER_EXECUTION = 4
+
+
+def resolve_steps_per_execution(config: ml_collections.ConfigDict, *, platform: str,
+                                temp_bytes: int) -> tuple[int, str]:
+  """Train steps per jitted execution (`train_steps`), and why (for the log).
+
+  A positive `config.train.steps_per_execution` is taken as given. 0 = auto: on CPU,
+  `AUTO_STEPS_PER_EXECUTION` when the one-step program's scratch buffer (`temp_bytes`, from
+  XLA's memory analysis) is larger than glibc's mmap threshold, i.e. freshly mapped and
+  page-faulted on every execution; 1 otherwise and on GPU / TPU, whose runtimes take scratch
+  memory from a pool.
+  """
+  requested = config.train.steps_per_execution
+  if requested > 0:
+    return requested, "set in the config"
+  if platform != "cpu":
+    return 1, f"auto: {platform} takes scratch memory from a pool"
+  mib = temp_bytes / 2**20
+  if temp_bytes > MMAP_THRESHOLD_MAX:
+    return AUTO_STEPS_PER_EXECUTION, (f"auto: CPU, the step's {mib:.0f} MiB scratch buffer is "
+                                      f"mapped and faulted in once per execution")
+  return 1, f"auto: the step's {mib:.0f} MiB scratch buffer is reused from malloc's heap"
+
+
+def execution_sizes(start: int, end: int, per_execution: int,
+                    is_boundary: Callable[[int], bool]) -> list[int]:
+  """How many steps each execution takes to go from step `start` to `end`.
+
+  Executions of `per_execution` steps, except where one would run past `end` or past a step
+  with host work after it (`is_boundary(step)`: logging, evaluation, a checkpoint): those
+  steps run one at a time, so every boundary ends an execution. E.g. start=0, end=10,
+  per_execution=4, boundaries {5, 10} -> [4, 1, 4, 1].
+  """
+  sizes, step = [], start
+  while step < end:
+    n = per_execution
+    if step + n > end or any(is_boundary(s) for s in range(step + 1, step + n)):
+      n = 1
+    sizes.append(n)
+    step += n
+  return sizes
+
+
 def forward_in_splits(model, params, batch_stats, images, *, splits: int, shards: int = 1,
                       train: bool, rng=None):
   """`forward` run on `splits` independent slices of the batch, outputs back in batch order.
@@ -499,6 +546,32 @@ def train_step(state: TrainState, batch, *, config, model, pair_head, tx, schedu
   return new_state, step_metrics, extra
 
 
+def train_steps(state: TrainState, batches, **step_kwargs):
+  """`n` updates in one execution: `(state, batches [n, batch, ...]) -> (state, metrics, sums)`.
+
+  A `lax.scan` of `train_step` over the leading axis of `batches`; the per-step metrics are
+  merged in the program (averages over the n steps, last values of the n-th) and the
+  diagnostics summed, so the host sees what n calls of `train_step` merged would give. The same
+  updates as n separate calls (the rng is still `fold_in(state.rng, state.step)` per step).
+  Why: XLA allocates a program's scratch buffer per execution and, on CPU, glibc maps a fresh
+  one each time (it is larger than malloc's mmap threshold), so every page of it is faulted in
+  anew; inside one execution the loop body reuses it. ViT-Ti's step maps 3.4 GiB this way
+  (docs/cpu_performance.md).
+  """
+  def body(carry, batch):
+    carry, m, extra = train_step(carry, batch, **step_kwargs)
+    return carry, (m, extra)
+  # Unrolled: jaxlib 0.10.2 ran a rolled while-loop body of this step much slower on CPU
+  # (LeNet-5 10x, ViT-Ti +8% CPU time per step); unrolled, XLA also overlaps one step's tail
+  # with the next one's start. Compile time grows with n (ResNet-18: 3.8 s -> 10 s at n = 4).
+  state, (m, extra) = jax.lax.scan(body, state, batches, unroll=True)
+  # Merged step by step (CLU's `reduce` is the across-devices merge: it would average the
+  # LastValue metrics such as the learning rate instead of keeping the last step's).
+  per_step = [jax.tree.map(lambda x, i=i: x[i], m) for i in range(jax.tree.leaves(m)[0].shape[0])]
+  return (state, functools.reduce(lambda a, b: a.merge(b), per_step),
+          jax.tree.map(lambda x: jnp.sum(x, axis=0), extra))
+
+
 def embed_step(params, batch_stats, images, *, model):
   """Eval-mode embeddings of a uint8 or float image batch."""
   emb, _, _ = forward(model, params, batch_stats, to_float_images(images), train=False)
@@ -563,6 +636,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     raise ValueError(f"config.train.parallel_splits={c.train.parallel_splits} and "
                      f"config.train.grad_accum_chunks={c.train.grad_accum_chunks}: GradCache "
                      f"already runs the encoder in chunks; set one of them to 1")
+  if c.train.steps_per_execution < 0:
+    raise ValueError(f"config.train.steps_per_execution must be >= 1, or 0 for auto; got "
+                     f"{c.train.steps_per_execution}")
   if c.train.view_labels not in ("index", "class"):
     raise ValueError(f"config.train.view_labels must be 'index' or 'class', got "
                      f"{c.train.view_labels!r}")
@@ -852,18 +928,40 @@ class Trainer:
     step, restored, _ = found
     return step, self.state_from_restored(restored)
 
-  def jit_train_step(self):
-    """The jitted, state-donating train step bound to this trainer's model and config."""
+  def jit_train_step(self, steps: int = 1):
+    """The jitted, state-donating train step bound to this trainer's model and config.
+
+    With `steps` > 1, `train_steps`: that many updates per call, on a batch stacked
+    [steps, batch, ...] (`sharding.host_to_global(..., stacked=True)`).
+    """
     from sim_jax import losses
     diag = None
     if self.config.train.log_diagnostics and not self.config.loss.block_size:
       diag = losses.diagnostics  # Dense O(N^2); skipped for streaming losses on purpose.
+    fn = train_step if steps == 1 else train_steps
     return jax.jit(
-        functools.partial(train_step, config=self.config, model=self.model,
+        functools.partial(fn, config=self.config, model=self.model,
                           pair_head=self.pair_head, tx=self.tx, schedule=self.schedule,
                           augment_fn=self.augment_fn, mesh=self.mesh, diagnostics_fn=diag,
                           splits=self.parallel_splits),
         donate_argnums=(0,), compiler_options=compiler_options(self.mesh))
+
+  def compile_train_steps(self, state: TrainState, batch) -> tuple[dict[int, Any], int]:
+    """Compiles the train step for `state` and a global `batch`; with
+    `config.train.steps_per_execution` (auto: `resolve_steps_per_execution` on the one-step
+    program's scratch size) k > 1, also `train_steps` of k (compiled at its first call).
+    Returns ({steps per call: function}, k); logs the choice."""
+    single = self.jit_train_step().lower(state, batch).compile()
+    memory = single.memory_analysis()
+    temp = int(getattr(memory, "temp_size_in_bytes", 0)) if memory is not None else 0
+    k, why = resolve_steps_per_execution(
+        self.config, platform=self.mesh.devices.flat[0].platform, temp_bytes=temp)
+    logging.info("Train steps per execution (config.train.steps_per_execution=%d): %d (%s).",
+                 self.config.train.steps_per_execution, k, why)
+    fns = {1: single}
+    if k > 1:
+      fns[k] = self.jit_train_step(k)
+    return fns, k
 
   # -- evaluation
   def embed_images(self, state: TrainState, images: np.ndarray) -> np.ndarray:
@@ -940,7 +1038,6 @@ def _train_and_evaluate(config, workdir, watcher: PreemptionWatcher) -> dict[str
     _write_hparams(writer, config)
   _log_model_summary(trainer, state)
 
-  step_fn = trainer.jit_train_step()
 
   eval_data = load_eval_data(config)
   evaluators = evaluators_lib.get_evaluators(config.eval)
@@ -976,20 +1073,38 @@ def _train_and_evaluate(config, workdir, watcher: PreemptionWatcher) -> dict[str
       logging.warning("%d non-finite step(s) skipped so far (first at step %d).", skips,
                       first + 1)
 
+  def host_work_after(step):
+    return (step == tcfg.steps or any(every and step % every == 0 for every in (
+        tcfg.log_every, tcfg.eval_every, tcfg.checkpoint_every)))
+
+  step, pending, sizes = start, [], []
+  if start < tcfg.steps:
+    t0 = time.time()
+    pending.append(next(train_iter))
+    data_wait += time.time() - t0
+    step_fns, per_execution = trainer.compile_train_steps(
+        state, sharding.host_to_global(pending[0], trainer.mesh))
+    sizes = execution_sizes(start, tcfg.steps, per_execution, host_work_after)
   try:
-    for step in range(start + 1, tcfg.steps + 1):
-      with jax.profiler.StepTraceAnnotation("train", step_num=step):
+    for n in sizes:
+      with jax.profiler.StepTraceAnnotation("train", step_num=step + 1):
         t0 = time.time()
-        batch = next(train_iter)
+        batches, pending = pending + [next(train_iter) for _ in range(n - len(pending))], []
         data_wait += time.time() - t0
-        batch = sharding.host_to_global(batch, trainer.mesh)
-        state, m, extra = step_fn(state, batch)
+        if n == 1:
+          batch = sharding.host_to_global(batches[0], trainer.mesh)
+        else:
+          batch = sharding.host_to_global(
+              jax.tree.map(lambda *xs: np.stack(xs), *batches), trainer.mesh, stacked=True)
+        state, m, extra = step_fns[n](state, batch)
       train_metrics = m if train_metrics is None else train_metrics.merge(m)
       if extra:
         extra_sums = {k: extra_sums.get(k, 0.0) + v for k, v in extra.items()}
-        extra_count += 1
-      for hook in hooks:
-        hook(step)
+        extra_count += n
+      for _ in range(n):
+        step += 1
+        for hook in hooks:  # CLU's periodic actions expect a call after every step
+          hook(step)
       last = step == tcfg.steps
       if (tcfg.log_every and step % tcfg.log_every == 0) or last:
         computed = {k: float(v) for k, v in train_metrics.compute().items()}

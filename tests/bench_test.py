@@ -49,7 +49,8 @@ def _markdown(workloads, allocator_vars=None):
 def test_lenet_step_runs_and_reports():
   """One tiny interleaved round: both frameworks ran, images counted per encoder input."""
   r = train_step.run_workload("lenet5", batch=4, repeats=2, steps=1, matmul_n=256, variants={
-      "split2": {"train.parallel_splits": 2}, "split3": {"train.parallel_splits": 3}})
+      "split2": {"train.parallel_splits": 2}, "split3": {"train.parallel_splits": 3},
+      "spe2": {"train.steps_per_execution": 2}})
   assert r["images_per_step"] == 8
   # The start-up step, then per round one untimed re-warm step (REWARM) before the timed one.
   assert r["rewarm"] == train_step.REWARM == 1 and r["sim_jax_steps_taken"] == 1 + 2 * (1 + 1)
@@ -76,11 +77,19 @@ def test_lenet_step_runs_and_reports():
   np.testing.assert_allclose(v["ratio_median"], np.median(v_ips) / np.median(t_ips))
   np.testing.assert_allclose(v["speedup_vs_base_min"],
                              v_ips.min() / (8 / np.asarray(r["sim_jax"]["step_s"])).min())
-  assert f"| lenet5 | split2 | train.parallel_splits=2 | {v_ips.min():.0f} / " in md
+  assert (f"| lenet5 | split2 | train.parallel_splits=2 (1 steps / execution) | "
+          f"{v_ips.min():.0f} / ") in md
   assert f"**{v['ratio_median']:.2f}x** ({v['ratio_min']:.2f}x) |" in md
   # 8 images do not make 3 slices: recorded with the trainer's reason, the run goes on.
   assert "parallel_splits=3" in r["variants"]["split3"]["refused"]
   assert "| lenet5 | split3 | train.parallel_splits=3 | refused by the trainer: " in md
+  # LeNet-5's scratch buffer is below malloc's mmap threshold: auto runs one step per execution.
+  assert r["sim_jax_steps_per_execution"] == 1 and "| lenet5 | 8 | 1 | " in md
+  # Two steps per execution: each call (start-up, re-warm, timed) takes two steps, and the
+  # round's time is divided by the steps taken.
+  v2 = r["variants"]["spe2"]
+  assert v2["steps_per_execution"] == 2 and v2["steps_taken"] == 2 + 2 * (2 + 2)
+  assert "train.steps_per_execution=2 (2 steps / execution)" in md
 
 
 def test_markdown_states_the_rewarm_protocol():
