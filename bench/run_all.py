@@ -42,13 +42,12 @@ def bench_commands(quick: bool) -> dict[str, list[str]]:
   return {
       "allocators": [py, "bench/allocators.py", *q, "--out", rs("allocators", False),
                      "--md", rs("allocators", False, ".md")],
-      # The headline as measured: 5 interleaved rounds of the default step (parallel_splits
-      # auto) with the unsplit and 2-slice steps timed in the same rounds as variants (2 slices
-      # refused, and recorded so, for the batch-norm workloads).
+      # The headline as measured: 5 interleaved rounds of the trainer's default step (parallel
+      # splits and steps per execution auto) with the one-step-per-execution step timed in the
+      # same rounds as a variant.
       "train_step": [py, "bench/train_step.py", *q,
                      *([] if quick else ["--repeats=5",
-                                         "--variant=unsplit:train.parallel_splits=1",
-                                         "--variant=split2:train.parallel_splits=2"]),
+                                         "--variant=spe1:train.steps_per_execution=1"]),
                      "--out", rs("train_step", False), "--md", rs("train_step", False, ".md")],
       "loss_scaling": [py, "bench/loss_scaling.py", *q,
                        "--out", rs("loss_scaling", quick, "")],
@@ -536,7 +535,19 @@ ViT-Ti back to back, alternating: 0.73x, **1.02x**, 0.78x, **0.94x** (without, w
 with; `train_step_vit_rewarm_ab_*.json`) | \
 `python bench/fault_probe.py`; `python bench/train_step.py --rewarm=0 ...` \
 (`bench/results/fault_probe.json`, `train_step_norewarm.json`, \
-`train_step_vit_workers_norewarm.json`, `train_step.json`) |
+`train_step_vit_workers_norewarm.json`, `train_step_one_step_per_execution.json`) |
+| **several train steps per jitted execution** (`config.train.steps_per_execution`, \
+`sim_jax.train.train_steps`: an unrolled `lax.scan` of the step over k stacked batches; auto = \
+4 on CPU when the one-step program's XLA scratch buffer is above glibc's 32 MiB mmap threshold) \
+| **kept; auto by default** | XLA:CPU maps and faults in its whole scratch buffer at every \
+execution (ViT-Ti: 0.92 M minor faults, 1.8 s system time per step); with 4 steps per execution \
+0.26 M and 0.6 s (by-hand probe, not in the repo). In the headline's rounds, auto over one \
+step per execution: ViT-Ti **1.13x** \
+(min 1.24x), ResNet-18 1.12x, multi-scale 1.11x, LeNet-5 1 step either way; vs torch ViT-Ti \
+0.99x -> **1.12x**, ResNet-18 0.83x -> 0.93x, multi-scale 0.85x -> 0.94x. A rolled scan was 10x \
+slower on LeNet-5 (by-hand probe, not in the repo). Costs compile time (ViT-Ti 9 -> 49 s) | \
+`python bench/train_step.py --repeats=5 --variant spe1:train.steps_per_execution=1` \
+(`train_step.json`) |
 """
 
 
