@@ -540,8 +540,9 @@ with; `train_step_vit_rewarm_ab_*.json`) | \
 `sim_jax.train.train_steps`: an unrolled `lax.scan` of the step over k stacked batches; auto = \
 4 on CPU when the one-step program's XLA scratch buffer is above glibc's 32 MiB mmap threshold) \
 | **kept; auto by default** | XLA:CPU maps and faults in its whole scratch buffer at every \
-execution (ViT-Ti: 0.92 M minor faults, 1.8 s system time per step); with 4 steps per execution \
-0.26 M and 0.6 s (by-hand probe, not in the repo). In the headline's rounds, auto over one \
+execution (ViT-Ti, own process: 0.88 M minor faults, 1.87 s system time per step); with 4 \
+steps per execution 0.24 M and 0.46 s, step 4.69-4.93 -> 3.81-3.86 s \
+(`train_step_vit_workers_spe_auto.json`, `..._spe1.json`). In the headline's rounds, auto over one \
 step per execution: ViT-Ti **1.13x** \
 (min 1.24x), ResNet-18 1.12x, multi-scale 1.11x, LeNet-5 1 step either way; vs torch ViT-Ti \
 0.99x -> **1.12x**, ResNet-18 0.83x -> 0.93x, multi-scale 0.85x -> 0.94x. A rolled scan was 10x \
