@@ -545,8 +545,8 @@ steps per execution 0.24 M and 0.46 s, step 4.69-4.93 -> 3.81-3.86 s \
 (`train_step_vit_workers_spe_auto.json`, `..._spe1.json`). In the headline's rounds, auto over one \
 step per execution: ViT-Ti **1.13x** \
 (min 1.24x), ResNet-18 1.12x, multi-scale 1.11x, LeNet-5 1 step either way; vs torch ViT-Ti \
-0.99x -> **1.12x**, ResNet-18 0.83x -> 0.93x, multi-scale 0.85x -> 0.94x. A rolled scan was 10x \
-slower on LeNet-5 (by-hand probe, not in the repo). Costs compile time (ViT-Ti 9 -> 49 s) | \
+0.99x -> **1.12x**, ResNet-18 0.83x -> 0.93x, multi-scale 0.85x -> 0.94x. Unrolled: a rolled \
+scan was slower (by-hand check, not in the repo). Costs compile time (ViT-Ti 9 -> 49 s) | \
 `python bench/train_step.py --repeats=5 --variant spe1:train.steps_per_execution=1` \
 (`train_step.json`) |
 """

@@ -179,25 +179,20 @@ class JaxRunner:
     # the mesh size (XLA_FLAGS=--xla_force_host_platform_device_count=N runs N CPU devices).
     n_dev = self.trainer.mesh.devices.size
     self.flops = n_dev * float(cost.get("flops", float("nan"))) if cost else float("nan")
-    mem = self.compiled.memory_analysis()
-    temp = int(getattr(mem, "temp_size_in_bytes", -1)) if mem is not None else -1
+    temp = train.scratch_bytes(self.compiled)
     self.temp_bytes = n_dev * temp if temp >= 0 else -1
     # Steps per execution as the trainer picks them (`Trainer.compile_train_steps`): with k > 1
     # every call runs k steps on the batch stacked k times, and `run(n)` rounds n up to a
     # multiple of k. Compile time counts both programs (the trainer compiles both too).
     self.per_execution, self.per_execution_why = train.resolve_steps_per_execution(
         self.cfg, platform=self.trainer.mesh.devices.flat[0].platform, temp_bytes=max(temp, 0))
-    self.single = self.compiled
     if self.per_execution > 1:
-      import numpy as np
-      stacked = {k: np.stack([v] * self.per_execution) for k, v in host.items()}
-      self.batch = sharding.host_to_global(stacked, self.trainer.mesh, stacked=True)
+      self.batch = sharding.steps_to_global([host] * self.per_execution, self.trainer.mesh)
       t0 = time.perf_counter()
       self.compiled = self.trainer.jit_train_step(self.per_execution).lower(
           self.state, self.batch).compile(compiler_options=xla or None)
       self.compile_s += time.perf_counter() - t0
-      mem = self.compiled.memory_analysis()
-      temp = int(getattr(mem, "temp_size_in_bytes", -1)) if mem is not None else -1
+      temp = train.scratch_bytes(self.compiled)
       self.temp_bytes = n_dev * temp if temp >= 0 else -1
     self._jax = jax
     self.run(1)  # first execution (allocations, thread pool start)

@@ -40,17 +40,25 @@ def stacked_data_sharding(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P(None, DATA_AXIS))
 
 
-def host_to_global(batch, mesh: Mesh, stacked: bool = False):
+def _to_global(batch, sharding: NamedSharding):
+  return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)),
+                      batch)
+
+
+def host_to_global(batch, mesh: Mesh):
   """Turns a host-local batch (a pytree of NumPy arrays) into global `jax.Array`s.
 
   Each process passes its own slice of the global batch; the result has leading dimension
-  `local_batch * process_count`, sharded over `data`. With `stacked=True` the arrays are
-  [steps, local_batch, ...] (several steps' batches for one execution) and the batch is their
-  second axis.
+  `local_batch * process_count`, sharded over `data`.
   """
-  sharding = stacked_data_sharding(mesh) if stacked else data_sharding(mesh)
-  return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)),
-                      batch)
+  return _to_global(batch, data_sharding(mesh))
+
+
+def steps_to_global(batches: list, mesh: Mesh):
+  """Several steps' host-local batches (same structure) as one pytree of global arrays
+  [steps, local_batch * process_count, ...]: the batch axis sharded as `host_to_global`'s."""
+  stacked = jax.tree.map(lambda *xs: np.stack(xs), *batches)
+  return _to_global(stacked, stacked_data_sharding(mesh))
 
 
 def check_global_batch(global_batch_size: int, mesh: Mesh) -> int:

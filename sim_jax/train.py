@@ -260,6 +260,12 @@ MMAP_THRESHOLD_MAX = 32 * 2**20
 AUTO_STEPS_PER_EXECUTION = 4
 
 
+def scratch_bytes(compiled) -> int:
+  """XLA's temp (scratch) buffer size of a compiled program, per device; -1 if not reported."""
+  memory = compiled.memory_analysis()
+  return int(getattr(memory, "temp_size_in_bytes", -1)) if memory is not None else -1
+
+
 def resolve_steps_per_execution(config: ml_collections.ConfigDict, *, platform: str,
                                 temp_bytes: int) -> tuple[int, str]:
   """Train steps per jitted execution (`train_steps`), and why (for the log).
@@ -561,13 +567,15 @@ def train_steps(state: TrainState, batches, **step_kwargs):
   def body(carry, batch):
     carry, m, extra = train_step(carry, batch, **step_kwargs)
     return carry, (m, extra)
-  # Unrolled: jaxlib 0.10.2 ran a rolled while-loop body of this step much slower on CPU
-  # (LeNet-5 10x, ViT-Ti +8% CPU time per step); unrolled, XLA also overlaps one step's tail
-  # with the next one's start. Compile time grows with n (ResNet-18: 3.8 s -> 10 s at n = 4).
+  # Unrolled: with jaxlib 0.10.2 a rolled while-loop body of this step ran slower on CPU than
+  # separate calls (a by-hand check); unrolled, XLA can also overlap one step's tail with the
+  # next one's start. Compile time grows with n (ViT-Ti's 4-step program and the one-step one
+  # together: 49 s against 9 s, bench/results/train_step.json).
   state, (m, extra) = jax.lax.scan(body, state, batches, unroll=True)
   # Merged step by step (CLU's `reduce` is the across-devices merge: it would average the
   # LastValue metrics such as the learning rate instead of keeping the last step's).
-  per_step = [jax.tree.map(lambda x, i=i: x[i], m) for i in range(jax.tree.leaves(m)[0].shape[0])]
+  n = jax.tree.leaves(batches)[0].shape[0]
+  per_step = [jax.tree.map(lambda x, i=i: x[i], m) for i in range(n)]
   return (state, functools.reduce(lambda a, b: a.merge(b), per_step),
           jax.tree.map(lambda x: jnp.sum(x, axis=0), extra))
 
@@ -932,7 +940,7 @@ class Trainer:
     """The jitted, state-donating train step bound to this trainer's model and config.
 
     With `steps` > 1, `train_steps`: that many updates per call, on a batch stacked
-    [steps, batch, ...] (`sharding.host_to_global(..., stacked=True)`).
+    [steps, batch, ...] (`sharding.steps_to_global`).
     """
     from sim_jax import losses
     diag = None
@@ -952,10 +960,9 @@ class Trainer:
     program's scratch size) k > 1, also `train_steps` of k (compiled at its first call).
     Returns ({steps per call: function}, k); logs the choice."""
     single = self.jit_train_step().lower(state, batch).compile()
-    memory = single.memory_analysis()
-    temp = int(getattr(memory, "temp_size_in_bytes", 0)) if memory is not None else 0
     k, why = resolve_steps_per_execution(
-        self.config, platform=self.mesh.devices.flat[0].platform, temp_bytes=temp)
+        self.config, platform=self.mesh.devices.flat[0].platform,
+        temp_bytes=max(scratch_bytes(single), 0))
     logging.info("Train steps per execution (config.train.steps_per_execution=%d): %d (%s).",
                  self.config.train.steps_per_execution, k, why)
     fns = {1: single}
@@ -1038,7 +1045,6 @@ def _train_and_evaluate(config, workdir, watcher: PreemptionWatcher) -> dict[str
     _write_hparams(writer, config)
   _log_model_summary(trainer, state)
 
-
   eval_data = load_eval_data(config)
   evaluators = evaluators_lib.get_evaluators(config.eval)
   hooks = []
@@ -1091,11 +1097,8 @@ def _train_and_evaluate(config, workdir, watcher: PreemptionWatcher) -> dict[str
         t0 = time.time()
         batches, pending = pending + [next(train_iter) for _ in range(n - len(pending))], []
         data_wait += time.time() - t0
-        if n == 1:
-          batch = sharding.host_to_global(batches[0], trainer.mesh)
-        else:
-          batch = sharding.host_to_global(
-              jax.tree.map(lambda *xs: np.stack(xs), *batches), trainer.mesh, stacked=True)
+        batch = (sharding.host_to_global(batches[0], trainer.mesh) if n == 1 else
+                 sharding.steps_to_global(batches, trainer.mesh))
         state, m, extra = step_fns[n](state, batch)
       train_metrics = m if train_metrics is None else train_metrics.merge(m)
       if extra:

@@ -87,9 +87,7 @@ def test_four_steps_in_one_execution_equal_four_calls():
   want_params = jax.tree.map(np.asarray, state.params)
 
   state = tr.init_state()
-  stacked = jax.tree.map(lambda *xs: np.stack(xs), *host)
-  state, m4, extra4 = tr.jit_train_step(4)(
-      state, sharding.host_to_global(stacked, tr.mesh, stacked=True))
+  state, m4, extra4 = tr.jit_train_step(4)(state, sharding.steps_to_global(host, tr.mesh))
   assert int(state.step) == 4
   got = {k: float(v) for k, v in m4.compute().items()}
   np.testing.assert_allclose(got["loss"], np.mean(losses), rtol=1e-5)
@@ -160,8 +158,7 @@ step = one.jit_train_step()
 for b in host:
   state, _, _ = step(state, sharding.host_to_global(b, one.mesh))
 two = train.Trainer(cfg, "/nonexistent", devices=jax.devices()[:2])
-stacked = sharding.host_to_global(jax.tree.map(lambda *xs: np.stack(xs), *host), two.mesh,
-                                  stacked=True)
+stacked = sharding.steps_to_global(host, two.mesh)
 assert stacked["image"].shape[:2] == (4, cfg.train.batch_size), stacked["image"].shape
 assert len(stacked["image"].sharding.device_set) == 2
 state2, _, _ = two.jit_train_step(4)(two.init_state(), stacked)
