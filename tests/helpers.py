@@ -10,6 +10,8 @@ import sys
 import tempfile
 import textwrap
 
+import pytest
+
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -97,3 +99,23 @@ def kill_group(proc: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
 def describe(proc: subprocess.CompletedProcess) -> str:
   return (f"exit code {proc.returncode}\n--- stdout ---\n{proc.stdout[-4000:]}\n"
           f"--- stderr ---\n{proc.stderr[-6000:]}")
+
+
+# Set by .ci/run (CI installs every Debian package the tests read): a test that would skip for a
+# missing package fails instead, so CI can never go green by skipping the real-data tests.
+REQUIRE_DATA_ENV = "SIM_JAX_REQUIRE_DATA"
+
+
+def require_debian(packages: str | list[str] | tuple[str, ...], present: bool, what: str) -> None:
+  """Skip the calling test when `present` is False, naming the Debian package(s) to install.
+
+  With `$SIM_JAX_REQUIRE_DATA=1` (CI) the test fails instead. Call it inside the test or a
+  fixture (never at module level, so collection cannot error on a machine without the packages).
+  """
+  if present:
+    return
+  names = packages if isinstance(packages, str) else " ".join(packages)
+  message = f"{what} needs the Debian package(s): apt-get install {names}"
+  if os.environ.get(REQUIRE_DATA_ENV) == "1":
+    pytest.fail(f"{message} (${REQUIRE_DATA_ENV}=1: CI must have them)")
+  pytest.skip(message)
