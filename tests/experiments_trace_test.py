@@ -24,19 +24,12 @@ from sim_jax.data import pipeline, sources
 from sim_jax.experiments import runner
 from sim_jax.experiments.variants import Run, apply_overrides, run_overrides
 from tests import helpers
+from tests.experiments_test import AWAITING_FIX
 
 EXPERIMENTS = ("icons", "characters", "lenet_siamese", "pools", "embeddings")
 # Channels of the datasets the configs name when config.data.channels does not say (others: 1).
 CHANNELS = {"cifar10": 3, "icon_themes": 3}
 CLASSES, PER_CLASS = 64, 8  # the synthetic split: enough classes for any P x K batch
-# Variants that fail for a reason outside configs/ and are waiting for its fix (strict: once
-# fixed, the case passes and pytest reports it, so this entry must go).
-AWAITING_FIX = {
-    "embeddings-losses-snr": "snr_contrastive is a label loss (losses.snr_contrastive(embeddings, "
-                             "labels, pos_margin, neg_margin)) but sim_jax.train lists it in "
-                             "PAIR_LOSSES and calls it as (za, zb, same, margin=): train.py must "
-                             "dispatch it in label_objective",
-}
 
 
 def trace_train_step(config, batch, num_classes: int):
