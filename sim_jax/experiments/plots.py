@@ -54,7 +54,9 @@ def write_plot(path: str, table_rows: Sequence[Row], metric: str,
   values = [0.0 if s is None else s.mean for s in summaries]
   errors = [[0.0 if s is None else s.mean - s.low for s in summaries],
             [0.0 if s is None else s.high - s.mean for s in summaries]]
-  bars = ax.bar(range(len(table_rows)), values, color="tab:blue", yerr=errors, capsize=3)
+  # Light bars: the reference ticks drawn across them stay visible.
+  bars = ax.bar(range(len(table_rows)), values, color="tab:blue", alpha=0.45, yerr=errors,
+                capsize=3)
   labelled = set()
   for i, (row, s) in enumerate(zip(table_rows, summaries)):
     for kind, (color, style) in REFERENCES.items():
@@ -65,8 +67,9 @@ def write_plot(path: str, table_rows: Sequence[Row], metric: str,
                 label=None if name in labelled else name)
         labelled.add(name)
     text = f"{s.mean:.3f}" if s is not None else row.status.split(":")[0]
-    ax.annotate(text, (bars[i].get_x() + bars[i].get_width() / 2, bars[i].get_height()),
-                ha="center", va="bottom", fontsize=8)
+    top = bars[i].get_height() if s is None else s.high  # above the error bar
+    ax.annotate(text, (bars[i].get_x() + bars[i].get_width() / 2, top), xytext=(0, 2),
+                textcoords="offset points", ha="center", va="bottom", fontsize=8)
   ax.set_xticks(range(len(table_rows)), [row.variant.label for row in table_rows], rotation=20,
                 ha="right")
   ax.set_ylabel(metric)
