@@ -4,8 +4,9 @@ A variant whose loss, sampler, model or augmentation do not fit together (a loss
 signature it does not have, a batch key the objective does not find) fails here, in seconds,
 instead of minutes into `ablate.py`. The step is traced abstractly (`jax.eval_shape`: shapes and
 dtypes only, nothing compiled or computed), at the variant's own image size, model and batch
-size, on a batch that sim_jax's own batch maker draws from a synthetic in-memory split with the
-variant's sampler, so no dataset has to be prepared.
+size (tracing costs the same at any size, and the real sizes are the ones that can break), on a
+batch that sim_jax's own batch maker draws from a synthetic in-memory split with the variant's
+sampler, so no dataset has to be prepared (icon themes, CJK fonts, MNIST need not be there).
 
 `trace_train_step` is the only function that knows the trainer's API.
 """
@@ -19,14 +20,13 @@ import jax
 import numpy as np
 import pytest
 
-from sim_jax import train
+from sim_jax import sharding, train
 from sim_jax.data import pipeline, sources
 from sim_jax.experiments import runner
 from sim_jax.experiments.variants import Run, apply_overrides, run_overrides
 from tests import helpers
-from tests.experiments_test import AWAITING_FIX
+from tests.experiments_test import AWAITING_FIX, EXPERIMENTS
 
-EXPERIMENTS = ("icons", "characters", "lenet_siamese", "pools", "embeddings")
 # Channels of the datasets the configs name when config.data.channels does not say (others: 1).
 CHANNELS = {"cifar10": 3, "icon_themes": 3}
 CLASSES, PER_CLASS = 64, 8  # the synthetic split: enough classes for any P x K batch
@@ -46,7 +46,7 @@ def trace_train_step(config, batch, num_classes: int):
   step = functools.partial(train.train_step, config=config, model=model, pair_head=pair_head,
                            tx=tx, schedule=schedule,
                            augment_fn=train.make_augment_fn(config.data.augment),
-                           mesh=train.sharding.create_mesh(jax.devices()[:1]))
+                           mesh=sharding.create_mesh(jax.devices()[:1]))
   return state, jax.eval_shape(step, state, batch)[0]
 
 
