@@ -279,6 +279,14 @@ def test_parse_sets():
     commands.parse_sets(["train.steps"])
 
 
+def test_child_config_reads_a_relative_config_from_the_root(monkeypatch, tmp_path):
+  monkeypatch.chdir(tmp_path)  # ablate.py started outside the repository
+  cmd = commands.launch_command("configs/test.py", "runs/x", {"train.steps": 3})
+  assert commands.child_config(cmd, helpers.REPO_ROOT).train.steps == 3
+  with pytest.raises(ValueError, match="launch.py would refuse these flags"):
+    commands.child_config(cmd)  # relative to the current directory: not there
+
+
 def test_child_config_refuses_unknown_keys_before_launching():
   cmd = commands.launch_command(_config_path("icons"), "/tmp/runs/x", {}, [("model.nope", "1")])
   with pytest.raises(ValueError, match="launch.py would refuse these flags"):

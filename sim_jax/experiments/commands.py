@@ -81,12 +81,16 @@ def display_path(path: str, root: str) -> str:
   return path if rel == ".." or rel.startswith(".." + os.sep) else rel
 
 
-def child_config(cmd: Sequence[str]):
+def child_config(cmd: Sequence[str], root: str = ""):
   """The ConfigDict that launch.py builds from `cmd`'s --config flags (same parser, same file).
 
-  The config file path in `cmd` is read relative to the current directory.
+  A relative config file path is read from `root` (where launch.py runs), else from the
+  current directory.
   """
   argv = [LAUNCH] + [a for a in cmd if a.startswith("--config")]
+  if root:
+    argv = [f"--config={os.path.join(root, a[len('--config='):])}"
+            if a.startswith("--config=") else a for a in argv]
   fv = flags.FlagValues()
   config_flags.DEFINE_config_file("config", None, "", flag_values=fv, lock_config=True,
                                   sys_argv=argv)

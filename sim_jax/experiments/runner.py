@@ -210,7 +210,7 @@ def run_one(run: Run, index: int, total: int, ctx: Context, done: Mapping[tuple,
     print(f"{prefix} not run: needs {', '.join(blocked)}", flush=True)
     return result._replace(status="not run", detail=f"needs {', '.join(blocked)}")
   try:
-    config = commands.child_config(cmd)
+    config = commands.child_config(cmd, ctx.root)
     checks.check_config(config)
   except Exception as e:  # noqa: BLE001  (report the variant, run the others)
     print(f"{prefix} invalid config: {e}", flush=True)
