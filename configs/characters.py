@@ -42,7 +42,7 @@ Differs from the paper, and why:
 """
 
 from configs import default
-from configs.ablation import Variant
+from sim_jax.experiments import Variant
 
 HEADLINE = ("retrieval/mrr@5", "retrieval/recall@1", "zeroshot/mrr@5")
 

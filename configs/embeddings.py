@@ -11,8 +11,9 @@ MAP@R of the same queries, and MAP@R on the held-out classes (`zeroshot/map@r`).
 
 Ablations (`python ablate.py --config=configs/embeddings.py --ablation=NAME --workdir=...`):
   backbones          lenet5 | resnet18 | mobilenet_v3_small | vit_ti | swin_tiny (4.1)
-  losses             contrastive | triplet | supcon | snr | nt_xent (4.2); the pair losses
-                     (contrastive, snr) train on 64 balanced pairs = 128 images per step
+  losses             contrastive | triplet | supcon | snr | nt_xent (4.2); the pair loss
+                     (contrastive) trains on 64 balanced pairs = 128 images per step; snr, like
+                     pytorch-metric-learning's SNR loss, scores every pair of a P x K batch
   embedding_sizes    64 | 256 | 1024 | 2048 (4.3)
   samples_per_class  3 | 6 | 12 | 24 training images per class (4.4; same number of steps)
   augmentation_factor  1 | 2 | 4 | 8 RandAugment copies of 6 images per class (4.5); the step
@@ -53,7 +54,7 @@ Differs from the paper, and why:
 """
 
 from configs import default
-from configs.ablation import Variant
+from sim_jax.experiments import Variant
 
 HEADLINE = ("knn/f1_macro", "retrieval/map@r", "zeroshot/map@r")
 STEPS = 1000
@@ -115,7 +116,10 @@ def get_ablations():
           Variant("triplet", {"loss.name": "triplet", "loss.margin": 0.2,
                               "loss.mining": "semi_hard"}),
           Variant("supcon", {"loss.name": "supcon"}),
-          Variant("snr", {"loss.name": "snr_contrastive", "loss.margin": 1.0, **PAIRS}),
+          # pytorch-metric-learning's SignalToNoiseRatioContrastiveLoss over all pairs of the
+          # labelled batch: positives above pos_margin (0) and negatives below margin (1.0).
+          Variant("snr", {"loss.name": "snr_contrastive", "loss.margin": 1.0,
+                          "loss.pos_margin": 0.0}),
           Variant("nt_xent", {"loss.name": "nt_xent"}),
       ],
       "embedding_sizes": [

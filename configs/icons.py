@@ -35,7 +35,7 @@ Differs from the paper, and why:
 """
 
 from configs import default
-from configs.ablation import Variant
+from sim_jax.experiments import Variant
 
 HEADLINE = ("verification/accuracy", "verification/precision", "verification/recall",
             "verification/roc_auc")

@@ -37,7 +37,7 @@ Differs from the paper, and why:
 """
 
 from configs import default
-from configs.ablation import Variant
+from sim_jax.experiments import Variant
 
 HEADLINE = ("verification/accuracy", "knn/accuracy", "retrieval/map@r")
 STEPS = 2000

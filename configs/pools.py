@@ -39,7 +39,7 @@ Differs from the paper, and why:
 """
 
 from configs import default
-from configs.ablation import Variant
+from sim_jax.experiments import Variant
 
 HEADLINE = ("pool/top2_accuracy", "pool/mrr", "retrieval/mrr@5")
 

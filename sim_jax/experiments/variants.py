@@ -1,20 +1,25 @@
-"""How an experiment config declares its ablations (read by `ablate.py` and the config tests).
+"""How an experiment config declares its ablations, and the pure planning of their runs.
 
 An experiment config (configs/icons.py, ...) defines, next to `get_config()`:
 
   HEADLINE = ("verification/accuracy", ...)   # metrics of final_metrics.json shown as columns;
                                               # the first is plotted
-  def get_ablations() -> dict[str, list[Variant]]   # ablation name -> its variants, in order
+  def get_ablations() -> dict[str, list[Variant] | Ablation]   # name -> its variants, in order
 
 A `Variant` is a label (also the name of the run's directory) and overrides: dotted config keys
 -> Python values, applied on top of `get_config()`. A string value may contain `{run:LABEL}`,
-which `ablate.py` replaces with the workdir of variant LABEL of the same ablation and runs LABEL
-first (SimCLR pretraining -> fine-tuning from its checkpoint with `model.init_from`).
+which the runner replaces with the workdir of variant LABEL of the same ablation (and seed) and
+runs LABEL first (SimCLR pretraining -> fine-tuning from its checkpoint with `model.init_from`).
 
 `evaluates=LABEL` makes a variant that trains nothing: it re-evaluates LABEL's final checkpoint
 with LABEL's overrides plus its own `eval.*` ones (`launch.py --mode=evaluate`). A metric that
 only changes how embeddings are compared (seed 001's distances) so costs one evaluation instead
 of a training run that would reproduce the same weights.
+
+`Ablation(variants, seeds=(0, 1, 2))` runs every variant once per seed (`config.seed`), in
+`<workdir>/<label>/seed_<s>`, interleaved: seed 0 of every variant, then seed 1, ... so that a
+stopped ablation has whole rounds to compare. Without seeds a variant runs once, with the
+config's own seed, in `<workdir>/<label>`.
 
 This module imports only ml_collections: loading a config must stay cheap.
 """
@@ -23,7 +28,7 @@ from __future__ import annotations
 
 import copy
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 import ml_collections
@@ -32,6 +37,7 @@ import ml_collections
 RUN_REF = re.compile(r"\{run:([^{}]*)\}")
 # Labels name directories and appear in commands: no spaces, slashes or shell characters.
 LABEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
+SEED_KEY = "seed"  # the config field a seeded run overrides
 
 
 class Variant(NamedTuple):
@@ -40,6 +46,72 @@ class Variant(NamedTuple):
   label: str
   overrides: Mapping[str, Any] = {}
   evaluates: str = ""  # label of a variant whose final checkpoint this one only re-evaluates
+
+
+class Ablation(NamedTuple):
+  """Variants, each run once per seed of `seeds` (empty: once, with the config's seed)."""
+
+  variants: list[Variant]
+  seeds: tuple[int, ...] = ()
+
+
+class Run(NamedTuple):
+  """One launch: a variant at one seed (None: the config's own seed, no seed directory)."""
+
+  variant: Variant
+  seed: int | None = None
+
+  @property
+  def name(self) -> str:
+    """The run's directory relative to the ablation's workdir."""
+    return self.variant.label if self.seed is None else f"{self.variant.label}/seed_{self.seed}"
+
+
+def as_ablation(declared) -> Ablation:
+  """A `get_ablations()` value (a list of Variants or an Ablation) as a checked Ablation."""
+  ablation = declared if isinstance(declared, Ablation) else Ablation(list(declared))
+  variants = list(ablation.variants)
+  check_variants(variants)
+  seeds = tuple(ablation.seeds)
+  check_seeds(seeds)
+  return Ablation(variants, seeds)
+
+
+def check_seeds(seeds: Sequence[int]) -> None:
+  """Raises ValueError unless `seeds` are distinct non-negative ints."""
+  for s in seeds:
+    if isinstance(s, bool) or not isinstance(s, int) or s < 0:
+      raise ValueError(f"seeds must be non-negative ints, got {s!r} in {tuple(seeds)}")
+  if len(set(seeds)) != len(seeds):
+    raise ValueError(f"seeds must be distinct, got {tuple(seeds)}")
+
+
+def parse_seeds(text: str) -> tuple[int, ...]:
+  """"0,1,2" -> (0, 1, 2); "3" alone means three seeds, (0, 1, 2); "" -> () (the config's)."""
+  text = text.strip()
+  if not text:
+    return ()
+  try:
+    values = tuple(int(t) for t in text.split(","))
+  except ValueError as e:
+    raise ValueError(f"--seeds={text!r}: expected a count (3) or a comma-separated list of "
+                     "seeds (0,1,2)") from e
+  seeds = tuple(range(values[0])) if "," not in text else values
+  if not seeds:
+    raise ValueError(f"--seeds={text!r}: a count must be positive")
+  check_seeds(seeds)
+  return seeds
+
+
+def plan_runs(ablation: Ablation) -> list[Run]:
+  """Every launch of the ablation, in run order.
+
+  Seed rounds are interleaved (seed 0 of every variant, then seed 1, ...); inside a round each
+  variant comes after the variants it refers to (`dependency_order`).
+  """
+  order = dependency_order(ablation.variants)
+  seeds = ablation.seeds or (None,)
+  return [Run(v, s) for s in seeds for v in order]
 
 
 def run_refs(variant: Variant) -> list[str]:
@@ -117,4 +189,53 @@ def apply_overrides(config: ml_collections.ConfigDict,
       node[leaf] = value
     except (TypeError, ValueError) as e:
       raise TypeError(f"config key {key!r}: cannot set {value!r}: {e}") from e
+  return out
+
+
+def dependency_order(variants: Sequence[Variant]) -> list[Variant]:
+  """The variants in declared order, except that each comes after the variants it refers to.
+
+  Raises ValueError for a reference cycle (and, through check_variants, unknown references).
+  """
+  check_variants(list(variants))
+  by_label = {v.label: v for v in variants}
+  done: list[Variant] = []
+  visiting: list[str] = []
+
+  def visit(v: Variant) -> None:
+    if v in done:
+      return
+    if v.label in visiting:
+      cycle = visiting[visiting.index(v.label):] + [v.label]
+      raise ValueError(f"variants refer to each other in a cycle: {' -> '.join(cycle)}")
+    visiting.append(v.label)
+    for ref in run_refs(v):
+      visit(by_label[ref])
+    visiting.pop()
+    done.append(v)
+
+  for v in variants:
+    visit(v)
+  return done
+
+
+def substitute_runs(overrides: Mapping[str, Any], run_dirs: Mapping[str, str]) -> dict[str, Any]:
+  """`overrides` with every "{run:LABEL}" in a string value replaced by run_dirs[LABEL]."""
+  def sub(value):
+    if not isinstance(value, str):
+      return value
+    return RUN_REF.sub(lambda m: run_dirs[m.group(1)], value)
+  return {k: sub(v) for k, v in overrides.items()}
+
+
+def run_overrides(run: Run, variants: list[Variant],
+                  run_dirs: Mapping[str, str]) -> dict[str, Any]:
+  """What `run` launches with: its effective overrides, `{run:LABEL}` resolved in `run_dirs`
+  (label -> directory of the same seed), and `seed` last when the ablation is seeded."""
+  if run.seed is not None and SEED_KEY in effective_overrides(run.variant, variants):
+    raise ValueError(f"variant {run.variant.label!r} overrides {SEED_KEY!r} inside a seeded "
+                     "ablation; drop the override or the ablation's seeds")
+  out = substitute_runs(effective_overrides(run.variant, variants), run_dirs)
+  if run.seed is not None:
+    out[SEED_KEY] = run.seed
   return out
