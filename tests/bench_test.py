@@ -533,16 +533,27 @@ def test_results_kept_are_the_results_cited_and_every_citation_exists():
                for c in cited), f"bench/results/{f} is cited by no document: delete it"
 
 
+def _anchors(path: str) -> set[str]:
+  """GitHub's heading anchors of a markdown file: lower case, punctuation dropped, spaces -> '-'."""
+  heads = re.findall(r"^#+ (.+)$", open(path).read(), re.M)
+  return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in heads}
+
+
 def test_markdown_links_resolve_inside_the_repository():
-  """Every relative link of README.md, docs/*.md and bench/README.md names an existing file."""
+  """Every relative link of README.md, docs/*.md and bench/README.md names an existing file in
+  the repository, and a #fragment one of that file's headings."""
   pages = ["README.md", "bench/README.md"] + [
       os.path.join("docs", f) for f in os.listdir(os.path.join(_REPO, "docs")) if f.endswith(".md")]
   for page in pages:
     for target in re.findall(r"\]\(([^)\s]+)\)", open(os.path.join(_REPO, page)).read()):
-      if re.match(r"[a-z]+://|#|mailto:", target):
+      if re.match(r"[a-z]+://|mailto:", target):
         continue
-      path = os.path.normpath(os.path.join(_REPO, os.path.dirname(page), target.split("#")[0]))
+      file, _, fragment = target.partition("#")
+      path = os.path.normpath(os.path.join(_REPO, os.path.dirname(page), file) if file
+                              else os.path.join(_REPO, page))  # "#x": a heading of this page
       assert path.startswith(_REPO + os.sep) and os.path.exists(path), (page, target)
+      if fragment and path.endswith(".md"):
+        assert fragment in _anchors(path), (page, target)
 
 
 def test_report_goes_between_the_markers_and_a_missing_marker_is_named():
