@@ -8,7 +8,7 @@
 nn.Conv -> ReLU -> `max_pool_2x2`; ViT blocks: flax LayerNorms, 3-D Dense layers,
 `jax.nn.gelu`'s erfc form, head-major attention einsums); "after" is the current code (the ViT
 also folds each LayerNorm into the next projection since session 3, so its ratio now includes
-that fold). Both are `bench/train_step.JaxRunner` (the
+that fold). Both are `bench/workloads.JaxRunner` (the
 trainer's jitted step on one fixed batch, CPU compiler options included), timed in interleaved
 rounds of alternating order in one process. Parameters are identical, so both start from the same
 state. `--faults` reports the minor page faults and system time of one sim_jax and one PyTorch
@@ -30,9 +30,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import train_step  # noqa: E402  (bench/train_step.py)
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo root
 
+from bench import workloads  # noqa: E402
 from sim_jax.models import encoder, lenet, vit  # noqa: E402
 
 
@@ -126,8 +126,8 @@ def swapped(patches):
 
 
 def faults(workload: str, batch: int) -> None:
-  runners = {"sim_jax": train_step.JaxRunner(workload, batch),
-             "torch": train_step.TorchRunner(workload, batch)}
+  runners = {"sim_jax": workloads.JaxRunner(workload, batch),
+             "torch": workloads.TorchRunner(workload, batch)}
   for name, r in list(runners.items()) * 2:
     before = resource.getrusage(resource.RUSAGE_SELF)
     t0 = time.perf_counter()
@@ -147,15 +147,15 @@ def main() -> None:
   p.add_argument("--steps", type=int, default=None, help="steps per round (default: workload's)")
   p.add_argument("--faults", action="store_true")
   args = p.parse_args()
-  w = train_step.WORKLOADS[args.workload]
+  w = workloads.WORKLOADS[args.workload]
   batch = args.batch or w["batch"]
   if args.faults:
     faults(args.workload, batch)
     return
   steps = args.steps or w["steps"]
   with swapped(BEFORE[args.workload]):
-    runners = {"before": train_step.JaxRunner(args.workload, batch)}
-  runners["after"] = train_step.JaxRunner(args.workload, batch)
+    runners = {"before": workloads.JaxRunner(args.workload, batch)}
+  runners["after"] = workloads.JaxRunner(args.workload, batch)
   times = {k: [] for k in runners}
   for rd in range(args.rounds):
     for k in (list(runners) if rd % 2 == 0 else list(runners)[::-1]):

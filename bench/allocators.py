@@ -9,12 +9,12 @@ time (page faults in 4 KiB pages) unless malloc asks for transparent huge pages
 (`GLIBC_TUNABLES=glibc.malloc.hugetlb=1`); PyTorch makes many mid-size allocations and is fastest
 with tcmalloc, and slowest with huge pages. One process cannot give both frameworks their best
 allocator, so this bench runs every (framework, allocator) pair in its own persistent worker
-(bench/workers.py, reusing bench/train_step.py's JaxRunner / TorchRunner), and times them in
+(bench/workers.py, running bench/workloads.py's JaxRunner / TorchRunner), and times them in
 interleaved rounds: in round r every worker times `--steps` steps once, the order rotated by r,
 after `--warmup_rounds` untimed rounds (an allocator's caches and arenas grow over the first
 steps of a fresh process; a long training run sees the steady state),
 so that load from other jobs hits every pair alike. Each worker takes `--rewarm` untimed steps
-right before its timed ones (train_step.REWARM says why: on these VMs a step right after another
+right before its timed ones (workloads.REWARM says why: on these VMs a step right after another
 process's step re-faults memory the host has taken back).
 
 Allocators: glibc (defaults), glibc_hugetlb (the tunable above), tcmalloc and jemalloc
@@ -52,7 +52,7 @@ import time
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, _REPO)
 
-from bench import train_step, workers  # noqa: E402
+from bench import workers, workloads  # noqa: E402
 
 HUGETLB = "glibc.malloc.hugetlb=1"
 # allocator -> (library file names to look for, or None, extra environment)
@@ -88,9 +88,9 @@ def allocator_envs() -> tuple[dict[str, dict[str, str]], dict[str, str]]:
 def run_workload(name: str, batch: int, rounds: int, steps: int, envs: dict[str, dict],
                  frameworks: tuple[str, ...] = workers.FRAMEWORKS,
                  timeout: float = 1800.0, warmup_rounds: int = 0,
-                 rewarm: int = train_step.REWARM) -> dict:
+                 rewarm: int = workloads.REWARM) -> dict:
   """Start a worker per (framework, allocator), time `rounds` rotated rounds, summarise."""
-  images = batch * train_step.WORKLOADS[name]["per_item"]
+  images = batch * workloads.WORKLOADS[name]["per_item"]
   specs = [dict(label=f"{fw}/{a}", framework=fw, workload=name, batch=batch, timeout=timeout,
                 env=workers.worker_env(env, clear_allocator=True))
            for fw in frameworks for a, env in envs.items()]
@@ -178,7 +178,7 @@ def _rewarm_note(result: dict) -> str:
 
 
 def markdown(result: dict) -> str:
-  """A table of every (workload, framework, allocator) and the ratios, for bench/README.md."""
+  """A table of every (workload, framework, allocator) and the ratios (bench/results/)."""
   end = result.get("load_avg_at_end")
   lines = [
       f"Measured {result['date']} (load average at start {result['load_avg_at_start'][0]:.1f}"
@@ -225,11 +225,11 @@ def markdown(result: dict) -> str:
 def parse_args(argv=None):
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--quick", action="store_true", help="batch 8, 2 rounds of 1 step")
-  p.add_argument("--workloads", default=",".join(train_step.WORKLOADS))
+  p.add_argument("--workloads", default=",".join(workloads.WORKLOADS))
   p.add_argument("--frameworks", default=",".join(workers.FRAMEWORKS))
   p.add_argument("--allocators", default=",".join(ALLOCATOR_ORDER))
   p.add_argument("--rounds", type=int, default=5)
-  p.add_argument("--rewarm", type=int, default=train_step.REWARM,
+  p.add_argument("--rewarm", type=int, default=workloads.REWARM,
                  help="untimed steps each worker takes right before its timed ones per round")
   p.add_argument("--warmup_rounds", type=int, default=None,
                  help="untimed rounds first (default 1; 0 with --quick)")
@@ -252,8 +252,8 @@ def main(argv=None) -> dict:
   args.warmup_rounds = 1 if args.warmup_rounds is None else args.warmup_rounds
   names = [n for n in args.workloads.split(",") if n]
   for n in names:
-    if n not in train_step.WORKLOADS:
-      raise ValueError(f"--workloads names {n!r}; expected some of {sorted(train_step.WORKLOADS)}")
+    if n not in workloads.WORKLOADS:
+      raise ValueError(f"--workloads names {n!r}; expected some of {sorted(workloads.WORKLOADS)}")
   frameworks = tuple(f for f in args.frameworks.split(",") if f)
   for f in frameworks:
     if f not in workers.FRAMEWORKS:
@@ -273,8 +273,8 @@ def main(argv=None) -> dict:
             "skipped": {a: w for a, w in skipped.items() if a in wanted},
             "frameworks": list(frameworks), "workloads": []}
   for n in names:
-    batch = args.batch or train_step.WORKLOADS[n]["batch"]
-    steps = args.steps or train_step.WORKLOADS[n]["steps"]
+    batch = args.batch or workloads.WORKLOADS[n]["batch"]
+    steps = args.steps or workloads.WORKLOADS[n]["steps"]
     try:
       w = run_workload(n, batch, args.rounds, steps, envs, frameworks, args.timeout,
                        args.warmup_rounds, args.rewarm)
@@ -287,7 +287,7 @@ def main(argv=None) -> dict:
     result["workloads"].append(w)
   result["best_overall"] = best_overall(result["workloads"])
   result["load_avg_at_end"] = os.getloadavg()
-  train_step.write_results(result, args.out, args.md, markdown(result))
+  workloads.write_results(result, args.out, args.md, markdown(result))
   return result
 
 

@@ -2,7 +2,7 @@
 
   python bench/input_pipeline.py [--quick] [--config=configs/default.py]
 
-Writes bench/input_pipeline.json and docs/bench_input_pipeline.md. The step is the trainer's own:
+Writes bench/results/input_pipeline.json and .md. The step is the trainer's own:
 `sim_jax.train.Trainer(config, workdir).jit_train_step()` (model, loss, on-device augmentation,
 optimizer of the config), fed as `train_and_evaluate` feeds it: `next(iterator)` ->
 `sharding.host_to_global` -> step, with JAX's asynchronous dispatch.
@@ -118,8 +118,9 @@ def main():
   p = argparse.ArgumentParser()
   p.add_argument("--quick", action="store_true", help="few steps: checks that the bench runs")
   p.add_argument("--config", default=os.path.join(_REPO, "configs", "default.py"))
-  p.add_argument("--out", default=os.path.join(_REPO, "bench", "input_pipeline.json"))
-  p.add_argument("--table", default=os.path.join(_REPO, "docs", "bench_input_pipeline.md"))
+  p.add_argument("--out", default=os.path.join(_REPO, "bench", "results", "input_pipeline.json"))
+  p.add_argument("--table",
+                 default=os.path.join(_REPO, "bench", "results", "input_pipeline.md"))
   args = p.parse_args()
   cfg = load_config(args.config)
   steps = 8 if args.quick else 60

@@ -14,7 +14,7 @@ RSS cap or --max_seconds. The largest N of each implementation is reported. Writ
 markdown table.
 
   python bench/loss_scaling.py --quick                 # small N, a minute
-  python bench/loss_scaling.py --out docs/bench_loss_scaling  # full run
+  python bench/loss_scaling.py                         # full run: bench/results/loss_scaling.*
   python bench/loss_scaling.py --memory_only_n=262144  # compile-only XLA memory at a large N
   python bench/loss_scaling.py --impls streaming --block_size 256,512,1024,2048  # block sweep
 """
@@ -249,7 +249,7 @@ def main():
   parser.add_argument("--max_seconds", type=float, default=300.0)
   parser.add_argument("--memory_only_n", default="",
                       help="comma-separated N to compile (not run) and report XLA temp memory")
-  parser.add_argument("--out", default="bench_loss_scaling",
+  parser.add_argument("--out", default="bench/results/loss_scaling",
                       help="output prefix: writes <out>.json and <out>.md")
   args = parser.parse_args()
 

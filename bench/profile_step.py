@@ -4,7 +4,7 @@
   python bench/profile_step.py --workload=vit_ti --override train.parallel_splits=4
   python bench/profile_step.py --workload=resnet18 --batch=32 --top=20
 
-Builds the benchmark's step (`bench/train_step.JaxRunner`: the trainer's jitted step on one
+Builds the benchmark's step (`bench/workloads.JaxRunner`: the trainer's jitted step on one
 fixed batch, CPU compiler options included), runs it once to warm up, then once under
 `jax.profiler.trace(create_perfetto_trace=True)` with XLA:CPU's per-thunk trace events
 (`--xla_cpu_enable_xprof_traceme=true`, added to XLA_FLAGS before JAX starts). It sums the
@@ -16,7 +16,7 @@ trace's complete events by HLO instruction and prints:
 The times are each thunk's own span on the thread that ran it. Two caveats when reading them:
 thunks without dependencies run concurrently (a fusion's span then includes waiting for cores
 another one holds), and XLA/Eigen `dot` thunks return before their work on the thread pool is
-done, so their spans under-count them (bench/README.md: "profile of the ViT-Ti step").
+done, so their spans under-count them (docs/performance.md: "profile of the ViT-Ti step").
 """
 
 from __future__ import annotations
@@ -104,12 +104,13 @@ def fusion_table(hlo: str, total: collections.Counter) -> list[dict]:
 
 
 def profile(workload: str, batch: int, overrides: dict, top: int) -> dict:
+  # Imported here, not at the top: main() must put the traceme flag into XLA_FLAGS before JAX
+  # is first imported (bench.workloads imports it).
   import jax
 
-  sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-  import train_step
+  from bench import workloads
   # One step per execution unless asked otherwise, so the trace holds exactly one step.
-  runner = train_step.JaxRunner(workload, batch, {"train.steps_per_execution": 1, **overrides})
+  runner = workloads.JaxRunner(workload, batch, {"train.steps_per_execution": 1, **overrides})
   runner.run(1)
   logdir = tempfile.mkdtemp(prefix="sim_jax_profile_")
   t0 = time.perf_counter()
@@ -166,13 +167,13 @@ def main(argv=None) -> dict:
     if "jax" in sys.modules:
       raise RuntimeError(f"XLA_FLAGS must contain {_TRACEME} before JAX is imported")
     os.environ["XLA_FLAGS"] = f"{flags} {_TRACEME}".strip()
-  sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-  import train_step
-  if args.workload not in train_step.WORKLOADS:
+  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # repo root
+  from bench import workloads  # after XLA_FLAGS is set (see profile)
+  if args.workload not in workloads.WORKLOADS:
     raise ValueError(f"--workload={args.workload!r}; expected one of "
-                     f"{sorted(train_step.WORKLOADS)}")
-  r = profile(args.workload, args.batch or train_step.WORKLOADS[args.workload]["batch"],
-              train_step._parse_overrides(args.override), args.top)
+                     f"{sorted(workloads.WORKLOADS)}")
+  r = profile(args.workload, args.batch or workloads.WORKLOADS[args.workload]["batch"],
+              workloads.parse_overrides(args.override), args.top)
   print(report(r))
   if args.out:
     with open(args.out, "w") as f:

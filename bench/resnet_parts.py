@@ -4,7 +4,7 @@
   python bench/resnet_parts.py --part=ablate --workloads=resnet18,multiscale --repeats=4
   python bench/resnet_parts.py --part=wgrad --repeats=5
 
-Part "ablate": the benchmark's train step (`bench/train_step.JaxRunner` / `TorchRunner`: same
+Part "ablate": the benchmark's train step (`bench/workloads.JaxRunner` / `TorchRunner`: same
 model, loss, batch and optimizer in both frameworks) with and without batch norm, in both
 frameworks, timed in interleaved rounds in one process. Without batch norm every BN layer is the
 identity in both twins (`no_batch_norm()`), so the difference "with - without" is what batch norm
@@ -36,8 +36,9 @@ import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import train_step  # noqa: E402  (bench/train_step.py)
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo root
+
+from bench import workloads  # noqa: E402
 
 # (H = W, C_in = C_out) of ResNet-18's 3x3 stride-1 convolutions at 32 px with the small stem.
 STAGE_SHAPES = ((32, 64), (16, 128), (8, 256), (4, 512))
@@ -84,9 +85,9 @@ def _usage() -> np.ndarray:
 
 def ablate(name: str, batch: int, repeats: int) -> dict:
   """Interleaved rounds of one step each: {variant: {framework: step_s, faults, user_s, sys_s}}."""
-  runners = {"with_bn": (train_step.JaxRunner(name, batch), train_step.TorchRunner(name, batch))}
+  runners = {"with_bn": (workloads.JaxRunner(name, batch), workloads.TorchRunner(name, batch))}
   with no_batch_norm():
-    runners["no_bn"] = (train_step.JaxRunner(name, batch), train_step.TorchRunner(name, batch))
+    runners["no_bn"] = (workloads.JaxRunner(name, batch), workloads.TorchRunner(name, batch))
   rec = {v: {fw: {"step_s": [], "minor_faults": [], "user_s": [], "sys_s": []}
              for fw in ("sim_jax", "torch")} for v in runners}
   order = [(v, fw, r) for v, pair in runners.items() for fw, r in zip(("sim_jax", "torch"), pair)]
@@ -243,13 +244,13 @@ def main(argv=None) -> dict:
   p.add_argument("--wgrad_n", type=int, default=256, help="images in the weight-gradient part")
   p.add_argument("--out", default=None)
   args = p.parse_args(argv)
-  result = {"date": time.strftime("%Y-%m-%d %H:%M"), "environment": train_step.environment()}
+  result = {"date": time.strftime("%Y-%m-%d %H:%M"), "environment": workloads.environment()}
   if args.part in ("all", "ablate"):
     result["ablate"] = []
     for name in args.workloads.split(","):
-      if name not in train_step.WORKLOADS:
-        raise ValueError(f"--workloads: {name!r} is not one of {sorted(train_step.WORKLOADS)}")
-      result["ablate"].append(ablate(name, args.batch or train_step.WORKLOADS[name]["batch"],
+      if name not in workloads.WORKLOADS:
+        raise ValueError(f"--workloads: {name!r} is not one of {sorted(workloads.WORKLOADS)}")
+      result["ablate"].append(ablate(name, args.batch or workloads.WORKLOADS[name]["batch"],
                                      args.repeats))
   if args.part in ("all", "wgrad"):
     result["wgrad"] = wgrad(args.wgrad_n, args.repeats)

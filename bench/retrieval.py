@@ -38,7 +38,7 @@ def parse_args():
   p.add_argument("--repeats", type=int, default=2, help="timed rounds (best is kept)")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--out", default="bench/results/retrieval.json")
-  p.add_argument("--md", default="docs/bench_retrieval.md")
+  p.add_argument("--md", default="bench/results/retrieval.md")
   p.add_argument("--md_from_json", default="",
                  help="only rewrite --md from a saved JSON result (no benchmark run)")
   p.add_argument("--note", default="", help="a sentence added to the markdown (e.g. machine load)")

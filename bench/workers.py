@@ -2,7 +2,7 @@
 
 Why: the memory allocator is chosen when a process starts (`LD_PRELOAD`, `GLIBC_TUNABLES`), and
 sim_jax and PyTorch want different ones (XLA:CPU: glibc with transparent huge pages; PyTorch:
-tcmalloc; docs/cpu_performance.md). A fair side-by-side comparison therefore runs each framework
+tcmalloc; docs/performance.md). A fair side-by-side comparison therefore runs each framework
 in its own process with its own environment, and still interleaves their timed rounds so that
 load from other jobs on a shared machine hits both alike. The parent starts one `Worker` per
 (framework, environment), waits until each has built and warmed its step, then asks them in turn
@@ -32,7 +32,13 @@ import tempfile
 import time
 import traceback
 
+import jax
+
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, _REPO)  # `python bench/workers.py` puts bench/, not the repo, on the path
+
+from bench import workloads  # noqa: E402
+
 FRAMEWORKS = ("sim_jax", "torch")
 # Variables that choose the allocator: cleared for a worker whose environment is a named
 # allocator preset, so "glibc" means glibc's defaults even when the parent runs under another.
@@ -137,7 +143,7 @@ class Worker:
     return self._readline()
 
   def step(self, n: int, rewarm: int = 0) -> dict:
-    """Times n steps; with `rewarm`, after that many untimed ones (train_step.REWARM)."""
+    """Times n steps; with `rewarm`, after that many untimed ones (workloads.REWARM)."""
     if rewarm:
       self.request("step", n=rewarm)
     return self.request("step", n=n)
@@ -215,24 +221,21 @@ def serve(spec: dict) -> None:
     proto.flush()
 
   try:
-    sys.path.insert(0, _REPO)
-    from bench import train_step
     fw, name, batch = spec["framework"], spec["workload"], spec["batch"]
     info = {"ready": True, "pid": os.getpid(), "framework": fw,
             "env": {k: os.environ[k] for k in ALLOCATOR_VARS if k in os.environ},
             "malloc_libs": loaded_malloc_libs(), "affinity": len(os.sched_getaffinity(0))}
     if fw == "sim_jax":
-      import jax
-      runner = train_step.JaxRunner(name, batch, spec.get("overrides"))
+      runner = workloads.JaxRunner(name, batch, spec.get("overrides"))
       info.update(compile_s=runner.compile_s, step_flops=runner.flops,
                   xla_temp_bytes=runner.temp_bytes, jax_devices=[str(d) for d in jax.devices()],
                   steps_per_execution=runner.per_execution)
       if spec.get("matmul_n"):
-        info["matmul_flops_per_s"] = train_step.matmul_rate(spec["matmul_n"])
+        info["matmul_flops_per_s"] = workloads.matmul_rate(spec["matmul_n"])
     else:
-      import torch
-      runner = train_step.TorchRunner(name, batch)
-      info.update(first_step_s=runner.first_step_s, torch_threads=torch.get_num_threads())
+      runner = workloads.TorchRunner(name, batch)
+      info.update(first_step_s=runner.first_step_s,
+                  torch_threads=runner.torch.get_num_threads())
   except Exception:  # noqa: BLE001 - reported to the parent, which raises it with our stderr
     send({"error": traceback.format_exc()})
     return
@@ -257,7 +260,7 @@ def serve(spec: dict) -> None:
       elif cmd == "loss" and fw == "sim_jax":
         send({"loss": runner.loss()})
       elif cmd == "stats":
-        stats = {"peak_rss_bytes": train_step.peak_rss_bytes()}
+        stats = {"peak_rss_bytes": workloads.peak_rss_bytes()}
         if fw == "sim_jax":  # updates taken, from the train state itself (warm-ups included)
           stats["train_state_step"] = int(runner.state.step)
         send(stats)

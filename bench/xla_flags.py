@@ -1,10 +1,10 @@
 """Which XLA:CPU flags pay on sim_jax's real train step: one subprocess per flag set, in rounds.
 
   python bench/xla_flags.py --quick                         # batch 8, LeNet-5: checks it runs
-  python bench/xla_flags.py --workload=resnet18 --batch=64  # the screen behind bench/README.md
+  python bench/xla_flags.py --workload=resnet18 --batch=64  # the screen in docs/performance.md
 
 XLA_FLAGS is read once per process, so each flag set (and the PyTorch twin, as the yardstick)
-runs in its own subprocess: build `bench.train_step.JaxRunner` (lower + compile, one warm-up
+runs in its own subprocess: build `bench.workloads.JaxRunner` (lower + compile, one warm-up
 step), then time `--steps` steps one at a time. The whole sweep is repeated `--rounds` times
 with the order reversed every other round, so that load from other jobs on a shared machine
 hits every flag set alike; reported per flag set: step seconds min / median over every timed
@@ -25,6 +25,9 @@ import sys
 import time
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, _REPO)  # `python bench/xla_flags.py` puts bench/, not the repo, on the path
+
+from bench import workloads  # noqa: E402
 
 # label -> XLA_FLAGS. Names and values checked against jaxlib 0.10.2's flag table (an unknown
 # value aborts the process with the flag listing, so a typo cannot pass as "no effect"). Every
@@ -45,7 +48,7 @@ FLAG_SETS = {
     "fast_math": "--xla_cpu_enable_fast_math=true",
 }
 
-# label -> XLA compile options merged over the trainer's (bench.train_step's "xla." overrides).
+# label -> XLA compile options merged over the trainer's (JaxRunner's "xla." overrides).
 COMPILE_OPTIONS = {
     "ynn_conv": {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_DOT,"
                  "LIBRARY_FUSION_TYPE_REDUCE,LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION"},
@@ -54,13 +57,11 @@ COMPILE_OPTIONS = {
 
 def _child(args: dict) -> dict:
   """Runs in the subprocess: time the step (or the torch twin) `steps` times, one at a time."""
-  sys.path.insert(0, _REPO)
-  from bench import train_step
   if args["label"] == "torch":
-    r = train_step.TorchRunner(args["workload"], args["batch"])
+    r = workloads.TorchRunner(args["workload"], args["batch"])
     compile_s, targets = 0.0, {}
   else:
-    r = train_step.JaxRunner(args["workload"], args["batch"], {
+    r = workloads.JaxRunner(args["workload"], args["batch"], {
         f"xla.{k}": v for k, v in COMPILE_OPTIONS.get(args["label"], {}).items()})
     compile_s = r.compile_s
     hlo = r.compiled.as_text()

@@ -1,41 +1,56 @@
-"""bench/train_step.py: the PyTorch twins match sim_jax's models, one tiny step runs, tables."""
+"""bench/: the PyTorch twins match sim_jax's models, one tiny step runs, tables, no import cycle."""
 
+import ast
+import fnmatch
 import json
 import os
+import re
 
+import flax.linen as nn
 import jax
 import numpy as np
 import pytest
+import torch
 
-from bench import train_step
+from bench import (
+    allocators,
+    fault_probe,
+    profile_step,
+    resnet_parts,
+    run_all,
+    train_step,
+    workers,
+    workloads,
+    xla_flags,
+)
+from sim_jax import train
+from sim_jax.models.encoder import max_pool_2x2
 
 
-@pytest.mark.parametrize("name", sorted(train_step.WORKLOADS))
+@pytest.mark.parametrize("name", sorted(workloads.WORKLOADS))
 def test_torch_twin_has_sim_jax_parameter_count(name):
   """Same layers, widths and heads: the trainable parameter counts agree exactly."""
-  from sim_jax import train
-  cfg = train_step.workload_config(name, batch=4)
+  cfg = workloads.workload_config(name, batch=4)
   model = train.create_model(cfg)
-  shape = train_step.WORKLOADS[name]["shape"]
+  shape = workloads.WORKLOADS[name]["shape"]
   variables = jax.eval_shape(lambda: model.init(
       {"params": jax.random.PRNGKey(0), "dropout": jax.random.PRNGKey(1)},
       np.zeros((2, *shape), np.float32), train=False))
   n_jax = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(variables["params"]))
-  twin = train_step.torch_model(name)
+  twin = workloads.torch_model(name)
   n_torch = sum(p.numel() for p in twin.parameters() if p.requires_grad)
   assert n_jax == n_torch, (name, n_jax, n_torch)
-  import torch
   emb = twin(torch.rand(3, shape[2], shape[0], shape[1]))
-  assert emb.shape == (3, train_step.WORKLOADS[name]["embedding_dim"])
+  assert emb.shape == (3, workloads.WORKLOADS[name]["embedding_dim"])
   np.testing.assert_allclose(emb.norm(dim=1).detach().numpy(), 1.0, rtol=1e-5)
 
 
 def test_make_batch_matches_the_trainer_wire_format():
-  pairs = train_step.make_batch("lenet5", 6)
+  pairs = workloads.make_batch("lenet5", 6)
   assert pairs["image"].shape == (6, 2, 28, 28, 1) and pairs["image"].dtype == np.uint8
   np.testing.assert_array_equal(pairs["same"], pairs["label"][:, 0] == pairs["label"][:, 1])
   assert pairs["same"][:3].all()  # first half positive by construction
-  pk = train_step.make_batch("multiscale", 8)
+  pk = workloads.make_batch("multiscale", 8)
   np.testing.assert_array_equal(pk["label"], [0, 0, 0, 0, 1, 1, 1, 1])  # P x K, K = 4
 
 
@@ -53,7 +68,7 @@ def test_lenet_step_runs_and_reports():
       "spe2": {"train.steps_per_execution": 2}})
   assert r["images_per_step"] == 8
   # The start-up step, then per round one untimed re-warm step (REWARM) before the timed one.
-  assert r["rewarm"] == train_step.REWARM == 1 and r["sim_jax_steps_taken"] == 1 + 2 * (1 + 1)
+  assert r["rewarm"] == workloads.REWARM == 1 and r["sim_jax_steps_taken"] == 1 + 2 * (1 + 1)
   assert r["step_flops"] > 0 and np.isfinite(r["loss_after"])
   assert r["sim_jax"]["img_per_s_min"] > 0 and r["torch"]["img_per_s_min"] > 0
   np.testing.assert_allclose(
@@ -108,18 +123,17 @@ def test_markdown_states_the_rewarm_protocol():
 
 
 def test_overrides_are_typed_and_checked():
-  assert train_step._parse_overrides(["model.dtype=bfloat16", "train.steps=3", "x.y=0.5",
+  assert workloads.parse_overrides(["model.dtype=bfloat16", "train.steps=3", "x.y=0.5",
                                       "model.remat=True"]) == {
       "model.dtype": "bfloat16", "train.steps": 3, "x.y": 0.5, "model.remat": True}
   with pytest.raises(ValueError, match="key=value"):
-    train_step._parse_overrides(["model.dtype"])
-  cfg = train_step.workload_config("vit_ti", 4, {"model.dtype": "bfloat16"})
+    workloads.parse_overrides(["model.dtype"])
+  cfg = workloads.workload_config("vit_ti", 4, {"model.dtype": "bfloat16"})
   assert cfg.model.dtype == "bfloat16" and cfg.model.patch_size == 4
 
 
 def _ynn_conv_fusions(hlo: str) -> int:
   """Fusions handed to YNNPACK whose source op is a convolution, in an optimised HLO text."""
-  import re
   return len(re.findall(r'op_name="[^"]*conv_general_dilated"[^\n]*__ynn_fusion', hlo))
 
 
@@ -128,8 +142,8 @@ def test_cpu_step_uses_eigen_convolutions_and_matches_the_ynnpack_compile():
   live: restoring jaxlib's default list brings YNNPACK convolutions back), and the two conv
   implementations give the same training trajectory (each is the other's reference)."""
   overrides = {"model.name": "resnet_tiny", "model.width": 16}
-  eigen = train_step.JaxRunner("resnet18", 8, overrides)
-  ynn = train_step.JaxRunner("resnet18", 8, {
+  eigen = workloads.JaxRunner("resnet18", 8, overrides)
+  ynn = workloads.JaxRunner("resnet18", 8, {
       **overrides, "xla.xla_cpu_experimental_ynn_fusion_type": train_step.YNN_DEFAULT})
   assert _ynn_conv_fusions(eigen.compiled.as_text()) == 0
   assert _ynn_conv_fusions(ynn.compiled.as_text()) > 0
@@ -144,10 +158,7 @@ def test_max_pool_2x2_matches_torch_and_flax_values_and_gradients(shape, ties):
   """The performance rewrite of 2x2 max pooling (LeNet-5, multi-scale) keeps the semantics of
   torch.nn.functional.max_pool2d and nn.max_pool: odd edges dropped, the gradient of a window
   goes to its first maximum (integer inputs make ties common)."""
-  import flax.linen as nn
-  import torch
 
-  from sim_jax.models.encoder import max_pool_2x2
   rng = np.random.default_rng(0)
   x = (rng.integers(0, 3, shape) if ties else rng.normal(size=shape)).astype(np.float32)
   g = rng.normal(size=(shape[0], shape[1] // 2, shape[2] // 2, shape[3])).astype(np.float32)
@@ -164,7 +175,6 @@ def test_max_pool_2x2_matches_torch_and_flax_values_and_gradients(shape, ties):
 
 
 def test_xla_flag_table_lists_every_set_with_its_speedup_or_error():
-  from bench import run_all, xla_flags
   assert "default" in xla_flags.FLAG_SETS and xla_flags.FLAG_SETS["default"] == ""
   assert set(xla_flags.COMPILE_OPTIONS) <= set(xla_flags.FLAG_SETS)
   r = {"workload": "resnet18", "batch": 4, "images_per_step": 8, "rounds": 2, "steps": 1,
@@ -187,9 +197,7 @@ def test_xla_flag_table_lists_every_set_with_its_speedup_or_error():
 
 def _malloc_preloads_or_skip():
   """tcmalloc and jemalloc .so paths; CI installs them (.ci/run), so there a miss is a failure."""
-  import os
 
-  from bench import allocators
   envs, skipped = allocators.allocator_envs()
   if skipped:
     why = "; ".join(f"{k}: {v}" for k, v in skipped.items())
@@ -200,7 +208,6 @@ def _malloc_preloads_or_skip():
 
 
 def test_parse_env_keeps_equals_in_values_and_names_bad_items():
-  from bench import workers
   assert workers.parse_env(["GLIBC_TUNABLES=glibc.malloc.hugetlb=1", "LD_PRELOAD="]) == {
       "GLIBC_TUNABLES": "glibc.malloc.hugetlb=1", "LD_PRELOAD": ""}
   for bad in ("LD_PRELOAD", "=x", "A B=1"):
@@ -209,7 +216,6 @@ def test_parse_env_keeps_equals_in_values_and_names_bad_items():
 
 
 def test_worker_env_clears_inherited_allocator_settings(monkeypatch):
-  from bench import workers
   monkeypatch.setenv("LD_PRELOAD", "/x/libjemalloc.so.2")
   monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.hugetlb=1")
   env = workers.worker_env({"LD_PRELOAD": "/y.so"}, clear_allocator=True)
@@ -220,7 +226,6 @@ def test_worker_env_clears_inherited_allocator_settings(monkeypatch):
 
 
 def test_failing_worker_raises_with_its_error():
-  from bench import workers
   w = workers.Worker("t", "torch", "no_such_workload", 4, workers.worker_env(), timeout=120)
   with pytest.raises(workers.WorkerError, match="no_such_workload"):
     w.wait_ready()
@@ -243,7 +248,6 @@ def _alloc_result():
 
 
 def test_best_overall_is_the_geometric_mean_winner_and_best_envs_falls_back_to_it():
-  from bench import allocators
   r = _alloc_result()
   # sim_jax: hugetlb 1.1 * 0.5 = 0.55 < glibc 1 < tcmalloc 1.2 * 1.25; torch: tcmalloc
   # 0.5 * 1.1 = 0.55 < glibc 1 < hugetlb 2.4.
@@ -330,7 +334,6 @@ def test_allocator_bench_quick_then_train_step_with_the_winners(tmp_path):
   loaded that malloc (/proc/self/maps), winners and ratios follow from the raw times, and
   train_step --envs=best runs each framework under its winner."""
   _malloc_preloads_or_skip()
-  from bench import allocators
   res = allocators.main(["--quick", "--workloads=lenet5", "--warmup_rounds=1",
                          f"--out={tmp_path}/a.json", f"--md={tmp_path}/a.md"])
   (w,) = res["workloads"]
@@ -370,7 +373,6 @@ def test_allocator_bench_quick_then_train_step_with_the_winners(tmp_path):
 
 def test_profile_parsing_sums_spans_per_op_and_counts_dot_flops():
   """bench/profile_step.py's trace and HLO parsing, against hand-computed values."""
-  from bench import profile_step
   events = [{"ph": "X", "name": "ynn_fusion.3", "dur": 10}, {"ph": "X", "name": "ynn_fusion.7",
             "dur": 5}, {"ph": "X", "name": "ynn_fusion.3", "dur": 1}, {"ph": "i", "name": "x"},
             {"ph": "X", "name": "$train_step.py:173 run", "dur": 99},
@@ -403,7 +405,6 @@ def _weight_grad_loop(x, g):
 
 def test_weight_grad_formulations_match_a_numpy_loop():
   """bench/resnet_parts: the stacked-images weight gradient and jax.vjp's, against the taps."""
-  from bench import resnet_parts
   rng = np.random.default_rng(3)
   x = rng.standard_normal((3, 5, 4, 2)).astype(np.float32)  # H != W catches a swapped axis
   g = rng.standard_normal((3, 5, 4, 3)).astype(np.float32)
@@ -413,17 +414,14 @@ def test_weight_grad_formulations_match_a_numpy_loop():
 
 
 def test_no_batch_norm_removes_it_from_both_twins_and_restores_it():
-  import torch
 
-  from bench import resnet_parts
-  from sim_jax import train
   real_bn = torch.nn.BatchNorm2d  # the context swaps the name torch.nn.BatchNorm2d itself
 
   def counts():
-    cfg = train_step.workload_config("resnet18", batch=4)
+    cfg = workloads.workload_config("resnet18", batch=4)
     v = jax.eval_shape(lambda: train.create_model(cfg).init(
         {"params": jax.random.PRNGKey(0)}, np.zeros((2, 32, 32, 3), np.float32), train=False))
-    twin = train_step.torch_model("resnet18")
+    twin = workloads.torch_model("resnet18")
     return (len(jax.tree.leaves(v.get("batch_stats", {}))),
             sum(isinstance(m, real_bn) for m in twin.modules()))
 
@@ -437,7 +435,6 @@ def test_no_batch_norm_removes_it_from_both_twins_and_restores_it():
 def test_fault_probe_counts_one_fault_per_fresh_page(tmp_path):
   """bench/fault_probe.py: the kernel's own counter sees every page of a fresh mapping faulted
   (with transparent huge pages `always`, one fault per 2 MiB at best)."""
-  from bench import fault_probe
   res = fault_probe.main(["--gib=0.0625", "--waits=0,0,0.2", f"--out={tmp_path}/f.json"])
   pages = 2**26 // 4096
   thp = "/sys/kernel/mm/transparent_hugepage/enabled"
@@ -450,3 +447,120 @@ def test_fault_probe_counts_one_fault_per_fresh_page(tmp_path):
   assert json.loads((tmp_path / "f.json").read_text())["bytes"] == 2**26
   with pytest.raises(ValueError, match="-1"):
     fault_probe.main(["--waits=0,-1", f"--out={tmp_path}/g.json"])
+
+
+# ------------------------------------------------------------------ repository surface
+
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _imported_modules(path: str) -> set[str]:
+  """Every module name an `import` / `from ... import` statement of the file names (any depth)."""
+  names = set()
+  for node in ast.walk(ast.parse(open(path).read())):
+    if isinstance(node, ast.Import):
+      names |= {a.name for a in node.names}
+    elif isinstance(node, ast.ImportFrom) and node.module:
+      names.add(node.module)
+      names |= {f"{node.module}.{a.name}" for a in node.names}
+  return names
+
+
+def test_bench_modules_import_each_other_one_way():
+  """The import graph of bench/*.py, read from the source files, is acyclic (issue 22), and the
+  shared runners module depends on no other bench module."""
+  bench_dir = os.path.join(_REPO, "bench")
+  mods = sorted(f[:-3] for f in os.listdir(bench_dir) if f.endswith(".py") and f != "__init__.py")
+  graph = {m: {n for n in mods for name in _imported_modules(os.path.join(bench_dir, f"{m}.py"))
+               if name in (f"bench.{n}", n)} - {m} for m in mods}
+  assert graph["workloads"] == set(), graph["workloads"]
+  assert "train_step" in graph["run_all"] and "workloads" in graph["workers"]  # the parser sees
+  state = dict.fromkeys(mods, 0)  # 0 unvisited, 1 on the current path, 2 done
+
+  def visit(m, path):
+    state[m] = 1
+    for n in sorted(graph[m]):
+      assert state[n] != 1, f"import cycle: {' -> '.join(path + [m, n])}"
+      if state[n] == 0:
+        visit(n, path + [m])
+    state[m] = 2
+
+  for m in mods:
+    if state[m] == 0:
+      visit(m, [])
+
+
+def test_sim_jax_imports_neither_configs_nor_bench_and_the_wheel_takes_only_sim_jax():
+  """The wheel installs `sim_jax` alone, so nothing in it may import the repo's configs/ or
+  bench/ (launch.py loads a config by file path instead)."""
+  for root, _, files in os.walk(os.path.join(_REPO, "sim_jax")):
+    for f in files:
+      if f.endswith(".py"):
+        bad = {n for n in _imported_modules(os.path.join(root, f))
+               if n.split(".")[0] in ("configs", "bench")}
+        assert not bad, (os.path.join(root, f), bad)
+  text = open(os.path.join(_REPO, "pyproject.toml")).read()
+  section = text.split("[tool.setuptools.packages.find]", 1)[1].split("\n[", 1)[0]
+  assert re.search(r'^include = \["sim_jax\*"\]$', section, re.M), section
+
+
+def _cited_results(text: str) -> set[str]:
+  """bench/results paths a document names, globs and {a,b} alternatives expanded."""
+  out = set()
+  for m in re.finditer(r"bench/results/([A-Za-z0-9_.*{},-]+)", text):
+    name = m.group(1).rstrip(".,")
+    brace = re.search(r"\{([^}]*)\}", name)
+    alts = ([name[:brace.start()] + a + name[brace.end():] for a in brace.group(1).split(",")]
+            if brace else [name])
+    out |= set(alts)
+  return out
+
+
+def test_results_kept_are_the_results_cited_and_every_citation_exists():
+  """bench/results/ keeps what docs/performance.md and the README cite (and each kept JSON's
+  markdown twin), and every file they cite is there."""
+  docs = "".join(open(os.path.join(_REPO, p)).read()
+                 for p in ("README.md", "docs/performance.md", "bench/README.md"))
+  cited = _cited_results(docs)
+  kept = {f for f in os.listdir(os.path.join(_REPO, "bench", "results")) if "_quick" not in f}
+  written = {"allocators.json"}  # an output a command names, not a kept result
+  for c in cited - written:
+    if "." in c and "_quick" not in c:  # a file or glob; not an --out prefix or a smoke output
+      assert fnmatch.filter(kept, c), f"docs cite bench/results/{c}, which is not there"
+  for f in kept:
+    stem = f.rsplit(".", 1)[0]
+    assert any(fnmatch.fnmatch(f, c) or fnmatch.fnmatch(stem + ".json", c) or c == stem
+               for c in cited), f"bench/results/{f} is cited by no document: delete it"
+
+
+def _anchors(path: str) -> set[str]:
+  """GitHub's heading anchors of a markdown file: lower case, punctuation dropped, spaces -> '-'."""
+  heads = re.findall(r"^#+ (.+)$", open(path).read(), re.M)
+  return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in heads}
+
+
+def test_markdown_links_resolve_inside_the_repository():
+  """Every relative link of README.md, docs/*.md and bench/README.md names an existing file in
+  the repository, and a #fragment one of that file's headings."""
+  pages = ["README.md", "bench/README.md"] + [
+      os.path.join("docs", f) for f in os.listdir(os.path.join(_REPO, "docs")) if f.endswith(".md")]
+  for page in pages:
+    for target in re.findall(r"\]\(([^)\s]+)\)", open(os.path.join(_REPO, page)).read()):
+      if re.match(r"[a-z]+://|mailto:", target):
+        continue
+      file, _, fragment = target.partition("#")
+      path = os.path.normpath(os.path.join(_REPO, os.path.dirname(page), file) if file
+                              else os.path.join(_REPO, page))  # "#x": a heading of this page
+      assert path.startswith(_REPO + os.sep) and os.path.exists(path), (page, target)
+      if fragment and path.endswith(".md"):
+        assert fragment in _anchors(path), (page, target)
+
+
+def test_report_goes_between_the_markers_and_a_missing_marker_is_named():
+  doc = f"# T\n\nhand text\n{run_all.BEGIN}\nold\n{run_all.END}\n\nmore hand text\n"
+  assert run_all.replace_generated(doc, "new\n") == (
+      f"# T\n\nhand text\n{run_all.BEGIN}\nnew\n{run_all.END}\n\nmore hand text\n")
+  with pytest.raises(ValueError, match="performance.md"):
+    run_all.replace_generated("# T\n", "new")
+  with open(run_all.PERFORMANCE_MD) as f:
+    run_all.replace_generated(f.read(), "x")  # the committed page has exactly one pair
