@@ -147,7 +147,7 @@ def test_max_pool_2x2_matches_torch_and_flax_values_and_gradients(shape, ties):
   import flax.linen as nn
   import torch
 
-  from sim_jax.models.encoder import max_pool_2x2
+  from sim_jax.cpu.kernels import max_pool_2x2
   rng = np.random.default_rng(0)
   x = (rng.integers(0, 3, shape) if ties else rng.normal(size=shape)).astype(np.float32)
   g = rng.normal(size=(shape[0], shape[1] // 2, shape[2] // 2, shape[3])).astype(np.float32)
