@@ -9,6 +9,7 @@ import textwrap
 import pytest
 
 from sim_jax.cpu import malloc
+from tests import helpers
 
 GLIBC = "glibc 2.36"
 TUNE = "glibc.malloc.hugetlb=1"
@@ -156,7 +157,6 @@ def test_launch_py_runs_with_the_tunable_and_logs_it(tmp_path):
   """launch.py itself re-executes when opted in: started without the tunable, its log shows it
   set (the variable can only come from the re-exec); not opted in, it stays off. --mode=embed
   without --output stops right after."""
-  from tests import helpers
   for extra, line in ((ON, f"transparent huge pages for malloc: on (GLIBC_TUNABLES={TUNE})"),
                       ({}, "transparent huge pages for malloc: off (opt in with "
                            "SIM_JAX_HUGEPAGES=1)")):
