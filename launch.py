@@ -19,7 +19,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from sim_jax import hostenv  # standard library only: safe before the re-exec
+from sim_jax.cpu import malloc  # standard library only: safe before the re-exec
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Path to an ml_collections config file.",
@@ -78,7 +78,7 @@ def main(argv):
                                   FLAGS.process_id)
   logging.info("%s", sharding.describe_topology())
   logging.info("local devices: %s", jax.local_devices())
-  logging.info("%s", hostenv.describe())
+  logging.info("%s", malloc.describe())
   config = FLAGS.config
   try:
     if FLAGS.mode == "train":
@@ -106,5 +106,5 @@ def main(argv):
 if __name__ == "__main__":
   # glibc reads GLIBC_TUNABLES only at process start: with SIM_JAX_HUGEPAGES=1, re-exec with
   # malloc's transparent-huge-page tunable before JAX allocates anything (docs/cpu_performance.md).
-  hostenv.maybe_reexec()
+  malloc.maybe_reexec()
   app.run(main)

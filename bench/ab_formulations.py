@@ -33,18 +33,20 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo root
 
 from bench import workloads  # noqa: E402
-from sim_jax.models import encoder, lenet, vit  # noqa: E402
+from sim_jax.cpu import kernels  # noqa: E402
+from sim_jax.models import cpu_ops, lenet, vit  # noqa: E402
 
 
 class LeNet5Before(nn.Module):
   """LeNet-5 as before the conv -> ReLU -> pool custom VJP (same parameter tree)."""
   dtype: Any = jnp.float32
+  stage: Any = None  # get_model passes LeNet5's stage; this network is swapped whole
   stem_path = ("conv1",)
 
   @nn.compact
   def __call__(self, x, train: bool = False):
     del train
-    pool = lambda y: encoder.max_pool_2x2(y) if min(y.shape[1:3]) >= 2 else y  # noqa: E731
+    pool = lambda y: kernels.max_pool_2x2(y) if min(y.shape[1:3]) >= 2 else y  # noqa: E731
     pad1 = "SAME" if x.shape[1] < 32 else "VALID"
     x = pool(nn.relu(nn.Conv(6, (5, 5), padding=pad1, dtype=self.dtype, name="conv1")(x)))
     pad2 = "VALID" if min(x.shape[1:3]) >= 5 else "SAME"
@@ -107,10 +109,11 @@ class BlockBefore(nn.Module):
         y, train))
 
 
-# vit_ti's "before" swaps the whole block: the current Block passes un-normalised x and the
-# LayerNorm parameters to Attention / Mlp (vit.layer_norm_dense), which the old modules lack.
+# vit_ti's "before" swaps the whole block: the CPU block (cpu_ops.FusedBlock, what get_model
+# builds on CPU) passes un-normalised x and the LayerNorm parameters to its attention / MLP
+# (kernels.layer_norm_dense), which the old modules lack.
 BEFORE = {"lenet5": [(lenet, "LeNet5", LeNet5Before)],
-          "vit_ti": [(vit, "Block", BlockBefore)]}
+          "vit_ti": [(cpu_ops, "FusedBlock", BlockBefore)]}
 
 
 @contextlib.contextmanager

@@ -52,7 +52,7 @@ def no_batch_norm():
   """Every batch norm built inside is the identity, in sim_jax's models and in torch's twins."""
   import torch
 
-  from sim_jax.models import extra, multiscale, resnet
+  from sim_jax.models import densenet, multiscale, resnet
 
   class Identity(torch.nn.Module):
     def __init__(self, *args, **kwargs):
@@ -65,7 +65,7 @@ def no_batch_norm():
     del train, dtype, name, kw
     return lambda x: x
 
-  modules = (resnet, multiscale, extra)
+  modules = (resnet, multiscale, densenet)
   saved = [m.batch_norm for m in modules], torch.nn.BatchNorm2d
   try:
     for m in modules:

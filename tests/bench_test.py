@@ -24,7 +24,7 @@ from bench import (
     xla_flags,
 )
 from sim_jax import train
-from sim_jax.models.encoder import max_pool_2x2
+from sim_jax.cpu.kernels import max_pool_2x2
 
 
 @pytest.mark.parametrize("name", sorted(workloads.WORKLOADS))

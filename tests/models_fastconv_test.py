@@ -1,15 +1,15 @@
-"""The fused conv -> ReLU -> 2x2 max-pool stage (`encoder.conv_relu_max_pool`, LeNet-5) against
+"""The fused conv -> ReLU -> 2x2 max-pool stage (`sim_jax.cpu.kernels.conv_relu_max_pool`) against
 PyTorch: values and gradients of x, kernel and bias, with ties, odd sizes and both code paths
 (C_in = 1 polyphase sums, C_in > 1 XLA convolution); and the whole LeNet-5 against a torch
-LeNet-5 with the same weights."""
+LeNet-5 with the same weights, in its plain form and its CPU form (`cpu_ops.FusedConvReluPool`)."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sim_jax.models import lenet
-from sim_jax.models.encoder import conv_relu_max_pool
+from sim_jax.cpu.kernels import conv_relu_max_pool
+from sim_jax.models import cpu_ops, lenet
 
 torch = pytest.importorskip("torch", reason="torch (the `bench`/`test` extra) is not installed")
 F = torch.nn.functional
@@ -90,11 +90,12 @@ def _torch_lenet(params, size):
   return forward, model, head
 
 
+@pytest.mark.parametrize("stage", [lenet.ConvReluPool, cpu_ops.FusedConvReluPool])
 @pytest.mark.parametrize("size", [28, 32])
-def test_lenet5_matches_torch_values_and_gradients(size):
+def test_lenet5_matches_torch_values_and_gradients(size, stage):
   rng = np.random.default_rng(1)
   x = rng.random((4, size, size, 1)).astype(np.float32)
-  module = lenet.LeNet5()
+  module = lenet.LeNet5(stage=stage)
   params = module.init(jax.random.PRNGKey(0), jnp.asarray(x))["params"]
   r = rng.normal(size=(4, 84)).astype(np.float32)
 

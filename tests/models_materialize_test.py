@@ -1,4 +1,5 @@
-"""`encoder.materialize` (config.model.materialize): the identity XLA:CPU cannot fuse through."""
+"""`sim_jax.cpu.kernels.materialize` (config.model.materialize): the identity XLA:CPU cannot fuse
+through; `cpu_ops.resolve_materialize`."""
 
 import jax
 import jax.numpy as jnp
@@ -6,26 +7,27 @@ import numpy as np
 import pytest
 
 from sim_jax import models
-from sim_jax.models import encoder
+from sim_jax.cpu import kernels
+from sim_jax.models import cpu_ops
 
 
 def test_values_are_bit_identical_including_nan_inf_and_bfloat16():
   """NaN payload, -0.0, infinities and bfloat16 pass unchanged; denormals behave as after ReLU."""
   x = np.array([[np.nan, 1.5, -0.0], [np.inf, -np.inf, 1e-30]], np.float32)
-  out = np.asarray(jax.jit(encoder.materialize)(x))
+  out = np.asarray(jax.jit(kernels.materialize)(x))
   np.testing.assert_array_equal(out.view(np.uint32), x.view(np.uint32))
   # XLA:CPU flushes denormals to zero in arithmetic; ReLU itself does, so materialize(relu(x))
   # changes nothing a ReLU network sees.
   tiny = np.array([3e-39, -3e-39, 2.0], np.float32)
   np.testing.assert_array_equal(
-      np.asarray(jax.jit(lambda a: encoder.materialize(jax.nn.relu(a)))(tiny)).view(np.uint32),
+      np.asarray(jax.jit(lambda a: kernels.materialize(jax.nn.relu(a)))(tiny)).view(np.uint32),
       np.asarray(jax.jit(jax.nn.relu)(tiny)).view(np.uint32))
   xb = jnp.asarray([[1.25, -7.0], [0.1, 300.0]], jnp.bfloat16)
-  assert encoder.materialize(xb).dtype == jnp.bfloat16
-  np.testing.assert_array_equal(np.asarray(encoder.materialize(xb), np.float32),
+  assert kernels.materialize(xb).dtype == jnp.bfloat16
+  np.testing.assert_array_equal(np.asarray(kernels.materialize(xb), np.float32),
                                 np.asarray(xb, np.float32))
   empty = jnp.zeros((0, 3))
-  assert encoder.materialize(empty).shape == (0, 3)
+  assert kernels.materialize(empty).shape == (0, 3)
 
 
 def test_gradients_are_the_identity():
@@ -33,9 +35,9 @@ def test_gradients_are_the_identity():
   rng = np.random.default_rng(0)
   x = rng.standard_normal((3, 4)).astype(np.float32)
   w = rng.standard_normal((3, 4)).astype(np.float32)
-  f = lambda x: jnp.sum(w * encoder.materialize(jax.nn.relu(x)))  # noqa: E731
+  f = lambda x: jnp.sum(w * kernels.materialize(jax.nn.relu(x)))  # noqa: E731
   np.testing.assert_allclose(jax.jit(jax.grad(f))(x), w * (x > 0), rtol=0, atol=0)
-  _, tangent = jax.jvp(encoder.materialize, (x,), (w,))
+  _, tangent = jax.jvp(kernels.materialize, (x,), (w,))
   np.testing.assert_array_equal(tangent, w)
 
 
@@ -43,7 +45,7 @@ def test_xla_cpu_keeps_the_loop_so_the_buffer_is_materialised():
   """The mechanism: XLA removes a barrier, an identity cond and loop-invariant state; this one
   trip `while` must survive the CPU compiler (if a later XLA folds it, this test says so)."""
   def f(a, b, s):
-    y = encoder.materialize(jax.nn.relu(a * s + b))
+    y = kernels.materialize(jax.nn.relu(a * s + b))
     return jnp.transpose(y, (3, 1, 2, 0)).sum(0) + y.sum(-1).T.reshape(4, 4, 2)
 
   args = (jnp.ones((2, 4, 4, 3)), jnp.ones((3,)), jnp.ones((3,)))
@@ -78,12 +80,12 @@ def test_resnet_with_and_without_materialize_are_bit_identical():
 
 
 def test_auto_is_on_for_cpu_only_and_bad_values_name_the_key():
-  assert encoder.resolve_materialize("auto", "cpu") is True
-  assert encoder.resolve_materialize("auto", "gpu") is False
-  assert encoder.resolve_materialize("auto", "tpu") is False
-  assert encoder.resolve_materialize("on", "gpu") is True
-  assert encoder.resolve_materialize("off", "cpu") is False
-  assert encoder.resolve_materialize("auto") is (jax.default_backend() == "cpu")
+  assert cpu_ops.resolve_materialize("auto", "cpu") is True
+  assert cpu_ops.resolve_materialize("auto", "gpu") is False
+  assert cpu_ops.resolve_materialize("auto", "tpu") is False
+  assert cpu_ops.resolve_materialize("on", "gpu") is True
+  assert cpu_ops.resolve_materialize("off", "cpu") is False
+  assert cpu_ops.resolve_materialize("auto") is (jax.default_backend() == "cpu")
   cfg = models.default_config()
   cfg.name, cfg.materialize = "vit_tiny", "always"
   with pytest.raises(ValueError, match=r"materialize must be one of .*'always'"):

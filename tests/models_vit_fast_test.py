@@ -1,6 +1,9 @@
-"""The ViT's faster formulations (sim_jax.models.vit) against independent references: exact GELU
-vs math.erf in float64 and torch, token-flattened Dense layers vs a NumPy forward / backward, and
-the compiled block gradient free of the transposed copies the 2-D formulation exists to avoid."""
+"""The ViT's formulations against independent references: exact GELU (sim_jax.models.vit) vs
+math.erf in float64 and torch, the attention vs NumPy and torch, and the XLA:CPU forms
+(sim_jax.models.cpu_ops, sim_jax.cpu.kernels): token-flattened Dense layers vs a NumPy forward /
+backward, the LayerNorm folded into the next Dense vs float64 autodiff, the fused block vs the
+plain one, and the compiled block gradient free of the transposed copies the 2-D formulation
+exists to avoid."""
 
 import math
 import re
@@ -11,7 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sim_jax.models import vit
+from sim_jax.cpu import kernels
+from sim_jax.models import cpu_ops, vit
 
 
 def _gelu_ref(x):
@@ -44,7 +48,7 @@ def test_gelu_matches_torch_exact_gelu():
 class _Tokens(nn.Module):
   @nn.compact
   def __call__(self, x):
-    return vit.dense_tokens(5, x, "lin", jnp.float32)
+    return cpu_ops.dense_tokens(5, x, "lin", jnp.float32)
 
 
 def test_dense_tokens_value_and_gradients_match_numpy():
@@ -70,7 +74,7 @@ def test_block_gradient_has_no_transposed_activation_copies():
   # With 3-D Dense inputs XLA:CPU copied each [B*N, features] output gradient to [features, B*N]
   # before the weight-gradient dot (13% of the ViT-Ti step); the 2-D formulation avoids them.
   b, n, d = 4, 17, 32
-  block = vit.Block(heads=2, mlp_dim=4 * d)
+  block = cpu_ops.FusedBlock(heads=2, mlp_dim=4 * d)
   x = jnp.ones((b, n, d))
   params = block.init(jax.random.PRNGKey(0), x, False)
 
@@ -150,7 +154,7 @@ def test_layer_norm_dense_value_and_all_gradients_match_float64_autodiff():
   r = rng.normal(size=(m, f)).astype(np.float32)
 
   def f_jax(x, gamma, beta, w, b):
-    y = vit.layer_norm_dense(x, (gamma, beta), w, b, column_scale=jnp.asarray(s))
+    y = kernels.layer_norm_dense(x, (gamma, beta), w, b, vit.LN_EPS, column_scale=jnp.asarray(s))
     return jnp.sum(y * r), y
 
   (_, y), grads = jax.jit(jax.value_and_grad(f_jax, argnums=(0, 1, 2, 3, 4), has_aux=True))(
@@ -169,11 +173,11 @@ def test_layer_norm_dense_value_and_all_gradients_match_float64_autodiff():
 
 
 def test_layer_norm_dense_block_equals_unfused_flax_block():
-  # Block folds each LayerNorm into the next projection: same parameters as flax's LayerNorm +
+  # FusedBlock folds each LayerNorm into the next projection: same parameters as flax's LayerNorm +
   # Dense (names, shapes, init values), same outputs and gradients as the unfused composition.
   b, n, d, heads = 2, 9, 24, 3
   x = jnp.asarray(np.random.default_rng(3).normal(size=(b, n, d)).astype(np.float32) * 2 + 1)
-  block = vit.Block(heads=heads, mlp_dim=4 * d)
+  block = cpu_ops.FusedBlock(heads=heads, mlp_dim=4 * d)
   params = block.init(jax.random.PRNGKey(0), x, False)["params"]
   params = jax.tree.map(lambda a: a + 0.1 * jax.random.normal(jax.random.PRNGKey(a.size), a.shape),
                         params)

@@ -14,15 +14,21 @@ spatial attention, "after" applies self-attention to the embedding.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from sim_jax.models.encoder import Conv, batch_norm, conv_padding, max_pool_2x2, maybe_remat
+from sim_jax.models.encoder import Conv, batch_norm, conv_padding, maybe_remat
 
 KERNELS = (1, 3, 5)
+
+
+def max_pool(x: jax.Array) -> jax.Array:
+  """2x2 / stride-2 VALID max pooling [B, H, W, C] -> [B, H // 2, W // 2, C]."""
+  return nn.max_pool(x, (2, 2), (2, 2))
 
 
 class MultiScaleBlock(nn.Module):
@@ -41,11 +47,16 @@ class MultiScaleBlock(nn.Module):
 
 
 class MultiScale(nn.Module):
-  """Stem + `stages` multi-scale blocks (widths w, 2w, 4w), max-pool between stages."""
+  """Stem + `stages` multi-scale blocks (widths w, 2w, 4w), max-pool between stages.
+
+  `pool` is the 2x2 max pooling: `max_pool` here; on CPU `get_model` passes
+  `sim_jax.cpu.kernels.max_pool_2x2` (same values and gradients, faster on XLA:CPU).
+  """
   width: int = 32
   stages: int = 3
   dtype: Any = jnp.float32
   remat: bool = False
+  pool: Callable[[jax.Array], jax.Array] = max_pool
   stem_path = ("stem_conv",)
 
   @nn.compact
@@ -56,5 +67,5 @@ class MultiScale(nn.Module):
     for s in range(self.stages):
       x = block(self.width * 2**s, self.dtype, name=f"block{s + 1}")(x, train)
       if s < self.stages - 1 and min(x.shape[1:3]) >= 2:
-        x = max_pool_2x2(x)  # == nn.max_pool(x, (2, 2), (2, 2)), faster on XLA:CPU
+        x = self.pool(x)
     return x

@@ -18,13 +18,15 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from sim_jax.models.encoder import Conv, batch_norm, conv_padding, materialize, maybe_remat
+from sim_jax.cpu.kernels import materialize
+from sim_jax.models.encoder import Conv, batch_norm, conv_padding, maybe_remat
 
 STEMS = ("auto", "small", "imagenet")
 
 
 def _relu(x: jax.Array, keep: bool) -> jax.Array:
-  """ReLU; with `keep` its result is materialised (`encoder.materialize`, config "materialize")."""
+  """ReLU; with `keep` its result is materialised (`sim_jax.cpu.kernels.materialize`, an
+  identity XLA:CPU cannot fuse through; config.model.materialize)."""
   y = nn.relu(x)
   return materialize(y) if keep else y
 
@@ -100,8 +102,9 @@ class ResNet(nn.Module):
   stem: str = "auto"
   dtype: Any = jnp.float32
   remat: bool = False
-  # Each ReLU's output written to its own buffer (`encoder.materialize`); get_model sets it from
-  # config.model.materialize ("auto": on CPU).
+  # Each ReLU's output written to its own buffer (`sim_jax.cpu.kernels.materialize`, an XLA:CPU
+  # tuning that computes the identity); get_model sets it from config.model.materialize ("auto":
+  # on CPU only).
   materialize: bool = False
   stem_path = ("conv1",)
 

@@ -19,6 +19,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from sim_jax.models import default_config, get_model
+
 
 def _count(tree: Any) -> int:
   return int(sum(math.prod(x.shape) for x in jax.tree_util.tree_leaves(tree)))
@@ -27,7 +29,6 @@ def _count(tree: Any) -> int:
 def summarize(model_config, image_shape: tuple[int, int, int], flops: bool = True) -> dict:
   """{"name", "image_shape", "params", "params_backbone", "params_head", "batch_stats",
   "flops_per_image" (None when flops=False or the backend reports none)} for [H, W, C] images."""
-  from sim_jax.models import get_model
   if len(image_shape) != 3:
     raise ValueError(f"image_shape must be (H, W, C); got {image_shape}")
   model = get_model(model_config)
@@ -78,7 +79,6 @@ TABLE = (  # (name, image size, channels, source)
 
 
 def main(argv=None) -> None:
-  from sim_jax.models import default_config
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
   p.add_argument("--model", default="resnet50")
   p.add_argument("--image_size", type=int, default=224)

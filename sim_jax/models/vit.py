@@ -13,7 +13,7 @@ over the blocks (DeiT); it and dropout are active only with train=True and need 
 
 from __future__ import annotations
 
-from functools import partial
+from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
@@ -49,161 +49,49 @@ def gelu(x: jax.Array) -> jax.Array:
   return 0.5 * x * (1.0 + jax.lax.erf(x * jnp.asarray(0.7071067811865476, x.dtype)))
 
 
-def dense_tokens(features: int, x: jax.Array, name: str, dtype: Any) -> jax.Array:
-  """`nn.Dense(features, name=name)` over the last axis of `x` [..., D] -> [..., features].
-
-  The leading (batch, token) axes are flattened first so that every dot of the forward and the
-  backward pass is a plain 2-D [B*N, D] matmul: with a 3-D input XLA:CPU lowers the weight
-  gradient (contracting over both batch and token axes) with a transposed copy of the
-  [B*N, features] output gradient before the dot. Same parameters, same math.
-  """
-  lead = x.shape[:-1]
-  y = nn.Dense(features, dtype=dtype, name=name)(x.reshape(-1, x.shape[-1]))
-  return y.reshape(lead + (features,))
-
-
-def _normalize(x: jax.Array, eps: float) -> tuple[jax.Array, jax.Array]:
-  """(x - mean) / sqrt(var + eps) over the last axis in float32, and 1 / sqrt(var + eps)."""
-  x = x.astype(jnp.float32)
-  mean = jnp.mean(x, axis=-1, keepdims=True)
-  var = jnp.mean(jnp.square(x - mean), axis=-1, keepdims=True)  # two-pass: no cancellation
-  rstd = jax.lax.rsqrt(var + eps)
-  return (x - mean) * rstd, rstd
-
-
-@partial(jax.custom_vjp, nondiff_argnums=(3,))
-def _normalized_dense(x: jax.Array, w: jax.Array, b: jax.Array, eps: float) -> jax.Array:
-  """xhat(x) @ w + b with xhat = (x - mean) / sqrt(var + eps); x and w share one dtype."""
-  xhat, _ = _normalize(x, eps)
-  return xhat.astype(w.dtype) @ w + b
-
-
-def _normalized_dense_fwd(x, w, b, eps):
-  xhat, rstd = _normalize(x, eps)
-  xhat = xhat.astype(w.dtype)
-  return xhat @ w + b, (xhat, rstd, w)
-
-
-def _normalized_dense_bwd(eps, res, g):
-  del eps
-  xhat, rstd, w = res
-  g = g.astype(w.dtype)
-  dxhat = (g @ w.T).astype(jnp.float32)
-  xhat32 = xhat.astype(jnp.float32)
-  # d/dx of (x - mean) * rstd: rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)).
-  dx = rstd * (dxhat - jnp.mean(dxhat, axis=-1, keepdims=True)
-               - xhat32 * jnp.mean(dxhat * xhat32, axis=-1, keepdims=True))
-  return dx.astype(w.dtype), xhat.T @ g, jnp.sum(g, axis=0)
-
-
-_normalized_dense.defvjp(_normalized_dense_fwd, _normalized_dense_bwd)
-
-
-def layer_norm_dense(x: jax.Array, norm: tuple[jax.Array, jax.Array], kernel: jax.Array,
-                     bias: jax.Array, eps: float = LN_EPS, dtype: Any = jnp.float32,
-                     column_scale: jax.Array | None = None) -> jax.Array:
-  """Dense(LayerNorm(x)) for 2-D x [M, D]: LN's affine folded into the Dense weights.
-
-    LN(x) = xhat * gamma + beta,  xhat = (x - mean) / sqrt(var + eps)  (per row of x)
-    LN(x) @ W + b = xhat @ (gamma[:, None] * W) + (beta @ W + b)
-
-  With `column_scale` s [F] the output columns are scaled too: xhat @ (gamma W s) + (beta W + b) s
-  (the attention's q * D_h^-1/2 of timm, taken into the weights). Same function as
-  `nn.Dense(nn.LayerNorm(x))`, up to float32 rounding. Why: the LN output is never written, and
-  the hand-written backward (one matmul, two row means, one element-wise pass; gamma and beta
-  get their gradients through the [D, F] weight fold) replaces the half-dozen [M, D] passes and
-  materialised broadcasts of gamma that autodiff of the two layers makes XLA:CPU emit. `norm` is
-  the LayerNorm's (scale, bias) = (gamma, beta); statistics are float32, the matmul runs in
-  `dtype`.
-  """
-  scale, shift = norm
-  w = scale[:, None] * kernel
-  b = shift @ kernel + bias
-  if column_scale is not None:
-    w, b = w * column_scale, b * column_scale
-  return _normalized_dense(x.astype(dtype), w.astype(dtype), b.astype(dtype), eps)
-
-
-class LayerNormParams(nn.Module):
-  """`nn.LayerNorm`'s parameters (scale = 1, bias = 0 at init) for `layer_norm_dense`."""
-
-  @nn.compact
-  def __call__(self, features: int) -> tuple[jax.Array, jax.Array]:
-    return (self.param("scale", nn.initializers.ones, (features,)),
-            self.param("bias", nn.initializers.zeros, (features,)))
-
-
-class DenseParams(nn.Module):
-  """`nn.Dense`'s parameters (LeCun-normal kernel [D, F], zero bias [F])."""
-  features: int
-
-  @nn.compact
-  def __call__(self, in_features: int) -> tuple[jax.Array, jax.Array]:
-    return (self.param("kernel", nn.initializers.lecun_normal(), (in_features, self.features)),
-            self.param("bias", nn.initializers.zeros, (self.features,)))
-
-
 class Attention(nn.Module):
-  """Multi-head self-attention with timm's fused qkv: [B, N, D] -> [B, N, D].
+  """Multi-head self-attention with timm's fused qkv projection: [B, N, D] -> [B, N, D].
 
-  With `norm` = (gamma, beta) of the block's pre-norm LayerNorm, the input is the block's
-  un-normalised x and the LayerNorm is folded into the qkv projection (`layer_norm_dense`);
-  without it the input is used as is.
+    q, k, v = split(x W_qkv + b_qkv) into `heads` heads of D_h = D / heads,
+    out = proj(concat_heads(softmax(q k^T / sqrt(D_h)) v))
+  The softmax runs in float32. Dropout (train only) on the output, as timm's `proj_drop`.
   """
   heads: int
   dropout_rate: float = 0.0
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array, train: bool,
-               norm: tuple[jax.Array, jax.Array] | None = None) -> jax.Array:
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     b, n, d = x.shape
     h, hd = self.heads, d // self.heads
-    # q is pre-scaled as timm does (q * D_h^-1/2); the scale is folded into q's weight columns.
-    q_scale = jnp.concatenate([jnp.full((d,), hd ** -0.5, jnp.float32), jnp.ones((2 * d,))])
-    kernel, bias = DenseParams(3 * d, name="qkv")(d)
-    if norm is None:
-      qkv = (x.reshape(b * n, d).astype(self.dtype) @ (kernel * q_scale).astype(self.dtype)
-             + (bias * q_scale).astype(self.dtype))
-    else:
-      qkv = layer_norm_dense(x.reshape(b * n, d), norm, kernel, bias, LN_EPS, self.dtype, q_scale)
-    # timm: reshape(B, N, 3, heads, D/heads) then permute: q, k, v are contiguous blocks of D.
-    # One transpose to [3, B*heads, N, D/heads] makes both attention products plain batched
-    # matmuls with a single leading batch axis: fewer and cheaper XLA:CPU layout copies than
-    # einsums over (b, h) batch axes taken from the token-major layout.
-    q, k, v = jnp.transpose(qkv.reshape(b, n, 3, h, hd), (2, 0, 3, 1, 4)).reshape(3, b * h, n, hd)
-    scores = jax.lax.dot_general(q, k, (((2,), (2,)), ((0,), (0,))))  # [B*h, N, N]
+    qkv = nn.Dense(3 * d, dtype=self.dtype, name="qkv")(x)
+    # timm's layout: [B, N, 3, heads, D_h], so q, k and v are contiguous blocks of D features.
+    q, k, v = jnp.moveaxis(qkv.reshape(b, n, 3, h, hd), 2, 0)
+    scores = jnp.einsum("bqhd,bkhd->bhqk", q * jnp.asarray(hd ** -0.5, q.dtype), k)
     weights = jax.nn.softmax(scores.astype(jnp.float32), axis=-1).astype(self.dtype)
-    out = jax.lax.dot_general(weights, v, (((2,), (1,)), ((0,), (0,))))  # [B*h, N, hd]
-    out = jnp.transpose(out.reshape(b, h, n, hd), (0, 2, 1, 3)).reshape(b, n, d)
-    out = dense_tokens(d, out, "proj", self.dtype)
+    out = jnp.einsum("bhqk,bkhd->bqhd", weights, v).reshape(b, n, d)
+    out = nn.Dense(d, dtype=self.dtype, name="proj")(out)
     return nn.Dropout(self.dropout_rate, deterministic=not train)(out)
 
 
 class Mlp(nn.Module):
-  """fc1 -> GELU -> fc2; with `norm` the block's pre-norm LayerNorm is folded into fc1."""
+  """fc1 -> exact GELU -> dropout -> fc2 -> dropout: [..., D] -> [..., D]."""
   hidden: int
   dropout_rate: float = 0.0
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array, train: bool,
-               norm: tuple[jax.Array, jax.Array] | None = None) -> jax.Array:
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     d = x.shape[-1]
-    if norm is None:
-      x = dense_tokens(self.hidden, x, "fc1", self.dtype)
-    else:
-      kernel, bias = DenseParams(self.hidden, name="fc1")(d)
-      x = layer_norm_dense(x.reshape(-1, d), norm, kernel, bias, LN_EPS, self.dtype)
-    x = gelu(x)
+    x = gelu(nn.Dense(self.hidden, dtype=self.dtype, name="fc1")(x))
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-    x = dense_tokens(d, x, "fc2", self.dtype)
+    x = nn.Dense(d, dtype=self.dtype, name="fc2")(x)
     return nn.Dropout(self.dropout_rate, deterministic=not train)(x)
 
 
 class Block(nn.Module):
-  """Pre-norm transformer block with stochastic depth; each LayerNorm is folded into the
-  projection that follows it (`layer_norm_dense`): same parameters (`norm1`, `norm2`) and math."""
+  """Pre-norm transformer block with stochastic depth:
+  x = x + drop_path(attn(norm1(x)));  x = x + drop_path(mlp(norm2(x)))."""
   heads: int
   mlp_dim: int
   dropout_rate: float = 0.0
@@ -214,17 +102,19 @@ class Block(nn.Module):
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     def residual(y):
       return residual_branch(self, y, self.drop_path_rate, train)
-    d = x.shape[-1]
-    norm1 = LayerNormParams(name="norm1")(d)
-    x = x + residual(Attention(self.heads, self.dropout_rate, self.dtype, name="attn")(
-        x, train, norm1))
-    norm2 = LayerNormParams(name="norm2")(d)
-    y = Mlp(self.mlp_dim, self.dropout_rate, self.dtype, name="mlp")(x, train, norm2)
-    return x + residual(y.reshape(x.shape))
+    y = nn.LayerNorm(LN_EPS, dtype=self.dtype, name="norm1")(x)
+    x = x + residual(Attention(self.heads, self.dropout_rate, self.dtype, name="attn")(y, train))
+    y = nn.LayerNorm(LN_EPS, dtype=self.dtype, name="norm2")(x)
+    return x + residual(Mlp(self.mlp_dim, self.dropout_rate, self.dtype, name="mlp")(y, train))
 
 
 class VisionTransformer(nn.Module):
-  """Patch embedding + class token + position embedding + `depth` blocks + final LayerNorm."""
+  """Patch embedding + class token + position embedding + `depth` blocks + final LayerNorm.
+
+  `block` builds each transformer block: `Block` here; on CPU `get_model` passes
+  `sim_jax.models.cpu_ops.FusedBlock` (same parameters and function, LayerNorms folded into the
+  projections). It is called as block(heads, mlp_dim, dropout_rate, drop_path_rate, dtype).
+  """
   patch_size: int = 16
   hidden: int = 768
   depth: int = 12
@@ -235,6 +125,7 @@ class VisionTransformer(nn.Module):
   stochastic_depth: float = 0.0
   dtype: Any = jnp.float32
   remat: bool = False
+  block: Callable[..., nn.Module] = Block
   stem_path = ("patch_embed",)
 
   @nn.compact
@@ -253,7 +144,7 @@ class VisionTransformer(nn.Module):
     x = jnp.concatenate([jnp.broadcast_to(cls, (b, 1, self.hidden)).astype(x.dtype), x], axis=1)
     pos = self.param("pos_embed", nn.initializers.normal(0.02), (1, x.shape[1], self.hidden))
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x + pos.astype(x.dtype))
-    block = maybe_remat(Block, self.remat)
+    block = maybe_remat(self.block, self.remat)
     for i in range(self.depth):
       rate = self.stochastic_depth * i / max(self.depth - 1, 1)
       x = block(self.heads, self.hidden * self.mlp_ratio, self.dropout_rate, rate, self.dtype,

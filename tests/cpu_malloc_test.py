@@ -1,4 +1,4 @@
-"""sim_jax.hostenv: when launch.py re-executes itself with glibc's huge-page malloc tunable."""
+"""sim_jax.cpu.malloc: when launch.py re-executes itself with glibc's huge-page malloc tunable."""
 
 import os
 import re
@@ -8,7 +8,8 @@ import textwrap
 
 import pytest
 
-from sim_jax import hostenv
+from sim_jax.cpu import malloc
+from tests import helpers
 
 GLIBC = "glibc 2.36"
 TUNE = "glibc.malloc.hugetlb=1"
@@ -16,19 +17,19 @@ ON = {"SIM_JAX_HUGEPAGES": "1"}
 
 
 def test_appends_the_tunable_when_none_is_set():
-  env = hostenv.malloc_env({"PATH": "/bin", **ON}, GLIBC)
+  env = malloc.malloc_env({"PATH": "/bin", **ON}, GLIBC)
   assert env == {"PATH": "/bin", "GLIBC_TUNABLES": TUNE, **ON}
 
 
 def test_keeps_existing_tunables_in_order():
-  env = hostenv.malloc_env({"GLIBC_TUNABLES": "glibc.malloc.arena_max=1:glibc.pthread.x=2",
+  env = malloc.malloc_env({"GLIBC_TUNABLES": "glibc.malloc.arena_max=1:glibc.pthread.x=2",
                             **ON}, GLIBC)
   assert env["GLIBC_TUNABLES"] == f"glibc.malloc.arena_max=1:glibc.pthread.x=2:{TUNE}"
 
 
 def test_does_not_modify_the_callers_mapping():
   environ = {"GLIBC_TUNABLES": "glibc.malloc.arena_max=1", **ON}
-  hostenv.malloc_env(environ, GLIBC)
+  malloc.malloc_env(environ, GLIBC)
   assert environ == {"GLIBC_TUNABLES": "glibc.malloc.arena_max=1", **ON}
 
 
@@ -36,45 +37,45 @@ def test_does_not_modify_the_callers_mapping():
                                       "glibc.malloc.arena_max=1:glibc.malloc.hugetlb=2"])
 def test_already_set_means_no_reexec(tunables):
   """A user's own choice (hugetlb=0 included) wins, and the re-exec'd process stops here."""
-  assert hostenv.malloc_env({"GLIBC_TUNABLES": tunables, **ON}, GLIBC) is None
+  assert malloc.malloc_env({"GLIBC_TUNABLES": tunables, **ON}, GLIBC) is None
 
 
 def test_a_tunable_that_only_starts_alike_is_not_mistaken_for_it():
-  env = hostenv.malloc_env({"GLIBC_TUNABLES": "glibc.malloc.hugetlbx=1", **ON}, GLIBC)
+  env = malloc.malloc_env({"GLIBC_TUNABLES": "glibc.malloc.hugetlbx=1", **ON}, GLIBC)
   assert env["GLIBC_TUNABLES"] == f"glibc.malloc.hugetlbx=1:{TUNE}"
 
 
 def test_opt_in_only():
-  # Off by default: measured slower when another process steps in between (hostenv docstring).
-  assert hostenv.malloc_env({}, GLIBC) is None
-  assert hostenv.malloc_env({"SIM_JAX_HUGEPAGES": "0"}, GLIBC) is None
-  assert hostenv.malloc_env({"SIM_JAX_HUGEPAGES": "yes"}, GLIBC) is None
-  assert hostenv.malloc_env({"SIM_JAX_HUGEPAGES": "1"}, GLIBC)["GLIBC_TUNABLES"] == TUNE
+  # Off by default: measured slower when another process steps in between (malloc docstring).
+  assert malloc.malloc_env({}, GLIBC) is None
+  assert malloc.malloc_env({"SIM_JAX_HUGEPAGES": "0"}, GLIBC) is None
+  assert malloc.malloc_env({"SIM_JAX_HUGEPAGES": "yes"}, GLIBC) is None
+  assert malloc.malloc_env({"SIM_JAX_HUGEPAGES": "1"}, GLIBC)["GLIBC_TUNABLES"] == TUNE
 
 
 @pytest.mark.parametrize("libc", ["glibc 2.34", "glibc 2.17", "glibc 1.99"])
 def test_glibc_older_than_2_35_is_left_alone(libc):
-  assert hostenv.malloc_env(ON, libc) is None
+  assert malloc.malloc_env(ON, libc) is None
 
 
 @pytest.mark.parametrize("libc", [None, "", "musl 1.2.4", "glibc", "glibc two.x"])
 def test_non_glibc_is_left_alone(libc):
-  assert hostenv.malloc_env(ON, libc) is None
+  assert malloc.malloc_env(ON, libc) is None
 
 
 def test_newer_glibc_versions_compare_numerically():
-  assert hostenv.malloc_env(ON, "glibc 2.35")["GLIBC_TUNABLES"] == TUNE
-  assert hostenv.malloc_env(ON, "glibc 2.100")["GLIBC_TUNABLES"] == TUNE  # not a string compare
-  assert hostenv.malloc_env(ON, "glibc 3.0")["GLIBC_TUNABLES"] == TUNE
+  assert malloc.malloc_env(ON, "glibc 2.35")["GLIBC_TUNABLES"] == TUNE
+  assert malloc.malloc_env(ON, "glibc 2.100")["GLIBC_TUNABLES"] == TUNE  # not a string compare
+  assert malloc.malloc_env(ON, "glibc 3.0")["GLIBC_TUNABLES"] == TUNE
 
 
 def test_describe_says_on_or_off_and_why():
-  assert hostenv.describe({"GLIBC_TUNABLES": f"a=1:{TUNE}"}) == (
+  assert malloc.describe({"GLIBC_TUNABLES": f"a=1:{TUNE}"}) == (
       f"transparent huge pages for malloc: on (GLIBC_TUNABLES=a=1:{TUNE})")
-  assert ": off (GLIBC_TUNABLES=glibc.malloc.hugetlb=0)" in hostenv.describe(
+  assert ": off (GLIBC_TUNABLES=glibc.malloc.hugetlb=0)" in malloc.describe(
       {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"})
-  assert "off (opt in with SIM_JAX_HUGEPAGES=1)" in hostenv.describe({"SIM_JAX_HUGEPAGES": "0"})
-  assert "off (opt in with SIM_JAX_HUGEPAGES=1)" in hostenv.describe({})
+  assert "off (opt in with SIM_JAX_HUGEPAGES=1)" in malloc.describe({"SIM_JAX_HUGEPAGES": "0"})
+  assert "off (opt in with SIM_JAX_HUGEPAGES=1)" in malloc.describe({})
 
 
 # A tiny entry point as launch.py uses it: re-exec first, then allocate like XLA does (one big
@@ -82,9 +83,9 @@ def test_describe_says_on_or_off_and_why():
 # pages whatever the tunable says, which would make the control run pass for the wrong reason.
 ENTRY = textwrap.dedent("""
     import ctypes, os, sys
-    from sim_jax import hostenv
+    from sim_jax.cpu import malloc
     print("argv", sys.argv[1:], flush=True)
-    hostenv.maybe_reexec()
+    malloc.maybe_reexec()
     libc = ctypes.CDLL(None)
     libc.malloc.restype = ctypes.c_void_p
     n = 256 << 20
@@ -94,7 +95,7 @@ ENTRY = textwrap.dedent("""
       huge = [line.split()[1] for line in f if line.startswith("AnonHugePages:")][0]
     print("GLIBC_TUNABLES", os.environ.get("GLIBC_TUNABLES", ""))
     print("AnonHugePages_kB", huge)
-    print("describe", hostenv.describe())
+    print("describe", malloc.describe())
 """)
 
 
@@ -126,9 +127,9 @@ def _run_entry(tmp_path, **env_extra):
   return stdout, out
 
 
-@pytest.mark.skipif(hostenv.malloc_env(ON, hostenv.current_libc_version()) is None,
+@pytest.mark.skipif(malloc.malloc_env(ON, malloc.current_libc_version()) is None,
                     reason=f"needs Linux with glibc >= 2.35 (this libc: "
-                           f"{hostenv.current_libc_version()})")
+                           f"{malloc.current_libc_version()})")
 def test_reexec_gives_malloc_transparent_huge_pages(tmp_path):
   """The real thing: the re-exec'd process has the tunable, the same argv, and the kernel backs
   a 256 MiB malloc with huge pages (read from /proc/self/smaps_rollup, not from our code)."""
@@ -149,14 +150,13 @@ def test_reexec_gives_malloc_transparent_huge_pages(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(hostenv.malloc_env(ON, hostenv.current_libc_version()) is None,
+@pytest.mark.skipif(malloc.malloc_env(ON, malloc.current_libc_version()) is None,
                     reason=f"needs Linux with glibc >= 2.35 (this libc: "
-                           f"{hostenv.current_libc_version()})")
+                           f"{malloc.current_libc_version()})")
 def test_launch_py_runs_with_the_tunable_and_logs_it(tmp_path):
   """launch.py itself re-executes when opted in: started without the tunable, its log shows it
   set (the variable can only come from the re-exec); not opted in, it stays off. --mode=embed
   without --output stops right after."""
-  from tests import helpers
   for extra, line in ((ON, f"transparent huge pages for malloc: on (GLIBC_TUNABLES={TUNE})"),
                       ({}, "transparent huge pages for malloc: off (opt in with "
                            "SIM_JAX_HUGEPAGES=1)")):
@@ -177,22 +177,22 @@ RESIDENT_TUNE = (f"{TUNE}:glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold={6
 
 
 def test_resident_adds_the_keep_mapped_tunables():
-  assert hostenv.malloc_env(RESIDENT, GLIBC)["GLIBC_TUNABLES"] == RESIDENT_TUNE
+  assert malloc.malloc_env(RESIDENT, GLIBC)["GLIBC_TUNABLES"] == RESIDENT_TUNE
 
 
 def test_resident_keeps_the_users_own_values():
-  env = hostenv.malloc_env({"GLIBC_TUNABLES": "glibc.malloc.arena_max=4", **RESIDENT}, GLIBC)
+  env = malloc.malloc_env({"GLIBC_TUNABLES": "glibc.malloc.arena_max=4", **RESIDENT}, GLIBC)
   assert env["GLIBC_TUNABLES"] == (f"glibc.malloc.arena_max=4:{TUNE}:glibc.malloc.mmap_max=0:"
                                    f"glibc.malloc.trim_threshold={64 << 30}")
-  assert hostenv.malloc_env({"GLIBC_TUNABLES": TUNE, **RESIDENT}, GLIBC) is None
+  assert malloc.malloc_env({"GLIBC_TUNABLES": TUNE, **RESIDENT}, GLIBC) is None
 
 
 # XLA's pattern: one big buffer malloc'd, written and freed every step. Minor page faults of the
 # 2nd and 3rd cycle are read from the kernel (getrusage), not from anything sim_jax computes.
 REUSE = textwrap.dedent("""
     import ctypes, resource
-    from sim_jax import hostenv
-    hostenv.maybe_reexec()
+    from sim_jax.cpu import malloc
+    malloc.maybe_reexec()
     libc = ctypes.CDLL(None)
     libc.malloc.restype = ctypes.c_void_p
     libc.free.argtypes = [ctypes.c_void_p]
@@ -208,9 +208,9 @@ REUSE = textwrap.dedent("""
 """)
 
 
-@pytest.mark.skipif(hostenv.malloc_env(ON, hostenv.current_libc_version()) is None,
+@pytest.mark.skipif(malloc.malloc_env(ON, malloc.current_libc_version()) is None,
                     reason=f"needs Linux with glibc >= 2.35 (this libc: "
-                           f"{hostenv.current_libc_version()})")
+                           f"{malloc.current_libc_version()})")
 def test_resident_reuses_the_freed_buffer_without_page_faults(tmp_path):
   def faults(**extra):
     return [int(f) for f in _run_script(tmp_path, REUSE, **extra).split()]
@@ -220,3 +220,14 @@ def test_resident_reuses_the_freed_buffer_without_page_faults(tmp_path):
   assert min(default) > (256 << 20) // 4096 // 2, default
   resident = faults(**RESIDENT)
   assert max(resident[1:]) < 1000, resident  # reused: no page is faulted again
+
+
+def test_importing_malloc_loads_no_jax_or_numpy(tmp_path):
+  # launch.py imports it before the re-exec: JAX or NumPy loaded there would be loaded twice
+  # (and sim_jax/cpu/__init__.py runs first, so it must stay as light as this module).
+  stdout = _run_script(tmp_path, textwrap.dedent("""
+      import sys
+      from sim_jax.cpu import malloc
+      print(sorted(m for m in ("jax", "jaxlib", "numpy", "flax") if m in sys.modules))
+  """))
+  assert stdout.strip() == "[]", stdout

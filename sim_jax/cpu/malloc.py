@@ -1,4 +1,4 @@
-"""Process environment that must be fixed before Python starts: glibc malloc's huge-page tunable.
+"""glibc malloc tuning for XLA:CPU runs: the huge-page tunables, set before Python starts.
 
 Why: XLA:CPU mallocs one large scratch buffer per executable run (4.4 GiB for the ViT-Ti step at
 batch 128 x 2 views). glibc serves allocations that large with mmap and unmaps them on free, so
