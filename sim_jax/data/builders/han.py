@@ -4,13 +4,13 @@ Seed 001 retrieves Sino-Nom characters (a query image -> a ranked database, MRR@
 characters "drawn with different fonts, stroke levels and noisy backgrounds" (47 fonts, 7500
 characters). Here:
 - Faces: `data.fonts` ("" = one face per distinct Han design Debian packages, the first
-  installed file of each entry of `han_faces.DESIGNS`: 37 designs from 30 packages; weights,
+  installed file of each entry of `han_faces.DESIGNS`: 39 designs from 32 packages; weights,
   regional versions and copies of another package's glyphs are not separate faces).
 - Classes: the `max_classes` (default `DEFAULT_MAX_CLASSES` = 1,000; up to 7,500 and more)
   characters of `charset` (default: CJK Unified Ideographs U+4E00-U+9FFF) drawn by the most
   faces (`han_faces.select_characters`); then only the faces that draw *every* chosen character
   are kept, so each class has the same renderings. With every package: 1,000 and 2,000
-  characters keep all 37 faces, 7,500 keep 8 (`python -m sim_jax.data.builders.han_faces`).
+  characters keep all 39 faces, 7,500 keep 9 (`python -m sim_jax.data.builders.han_faces`).
 - Renderings per (character, font): one clean + `renders_per_font - 1` styled ones. A styled one
   draws the glyph with a stroke weight from `STROKES` (PIL stroke width at the 96 pt reference
   size; -1 = eroded by a 3x3 min filter: thinner strokes), applies the affine
