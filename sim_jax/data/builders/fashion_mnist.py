@@ -36,13 +36,14 @@ SHAPE = (28, 28, 1)
 _IDX_DTYPES = {0x08: np.uint8}  # the only element type Fashion-MNIST's files use
 
 
-def missing_files(directory: str = IDX_DIR) -> list[str]:
-  """The IDX files absent from `directory` (empty when the dataset can be built)."""
+def missing_files(directory: str | None = None) -> list[str]:
+  """The IDX files absent from `directory` (default `IDX_DIR`; empty when all are there)."""
+  directory = directory or IDX_DIR
   return [os.path.join(directory, f) for pair in FILES.values() for f in pair
           if not os.path.isfile(os.path.join(directory, f))]
 
 
-def unavailable_reason(directory: str = IDX_DIR) -> str | None:
+def unavailable_reason(directory: str | None = None) -> str | None:
   """None when the IDX files are installed, else a one-line message naming the package."""
   missing = missing_files(directory)
   if not missing:
@@ -68,8 +69,9 @@ def read_idx(path: str) -> np.ndarray:
   return body.reshape(dims)
 
 
-def load_split(split: str, directory: str = IDX_DIR) -> tuple[np.ndarray, np.ndarray]:
+def load_split(split: str, directory: str | None = None) -> tuple[np.ndarray, np.ndarray]:
   """(images uint8 [N, 28, 28, 1], labels int64 [N]) of Zalando's `split` ("train" / "test")."""
+  directory = directory or IDX_DIR
   reason = unavailable_reason(directory)
   if reason:
     raise ValueError(reason)
