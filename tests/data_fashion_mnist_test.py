@@ -5,6 +5,7 @@ code with `sim_jax.data.builders.fashion_mnist`.
 """
 
 import collections
+import glob
 import gzip
 import os
 import struct
@@ -93,6 +94,11 @@ def test_features_and_label_names_are_tfds(config, tmp_path):
   assert theirs["image"].dtype == features["image"].dtype
 
 
+def _files(builder):
+  paths = sorted(glob.glob(os.path.join(builder.data_dir, "*.array_record*")))
+  return {os.path.basename(p): open(p, "rb").read() for p in paths}
+
+
 def _write_idx(directory, split, images, labels):
   image_file, label_file, _ = SPLITS[split]
   with gzip.open(os.path.join(directory, image_file), "wb") as f:
@@ -110,9 +116,10 @@ def test_heldout_classes_leave_train_and_test(tmp_path):
     images = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
     _write_idx(str(tmp_path), split, images, labels)
     arrays[split] = (images, labels)
-  b = common.prepared_builder(fashion_mnist.FashionMnistIdx,
-                              {"directory": str(tmp_path), "heldout_class_fraction": 0.3},
-                              str(tmp_path / "data"))
+  options = {"directory": str(tmp_path), "heldout_class_fraction": 0.3}
+  b = common.prepared_builder(fashion_mnist.FashionMnistIdx, options, str(tmp_path / "data"))
+  again = common.prepared_builder(fashion_mnist.FashionMnistIdx, options, str(tmp_path / "again"))
+  assert _files(b) and _files(b) == _files(again)  # a rebuild writes identical bytes
   got = {}
   for split in ("train", "test", "heldout"):
     ds = b.as_data_source(split)

@@ -10,7 +10,7 @@ import os
 
 import numpy as np
 import pytest
-from fontTools.ttLib import TTFont
+from fontTools.ttLib import TTCollection, TTFont
 from PIL import Image, ImageDraw, ImageFont
 
 import sim_jax.data as sd
@@ -34,14 +34,14 @@ def _cmap(path):
 
 
 @functools.lru_cache(maxsize=128)
-def _pil_font(path, size):
-  return ImageFont.truetype(path, size, index=0)
+def _pil_font(path, size, index=0):
+  return ImageFont.truetype(path, size, index=index)
 
 
-def _drawing(path, ch, size=48):
+def _drawing(path, ch, size=48, index=0):
   """`ch` drawn in `path` at 64 px, cropped to its ink, fitted in size x size; floats in [0, 1]."""
   # 64 px: below ~50 px some fonts (AR PL Mingti2L) draw embedded bitmaps, not their outlines.
-  font = _pil_font(path, 64)
+  font = _pil_font(path, 64, index)
   canvas = Image.new("L", (160, 160), 0)
   ImageDraw.Draw(canvas).text((40, 40), ch, font=font, fill=255)
   box = canvas.getbbox()
@@ -116,6 +116,7 @@ def test_faces_are_distinct_designs_and_alternates_are_copies(default_options):
     for b in names[i + 1:]:
       diff = np.abs(kept[a] - kept[b]).mean()
       assert diff > SAME_DESIGN, (os.path.basename(a), os.path.basename(b), diff)
+      assert _identical(kept[a], kept[b]) < 0.1, (os.path.basename(a), os.path.basename(b))
   for design, path in han_faces.installed_faces():
     for _, rel in design.files:
       alt = os.path.realpath(os.path.join(han_faces.FONT_ROOT, rel))
@@ -127,6 +128,27 @@ def test_faces_are_distinct_designs_and_alternates_are_copies(default_options):
       ref = np.stack([_drawing(path, ch) for ch in shared])
       diff = np.abs(np.stack([_drawing(alt, ch) for ch in shared]) - ref).mean()
       assert diff < SAME_DESIGN, (design.name, os.path.basename(alt), diff)
+
+
+def _identical(a, b):
+  """Fraction of characters two faces draw identically (per-character mean |difference| < 0.01)."""
+  return float(np.mean(np.abs(a - b).mean(axis=(1, 2)) < 0.01))
+
+
+def test_collections_hold_one_design(default_options):
+  """Index 0 stands for a whole .ttc: its other faces (regions, fixed width) are the same design.
+
+  A regional version redraws the characters whose standard form differs (Noto CJK SC/TC/HK vs
+  JP: most of these), so the mean difference can reach a distinct design's; what two distinct
+  designs never do is draw a third of the characters identically, as every index here does.
+  """
+  chars = default_options["characters"]
+  probe = [chars[i] for i in np.linspace(0, len(chars) - 1, 40).round().astype(int)]
+  for path in (f for f in default_options["fonts"] if f.endswith(".ttc")):
+    first = np.stack([_drawing(path, ch) for ch in probe])
+    for index in range(1, len(TTCollection(path).fonts)):
+      other = np.stack([_drawing(path, ch, index=index) for ch in probe])
+      assert _identical(other, first) >= 0.3, (os.path.basename(path), index)
 
 
 def test_query_faces_are_kai_and_disjoint_from_the_database(default_options):

@@ -15,10 +15,13 @@ design, with the files that draw it in preference order (the first installed one
 - NanumSquare and Baekmuk Headline map Han code points to empty glyphs and are left out, and so
   is AR PL KaitiM GB (fonts-arphic-gkai00mp): GB 2312's simplified forms only, and at the
   threshold below from AR PL UKai, whose simplified forms it is.
-These groupings follow renderings of 40 of the chosen characters (48 px, fitted to their ink):
-a mean absolute pixel difference below 0.065 is the same design; `tests/data_han_test.py`
-checks that every pair of kept faces is above it and every listed copy below it (Klee One, the
-source of LXGW WenKai, is above it and counts as a face).
+These groupings follow renderings of 40 of the chosen characters (64 px, fitted to 48 px by
+their ink): a mean absolute pixel difference below 0.065 is the same design;
+`tests/data_han_test.py` checks that every pair of kept faces is above it (and draws under 10% of
+the characters identically) and every listed copy below it (Klee One, the source of LXGW
+WenKai, is above it and counts as a face). A collection's regional versions redraw the
+characters whose standard form differs by region (Noto CJK SC/TC/HK vs JP) but still draw at
+least a third of them identically, which distinct designs never do: one face per collection.
 
 Characters (`select_characters`): the `n` characters of the charset drawn by the most faces, so
 the common characters that every national standard encodes come first (ties: evenly spaced in
