@@ -26,6 +26,7 @@ characters). Here:
 
 from __future__ import annotations
 
+import functools
 import os
 
 import numpy as np
@@ -64,6 +65,13 @@ def han_selection(spec: str, codepoints: list[int],
         f"data.max_classes={max_classes}); install the Debian packages: {packages_hint()} "
         "(or point data.fonts at CJK font files or directories, or lower data.max_classes)")
   return kept, chars
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_selection(spec: str, codepoints: tuple[int, ...], max_classes: int | None):
+  # Every open of the dataset resolves its options; the ranking over ~20k code points x faces
+  # is done once per process.
+  return han_selection(spec, list(codepoints), max_classes)
 
 
 def query_font_list(spec: str, fonts: list[str]) -> list[str]:
@@ -181,7 +189,7 @@ def han_options(c) -> dict:
   """The build options of `data_config` `c` (faces and characters resolved, so the config hash
   names them)."""
   cps = glyphs.parse_charset(str(c.charset), HAN_BLOCKS, DEFAULT_CHARSET)
-  fonts, chars = han_selection(str(c.fonts), cps, c.max_classes)
+  fonts, chars = _cached_selection(str(c.fonts), tuple(cps), c.max_classes)
   return {"image_size": int(c.image_size or 32), "fonts": fonts,
           "query_fonts": query_font_list(str(c.query_fonts), fonts), "charset": str(c.charset),
           "characters": "".join(map(chr, chars)), "renders_per_font": int(c.renders_per_font),
