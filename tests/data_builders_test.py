@@ -10,6 +10,7 @@ import tensorflow_datasets as tfds
 import sim_jax.data as sd
 from sim_jax.data import registry
 from sim_jax.data.builders import common, han, icons, render
+from tests.helpers import require_debian
 
 
 def _records(builder, split):
@@ -27,17 +28,32 @@ SYMBOL_OPTIONS = dict(image_size=16, fonts=render.matplotlib_fonts()[:8], charse
                       test_fraction=0.25)
 
 
-ICON_OPTIONS = dict(image_size=16, icon_sets=icons.icon_options(""), charset="default",
-                    renders_per_font=2, max_classes=12, heldout_class_fraction=0.25,
-                    test_fraction=0.25)
+ICON_PACKAGES = [s.package for s in icons.ICON_SETS]
+
+
+def _require_icon_fonts():
+  """Skip (naming the packages) unless every icon font and its CSS is installed."""
+  try:
+    found = len(icons.find_icon_sets(""))
+  except ValueError:
+    found = 0
+  require_debian(ICON_PACKAGES, found == len(icons.ICON_SETS), "glyph_icons")
+
+
+def _icon_options():
+  _require_icon_fonts()
+  return dict(image_size=16, icon_sets=icons.icon_options(""), charset="default",
+              renders_per_font=2, max_classes=12, heldout_class_fraction=0.25,
+              test_fraction=0.25)
 
 
 @pytest.mark.parametrize("cls,options", [
-    ("digits", dict(heldout_class_fraction=0.2, test_fraction=0.2)),
-    ("glyph_symbols", SYMBOL_OPTIONS),
-    ("glyph_icons", ICON_OPTIONS),
+    ("digits", lambda: dict(heldout_class_fraction=0.2, test_fraction=0.2)),
+    ("glyph_symbols", lambda: SYMBOL_OPTIONS),
+    ("glyph_icons", _icon_options),
 ])
 def test_builder_is_reproducible_and_splits_are_disjoint(tmp_path, cls, options):
+  options = options()  # built inside the test: a missing package skips, never breaks collection
   builder_cls = registry.OWN[cls][0]
   a = common.prepared_builder(builder_cls, options, str(tmp_path / "a"))
   b = common.prepared_builder(builder_cls, options, str(tmp_path / "b"))
@@ -88,6 +104,7 @@ STAR_DESIGNS = {("fontawesome-webfont.ttf", 0xF005), ("fontawesome-webfont.ttf",
 
 
 def test_icon_concepts_match_designs_across_sets():
+  _require_icon_fonts()
   concepts = icons.icon_concepts(icons.find_icon_sets(""))
   star = {(os.path.basename(f), cp) for f, cp in concepts["star"]}
   assert STAR_DESIGNS <= star
@@ -108,7 +125,7 @@ def test_icon_css_parser_on_a_hand_written_rule():
 
 
 def test_glyph_icons_records_are_designs_of_their_concept(tmp_path):
-  opts = dict(ICON_OPTIONS, charset="star,heart,home", max_classes=None, renders_per_font=1,
+  opts = dict(_icon_options(), charset="star,heart,home", max_classes=None, renders_per_font=1,
               heldout_class_fraction=0.0, test_fraction=0.0)
   b = common.prepared_builder(registry.OWN["glyph_icons"][0], opts, str(tmp_path))
   names = b.info.metadata["class_names"]
@@ -132,6 +149,7 @@ def test_glyph_icons_missing_fonts_name_the_packages(tmp_path):
   c.update(fonts="/no/such/icon/dir")
   with pytest.raises(ValueError, match="/no/such/icon/dir"):
     sd.get_info(c)
+  _require_icon_fonts()
   c.update(fonts="", charset="no-such-icon-xyz")
   with pytest.raises(ValueError, match="no-such-icon-xyz"):
     sd.get_info(c)
@@ -204,8 +222,11 @@ def test_any_tfds_name_goes_through_the_same_path(tmp_path):
 HAN_FONTS = ["/usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc",
              "/usr/share/fonts/truetype/arphic/uming.ttc",
              "/usr/share/fonts/truetype/arphic/ukai.ttc"]
-needs_han_fonts = pytest.mark.skipif(not all(os.path.exists(f) for f in HAN_FONTS),
-                                     reason="needs " + " ".join(han.PACKAGES))
+
+
+def _require_han_fonts():
+  require_debian(["fonts-noto-cjk", "fonts-arphic-uming", "fonts-arphic-ukai"],
+                 all(os.path.exists(f) for f in HAN_FONTS), "glyph_han")
 
 
 def _han_config(tmp_path, **kw):
@@ -221,8 +242,8 @@ def _text(x):
   return x.decode() if isinstance(x, bytes) else x
 
 
-@needs_han_fonts
 def test_glyph_han_query_fonts_never_in_the_database(tmp_path):
+  _require_han_fonts()
   c = _han_config(tmp_path / "a")
   a = registry._builder(c)
   assert a.builder_config.options["query_fonts"] == [os.path.realpath(HAN_FONTS[2])]  # kai
@@ -243,8 +264,8 @@ def test_glyph_han_query_fonts_never_in_the_database(tmp_path):
   assert len(ids) == len(set(ids)) == 8 * 3 * 2
 
 
-@needs_han_fonts
 def test_glyph_han_records_render_their_character(tmp_path):
+  _require_han_fonts()
   c = _han_config(tmp_path, heldout_class_fraction=0.0, test_fraction=0.0)
   b = registry._builder(c)
   names = b.info.metadata["class_names"]
@@ -271,10 +292,10 @@ def test_noisy_background_keeps_ink_bright():
     np.testing.assert_array_equal(out, han.noisy_background(np.random.default_rng(seed), ink))
 
 
-@needs_han_fonts
 def test_glyph_han_bad_fonts_and_query_fonts(tmp_path):
-  with pytest.raises(ValueError, match="fonts-noto-cjk.*fonts-hanazono"):
+  with pytest.raises(ValueError, match="fonts-hanazono.*fonts-noto-cjk"):
     sd.get_info(_han_config(tmp_path, fonts=str(tmp_path)))  # a directory without fonts
+  _require_han_fonts()
   with pytest.raises(ValueError, match="nosuch.ttf"):
     sd.get_info(_han_config(tmp_path, query_fonts="nosuch.ttf"))
   with pytest.raises(ValueError, match="at least one"):

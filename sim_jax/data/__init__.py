@@ -1,9 +1,11 @@
 """sim_jax.data: grain input pipelines, offline datasets, samplers and augmentations.
 
 Public API (docs/interfaces.md): `get_info`, `create_train_iterator`, `load_split`,
-`DatasetInfo`, `iterator_fingerprint` / `check_fingerprint`, `default_config`.
+`DatasetInfo`, `iterator_fingerprint` / `check_fingerprint`, `default_config`,
+`unavailable_reason` (can this config's dataset be prepared here? said by package name).
 """
 
+from sim_jax.data.availability import unavailable_reason
 from sim_jax.data.config import default_config
 from sim_jax.data.pipeline import (
     DatasetInfo,
@@ -24,4 +26,5 @@ __all__ = [
     "get_info",
     "iterator_fingerprint",
     "load_split",
+    "unavailable_reason",
 ]

@@ -41,7 +41,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.charset = "default"  # glyph_*: named set or explicit characters / icon names (comma-separated)
   c.heldout_class_fraction = 0.0  # classes held out of train/test for zero-shot ("heldout" split)
   c.test_fraction = 0.2  # examples of each train class placed in the "test" split
-  c.max_classes = config_dict.placeholder(int)  # glyph_*: class cap; None: all (icons: 200)
+  c.max_classes = config_dict.placeholder(int)  # glyph_*: class cap; None: icons 200, han 1000
   c.query_fonts = ""  # glyph_han: fonts whose renderings form the "query" split ("" = auto)
   c.path = config_dict.placeholder(str)  # image_folder: root directory
   c.layout = "classes"  # image_folder: classes (dir per class) | pairs (left/ and right/)

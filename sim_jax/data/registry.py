@@ -15,7 +15,7 @@ import ml_collections
 import numpy as np
 import tensorflow_datasets as tfds
 
-from sim_jax.data.builders import common, digits, glyphs, han, icons, image_folder
+from sim_jax.data.builders import common, digits, fashion_mnist, glyphs, han, icons, image_folder
 
 # name -> (builder class, options(data_config) -> JSON-able dict of build options)
 OWN = {
@@ -33,6 +33,7 @@ OWN = {
         "max_classes": c.max_classes, "heldout_class_fraction": float(c.heldout_class_fraction),
         "test_fraction": float(c.test_fraction)}),
     "glyph_han": (han.GlyphHan, han.han_options),
+    "fashion_mnist": (fashion_mnist.FashionMnistIdx, fashion_mnist.fashion_options),
     "image_folder": (image_folder.ImageFolder, lambda c: {
         "path": str(c.path), "layout": str(c.layout), "image_size": int(c.image_size or 64),
         "channels": int(c.channels or 3), "skip_bad_images": bool(c.skip_bad_images),
@@ -42,6 +43,9 @@ OWN = {
         "digest": image_folder.listing_digest(image_folder.list_images(str(c.path), c.layout))}),
 }
 DATASETS = tuple(OWN)
+# Names TFDS also builds: TFDS's copy, when prepared in data_dir and able to serve the config, is
+# read instead of sim_jax's offline build.
+TFDS_FIRST = {"fashion_mnist": fashion_mnist.tfds_copy_usable}
 
 
 class TfdsSource:
@@ -79,7 +83,8 @@ class TfdsSource:
 
 def _builder(data_config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
   name = str(data_config.name)
-  if name in OWN:
+  if name in OWN and not (name in TFDS_FIRST and TFDS_FIRST[name](data_config)
+                          and tfds_prepared(name, data_config.data_dir)):
     cls, options = OWN[name]
     return _own_builder(name, json.dumps(options(data_config), sort_keys=True),
                         data_config.data_dir)
@@ -89,6 +94,15 @@ def _builder(data_config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder
 @functools.lru_cache(maxsize=16)
 def _own_builder(name: str, options_json: str, data_dir: str | None):
   return common.prepared_builder(OWN[name][0], json.loads(options_json), data_dir)
+
+
+def tfds_prepared(name: str, data_dir: str | None) -> bool:
+  """Whether TFDS dataset `name` is prepared in `data_dir` (default: sim_jax's); no download."""
+  try:
+    return tfds.builder(name, data_dir=data_dir or common.default_data_dir(),
+                        file_format="array_record").is_prepared()
+  except tfds.core.registered.DatasetNotFoundError:
+    return False
 
 
 @functools.lru_cache(maxsize=16)

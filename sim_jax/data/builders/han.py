@@ -3,84 +3,81 @@
 Seed 001 retrieves Sino-Nom characters (a query image -> a ranked database, MRR@5) and trains on
 characters "drawn with different fonts, stroke levels and noisy backgrounds" (47 fonts, 7500
 characters). Here:
-- Fonts: `data.fonts` ("" = every CJK font installed: `fc-list :lang=zh file` plus the font files
-  of the Debian packages in `PACKAGES` under /usr/share/fonts), one face per file (the first of a
-  .ttc collection). A font that draws fewer than half of the requested characters (e.g.
-  HanaMinB, which holds Extension B) is left out.
-- Classes: the characters of `charset` (default: CJK Unified Ideographs U+4E00-U+9FFF) drawn by
-  *every* kept font, so each class has the same renderings; `max_classes` (default
-  `DEFAULT_MAX_CLASSES`) keeps an evenly spaced subset of them (sorted by code point).
+- Faces: `data.fonts` ("" = one face per distinct Han design Debian packages, the first
+  installed file of each entry of `han_faces.DESIGNS`: 39 designs from 32 packages; weights,
+  regional versions and copies of another package's glyphs are not separate faces).
+- Classes: the `max_classes` (default `DEFAULT_MAX_CLASSES` = 1,000; up to 7,500 and more)
+  characters of `charset` (default: CJK Unified Ideographs U+4E00-U+9FFF) drawn by the most
+  faces (`han_faces.select_characters`); then only the faces that draw *every* chosen character
+  are kept, so each class has the same renderings. With every package: 1,000 and 2,000
+  characters keep all 39 faces, 7,500 keep 9 (`python -m sim_jax.data.builders.han_faces`).
 - Renderings per (character, font): one clean + `renders_per_font - 1` styled ones. A styled one
   draws the glyph with a stroke weight from `STROKES` (PIL stroke width at the 96 pt reference
   size; -1 = eroded by a 3x3 min filter: thinner strokes), applies the affine
   jitter of `render.jitter_params`, then puts it on a noisy background
   (`noisy_background`). All draws come from a Generator seeded by (class, font, j).
 - Splits (seed 001's query vs database): renderings in the query fonts (`query_fonts`; "" = the
-  fonts whose file name contains "kai", a brush-written style unlike the printed database fonts,
-  else the last font) form the "query" split of the non-held-out classes; the other fonts'
-  renderings form the database: "train" and, by example, "test". Held-out classes
-  (`heldout_class_fraction`) go entirely to "heldout". So a query never shares a font with the
-  database it is searched against.
+  Kai faces: brush-written, unlike the printed database faces; the designs of style "kai", or a
+  file name containing "kai", else the last face) form the "query" split of the non-held-out
+  classes; the other fonts' renderings form the database: "train" and, by example, "test".
+  Held-out classes (`heldout_class_fraction`) go entirely to "heldout". So a query never shares
+  a font with the database it is searched against.
 """
 
 from __future__ import annotations
 
+import functools
 import os
-import shutil
-import subprocess
 
 import numpy as np
 from PIL import Image, ImageFilter
 
 from sim_jax.data import samplers
-from sim_jax.data.builders import common, glyphs, render
+from sim_jax.data.builders import common, glyphs, han_faces, render
 
-PACKAGES = ("fonts-noto-cjk", "fonts-arphic-ukai", "fonts-arphic-uming", "fonts-babelstone-han",
-            "fonts-hanazono")
-# Font files those packages install (searched under /usr/share/fonts when fc-list is missing).
-PACKAGE_FONTS = ("NotoSansCJK-Regular.ttc", "NotoSansCJK-Bold.ttc", "NotoSerifCJK-Regular.ttc",
-                 "NotoSerifCJK-Bold.ttc", "ukai.ttc", "uming.ttc", "BabelStoneHan.ttf",
-                 "HanaMinA.ttf", "HanaMinB.ttf")
+PACKAGES = tuple(han_faces.packages())
 HAN_BLOCKS = {"cjk": (0x4E00, 0x9FFF), "cjk_ext_a": (0x3400, 0x4DBF)}
 DEFAULT_CHARSET = "cjk"
-DEFAULT_MAX_CLASSES = 100
+DEFAULT_MAX_CLASSES = 1000
 MIN_FONTS = 2
-MIN_COVERAGE = 0.5  # a font must draw this fraction of the charset to be used
 STROKES = (-1, 0, 2, 4)  # stroke widths of styled renderings (-1: eroded by a 3x3 min filter)
 
 
-def installed_cjk_fonts() -> list[str]:
-  """Every CJK font file fontconfig knows (`fc-list :lang=zh file`) plus the Debian packages'."""
-  found = set()
-  if shutil.which("fc-list"):
-    out = subprocess.run(["fc-list", ":lang=zh", "file"], capture_output=True, text=True,
-                         check=False).stdout
-    found.update(line.split(":")[0].strip() for line in out.splitlines() if line.strip())
-  for root, subdirs, files in os.walk("/usr/share/fonts"):
-    subdirs.sort()
-    found.update(os.path.join(root, f) for f in files if f in PACKAGE_FONTS)
-  return sorted({os.path.realpath(f) for f in found
-                 if f.lower().endswith(render.FONT_EXTENSIONS) and os.path.isfile(f)})
+def packages_hint() -> str:
+  return "apt-get install " + " ".join(PACKAGES)
 
 
-def han_fonts(spec: str, codepoints: list[int]) -> list[str]:
-  """Fonts for glyph_han: `spec` (files / directories) or the installed CJK fonts, keeping those
-  that draw >= MIN_COVERAGE of `codepoints`. ValueError naming the packages when < MIN_FONTS."""
-  fonts = render.discover_fonts(spec, []) if spec else installed_cjk_fonts()
-  wanted = set(codepoints)
-  kept = [f for f in fonts if len(wanted & render.font_codepoints(f)) >= MIN_COVERAGE * len(wanted)]
+def han_selection(spec: str, codepoints: list[int],
+                  max_classes: int | None) -> tuple[list[str], list[int]]:
+  """(faces, characters) of glyph_han: the `max_classes` characters of `codepoints` drawn by the
+  most faces, and the faces drawing all of them (`han_faces` module docstring). Faces: `spec`
+  (files / directories) or one per installed design. ValueError naming the packages when fewer
+  than MIN_FONTS faces are left."""
+  fonts = render.discover_fonts(spec, []) if spec else [p for _, p in han_faces.installed_faces()]
+  n = DEFAULT_MAX_CLASSES if max_classes is None else int(max_classes)
+  drawn = [han_faces.drawn_codepoints(f) for f in fonts]
+  chars = han_faces.select_characters(codepoints, drawn, n) if fonts else []
+  kept = [f for f, d in zip(fonts, drawn) if chars and set(chars) <= d]
   if len(kept) < MIN_FONTS:
     raise ValueError(
-        f"glyph_han needs >= {MIN_FONTS} CJK fonts drawing the charset, found {kept} "
-        f"(data.fonts={spec!r}); install the Debian packages: apt-get install "
-        f"{' '.join(PACKAGES)} (or point data.fonts at CJK font files or directories)")
-  return kept
+        f"glyph_han needs >= {MIN_FONTS} CJK faces drawing the {n} most widely drawn characters "
+        f"of the charset, found {len(kept)} of {len(fonts)} fonts (data.fonts={spec!r}, "
+        f"data.max_classes={max_classes}); install the Debian packages: {packages_hint()} "
+        "(or point data.fonts at CJK font files or directories, or lower data.max_classes)")
+  return kept, chars
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_selection(spec: str, codepoints: tuple[int, ...], max_classes: int | None):
+  # Every open of the dataset resolves its options; the ranking over ~20k code points x faces
+  # is done once per process.
+  return han_selection(spec, list(codepoints), max_classes)
 
 
 def query_font_list(spec: str, fonts: list[str]) -> list[str]:
   """The query fonts: `spec` (comma-separated paths or base names, each one of `fonts`), or
-  "" = the fonts whose base name contains "kai", else the last font. At least one font must be
-  left for the database."""
+  "" = the Kai faces (`han_faces.QUERY_STYLE` designs, or "kai" in the file name), else the last
+  font. At least one font must be left for the database."""
   if spec:
     chosen = []
     for token in (t.strip() for t in spec.split(",") if t.strip()):
@@ -90,12 +87,18 @@ def query_font_list(spec: str, fonts: list[str]) -> list[str]:
                          f"{[os.path.basename(f) for f in fonts]}")
       chosen += match
   else:
-    chosen = [f for f in fonts if "kai" in os.path.basename(f).lower()] or fonts[-1:]
+    chosen = [f for f in fonts if _is_kai(f)] or fonts[-1:]
   chosen = sorted(set(chosen))
   if len(chosen) >= len(fonts):
     raise ValueError(f"data.query_fonts={spec!r} takes every font {fonts}; keep at least one "
                      "for the database")
   return chosen
+
+
+def _is_kai(path: str) -> bool:
+  design = han_faces.design_of(path)
+  return (design.style == han_faces.QUERY_STYLE) if design else "kai" in os.path.basename(
+      path).lower()
 
 
 def noisy_background(rng: np.random.Generator, ink: np.ndarray) -> np.ndarray:
@@ -131,7 +134,8 @@ class GlyphHan(common.SimJaxBuilder):
   """CJK characters x fonts x styles with seed 001's query/database split (module docstring).
 
   Options: image_size, fonts (resolved paths), query_fonts (resolved paths), charset,
-  renders_per_font, max_classes, heldout_class_fraction, test_fraction.
+  characters (the chosen characters, a string), renders_per_font, max_classes,
+  heldout_class_fraction, test_fraction.
   """
 
   def image_shape(self):
@@ -143,14 +147,8 @@ class GlyphHan(common.SimJaxBuilder):
     fonts, size, per = o["fonts"], o["image_size"], o["renders_per_font"]
     if per < 1:
       raise ValueError(f"renders_per_font must be >= 1, got {per}")
-    cps = glyphs.parse_charset(o["charset"], HAN_BLOCKS, DEFAULT_CHARSET)
-    common_cps = sorted(set(cps).intersection(*(render.font_codepoints(f) for f in fonts)))
-    if not common_cps:
-      raise ValueError(f"glyph_han: no character of charset {o['charset']!r} is drawn by every "
-                       f"font {fonts} (empty class list)")
-    max_classes = DEFAULT_MAX_CLASSES if o["max_classes"] is None else o["max_classes"]
     names, images, labels, srcs = [], [], [], []
-    for cp in glyphs.evenly_spaced(common_cps, max_classes):
+    for cp in map(ord, o["characters"]):
       clean = [render.render(f, chr(cp), size) for f in fonts]
       if any(img is None or not img.any() for img in clean):
         continue  # a blank glyph (a cmap entry without outline): the class would be unequal
@@ -188,11 +186,12 @@ def han_assignment(labels: np.ndarray, is_query: np.ndarray, heldout_class_fract
 
 
 def han_options(c) -> dict:
-  """The build options of `data_config` `c` (fonts resolved, so the config hash names them)."""
+  """The build options of `data_config` `c` (faces and characters resolved, so the config hash
+  names them)."""
   cps = glyphs.parse_charset(str(c.charset), HAN_BLOCKS, DEFAULT_CHARSET)
-  fonts = han_fonts(str(c.fonts), cps)
+  fonts, chars = _cached_selection(str(c.fonts), tuple(cps), c.max_classes)
   return {"image_size": int(c.image_size or 32), "fonts": fonts,
           "query_fonts": query_font_list(str(c.query_fonts), fonts), "charset": str(c.charset),
-          "renders_per_font": int(c.renders_per_font), "max_classes": c.max_classes,
-          "heldout_class_fraction": float(c.heldout_class_fraction),
+          "characters": "".join(map(chr, chars)), "renders_per_font": int(c.renders_per_font),
+          "max_classes": c.max_classes, "heldout_class_fraction": float(c.heldout_class_fraction),
           "test_fraction": float(c.test_fraction)}
