@@ -450,7 +450,7 @@ def _unavailable_reason(data_config):
 
 
 def test_data_that_cannot_be_prepared_is_reported_naming_the_package(monkeypatch, tmp_path):
-  monkeypatch.setattr(sim_jax.data, "unavailable_reason", _unavailable_reason, raising=False)
+  monkeypatch.setattr(sim_jax.data, "unavailable_reason", _unavailable_reason)
   han = apply_overrides(test.get_config(), {"data.name": "glyph_han"})
   expected = ("data 'glyph_han' cannot be prepared on this machine: install the Debian package "
               "fonts-noto-cjk")
@@ -477,7 +477,7 @@ def get_ablations():
 
 
 def test_dry_run_reports_each_run_whose_data_cannot_be_prepared(monkeypatch, tmp_path, capsys):
-  monkeypatch.setattr(sim_jax.data, "unavailable_reason", _unavailable_reason, raising=False)
+  monkeypatch.setattr(sim_jax.data, "unavailable_reason", _unavailable_reason)
   config = tmp_path / "dry.py"
   config.write_text(DRY)
   experiment = runner.load_experiment(str(config))
