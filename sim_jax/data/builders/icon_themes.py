@@ -27,11 +27,15 @@ Deduplication, in this order (counts in the metadata `icon_themes.dedup`):
    in the class with the most families (ties: the name), for the family listed first (originals
    are listed before their derivatives). This removes a theme's aliases of its own drawings
    (`gtk-save` -> `document-save`) and the drawings one family copies from another unchanged.
-2. Near-identical, within a class: families in priority order; a drawing is dropped when the
-   Hamming distance between its perceptual hash and that of a drawing already kept for the class
-   is <= `PHASH_THRESHOLD` (of 64 bits). pHash (Zauner 2010, as `imagehash.phash`): luma
-   (PIL "L") resized to 32 x 32 (PIL bilinear), orthonormal 2-D DCT-II, the 8 x 8 lowest
-   frequencies, bit = coefficient > their median. This removes recolours and re-exports.
+2. Near-identical, within a class: families in priority order; a drawing is dropped when, for a
+   drawing already kept for the class, either
+   - the Hamming distance of their perceptual hashes is <= `PHASH_THRESHOLD` (of 64 bits).
+     pHash (Zauner 2010, as `imagehash.phash`): luma (PIL "L") resized to 32 x 32 (PIL
+     bilinear), orthonormal 2-D DCT-II, the 8 x 8 lowest frequencies, bit = coefficient > their
+     median. It catches recolours; or
+   - their shift-tolerant thumbnail difference is <= `MAD_THRESHOLD`: both box-filtered to
+     min(32, S) pixels a side, the mean |a - b| over RGB (0..255) of the overlap, minimised over
+     shifts of up to `MAX_SHIFT` pixels in x and y. It catches re-exports and one-pixel moves.
    Near-identical drawings of *different* classes (`folder-music` vs `folder-pictures` of one
    family) are kept: they are the hard negatives seed 000 is about.
 Blank drawings and files librsvg / PIL cannot read are dropped (counted too). A class is kept when
@@ -125,12 +129,20 @@ DEFAULT_QUERY_FAMILIES = ("oxygen", "paper")
 # at <= 6 were copies, recolours or re-exports (gnome/mate, faenza/obsidian, elementary/-xfce); at 8
 # independent designs of one shape appear (breeze's blue folder vs mate's grey one).
 PHASH_THRESHOLD = 6
+# The second near-duplicate test: 32 x 32 thumbnails whose shift-tolerant mean absolute difference
+# (`shifted_mad`, 0..255) is <= MAD_THRESHOLD. pHash alone misses copies of simple symmetric icons
+# (gnome's and mate's dialog-error: pHash distance 8, mean difference 1.2) and copies moved by a
+# pixel. In the same sample, pairs at <= 8 were copies (gnome/mate, elementary/-xfce) bar two
+# near-blank pages; above 10 different designs of one shape start (breeze's and mate's arrows).
+MAD_THRESHOLD = 8.0
+THUMB_SIZE = 32
+MAX_SHIFT = 2
 BACKGROUND = (255, 255, 255)
 SKIPPED_CONTEXTS = frozenset({"animations"})
 SPLIT_SEED = 21
 # Part of the options (so of the prepared dataset's name): bump it when a change to this module
 # changes the records, so a dataset prepared by older code is never reused.
-BUILD_REVISION = 1
+BUILD_REVISION = 2
 
 
 def packages_of(families) -> list[str]:
@@ -308,11 +320,39 @@ def hamming(a: int, b: int) -> int:
   return (a ^ b).bit_count()
 
 
+def thumbnail(rgb: np.ndarray) -> np.ndarray:
+  """uint8 [T, T, 3], T = min(THUMB_SIZE, S): the image box-filtered down (for `shifted_mad`)."""
+  side = min(THUMB_SIZE, rgb.shape[0])
+  return np.asarray(Image.fromarray(rgb).resize((side, side), Image.Resampling.BOX), np.uint8)
+
+
+def shifted_mad(a: np.ndarray, b: np.ndarray, max_shift: int = MAX_SHIFT) -> float:
+  """min over integer shifts |dx|, |dy| <= max_shift of the mean |a - b| (0..255 per channel)
+  over the overlap of two thumbnails: a copy re-exported one or two pixels off scores ~1."""
+  a, b = a.astype(np.float64), b.astype(np.float64)
+  n = a.shape[0]
+  best = np.inf
+  for dy in range(-max_shift, max_shift + 1):
+    for dx in range(-max_shift, max_shift + 1):
+      pa = a[max(dy, 0):n + min(dy, 0), max(dx, 0):n + min(dx, 0)]
+      pb = b[max(-dy, 0):n + min(-dy, 0), max(-dx, 0):n + min(-dx, 0)]
+      best = min(best, float(np.abs(pa - pb).mean()))
+  return best
+
+
+def near_identical(ph_a: int, ph_b: int, thumb_a: np.ndarray, thumb_b: np.ndarray) -> bool:
+  """Rule 2 of the module docstring: pHash distance <= PHASH_THRESHOLD or shifted MAD <=
+  MAD_THRESHOLD."""
+  return (hamming(ph_a, ph_b) <= PHASH_THRESHOLD
+          or shifted_mad(thumb_a, thumb_b) <= MAD_THRESHOLD)
+
+
 def deduplicate(candidates: dict[str, dict[str, int]], digests: list[bytes], phashes: list[int],
-                family_order: list[str], threshold: int = PHASH_THRESHOLD):
+                thumbs: list, family_order: list[str]):
   """Applies the two deduplication rules of the module docstring.
 
-  candidates: {class: {family: picture index}} (pictures index `digests` / `phashes`).
+  candidates: {class: {family: picture index}} (pictures index `digests` / `phashes` /
+  `thumbs`).
   Returns ({class: {family: picture index}} kept, counts).
   """
   priority = {f: i for i, f in enumerate(family_order)}
@@ -338,7 +378,8 @@ def deduplicate(candidates: dict[str, dict[str, int]], digests: list[bytes], pha
     chosen: dict[str, int] = {}
     for family in sorted(by_family, key=priority.__getitem__):
       idx = by_family[family]
-      if any(hamming(phashes[idx], phashes[j]) <= threshold for j in chosen.values()):
+      if any(near_identical(phashes[idx], phashes[j], thumbs[idx], thumbs[j])
+             for j in chosen.values()):
         counts["near_same_class"] += 1
       else:
         chosen[family] = idx
@@ -452,10 +493,11 @@ class IconThemes(common.SimJaxBuilder):
     digests = [hashlib.sha256(img.tobytes()).digest() if img is not None else b"" for img in
                images]
     phashes = [phash(img) if img is not None else 0 for img in images]
+    thumbs = [thumbnail(img) if img is not None else None for img in images]
     cands = {n: {f: index[p] for f, p in table[n].items() if images[index[p]] is not None}
              for n in chosen}
     blank = sum(len(table[n]) for n in chosen) - sum(len(v) for v in cands.values())
-    kept, counts = deduplicate(cands, digests, phashes, order)
+    kept, counts = deduplicate(cands, digests, phashes, thumbs, order)
     kept = {n: v for n, v in kept.items() if len(v) >= o["min_families"]}
     if not kept:
       raise ValueError(f"icon_themes: no icon name is drawn by >= {o['min_families']} of the "
@@ -481,7 +523,7 @@ class IconThemes(common.SimJaxBuilder):
                   "exact_same_class": counts["exact_same_class"],
                   "exact_other_class": counts["exact_other_class"],
                   "near_same_class": counts["near_same_class"],
-                  "phash_threshold": PHASH_THRESHOLD},
+                  "phash_threshold": PHASH_THRESHOLD, "mad_threshold": MAD_THRESHOLD},
         "classes": len(kept), "images": sum(len(v) for v in kept.values()),
         "split_sizes": {k: len(v) for k, v in assignment.items()},
     }
