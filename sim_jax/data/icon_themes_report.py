@@ -69,11 +69,12 @@ def records_by_cell(builder) -> dict[tuple[str, str], np.ndarray]:
     src = builder.as_data_source(split)
     for i in range(len(src)):
       r = src[i]
-      out[(r["class_name"], r["source"].decode().split(":", 1)[0])] = np.asarray(r["image"])
+      name = r["class_name"].decode() if isinstance(r["class_name"], bytes) else r["class_name"]
+      out[(name, r["source"].decode().split(":", 1)[0])] = np.asarray(r["image"])
   return out
 
 
-def grid_figure(cells, families: list[str], rows: int):
+def grid_figure(cells, families: list[str], query_families: list[str], rows: int):
   """Rows: `rows` classes evenly spaced among those drawn by the most families; columns: the
   families (query families marked with *); an empty cell: the family does not draw it (or its
   drawing was a duplicate)."""
@@ -93,10 +94,11 @@ def grid_figure(cells, families: list[str], rows: int):
       for side in ax.spines.values():
         side.set_visible(False)
       if r == 0:
-        ax.set_title(family, fontsize=6, rotation=45, ha="left")
+        ax.set_title(family + ("*" if family in query_families else ""), fontsize=6,
+                     rotation=45, ha="left")
       if c == 0:
         ax.set_ylabel(name, fontsize=6, rotation=0, ha="right", va="center")
-  fig.tight_layout(pad=0.2, w_pad=0.1, h_pad=0.1)
+  fig.subplots_adjust(left=0.11, right=0.995, top=0.9, bottom=0.005, wspace=0.06, hspace=0.08)
   return fig
 
 
@@ -116,8 +118,8 @@ def main(argv):
   per_family = collections.Counter(f for _, f in cells)
   print("images per family:", json.dumps({f: per_family[f] for f in meta["families"]}))
   if _GRID.value:
-    fig = grid_figure(cells, meta["families"], _ROWS.value)
-    fig.savefig(_GRID.value, dpi=110)
+    fig = grid_figure(cells, meta["families"], meta["query_families"], _ROWS.value)
+    fig.savefig(_GRID.value, dpi=80)
     print(f"wrote {_GRID.value}")
 
 
