@@ -59,7 +59,8 @@ def listing_counts(families, size: int) -> dict:
   return {"names": len(table),
           "names_with_at_least": {k: sum(c for n, c in per_name.items() if n >= k)
                                   for k in (2, 5, 8, 10)},
-          "names_per_family": dict(collections.Counter(f for v in table.values() for f in v))}
+          "names_per_family": {f.name: sum(f.name in v for v in table.values())
+                               for f in families}}
 
 
 def records_by_cell(builder) -> dict[tuple[str, str], np.ndarray]:
@@ -117,6 +118,9 @@ def main(argv):
   cells = records_by_cell(builder)
   per_family = collections.Counter(f for _, f in cells)
   print("images per family:", json.dumps({f: per_family[f] for f in meta["families"]}))
+  per_class = collections.Counter(collections.Counter(n for n, _ in cells).values())
+  print("classes drawn by >= k families:",
+        json.dumps({k: sum(c for n, c in per_class.items() if n >= k) for k in (5, 8, 10, 15)}))
   if _GRID.value:
     fig = grid_figure(cells, meta["families"], meta["query_families"], _ROWS.value)
     fig.savefig(_GRID.value, dpi=80)
