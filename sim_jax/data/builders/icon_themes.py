@@ -241,21 +241,29 @@ def _file_rank(size: int, scale: int, is_vector: bool, subdir: str, target: int)
 
 def theme_icons(theme_dir: str, target: int) -> dict[str, str]:
   """{icon name: resolved file path} of one theme (non-symbolic names, best file per name)."""
-  best: dict[str, tuple] = {}
   inside = os.path.dirname(os.path.realpath(theme_dir)) + os.sep
+  # Directories that are links to one another (Papirus' 48x48@2x -> 48x48) hold the same files:
+  # each real directory is scanned once, under its best-ranked declared name.
+  dirs: dict[str, tuple] = {}
   for subdir, size, scale, context in theme_directories(theme_dir):
-    if context in SKIPPED_CONTEXTS:
-      continue
     full = os.path.join(theme_dir, subdir)
-    if not os.path.isdir(full):
+    if context in SKIPPED_CONTEXTS or not os.path.isdir(full):
       continue
     real_dir = os.path.realpath(full)
+    key = (size, scale, subdir)
+    if real_dir not in dirs or (_file_rank(*key[:2], True, subdir, target)
+                                < _file_rank(*dirs[real_dir][:2], True, dirs[real_dir][2],
+                                             target)):
+      dirs[real_dir] = key
+  best: dict[str, tuple] = {}
+  for real_dir, (size, scale, subdir) in sorted(dirs.items()):
+    ranks = {v: _file_rank(size, scale, v, subdir, target) for v in (True, False)}
     for entry in os.scandir(real_dir):
-      stem, ext = os.path.splitext(entry.name)
-      ext = ext.lower()
+      stem, dot, ext = entry.name.rpartition(".")
+      ext = dot + ext.lower()
       if ext not in (".svg", ".svgz", ".png") or not stem or stem.endswith("-symbolic"):
         continue
-      rank = _file_rank(size, scale, ext != ".png", subdir, target)
+      rank = ranks[ext != ".png"]
       if stem not in best or rank < best[stem][0]:
         best[stem] = (rank, entry)
   out = {}
