@@ -67,6 +67,7 @@ import shutil
 import subprocess
 
 import numpy as np
+import PIL
 from PIL import Image
 
 from sim_jax.data.builders import common, svg_render
@@ -79,6 +80,11 @@ class Family:
   name: str
   packages: tuple[str, ...]
   themes: tuple[str, ...]
+  # Themes whose absence means a package is missing (default: the first theme).
+  required: tuple[str, ...] = ()
+
+  def required_themes(self) -> tuple[str, ...]:
+    return self.required or self.themes[:1]
 
 
 # Originals before their known derivatives (exact duplicates are kept for the earlier family).
@@ -94,7 +100,8 @@ FAMILIES = (
             "Faenza-Radiance")),
     Family("faba", ("faba-icon-theme",), ("Faba",)),
     Family("numix", ("numix-icon-theme", "numix-icon-theme-circle"),
-           ("Numix", "Numix-Light", "Numix-Circle", "Numix-Circle-Light")),
+           ("Numix", "Numix-Light", "Numix-Circle", "Numix-Circle-Light"),
+           required=("Numix", "Numix-Circle")),
     Family("papirus", ("papirus-icon-theme",),
            ("Papirus", "Papirus-Light", "Papirus-Dark", "ePapirus", "ePapirus-Dark")),
     Family("paper", ("paper-icon-theme",), ("Paper", "Paper-Mono-Dark")),
@@ -139,6 +146,7 @@ THUMB_SIZE = 32
 MAX_SHIFT = 2
 BACKGROUND = (255, 255, 255)
 SKIPPED_CONTEXTS = frozenset({"animations"})
+RENDERER_PACKAGES = ["librsvg2-2", "libcairo2"]
 SPLIT_SEED = 21
 # Part of the options (so of the prepared dataset's name): bump it when a change to this module
 # changes the records, so a dataset prepared by older code is never reused.
@@ -171,9 +179,10 @@ def installed_themes(family: Family, root: str = ICON_ROOT) -> list[str]:
 
 
 def missing_reason(families: list[Family], root: str = ICON_ROOT) -> str | None:
-  """None when every family has its main theme installed, else the apt-get line to run."""
-  missing = [f for f in families if not os.path.isfile(os.path.join(root, f.themes[0],
-                                                                    "index.theme"))]
+  """None when every family's required themes are installed, else the apt-get line to run."""
+  missing = [f for f in families
+             if not all(os.path.isfile(os.path.join(root, t, "index.theme"))
+                        for t in f.required_themes())]
   libs = svg_render.missing_libraries()
   if not missing and not libs:
     return None
@@ -593,4 +602,6 @@ def icon_theme_options(c) -> dict:
           "min_families": min_families,
           "max_classes": None if c.max_classes is None else int(c.max_classes),
           **fractions, "root": ICON_ROOT, "revision": BUILD_REVISION,
-          "versions": package_versions(packages_of(families))}
+          # The renderers' versions too: they decide the pixels.
+          "versions": {**package_versions(packages_of(families) + RENDERER_PACKAGES),
+                       "pillow": PIL.__version__}}
