@@ -15,7 +15,7 @@ import ml_collections
 import tensorflow_datasets as tfds
 
 from sim_jax.data import registry
-from sim_jax.data.builders import common, fashion_mnist, han, icons
+from sim_jax.data.builders import common, fashion_mnist, han, icon_themes, icons
 
 
 def _first_line(e: Exception) -> str:
@@ -67,6 +67,7 @@ CHECKS = {
     "glyph_icons": _glyph_icons,
     "glyph_han": _glyph_han,
     "fashion_mnist": _fashion_mnist,
+    "icon_themes": icon_themes.unavailable_reason,
     "image_folder": _image_folder,
 }
 

@@ -41,8 +41,12 @@ def default_config() -> ml_collections.ConfigDict:
   c.charset = "default"  # glyph_*: named set or explicit characters / icon names (comma-separated)
   c.heldout_class_fraction = 0.0  # classes held out of train/test for zero-shot ("heldout" split)
   c.test_fraction = 0.2  # examples of each train class placed in the "test" split
-  c.max_classes = config_dict.placeholder(int)  # glyph_*: class cap; None: icons 200, han 1000
+  c.max_classes = config_dict.placeholder(int)  # class cap; None: glyph_icons 200, han 1000, all
   c.query_fonts = ""  # glyph_han: fonts whose renderings form the "query" split ("" = auto)
+  c.themes = ""  # icon_themes: comma-separated design families ("" = all; see icon_themes.FAMILIES)
+  c.query_families = ""  # icon_themes: families drawing the *query splits ("" = oxygen,paper; none)
+  c.min_families = config_dict.placeholder(int)  # icon_themes: families per class; None: 5
+  c.validation_class_fraction = 0.0  # icon_themes: classes in "validation" (disjoint from train)
   c.path = config_dict.placeholder(str)  # image_folder: root directory
   c.layout = "classes"  # image_folder: classes (dir per class) | pairs (left/ and right/)
   c.skip_bad_images = False  # image_folder: skip unreadable images instead of raising

@@ -15,7 +15,8 @@ import ml_collections
 import numpy as np
 import tensorflow_datasets as tfds
 
-from sim_jax.data.builders import common, digits, fashion_mnist, glyphs, han, icons, image_folder
+from sim_jax.data.builders import (common, digits, fashion_mnist, glyphs, han, icon_themes,
+                                    icons, image_folder)
 
 # name -> (builder class, options(data_config) -> JSON-able dict of build options)
 OWN = {
@@ -34,6 +35,7 @@ OWN = {
         "test_fraction": float(c.test_fraction)}),
     "glyph_han": (han.GlyphHan, han.han_options),
     "fashion_mnist": (fashion_mnist.FashionMnistIdx, fashion_mnist.fashion_options),
+    "icon_themes": (icon_themes.IconThemes, icon_themes.icon_theme_options),
     "image_folder": (image_folder.ImageFolder, lambda c: {
         "path": str(c.path), "layout": str(c.layout), "image_size": int(c.image_size or 64),
         "channels": int(c.channels or 3), "skip_bad_images": bool(c.skip_bad_images),

@@ -6,6 +6,7 @@ from sim_jax.data.builders import (  # noqa: F401
     fashion_mnist,
     glyphs,
     han,
+    icon_themes,
     icons,
     image_folder,
 )
