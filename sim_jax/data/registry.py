@@ -15,8 +15,16 @@ import ml_collections
 import numpy as np
 import tensorflow_datasets as tfds
 
-from sim_jax.data.builders import (common, digits, fashion_mnist, glyphs, han, icon_themes,
-                                    icons, image_folder)
+from sim_jax.data.builders import (
+  common,
+  digits,
+  fashion_mnist,
+  glyphs,
+  han,
+  icon_themes,
+  icons,
+  image_folder,
+)
 
 # name -> (builder class, options(data_config) -> JSON-able dict of build options)
 OWN = {
