@@ -57,7 +57,7 @@ def _jax_fn(loss, impl, block_size):
 
   import jax.numpy as jnp
 
-  from sim_jax.losses import infonce, streaming
+  from sim_jax.losses import infonce
   triplet_mod = importlib.import_module("sim_jax.losses.triplet")
 
   def mean(nd):
@@ -66,19 +66,19 @@ def _jax_fn(loss, impl, block_size):
   if loss == "nt_xent":
     if impl == "dense":
       return lambda x, y: mean(infonce.nt_xent_stats_dense(x, y, 0.1))
-    return lambda x, y: mean(streaming.nt_xent_stats(x, y, temperature=0.1,
-                                                     block_size=block_size))
+    return lambda x, y: mean(infonce.nt_xent_stats(x, y, temperature=0.1,
+                                                   block_size=block_size))
   if loss == "supcon":
     if impl == "dense":
       return lambda x, y: mean(infonce.supcon_stats_dense(x, y, 0.1))
-    return lambda x, y: mean(streaming.supcon_stats(x, y, temperature=0.1,
-                                                    block_size=block_size))
+    return lambda x, y: mean(infonce.supcon_stats(x, y, temperature=0.1,
+                                                  block_size=block_size))
   if impl == "dense":
     return lambda x, y: mean(triplet_mod.triplet_stats_dense(x, y, 0.2, "batch_hard",
                                                              "euclidean", False))
-  return lambda x, y: mean(streaming.triplet_stats(x, y, margin=0.2, mining="batch_hard",
-                                                   distance="euclidean", soft=False,
-                                                   block_size=block_size))
+  return lambda x, y: mean(triplet_mod.triplet_stats(x, y, margin=0.2, mining="batch_hard",
+                                                     distance="euclidean", soft=False,
+                                                     block_size=block_size))
 
 
 def _best_time(fn, reps):

@@ -1,4 +1,5 @@
-"""Shared test utilities: run code in a fresh Python process (fake devices, multi-process JAX)."""
+"""Shared test utilities: run code in a fresh Python process (fake devices, multi-process JAX),
+skip on missing Debian packages, finite-difference gradients."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import sys
 import tempfile
 import textwrap
 
+import numpy as np
 import pytest
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -119,3 +121,18 @@ def require_debian(packages: str | list[str] | tuple[str, ...], present: bool, w
   if os.environ.get(REQUIRE_DATA_ENV) == "1":
     pytest.fail(f"{message} (${REQUIRE_DATA_ENV}=1: CI must have them)")
   pytest.skip(message)
+
+
+def numeric_grad(f, x, h: float = 1e-6) -> np.ndarray:
+  """Central differences (f(x + h e_k) - f(x - h e_k)) / 2h of a NumPy scalar function, float64.
+
+  The independent reference the loss tests check autodiff against: `f` is a hand-written NumPy
+  loop, so neither the code under test nor JAX is involved.
+  """
+  x = np.asarray(x, np.float64)
+  g = np.zeros_like(x)
+  for idx in np.ndindex(*x.shape):
+    e = np.zeros_like(x)
+    e[idx] = h
+    g[idx] = (f(x + e) - f(x - e)) / (2 * h)
+  return g

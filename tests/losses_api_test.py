@@ -1,4 +1,8 @@
-"""sim_jax.losses public surface: input validation, no recompilation, config, exports."""
+"""sim_jax.losses public surface: input validation, no recompilation, config, exports, and a
+one-way module graph (no import cycle, no function-local import)."""
+
+import ast
+import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -146,5 +150,54 @@ def test_exports():
     assert callable(getattr(losses, name)) or name == "LOSS_NAMES", name
   for name in losses.LOSS_NAMES:
     assert callable(getattr(losses, name)), name
-  for name in ("nt_xent_stats_dense", "supcon_stats_dense", "triplet_stats_dense", "diagnostics"):
+  for name in ("nt_xent_stats_dense", "supcon_stats_dense", "triplet_stats_dense", "diagnostics",
+               "nt_xent_stats", "supcon_stats", "triplet_stats", "l2_normalize"):
     assert name in losses.__all__
+
+
+def _losses_import_graph():
+  """{module: {sim_jax.losses submodules it imports}} read from the source files, plus the
+  function-local imports found (as "module:line")."""
+  package = pathlib.Path(losses.__file__).parent
+  graph, local = {}, []
+  for path in sorted(package.glob("*.py")):
+    module = path.stem
+    tree = ast.parse(path.read_text())
+    top = set(map(id, tree.body))
+    graph[module] = set()
+    for node in ast.walk(tree):
+      if not isinstance(node, (ast.Import, ast.ImportFrom)):
+        continue
+      if id(node) not in top:
+        local.append(f"{module}:{node.lineno}")
+      if isinstance(node, ast.ImportFrom) and node.module == "sim_jax.losses":
+        graph[module] |= {a.name for a in node.names}
+      elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("sim_jax.losses."):
+        graph[module].add(node.module.rsplit(".", 1)[1])
+  return graph, local
+
+
+def test_losses_modules_import_one_way_at_the_top():
+  graph, local = _losses_import_graph()
+  assert not local, f"function-local imports: {local}"
+  assert {"sweep", "infonce_streaming", "triplet_streaming", "distributed"} <= set(graph)
+  assert "streaming" not in graph   # split into sweep / infonce_streaming / triplet_streaming
+  # Depth-first search for a back edge: a module reachable from itself is an import cycle.
+  done, active = set(), []
+
+  def visit(module):
+    assert module not in active, "import cycle: " + " -> ".join(active + [module])
+    if module in done:
+      return
+    active.append(module)
+    for dep in sorted(graph.get(module, ())):
+      visit(dep)
+    active.pop()
+    done.add(module)
+
+  for module in sorted(graph):
+    if module != "__init__":
+      visit(module)
+  # The sweep machinery is a leaf of the streaming losses: it imports no loss.
+  assert graph["sweep"] == set()
+  assert graph["distributed"] == {"sweep"}

@@ -9,6 +9,7 @@ import pytest
 from jax.test_util import check_grads
 
 from sim_jax import losses
+from tests.helpers import numeric_grad
 
 T = 0.1
 LABELS = np.array([0, 0, 1, 1, 1, 2, 3, 3], np.int32)  # class 2 has no positive
@@ -63,17 +64,6 @@ def reduce_ref(num, den, reduction):
   if reduction == "sum":
     return num.sum()
   return num / np.maximum(den, 1)
-
-
-def numeric_grad(f, x, h=1e-6):
-  """Central differences of a NumPy scalar function (float64)."""
-  x = np.asarray(x, np.float64)
-  g = np.zeros_like(x)
-  for idx in np.ndindex(*x.shape):
-    e = np.zeros_like(x)
-    e[idx] = h
-    g[idx] = (f(x + e) - f(x - e)) / (2 * h)
-  return g
 
 
 REFS = {"nt_xent": ref_nt_xent, "supcon": ref_supcon}
@@ -227,18 +217,26 @@ def test_matches_pytorch_metric_learning():
     np.testing.assert_allclose(ours, theirs, rtol=1e-9)
 
 
-def test_streaming_branch_is_dispatched_not_stubbed():
-  """block_size routes to sim_jax.losses.streaming (issue 5); the dense result is the target."""
-  x = jnp.asarray(_random(8), jnp.float32)
-  try:
-    from sim_jax.losses import streaming  # noqa: F401
-  except ImportError:
-    with pytest.raises(ImportError):
-      losses.nt_xent(x, jnp.asarray(LABELS), block_size=4)
-    return
-  for fn in (losses.nt_xent, losses.supcon):
-    np.testing.assert_allclose(fn(x, jnp.asarray(LABELS), block_size=4),
-                               fn(x, jnp.asarray(LABELS)), rtol=1e-5)
+def _runs_custom_vjp(fn, x) -> bool:
+  """Whether `fn`'s program holds a custom-VJP call: the streaming cores' sweep, never dense."""
+  return "custom_vjp_call" in str(jax.make_jaxpr(fn)(x))
+
+
+@pytest.mark.parametrize("name", ["nt_xent", "supcon"])
+def test_block_size_runs_the_streaming_core_with_the_reference_value_and_grad(name):
+  # block_size = 3 < N = 8: the streaming core (sim_jax.losses.infonce_streaming) must run, and
+  # give the loops' value and gradient; N <= block_size on one device is the dense core.
+  x = _random(8)
+  labels = jnp.asarray(LABELS)
+  streamed = lambda e: FNS[name](e, labels, T, block_size=3)
+  xj = jnp.asarray(x, jnp.float32)
+  assert _runs_custom_vjp(streamed, xj)
+  assert not _runs_custom_vjp(lambda e: FNS[name](e, labels, T, block_size=8), xj)
+  assert not _runs_custom_vjp(lambda e: FNS[name](e, labels, T), xj)
+  value, grad = jax.jit(jax.value_and_grad(streamed))(xj)
+  np.testing.assert_allclose(value, reduce_ref(*REFS[name](x, LABELS, T), "mean"), rtol=2e-5)
+  expected = numeric_grad(lambda e: reduce_ref(*REFS[name](e, LABELS, T), "mean"), x)
+  np.testing.assert_allclose(grad, expected, rtol=2e-3, atol=2e-4)
 
 
 def test_dense_stats_are_the_documented_per_anchor_arrays():

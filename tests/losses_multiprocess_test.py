@@ -32,7 +32,8 @@ jax.distributed.initialize(coordinator_address=f"127.0.0.1:{{port}}", num_proces
                            process_id=pid, initialization_timeout=60)
 import jax.numpy as jnp, numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
-from sim_jax.losses import streaming, two_tower
+from sim_jax.losses import infonce, two_tower
+triplet_mod = importlib.import_module("sim_jax.losses.triplet")
 assert jax.process_count() == 2 and jax.device_count() == 4, (jax.process_count(), jax.devices())
 N, D, SEED = {n}, {d}, {seed}
 rng = np.random.default_rng(SEED)
@@ -48,9 +49,9 @@ w = glob(np.linspace(0.5, 1.5, N).astype(np.float32))
 
 # Global arrays spanning both processes must be jit arguments (they cannot be closed over).
 losses = {{
-  "nt_xent": lambda x, t, y, txt, w: jnp.sum(streaming.nt_xent_stats(
+  "nt_xent": lambda x, t, y, txt, w: jnp.sum(infonce.nt_xent_stats(
       x, y, temperature=t, block_size=3, mesh=mesh)[0] * w),
-  "batch_hard": lambda x, m, y, txt, w: jnp.sum(streaming.triplet_stats(
+  "batch_hard": lambda x, m, y, txt, w: jnp.sum(triplet_mod.triplet_stats(
       x, y, margin=m, mining="batch_hard", distance="euclidean", soft=False, block_size=3,
       mesh=mesh)[0] * w),
   "siglip": lambda x, b, y, txt, w: two_tower.siglip(x, txt, math.log(10.0), b, block_size=3,

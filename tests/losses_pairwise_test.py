@@ -10,6 +10,7 @@ import pytest
 from jax.test_util import check_grads
 
 from sim_jax import losses
+from tests.helpers import numeric_grad
 
 SAME = np.array([1, 0, 1, 0, 0, 1, 0, 1], np.int32)
 
@@ -29,16 +30,6 @@ def ref_contrastive(a, b, same, margin, squared, distance):
       h = max(margin - d, 0.0)
       out.append(0.5 * h * h if squared else h)
   return np.array(out)
-
-
-def numeric_grad(f, x, h=1e-6):
-  x = np.asarray(x, np.float64)
-  g = np.zeros_like(x)
-  for idx in np.ndindex(*x.shape):
-    e = np.zeros_like(x)
-    e[idx] = h
-    g[idx] = (f(x + e) - f(x - e)) / (2 * h)
-  return g
 
 
 def _pairs(seed):

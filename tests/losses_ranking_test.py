@@ -7,18 +7,9 @@ import pytest
 from jax.test_util import check_grads
 
 from sim_jax import losses
+from tests.helpers import numeric_grad
 
 LABELS = np.array([0, 0, 0, 1, 1, 2, 3, 3], np.int32)
-
-
-def numeric_grad(f, x, h=1e-6):
-  x = np.asarray(x, np.float64)
-  g = np.zeros_like(x)
-  for idx in np.ndindex(*x.shape):
-    e = np.zeros_like(x)
-    e[idx] = h
-    g[idx] = (f(x + e) - f(x - e)) / (2 * h)
-  return g
 
 
 def _random(seed, n=8, d=4):

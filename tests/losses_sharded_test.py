@@ -11,7 +11,7 @@ _CHILD = r"""
 import importlib, math
 import jax, jax.numpy as jnp, numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
-from sim_jax.losses import infonce, streaming, two_tower
+from sim_jax.losses import infonce, two_tower
 
 assert jax.device_count() == 4, jax.devices()
 triplet_mod = importlib.import_module("sim_jax.losses.triplet")
@@ -37,17 +37,17 @@ def check(name, sharded, dense, param, args_s, args_d):
   np.testing.assert_allclose(sharded(args_s, param)[1], dense(args_d, param)[1], err_msg=name)
   print("ok", name)
 
-check("nt_xent", lambda x, t: streaming.nt_xent_stats(x, ys, temperature=t, block_size=3,
-                                                      mesh=mesh),
-      lambda x, t: infonce.nt_xent_stats_dense(x, y, t), 0.05, xs, x)
-check("supcon", lambda x, t: streaming.supcon_stats(x, ys, temperature=t, block_size=4,
+check("nt_xent", lambda x, t: infonce.nt_xent_stats(x, ys, temperature=t, block_size=3,
                                                     mesh=mesh),
+      lambda x, t: infonce.nt_xent_stats_dense(x, y, t), 0.05, xs, x)
+check("supcon", lambda x, t: infonce.supcon_stats(x, ys, temperature=t, block_size=4,
+                                                  mesh=mesh),
       lambda x, t: infonce.supcon_stats_dense(x, y, t), 0.5, xs, x)
 for mining, distance in [("batch_hard", "euclidean"), ("semi_hard", "cosine"),
                          ("batch_all", "squared_euclidean")]:
-  check(mining, lambda x, m: streaming.triplet_stats(x, ys, margin=m, mining=mining,
-                                                     distance=distance, soft=False,
-                                                     block_size=3, mesh=mesh),
+  check(mining, lambda x, m: triplet_mod.triplet_stats(x, ys, margin=m, mining=mining,
+                                                       distance=distance, soft=False,
+                                                       block_size=3, mesh=mesh),
         lambda x, m: triplet_mod.triplet_stats_dense(x, y, m, mining, distance, False), 0.3,
         xs, x)
 
@@ -75,7 +75,7 @@ for bad_mesh, bad_x, bad_y, match in [
     (jax.make_mesh((4,), ("batch",)), x, y, "data"),
     (mesh, x[:38], y[:38], "divisible")]:
   try:
-    streaming.nt_xent_stats(bad_x, bad_y, temperature=0.1, block_size=4, mesh=bad_mesh)
+    infonce.nt_xent_stats(bad_x, bad_y, temperature=0.1, block_size=4, mesh=bad_mesh)
   except ValueError as e:
     assert match in str(e), e
   else:

@@ -1,4 +1,5 @@
-"""Streaming losses (sim_jax.losses.streaming, two_tower, gradcache) against independent references.
+"""Streaming losses (infonce_streaming, triplet_streaming, two_tower, gradcache) against
+independent references.
 
 Values are checked against hand-written NumPy loops over pairs / triplets in float64; gradients
 against the dense cores of sim_jax.losses (a second implementation, differentiated by autodiff)
@@ -13,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sim_jax.losses import gradcache, infonce, streaming, two_tower
+from sim_jax.losses import gradcache, infonce, infonce_streaming, sweep, two_tower
 
 triplet_mod = importlib.import_module("sim_jax.losses.triplet")
 
@@ -147,7 +148,7 @@ def _check_all(stream_fn, dense_fn, ref_fn, x, seed=0):
 def test_nt_xent_matches_loops_dense_and_finite_differences(temperature, block_size):
   x, y = _data(1)
   _check_all(
-    lambda x: streaming.nt_xent_stats(x, y, temperature=temperature, block_size=block_size),
+    lambda x: infonce.nt_xent_stats(x, y, temperature=temperature, block_size=block_size),
     lambda x: infonce.nt_xent_stats_dense(x, y, temperature), lambda x: ref_nt_xent(x, y,
                                                                                    temperature), x)
 
@@ -157,7 +158,7 @@ def test_supcon_matches_loops_dense_and_finite_differences(temperature, block_si
   x, y = _data(2, classes=6)
   y[0] = 99  # an anchor without positives: excluded (den 0), never counted as zero
   _check_all(
-    lambda x: streaming.supcon_stats(x, y, temperature=temperature, block_size=block_size),
+    lambda x: infonce.supcon_stats(x, y, temperature=temperature, block_size=block_size),
     lambda x: infonce.supcon_stats_dense(x, y, temperature),
     lambda x: ref_supcon(x, y, temperature), x)
 
@@ -167,19 +168,19 @@ def test_simclr_identical_views_give_log_2n_minus_1():
   n = 5
   x = np.ones((2 * n, 4))
   y = np.concatenate([np.arange(n), np.arange(n)])
-  num, den = jax.jit(lambda x: streaming.nt_xent_stats(x, jnp.asarray(y), temperature=0.3,
-                                                       block_size=3))(jnp.asarray(x))
+  num, den = jax.jit(lambda x: infonce.nt_xent_stats(x, jnp.asarray(y), temperature=0.3,
+                                                     block_size=3))(jnp.asarray(x))
   np.testing.assert_allclose(num / den, np.log(2 * n - 1), rtol=1e-6)
 
 
 def test_learnable_temperature_gradient_matches_dense():
   x, y = _data(3)
-  f_s = lambda t: jnp.sum(streaming.nt_xent_stats(jnp.asarray(x, jnp.float32), y, temperature=t,
-                                                  block_size=5)[0])
+  f_s = lambda t: jnp.sum(infonce.nt_xent_stats(jnp.asarray(x, jnp.float32), y, temperature=t,
+                                                block_size=5)[0])
   f_d = lambda t: jnp.sum(infonce.nt_xent_stats_dense(jnp.asarray(x, jnp.float32), y, t)[0])
   np.testing.assert_allclose(jax.jit(jax.grad(f_s))(0.2), jax.jit(jax.grad(f_d))(0.2), rtol=1e-5)
-  g_s = lambda t: jnp.sum(streaming.supcon_stats(jnp.asarray(x, jnp.float32), y, temperature=t,
-                                                 block_size=5)[0])
+  g_s = lambda t: jnp.sum(infonce.supcon_stats(jnp.asarray(x, jnp.float32), y, temperature=t,
+                                               block_size=5)[0])
   g_d = lambda t: jnp.sum(infonce.supcon_stats_dense(jnp.asarray(x, jnp.float32), y, t)[0])
   np.testing.assert_allclose(jax.jit(jax.grad(g_s))(0.2), jax.jit(jax.grad(g_d))(0.2), rtol=1e-5)
 
@@ -188,13 +189,13 @@ def test_single_class_and_zero_vector_are_finite():
   x, _ = _data(4, n=10)
   x[3] = 0.0  # zero embedding: cosine similarity 0, finite gradient
   y = np.zeros(10, np.int32)
-  for fn in (streaming.nt_xent_stats, streaming.supcon_stats):
+  for fn in (infonce.nt_xent_stats, infonce.supcon_stats):
     (value, (num, den)), grad = _stream_value_and_grad(
       lambda x, fn=fn: fn(x, y, temperature=0.1, block_size=4), x)
     assert np.all(np.isfinite(grad)) and np.isfinite(value)
   # NT-Xent without negatives: every l_ip = 0, den = #positives.
-  num, den = jax.jit(lambda x: streaming.nt_xent_stats(x, y, temperature=0.1,
-                                                       block_size=4))(jnp.asarray(x))
+  num, den = jax.jit(lambda x: infonce.nt_xent_stats(x, y, temperature=0.1,
+                                                     block_size=4))(jnp.asarray(x))
   np.testing.assert_allclose(num, 0.0)
   np.testing.assert_allclose(den, 9.0)
 
@@ -210,8 +211,8 @@ def test_triplet_matches_loops_dense_and_finite_differences(mining, distance, so
   y[-1] = 50   # an anchor without positives: excluded
   margin = 0.2 if distance != "squared_euclidean" else 1.0
   _check_all(
-    lambda x: streaming.triplet_stats(x, y, margin=margin, mining=mining, distance=distance,
-                                      soft=soft, block_size=block_size),
+    lambda x: triplet_mod.triplet_stats(x, y, margin=margin, mining=mining, distance=distance,
+                                        soft=soft, block_size=block_size),
     lambda x: triplet_mod.triplet_stats_dense(x, y, margin, mining, distance, soft),
     lambda x: ref_triplet(x, y, margin, mining, distance, soft), x)
 
@@ -221,7 +222,7 @@ def test_triplet_margin_gradient_counts_active_terms():
   x, y = _data(6, classes=3)
   xj = jnp.asarray(x * 0.5, jnp.float32)
   for mining in ("batch_hard", "semi_hard", "batch_all"):
-    f = lambda m, mining=mining: jnp.sum(streaming.triplet_stats(
+    f = lambda m, mining=mining: jnp.sum(triplet_mod.triplet_stats(
       xj, y, margin=m, mining=mining, distance="euclidean", soft=False, block_size=5)[0])
     eps = 1e-6
     fd = (np.sum(ref_triplet(x * 0.5, y, 0.3 + eps, mining, "euclidean", False)[0])
@@ -237,7 +238,7 @@ def test_streaming_never_materialises_the_n_by_n_matrix():
   y = jax.ShapeDtypeStruct((n,), jnp.int32)
 
   def temp_bytes(block_size):
-    fn = jax.value_and_grad(lambda x, y: jnp.sum(streaming.nt_xent_stats(
+    fn = jax.value_and_grad(lambda x, y: jnp.sum(infonce.nt_xent_stats(
       x, y, temperature=0.1, block_size=block_size)[0]))
     return jax.jit(fn).lower(x, y).compile().memory_analysis().temp_size_in_bytes
 
@@ -250,17 +251,17 @@ def test_streaming_never_materialises_the_n_by_n_matrix():
 def test_invalid_inputs_raise_value_error_naming_the_argument():
   x, y = jnp.ones((6, 3)), jnp.arange(6)
   with pytest.raises(ValueError, match="block_size"):
-    streaming.nt_xent_stats(x, y, temperature=0.1, block_size=0)
+    infonce.nt_xent_stats(x, y, temperature=0.1, block_size=0)
   with pytest.raises(ValueError, match="temperature"):
-    streaming.supcon_stats(x, y, temperature=-1.0, block_size=2)
+    infonce.supcon_stats(x, y, temperature=-1.0, block_size=2)
   with pytest.raises(ValueError, match="labels"):
-    streaming.nt_xent_stats(x, y[:5], temperature=0.1, block_size=2)
+    infonce.nt_xent_stats(x, y[:5], temperature=0.1, block_size=2)
   with pytest.raises(ValueError, match="mining"):
-    streaming.triplet_stats(x, y, margin=0.2, mining="hardest", distance="euclidean", soft=False,
-                            block_size=2)
+    triplet_mod.triplet_stats(x, y, margin=0.2, mining="hardest", distance="euclidean", soft=False,
+                              block_size=2)
   with pytest.raises(ValueError, match="margin"):
-    streaming.triplet_stats(x, y, margin=-0.1, mining="batch_hard", distance="euclidean",
-                            soft=False, block_size=2)
+    triplet_mod.triplet_stats(x, y, margin=-0.1, mining="batch_hard", distance="euclidean",
+                              soft=False, block_size=2)
   with pytest.raises(ValueError, match="txt_emb"):
     two_tower.clip_infonce(x, jnp.ones((5, 3)), 0.1)
   with pytest.raises(ValueError, match="num_chunks"):
@@ -273,13 +274,13 @@ def test_bfloat16_inputs_give_float32_stats_and_bfloat16_gradient():
   x, y = _data(7)
   xb = jnp.asarray(x, jnp.bfloat16)
   (value, (num, _)), grad = _stream_value_and_grad(
-    lambda x: streaming.nt_xent_stats(x.astype(jnp.bfloat16), y, temperature=0.1, block_size=5),
+    lambda x: infonce.nt_xent_stats(x.astype(jnp.bfloat16), y, temperature=0.1, block_size=5),
     xb.astype(jnp.float32))
   assert num.dtype == jnp.float32
   ref = _mean(*ref_nt_xent(np.asarray(xb.astype(jnp.float32), np.float64), y, 0.1))
   np.testing.assert_allclose(value, ref, rtol=1e-5)
-  g = jax.jit(jax.grad(lambda x: jnp.sum(streaming.nt_xent_stats(x, y, temperature=0.1,
-                                                                 block_size=5)[0])))(xb)
+  g = jax.jit(jax.grad(lambda x: jnp.sum(infonce.nt_xent_stats(x, y, temperature=0.1,
+                                                               block_size=5)[0])))(xb)
   assert g.dtype == jnp.bfloat16
 
 
@@ -394,8 +395,8 @@ def _band_labels():
 
 
 # The single-device NT-Xent / SupCon forms share the label-sorted sweep.
-INFONCE = {"nt_xent": (streaming.nt_xent_stats, infonce.nt_xent_stats_dense, ref_nt_xent),
-           "supcon": (streaming.supcon_stats, infonce.supcon_stats_dense, ref_supcon)}
+INFONCE = {"nt_xent": (infonce.nt_xent_stats, infonce.nt_xent_stats_dense, ref_nt_xent),
+           "supcon": (infonce.supcon_stats, infonce.supcon_stats_dense, ref_supcon)}
 
 
 def _check_infonce(loss, x, y, temperature, block_size):
@@ -429,12 +430,12 @@ def test_single_block_matches_loops_and_infonce_dispatches_to_the_dense_core():
   x, y = _data(14)
   xj = jnp.asarray(x, jnp.float32)
   cases = [
-    (lambda x: streaming.nt_xent_stats(x, y, temperature=0.1, block_size=N),
+    (lambda x: infonce.nt_xent_stats(x, y, temperature=0.1, block_size=N),
      lambda x: ref_nt_xent(x, y, 0.1)),
-    (lambda x: streaming.supcon_stats(x, y, temperature=0.1, block_size=N + 5),
+    (lambda x: infonce.supcon_stats(x, y, temperature=0.1, block_size=N + 5),
      lambda x: ref_supcon(x, y, 0.1)),
-    (lambda x: streaming.triplet_stats(x, y, margin=0.2, mining="batch_hard",
-                                       distance="euclidean", soft=False, block_size=64),
+    (lambda x: triplet_mod.triplet_stats(x, y, margin=0.2, mining="batch_hard",
+                                         distance="euclidean", soft=False, block_size=64),
      lambda x: ref_triplet(x, y, 0.2, "batch_hard", "euclidean", False)),
   ]
   for fn, ref in cases:
@@ -481,8 +482,8 @@ def test_batch_hard_ties_pick_the_first_column_like_argmax(block_size):
   x[2] = x[3] = x[1] + 3.0     # class 0: the farthest positive of anchors 0 and 1, tied
   x[9] = x[10] = x[0] + 0.05   # class 2: the nearest negative of anchor 0, tied
   xj = jnp.asarray(x, jnp.float32)
-  fn = lambda x: streaming.triplet_stats(x, y, margin=0.5, mining="batch_hard",
-                                         distance="euclidean", soft=False, block_size=block_size)
+  fn = lambda x: triplet_mod.triplet_stats(x, y, margin=0.5, mining="batch_hard",
+                                           distance="euclidean", soft=False, block_size=block_size)
   (value, (num, den)), grad = _stream_value_and_grad(fn, xj)
   ref_num, ref_den = ref_triplet(x, y, 0.5, "batch_hard", "euclidean", False)
   np.testing.assert_allclose(den, ref_den)
@@ -531,9 +532,41 @@ def test_tight_classes_gradient_stays_as_accurate_as_dense(loss, temperature, to
   # the streaming gradient was 0.25 of max |g| away from dense.
   x, y = _tight_classes(seed=seed)
   xj = jnp.asarray(x, jnp.float32)
-  stats = {"nt_xent": (streaming.nt_xent_stats, infonce.nt_xent_stats_dense),
-           "supcon": (streaming.supcon_stats, infonce.supcon_stats_dense)}[loss]
+  stats = {"nt_xent": (infonce.nt_xent_stats, infonce.nt_xent_stats_dense),
+           "supcon": (infonce.supcon_stats, infonce.supcon_stats_dense)}[loss]
   g_s = jax.grad(lambda e: jnp.sum(stats[0](e, y, temperature=temperature, block_size=64)[0]))(xj)
   g_d = jax.grad(lambda e: jnp.sum(stats[1](e, y, temperature)[0]))(xj)
   err = float(jnp.max(jnp.abs(g_s - g_d)) / jnp.max(jnp.abs(g_d)))
   assert err < tol, f"{loss}: streaming gradient off by {err:.2e} of max |g| (tolerance {tol})"
+
+
+# ---------------------------------------------------------------- the dense-or-streaming decision
+
+MESH = object()   # `sweep.streams` only asks whether a mesh is given
+
+
+@pytest.mark.parametrize("n,block_size,mesh,one_block,expected", [
+  (24, None, None, True, False),    # no block_size: dense
+  (24, None, MESH, True, False),    # a mesh alone does not stream (jit sees the global batch)
+  (24, 8, None, True, True),        # N > block_size on one device: streaming
+  (24, 24, None, True, False),      # N <= block_size: one block, the dense core
+  (24, 24, None, False, True),      # ... unless the loss keeps its one-block sweep (triplet)
+  (24, 64, MESH, True, True),       # a mesh and a block_size: streaming across devices
+])
+def test_streams_is_the_documented_decision(n, block_size, mesh, one_block, expected):
+  assert sweep.streams(n, block_size, mesh, dense_at_one_block=one_block) is expected
+
+
+@pytest.mark.parametrize("loss", ["nt_xent", "supcon"])
+def test_streaming_cores_stream_even_at_one_block(loss):
+  # The *_stats_streaming functions never fall back to dense: at N <= block_size the sorted
+  # (NT-Xent) or blockwise (SupCon) sweep runs as one block and still equals the loops.
+  stream = {"nt_xent": infonce_streaming.nt_xent_stats_streaming,
+            "supcon": infonce_streaming.supcon_stats_streaming}[loss]
+  _, dense, ref = INFONCE[loss]
+  x, y = _data(17)
+  fn = lambda x: stream(x, y, temperature=0.2, block_size=N + 3)
+  assert "custom_vjp_call" in str(jax.make_jaxpr(fn)(jnp.asarray(x, jnp.float32)))
+  _check_all(fn, lambda x: dense(x, y, 0.2), lambda x: ref(x, y, 0.2), x)
+  with pytest.raises(ValueError, match="block_size must be a positive int"):
+    stream(x, y, temperature=0.2, block_size=None)

@@ -10,6 +10,7 @@ import pytest
 from jax.test_util import check_grads
 
 from sim_jax import losses
+from tests.helpers import numeric_grad
 
 MARGIN = 0.2
 MININGS = ("batch_hard", "semi_hard", "batch_all")
@@ -60,16 +61,6 @@ def ref_triplet(x, y, margin, mining, distance, soft):
 def ref_mean(x, y, margin, mining, distance, soft):
   num, den = ref_triplet(x, y, margin, mining, distance, soft)
   return num.sum() / max(den.sum(), 1)
-
-
-def numeric_grad(f, x, h=1e-6):
-  x = np.asarray(x, np.float64)
-  g = np.zeros_like(x)
-  for idx in np.ndindex(*x.shape):
-    e = np.zeros_like(x)
-    e[idx] = h
-    g[idx] = (f(x + e) - f(x - e)) / (2 * h)
-  return g
 
 
 JITTED = jax.jit(losses.triplet, static_argnames=("mining", "distance", "soft", "block_size",
@@ -233,14 +224,20 @@ def test_batch_all_matches_pytorch_metric_learning():
     np.testing.assert_allclose(ours, theirs, rtol=1e-9)
 
 
-def test_streaming_branch_is_dispatched_not_stubbed():
-  x = jnp.asarray(_random(12), jnp.float32)
-  try:
-    from sim_jax.losses import streaming  # noqa: F401
-  except ImportError:
-    with pytest.raises(ImportError):
-      losses.triplet(x, jnp.asarray(LABELS), block_size=4)
-    return
-  for mining in MININGS:
-    np.testing.assert_allclose(losses.triplet(x, jnp.asarray(LABELS), mining=mining, block_size=4),
-                               losses.triplet(x, jnp.asarray(LABELS), mining=mining), rtol=1e-5)
+@pytest.mark.parametrize("mining", MININGS)
+def test_block_size_runs_the_streaming_core_with_the_reference_value_and_grad(mining):
+  # Any block_size runs the streaming core (sim_jax.losses.triplet_streaming), even a single
+  # block (N = 8 <= 64): its custom-VJP call must be in the program, with the loops' value and
+  # gradient. The dense form has none.
+  x = _random(12)
+  labels = jnp.asarray(LABELS)
+  kw = dict(margin=MARGIN, mining=mining, distance="euclidean", soft=False)
+  xj = jnp.asarray(x, jnp.float32)
+  for block_size in (3, 64):
+    streamed = lambda e, b=block_size: losses.triplet(e, labels, block_size=b, **kw)
+    assert "custom_vjp_call" in str(jax.make_jaxpr(streamed)(xj))
+    value, grad = jax.jit(jax.value_and_grad(streamed))(xj)
+    np.testing.assert_allclose(value, ref_mean(x, LABELS, **kw), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(grad, numeric_grad(lambda e: ref_mean(e, LABELS, **kw), x),
+                               rtol=2e-3, atol=2e-4)
+  assert "custom_vjp_call" not in str(jax.make_jaxpr(lambda e: losses.triplet(e, labels, **kw))(xj))

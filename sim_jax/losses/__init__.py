@@ -1,7 +1,8 @@
 """sim_jax.losses: pure, documented, jit/grad/vmap-safe similarity-learning losses.
 
-Dense forms live here; `block_size=...` dispatches the all-pairs losses to the streaming form
-(`sim_jax.losses.streaming`). Semantics where the literature disagrees: docs/losses.md.
+Dense forms live here; `block_size=...` dispatches the all-pairs losses to their streaming forms
+(`infonce_streaming`, `triplet_streaming`, on the blockwise sweep of `sweep`; across devices
+`distributed`). Semantics where the literature disagrees: docs/losses.md.
 """
 
 from sim_jax.losses.classification import linear_logits, softmax_ce
@@ -10,14 +11,15 @@ from sim_jax.losses.diagnostics import diagnostics
 from sim_jax.losses.infonce import (
   nt_xent,
   nt_xent_pairs,
+  nt_xent_stats,
   nt_xent_stats_dense,
   supcon,
+  supcon_stats,
   supcon_stats_dense,
 )
 from sim_jax.losses.pairwise import (
   contrastive,
   cosine_similarity_matrix,
-  l2_normalize,
   learnable_margin_contrastive,
   margin_from_raw,
   pair_bce,
@@ -25,8 +27,9 @@ from sim_jax.losses.pairwise import (
   raw_from_margin,
 )
 from sim_jax.losses.ranking import recall_at_k_surrogate, snr_contrastive, snr_distance_matrix
-from sim_jax.losses.triplet import triplet, triplet_stats_dense
+from sim_jax.losses.triplet import triplet, triplet_stats, triplet_stats_dense
 from sim_jax.losses.two_tower import clip_infonce, siglip
+from sim_jax.numerics import l2_normalize
 
 __all__ = [
   "LOSS_NAMES",
@@ -41,6 +44,7 @@ __all__ = [
   "margin_from_raw",
   "nt_xent",
   "nt_xent_pairs",
+  "nt_xent_stats",
   "nt_xent_stats_dense",
   "pair_bce",
   "pairwise_distances",
@@ -51,7 +55,9 @@ __all__ = [
   "snr_distance_matrix",
   "softmax_ce",
   "supcon",
+  "supcon_stats",
   "supcon_stats_dense",
   "triplet",
+  "triplet_stats",
   "triplet_stats_dense",
 ]

@@ -9,12 +9,8 @@ import jax
 import jax.numpy as jnp
 
 from sim_jax.losses import _checks
-from sim_jax.losses.pairwise import (
-  cosine_similarity_matrix,
-  l2_normalize,
-  safe_sqrt,
-  squared_euclidean_matrix,
-)
+from sim_jax.losses.pairwise import cosine_similarity_matrix, safe_sqrt, squared_euclidean_matrix
+from sim_jax.numerics import l2_normalize
 
 
 def _masked_mean(values, mask):

@@ -2,7 +2,7 @@
 
 Under `jax.jit`, dense math on a globally sharded `jax.Array` already sees the global batch, but
 XLA then materialises (slices of) the N x N matrix and gathers the embeddings everywhere. The
-sweepers here run the same per-loss kernels as `sim_jax.losses.streaming` inside
+sweepers here run the same per-loss bodies as the single-device `sim_jax.losses.sweep` inside
 `jax.shard_map`, so that no device ever holds more than one block of the N x N matrix:
 
 * `RingSweeper` (nt_xent, supcon, batch-hard triplet, CLIP InfoNCE, SigLIP): each device keeps
@@ -21,6 +21,9 @@ Both are exact: each anchor's statistics are merged from every column of the glo
 the gradient is the single-device gradient for the same global batch (tests compare them on 4
 fake CPU devices and across 2 processes). Scalar parameter gradients (temperature, margin, ...)
 are summed over the ring with `psum`.
+
+`sweeper_and_wrap` picks the sweeper of a streaming loss (local without a mesh, else ring or
+gather) and `run_bodies` applies a loss's bodies with it.
 """
 
 from __future__ import annotations
@@ -31,13 +34,9 @@ from jax import lax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from sim_jax.losses.streaming import backward_sweep, forward_sweep
+from sim_jax.losses.sweep import LocalSweeper, backward_sweep, custom_loss, forward_sweep, tree_add
 
 DATA_AXIS = "data"
-
-
-def _tree_add(a, b):
-  return jax.tree.map(jnp.add, a, b)
 
 
 class RingSweeper:
@@ -79,7 +78,7 @@ class RingSweeper:
       # A chunk's gradient accumulator travels with the chunk.
       cols, dx_c, extra_c = self._shift((cols, dx_c, extra_c))
       a, b, c, d = backward_sweep(grad_block, rows, cols, self.row_block, self.col_block)
-      return (dx_r + a, _tree_add(extra_r, b), cols, dx_c + c, _tree_add(extra_c, d)), None
+      return (dx_r + a, tree_add(extra_r, b), cols, dx_c + c, tree_add(extra_c, d)), None
 
     carry = (dx_r, extra_r, cols, dx_c, extra_c)
     (dx_r, extra_r, _, dx_c, extra_c), _ = lax.scan(hop, carry, None, length=self.k - 1)
@@ -112,7 +111,7 @@ def num_data_shards(mesh) -> int:
 
 
 def shard_wrap(mesh):
-  """`wrap(fn, kind)` for `streaming.custom_loss`: runs a fwd / bwd body under `jax.shard_map`.
+  """`wrap(fn, kind)` for `sweep.custom_loss`: runs a fwd / bwd body under `jax.shard_map`.
 
   Per-row arrays (embeddings, labels, outputs, residuals, cotangents) are split over "data";
   scalar parameters and their (psum-reduced) gradients are replicated.
@@ -151,3 +150,24 @@ def sharded_sweeper_and_wrap(n: int, block_size, mesh, full_row: bool):
   if full_row:
     return GatherSweeper(block, None, k), shard_wrap(mesh)
   return RingSweeper(block, block, k), shard_wrap(mesh)
+
+
+def sweeper_and_wrap(n: int, block_size, mesh, full_row: bool):
+  """(sweeper, wrap) of a streaming loss over `n` rows: `LocalSweeper` and no wrap without a mesh.
+
+  full_row: the loss needs an anchor's complete row of the matrix at once (semi-hard and
+  batch-all triplet): row strips against all columns, gathered across devices.
+  """
+  if mesh is None:
+    return LocalSweeper(block_size, None if full_row else block_size), None
+  return sharded_sweeper_and_wrap(n, block_size, mesh, full_row)
+
+
+def run_bodies(bodies_fn, xs, params, labels, *, block_size, mesh, full_row: bool = False):
+  """Applies the custom-VJP loss of `bodies_fn(sweeper) -> (fwd_local, bwd_local)`.
+
+  xs: tuple of [n, D] arrays (the sides of the matrix), params: tuple of scalars, labels: [n] int.
+  """
+  sweeper, wrap = sweeper_and_wrap(xs[0].shape[0], block_size, mesh, full_row)
+  fwd_local, bwd_local = bodies_fn(sweeper)
+  return custom_loss(fwd_local, bwd_local, wrap)(xs, params, labels)

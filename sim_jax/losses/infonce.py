@@ -1,8 +1,9 @@
 """InfoNCE-family losses over a batch with labels: NT-Xent (SimCLR) and SupCon (Khosla et al.).
 
 Both are computed as two per-anchor arrays `(num [N], den [N])` by a dense core
-(`nt_xent_stats_dense`, `supcon_stats_dense`), or by the streaming core in
-`sim_jax.losses.streaming` when `block_size` is given; the public function applies the reduction
+(`nt_xent_stats_dense`, `supcon_stats_dense`) or by the streaming core in
+`sim_jax.losses.infonce_streaming`; `nt_xent_stats` / `supcon_stats` choose between them
+(`sim_jax.losses.sweep.streams`), and the public function applies the reduction
 (`sim_jax.losses._checks.reduce_per_anchor`) in one place, so both paths reduce identically.
 """
 
@@ -11,7 +12,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from sim_jax.losses import _checks
+from sim_jax.losses import _checks, sweep
+from sim_jax.losses.infonce_streaming import nt_xent_stats_streaming, supcon_stats_streaming
 from sim_jax.losses.pairwise import cosine_similarity_matrix
 
 
@@ -89,10 +91,29 @@ def supcon_stats_dense(embeddings: jax.Array, labels: jax.Array, temperature=0.1
   return num, has_pos.astype(num.dtype)
 
 
-def _streaming():
-  # Imported lazily: the streaming module is optional for dense use and imports this one.
-  from sim_jax.losses import streaming
-  return streaming
+def nt_xent_stats(embeddings: jax.Array, labels: jax.Array, temperature=0.1, block_size=None,
+                  mesh=None):
+  """Per-anchor NT-Xent `(num [N], den [N])`: `nt_xent_stats_dense`, or the streaming
+  `nt_xent_stats_streaming` (same values and gradient) when `sweep.streams` says so: a
+  `block_size` below N on one device, or a `block_size` and a mesh. Arguments as `nt_xent`.
+  """
+  _check_inputs(embeddings, labels, temperature, "mean", block_size)
+  if sweep.streams(embeddings.shape[0], block_size, mesh):
+    return nt_xent_stats_streaming(embeddings, labels, temperature=temperature,
+                                   block_size=block_size, mesh=mesh)
+  return nt_xent_stats_dense(embeddings, labels, temperature)
+
+
+def supcon_stats(embeddings: jax.Array, labels: jax.Array, temperature=0.1, block_size=None,
+                 mesh=None):
+  """Per-anchor SupCon `(num [N], den [N])`: `supcon_stats_dense` or `supcon_stats_streaming`,
+  chosen as `nt_xent_stats` does. Arguments as `supcon`.
+  """
+  _check_inputs(embeddings, labels, temperature, "mean", block_size)
+  if sweep.streams(embeddings.shape[0], block_size, mesh):
+    return supcon_stats_streaming(embeddings, labels, temperature=temperature,
+                                  block_size=block_size, mesh=mesh)
+  return supcon_stats_dense(embeddings, labels, temperature)
 
 
 def nt_xent(embeddings: jax.Array, labels: jax.Array, temperature=0.1, block_size=None,
@@ -116,17 +137,14 @@ def nt_xent(embeddings: jax.Array, labels: jax.Array, temperature=0.1, block_siz
       normalised).
     labels: [N] int; positives share a label.
     temperature: t > 0, Python float or scalar array (may be a learnable softplus-mapped value).
-    block_size: None for the dense O(N^2) form; an int uses
-      `sim_jax.losses.streaming.nt_xent_stats` (same value and gradient, O(N * block_size)).
+    block_size: None for the dense O(N^2) form; an int below N (or any int with a mesh) uses
+      `sim_jax.losses.infonce_streaming.nt_xent_stats_streaming` (same value and gradient,
+      O(N * block_size)); N <= block_size on one device is the dense core, a single block.
     mesh: optional `jax.sharding.Mesh` for the streaming form (global-batch negatives).
     reduction: "mean", "sum" or "none".
   """
   _check_inputs(embeddings, labels, temperature, reduction, block_size)
-  if block_size is None:
-    num, den = nt_xent_stats_dense(embeddings, labels, temperature)
-  else:
-    num, den = _streaming().nt_xent_stats(embeddings, labels, temperature=temperature,
-                                          block_size=block_size, mesh=mesh)
+  num, den = nt_xent_stats(embeddings, labels, temperature, block_size, mesh)
   return _checks.reduce_per_anchor(num, den, reduction)
 
 
@@ -160,12 +178,9 @@ def supcon(embeddings: jax.Array, labels: jax.Array, temperature=0.1, block_size
   anchor (two views, unique labels) it equals `nt_xent`. Same as pytorch-metric-learning's
   `SupConLoss` except that its `AvgNonZeroReducer` would also drop anchors whose loss is exactly 0.
 
-  Args: as `nt_xent`; block_size uses `sim_jax.losses.streaming.supcon_stats`.
+  Args: as `nt_xent`; block_size uses
+  `sim_jax.losses.infonce_streaming.supcon_stats_streaming`.
   """
   _check_inputs(embeddings, labels, temperature, reduction, block_size)
-  if block_size is None:
-    num, den = supcon_stats_dense(embeddings, labels, temperature)
-  else:
-    num, den = _streaming().supcon_stats(embeddings, labels, temperature=temperature,
-                                         block_size=block_size, mesh=mesh)
+  num, den = supcon_stats(embeddings, labels, temperature, block_size, mesh)
   return _checks.reduce_per_anchor(num, den, reduction)

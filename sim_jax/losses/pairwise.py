@@ -11,22 +11,14 @@ import jax
 import jax.numpy as jnp
 
 from sim_jax.losses import _checks
+from sim_jax.numerics import l2_normalize
 
 DISTANCES = ("euclidean", "squared_euclidean", "cosine")
 PAIR_DISTANCES = ("euclidean", "cosine")
 
-# Norms below this are clamped, so a zero vector normalises to a finite (zero) vector.
-NORM_EPS = 1e-12
 # Squared distances at or below this are treated as exactly 0 by `safe_sqrt`: sqrt has an
 # infinite derivative at 0, and the gram-matrix form leaves ~1e-7 rounding residue there.
 SQ_DIST_EPS = 1e-12
-
-
-def l2_normalize(x: jax.Array, axis: int = -1) -> jax.Array:
-  """x / max(||x||, 1e-12) along `axis`, with a finite gradient at x = 0."""
-  sq = jnp.sum(jnp.square(x), axis=axis, keepdims=True)
-  # max() before sqrt: the derivative of sqrt at 0 is infinite, at NORM_EPS**2 it is not.
-  return x / jnp.sqrt(jnp.maximum(sq, NORM_EPS * NORM_EPS))
 
 
 def safe_sqrt(sq: jax.Array) -> jax.Array:

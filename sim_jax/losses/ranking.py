@@ -9,7 +9,8 @@ import jax
 import jax.numpy as jnp
 
 from sim_jax.losses import _checks
-from sim_jax.losses.pairwise import cosine_similarity_matrix, l2_normalize
+from sim_jax.losses.pairwise import cosine_similarity_matrix
+from sim_jax.numerics import l2_normalize
 
 # Anchor variances are clamped here so a constant (e.g. zero) embedding gives a large but finite
 # SNR distance instead of 0/0.

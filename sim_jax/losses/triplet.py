@@ -3,7 +3,9 @@
 Mining never produces variable-length index lists (which cannot be jitted): every strategy is a
 masked max / min / sum over the dense [N, N] distance matrix (or [N, N, N] for batch_all), as
 tensorflow/similarity's `losses/utils.py` does. The dense core `triplet_stats_dense` returns the
-per-anchor `(num [N], den [N])` arrays; `triplet` applies the shared reduction.
+per-anchor `(num [N], den [N])` arrays, as does the streaming core in
+`sim_jax.losses.triplet_streaming`; `triplet_stats` chooses between them
+(`sim_jax.losses.sweep.streams`) and `triplet` applies the shared reduction.
 """
 
 from __future__ import annotations
@@ -11,10 +13,9 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from sim_jax.losses import _checks
+from sim_jax.losses import _checks, sweep
 from sim_jax.losses.pairwise import DISTANCES, pairwise_distances
-
-MININGS = ("batch_hard", "semi_hard", "batch_all")
+from sim_jax.losses.triplet_streaming import MININGS, triplet_stats_streaming
 
 
 def _masks(labels):
@@ -97,6 +98,34 @@ def triplet_stats_dense(embeddings: jax.Array, labels: jax.Array, margin=0.2,
   return _semi_hard(dist, pos, neg, margin, soft)
 
 
+def _check_inputs(embeddings, labels, margin, mining, distance, reduction, block_size) -> None:
+  _checks.check_embeddings(embeddings)
+  _checks.check_labels(labels, embeddings.shape[0])
+  _checks.check_scalar(margin, "margin")
+  _checks.check_non_negative(margin, "margin")
+  _checks.check_choice(mining, "mining", MININGS)
+  _checks.check_choice(distance, "distance", DISTANCES)
+  _checks.check_choice(reduction, "reduction", _checks.REDUCTIONS)
+  _checks.check_block_size(block_size)
+
+
+def triplet_stats(embeddings: jax.Array, labels: jax.Array, margin=0.2,
+                  mining: str = "batch_hard", distance: str = "euclidean", soft: bool = False,
+                  block_size=None, mesh=None):
+  """Per-anchor triplet terms `(num [N], den [N])`: `triplet_stats_dense`, or the streaming
+  `triplet_stats_streaming` whenever a `block_size` is given (`sweep.streams` without the
+  one-block shortcut: the one-block batch-hard sweep measured faster than the dense core, and
+  dense semi-hard / batch-all hold O(N^3)). Arguments as `triplet`.
+  """
+  _check_inputs(embeddings, labels, margin, mining, distance, "mean", block_size)
+  if sweep.streams(embeddings.shape[0], block_size, mesh, dense_at_one_block=False):
+    return triplet_stats_streaming(embeddings, labels, margin=margin, mining=mining,
+                                   distance=distance, soft=soft, block_size=block_size,
+                                   mesh=mesh)
+  return triplet_stats_dense(embeddings, labels, margin=margin, mining=mining,
+                             distance=distance, soft=soft)
+
+
 def triplet(embeddings: jax.Array, labels: jax.Array, margin=0.2, mining: str = "batch_hard",
             distance: str = "euclidean", soft: bool = False, block_size=None, mesh=None,
             reduction: str = "mean") -> jax.Array:
@@ -127,23 +156,10 @@ def triplet(embeddings: jax.Array, labels: jax.Array, margin=0.2, mining: str = 
   Args:
     embeddings: [N, D] any float dtype; labels: [N] int; margin: m >= 0 (scalar, may be an array);
     mining / distance / soft: as above; block_size: None (dense) or an int to use
-    `sim_jax.losses.streaming.triplet_stats`; mesh: for the streaming form;
+    `sim_jax.losses.triplet_streaming.triplet_stats_streaming`; mesh: for the streaming form;
     reduction: "mean" (sum(num) / max(sum(den), 1)), "sum", or "none" ([N] per anchor).
   """
-  _checks.check_embeddings(embeddings)
-  _checks.check_labels(labels, embeddings.shape[0])
-  _checks.check_scalar(margin, "margin")
-  _checks.check_non_negative(margin, "margin")
-  _checks.check_choice(mining, "mining", MININGS)
-  _checks.check_choice(distance, "distance", DISTANCES)
-  _checks.check_choice(reduction, "reduction", _checks.REDUCTIONS)
-  _checks.check_block_size(block_size)
-  if block_size is None:
-    num, den = triplet_stats_dense(embeddings, labels, margin=margin, mining=mining,
-                                   distance=distance, soft=soft)
-  else:
-    from sim_jax.losses import streaming  # lazy: optional module, imports this one
-    num, den = streaming.triplet_stats(embeddings, labels, margin=margin, mining=mining,
-                                       distance=distance, soft=soft, block_size=block_size,
-                                       mesh=mesh)
+  _check_inputs(embeddings, labels, margin, mining, distance, reduction, block_size)
+  num, den = triplet_stats(embeddings, labels, margin=margin, mining=mining, distance=distance,
+                           soft=soft, block_size=block_size, mesh=mesh)
   return _checks.reduce_per_anchor(num, den, reduction)

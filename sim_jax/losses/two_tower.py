@@ -10,10 +10,14 @@ embeddings first (norm clamped at 1e-12), as CLIP and SigLIP do; row i of `img_e
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
 
-from sim_jax.losses import _checks, streaming
+from sim_jax.losses import _checks, sweep
+from sim_jax.losses.distributed import run_bodies
+from sim_jax.numerics import l2_normalize
 
 
 def _check_towers(img_emb, txt_emb, block_size):
@@ -25,8 +29,23 @@ def _check_towers(img_emb, txt_emb, block_size):
 
 def _normalized(img_emb, txt_emb):
   dtype = _checks.compute_dtype(jnp.result_type(img_emb, txt_emb))
-  return (streaming.l2_normalize(img_emb.astype(dtype)),
-          streaming.l2_normalize(txt_emb.astype(dtype)), dtype)
+  return l2_normalize(img_emb.astype(dtype)), l2_normalize(txt_emb.astype(dtype)), dtype
+
+
+class TowerRows(NamedTuple):
+  """A `sweep.Side` of one tower plus, in the backward pass, each row's statistics."""
+  x: jax.Array
+  label: jax.Array
+  index: jax.Array
+  valid: jax.Array
+  lse: jax.Array | None = None         # CLIP: the row's log-sum-exp over all columns
+  cotangent: jax.Array | None = None   # d loss / d (per-row output)
+
+
+class SigLipPartials(NamedTuple):
+  """Per-row parts of the gradients of SigLIP's scalar parameters."""
+  scale: jax.Array
+  bias: jax.Array
 
 
 def _row_lse_bodies(sweeper):
@@ -34,33 +53,32 @@ def _row_lse_bodies(sweeper):
 
   def fwd_local(xs, params, labels):
     (a, b), (inv_t,) = xs, params
-    rows = streaming._side(a, labels, sweeper.index(a.shape[0]))
-    cols = streaming._side(b, labels, sweeper.index(b.shape[0]))
+    rows = sweep.side(a, labels, sweeper.index(a.shape[0]))
+    cols = sweep.side(b, labels, sweeper.index(b.shape[0]))
 
     def update(st, r, c):
-      return streaming._lse_update(st, (r["x"] @ c["x"].T) * inv_t,
-                                   jnp.broadcast_to(c["v"][None, :], (r["x"].shape[0],
-                                                                      c["x"].shape[0])))
+      return sweep.lse_update(st, (r.x @ c.x.T) * inv_t,
+                              jnp.broadcast_to(c.valid[None, :], (r.x.shape[0], c.x.shape[0])))
 
-    st = sweeper.forward(update, streaming._lse_init(a.shape[0], a.dtype), rows, cols)
-    lse = streaming._lse_value(st)
+    st = sweeper.forward(update, sweep.lse_init(a.shape[0], a.dtype), rows, cols)
+    lse = sweep.lse_value(st)
     return (lse,), (lse,)
 
   def bwd_local(xs, params, labels, residuals, cotangents):
     (a, b), (inv_t,) = xs, params
-    rows = streaming._side(a, labels, sweeper.index(a.shape[0]), lse=residuals[0],
-                           g=cotangents[0])
-    cols = streaming._side(b, labels, sweeper.index(b.shape[0]))
+    rows = TowerRows(*sweep.side(a, labels, sweeper.index(a.shape[0])), lse=residuals[0],
+                     cotangent=cotangents[0])
+    cols = sweep.side(b, labels, sweeper.index(b.shape[0]))
 
     def grad_block(r, c):
-      gram = r["x"] @ c["x"].T
-      mask = jnp.broadcast_to(c["v"][None, :], gram.shape)
-      # d lse_i / d l_ij = softmax_ij.
-      dl = streaming._safe_exp_diff(gram * inv_t, r["lse"], mask) * r["g"][:, None]
-      return dl * inv_t, {"t": jnp.sum(dl * gram, axis=1)}, {}
+      gram = r.x @ c.x.T
+      mask = jnp.broadcast_to(c.valid[None, :], gram.shape)
+      # d lse_i / d l_ij = softmax_ij. Row extra: each row's part of d loss / d inv_t.
+      dl = sweep.safe_exp_diff(gram * inv_t, r.lse, mask) * r.cotangent[:, None]
+      return dl * inv_t, jnp.sum(dl * gram, axis=1), ()
 
-    da, extra, db, _ = sweeper.backward(grad_block, rows, cols)
-    return (da, db), (sweeper.psum(jnp.sum(extra["t"])),)
+    da, d_inv_t, db, _ = sweeper.backward(grad_block, rows, cols)
+    return (da, db), (sweeper.psum(jnp.sum(d_inv_t)),)
 
   return fwd_local, bwd_local
 
@@ -69,18 +87,18 @@ def _siglip_bodies(sweeper):
   """Row-wise sum_j softplus(-z_ij (<a_i, b_j> * scale + bias)), z_ij = +1 if i == j else -1."""
 
   def logits_and_sign(r, c, scale, bias):
-    gram = r["x"] @ c["x"].T
-    sign = jnp.where(r["i"][:, None] == c["i"][None, :], 1.0, -1.0).astype(gram.dtype)
+    gram = r.x @ c.x.T
+    sign = jnp.where(r.index[:, None] == c.index[None, :], 1.0, -1.0).astype(gram.dtype)
     return gram, gram * scale + bias, sign
 
   def fwd_local(xs, params, labels):
     (a, b), (scale, bias) = xs, params
-    rows = streaming._side(a, labels, sweeper.index(a.shape[0]))
-    cols = streaming._side(b, labels, sweeper.index(b.shape[0]))
+    rows = sweep.side(a, labels, sweeper.index(a.shape[0]))
+    cols = sweep.side(b, labels, sweeper.index(b.shape[0]))
 
     def update(total, r, c):
       _, logits, sign = logits_and_sign(r, c, scale, bias)
-      return total + jnp.sum(jnp.where(c["v"][None, :], jax.nn.softplus(-sign * logits), 0.0),
+      return total + jnp.sum(jnp.where(c.valid[None, :], jax.nn.softplus(-sign * logits), 0.0),
                              axis=1)
 
     total = sweeper.forward(update, jnp.zeros(a.shape[0], a.dtype), rows, cols)
@@ -88,29 +106,26 @@ def _siglip_bodies(sweeper):
 
   def bwd_local(xs, params, labels, residuals, cotangents):
     (a, b), (scale, bias) = xs, params
-    rows = streaming._side(a, labels, sweeper.index(a.shape[0]), g=cotangents[0])
-    cols = streaming._side(b, labels, sweeper.index(b.shape[0]))
+    rows = TowerRows(*sweep.side(a, labels, sweeper.index(a.shape[0])), cotangent=cotangents[0])
+    cols = sweep.side(b, labels, sweeper.index(b.shape[0]))
 
     def grad_block(r, c):
       gram, logits, sign = logits_and_sign(r, c, scale, bias)
       # d softplus(-z l) / d l = -z sigmoid(-z l).
-      dl = jnp.where(c["v"][None, :], -sign * jax.nn.sigmoid(-sign * logits), 0.0)
-      dl = dl * r["g"][:, None]
-      return dl * scale, {"s": jnp.sum(dl * gram, axis=1), "b": jnp.sum(dl, axis=1)}, {}
+      dl = jnp.where(c.valid[None, :], -sign * jax.nn.sigmoid(-sign * logits), 0.0)
+      dl = dl * r.cotangent[:, None]
+      return dl * scale, SigLipPartials(jnp.sum(dl * gram, axis=1), jnp.sum(dl, axis=1)), ()
 
     da, extra, db, _ = sweeper.backward(grad_block, rows, cols)
-    return (da, db), (sweeper.psum(jnp.sum(extra["s"])), sweeper.psum(jnp.sum(extra["b"])))
+    return (da, db), (sweeper.psum(jnp.sum(extra.scale)), sweeper.psum(jnp.sum(extra.bias)))
 
   return fwd_local, bwd_local
 
 
 def _streamed(bodies_fn, a, b, params, block_size, mesh):
-  n = a.shape[0]
-  sweeper, wrap = streaming._sweeper_and_wrap(n, block_size, mesh, full_row=False)
-  fwd_local, bwd_local = bodies_fn(sweeper)
   # Labels are unused by these kernels (the pairing is by index); int zeros keep one signature.
-  labels = jnp.zeros(n, jnp.int32)
-  return streaming.custom_loss(fwd_local, bwd_local, wrap)((a, b), params, labels)[0]
+  labels = jnp.zeros(a.shape[0], jnp.int32)
+  return run_bodies(bodies_fn, (a, b), params, labels, block_size=block_size, mesh=mesh)[0]
 
 
 def clip_infonce(img_emb, txt_emb, temperature, *, block_size=None, mesh=None):

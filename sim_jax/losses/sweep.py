@@ -1,0 +1,268 @@
+"""The blockwise sweep shared by every streaming loss: memory O(N*D + N*block_size).
+
+The dense losses build the [N, N] similarity / distance matrix and let autodiff keep it (and
+several same-sized temporaries) for the backward pass. The streaming forms never materialise it:
+
+* the forward pass (`forward_sweep`) sweeps row blocks of `block_size` anchors against column
+  blocks of `block_size` candidates (`jax.lax.map` over row blocks, `jax.lax.scan` over column
+  blocks, so the program size does not grow with N) and keeps per-anchor running statistics only:
+  an online log-sum-exp (`LogSumExp`), running max / min with the winning column, counts, sums;
+* a `jax.custom_vjp` backward pass (`custom_loss`, `backward_sweep`) recomputes each block from
+  the embeddings and the saved per-anchor statistics, forms d loss / d block analytically and
+  contracts it straight back into d embeddings (`dX_rows += dG @ X_cols`, `dX_cols += dG^T @
+  X_rows`).
+
+A loss is written as two bodies, `fwd_local` and `bwd_local`, against a small "sweeper"
+interface (`forward`, `backward`, `index`, `psum`): `LocalSweeper` here runs them on one device,
+`sim_jax.losses.distributed` runs the same bodies around a ring of devices. The per-loss bodies
+live in `infonce_streaming` (NT-Xent, SupCon), `triplet_streaming` and `two_tower`.
+
+Per-row data are NamedTuples whose first fields are those of `Side` (`x`, `label`, `index`,
+`valid`); the sweep reads `x` (the Gram blocks) and pads with `valid = False`, which every body
+masks. Block sizes that do not divide N are padded and the padding is dropped from the result.
+
+`streams` takes the one dense-or-streaming decision of `nt_xent`, `supcon` and `triplet`.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+# ----------------------------------------------------------------------------------------------
+# The dense-or-streaming decision
+# ----------------------------------------------------------------------------------------------
+
+
+def streams(n: int, block_size: int | None, mesh, *, dense_at_one_block: bool = True) -> bool:
+  """Whether an all-pairs loss over N = `n` rows runs its streaming form (else its dense core).
+
+  * block_size None: dense. A mesh is then not needed: under `jax.jit` the dense core applied to
+    a globally sharded array already sees the global batch.
+  * a mesh: streaming across its devices (ring or gather, `sim_jax.losses.distributed`).
+  * one device and N <= block_size with `dense_at_one_block`: dense. The whole matrix is one
+    block, so the dense core holds the same O(N * block_size) and skips the scan and custom-VJP
+    machinery. NT-Xent and SupCon use this; triplet does not (its one-block batch-hard sweep
+    measured faster than the dense core, and semi-hard / batch-all dense are O(N^3) in memory).
+  * otherwise: streaming on one device.
+  """
+  if block_size is None:
+    return False
+  if mesh is not None:
+    return True
+  return not (dense_at_one_block and n <= block_size)
+
+
+# ----------------------------------------------------------------------------------------------
+# Per-row data and the block masks
+# ----------------------------------------------------------------------------------------------
+
+
+class Side(NamedTuple):
+  """Per-row data of one side (rows or columns) of the all-pairs matrix."""
+  x: jax.Array       # [n, D] the vectors whose Gram blocks X_rows X_cols^T the sweep forms
+  label: jax.Array   # [n] int; positives share a label
+  index: jax.Array   # [n] int32 global row index: tells a sample from the other samples
+  valid: jax.Array   # [n] bool: False on the padding rows added by the sweep
+
+
+def side(x: jax.Array, labels: jax.Array, index: jax.Array) -> Side:
+  """The `Side` of `x` [n, D] with its labels [n] and global indices [n] (all rows real)."""
+  return Side(x, labels, index, jnp.ones(x.shape[0], bool))
+
+
+def block_masks(r, c):
+  """([br, bc] positives, negatives, others) of a block: same label and another sample, another
+  label, another sample; padded columns are in none of them. `r`, `c` have `Side`'s fields."""
+  valid = c.valid[None, :]
+  same = r.label[:, None] == c.label[None, :]
+  other = r.index[:, None] != c.index[None, :]
+  return same & other & valid, ~same & valid, other & valid
+
+
+# ----------------------------------------------------------------------------------------------
+# Online log-sum-exp
+# ----------------------------------------------------------------------------------------------
+
+
+class LogSumExp(NamedTuple):
+  """Running log-sum-exp of a row: log sum exp(l) = max + log(total)."""
+  max: jax.Array     # [n] largest entry seen (-inf while none was)
+  total: jax.Array   # [n] sum of exp(l - max) over the entries seen
+
+
+def lse_init(n: int, dtype) -> LogSumExp:
+  return LogSumExp(jnp.full((n,), -jnp.inf, dtype), jnp.zeros((n,), dtype))
+
+
+def lse_update(st: LogSumExp, logits: jax.Array, mask: jax.Array) -> LogSumExp:
+  """Folds the masked entries of a [n, bc] block into the running log-sum-exp."""
+  block_max = jnp.max(jnp.where(mask, logits, -jnp.inf), axis=1)
+  m = jnp.maximum(st.max, block_max)
+  # m = -inf while nothing was seen: shift by 0 instead (exp(-inf - 0) = 0, no NaN).
+  shift = jnp.where(jnp.isfinite(m), m, 0.0)
+  total = st.total * jnp.exp(st.max - shift) + jnp.sum(
+    jnp.exp(jnp.where(mask, logits, -jnp.inf) - shift[:, None]), axis=1)
+  return LogSumExp(m, total)
+
+
+def lse_value(st: LogSumExp) -> jax.Array:
+  """log sum exp of everything seen; -inf for rows that saw no entry."""
+  seen = st.total > 0
+  return jnp.where(seen, st.max + jnp.log(jnp.where(seen, st.total, 1.0)), -jnp.inf)
+
+
+def finite_or_zero(x: jax.Array) -> jax.Array:
+  return jnp.where(jnp.isfinite(x), x, 0.0)
+
+
+def safe_exp_diff(logits: jax.Array, lse: jax.Array, mask: jax.Array) -> jax.Array:
+  """exp(l - L) on the mask, 0 elsewhere; never inf*0 (L = -inf rows have an empty mask)."""
+  return jnp.where(mask, jnp.exp(jnp.where(mask, logits - finite_or_zero(lse)[:, None],
+                                           -jnp.inf)), 0.0)
+
+
+# ----------------------------------------------------------------------------------------------
+# Blocking and the two sweeps
+# ----------------------------------------------------------------------------------------------
+
+
+def num_rows(tree) -> int:
+  return jax.tree.leaves(tree)[0].shape[0]
+
+
+def _pad_rows(tree, multiple: int):
+  """Zero-pads every leaf along axis 0 to a multiple of `multiple` (bool pads with False)."""
+  n = num_rows(tree)
+  pad = (-n) % multiple
+  if pad == 0:
+    return tree
+  return jax.tree.map(lambda a: jnp.pad(a, [(0, pad)] + [(0, 0)] * (a.ndim - 1)), tree)
+
+
+def _to_blocks(tree, b: int):
+  return jax.tree.map(lambda a: a.reshape((a.shape[0] // b, b) + a.shape[1:]), tree)
+
+
+def _from_blocks(tree, n: int):
+  return jax.tree.map(lambda a: a.reshape((-1,) + a.shape[2:])[:n], tree)
+
+
+def tree_add(a, b):
+  return jax.tree.map(jnp.add, a, b)
+
+
+def forward_sweep(update, stats, rows, cols, row_block: int, col_block: int | None):
+  """Folds `update(stats_blk, rows_blk, cols_blk) -> stats_blk` over all (row, column) blocks.
+
+  Args:
+    update: per-block update of the per-row statistics (a pytree of [row_block, ...] arrays).
+    stats: initial per-row statistics, leaves [Nr, ...].
+    rows, cols: per-row / per-column NamedTuples (`Side`'s fields first), leading dims Nr / Nc;
+      padding is added with `valid = False` and must be masked by `update`.
+    row_block, col_block: block sizes (None = all columns in one block).
+  Returns the final statistics, leaves [Nr, ...]. Padded rows are computed and dropped.
+  """
+  nr, nc = num_rows(rows), num_rows(cols)
+  br = min(row_block, nr)
+  bc = nc if col_block is None else min(col_block, nc)
+  row_blocks = _to_blocks(_pad_rows((rows, stats), br), br)
+  col_blocks = _to_blocks(_pad_rows(cols, bc), bc)
+
+  def per_row_block(args):
+    r, s = args
+    s, _ = lax.scan(lambda s, c: (update(s, r, c), None), s, col_blocks)
+    return s
+
+  return _from_blocks(lax.map(per_row_block, row_blocks), nr)
+
+
+def backward_sweep(grad_block, rows, cols, row_block: int, col_block: int | None):
+  """Recomputes every block and contracts its cotangent back into the embeddings.
+
+  `grad_block(rows_blk, cols_blk) -> (dG [br, bc], row_extra, col_extra)` returns d loss / d G for
+  the Gram block G = X_rows X_cols^T plus per-row / per-column extra cotangents (pytrees of
+  [br] / [bc] arrays, e.g. of squared norms or per-row parameter partials), which are summed.
+  Returns (dX_rows [Nr, D], row_extra [Nr], dX_cols [Nc, D], col_extra [Nc]).
+  """
+  nr, nc = num_rows(rows), num_rows(cols)
+  br = min(row_block, nr)
+  bc = nc if col_block is None else min(col_block, nc)
+  row_blocks = _to_blocks(_pad_rows(rows, br), br)
+  col_blocks = _to_blocks(_pad_rows(cols, bc), bc)
+  first = lambda t: jax.tree.map(lambda a: a[0], t)
+  _, row_shape, col_shape = jax.eval_shape(grad_block, first(row_blocks), first(col_blocks))
+  zeros = lambda shapes, lead: jax.tree.map(
+    lambda s: jnp.zeros(lead + s.shape, s.dtype), shapes)
+  x_dtype = rows.x.dtype
+
+  def row_step(col_acc, r):
+    def col_step(row_acc, c):
+      dg, row_extra, col_extra = grad_block(r, c)
+      dx_r, extra_r = row_acc
+      row_acc = (dx_r + dg @ c.x, tree_add(extra_r, row_extra))
+      return row_acc, (dg.T @ r.x, col_extra)
+
+    init = (jnp.zeros(r.x.shape, x_dtype), zeros(row_shape, ()))
+    row_acc, col_part = lax.scan(col_step, init, col_blocks)
+    return tree_add(col_acc, col_part), row_acc
+
+  n_col_blocks, d = col_blocks.x.shape[0], rows.x.shape[1]
+  col_init = (jnp.zeros((n_col_blocks, bc, d), x_dtype), zeros(col_shape, (n_col_blocks,)))
+  (dx_c, extra_c), (dx_r, extra_r) = lax.scan(row_step, col_init, row_blocks)
+  return (_from_blocks(dx_r, nr), _from_blocks(extra_r, nr), _from_blocks(dx_c, nc),
+          _from_blocks(extra_c, nc))
+
+
+class LocalSweeper:
+  """Single-device sweep: rows and columns are the same local arrays."""
+
+  def __init__(self, row_block: int, col_block: int | None):
+    self.row_block, self.col_block = row_block, col_block
+
+  def index(self, n: int) -> jax.Array:
+    return jnp.arange(n, dtype=jnp.int32)
+
+  def psum(self, x):
+    return x
+
+  def forward(self, update, stats, rows, cols):
+    return forward_sweep(update, stats, rows, cols, self.row_block, self.col_block)
+
+  def backward(self, grad_block, rows, cols):
+    return backward_sweep(grad_block, rows, cols, self.row_block, self.col_block)
+
+
+# ----------------------------------------------------------------------------------------------
+# The custom VJP shared by every loss
+# ----------------------------------------------------------------------------------------------
+
+
+def custom_loss(fwd_local, bwd_local, wrap=None):
+  """Builds `f(xs, params, labels) -> outputs` with a custom VJP from local fwd / bwd bodies.
+
+  fwd_local(xs, params, labels) -> (outputs, residuals), all per-row arrays [n, ...];
+  bwd_local(xs, params, labels, residuals, cotangents) -> (d xs, d params).
+  `wrap(fn, kind)` runs a body across devices (`sim_jax.losses.distributed`); None = as is.
+  Labels are integers: they get no cotangent.
+  """
+  wrap = wrap or (lambda fn, kind: fn)
+
+  @jax.custom_vjp
+  def f(xs, params, labels):
+    return wrap(fwd_local, "fwd")(xs, params, labels)[0]
+
+  def f_fwd(xs, params, labels):
+    outputs, residuals = wrap(fwd_local, "fwd")(xs, params, labels)
+    return outputs, (xs, params, labels, residuals)
+
+  def f_bwd(saved, cotangents):
+    xs, params, labels, residuals = saved
+    d_xs, d_params = wrap(bwd_local, "bwd")(xs, params, labels, residuals, cotangents)
+    return d_xs, d_params, None
+
+  f.defvjp(f_fwd, f_bwd)
+  return f
