@@ -49,6 +49,7 @@ EXIT_FAILED, EXIT_BAD_INPUT = 1, 2
 
 def _hide_gpus_from_tensorflow():
   # TensorFlow is only used for I/O (CLU writers, TFDS); it must not grab GPU memory from JAX.
+  # An optional dependency, hence imported here.
   try:
     import tensorflow as tf
     tf.config.set_visible_devices([], "GPU")
@@ -68,6 +69,8 @@ class _QuietLibraries:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  # Imported here, not at the top: `hostenv.maybe_reexec()` (under __main__) may re-exec this
+  # process before JAX or TensorFlow is loaded, and importing them would be wasted work.
   import jax
 
   from sim_jax import checkpointing, inference, sharding, train

@@ -52,7 +52,6 @@ from sim_jax.models import transfer
 
 # Every sampler but "pools", whose batches are candidate pools for the pool protocol.
 TRAIN_SAMPLERS = tuple(s for s in samplers.SAMPLERS if s != "pools")
-ConfigMismatchError = checkpointing.ConfigMismatchError  # re-exported for launch.py
 
 
 class NonFiniteError(RuntimeError):

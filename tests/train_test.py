@@ -46,6 +46,10 @@ def test_end_to_end_then_resume(tmp_path):
   line = [x for x in proc.stderr.splitlines() if "eval retrieval/mrr@5 " in x][0]
   assert "(chance " in line and ", raw pixels " in line and ", random init " in line, line
   first_events = _events(workdir)
+  assert len(first_events) == 1
+  # Floors are computed once, at the first evaluation, into TensorBoard as floors/*.
+  assert _logged_steps(os.path.join(workdir, first_events[0]),
+                       "floors/raw_pixels/retrieval/mrr@5") == [3]
 
   proc2 = helpers.run_launch(workdir, "--config.train.steps=9", "--config.train.plots=True")
   assert proc2.returncode == 0, helpers.describe(proc2)
@@ -64,6 +68,23 @@ def test_end_to_end_then_resume(tmp_path):
   assert "Nothing to train" in proc3.stderr
   _check_modes(workdir, tmp_path)
   _check_init_from(workdir, tmp_path)
+  _check_floors_mode(final, tmp_path)
+
+
+def _check_floors_mode(final, tmp_path):
+  """--mode=floors trains nothing and finds the floors and chance levels the run reported:
+  none of them depends on training."""
+  out = str(tmp_path / "floors")
+  proc = helpers.run_launch(out, "--mode=floors")
+  assert proc.returncode == 0, helpers.describe(proc)
+  assert not os.path.exists(os.path.join(out, "checkpoints"))
+  with open(os.path.join(out, "floors.json")) as f:
+    got = json.load(f)
+  assert got["floors"] == final["floors"] and got["chance"] == final["chance"]
+  row = [x for x in proc.stdout.splitlines() if x.startswith("retrieval/mrr@5 ")][0].split()
+  assert [float(v) for v in row[1:]] == pytest.approx(
+      [final["chance"]["retrieval/mrr@5"], final["floors"]["raw_pixels"]["retrieval/mrr@5"],
+       final["floors"]["random_init"]["retrieval/mrr@5"]], abs=1e-4)
 
 
 def _check_modes(workdir, tmp_path):
