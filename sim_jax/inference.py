@@ -46,7 +46,7 @@ def restore_for_inference(setup: train.TrainSetup, workdir: str) -> tuple[int, t
 
 
 def _print_report(prefix: str, rep: dict) -> None:
-  for line in train.report_lines(rep):
+  for line in floors_lib.report_lines(rep):
     print(f"{prefix}{line}")
 
 
