@@ -224,6 +224,33 @@ def test_config_diff_names_immutable_fields_only():
       "  loss.num_classes: checkpoint '<absent>' != now 10"]
 
 
+def test_checkpoint_record_holds_the_config_and_refuses_what_changes_its_meaning():
+  """One record per checkpoint (config + process count), read back as JSON as Orbax stores it."""
+  from configs import test as test_config
+  from sim_jax import checkpointing
+
+  cfg = test_config.get_config()
+  record = json.loads(json.dumps(checkpointing.written_with(cfg)))
+  assert record["config"]["model"]["name"] == "lenet5" and record["process_count"] == 1
+  checkpointing.check_resume(record, cfg, "/w")
+  longer = test_config.get_config()
+  longer.train.steps = 99  # run length may change on resume
+  checkpointing.check_resume(record, longer, "/w")
+  other_data = test_config.get_config()
+  other_data.data.sampler = "random"
+  with pytest.raises(checkpointing.ConfigMismatchError,
+                     match="data.sampler: checkpoint 'pk' != now 'random'"):
+    checkpointing.check_resume(record, other_data, "/w")
+  with pytest.raises(checkpointing.ConfigMismatchError, match="written by 2 process"):
+    checkpointing.check_resume(dict(record, process_count=2), cfg, "/w")
+  checkpointing.check_inference(record, other_data, "/w")  # evaluate on other data: fine
+  other_model = test_config.get_config()
+  other_model.model.embedding_dim = 8
+  with pytest.raises(checkpointing.ConfigMismatchError,
+                     match="model.embedding_dim: checkpoint 16 != now 8"):
+    checkpointing.check_inference(record, other_model, "/w")
+
+
 def test_schedule_warmup_then_cosine():
   import ml_collections
 
