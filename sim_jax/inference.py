@@ -45,6 +45,14 @@ def restore_for_inference(setup: train.TrainSetup, workdir: str) -> tuple[int, t
   return step, train.state_from_restored(setup, restored)
 
 
+def report(setup: train.TrainSetup, eval_data, evaluators, embeddings, results) -> dict:
+  """{"metrics", "chance", "floors"} of an evaluation (the final_metrics.json layout)."""
+  labels = {s: d["label"] for s, d in eval_data.items()}
+  return {"metrics": results,
+          "chance": floors_lib.chance_levels(evaluators, embeddings, labels),
+          "floors": train.compute_floors(setup, eval_data, evaluators)}
+
+
 def _print_report(prefix: str, rep: dict) -> None:
   for line in floors_lib.report_lines(rep):
     print(f"{prefix}{line}")
@@ -58,7 +66,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict
   eval_data = train.load_eval_data(config)
   evaluators = evaluators_lib.get_evaluators(config.eval)
   results, embeddings = train.evaluate(setup, state, eval_data, evaluators)
-  rep = train.report(setup, eval_data, evaluators, embeddings, results)
+  rep = report(setup, eval_data, evaluators, embeddings, results)
   if jax.process_index() == 0:
     _print_report(f"step {step}  ", rep)
     with open(os.path.join(workdir, f"eval_step{step}.json"), "w") as f:

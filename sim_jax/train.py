@@ -536,13 +536,6 @@ def compute_floors(setup: TrainSetup, eval_data, evaluators) -> dict[str, dict[s
   return floors_lib.floors(evaluators, eval_data, random_init)
 
 
-def report(setup: TrainSetup, eval_data, evaluators, embeddings, results) -> dict:
-  """{"metrics", "chance", "floors"} of an evaluation (the final_metrics.json layout)."""
-  return {"metrics": results,
-          "chance": floors_lib.chance_levels(evaluators, embeddings, _labels(eval_data)),
-          "floors": compute_floors(setup, eval_data, evaluators)}
-
-
 # --------------------------------------------------------------------------------------- driver
 
 
