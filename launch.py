@@ -5,12 +5,13 @@ r"""sim_jax entry point: train, evaluate, export embeddings, or search a gallery
   python launch.py --config=configs/default.py --workdir=runs/default --mode=evaluate
   python launch.py --config=configs/default.py --workdir=runs/default --mode=embed --output=emb.npz
   python launch.py --config=configs/default.py --workdir=runs/default --mode=search --query=x.png
+  python launch.py --config=configs/default.py --workdir=runs/floors --mode=floors
 
 Several processes (one per host, or several on one machine with CPU devices):
   python launch.py ... --coordinator_address=127.0.0.1:12345 --num_processes=2 --process_id=0
 On TPU pods / SLURM, jax.distributed is initialised automatically.
 
-Intentionally short: everything happens in `sim_jax.train`.
+Intentionally short: training happens in `sim_jax.train`, the other modes in `sim_jax.inference`.
 """
 
 import os
@@ -25,7 +26,9 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Path to an ml_collections config file.",
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, TensorBoard events and plots.")
-flags.DEFINE_enum("mode", "train", ["train", "evaluate", "embed", "search"], "What to run.")
+flags.DEFINE_enum("mode", "train", ["train", "evaluate", "embed", "search", "floors"],
+                  "What to run (floors: chance and the raw-pixel / random-init floors of the "
+                  "config's evaluation, without training; writes <workdir>/floors.json).")
 flags.DEFINE_string("output", None, "--mode=embed: the .npz file to write.")
 flags.DEFINE_string("split", None, "--mode=embed: the split to embed (default: every eval split).")
 flags.DEFINE_string("query", None, "--mode=search: the query image file.")
@@ -46,6 +49,7 @@ EXIT_FAILED, EXIT_BAD_INPUT = 1, 2
 
 def _hide_gpus_from_tensorflow():
   # TensorFlow is only used for I/O (CLU writers, TFDS); it must not grab GPU memory from JAX.
+  # An optional dependency, hence imported here.
   try:
     import tensorflow as tf
     tf.config.set_visible_devices([], "GPU")
@@ -65,9 +69,11 @@ class _QuietLibraries:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  # Imported here, not at the top: `hostenv.maybe_reexec()` (under __main__) may re-exec this
+  # process before JAX or TensorFlow is loaded, and importing them would be wasted work.
   import jax
 
-  from sim_jax import checkpointing, sharding, train
+  from sim_jax import checkpointing, inference, sharding, train
 
   _hide_gpus_from_tensorflow()
   logging.get_absl_handler().addFilter(_QuietLibraries())
@@ -84,20 +90,23 @@ def main(argv):
     if FLAGS.mode == "train":
       train.train_and_evaluate(config, FLAGS.workdir)
     elif FLAGS.mode == "evaluate":
-      train.evaluate_checkpoint(config, FLAGS.workdir)
+      inference.evaluate_checkpoint(config, FLAGS.workdir)
     elif FLAGS.mode == "embed":
       if not FLAGS.output:
         raise ValueError("--mode=embed needs --output=FILE.npz")
-      train.export_embeddings(config, FLAGS.workdir, FLAGS.output, FLAGS.split)
+      inference.export_embeddings(config, FLAGS.workdir, FLAGS.output, FLAGS.split)
     elif FLAGS.mode == "search":
       if not FLAGS.query:
         raise ValueError("--mode=search needs --query=IMAGE")
-      train.search_gallery(config, FLAGS.workdir, FLAGS.query, FLAGS.k, FLAGS.gallery_split)
+      inference.search_gallery(config, FLAGS.workdir, FLAGS.query, FLAGS.k,
+                               FLAGS.gallery_split)
+    elif FLAGS.mode == "floors":
+      inference.config_floors(config, FLAGS.workdir)
   except (train.NonFiniteError, checkpointing.NoRestorableCheckpointError) as e:
     logging.error("%s", e)
     print(f"sim_jax: error: {e}", file=sys.stderr)
     sys.exit(EXIT_FAILED)
-  except (train.ConfigMismatchError, ValueError, FileNotFoundError) as e:
+  except (checkpointing.ConfigMismatchError, ValueError, FileNotFoundError) as e:
     logging.exception("Bad input:")  # Full traceback in the log, one clear line on stderr.
     print(f"sim_jax: error: {e}", file=sys.stderr)
     sys.exit(EXIT_BAD_INPUT)

@@ -88,7 +88,10 @@ def get_config():
 # "No metric learning": a classifier whose features are then compared (seed 001, section 2.2).
 # Its features are not L2-normalised, as a classifier's are not: otherwise Euclidean and cosine
 # distance would rank identically.
-CLASSIFIER = {"loss.name": "softmax_ce", "model.normalize": False}
+# The base config's triplet-only fields, back at their defaults for the losses that do not read
+# them (the trainer refuses a loss field it would ignore: sim_jax/losses/objective.py).
+NOT_TRIPLET = {"loss.margin": 1.0, "loss.mining": "batch_hard"}
+CLASSIFIER = {"loss.name": "softmax_ce", "model.normalize": False, **NOT_TRIPLET}
 
 
 def get_ablations():
@@ -96,11 +99,11 @@ def get_ablations():
       "losses": [
           Variant("classifier", CLASSIFIER),
           # 64 balanced pairs = 128 images per step, the same as the P x K batches.
-          Variant("contrastive", {"loss.name": "contrastive", "loss.margin": 1.0,
+          Variant("contrastive", {"loss.name": "contrastive", **NOT_TRIPLET,
                                   "data.sampler": "pairs", "train.batch_size": 64}),
           Variant("triplet_batch_hard", {"loss.mining": "batch_hard"}),
           Variant("triplet_semi_hard", {"loss.mining": "semi_hard"}),
-          Variant("surrogate", {"loss.name": "recall_at_k_surrogate"}),
+          Variant("surrogate", {"loss.name": "recall_at_k_surrogate", **NOT_TRIPLET}),
       ],
       "distances": [
           Variant("euclidean", {**CLASSIFIER, "eval.metric": "euclidean"}),

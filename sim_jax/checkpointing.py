@@ -6,10 +6,14 @@ Layout: `<workdir>/checkpoints/<step>/{state, data_iter, meta}` written by one
   "first_nonfinite_step"}` (StandardSave; restored onto the *current* mesh via an abstract target,
   so a run saved on 8 devices restores on 2);
 - `data_iter`: the grain iterator, one file per process (grain's own handler);
-- `meta`: JSON with what must match for the iterator position to mean the same thing
-  (data fingerprint, process count).
+- `meta`: the record of what the checkpoint was written with (`written_with`): the whole config
+  and the process / device counts. A resume compares it with the current config
+  (`check_resume`: the fields in `IMMUTABLE_KEYS`, which include the data pipeline and the seed
+  that fix the iterator position, and the process count that shards it); evaluate / embed /
+  search compare the fields that fix the parameter tree (`check_inference`). The workdir's
+  `config.json` is a copy for people to read; nothing is checked against it.
 
-What Orbax does not do and this module adds (see shared/reference/RELIABILITY.md):
+What Orbax does not do and this module adds:
 - A finished-but-corrupt latest step makes `restore()` raise: we log the step, path and error,
   move the step aside to `<workdir>/checkpoints.corrupt/`, and fall back to the previous step.
 - `best_fn` + `max_to_keep` can delete the newest steps; we keep the latest N *and* the best N
@@ -20,18 +24,22 @@ What Orbax does not do and this module adds (see shared/reference/RELIABILITY.md
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import grain
 import jax
+import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
+from jax.experimental import multihost_utils
 from orbax.checkpoint.checkpoint_managers import preservation_policy as pp_lib
 
 STATE, DATA_ITER, META = "state", "data_iter", "meta"
@@ -39,8 +47,122 @@ CHECKPOINT_DIR = "checkpoints"
 CORRUPT_DIR = "checkpoints.corrupt"
 
 
+# Sections whose change makes a checkpoint mean something else; `train.*` cadence fields, run
+# length and `eval.*` may change between a run and its resume.
+IMMUTABLE_KEYS = ("seed", "model", "data", "loss", "optimizer", "train.batch_size",
+                  "train.grad_accum_chunks", "train.view_labels", "train.max_nonfinite_skips")
+# What evaluate / embed / search must share with the checkpoint: the parameter tree's structure.
+# Data and eval may differ (another split, another metric).
+INFERENCE_KEYS = ("model", "loss")
+
+
 class NoRestorableCheckpointError(RuntimeError):
   """Every checkpoint step in the directory failed to restore."""
+
+
+class ConfigMismatchError(ValueError):
+  """A config differs from the checkpoint's record in a field that must not change."""
+
+
+# ------------------------------------------------------------- what a checkpoint was written with
+
+
+def config_to_dict(config: ml_collections.ConfigDict) -> dict:
+  return json.loads(config.to_json_best_effort())
+
+
+def _flatten(d: Mapping, prefix: str = "") -> dict[str, Any]:
+  out = {}
+  for k, v in d.items():
+    key = f"{prefix}{k}"
+    if isinstance(v, Mapping):
+      out.update(_flatten(v, key + "."))
+    else:
+      out[key] = list(v) if isinstance(v, tuple) else v
+  return out
+
+
+def flatten_config(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """{"section.field": value} of a config, tuples as lists (JSON's view of it)."""
+  return _flatten(config_to_dict(config))
+
+
+def config_diff(saved: Mapping, current: Mapping,
+                keys: tuple[str, ...] = IMMUTABLE_KEYS) -> list[str]:
+  """Readable lines for every field under `keys` that differs between two config dicts."""
+  a, b = _flatten(saved), _flatten(json.loads(json.dumps(dict(current), default=list)))
+  lines = []
+  for key in sorted(set(a) | set(b)):
+    if not any(key == p or key.startswith(p + ".") for p in keys):
+      continue
+    if key not in a and b.get(key) is None:
+      continue  # A field added after the checkpoint was written, left unset: same meaning.
+    if a.get(key, "<absent>") != b.get(key, "<absent>"):
+      lines.append(f"  {key}: checkpoint {a.get(key, '<absent>')!r} != now "
+                   f"{b.get(key, '<absent>')!r}")
+  return lines
+
+
+def written_with(config: ml_collections.ConfigDict) -> dict:
+  """The record saved with every step: the config and the process / device counts."""
+  return {"config": config_to_dict(config), "process_count": jax.process_count(),
+          "device_count": jax.device_count()}
+
+
+def check_resume(record: Mapping, config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Refuses to resume `config` from a checkpoint written with `record` when a field of
+  `IMMUTABLE_KEYS` differs or the process count (which shards the data order) does."""
+  if "config" not in record:
+    logging.warning("The checkpoint in %s was written before checkpoints recorded their "
+                    "config; only its process count is checked.", workdir)
+  else:
+    diff = config_diff(record["config"], config_to_dict(config))
+    if diff:
+      raise ConfigMismatchError(
+          f"Refusing to resume from {workdir}: the config differs from the one the checkpoint "
+          f"was written with in fields that change what the checkpoint means:\n" +
+          "\n".join(diff) + "\nUse a new --workdir for a new experiment (run length, logging "
+          "and eval cadence may change on resume).")
+  if record.get("process_count") != jax.process_count():
+    raise ConfigMismatchError(
+        f"The checkpoint's data iterator was written by {record.get('process_count')} "
+        f"process(es) but this run has {jax.process_count()}: grain's order depends on the "
+        f"process count, so the data position cannot be resumed. Resume with "
+        f"--num_processes={record.get('process_count')} or start a new --workdir.")
+
+
+def check_inference(record: Mapping, config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Refuses (before any restore is tried) a model / loss config the checkpoint was not written
+  with: a failed restore would otherwise count the healthy checkpoint as corrupt."""
+  diff = config_diff(record.get("config", {}), config_to_dict(config), INFERENCE_KEYS) \
+      if "config" in record else []
+  if diff:
+    raise ConfigMismatchError(
+        f"Refusing to load the checkpoint of {workdir}: it was written with a different model / "
+        f"loss config:\n" + "\n".join(diff) + "\nPass the config it was trained with (eval.* "
+        "and data.* may differ).")
+
+
+def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """`<workdir>/config.json`: the run's config for people (the checks read the checkpoint)."""
+  if jax.process_index() == 0:
+    os.makedirs(workdir, exist_ok=True)
+    tmp = os.path.join(workdir, "config.json.tmp")
+    with open(tmp, "w") as f:
+      json.dump(config_to_dict(config), f, indent=2, sort_keys=True)
+    os.replace(tmp, os.path.join(workdir, "config.json"))
+
+
+def latest_record(manager: ocp.CheckpointManager) -> dict | None:
+  """The `written_with` record of the newest step, or None (no step, or it cannot be read:
+  `restore_latest` then deals with that step)."""
+  step = manager.latest_step()
+  if step is None:
+    return None
+  try:
+    return manager.restore(step, args=ocp.args.Composite(**{META: ocp.args.JsonRestore()}))[META]
+  except Exception:  # noqa: BLE001 - an unreadable step is restore_latest's to move aside.
+    return None
 
 
 def checkpoint_dir(workdir: str) -> str:
@@ -163,7 +285,6 @@ def restore_latest(manager: ocp.CheckpointManager, workdir: str, abstract_state:
 
 def _sync(name: str) -> None:
   if jax.process_count() > 1:
-    from jax.experimental import multihost_utils
     multihost_utils.sync_global_devices(name)
 
 
@@ -207,3 +328,38 @@ def load_variables(path: str) -> dict:
           partial_restore=True))
   checkpointer.close()
   return jax.tree.map(np.asarray, restored)
+
+
+# ----------------------------------------------------------------------------------- preemption
+
+
+class PreemptionWatcher:
+  """SIGTERM -> save at the next step boundary and exit 0.
+
+  With several processes, JAX's preemption sync manager (started by `jax.distributed`) catches
+  the signal and `reached_preemption_sync_point` makes every process agree on the same step;
+  with one process we install our own handler, since Orbax/JAX only catch SIGTERM after
+  `jax.distributed.initialize`.
+  """
+
+  def __init__(self):
+    self._requested = False
+    self._multi = jax.process_count() > 1
+    self._previous = None
+    if not self._multi:
+      self._previous = signal.signal(signal.SIGTERM, self._handler)
+
+  def _handler(self, signum, frame):
+    del frame
+    logging.warning("Received signal %d: will checkpoint at the next step boundary and exit.",
+                    signum)
+    self._requested = True
+
+  def should_stop(self, step: int) -> bool:
+    if self._multi:
+      return bool(multihost_utils.reached_preemption_sync_point(step))
+    return self._requested
+
+  def close(self):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)

@@ -42,12 +42,6 @@ EXPERIMENTS = ("icons", "characters", "lenet_siamese", "pools", "embeddings")
 # Variants that fail for a reason outside configs/ and are waiting for its fix (strict: once
 # fixed, the case passes and pytest reports it, so the entry must go). Also read by
 # tests/experiments_trace_test.py.
-AWAITING_FIX = {
-    "embeddings-losses-snr": "snr_contrastive is a label loss (losses.snr_contrastive(embeddings, "
-                             "labels, pos_margin, neg_margin)) but sim_jax.train lists it in "
-                             "PAIR_LOSSES and calls it as (za, zb, same, margin=): train.py must "
-                             "dispatch it in label_objective",
-}
 NOT_EXPERIMENTS = ("__init__", "default", "test")
 
 
@@ -61,9 +55,7 @@ def _cases():
     for ablation, declared in experiment.ablations.items():
       for v in declared.variants:
         case = f"{name}-{ablation}-{v.label}"
-        marks = [pytest.mark.xfail(reason=AWAITING_FIX[case], strict=True)] \
-            if case in AWAITING_FIX else []
-        yield pytest.param(name, ablation, v, id=case, marks=marks)
+        yield pytest.param(name, ablation, v, id=case)
 
 
 def _fake_run_dirs(variants):

@@ -20,12 +20,13 @@ import jax
 import numpy as np
 import pytest
 
-from sim_jax import sharding, train
+import sim_jax.data as sd
+from sim_jax import train
 from sim_jax.data import pipeline, sources
 from sim_jax.experiments import runner
 from sim_jax.experiments.variants import Run, apply_overrides, run_overrides
 from tests import helpers
-from tests.experiments_test import AWAITING_FIX, EXPERIMENTS
+from tests.experiments_test import EXPERIMENTS
 
 # Channels of the datasets the configs name when config.data.channels does not say (others: 1).
 CHANNELS = {"cifar10": 3, "icon_themes": 3}
@@ -34,20 +35,12 @@ CLASSES, PER_CLASS = 64, 8  # the synthetic split: enough classes for any P x K 
 
 def trace_train_step(config, batch, num_classes: int):
   """Abstract train state of `config`, and the state one `train_step` on `batch` returns (both
-  as shapes: traced with `jax.eval_shape`, nothing compiled or computed)."""
-  train.validate_config(config)
-  model = train.create_model(config)
-  pair_head = train.create_pair_head(config) if config.loss.name == "pair_bce" else None
-  tx, schedule = train.make_optimizer(config.optimizer, config.train.steps)
-  image_shape = tuple(batch["image"].shape[-3:])
-  init = functools.partial(train.create_train_state, config, model, pair_head, tx,
-                           image_shape=image_shape, num_classes=num_classes)
-  state = jax.eval_shape(init, jax.random.PRNGKey(0))
-  step = functools.partial(train.train_step, config=config, model=model, pair_head=pair_head,
-                           tx=tx, schedule=schedule,
-                           augment_fn=train.make_augment_fn(config.data.augment),
-                           mesh=sharding.create_mesh(jax.devices()[:1]))
-  return state, jax.eval_shape(step, state, batch)[0]
+  as shapes: traced with `jax.eval_shape`, nothing compiled or computed). The step is the one
+  the trainer runs (`train.make_setup`), on one device, with the batch's image shape."""
+  info = sd.DatasetInfo(str(config.data.name), tuple(batch["image"].shape[-3:]), num_classes,
+                        {"train": CLASSES * PER_CLASS})
+  setup = train.make_setup(config, devices=jax.devices()[:1], info=info)
+  return setup.abstract_state, jax.eval_shape(setup.train_step, setup.abstract_state, batch)[0]
 
 
 def synthetic_batch(config) -> dict:
@@ -70,9 +63,7 @@ def _cases():
     for ablation_name, ablation in experiment.ablations.items():
       for v in ablation.variants:
         case = f"{name}-{ablation_name}-{v.label}"
-        marks = [pytest.mark.xfail(reason=AWAITING_FIX[case], strict=True)] \
-            if case in AWAITING_FIX else []
-        yield pytest.param(experiment, ablation, v, id=case, marks=marks)
+        yield pytest.param(experiment, ablation, v, id=case)
 
 
 # The data fields a train step sees; the others only choose which examples it is drawn from.

@@ -99,29 +99,29 @@ def test_trainer_learns_a_classifier_and_evaluates_by_its_distributions():
   cfg.eval.metric = "kl"
   cfg.train.steps = 60  # the cosine schedule spans the steps taken here
   cfg.optimizer.learning_rate = 1e-2
-  tr = train.Trainer(cfg, "/nonexistent")
+  tr = train.make_setup(cfg)
   c = tr.info.num_classes
-  state = tr.init_state()
+  state = train.init_state(tr)
   kernel = state.params["loss"]["classifier_kernel"]
   assert kernel.shape == (cfg.model.embedding_dim, c) == (16, 10)
   assert np.all(np.asarray(state.params["loss"]["classifier_bias"]) == 0)
   it = data.create_train_iterator(cfg.data, global_batch_size=16, seed=0, process_index=0,
                                   process_count=1)
-  step = tr.jit_train_step()
+  step = train.jit_train_step(tr)
   seen = []
   for _ in range(60):
-    state, m, _ = step(state, sharding.host_to_global(next(it), tr.mesh))
+    state, m = step(state, sharding.host_to_global(next(it), tr.mesh))
     seen.append(float(m.compute()["loss"]))
   assert abs(seen[0] - np.log(c)) < 1.0, seen[0]  # near-uniform at LeCun-normal init
   assert np.mean(seen[-10:]) < 0.75 * np.log(c), seen
   images = np.zeros((3, *tr.image_shape), np.uint8)
-  logits = tr.embed_images(state, images)
+  logits = train.embed_images(tr, state, images)
   emb = np.asarray(train.embed_step(state.params, state.batch_stats, images, model=tr.model))
   p = {k: np.asarray(v) for k, v in state.params["loss"].items()}
   np.testing.assert_allclose(logits, emb @ p["classifier_kernel"] + p["classifier_bias"],
                              rtol=1e-5, atol=1e-5)
   cfg.eval.metric = "euclidean"
-  assert train.Trainer(cfg, "/nonexistent").embed_images(state, images).shape == (3, 16)
+  assert train.embed_images(train.make_setup(cfg), state, images).shape == (3, 16)
   cfg.loss.num_classes = 4
   with pytest.raises(ValueError, match="num_classes=4 is smaller than the 10 classes"):
-    train.Trainer(cfg, "/nonexistent")
+    train.make_setup(cfg)

@@ -1,4 +1,4 @@
-"""Failure behaviour of real `launch.py` runs (shared/reference/RELIABILITY.md, numbered items).
+"""Failure behaviour of real `launch.py` runs (the numbered items of the reliability checklist).
 
 Every test runs the real entry point in child processes (own process group, killed as a group),
 with the tiny CPU config, and asserts concrete outcomes: bitwise-equal state, exit codes, the step

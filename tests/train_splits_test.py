@@ -32,14 +32,14 @@ def _train(cfg, steps: int = 2, devices=None):
   import jax
 
   from sim_jax import data, sharding, train
-  tr = train.Trainer(cfg, "/nonexistent", devices=devices)
-  state = tr.init_state()
+  tr = train.make_setup(cfg, devices=devices)
+  state = train.init_state(tr)
   it = data.create_train_iterator(cfg.data, global_batch_size=cfg.train.batch_size, seed=0,
                                   process_index=0, process_count=1)
-  step = tr.jit_train_step()
+  step = train.jit_train_step(tr)
   losses = []
   for _ in range(steps):
-    state, m, _ = step(state, sharding.host_to_global(next(it), tr.mesh))
+    state, m = step(state, sharding.host_to_global(next(it), tr.mesh))
     losses.append(float(m.compute()["loss"]))
   return np.array(losses), jax.tree.map(np.asarray, state.params)
 
@@ -62,22 +62,21 @@ def test_slices_are_taken_per_device_block_and_put_back_in_batch_order():
   import jax
   import jax.numpy as jnp
 
-  from sim_jax import train
+  from sim_jax import cpu, train
   cfg = _config("vit_tiny", 1)
-  tr = train.Trainer(cfg, "/nonexistent")
-  state = tr.init_state()
+  tr = train.make_setup(cfg)
+  state = train.init_state(tr)
   images = jax.random.uniform(jax.random.PRNGKey(1), (16,) + tr.image_shape)
   want, want_aux, _ = train.forward(tr.model, state.params, state.batch_stats, images,
                                     train=False)
   seen = []
 
-  class Recorder:  # the real model, recording which rows each slice received
-    def apply(self, variables, x, **kw):
-      seen.append(np.asarray(x))
-      return tr.model.apply(variables, x, **kw)
+  def recorder(x, key):  # the real model's forward, recording which rows each slice received
+    del key
+    seen.append(np.asarray(x))
+    return train.forward(tr.model, state.params, state.batch_stats, x, train=False)
 
-  got, got_aux, _ = train.forward_in_splits(Recorder(), state.params, state.batch_stats, images,
-                                            splits=2, shards=2, train=False)
+  got, got_aux, _ = cpu.forward_in_splits(recorder, images, splits=2, shards=2)
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(got_aux["features"], want_aux["features"], rtol=1e-5, atol=1e-6)
   x = np.asarray(images)
@@ -85,14 +84,13 @@ def test_slices_are_taken_per_device_block_and_put_back_in_batch_order():
   np.testing.assert_array_equal(seen[0], np.concatenate([x[0:4], x[8:12]]))
   np.testing.assert_array_equal(seen[1], np.concatenate([x[4:8], x[12:16]]))
   with pytest.raises(ValueError, match="parallel_splits=3"):
-    train.forward_in_splits(tr.model, state.params, state.batch_stats, jnp.zeros((16,) +
-                            tr.image_shape), splits=3, shards=2, train=False)
+    cpu.forward_in_splits(recorder, jnp.zeros((16,) + tr.image_shape), splits=3, shards=2)
 
 
 def test_batch_norm_models_and_bad_values_are_refused():
   from sim_jax import train
   with pytest.raises(ValueError, match=r"parallel_splits=2.*'resnet_tiny' has batch norm"):
-    train.Trainer(_config("resnet_tiny", 2), "/nonexistent")
+    train.make_setup(_config("resnet_tiny", 2))
   with pytest.raises(ValueError, match="parallel_splits must be >= 1, or 0 for auto; got -1"):
     train.validate_config(_config("lenet5", -1))
   cfg = _config("lenet5", 2)
@@ -130,17 +128,17 @@ def test_two_devices_two_splits_match_one_device():
     ("tpu", False, 1, 32, 1),
 ])
 def test_auto_splits_only_on_cpu_where_exact(platform, bn, chunks, inputs, want):
-  from sim_jax import train
+  from sim_jax import cpu
   cfg = _config("lenet5", 0)
   cfg.train.grad_accum_chunks = chunks
-  got, why = train.resolve_parallel_splits(cfg, platform=platform, has_batch_norm=bn,
+  got, why = cpu.resolve_parallel_splits(cfg, platform=platform, has_batch_norm=bn,
                                            inputs_per_device=inputs)
   assert got == want, why
   assert why.startswith("auto")
   # An explicit value is taken as given, batch norm aside.
   cfg.train.parallel_splits = 3
-  assert train.resolve_parallel_splits(cfg, platform=platform, has_batch_norm=False,
-                                       inputs_per_device=inputs)[0] == 3
+  assert cpu.resolve_parallel_splits(cfg, platform=platform, has_batch_norm=False,
+                                     inputs_per_device=inputs)[0] == 3
 
 
 def test_trainer_resolves_auto_from_the_model_sampler_and_devices():
@@ -148,8 +146,8 @@ def test_trainer_resolves_auto_from_the_model_sampler_and_devices():
   from sim_jax import train
   cfg = _config("vit_tiny", 0, sampler="views")
   cfg.train.batch_size = 6  # 12 encoder inputs: 4 slices of 3
-  assert train.Trainer(cfg, "/nonexistent").parallel_splits == 4
+  assert train.make_setup(cfg).parallel_splits == 4
   cfg = _config("lenet5", 0)
   cfg.train.batch_size = 6  # pk: 6 inputs, 2 slices of 3
-  assert train.Trainer(cfg, "/nonexistent").parallel_splits == 2
-  assert train.Trainer(_config("resnet_tiny", 0), "/nonexistent").parallel_splits == 1
+  assert train.make_setup(cfg).parallel_splits == 2
+  assert train.make_setup(_config("resnet_tiny", 0)).parallel_splits == 1

@@ -24,15 +24,15 @@ def _reference_sizes(start, end, k, boundaries):
 
 
 def test_execution_sizes_end_at_every_boundary():
-  from sim_jax import train
-  assert train.execution_sizes(0, 10, 4, {5, 10}.__contains__) == [4, 1, 4, 1]
-  assert train.execution_sizes(7, 7, 4, lambda s: False) == []
+  from sim_jax import cpu
+  assert cpu.execution_sizes(0, 10, 4, {5, 10}.__contains__) == [4, 1, 4, 1]
+  assert cpu.execution_sizes(7, 7, 4, lambda s: False) == []
   rng = np.random.default_rng(0)
   for _ in range(200):
     start, k = int(rng.integers(0, 20)), int(rng.integers(1, 6))
     end = start + int(rng.integers(0, 40))
     boundaries = set(rng.integers(0, 70, size=int(rng.integers(0, 8))).tolist())
-    sizes = train.execution_sizes(start, end, k, boundaries.__contains__)
+    sizes = cpu.execution_sizes(start, end, k, boundaries.__contains__)
     assert sizes == _reference_sizes(start, end, k, boundaries), (start, end, k, boundaries)
     ends = set((start + np.cumsum(sizes, dtype=int)).tolist())
     assert sum(sizes) == end - start
@@ -47,11 +47,10 @@ def test_execution_sizes_end_at_every_boundary():
 ])
 def test_auto_steps_per_execution(temp_mib, platform, requested, want):
   from configs import test as test_config
-  from sim_jax import train
+  from sim_jax import cpu
   cfg = test_config.get_config()
   cfg.train.steps_per_execution = requested
-  k, why = train.resolve_steps_per_execution(cfg, platform=platform,
-                                             temp_bytes=temp_mib * 2**20)
+  k, why = cpu.resolve_steps_per_execution(cfg, platform=platform, temp_bytes=temp_mib * 2**20)
   assert k == want and why
 
 
@@ -71,32 +70,33 @@ def test_four_steps_in_one_execution_equal_four_calls():
   from sim_jax import data, sharding, train
   cfg = test_config.get_config()
   cfg.optimizer.name = "sgd"  # linear in the gradient: float noise stays noise-sized
-  tr = train.Trainer(cfg, "/nonexistent")
+  tr = train.make_setup(cfg)
   it = data.create_train_iterator(cfg.data, global_batch_size=cfg.train.batch_size, seed=0,
                                   process_index=0, process_count=1)
   host = [next(it) for _ in range(4)]
 
-  state = tr.init_state()
-  one = tr.jit_train_step()
-  losses, merged, extra_sum = [], None, {}
+  state = train.init_state(tr)
+  one = train.jit_train_step(tr)
+  losses, merged = [], None
   for b in host:
-    state, m, extra = one(state, sharding.host_to_global(b, tr.mesh))
+    state, m = one(state, sharding.host_to_global(b, tr.mesh))
     losses.append(float(m.compute()["loss"]))
     merged = m if merged is None else merged.merge(m)
-    extra_sum = {k: extra_sum.get(k, 0.0) + float(v) for k, v in extra.items()}
   want_params = jax.tree.map(np.asarray, state.params)
 
-  state = tr.init_state()
-  state, m4, extra4 = tr.jit_train_step(4)(state, sharding.steps_to_global(host, tr.mesh))
+  state = train.init_state(tr)
+  state, m4 = train.jit_train_step(tr, 4)(state, sharding.steps_to_global(host, tr.mesh))
   assert int(state.step) == 4
   got = {k: float(v) for k, v in m4.compute().items()}
   np.testing.assert_allclose(got["loss"], np.mean(losses), rtol=1e-5)
   want = {k: float(v) for k, v in merged.compute().items()}
   for key in ("grad_norm", "learning_rate", "margin", "nonfinite_skips"):
     np.testing.assert_allclose(got[key], want[key], rtol=1e-5, err_msg=key)
-  assert extra_sum and set(extra4) == set(extra_sum)
-  for key, v in extra_sum.items():
-    np.testing.assert_allclose(float(extra4[key]), v, rtol=1e-4, atol=1e-6, err_msg=key)
+  # The embedding diagnostics: averages over the four steps, as four calls merged give them.
+  diag = [k for k in want if k.startswith(train.DIAGNOSTICS_PREFIX)]
+  assert diag and set(diag) == {k for k in got if k.startswith(train.DIAGNOSTICS_PREFIX)}
+  for key in diag:
+    np.testing.assert_allclose(got[key], want[key], rtol=1e-4, atol=1e-6, err_msg=key)
   for a, b in zip(jax.tree.leaves(jax.tree.map(np.asarray, state.params)),
                   jax.tree.leaves(want_params), strict=True):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
@@ -129,14 +129,15 @@ def test_run_with_four_steps_per_execution_logs_and_checkpoints_at_its_steps(tmp
     train.train_and_evaluate(cfg, workdir)
     assert _scalar_steps(workdir, "train/loss") == [6, 12]
     assert sorted(os.listdir(os.path.join(workdir, "checkpoints")), key=int) == ["8", "12"]
-    tr = train.Trainer(cfg, workdir)
+    tr = train.make_setup(cfg)
     manager = checkpointing.create_manager(workdir, keep=2, keep_best=0, best_metric=None,
                                            best_mode="max", async_save=False)
-    step, restored, _ = checkpointing.restore_latest(manager, workdir, tr.abstract_save_target(),
-                                                     None, check_meta=tr.check_meta)
+    step, restored, record = checkpointing.restore_latest(
+        manager, workdir, train.abstract_save_target(tr), None,
+        check_meta=lambda r, c=cfg, w=workdir: checkpointing.check_resume(r, c, w))
     checkpointing.finalize(manager)
-    assert step == 12
-    params[k] = jax.tree.map(np.asarray, tr.state_from_restored(restored).params)
+    assert step == 12 and record["config"]["train"]["steps_per_execution"] == k
+    params[k] = jax.tree.map(np.asarray, train.state_from_restored(tr, restored).params)
   for a, b in zip(jax.tree.leaves(params[4]), jax.tree.leaves(params[1]), strict=True):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
@@ -152,16 +153,16 @@ cfg.train.log_diagnostics = False
 it = data.create_train_iterator(cfg.data, global_batch_size=cfg.train.batch_size, seed=0,
                                 process_index=0, process_count=1)
 host = [next(it) for _ in range(4)]
-one = train.Trainer(cfg, "/nonexistent", devices=jax.devices()[:1])
-state = one.init_state()
-step = one.jit_train_step()
+one = train.make_setup(cfg, devices=jax.devices()[:1])
+state = train.init_state(one)
+step = train.jit_train_step(one)
 for b in host:
-  state, _, _ = step(state, sharding.host_to_global(b, one.mesh))
-two = train.Trainer(cfg, "/nonexistent", devices=jax.devices()[:2])
+  state, _ = step(state, sharding.host_to_global(b, one.mesh))
+two = train.make_setup(cfg, devices=jax.devices()[:2])
 stacked = sharding.steps_to_global(host, two.mesh)
 assert stacked["image"].shape[:2] == (4, cfg.train.batch_size), stacked["image"].shape
 assert len(stacked["image"].sharding.device_set) == 2
-state2, _, _ = two.jit_train_step(4)(two.init_state(), stacked)
+state2, _ = train.jit_train_step(two, 4)(train.init_state(two), stacked)
 for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(state2.params), strict=True):
   np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
 print("OK")

@@ -15,6 +15,14 @@ def _events(workdir):
   return [f for f in os.listdir(workdir) if f.startswith("events.out.tfevents")]
 
 
+def _logged_steps(event_file, tag):
+  from tensorboard.backend.event_processing import event_accumulator
+  ea = event_accumulator.EventAccumulator(event_file, size_guidance={"tensors": 0, "scalars": 0})
+  ea.Reload()
+  events = ea.Tensors(tag) if tag in ea.Tags()["tensors"] else ea.Scalars(tag)
+  return [e.step for e in events]
+
+
 def test_end_to_end_then_resume(tmp_path):
   workdir = str(tmp_path / "run")
   proc = helpers.run_launch(workdir)
@@ -28,11 +36,29 @@ def test_end_to_end_then_resume(tmp_path):
     final = json.load(f)
   # A few steps on real handwriting already beat random embeddings by a wide margin.
   assert final["metrics"]["retrieval/mrr@5"] > final["chance"]["retrieval/mrr@5"] + 0.2
-  assert "step 6" not in proc.stderr or "Resumed" not in proc.stderr
+  # Floors beside chance, with the metrics' keys; raw digits are far above chance too.
+  assert sorted(final) == ["chance", "floors", "metrics"]
+  assert sorted(final["floors"]) == ["random_init", "raw_pixels"]
+  for values in (final["chance"], *final["floors"].values()):
+    assert values.keys() == final["metrics"].keys()
+  assert final["floors"]["raw_pixels"]["retrieval/mrr@5"] > final["chance"]["retrieval/mrr@5"]
+  assert "Starting a new run" in proc.stderr and "Resumed" not in proc.stderr
+  line = [x for x in proc.stderr.splitlines() if "eval retrieval/mrr@5 " in x][0]
+  assert "(chance " in line and ", raw pixels " in line and ", random init " in line, line
+  first_events = _events(workdir)
+  assert len(first_events) == 1
+  # Floors are computed once, at the first evaluation, into TensorBoard as floors/*.
+  assert _logged_steps(os.path.join(workdir, first_events[0]),
+                       "floors/raw_pixels/retrieval/mrr@5") == [3]
 
   proc2 = helpers.run_launch(workdir, "--config.train.steps=9", "--config.train.plots=True")
   assert proc2.returncode == 0, helpers.describe(proc2)
   assert "Resumed from step 6" in proc2.stderr, helpers.describe(proc2)
+  # The resumed run trained steps 7-9 only: its own event file logs steps 8 and 9 (log_every=2
+  # and the last step), not a run restarted from step 0 (2, 4, 6, 8, 9).
+  new_events = [f for f in _events(workdir) if f not in first_events]
+  assert len(new_events) == 1, (first_events, _events(workdir))
+  assert _logged_steps(os.path.join(workdir, new_events[0]), "train/loss") == [8, 9]
   assert sorted(os.listdir(os.path.join(workdir, "plots"))) == [
       "distances.png", "retrieval_test.png", "training_curves.png", "tsne_test.png"]
   assert "9" in os.listdir(os.path.join(workdir, "checkpoints"))
@@ -42,6 +68,23 @@ def test_end_to_end_then_resume(tmp_path):
   assert "Nothing to train" in proc3.stderr
   _check_modes(workdir, tmp_path)
   _check_init_from(workdir, tmp_path)
+  _check_floors_mode(final, tmp_path)
+
+
+def _check_floors_mode(final, tmp_path):
+  """--mode=floors trains nothing and finds the floors and chance levels the run reported:
+  none of them depends on training."""
+  out = str(tmp_path / "floors")
+  proc = helpers.run_launch(out, "--mode=floors")
+  assert proc.returncode == 0, helpers.describe(proc)
+  assert not os.path.exists(os.path.join(out, "checkpoints"))
+  with open(os.path.join(out, "floors.json")) as f:
+    got = json.load(f)
+  assert got["floors"] == final["floors"] and got["chance"] == final["chance"]
+  row = [x for x in proc.stdout.splitlines() if x.startswith("retrieval/mrr@5 ")][0].split()
+  assert [float(v) for v in row[1:]] == pytest.approx(
+      [final["chance"]["retrieval/mrr@5"], final["floors"]["raw_pixels"]["retrieval/mrr@5"],
+       final["floors"]["random_init"]["retrieval/mrr@5"]], abs=1e-4)
 
 
 def _check_modes(workdir, tmp_path):
@@ -53,7 +96,11 @@ def _check_modes(workdir, tmp_path):
 
   ev = helpers.run_launch(workdir, "--mode=evaluate", "--config.train.steps=9")
   assert ev.returncode == 0, helpers.describe(ev)
-  assert "step 9  retrieval/mrr@5" in ev.stdout and "chance" in ev.stdout, ev.stdout
+  line = [x for x in ev.stdout.splitlines() if x.startswith("step 9  retrieval/mrr@5 ")]
+  assert line and "(chance " in line[0] and ", raw pixels " in line[0] \
+      and ", random init " in line[0], ev.stdout
+  with open(os.path.join(workdir, "eval_step9.json")) as f:
+    assert sorted(json.load(f)) == ["chance", "floors", "metrics", "step"]
   out = str(tmp_path / "emb.npz")
   em = helpers.run_launch(workdir, "--mode=embed", f"--output={out}", "--split=test")
   assert em.returncode == 0, helpers.describe(em)
@@ -141,16 +188,16 @@ cfg.train.batch_size = 16
 cfg.lock()
 out = {}
 for n in (1, 4):
-  tr = train.Trainer(cfg, "/nonexistent", devices=jax.devices()[:n])
-  state = tr.init_state()
+  tr = train.make_setup(cfg, devices=jax.devices()[:n])
+  state = train.init_state(tr)
   it = data.create_train_iterator(cfg.data, global_batch_size=16, seed=0, process_index=0,
                                   process_count=1)
-  step = tr.jit_train_step()
+  step = train.jit_train_step(tr)
   losses = []
   for _ in range(3):
     batch = sharding.host_to_global(next(it), tr.mesh)
     assert len(batch["image"].sharding.device_set) == n
-    state, m, _ = step(state, batch)
+    state, m = step(state, batch)
     losses.append(float(m.compute()["loss"]))
   out[n] = (np.array(losses), jax.tree.map(np.asarray, (state.params, state.batch_stats)))
 np.testing.assert_allclose(out[1][0], out[4][0], rtol=2e-5, atol=2e-6)
@@ -169,35 +216,62 @@ def test_four_devices_match_one_device():
 
 def test_config_diff_names_immutable_fields_only():
   from configs import test as test_config
-  from sim_jax import train
+  from sim_jax import checkpointing
 
-  a = train.config_to_dict(test_config.get_config())
+  a = checkpointing.config_to_dict(test_config.get_config())
   b = test_config.get_config()
   b.train.steps = 100  # may change
   b.train.log_every = 7  # may change
-  assert train.config_diff(a, train.config_to_dict(b)) == []
+  assert checkpointing.config_diff(a, checkpointing.config_to_dict(b)) == []
   b.seed = 3
   b.model.embedding_dim = 8
-  diff = train.config_diff(a, train.config_to_dict(b))
+  diff = checkpointing.config_diff(a, checkpointing.config_to_dict(b))
   assert len(diff) == 2
   assert any("seed" in line and "0" in line and "3" in line for line in diff)
   assert any("model.embedding_dim" in line for line in diff)
   # A checkpoint from before a field existed: unset (None) now means the same; set does not.
   del a["loss"]["num_classes"]
   c = test_config.get_config()
-  assert train.config_diff(a, train.config_to_dict(c)) == []
+  assert checkpointing.config_diff(a, checkpointing.config_to_dict(c)) == []
   c.loss.num_classes = 10
-  assert train.config_diff(a, train.config_to_dict(c)) == [
+  assert checkpointing.config_diff(a, checkpointing.config_to_dict(c)) == [
       "  loss.num_classes: checkpoint '<absent>' != now 10"]
+
+
+def test_checkpoint_record_holds_the_config_and_refuses_what_changes_its_meaning():
+  """One record per checkpoint (config + process count), read back as JSON as Orbax stores it."""
+  from configs import test as test_config
+  from sim_jax import checkpointing
+
+  cfg = test_config.get_config()
+  record = json.loads(json.dumps(checkpointing.written_with(cfg)))
+  assert record["config"]["model"]["name"] == "lenet5" and record["process_count"] == 1
+  checkpointing.check_resume(record, cfg, "/w")
+  longer = test_config.get_config()
+  longer.train.steps = 99  # run length may change on resume
+  checkpointing.check_resume(record, longer, "/w")
+  other_data = test_config.get_config()
+  other_data.data.sampler = "random"
+  with pytest.raises(checkpointing.ConfigMismatchError,
+                     match="data.sampler: checkpoint 'pk' != now 'random'"):
+    checkpointing.check_resume(record, other_data, "/w")
+  with pytest.raises(checkpointing.ConfigMismatchError, match="written by 2 process"):
+    checkpointing.check_resume(dict(record, process_count=2), cfg, "/w")
+  checkpointing.check_inference(record, other_data, "/w")  # evaluate on other data: fine
+  other_model = test_config.get_config()
+  other_model.model.embedding_dim = 8
+  with pytest.raises(checkpointing.ConfigMismatchError,
+                     match="model.embedding_dim: checkpoint 16 != now 8"):
+    checkpointing.check_inference(record, other_model, "/w")
 
 
 def test_schedule_warmup_then_cosine():
   import ml_collections
 
-  from sim_jax import train
+  from sim_jax import optim
   opt = ml_collections.ConfigDict(dict(learning_rate=1.0, warmup_steps=10, schedule="cosine",
                                        end_lr_fraction=0.0))
-  sched = train.make_schedule(opt, 110)
+  sched = optim.make_schedule(opt, 110)
   # Closed form: linear warmup 0 -> 1 over 10 steps, then 0.5 * (1 + cos(pi * t / 100)).
   for t in (0, 5, 10, 35, 60, 110):
     want = t / 10 if t < 10 else 0.5 * (1 + np.cos(np.pi * (t - 10) / 100))
@@ -216,14 +290,14 @@ def test_gradcache_step_equals_plain_step():
     cfg = test_config.get_config()
     cfg.train.grad_accum_chunks = chunks
     cfg.train.log_diagnostics = False
-    tr = train.Trainer(cfg, "/nonexistent")
-    state = tr.init_state()
+    tr = train.make_setup(cfg)
+    state = train.init_state(tr)
     it = data.create_train_iterator(cfg.data, global_batch_size=cfg.train.batch_size, seed=0,
                                     process_index=0, process_count=1)
-    step = tr.jit_train_step()
+    step = train.jit_train_step(tr)
     losses = []
     for _ in range(2):
-      state, m, _ = step(state, sharding.host_to_global(next(it), tr.mesh))
+      state, m = step(state, sharding.host_to_global(next(it), tr.mesh))
       losses.append(float(m.compute()["loss"]))
     results.append((losses, jax.tree.map(np.asarray, state.params)))
   np.testing.assert_allclose(results[0][0], results[1][0], rtol=1e-5)
@@ -253,18 +327,18 @@ def test_nonfinite_steps_are_skipped_counted_and_then_frozen():
   cfg.train.max_nonfinite_skips = 1
   cfg.train.log_diagnostics = False
   cfg.optimizer.warmup_steps = 0  # The first applied update must have a non-zero step size.
-  tr = train.Trainer(cfg, "/nonexistent")
-  state = tr.init_state()
+  tr = train.make_setup(cfg)
+  state = train.init_state(tr)
   it = data.create_train_iterator(cfg.data, global_batch_size=cfg.train.batch_size, seed=0,
                                   process_index=0, process_count=1)
-  step = tr.jit_train_step()
+  step = train.jit_train_step(tr)
   good = next(it)
   bad = dict(good, image=np.full(good["image"].shape, np.nan, np.float32))
   params = lambda s: [np.asarray(x).copy() for x in jax.tree.leaves(s.params)]
 
   def run(batch, st):
     batch = sharding.host_to_global(batch, tr.mesh)
-    st, m, _ = step(st, batch)
+    st, m = step(st, batch)
     return st, {k: float(v) for k, v in m.compute().items()}
 
   before = params(state)

@@ -280,8 +280,8 @@ def is_better(new: float, old: float | None, mode: str) -> bool:
 
 
 def run_evaluators(evaluators, embeddings, labels) -> dict[str, float]:
-  """Merges every evaluator's metrics into one flat dict."""
+  """Merges every evaluator's metrics into one flat dict of Python floats."""
   out: dict[str, float] = {}
   for ev in evaluators:
-    out.update(ev(embeddings, labels))
+    out.update({k: float(v) for k, v in ev(embeddings, labels).items()})
   return out

@@ -7,6 +7,7 @@
   read_scalars          (step, value) series from a TensorBoard event directory (CLU writers)
   training_curves       one panel per series, from an event directory or {name: [(step, value)]}
   distance_histogram    histograms of positive vs negative pair distances
+  write_run_plots       the trainer's end-of-run PNGs: curves, t-SNE, retrieval grid, distances
 """
 
 from __future__ import annotations
@@ -19,6 +20,12 @@ matplotlib.use("Agg")  # headless: the trainer and tests run without a display
 
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from absl import logging  # noqa: E402
+from sklearn.manifold import TSNE  # noqa: E402
+from tensorboard.backend.event_processing import event_accumulator  # noqa: E402
+from tensorboard.util import tensor_util  # noqa: E402
+
+from sim_jax.eval import search  # noqa: E402
 
 GREEN = (0, 170, 0)
 RED = (220, 0, 0)
@@ -42,8 +49,6 @@ def tsne_plot(embeddings, labels, path: str, *, perplexity: float = 30.0, seed: 
   slow on 2 cores); `max_iter` (>= 250) is sklearn's optimisation budget. perplexity is clipped
   to (n - 1) / 3 so small sets work (sklearn requires perplexity < n).
   """
-  from sklearn.manifold import TSNE
-
   x = np.asarray(embeddings, np.float32)
   y = np.asarray(labels)
   if x.ndim != 2 or x.shape[0] < 3 or y.shape != (x.shape[0],):
@@ -144,9 +149,6 @@ def save_retrieval_grid(path: str, query_images, gallery_images, neighbors, quer
 
 def read_scalars(event_dir: str) -> dict[str, list[tuple[int, float]]]:
   """{tag: [(step, value), ...]} from TensorBoard event files (scalars and scalar tensors)."""
-  from tensorboard.backend.event_processing import event_accumulator
-  from tensorboard.util import tensor_util
-
   if not os.path.isdir(event_dir):
     raise ValueError(f"event_dir={event_dir!r} is not a directory.")
   acc = event_accumulator.EventAccumulator(event_dir, size_guidance={"scalars": 0, "tensors": 0})
@@ -215,3 +217,49 @@ def distance_histogram(pos_distances, neg_distances, path: str, *, bins: int = 5
   ax.legend()
   _save(fig, path)
   return edges, pc, nc
+
+
+def _worth_plotting(tag: str, points) -> bool:
+  # Counts (num_queries, ...), bookkeeping (uptime) and constant series only add panels.
+  values = {round(v, 12) for _, v in points}
+  return len(values) > 1 and "/num_" not in tag and tag not in ("uptime",)
+
+
+def write_run_plots(workdir: str, config, eval_data: dict, embeddings: dict) -> list[str]:
+  """PNGs a person would rather look at, in `<workdir>/plots`: training curves (from the run's
+  events), t-SNE of the 20 largest classes, a retrieval grid and pair distances of the query
+  split. Returns the file names written."""
+  out_dir = os.path.join(workdir, "plots")
+  os.makedirs(out_dir, exist_ok=True)
+  written = []
+  series = {k: v for k, v in read_scalars(workdir).items() if _worth_plotting(k, v)}
+  if series:
+    training_curves(series, os.path.join(out_dir, "training_curves.png"))
+    written.append("training_curves.png")
+  split = config.eval.query_split if config.eval.query_split in embeddings else \
+      next(iter(embeddings))
+  emb, labels, images = embeddings[split], eval_data[split]["label"], eval_data[split]["image"]
+  # t-SNE of the 20 most frequent classes: more colours than that are unreadable.
+  classes, counts = np.unique(labels, return_counts=True)
+  shown = classes[np.argsort(-counts, kind="stable")[:20]]
+  keep = np.isin(labels, shown)
+  tsne_plot(emb[keep], labels[keep], os.path.join(out_dir, f"tsne_{split}.png"),
+            max_points=1500,
+            title=f"t-SNE of {config.data.name}/{split} ({len(shown)} classes)")
+  written.append(f"tsne_{split}.png")
+  nq = min(8, len(emb) - 1)
+  k = min(6, len(emb) - 1)
+  _, idx = search.topk(emb[:nq], emb, k + 1, metric=config.eval.metric)
+  idx = np.stack([row[row != i][:k] for i, row in enumerate(idx)])  # Drop the query itself.
+  save_retrieval_grid(os.path.join(out_dir, f"retrieval_{split}.png"), images[:nq], images,
+                      idx, labels[:nq], labels)
+  written.append(f"retrieval_{split}.png")
+  rng = np.random.default_rng(0)
+  a, b = rng.integers(0, len(emb), (2, 20000))
+  same, distinct = labels[a] == labels[b], a != b
+  d = np.linalg.norm(emb[a] - emb[b], axis=1)
+  distance_histogram(d[same & distinct], d[~same], os.path.join(out_dir, "distances.png"),
+                     title=f"Euclidean distances, {config.data.name}/{split}")
+  written.append("distances.png")
+  logging.info("Plots written to %s: %s", out_dir, ", ".join(written))
+  return written

@@ -1,0 +1,69 @@
+"""Baselines every evaluation reports next to its metrics, scored by the same evaluators.
+
+  chance_levels(evaluators, embeddings, labels)   random Gaussian vectors of the same shapes
+  raw_pixel_embeddings(images)                    flattened images as float32, L2-normalised
+  floors(evaluators, eval_data, random_init)      {"raw_pixels": {...}, "random_init": {...}}
+  describe / report_lines                         "name value (chance, raw pixels, random init)"
+
+The random-init floor is the configured encoder, untrained: its initial parameters from the
+run's seed (the trainer embeds the eval splits with them and passes the vectors in). Neither
+floor depends on training, so a resumed run recomputes the same numbers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+from sim_jax.eval.evaluators import run_evaluators
+
+FLOORS = ("raw_pixels", "random_init")
+FLOOR_LABELS = {"raw_pixels": "raw pixels", "random_init": "random init"}
+
+
+def chance_levels(evaluators, embeddings: Mapping[str, np.ndarray],
+                  labels: Mapping[str, np.ndarray], seed: int = 0) -> dict[str, float]:
+  """Each metric on random Gaussian embeddings of the same shapes: the baseline to beat."""
+  rng = np.random.default_rng(seed)
+  rand = {k: rng.standard_normal(v.shape).astype(np.float32) for k, v in embeddings.items()}
+  return run_evaluators(evaluators, rand, labels)
+
+
+def raw_pixel_embeddings(images: np.ndarray) -> np.ndarray:
+  """[N, H, W, C] images -> [N, H*W*C] float32 rows x / max(|x|, 1e-12).
+
+  uint8 pixels are scaled to [0, 1] first (a constant factor: the normalised rows do not
+  depend on it).
+  """
+  x = np.asarray(images)
+  x = x.reshape(len(x), -1).astype(np.float32)
+  if np.asarray(images).dtype == np.uint8:
+    x = x / np.float32(255.0)
+  norm = np.linalg.norm(x, axis=1, keepdims=True)
+  return x / np.maximum(norm, np.float32(1e-12))
+
+
+def floors(evaluators, eval_data: Mapping[str, Mapping[str, np.ndarray]],
+           random_init: Mapping[str, np.ndarray]) -> dict[str, dict[str, float]]:
+  """The metrics of raw pixels and of the untrained encoder's vectors (`random_init`, per
+  split), both through `evaluators` on `eval_data[split]["label"]`."""
+  labels = {s: d["label"] for s, d in eval_data.items()}
+  pixels = {s: raw_pixel_embeddings(d["image"]) for s, d in eval_data.items()}
+  return {"raw_pixels": run_evaluators(evaluators, pixels, labels),
+          "random_init": run_evaluators(evaluators, dict(random_init), labels)}
+
+
+def describe(name: str, value: float, chance: Mapping[str, float],
+             floor_values: Mapping[str, Mapping[str, float]]) -> str:
+  """One line: "retrieval/mrr@5 0.8635 (chance 0.0014, raw pixels 0.5200, random init 0.4000)"."""
+  parts = [f"chance {chance.get(name, np.nan):.4f}"]
+  parts += [f"{FLOOR_LABELS[f]} {floor_values.get(f, {}).get(name, np.nan):.4f}" for f in FLOORS
+            if f in floor_values]
+  return f"{name:<32s} {value:.4f}   ({', '.join(parts)})"
+
+
+def report_lines(report: Mapping) -> list[str]:
+  """`describe` of every metric of a {"metrics", "chance", "floors"} report, sorted by name."""
+  return [describe(k, report["metrics"][k], report["chance"], report.get("floors") or {})
+          for k in sorted(report["metrics"])]

@@ -1,0 +1,167 @@
+"""What a trained workdir is used for: `--mode` evaluate / embed / search, and the floors of a
+config without training (`--mode=floors`).
+
+  evaluate_checkpoint(config, workdir) -> report      every protocol on the latest checkpoint,
+                                                      with chance levels and floors
+  export_embeddings(config, workdir, output, split)   embeddings, labels and ids to .npz
+  search_gallery(config, workdir, query, k, split)    top-k gallery matches of one image
+  config_floors(config, workdir) -> report            chance and floors only (nothing trained)
+  restore_for_inference(setup, workdir) -> (step, state)
+
+A checkpoint is only loaded with the model / loss config it was written with
+(`checkpointing.check_inference`); data.* and eval.* may differ.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+
+import jax
+import ml_collections
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from sim_jax import checkpointing, data, train
+from sim_jax.eval import evaluators as evaluators_lib
+from sim_jax.eval import floors as floors_lib
+from sim_jax.eval import plots, search
+
+
+def restore_for_inference(setup: train.TrainSetup, workdir: str) -> tuple[int, train.TrainState]:
+  """The latest restorable checkpoint of `workdir` (weights only, no data iterator)."""
+  manager = checkpointing.create_manager(workdir, keep=10**6)
+  check = functools.partial(checkpointing.check_inference, config=setup.config, workdir=workdir)
+  try:
+    found = checkpointing.restore_latest(manager, workdir, train.abstract_save_target(setup),
+                                         data_iter=None, check_meta=check)
+  finally:
+    manager.close()
+  if found is None:
+    raise FileNotFoundError(f"No checkpoint in {checkpointing.checkpoint_dir(workdir)}: "
+                            f"train first with --mode=train and the same --workdir.")
+  step, restored, _ = found
+  return step, train.state_from_restored(setup, restored)
+
+
+def report(setup: train.TrainSetup, eval_data, evaluators, embeddings, results) -> dict:
+  """{"metrics", "chance", "floors"} of an evaluation (the final_metrics.json layout)."""
+  labels = {s: d["label"] for s, d in eval_data.items()}
+  return {"metrics": results,
+          "chance": floors_lib.chance_levels(evaluators, embeddings, labels),
+          "floors": train.compute_floors(setup, eval_data, evaluators)}
+
+
+def _print_report(prefix: str, rep: dict) -> None:
+  for line in floors_lib.report_lines(rep):
+    print(f"{prefix}{line}")
+
+
+def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """`--mode=evaluate`: every configured protocol on the workdir's latest checkpoint, next to
+  chance and the two floors; written to `<workdir>/eval_step<N>.json`."""
+  setup = train.make_setup(config)
+  step, state = restore_for_inference(setup, workdir)
+  eval_data = train.load_eval_data(config)
+  evaluators = evaluators_lib.get_evaluators(config.eval)
+  results, embeddings = train.evaluate(setup, state, eval_data, evaluators)
+  rep = report(setup, eval_data, evaluators, embeddings, results)
+  if jax.process_index() == 0:
+    _print_report(f"step {step}  ", rep)
+    with open(os.path.join(workdir, f"eval_step{step}.json"), "w") as f:
+      json.dump({"step": step, **rep}, f, indent=2, sort_keys=True)
+  return rep
+
+
+def config_floors(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """`--mode=floors`: chance levels and the raw-pixel / random-init floors of a config's
+  evaluation, without training; printed as a table and written to `<workdir>/floors.json`."""
+  setup = train.make_setup(config)
+  eval_data = train.load_eval_data(config)
+  evaluators = evaluators_lib.get_evaluators(config.eval)
+  untrained = train.init_state(setup, pretrained=False)
+  random_init = {s: train.embed_images(setup, untrained, d["image"]) for s, d in eval_data.items()}
+  floor_values = floors_lib.floors(evaluators, eval_data, random_init)
+  # Chance draws Gaussian vectors of the shapes a trained encoder would give: the untrained one's.
+  chance = floors_lib.chance_levels(evaluators, random_init,
+                                    {s: d["label"] for s, d in eval_data.items()})
+  rep = {"chance": chance, "floors": floor_values}
+  if jax.process_index() == 0:
+    print(f"{'metric':<32s} {'chance':>8s} {'raw pixels':>11s} {'random init':>12s}")
+    for k in sorted(chance):
+      print(f"{k:<32s} {chance[k]:8.4f} {floor_values['raw_pixels'][k]:11.4f} "
+            f"{floor_values['random_init'][k]:12.4f}")
+    os.makedirs(workdir, exist_ok=True)
+    path = os.path.join(workdir, "floors.json")
+    with open(path, "w") as f:
+      json.dump({"data": config.data.name, "model": config.model.name, **rep}, f, indent=2,
+                sort_keys=True)
+    print(f"Wrote {path}")
+  return rep
+
+
+def export_embeddings(config: ml_collections.ConfigDict, workdir: str, output: str,
+                      split: str | None = None) -> str:
+  """`--mode=embed`: embeddings, labels and ids of a split (or every eval split) to `.npz`."""
+  setup = train.make_setup(config)
+  step, state = restore_for_inference(setup, workdir)
+  splits = [split] if split else list(config.data.eval_splits)
+  arrays = {}
+  for s in splits:
+    d = data.load_split(config.data, s)
+    if len(d["label"]) == 0:
+      raise ValueError(f"Split {s!r} of dataset {config.data.name!r} is empty.")
+    prefix = "" if len(splits) == 1 else f"{s}/"
+    arrays[prefix + "embeddings"] = train.embed_images(setup, state, d["image"])
+    arrays[prefix + "labels"] = np.asarray(d["label"])
+    arrays[prefix + "ids"] = np.asarray(d["id"])
+  if jax.process_index() == 0:
+    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+    np.savez(output, step=step, **arrays)
+    print(f"Wrote {', '.join(f'{k} {v.shape}' for k, v in arrays.items())} (step {step}) "
+          f"to {output}")
+  return output
+
+
+def read_query_image(path: str, image_shape: tuple[int, int, int]) -> np.ndarray:
+  """An image file -> uint8 [H, W, C] in the model's input shape, or a clear error."""
+  h, w, c = image_shape
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"Query image {path!r} does not exist.")
+  try:
+    with Image.open(path) as img:
+      img.load()
+      img = img.convert("L" if c == 1 else "RGB").resize((w, h), Image.BILINEAR)
+  except (UnidentifiedImageError, OSError) as e:
+    raise ValueError(f"Query image {path!r} cannot be read as an image: {e}") from e
+  arr = np.asarray(img, np.uint8)
+  return arr[..., None] if c == 1 else arr
+
+
+def search_gallery(config: ml_collections.ConfigDict, workdir: str, query: str, k: int = 5,
+                   gallery_split: str | None = None) -> list[tuple[int, int, float]]:
+  """`--mode=search`: the top-k gallery matches of one query image, printed and drawn."""
+  setup = train.make_setup(config)
+  step, state = restore_for_inference(setup, workdir)
+  split = gallery_split or config.eval.query_split
+  gallery = data.load_split(config.data, split)
+  if k > len(gallery["label"]):
+    raise ValueError(f"--k={k} is larger than the gallery ({len(gallery['label'])} images in "
+                     f"split {split!r}).")
+  q_img = read_query_image(query, setup.image_shape)
+  q_emb = train.embed_images(setup, state, q_img[None])
+  g_emb = train.embed_images(setup, state, gallery["image"])
+  scores, idx = search.topk(q_emb, g_emb, k, metric=config.eval.metric,
+                            block_size=min(config.eval.block_size, len(g_emb)))
+  results = [(int(gallery["id"][i]), int(gallery["label"][i]), float(s))
+             for i, s in zip(idx[0], scores[0])]
+  if jax.process_index() == 0:
+    kind = "distance" if config.eval.metric == "euclidean" else "similarity"
+    print(f"Top {k} matches for {query} in split {split!r} (checkpoint step {step}):")
+    for rank, (ex_id, label, score) in enumerate(results, 1):
+      print(f"  {rank}. id {ex_id:>6d}  label {label:>5d}  {kind} {score:.4f}")
+    out = os.path.join(workdir, f"search_{os.path.splitext(os.path.basename(query))[0]}.png")
+    plots.save_retrieval_grid(out, q_img[None], gallery["image"], idx, scores=scores)
+    print(f"Wrote {out}")
+  return results
