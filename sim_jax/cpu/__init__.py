@@ -12,47 +12,25 @@ The trainer calls only these names; on GPU and TPU each of them resolves to the 
     StepExecutor.next_size(step, end, is_boundary) -> steps in the next call
     StepExecutor.run(state, host_batches) -> (state, metrics)
 
-The tuning itself (and the measurements behind it) lives in `sim_jax.cpu.execution`.
+The tuning itself (and the measurements behind it) lives in `sim_jax.cpu.execution`; the fused
+kernels the models select on CPU in `sim_jax.cpu.kernels` (their Flax forms in
+`sim_jax.models.cpu_ops`); glibc malloc settings in `sim_jax.cpu.malloc`.
 """
 
-from sim_jax.cpu.execution import (
-  AUTO_SPLITS,
-  AUTO_STEPS_PER_EXECUTION,
-  CPU_COMPILER_OPTIONS,
-  INPUTS_PER_ITEM,
-  MMAP_THRESHOLD_MAX,
-  StepExecutor,
-  compile_executor,
-  compiler_options,
-  encoder_inputs_per_device,
-  execution_sizes,
-  forward_in_splits,
-  jit_steps,
-  next_execution_size,
-  platform_of,
-  resolve_parallel_splits,
-  resolve_steps_per_execution,
-  scratch_bytes,
-  train_steps,
-)
+import importlib
 
-__all__ = [
-  "AUTO_SPLITS",
-  "AUTO_STEPS_PER_EXECUTION",
-  "CPU_COMPILER_OPTIONS",
-  "INPUTS_PER_ITEM",
-  "MMAP_THRESHOLD_MAX",
-  "StepExecutor",
-  "compile_executor",
-  "compiler_options",
-  "encoder_inputs_per_device",
-  "execution_sizes",
-  "forward_in_splits",
-  "jit_steps",
-  "next_execution_size",
-  "platform_of",
-  "resolve_parallel_splits",
-  "resolve_steps_per_execution",
-  "scratch_bytes",
-  "train_steps",
-]
+_EXECUTION = "sim_jax.cpu.execution"
+_SUBMODULES = ("execution", "kernels", "malloc")
+
+
+def __getattr__(name: str):
+  # PEP 562: the interface names resolve to `sim_jax.cpu.execution` on first use. Loading this
+  # package must not import JAX, because launch.py imports `sim_jax.cpu.malloc` (standard library
+  # only) before it may re-execute the process with malloc tunables. `from sim_jax.cpu import
+  # malloc` asks this function first: a submodule's name must fall through to the import system.
+  if name in _SUBMODULES:
+    raise AttributeError(name)
+  module = importlib.import_module(_EXECUTION)
+  if name.startswith("_") or not hasattr(module, name):
+    raise AttributeError(f"module 'sim_jax.cpu' has no attribute {name!r}")
+  return getattr(module, name)
