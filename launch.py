@@ -114,6 +114,6 @@ def main(argv):
 
 if __name__ == "__main__":
   # glibc reads GLIBC_TUNABLES only at process start: with SIM_JAX_HUGEPAGES=1, re-exec with
-  # malloc's transparent-huge-page tunable before JAX allocates anything (docs/cpu_performance.md).
+  # malloc's transparent-huge-page tunable before JAX allocates anything (docs/performance.md).
   malloc.maybe_reexec()
   app.run(main)

@@ -2,8 +2,8 @@
 
   python bench/input_pipeline.py [--quick] [--config=configs/default.py]
 
-Writes bench/results/input_pipeline.json and .md. The step is the trainer's own:
-`sim_jax.train.Trainer(config, workdir).jit_train_step()` (model, loss, on-device augmentation,
+Writes bench/results/input_pipeline.json and .md. The step is the trainer's own,
+`train.jit_train_step(train.make_setup(config))` (model, loss, on-device augmentation and
 optimizer of the config), fed as `train_and_evaluate` feeds it: `next(iterator)` ->
 `sharding.host_to_global` -> step, with JAX's asynchronous dispatch.
 
@@ -24,7 +24,6 @@ import importlib.util
 import json
 import os
 import sys
-import tempfile
 import time
 
 import jax
@@ -62,11 +61,11 @@ def pipeline_images_per_s(cfg, steps: int) -> float:
 
 def step_images_per_s(trainer, step_fn, state, cfg, steps: int):
   batch = sharding.host_to_global(next(make_iterator(cfg, 0, 0)), trainer.mesh)
-  state, m, _ = step_fn(state, batch)  # compiles
+  state, m = step_fn(state, batch)  # compiles
   jax.block_until_ready(m)
   t = time.perf_counter()
   for _ in range(steps):
-    state, m, _ = step_fn(state, batch)
+    state, m = step_fn(state, batch)
   jax.block_until_ready((state, m))
   return steps * cfg.train.batch_size / (time.perf_counter() - t), state
 
@@ -74,14 +73,14 @@ def step_images_per_s(trainer, step_fn, state, cfg, steps: int):
 def train_loop(trainer, step_fn, state, cfg, steps: int, threads: int, batches: int):
   """The trainer's loop; returns (data wait fraction, loop img/s, state)."""
   it = make_iterator(cfg, threads, batches)
-  state, m, _ = step_fn(state, sharding.host_to_global(next(it), trainer.mesh))
+  state, m = step_fn(state, sharding.host_to_global(next(it), trainer.mesh))
   jax.block_until_ready(m)
   wait, t = 0.0, time.perf_counter()
   for _ in range(steps):
     t0 = time.perf_counter()
     batch = next(it)
     wait += time.perf_counter() - t0
-    state, m, _ = step_fn(state, sharding.host_to_global(batch, trainer.mesh))
+    state, m = step_fn(state, sharding.host_to_global(batch, trainer.mesh))
   jax.block_until_ready((state, m))
   total = time.perf_counter() - t
   if hasattr(it, "close"):
@@ -124,21 +123,20 @@ def main():
   args = p.parse_args()
   cfg = load_config(args.config)
   steps = 8 if args.quick else 60
-  with tempfile.TemporaryDirectory() as workdir:
-    trainer = train.Trainer(cfg, workdir)
-    step_fn = trainer.jit_train_step()
-    state = trainer.init_state()
-    pipe = pipeline_images_per_s(cfg, steps)
-    step_rate, state = step_images_per_s(trainer, step_fn, state, cfg, steps)
-    loops = []
-    settings = [("on demand", 0, 0),
-                ("config default", int(cfg.data.prefetch_threads),
-                 int(cfg.data.prefetch_batches)),
-                ("grain default", 16, 500)]
-    for name, threads, batches in settings:
-      wait, rate, state = train_loop(trainer, step_fn, state, cfg, steps, threads, batches)
-      loops.append({"setting": name, "threads": threads, "batches": batches,
-                    "data_wait_fraction": wait, "loop_images_per_s": rate})
+  trainer = train.make_setup(cfg)
+  step_fn = train.jit_train_step(trainer)
+  state = train.init_state(trainer)
+  pipe = pipeline_images_per_s(cfg, steps)
+  step_rate, state = step_images_per_s(trainer, step_fn, state, cfg, steps)
+  loops = []
+  settings = [("on demand", 0, 0),
+              ("config default", int(cfg.data.prefetch_threads),
+               int(cfg.data.prefetch_batches)),
+              ("grain default", 16, 500)]
+  for name, threads, batches in settings:
+    wait, rate, state = train_loop(trainer, step_fn, state, cfg, steps, threads, batches)
+    loops.append({"setting": name, "threads": threads, "batches": batches,
+                  "data_wait_fraction": wait, "loop_images_per_s": rate})
   result = {"config": os.path.relpath(args.config, _REPO), "dataset": cfg.data.name,
             "sampler": cfg.data.sampler, "batch_size": int(cfg.train.batch_size),
             "image_shape": list(trainer.image_shape), "model": cfg.model.name,

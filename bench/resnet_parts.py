@@ -160,8 +160,8 @@ def wgrad(n: int, repeats: int, shapes=STAGE_SHAPES) -> list[dict]:
   import jax.numpy as jnp
   import torch
 
-  from sim_jax import train
-  opts = train.CPU_COMPILER_OPTIONS
+  from sim_jax import cpu
+  opts = cpu.CPU_COMPILER_OPTIONS
   rows = []
   rng = np.random.default_rng(0)
   for hw, c in shapes:

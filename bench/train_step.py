@@ -60,7 +60,7 @@ from bench.workloads import (  # noqa: E402
 )
 
 # jaxlib 0.10.2's default YNNPACK fusion list (convolutions included), as a --variant value: the
-# trainer's step without sim_jax.train.CPU_COMPILER_OPTIONS.
+# trainer's step without sim_jax.cpu.CPU_COMPILER_OPTIONS.
 YNN_DEFAULT = ("LIBRARY_FUSION_TYPE_DOT|LIBRARY_FUSION_TYPE_REDUCE|"
                "LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION")
 TARGETS = {"lenet5": 1.0, "resnet18": 0.8, "vit_ti": 1.0, "multiscale": 0.8}

@@ -40,7 +40,8 @@ import numpy as np
 import optax
 
 from configs import default
-from sim_jax import sharding, train
+from sim_jax import cpu, sharding, train
+from sim_jax.losses import objective
 
 # name -> model, image shape, sampler, loss, batch (pairs or images), encoder images per batch
 # item, embedding size, input normalisation, steps per timed round (LeNet's step is short).
@@ -93,10 +94,15 @@ def workload_config(name: str, batch: int, overrides: dict | None = None):
   cfg.model.patch_size = 4
   cfg.model.attention = "none"  # multiscale defaults to "before" (CBAM); the plain encoder here
   cfg.loss.name = w["loss"]
-  cfg.loss.squared = False  # pytorch-metric-learning's hinge form
-  cfg.loss.margin = 1.0 if w["loss"] == "contrastive" else 0.2
-  cfg.loss.mining = "batch_hard"
-  cfg.loss.distance = "euclidean"
+  # pytorch-metric-learning's settings, for the fields this loss reads (the trainer refuses a
+  # changed field the loss does not read).
+  pml = {"squared": False,  # the hinge form
+         "margin": 1.0 if w["loss"] == "contrastive" else 0.2,
+         "mining": "batch_hard", "distance": "euclidean"}
+  reads = objective.spec(w["loss"]).fields
+  for key, value in pml.items():
+    if key in reads:
+      cfg.loss[key] = value
   cfg.train.batch_size = batch
   cfg.train.log_diagnostics = False
   cfg.optimizer.name = "adamw"
@@ -135,18 +141,18 @@ class JaxRunner:
 
   def __init__(self, name: str, batch: int, overrides: dict | None = None):
     # "xla.<option>" keys are XLA compiler options of this compile (merged over the trainer's
-    # own, see sim_jax.train.compiler_options); '|' in their value stands for ',' (which
+    # own, see sim_jax.cpu.compiler_options); '|' in their value stands for ',' (which
     # separates --variant overrides).
     overrides = dict(overrides or {})
     xla = {k[4:]: v.replace("|", ",") if isinstance(v, str) else v
            for k, v in list(overrides.items()) if k.startswith("xla.")}
     overrides = {k: v for k, v in overrides.items() if not k.startswith("xla.")}
     self.cfg = workload_config(name, batch, overrides)
-    self.trainer = train.Trainer(self.cfg, "/nonexistent")
-    self.state = self.trainer.init_state()
+    self.setup = train.make_setup(self.cfg)
+    self.state = train.init_state(self.setup)
     host = make_batch(name, batch)
-    self.batch = sharding.host_to_global(host, self.trainer.mesh)
-    step = self.trainer.jit_train_step()
+    self.batch = sharding.host_to_global(host, self.setup.mesh)
+    step = train.jit_train_step(self.setup)
     t0 = time.perf_counter()
     lowered = step.lower(self.state, self.batch)
     self.compiled = lowered.compile(compiler_options=xla or None)
@@ -155,22 +161,22 @@ class JaxRunner:
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     # Cost and memory analyses describe one device's partition of the SPMD program: scale by
     # the mesh size (XLA_FLAGS=--xla_force_host_platform_device_count=N runs N CPU devices).
-    n_dev = self.trainer.mesh.devices.size
+    n_dev = self.setup.mesh.devices.size
     self.flops = n_dev * float(cost.get("flops", float("nan"))) if cost else float("nan")
-    temp = train.scratch_bytes(self.compiled)
+    temp = cpu.scratch_bytes(self.compiled)
     self.temp_bytes = n_dev * temp if temp >= 0 else -1
-    # Steps per execution as the trainer picks them (`Trainer.compile_train_steps`): with k > 1
+    # Steps per execution as the trainer picks them (`sim_jax.cpu.compile_executor`): with k > 1
     # every call runs k steps on the batch stacked k times, and `run(n)` rounds n up to a
     # multiple of k. Compile time counts both programs (the trainer compiles both too).
-    self.per_execution, self.per_execution_why = train.resolve_steps_per_execution(
-        self.cfg, platform=self.trainer.mesh.devices.flat[0].platform, temp_bytes=max(temp, 0))
+    self.per_execution, self.per_execution_why = cpu.resolve_steps_per_execution(
+        self.cfg, platform=cpu.platform_of(self.setup.mesh), temp_bytes=max(temp, 0))
     if self.per_execution > 1:
-      self.batch = sharding.steps_to_global([host] * self.per_execution, self.trainer.mesh)
+      self.batch = sharding.steps_to_global([host] * self.per_execution, self.setup.mesh)
       t0 = time.perf_counter()
-      self.compiled = self.trainer.jit_train_step(self.per_execution).lower(
+      self.compiled = train.jit_train_step(self.setup, self.per_execution).lower(
           self.state, self.batch).compile(compiler_options=xla or None)
       self.compile_s += time.perf_counter() - t0
-      temp = train.scratch_bytes(self.compiled)
+      temp = cpu.scratch_bytes(self.compiled)
       self.temp_bytes = n_dev * temp if temp >= 0 else -1
     self.run(1)  # first execution (allocations, thread pool start)
 
@@ -179,12 +185,12 @@ class JaxRunner:
     m = None
     executions = -(-n // self.per_execution)
     for _ in range(executions):
-      self.state, m, _ = self.compiled(self.state, self.batch)
+      self.state, m = self.compiled(self.state, self.batch)
     jax.block_until_ready((self.state.params, m))
     return executions * self.per_execution
 
   def loss(self) -> float:
-    _, m, _ = self.compiled(self.state, self.batch)
+    _, m = self.compiled(self.state, self.batch)
     return float(m.compute()["loss"])
 
 

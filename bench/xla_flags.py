@@ -31,7 +31,7 @@ from bench import workloads  # noqa: E402
 
 # label -> XLA_FLAGS. Names and values checked against jaxlib 0.10.2's flag table (an unknown
 # value aborts the process with the flag listing, so a typo cannot pass as "no effect"). Every
-# set runs on top of the trainer's own compile options (sim_jax.train.CPU_COMPILER_OPTIONS:
+# set runs on top of the trainer's own compile options (sim_jax.cpu.CPU_COMPILER_OPTIONS:
 # YNNPACK convolutions off), which override XLA_FLAGS for the same field.
 FLAG_SETS = {
     "default": "",

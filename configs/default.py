@@ -77,14 +77,14 @@ def get_config() -> ml_collections.ConfigDict:
   # The encoder runs on this many independent slices of the batch inside the one jitted step,
   # which lets XLA:CPU overlap its single-core fusions; exact without batch norm, refused with
   # it. 0 = auto: 4 (else 2) on CPU for encoders without batch norm, 1 otherwise and on GPU/TPU
-  # (docs/cpu_performance.md has what it buys per model).
+  # (docs/performance.md has what it buys per model).
   config.train.parallel_splits = 0
   # Train steps per jitted execution (one program of that many steps, unrolled). On CPU XLA
   # maps the step's scratch buffer anew at each execution and page-faults all of it; with k
   # steps per execution that happens once per k. 0 = auto: 4 on CPU when the step's scratch
   # buffer is larger than glibc's mmap threshold (32 MiB), 1 otherwise and on GPU/TPU.
   # Logging, evaluation and checkpoints still happen at their exact steps
-  # (docs/cpu_performance.md has what it buys per model).
+  # (docs/performance.md has what it buys per model).
   config.train.steps_per_execution = 0
   config.train.log_diagnostics = True  # embedding diagnostics (dense losses only)
   config.train.plots = True  # PNGs at the end: curves, t-SNE, retrieval grid, distances

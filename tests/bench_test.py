@@ -138,7 +138,7 @@ def _ynn_conv_fusions(hlo: str) -> int:
 
 
 def test_cpu_step_uses_eigen_convolutions_and_matches_the_ynnpack_compile():
-  """sim_jax.train.CPU_COMPILER_OPTIONS takes convolutions away from YNNPACK (the flag is
+  """sim_jax.cpu.CPU_COMPILER_OPTIONS takes convolutions away from YNNPACK (the flag is
   live: restoring jaxlib's default list brings YNNPACK convolutions back), and the two conv
   implementations give the same training trajectory (each is the other's reference)."""
   overrides = {"model.name": "resnet_tiny", "model.width": 16}

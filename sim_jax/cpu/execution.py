@@ -27,7 +27,7 @@ import ml_collections
 
 from sim_jax import sharding
 
-# XLA:CPU options of the jitted train step (see bench/README.md; `python bench/xla_flags.py`).
+# XLA:CPU options of the jitted train step (see docs/performance.md; `python bench/xla_flags.py`).
 # jaxlib 0.10.2 hands convolutions to YNNPACK by default; in a profile of the ResNet-18 step its
 # weight-gradient convolutions and the layout transposes around them took ~70% of the time.
 # XLA's own (Eigen) convolutions made that step 1.32x faster (median; min 1.19x) at batch
@@ -103,7 +103,7 @@ def forward_in_splits(forward_fn: Callable, images: jax.Array, *, splits: int, s
   Why: XLA:CPU (jaxlib 0.10.2) runs each element-wise and layout fusion on one core, while its
   matmuls use them all. Two slices are two independent chains of ops in one jitted program,
   so the thunk executor runs one slice's single-core fusions while the other's matmuls run:
-  the same arithmetic keeps more cores busy (bench/README.md has the measured effect).
+  the same arithmetic keeps more cores busy (docs/performance.md has the measured effect).
 
   Exact for encoders without batch norm: every op of such an encoder is per example, and the
   loss still sees the whole batch (the slices are re-assembled before it). Batch norm's
@@ -208,7 +208,7 @@ def train_steps(step_fn: Callable, state, batches):
   Why: XLA allocates a program's scratch buffer per execution and, on CPU, glibc maps a fresh
   one each time (it is larger than malloc's mmap threshold), so every page of it is faulted in
   anew; inside one execution the loop body reuses it. ViT-Ti's step maps 3.4 GiB this way
-  (docs/cpu_performance.md).
+  (docs/performance.md).
   """
   # Unrolled: with jaxlib 0.10.2 a rolled while-loop body of this step ran slower on CPU than
   # separate calls (a by-hand check); unrolled, XLA can also overlap one step's tail with the

@@ -13,7 +13,7 @@ GPU and TPU run the plain Flax modules. This module imports no other sim_jax mod
   VJP (LeNet-5's two stages).
 - `layer_norm_dense(x, norm, kernel, bias)`: Dense(LayerNorm(x)) with the LayerNorm's affine
   folded into the Dense weights and a hand-written VJP (the ViT's pre-norm projections).
-Measurements: bench/README.md.
+Measurements: docs/performance.md.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def materialize(x: jax.Array) -> jax.Array:
   layout copy that moves N innermost for each weight-gradient convolution; fused there, the
   producers run in that copy's transposed order, and each of their operands is read with one
   float used per cache line. Along the residual stream a copy re-computed up to three blocks'
-  chains that way (0.2-0.95 s per copy in a profile of the ResNet-18 step, bench/README.md).
+  chains that way (0.2-0.95 s per copy in a profile of the ResNet-18 step, docs/performance.md).
 
   `lax.optimization_barrier` would state this, but XLA:CPU expands it away; it also removes an
   identity `cond`, `max(x, x)` and loop-invariant `while` state. A one-trip `while` whose state
@@ -81,7 +81,7 @@ def max_pool_2x2(x: jax.Array) -> jax.Array:
   whole output gradient of a window goes to its *first* maximum in row-major order, ties
   included; a dropped odd row / column gets zero. Written as strided slices and elementwise
   selects because XLA:CPU lowers reduce-window's gradient (select-and-scatter) to a scatter with
-  materialised iota indices, which took ~60% of a LeNet-5 step (bench/README.md).
+  materialised iota indices, which took ~60% of a LeNet-5 step (docs/performance.md).
   """
   a, b, c, d = _pool_corners(x)
   return jnp.maximum(jnp.maximum(a, b), jnp.maximum(c, d))

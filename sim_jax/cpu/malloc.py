@@ -6,7 +6,7 @@ every step page-faults and zeroes the whole buffer again in 4 KiB pages (1.12 M 
 ViT-Ti step, 2 s of system time). With `GLIBC_TUNABLES=glibc.malloc.hugetlb=1` (glibc >= 2.35)
 malloc madvises its mmap'd chunks for transparent huge pages, which this kind of kernel
 (`/sys/kernel/mm/transparent_hugepage/enabled` = `madvise`) then backs with 2 MiB pages: the
-faults drop ~500x. Measured on this 2-core VM (docs/cpu_performance.md): a ViT-Ti step alone ran
+faults drop ~500x. Measured on this 2-core VM (docs/performance.md): a ViT-Ti step alone ran
 1.26x faster (median 5.84 -> 4.64 s, interleaved processes), but with a second process stepping
 in between (the benchmark's PyTorch worker) the same setting made it 1.5-2x *slower* (system
 time 4.5-7.5 s a step, no compaction stalls in /proc/vmstat; cause not found). So it is opt-in.

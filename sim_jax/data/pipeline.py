@@ -265,27 +265,3 @@ def batch_dataset(batch_for_step: grain.transforms.Map,
         num_workers=int(data_config.worker_count),
         per_worker_buffer_size=int(data_config.worker_buffer_size)))
   return ds
-
-
-def iterator_fingerprint(data_config: ml_collections.ConfigDict, *, global_batch_size: int,
-                         seed: int, process_count: int) -> dict[str, object]:
-  """What determines the batch order: saved with a checkpoint, compared on resume."""
-  keys = ("name", "image_size", "channels", "train_split", "sampler",
-          "examples_per_class", "pos_fraction", "num_foils", "samples_per_class",
-          "augmentation_factor",
-          "worker_count", "fonts", "charset", "heldout_class_fraction", "test_fraction",
-          "max_classes", "query_fonts", "path", "layout", "skip_bad_images")
-  fp = {k: data_config[k] for k in keys}
-  fp.update(global_batch_size=int(global_batch_size), seed=int(seed),
-            process_count=int(process_count))
-  return fp
-
-
-def check_fingerprint(saved: dict, current: dict) -> None:
-  """Raises ValueError listing every field that differs between a checkpoint and this run."""
-  diff = {k: (saved.get(k), current.get(k)) for k in sorted(set(saved) | set(current))
-          if saved.get(k) != current.get(k)}
-  if diff:
-    lines = ", ".join(f"{k}: saved {a!r} != now {b!r}" for k, (a, b) in diff.items())
-    raise ValueError(f"data iterator does not match the checkpoint ({lines}); resume with the "
-                     "saved data settings or start a new workdir")

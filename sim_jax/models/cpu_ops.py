@@ -10,7 +10,7 @@ modules. On "cpu" (`use_cpu_kernels`) it passes these forms to the backbones ins
 Each form has the plain layer's parameters (names, shapes, initial values), so checkpoints move
 between platforms, and computes the same function (tests/models_cpu_ops_test.py: outputs and
 gradients against the plain modules). The kernels themselves are `sim_jax.cpu.kernels`; why
-each is faster on XLA:CPU, with measurements, is in bench/README.md.
+each is faster on XLA:CPU, with measurements, is in docs/performance.md.
 """
 
 from __future__ import annotations
@@ -164,7 +164,7 @@ class FusedBlock(nn.Module):
 
   Why (ViT-Ti on XLA:CPU): the LayerNorm outputs are never written and their backward is one
   pass instead of autodiff's half-dozen; the 2-D Dense layers avoid transposed gradient copies;
-  the attention takes one layout transpose. Measured in bench/README.md.
+  the attention takes one layout transpose. Measured in docs/performance.md.
   """
   heads: int
   mlp_dim: int
