@@ -14,6 +14,7 @@ import os
 import jax
 import numpy as np
 from absl import logging
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -77,9 +78,27 @@ def fetch(x):
   if isinstance(x, jax.Array) and not x.is_fully_addressable:
     if x.sharding.is_fully_replicated:
       return np.asarray(x.addressable_shards[0].data)
-    from jax.experimental import multihost_utils
     return np.asarray(multihost_utils.process_allgather(x, tiled=True))
   return np.asarray(x)
+
+
+def map_global_batches(fn, images: np.ndarray, global_batch: int, mesh: Mesh) -> np.ndarray:
+  """`fn` (a jitted map of one global batch, e.g. an embedding) over `images` (the same array
+  on every process) in fixed-shape global batches; the last one is padded, its padding dropped."""
+  n = len(images)
+  if n == 0:
+    raise ValueError("no images to map (an empty split?)")
+  pc, pi = jax.process_count(), jax.process_index()
+  local = global_batch // pc
+  out = []
+  for start in range(0, n, global_batch):
+    chunk = images[start:start + global_batch]
+    valid = len(chunk)
+    if valid < global_batch:  # Pad so every call has the compiled shape.
+      chunk = np.concatenate([chunk, np.repeat(chunk[-1:], global_batch - valid, axis=0)])
+    local_chunk = chunk[pi * local:(pi + 1) * local]
+    out.append(fetch(fn(host_to_global(local_chunk, mesh)))[:valid])
+  return np.concatenate(out).astype(np.float32)
 
 
 def initialize_distributed(coordinator_address: str | None = None,

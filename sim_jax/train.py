@@ -378,22 +378,6 @@ class TrainSetup:
   embed_fn: Callable  # jitted (params, batch_stats, images) -> embeddings
 
 
-def classifier_outputs(config: ml_collections.ConfigDict, info) -> int:
-  """softmax_ce's number of logits: config.loss.num_classes, else the dataset's; 0 otherwise."""
-  if config.loss.name != "softmax_ce":
-    return 0
-  known, wanted = info.num_classes, config.loss.num_classes
-  if wanted is None:
-    if known <= 0:
-      raise ValueError(f"config.loss.name='softmax_ce': dataset {info.name!r} does not "
-                       f"declare its number of classes; set config.loss.num_classes")
-    return known
-  if 0 < wanted < known:
-    raise ValueError(f"config.loss.num_classes={wanted} is smaller than the {known} classes of "
-                     f"dataset {info.name!r}: their labels would have no logit")
-  return wanted
-
-
 def make_setup(config: ml_collections.ConfigDict, devices=None, info=None) -> TrainSetup:
   """Validates `config` and builds the mesh, model, optimizer and the bound train step.
 
@@ -407,7 +391,7 @@ def make_setup(config: ml_collections.ConfigDict, devices=None, info=None) -> Tr
   image_shape = tuple(info.image_shape)
   model = create_model(config)
   pair_head = create_pair_head(config) if config.loss.name == "pair_bce" else None
-  num_classes = classifier_outputs(config, info)
+  num_classes = objective.num_logits(config.loss, info.num_classes, info.name)
   tx, schedule = optim.make_optimizer(config.optimizer, config.train.steps)
   replicated = sharding.replicated(mesh)
   init = functools.partial(create_train_state, config, model, pair_head, tx,
@@ -480,30 +464,11 @@ def jit_train_step(setup: TrainSetup, steps: int = 1) -> Callable:
 # ----------------------------------------------------------------------------------- evaluation
 
 
-def embed_arrays(embed_fn, images: np.ndarray, global_batch: int, mesh) -> np.ndarray:
-  """Embeds `images` (the same array on every process) in fixed-shape global batches."""
-  n = len(images)
-  if n == 0:
-    raise ValueError("Cannot embed an empty split.")
-  pc, pi = jax.process_count(), jax.process_index()
-  local = global_batch // pc
-  out = []
-  for start in range(0, n, global_batch):
-    chunk = images[start:start + global_batch]
-    valid = len(chunk)
-    if valid < global_batch:  # Pad so every call has the compiled shape.
-      chunk = np.concatenate([chunk, np.repeat(chunk[-1:], global_batch - valid, axis=0)])
-    local_chunk = chunk[pi * local:(pi + 1) * local]
-    emb = embed_fn(sharding.host_to_global(local_chunk, mesh))
-    out.append(sharding.fetch(emb)[:valid])
-  return np.concatenate(out).astype(np.float32)
-
-
 def embed_images(setup: TrainSetup, state: TrainState, images: np.ndarray) -> np.ndarray:
   """The vectors evaluation compares: embeddings, or softmax_ce's logits for a distribution
   metric (kl / reverse_kl / cross_entropy), as seed 001 compares them."""
   fn = functools.partial(setup.embed_fn, state.params, state.batch_stats)
-  emb = embed_arrays(fn, images, setup.config.train.batch_size, setup.mesh)
+  emb = sharding.map_global_batches(fn, images, setup.config.train.batch_size, setup.mesh)
   if (setup.config.loss.name == "softmax_ce"
       and setup.config.eval.metric in distances.DISTRIBUTION_DISTANCES):
     loss_params = jax.tree.map(np.asarray, state.params["loss"])
@@ -512,14 +477,8 @@ def embed_images(setup: TrainSetup, state: TrainState, images: np.ndarray) -> np
 
 
 def load_eval_data(config) -> dict[str, dict[str, np.ndarray]]:
-  splits = {}
-  for split in config.data.eval_splits:
-    arrays = data.load_split(config.data, split)
-    if len(arrays["label"]) == 0:
-      raise ValueError(f"Eval split {split!r} of dataset {config.data.name!r} is empty; check "
-                       f"config.data.eval_splits and the dataset's split sizes.")
-    splits[split] = arrays
-  return splits
+  """Every split of `config.data.eval_splits`, whole (an empty split is refused by load_split)."""
+  return {split: data.load_split(config.data, split) for split in config.data.eval_splits}
 
 
 def _labels(eval_data) -> dict[str, np.ndarray]:

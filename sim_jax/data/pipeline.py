@@ -31,7 +31,7 @@ import grain
 import ml_collections
 import numpy as np
 
-from sim_jax.data import samplers, sources
+from sim_jax.data import registry, samplers, sources
 
 # Large enough to never run out; grain needs a finite length for a MapDataset.
 _INFINITE = 2**62
@@ -49,15 +49,11 @@ class DatasetInfo:
 
 def open_split(data_config: ml_collections.ConfigDict, split: str):
   """The source of `split` of `data_config.name` (see `sim_jax.data.registry`)."""
-  from sim_jax.data import registry  # local: registry imports TFDS lazily
-
   return registry.open_split(data_config, split)
 
 
 def get_info(data_config: ml_collections.ConfigDict) -> DatasetInfo:
   """Name, formatted image shape (H, W, C), number of classes and split sizes."""
-  from sim_jax.data import registry
-
   shape, num_classes, splits = registry.describe(data_config)
   h, w, c = shape
   if data_config.image_size is not None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 from PIL import Image
+from sklearn.datasets import load_digits
 
 
 class ArraySource:
@@ -68,8 +69,6 @@ def digits_arrays() -> tuple[np.ndarray, np.ndarray]:
 
   Pixel values 0..16 map to 0..255 by `round(v * 255 / 16)`.
   """
-  from sklearn.datasets import load_digits  # local: keeps `import sim_jax.data` light
-
   d = load_digits()
   images = np.round(d.images * (255.0 / 16.0)).astype(np.uint8)[..., None]
   return images, d.target.astype(np.int32)

@@ -34,6 +34,8 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 METRICS = ("cosine", "euclidean", "dot")
 _EPS = 1e-12
@@ -143,8 +145,6 @@ def _topk_single(q, q_index, g, *, k, metric, block_size, exclude_self):
 def _sharded_fn(mesh, axis: str, k: int, metric: str, block_size: int, exclude_self: bool,
                 num_valid: int):
   """jit(shard_map): each device scans its contiguous gallery shard, then one top-k merge."""
-  from jax.sharding import PartitionSpec as P
-
   def per_device(q, q_index, g_local):
     offset = jax.lax.axis_index(axis).astype(jnp.int32) * g_local.shape[0]
     s, i = _scan_topk(q, q_index, g_local, k=k, metric=metric, block_size=block_size,
@@ -241,8 +241,6 @@ def topk(queries, gallery, k: int, metric: str = "cosine", *, block_size: int = 
     pad = per_dev * n - num_g
     if pad:  # padding rows are masked by `num_valid` inside the scan
       g_dev = jnp.concatenate([g_dev, jnp.zeros((pad, g.shape[1]), jnp.float32)])
-    from jax.sharding import NamedSharding
-    from jax.sharding import PartitionSpec as P
     g_dev = jax.device_put(g_dev, NamedSharding(mesh, P(axis)))
     fn = _sharded_fn(mesh, axis, k, metric, bs, exclude_self, num_g)
 

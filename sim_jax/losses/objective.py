@@ -154,6 +154,23 @@ def spec(name: str) -> LossSpec:
   return LOSSES[name]
 
 
+def num_logits(loss_cfg: ml_collections.ConfigDict, dataset_classes: int, dataset: str) -> int:
+  """softmax_ce's number of logits: `loss_cfg.num_classes`, else the dataset's; 0 for any other
+  loss. ValueError when neither is known, or when fewer logits than classes are asked for."""
+  if loss_cfg.name != "softmax_ce":
+    return 0
+  wanted = loss_cfg.num_classes
+  if wanted is None:
+    if dataset_classes <= 0:
+      raise ValueError(f"config.loss.name='softmax_ce': dataset {dataset!r} does not "
+                       f"declare its number of classes; set config.loss.num_classes")
+    return dataset_classes
+  if 0 < wanted < dataset_classes:
+    raise ValueError(f"config.loss.num_classes={wanted} is smaller than the {dataset_classes} "
+                     f"classes of dataset {dataset!r}: their labels would have no logit")
+  return wanted
+
+
 def learns_margin(loss_cfg) -> bool:
   return loss_cfg.name == "learnable_margin_contrastive" or bool(loss_cfg.learnable_margin)
 

@@ -21,6 +21,8 @@ import os
 import numpy as np
 import tensorflow_datasets as tfds
 
+from sim_jax.data import splits
+
 VERSION = tfds.core.Version("1.0.0")
 
 
@@ -121,6 +123,4 @@ def prepared_builder(builder_cls, options: dict, data_dir: str | None) -> tfds.c
 def assign_examples(labels: np.ndarray, heldout_class_fraction: float, test_fraction: float,
                     seed: int = 0) -> dict[str, np.ndarray]:
   """See `sim_jax.data.splits.split_assignment` (re-exported for builders)."""
-  from sim_jax.data import splits
-
   return splits.split_assignment(labels, heldout_class_fraction, test_fraction, seed)

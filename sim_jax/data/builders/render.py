@@ -9,7 +9,9 @@ import functools
 import glob
 import os
 
+import matplotlib
 import numpy as np
+from fontTools.ttLib import TTFont
 from PIL import Image, ImageDraw, ImageFont
 
 FONT_EXTENSIONS = (".ttf", ".otf", ".ttc")
@@ -24,8 +26,6 @@ def load_font(path: str, size: int = _REF_SIZE) -> ImageFont.FreeTypeFont:
 @functools.lru_cache(maxsize=256)
 def font_codepoints(path: str) -> frozenset[int]:
   """Code points the font's best cmap maps (fontTools); the first face of a collection."""
-  from fontTools.ttLib import TTFont
-
   font = TTFont(path, lazy=True, fontNumber=0) if path.endswith(".ttc") else TTFont(path, lazy=True)
   return frozenset(font.getBestCmap() or {})
 
@@ -52,8 +52,6 @@ def discover_fonts(spec: str, default_dirs: list[str], exclude: tuple[str, ...] 
 
 def matplotlib_fonts() -> list[str]:
   """The TrueType fonts matplotlib ships (DejaVu, STIX, Computer Modern), minus LastResort."""
-  import matplotlib
-
   return discover_fonts("", [os.path.join(matplotlib.get_data_path(), "fonts", "ttf")],
                         exclude=("LastResort",))
 
