@@ -6,7 +6,7 @@ Dense forms live here; `block_size=...` dispatches the all-pairs losses to their
 """
 
 from sim_jax.losses.classification import linear_logits, softmax_ce
-from sim_jax.losses.config import LOSS_NAMES, default_config
+from sim_jax.losses.config import default_config
 from sim_jax.losses.diagnostics import diagnostics
 from sim_jax.losses.infonce import (
   nt_xent,
@@ -32,7 +32,6 @@ from sim_jax.losses.two_tower import clip_infonce, siglip
 from sim_jax.numerics import l2_normalize
 
 __all__ = [
-  "LOSS_NAMES",
   "clip_infonce",
   "contrastive",
   "cosine_similarity_matrix",

@@ -5,15 +5,11 @@ from __future__ import annotations
 import ml_collections
 from ml_collections import config_dict
 
-LOSS_NAMES = ("contrastive", "learnable_margin_contrastive", "pair_bce", "nt_xent", "supcon",
-              "triplet", "snr_contrastive", "recall_at_k_surrogate", "clip_infonce", "siglip",
-              "softmax_ce")
-
 
 def default_config() -> ml_collections.ConfigDict:
   """Defaults for `config.loss`; experiment configs override only what differs."""
   c = ml_collections.ConfigDict()
-  c.name = "nt_xent"                 # one of LOSS_NAMES
+  c.name = "nt_xent"                 # a name of the loss table, losses.objective.NAMES
   c.temperature = 0.1                # t of nt_xent / supcon / clip_infonce (> 0)
   c.learnable_temperature = False    # trainer keeps raw t in params["loss"], uses softplus(raw)
   c.margin = 1.0                     # contrastive margin m; snr neg_margin; triplet configs set 0.2
