@@ -99,7 +99,7 @@ def write_table(result: dict, path: str, command: str) -> None:
         f"`{result['sampler']}`, global batch {result['batch_size']}, images "
         f"{'x'.join(map(str, result['image_shape']))}, model `{result['model']}`, loss "
         f"`{result['loss']}`, augmentation `{result['augment']}` (on device, inside the step). "
-        "The step is the trainer's `Trainer.jit_train_step()`; the loop is `train_and_evaluate`'s "
+        "The step is the trainer's `train.jit_train_step(train.make_setup(config))`; the loop is `train_and_evaluate`'s "
         "(next -> host_to_global -> step, asynchronous dispatch).\n\n"
         "| pipeline img/s (on demand, no step) | step img/s (no pipeline) | ratio |\n"
         "|---|---|---|\n"
