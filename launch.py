@@ -69,11 +69,11 @@ class _QuietLibraries:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  # Imported here, not at the top: `hostenv.maybe_reexec()` (under __main__) may re-exec this
+  # Imported here, not at the top: `malloc.maybe_reexec()` (under __main__) may re-exec this
   # process before JAX or TensorFlow is loaded, and importing them would be wasted work.
   import jax
 
-  from sim_jax import checkpointing, inference, sharding, train
+  from sim_jax import checkpointing, data, inference, sharding, train
 
   _hide_gpus_from_tensorflow()
   logging.get_absl_handler().addFilter(_QuietLibraries())
@@ -87,6 +87,11 @@ def main(argv):
   logging.info("%s", malloc.describe())
   config = FLAGS.config
   try:
+    # Before anything is built or trained: a dataset this machine cannot prepare is named with
+    # the Debian package (or path, or TFDS command) that would fix it.
+    reason = data.unavailable_reason(config.data)
+    if reason:
+      raise ValueError(f"data {config.data.name!r} cannot be prepared on this machine: {reason}")
     if FLAGS.mode == "train":
       train.train_and_evaluate(config, FLAGS.workdir)
     elif FLAGS.mode == "evaluate":

@@ -175,6 +175,16 @@ def test_bad_value_is_refused_with_its_key(tmp_path):
   assert not os.path.exists(os.path.join(workdir, "checkpoints"))
 
 
+def test_data_that_cannot_be_prepared_is_named_before_anything_is_built(tmp_path):
+  workdir = str(tmp_path / "run")
+  proc = helpers.run_launch(workdir, "--config.data.name=image_folder",
+                            "--config.data.path=/no/such/images")
+  assert proc.returncode == 2, helpers.describe(proc)
+  assert "data 'image_folder' cannot be prepared on this machine" in proc.stderr
+  assert "/no/such/images" in proc.stderr
+  assert not os.path.exists(os.path.join(workdir, "checkpoints"))
+
+
 MULTI_DEVICE = """
 import jax, numpy as np
 from configs import test as test_config
