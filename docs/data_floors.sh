@@ -7,7 +7,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-runs/data_floors}
-floors() { name=$1; shift; python launch.py --mode=floors --workdir="$out/$name" "$@"; }
+# A floors.json already there is kept (the script resumes where it stopped).
+floors() {
+  name=$1; shift
+  [ -f "$out/$name/floors.json" ] || python launch.py --mode=floors --workdir="$out/$name" "$@"
+}
 
 # Seed 000 (icons): pair accuracy on classes never trained on (threshold fit on the validation
 # classes), and retrieval across design languages (queries drawn by families the gallery lacks).
@@ -20,7 +24,7 @@ floors icons_verification "${ICONS[@]}" --config.eval.protocols=verification \
   --config.eval.verification_val_split=validation
 floors icons_retrieval "${ICONS[@]}" --config.eval.protocols=retrieval \
   --config.data.eval_splits='("heldout","heldout_query")' --config.eval.query_split=heldout_query \
-  --config.eval.gallery_split=heldout
+  --config.eval.gallery_split=heldout --config.eval.best_metric=retrieval/mrr@5
 # Seed 003 (pools): top-2 of 1 true match + 19 foils among classes never trained on.
 floors pools --config=configs/pools.py "${DATA[@]}" --config.eval.protocols=pool
 # Seed 001 (characters): MRR@5 of queries in faces the database never uses.

@@ -60,8 +60,15 @@ def package_files(package: str) -> list[str]:
     return [line.rstrip("\n") for line in f]
 
 
+def installed(package: str) -> bool:
+  """dpkg lists the package *and* its icon files are on disk (a machine, or a test run, may hide
+  /usr/share/icons while dpkg's database still lists the package)."""
+  return any(os.path.isfile(p) for p in package_files(package)
+             if p.startswith("/usr/share/icons/") and p.lower().endswith(ICON_EXTENSIONS))
+
+
 def require_packages(packages, what: str):
-  missing = [p for p in packages if not package_files(p)]
+  missing = [p for p in packages if not installed(p)]
   require_debian(missing or list(packages), not missing, what)
 
 
