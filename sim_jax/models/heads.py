@@ -17,6 +17,11 @@ def l2_normalize(x: jax.Array, axis: int = -1, eps: float = 1e-12) -> jax.Array:
 
   A zero vector stays zero (no NaN); the norm is computed in float32 even for bfloat16 inputs so
   that the result has unit norm to float32 precision.
+
+  Why not `sim_jax.numerics.l2_normalize` (the losses' form, x / sqrt(max(sum x^2, eps^2))): the
+  two agree in value, but their gradients differ in the last bit, and training amplifies that
+  until the default run's metrics change. The encoder keeps torch's formula so that runs stay
+  reproducible across versions.
   """
   x = x.astype(jnp.float32)
   norm = jnp.sqrt(jnp.sum(x * x, axis=axis, keepdims=True))
