@@ -9,23 +9,21 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from sim_jax import numerics
+
 PAIR_HEAD_MODES = ("abs_diff", "euclidean")
 
 
-def l2_normalize(x: jax.Array, axis: int = -1, eps: float = 1e-12) -> jax.Array:
-  """x / max(||x||_2, eps) along `axis` (as `torch.nn.functional.normalize`).
+def l2_normalize(x: jax.Array, axis: int = -1) -> jax.Array:
+  """`sim_jax.numerics.l2_normalize` in float32: x / max(||x||_2, 1e-12) along `axis`.
 
-  A zero vector stays zero (no NaN); the norm is computed in float32 even for bfloat16 inputs so
-  that the result has unit norm to float32 precision.
+  A zero vector stays zero (with a finite gradient); the norm is computed in float32 even for
+  bfloat16 inputs so that the result has unit norm to float32 precision.
 
-  Why not `sim_jax.numerics.l2_normalize` (the losses' form, x / sqrt(max(sum x^2, eps^2))): the
-  two agree in value, but their gradients differ in the last bit, and training amplifies that
-  until the default run's metrics change. The encoder keeps torch's formula so that runs stay
-  reproducible across versions.
+  The encoder's and the losses' normalisation are one function: this unification changed the
+  last bit of some gradients, so the default run's numbers moved by float rounding (README).
   """
-  x = x.astype(jnp.float32)
-  norm = jnp.sqrt(jnp.sum(x * x, axis=axis, keepdims=True))
-  return x / jnp.maximum(norm, eps)
+  return numerics.l2_normalize(x.astype(jnp.float32), axis)
 
 
 class ProjectionHead(nn.Module):
