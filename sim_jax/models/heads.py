@@ -19,9 +19,6 @@ def l2_normalize(x: jax.Array, axis: int = -1) -> jax.Array:
 
   A zero vector stays zero (with a finite gradient); the norm is computed in float32 even for
   bfloat16 inputs so that the result has unit norm to float32 precision.
-
-  The encoder's and the losses' normalisation are one function: this unification changed the
-  last bit of some gradients, so the default run's numbers moved by float rounding (README).
   """
   return numerics.l2_normalize(x.astype(jnp.float32), axis)
 
