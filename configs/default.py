@@ -9,6 +9,11 @@ and by zero-shot retrieval on 20% of the classes that training never sees. The d
 rendered once (~30 s) into ~/.cache/sim_jax; the run takes a few minutes on 2 CPU cores.
 
   python launch.py --config=configs/default.py --workdir=runs/default
+  python launch.py --config=configs/default.py:small --workdir=runs/small   # a quick run
+
+`:small` (get_config("small")) trains 200 steps, evaluates at 100 and 200 and draws no plots:
+about a minute on 2 CPU cores, to check an install or a change before the full run.
+`python launch.py --config=configs/default.py --mode=config` lists every field with its comment.
 
 Override any field from the command line, e.g. `--config.train.steps=2000`; unknown or ill-typed
 fields are refused. Experiment configs import this file and change only what differs.
@@ -21,8 +26,14 @@ from sim_jax.eval.config import default_config as eval_config
 from sim_jax.losses.config import default_config as loss_config
 from sim_jax.models.config import default_config as model_config
 
+VARIANTS = ("small",)
 
-def get_config() -> ml_collections.ConfigDict:
+
+def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
+  """The default run; `variant` ("small", from `--config=configs/default.py:small`) shrinks it."""
+  if variant not in (None, "", *VARIANTS):
+    raise ValueError(f"configs/default.py: unknown variant {variant!r}; variants: "
+                     f"{', '.join(VARIANTS)} (e.g. --config=configs/default.py:small)")
   config = ml_collections.ConfigDict()
   config.seed = 0  # seeds parameters, data order and augmentation
 
@@ -97,6 +108,14 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval.knn_train_split = "train"
   config.eval.ks = (1, 5)
   config.eval.best_metric = "retrieval/mrr@5"
+
+  if variant == "small":
+    config.train.steps = 200
+    config.train.log_every = 50
+    config.train.eval_every = 100
+    config.train.checkpoint_every = 100
+    config.optimizer.warmup_steps = 20
+    config.train.plots = False  # t-SNE and the retrieval grid cost more than the run
 
   config.lock()
   return config
