@@ -1,8 +1,10 @@
 """Quiet logs by default: the metrics, not ~60 lines of library notices, are what a run prints.
 
 Hidden unless `--verbose_libraries` (or the variable already set by the user):
-- TensorFlow's C++ notices, e.g. "oneDNN custom operations are on" (TensorFlow is imported for
-  I/O only; TF_CPP_MIN_LOG_LEVEL=2 keeps its errors);
+- TensorFlow's C++ notices (TF_CPP_MIN_LOG_LEVEL=2 keeps its errors) and its "oneDNN custom
+  operations are on" line, which TensorFlow >= 2.20 prints before its log level is read: only
+  TF_ENABLE_ONEDNN_OPTS=0 removes it. TensorFlow does I/O only here (TFDS, event files), never
+  the model's arithmetic, which is JAX's: no number sim_jax computes depends on that switch;
 - JAX's probe for a TPU ("Unable to initialize backend 'tpu'", an INFO record on every CPU/GPU
   machine);
 - TFDS's progress bars and its per-builder notices ("Using custom data configuration ...",
@@ -21,7 +23,7 @@ import os
 from absl import logging
 
 # Set before TensorFlow is imported (its C++ logging reads it once).
-ENVIRONMENT = {"TF_CPP_MIN_LOG_LEVEL": "2"}
+ENVIRONMENT = {"TF_CPP_MIN_LOG_LEVEL": "2", "TF_ENABLE_ONEDNN_OPTS": "0"}
 # Logger names whose INFO records are internals.
 NOISY_PATHS = (os.sep + "orbax" + os.sep, os.sep + "grain" + os.sep)
 # Known notices (any level) that say nothing about the run.

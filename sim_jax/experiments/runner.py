@@ -130,7 +130,10 @@ def run_logged(cmd: Sequence[str], log_path: str, prefix: str, root: str) -> int
     log.write(f"\n=== ablate.py {datetime.datetime.now().isoformat(timespec='seconds')}: "
               f"{commands.shell_command(cmd)}\n")
     log.flush()
-    proc = subprocess.Popen([sys.executable, *cmd], cwd=root, stdout=subprocess.PIPE,
+    # Installed without a clone, `root` has no launch.py: the same program is `-m sim_jax`.
+    argv = ["-m", "sim_jax", *cmd[1:]] if cmd[0] == commands.LAUNCH and not os.path.isfile(
+        os.path.join(root, commands.LAUNCH)) else list(cmd)
+    proc = subprocess.Popen([sys.executable, *argv], cwd=root, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, bufsize=1)
     for line in proc.stdout:
       log.write(line)
