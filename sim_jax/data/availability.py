@@ -74,14 +74,15 @@ CHECKS = {
 
 def _tfds(name: str, data_dir: str | None) -> str | None:
   directory = data_dir or common.default_data_dir()
+  searched = ", ".join(registry.tfds_data_dirs(data_dir))
   if registry.tfds_prepared(name, data_dir):
     return None
   try:
     tfds.builder_cls(name)
   except tfds.core.registered.DatasetNotFoundError:
     return (f"unknown dataset name {name!r}; valid names: sim_jax's "
-            f"{', '.join(registry.DATASETS)} or a TFDS dataset prepared in {directory}")
-  return (f"TFDS dataset {name!r} is not prepared in {directory} and cannot be prepared offline: "
+            f"{', '.join(registry.DATASETS)} or a TFDS dataset prepared in {searched}")
+  return (f"TFDS dataset {name!r} is not prepared in {searched} and cannot be prepared offline: "
           f"run `tfds build {name} --file_format=array_record --data_dir={directory}` on a "
           "machine with network (or copy a prepared copy there)")
 

@@ -1,8 +1,17 @@
 """Dataset names -> TFDS builders -> random-access sources.
 
 sim_jax's own builders (`OWN`) are prepared on first use into `data_dir` (under a file lock);
-any other name is a TFDS dataset read from `data_dir` with `tfds.data_source` semantics
-(ArrayRecord). Both go through `TfdsSource`.
+any other name is a TFDS dataset read with `tfds.data_source` semantics (ArrayRecord). Both go
+through `TfdsSource`.
+
+Where a TFDS name is found (`tfds_data_dirs`): `data.data_dir` when the config sets it, else
+sim_jax's directory ($SIM_JAX_DATA_DIR or ~/.cache/sim_jax/tensorflow_datasets), then TFDS's own
+($TFDS_DATA_DIR, ~/tensorflow_datasets), so a dataset a TFDS user already prepared is read where
+it is. A copy prepared as TFRecord (TFDS's default format, sequential reads only) is converted
+once into sim_jax's directory as ArrayRecord (the same serialized records, shard for shard:
+`convert_to_array_record`), and read from there afterwards. A dataset prepared nowhere is
+downloaded into sim_jax's directory, unless the machine is offline: then the error says at once
+which command prepares it, instead of TFDS retrying downloads for minutes.
 """
 
 from __future__ import annotations
@@ -10,6 +19,9 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
+import shutil
+import socket
 
 import ml_collections
 import numpy as np
@@ -103,36 +115,152 @@ def _builder(data_config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder
 
 @functools.lru_cache(maxsize=16)
 def _own_builder(name: str, options_json: str, data_dir: str | None):
+  # Logged once per options (TFDS's own notice, hidden by sim_jax.quiet, repeated them - the
+  # whole font list - each time a builder was made).
+  logging.info("data: %s options %s", name, options_json)
   return common.prepared_builder(OWN[name][0], json.loads(options_json), data_dir)
 
 
-def tfds_prepared(name: str, data_dir: str | None) -> bool:
-  """Whether TFDS dataset `name` is prepared in `data_dir` (default: sim_jax's); no download."""
+# Where `tfds build` downloads from: reachable in a few seconds, or the machine is offline.
+DOWNLOAD_PROBE = ("storage.googleapis.com", 443)
+
+
+def tfds_data_dirs(data_dir: str | None) -> list[str]:
+  """Directories searched for a prepared TFDS dataset, in order: `data_dir` alone when set;
+  else sim_jax's ($SIM_JAX_DATA_DIR or ~/.cache/sim_jax/tensorflow_datasets), $TFDS_DATA_DIR
+  and ~/tensorflow_datasets (TFDS's default), without repeats."""
+  if data_dir:
+    return [str(data_dir)]
+  dirs = [common.default_data_dir(), os.environ.get("TFDS_DATA_DIR"),
+          os.path.expanduser("~/tensorflow_datasets")]
+  out = []
+  for d in dirs:
+    if d and os.path.abspath(d) not in map(os.path.abspath, out):
+      out.append(d)
+  return out
+
+
+def _prepared_builder_in(name: str, directory: str):
+  """The builder of `name` prepared in `directory` (in any file format), or None."""
   try:
-    return tfds.builder(name, data_dir=data_dir or common.default_data_dir(),
-                        file_format="array_record").is_prepared()
-  except tfds.core.registered.DatasetNotFoundError:
+    builder = tfds.builder(name, data_dir=directory)
+  except (tfds.core.registered.DatasetNotFoundError, FileNotFoundError, ValueError):
+    return None
+  return builder if builder.is_prepared() else None
+
+
+def find_prepared(name: str, data_dir: str | None):
+  """(directory, builder) of the first `tfds_data_dirs` entry where `name` is prepared, or None."""
+  for directory in tfds_data_dirs(data_dir):
+    builder = _prepared_builder_in(name, directory)
+    if builder is not None:
+      return directory, builder
+  return None
+
+
+def tfds_prepared(name: str, data_dir: str | None) -> bool:
+  """Whether TFDS dataset `name` is prepared in one of `tfds_data_dirs(data_dir)`; no download."""
+  return find_prepared(name, data_dir) is not None
+
+
+def _shard_path(directory: str, name: str, split: str, file_format: str, index: int,
+                count: int) -> str:
+  # TFDS's default filepathTemplate "{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}".
+  return os.path.join(directory, f"{name}-{split}.{file_format}-{index:05d}-of-{count:05d}")
+
+
+def convert_to_array_record(src: str, dst: str) -> None:
+  """Copies the TFRecord-prepared dataset version directory `src` to `dst` as ArrayRecord.
+
+  The records (serialized tf.Examples) and shard lengths are unchanged, so the copied
+  `dataset_info.json` stays true once its fileFormat says array_record. Written to a temporary
+  directory and renamed, so an interrupted conversion is never taken for a finished one.
+  """
+  with open(os.path.join(src, "dataset_info.json")) as f:
+    info = json.load(f)
+  tmp = f"{dst}.incomplete"
+  shutil.rmtree(tmp, ignore_errors=True)
+  os.makedirs(tmp)
+  writer = tfds.core.file_adapters.ADAPTER_FOR_FORMAT[tfds.core.FileFormat.ARRAY_RECORD]
+  for split in info["splits"]:
+    template = split.get("filepathTemplate", "{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}")
+    if template != "{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}":
+      raise ValueError(f"{src}: split {split['name']!r} has shard names {template!r}; convert "
+                       "it with `tfds convert_format --out_file_format=array_record`")
+    count = len(split.get("shardLengths", []))
+    for i in range(count):
+      records = tfds.core.file_adapters.ADAPTER_FOR_FORMAT[
+          tfds.core.FileFormat.TFRECORD].make_tf_data(
+              _shard_path(src, info["name"], split["name"], "tfrecord", i, count))
+      writer.write_examples(
+          _shard_path(tmp, info["name"], split["name"], "array_record", i, count),
+          ((None, r) for r in records.as_numpy_iterator()))
+  for entry in os.listdir(src):  # features.json, label names, ...: unchanged
+    if ".tfrecord-" not in entry and entry != "dataset_info.json":
+      shutil.copy(os.path.join(src, entry), tmp)
+  info["fileFormat"] = "array_record"
+  with open(os.path.join(tmp, "dataset_info.json"), "w") as f:
+    json.dump(info, f, indent=2)
+  os.makedirs(os.path.dirname(dst), exist_ok=True)
+  os.rename(tmp, dst)
+
+
+def _online(timeout: float = 3.0) -> bool:
+  try:
+    socket.create_connection(DOWNLOAD_PROBE, timeout=timeout).close()
+  except OSError:
     return False
+  return True
 
 
-@functools.lru_cache(maxsize=16)
-def _tfds_builder(name: str, data_dir: str | None):
+def _not_prepared(name: str, data_dir: str | None, why: str) -> ValueError:
+  target = data_dir or common.default_data_dir()
+  searched = ", ".join(tfds_data_dirs(data_dir))
+  return ValueError(f"TFDS dataset {name!r} is not prepared in {searched} ({why}); run "
+                    f"`tfds build {name} --file_format=array_record --data_dir={target}` on a "
+                    "machine with network (or copy a prepared copy there)")
+
+
+def _download(name: str, data_dir: str | None):
+  """Downloads and prepares `name` into data_dir (default: sim_jax's), failing at once offline."""
   try:
     builder = tfds.builder(name, data_dir=data_dir or common.default_data_dir(),
                            file_format="array_record")
   except tfds.core.registered.DatasetNotFoundError as e:
     raise ValueError(f"unknown dataset name {name!r}; valid names: sim_jax's "
-                     f"{', '.join(DATASETS)} or a TFDS dataset prepared in data_dir") from e
-  if not builder.is_prepared():
-    logging.info("TFDS dataset %s is not in %s: downloading and preparing", name, builder.data_dir)
-    try:
-      with common.file_lock(f"{builder.data_dir}.lock"):
-        builder.download_and_prepare(file_format="array_record")
-    except Exception as e:  # noqa: BLE001  (network, disk, ...: say what to do instead)
-      raise ValueError(f"TFDS dataset {name!r} is not prepared in {builder.data_dir} and could "
-                       f"not be prepared ({type(e).__name__}: {e}); run `tfds build {name} "
-                       "--file_format=array_record --data_dir=...` where there is network") from e
+                     f"{', '.join(DATASETS)} or a TFDS dataset prepared in "
+                     f"{', '.join(tfds_data_dirs(data_dir))}") from e
+  if not _online():
+    raise _not_prepared(name, data_dir, f"this machine cannot reach {DOWNLOAD_PROBE[0]}")
+  logging.info("TFDS dataset %s is not prepared: downloading into %s", name, builder.data_dir)
+  try:
+    with common.file_lock(f"{builder.data_dir}.lock"):
+      builder.download_and_prepare(file_format="array_record")
+  except Exception as e:  # noqa: BLE001  (network, disk, ...: say what to do instead)
+    raise _not_prepared(name, data_dir, f"preparing failed: {type(e).__name__}: {e}") from e
   return builder
+
+
+@functools.lru_cache(maxsize=16)
+def _tfds_builder(name: str, data_dir: str | None):
+  found = find_prepared(name, data_dir)
+  if found is None:
+    return _download(name, data_dir)
+  directory, builder = found
+  if builder.info.file_format == tfds.core.FileFormat.ARRAY_RECORD:
+    return tfds.builder(name, data_dir=directory, file_format="array_record")
+  # Prepared as TFRecord (sequential only): an ArrayRecord copy in sim_jax's directory, once.
+  # sim_jax's directory, or a sub-directory of it when the TFRecord copy is there itself.
+  own = common.default_data_dir()
+  if os.path.abspath(directory) == os.path.abspath(own):
+    own = os.path.join(own, "array_record")
+  dst = os.path.join(own, os.path.relpath(builder.data_dir, directory))
+  with common.file_lock(f"{dst}.lock"):
+    if not os.path.exists(os.path.join(dst, "dataset_info.json")):
+      logging.info("TFDS dataset %s is prepared as %s in %s: converting it once to ArrayRecord "
+                   "into %s", name, builder.info.file_format.value, directory, dst)
+      convert_to_array_record(builder.data_dir, dst)
+  return tfds.builder(name, data_dir=own, file_format="array_record")
 
 
 def _num_classes(builder: tfds.core.DatasetBuilder) -> int:
