@@ -157,7 +157,7 @@ def override_errors(config, argv: Iterable[str]) -> list[str]:
   """One message per `--config.KEY=...` in argv whose KEY is not a field of `config`.
 
   "unknown config key 'train.stepz' (Did you mean 'train.steps'?)": the suggestion is the
-  closest dotted key (difflib ratio >= 0.6), else the closest field of the same section.
+  closest dotted key (difflib ratio >= 0.6), none when nothing is that close.
   """
   known = flat_keys(config)
   errors = []
@@ -165,10 +165,6 @@ def override_errors(config, argv: Iterable[str]) -> list[str]:
     if key in known:
       continue
     close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
-    if not close:
-      parent = key.rpartition(".")[0]
-      siblings = [k for k in known if k.rpartition(".")[0] == parent]
-      close = difflib.get_close_matches(key, siblings, n=1, cutoff=0.0)
     hint = f" (Did you mean {close[0]!r}?)" if close else ""
     errors.append(f"unknown config key {key!r}{hint}")
   return errors
@@ -216,17 +212,17 @@ def source_comments(source: str, function: str | None = None) -> dict[str, str]:
     scope = next(n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)
                  and n.name == function)
   out = {}
-  for node in ast.walk(scope):
-    if not isinstance(node, ast.Assign) or len(node.targets) != 1:
-      continue
+  assigns = sorted((n for n in ast.walk(scope) if isinstance(n, ast.Assign)
+                    and len(n.targets) == 1 and _target(n.targets[0]) is not None),
+                   key=lambda n: n.lineno)
+  continued = set()  # comment lines that continue the assignment above them
+  for node in assigns:
     parts = _target(node.targets[0])
-    if parts is None:
-      continue
     text = next((comments[n][0] for n in range(node.lineno, node.end_lineno + 1)
                  if n in comments and not comments[n][1]), None)
     if text is None:  # the full-line comments directly above
       block, n = [], node.lineno - 1
-      while n in comments and comments[n][1]:
+      while n in comments and comments[n][1] and n not in continued:
         block.insert(0, comments[n][0])
         n -= 1
       text = " ".join(block) or None
@@ -234,6 +230,7 @@ def source_comments(source: str, function: str | None = None) -> dict[str, str]:
     n = node.end_lineno + 1
     while text is not None and n in comments and comments[n][1] and comments[n][2]:
       text += " " + comments[n][0]
+      continued.add(n)
       n += 1
     if text:
       out[".".join(parts[1:])] = _one_line(text)
