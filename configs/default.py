@@ -11,8 +11,6 @@ rendered once (~30 s) into ~/.cache/sim_jax; the run takes a few minutes on 2 CP
   python launch.py --config=configs/default.py --workdir=runs/default
   python launch.py --config=configs/default.py:small --workdir=runs/small   # a quick run
 
-`:small` (get_config("small")) trains 200 steps, evaluates at 100 and 200 and draws no plots:
-about a minute on 2 CPU cores, to check an install or a change before the full run.
 `python launch.py --config=configs/default.py --mode=config` lists every field with its comment.
 
 Override any field from the command line, e.g. `--config.train.steps=2000`; unknown or ill-typed

@@ -133,11 +133,15 @@ def _finalize(q, best_s, metric: str):
 
 
 @functools.partial(jax.jit, static_argnames=("k", "metric", "block_size", "exclude_self"))
-def _topk_single(q, q_index, g, *, k, metric, block_size, exclude_self):
+def _topk_single(q, q_index, g, index_offset, *, k, metric, block_size, exclude_self):
+  # `index_offset` (always 0) is an argument, not the constant 0: with a single gallery block
+  # XLA removes the one-step scan, and the gallery indices ([qb, k + block] int32, 64 MiB at
+  # the default block sizes) would become a constant it spends seconds folding
+  # (slow_operation_alarm "Constant folding an instruction is taking > 1s").
   if metric == "cosine":
     q = _normalize(q)
   s, i = _scan_topk(q, q_index, g, k=k, metric=metric, block_size=block_size,
-                    num_valid=g.shape[0], index_offset=0, exclude_self=exclude_self)
+                    num_valid=g.shape[0], index_offset=index_offset, exclude_self=exclude_self)
   return _finalize(q, s, metric), i
 
 
@@ -177,7 +181,7 @@ def _default_mesh():
   return jax.make_mesh((len(devices),), ("gallery",), devices=devices)
 
 
-def topk(queries, gallery, k: int, metric: str = "cosine", *, block_size: int = 8192,
+def topk(queries, gallery, k: int, metric: str = "euclidean", *, block_size: int = 8192,
          query_block_size: int = 2048, exclude_self: bool = False, mesh=None,
          axis: str | None = None):
   """Exact top-k gallery rows for every query, blockwise (memory O(query_block * block)).
@@ -186,8 +190,9 @@ def topk(queries, gallery, k: int, metric: str = "cosine", *, block_size: int = 
     queries: [Q, D] float array.
     gallery: [G, D] float array.
     k: neighbours per query, 1 <= k <= G (k <= G - 1 with `exclude_self`).
-    metric: "cosine" | "dot" (similarity, returned descending) or "euclidean" (distance
-      |q - g|_2, returned ascending). See the module docstring for the exact formulas.
+    metric: "euclidean" (distance |q - g|_2, returned ascending; the default, as in
+      `retrieval.retrieval_metrics` and `config.eval.metric`) or "cosine" | "dot" (similarity,
+      returned descending). See the module docstring for the exact formulas.
     block_size: gallery rows scored at a time (clipped to the gallery size per device).
     query_block_size: queries scored at a time; the last block is padded so XLA compiles once.
     exclude_self: queries are the gallery itself (Q == G, same order); row i never returns i.
@@ -231,8 +236,9 @@ def topk(queries, gallery, k: int, metric: str = "cosine", *, block_size: int = 
   g_dev = g if isinstance(g, jax.Array) and g.dtype == jnp.float32 else jnp.asarray(g, jnp.float32)
   if mesh is None:
     bs = min(int(block_size), num_g)
-    fn = functools.partial(_topk_single, k=k, metric=metric, block_size=bs,
-                           exclude_self=exclude_self)
+    single = functools.partial(_topk_single, k=k, metric=metric, block_size=bs,
+                               exclude_self=exclude_self)
+    fn = lambda q_blk, q_index, g_dev: single(q_blk, q_index, g_dev, np.int32(0))
   else:
     axis = axis or mesh.axis_names[0]
     n = mesh.shape[axis]
