@@ -118,3 +118,31 @@ def test_small_variant_runs_quietly(tmp_path):
                  "Using custom data configuration", "OpenCV is not installed"):
     assert notice not in out, notice
   assert re.search(r"eval retrieval/mrr@5 +\d", out)
+
+
+@pytest.mark.slow
+def test_installed_wheel_runs_without_a_clone(tmp_path):
+  """`pip install` of the wheel gives `sim-jax` / `sim-jax-ablate` and the shipped configs: run
+  from a directory with no configs/, with the wheel's copy of sim_jax first on the path."""
+  wheels, target, elsewhere = tmp_path / "wheels", tmp_path / "site", tmp_path / "cwd"
+  elsewhere.mkdir()
+  pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
+  subprocess.run([*pip, "wheel", "--no-build-isolation", "--no-deps", "-w", str(wheels),
+                  helpers.REPO_ROOT], check=True, timeout=300, capture_output=True)
+  wheel = next(wheels.glob("sim_jax-*.whl"))
+  subprocess.run([*pip, "install", "--no-deps", "--target", str(target), str(wheel)],
+                 check=True, timeout=300, capture_output=True)
+  env = helpers.subprocess_env()
+  env["PYTHONPATH"] = str(target)  # not the clone
+  run = lambda *a: subprocess.run([sys.executable, *a], env=env, capture_output=True,
+                                  text=True, timeout=120, cwd=elsewhere)
+  proc = run(str(target / "bin" / "sim-jax"), "--config=configs/default.py:small", "--mode=config")
+  assert proc.returncode == 0, helpers.describe(proc)
+  assert "train.steps = 200  # " in proc.stdout
+  proc = run("-m", "sim_jax", "--config=test", "--mode=config")  # a shipped config by name
+  assert proc.returncode == 0 and "data.name = 'digits'" in proc.stdout, helpers.describe(proc)
+  proc = run(str(target / "bin" / "sim-jax-ablate"), "--config=icons")
+  assert proc.returncode == 0 and "attention: none, after, before" in proc.stdout, (
+      helpers.describe(proc))
+  assert (target / "sim_jax" / "py.typed").exists()
+  assert str(target) in run("-c", "import sim_jax; print(sim_jax.__file__)").stdout
