@@ -2,7 +2,7 @@
 
 With a gallery that fits one block, XLA removes the one-step scan; when the index offset was the
 Python constant 0, the [query_block, k + block] index matrix became a constant that XLA spent
-seconds folding (slow_operation_alarm "Constant folding an instruction is taking > 1s", ~5 s at
+seconds folding (slow_operation_alarm "Constant folding an instruction is taking > 1s" at
 the default block sizes). The compiled program must hold no constant of that size.
 """
 
