@@ -291,7 +291,8 @@ def roc_plot(pos_scores, neg_scores, path: str, *, fars=analysis.FARS,
   floor = 1.0 / neg.size
   ax.plot(np.maximum(fpr, floor), tpr, color="tab:blue",
           label=f"AUC {sk_metrics.auc(fpr, tpr):.4f} ({pos.size} same / {neg.size} different)")
-  ax.plot([floor, 1], [floor, 1], color="grey", lw=0.8, ls="--", label="chance")
+  chance = np.logspace(np.log10(floor), 0, 50)  # TAR = FAR, a curve on the log axis
+  ax.plot(chance, chance, color="grey", lw=0.8, ls="--", label="chance")
   ax.set_xscale("log")
   ax.set_xlim(floor, 1)
   ax.set_ylim(0, 1.01)
