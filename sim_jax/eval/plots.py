@@ -324,11 +324,11 @@ def per_class_plot(rows: list[dict], path: str, *, class_names=(), worst: int = 
                 fontsize=7)
   ax.invert_yaxis()
   mean = float(np.mean([r["precision@1"] for r in rows]))
-  ax.axvline(mean, color="black", lw=0.8, ls="--", label=f"mean over {len(rows)} classes")
+  ax.axvline(mean, color="black", lw=0.8, ls="--")  # the mean over all classes, in the title
   ax.set_xlim(0, 1)
   ax.set_xlabel("precision@1 (leave-one-out within the split)")
-  ax.set_title(f"{title}: the {len(shown)} worst classes")
-  ax.legend(loc="lower right", fontsize=7)
+  ax.set_title(f"{title}: the {len(shown)} worst of {len(rows)} classes\n"
+               f"(dashed: mean precision@1 {mean:.3f})", fontsize=10)
   _save(fig, path)
 
 
@@ -375,9 +375,12 @@ def write_run_plots(workdir: str, config, eval_data: dict, embeddings: dict,
               max_points=1500, title=f"UMAP of {name} ({len(shown)} classes)",
               class_names=class_names)
     written.append(f"umap_{split}.png")
+  # search.topk ranks by cosine / dot / euclidean; the distribution distances (kl, ...) compare
+  # softmax_ce's logits, drawn here by their cosine.
+  metric = config.eval.metric if config.eval.metric in ("cosine", "dot", "euclidean") else "cosine"
   queries = _grid_queries(labels, 8)
   k = min(6, len(emb) - 1)
-  scores, idx = search.topk(emb[queries], emb, k + 1, metric=config.eval.metric)
+  scores, idx = search.topk(emb[queries], emb, k + 1, metric=metric)
   keep_rows = [row != q for q, row in zip(queries, idx)]  # Drop the query itself.
   idx = np.stack([row[m][:k] for row, m in zip(idx, keep_rows)])
   scores = np.stack([row[m][:k] for row, m in zip(scores, keep_rows)])
@@ -393,18 +396,16 @@ def write_run_plots(workdir: str, config, eval_data: dict, embeddings: dict,
     d = np.linalg.norm(emb[a].astype(np.float64) - emb[b], axis=1)
     distance_histogram(d[same], d[~same], os.path.join(out_dir, "distances.png"),
                        title=f"Euclidean distances, {name} (class-balanced pairs)")
-    metric = "euclidean" if config.eval.metric == "euclidean" else "cosine"
-    sims = verification.pair_scores(emb[a], emb[b], metric)
+    pair_metric = "euclidean" if metric == "euclidean" else "cosine"
+    sims = verification.pair_scores(emb[a], emb[b], pair_metric)
     table = roc_plot(sims[same], sims[~same], os.path.join(out_dir, "roc.png"),
-                     title=f"verification ROC, {name} ({metric})")
+                     title=f"verification ROC, {name} ({pair_metric})")
     written += ["distances.png", "roc.png"]
-    tables += [f"## Verification, class-balanced pairs ({metric} similarity)\n",
+    tables += [f"## Verification, class-balanced pairs ({pair_metric} similarity)\n",
                analysis.markdown_table(
                    [{"FAR": f"{far:g}", "TAR": tar, "threshold": thr}
                     for far, (tar, thr) in table.items()], ["FAR", "TAR", "threshold"]), ""]
-  rows = analysis.per_class_retrieval(emb, labels, metric=config.eval.metric
-                                      if config.eval.metric in ("cosine", "euclidean", "dot")
-                                      else "cosine")
+  rows = analysis.per_class_retrieval(emb, labels, metric=metric)
   if rows:
     per_class_plot(rows, os.path.join(out_dir, "per_class.png"), class_names=class_names,
                    title=f"per-class retrieval, {name}")
