@@ -119,13 +119,13 @@ def sprite(images, max_side: int = SPRITE_MAX_SIDE) -> np.ndarray:
     x = x[..., None]
   if x.ndim != 4 or x.dtype != np.uint8:
     raise ValueError(f"sprite needs uint8 images [N, H, W, C], got {x.dtype} {x.shape}.")
-  if x.shape[-1] == 1:
-    x = np.repeat(x, 3, axis=-1)
   n, h, w, _ = x.shape
   side = math.ceil(math.sqrt(n))
   if side * max(h, w) > max_side:
     raise ValueError(f"{n} thumbnails of {h}x{w} make a sprite side of {side * max(h, w)} > "
                      f"{max_side} pixels; use fewer points.")
+  if x.shape[-1] == 1:
+    x = np.repeat(x, 3, axis=-1)
   out = np.full((side * h, side * w, 3), 255, np.uint8)
   for i in range(n):
     r, c = divmod(i, side)

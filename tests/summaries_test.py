@@ -124,4 +124,4 @@ def test_metric_scalars_drop_aliases_and_repeat_counters():
 
 def test_sprite_refuses_what_the_projector_cannot_show():
   with pytest.raises(ValueError, match="8192"):
-    summaries.sprite(np.zeros((10000, 128, 128, 1), np.uint8))
+    summaries.sprite(np.broadcast_to(np.zeros((), np.uint8), (10000, 128, 128, 1)))
