@@ -109,7 +109,7 @@ EMBED_SCHEMA = {
     "ids": "int64 [N]: the dataset's example ids (stable across runs)",
     "splits": "str [N]: the split of each row",
     "label_names": "str [N]: class_names[labels], or the label as text when unnamed",
-    "class_names": "str [C]: the display name of class c (label c); [0] when unnamed",
+    "class_names": "str [C]: the display name of class c (label c); empty when unnamed",
     "step": "int64 []: the checkpoint step",
     "dataset": "str []: config.data.name",
     "metric": "str []: config.eval.metric, the distance the embeddings are compared with",
