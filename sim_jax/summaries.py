@@ -38,6 +38,7 @@ from sim_jax.data import names as names_lib
 from sim_jax.eval import config as eval_config_lib
 from sim_jax.eval import plots
 from sim_jax.losses import config as loss_config_lib
+from sim_jax.losses import objective
 from sim_jax.models import config as model_config_lib
 
 # The hparams every run reports, whatever their value: what a sweep usually varies.
@@ -72,10 +73,12 @@ def _hparam_value(v):
 
 
 def hparams(config: ml_collections.ConfigDict) -> dict:
-  """{"section.field": value}: KEY_HPARAMS, plus every field of the data / eval / loss / model
-  sections that differs from its package default (lists as JSON text)."""
+  """{"section.field": value}: KEY_HPARAMS, the `config.loss` fields the chosen loss reads
+  (`objective.spec(name).fields`), plus every field of the data / eval / loss / model sections
+  that differs from its package default (lists as JSON text)."""
   flat = checkpointing.flatten_config(config)
-  out = {k: flat[k] for k in KEY_HPARAMS if k in flat}
+  loss_fields = tuple(f"loss.{f}" for f in objective.spec(config.loss.name).fields)
+  out = {k: flat[k] for k in KEY_HPARAMS + loss_fields if k in flat}
   for section, default in _SECTION_DEFAULTS.items():
     defaults = checkpointing.flatten_config(ml_collections.ConfigDict({section: default()}))
     out.update({k: flat[k] for k, v in defaults.items() if k in flat and flat[k] != v})

@@ -101,6 +101,7 @@ def test_hparams_are_the_fields_that_matter_or_differ():
   config = test_config.get_config()
   hp = summaries.hparams(config)
   assert set(summaries.KEY_HPARAMS) <= set(hp)
+  assert hp["loss.temperature"] == 0.1  # nt_xent reads it (its package default, reported anyway)
   # configs/default.py + test.py change these from the package defaults of their sections...
   assert model_config.default_config().input_norm != "none"
   assert hp["data.eval_splits"] == '["train", "test"]' and hp["model.input_norm"] == "none"
