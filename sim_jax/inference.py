@@ -3,8 +3,8 @@ config without training (`--mode=floors`).
 
   evaluate_checkpoint(config, workdir) -> report      every protocol on the latest checkpoint,
                                                       with chance levels and floors
-  export_embeddings(config, workdir, output, split)   embeddings, labels and ids to .npz
-  search_gallery(config, workdir, query, k, split)    top-k gallery matches of one image
+  export_embeddings(config, workdir, output, split)   the EMBED_SCHEMA table to .npz
+  search_gallery(config, workdir, query, k, split)    top-k gallery matches of one image, by name
   config_floors(config, workdir) -> report            chance and floors only (nothing trained)
   restore_for_inference(setup, workdir) -> (step, state)
 
@@ -24,6 +24,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from sim_jax import checkpointing, data, train
+from sim_jax.data import names as data_names
 from sim_jax.eval import evaluators as evaluators_lib
 from sim_jax.eval import floors as floors_lib
 from sim_jax.eval import plots, search
@@ -101,26 +102,56 @@ def config_floors(config: ml_collections.ConfigDict, workdir: str) -> dict:
   return rep
 
 
+# The `--mode=embed` file: one row per example, the same keys whatever `--split` is.
+EMBED_SCHEMA = {
+    "embeddings": "float32 [N, D]: the vectors evaluation compares (train.embed_images)",
+    "labels": "int32 [N]: class ids",
+    "ids": "int64 [N]: the dataset's example ids (stable across runs)",
+    "splits": "str [N]: the split of each row",
+    "label_names": "str [N]: class_names[labels], or the label as text when unnamed",
+    "class_names": "str [C]: the display name of class c (label c); empty when unnamed",
+    "step": "int64 []: the checkpoint step",
+    "dataset": "str []: config.data.name",
+    "metric": "str []: config.eval.metric, the distance the embeddings are compared with",
+}
+
+
+def embedding_table(config: ml_collections.ConfigDict, step: int, parts) -> dict[str, np.ndarray]:
+  """The `EMBED_SCHEMA` arrays from `parts` = [(split, data split dict, embeddings [n, D])]:
+  the splits' rows concatenated in the order given."""
+  class_names = data_names.display_names(data.get_info(config.data).class_names)
+  labels = np.concatenate([np.asarray(d["label"], np.int32) for _, d, _ in parts])
+  return {
+      "embeddings": np.concatenate([np.asarray(e, np.float32) for _, _, e in parts]),
+      "labels": labels,
+      "ids": np.concatenate([np.asarray(d["id"], np.int64) for _, d, _ in parts]),
+      "splits": np.concatenate([np.full(len(d["label"]), s) for s, d, _ in parts]).astype(str),
+      "label_names": data_names.label_names(labels, class_names),
+      "class_names": np.asarray(class_names, dtype=str),
+      "step": np.asarray(step, np.int64),
+      "dataset": np.asarray(str(config.data.name)),
+      "metric": np.asarray(str(config.eval.metric)),
+  }
+
+
 def export_embeddings(config: ml_collections.ConfigDict, workdir: str, output: str,
                       split: str | None = None) -> str:
-  """`--mode=embed`: embeddings, labels and ids of a split (or every eval split) to `.npz`."""
+  """`--mode=embed`: a split (or every eval split, rows concatenated) to `.npz` with the keys of
+  `EMBED_SCHEMA`, whatever `split` is; select a split's rows with `z["splits"] == name`."""
   setup = train.make_setup(config)
   step, state = restore_for_inference(setup, workdir)
   splits = [split] if split else list(config.data.eval_splits)
-  arrays = {}
+  parts = []
   for s in splits:
     d = data.load_split(config.data, s)
-    if len(d["label"]) == 0:
-      raise ValueError(f"Split {s!r} of dataset {config.data.name!r} is empty.")
-    prefix = "" if len(splits) == 1 else f"{s}/"
-    arrays[prefix + "embeddings"] = train.embed_images(setup, state, d["image"])
-    arrays[prefix + "labels"] = np.asarray(d["label"])
-    arrays[prefix + "ids"] = np.asarray(d["id"])
+    parts.append((s, d, train.embed_images(setup, state, d["image"])))
+  arrays = embedding_table(config, step, parts)
   if jax.process_index() == 0:
     os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
-    np.savez(output, step=step, **arrays)
-    print(f"Wrote {', '.join(f'{k} {v.shape}' for k, v in arrays.items())} (step {step}) "
-          f"to {output}")
+    np.savez(output, **arrays)
+    print(f"Wrote {arrays['embeddings'].shape[0]} embeddings of dimension "
+          f"{arrays['embeddings'].shape[1]} from split(s) {', '.join(splits)} (step {step}) "
+          f"with {', '.join(sorted(arrays))} to {output}")
   return output
 
 
@@ -140,8 +171,12 @@ def read_query_image(path: str, image_shape: tuple[int, int, int]) -> np.ndarray
 
 
 def search_gallery(config: ml_collections.ConfigDict, workdir: str, query: str, k: int = 5,
-                   gallery_split: str | None = None) -> list[tuple[int, int, float]]:
-  """`--mode=search`: the top-k gallery matches of one query image, printed and drawn."""
+                   gallery_split: str | None = None) -> list[tuple[int, int, str, float]]:
+  """`--mode=search`: the top-k gallery matches of one query image, printed and drawn.
+
+  Returns [(id, label, class name, score)] best first; printed one per line as
+  `  1. U+2192 RIGHTWARDS ARROW  similarity 0.9993  label 3  id 42`.
+  """
   setup = train.make_setup(config)
   step, state = restore_for_inference(setup, workdir)
   split = gallery_split or config.eval.query_split
@@ -154,14 +189,17 @@ def search_gallery(config: ml_collections.ConfigDict, workdir: str, query: str, 
   g_emb = train.embed_images(setup, state, gallery["image"])
   scores, idx = search.topk(q_emb, g_emb, k, metric=config.eval.metric,
                             block_size=min(config.eval.block_size, len(g_emb)))
-  results = [(int(gallery["id"][i]), int(gallery["label"][i]), float(s))
-             for i, s in zip(idx[0], scores[0])]
+  class_names = data_names.display_names(setup.info.class_names)
+  names = data_names.label_names(gallery["label"][idx[0]], class_names)
+  results = [(int(gallery["id"][i]), int(gallery["label"][i]), str(n), float(s))
+             for i, n, s in zip(idx[0], names, scores[0])]
   if jax.process_index() == 0:
     kind = "distance" if config.eval.metric == "euclidean" else "similarity"
     print(f"Top {k} matches for {query} in split {split!r} (checkpoint step {step}):")
-    for rank, (ex_id, label, score) in enumerate(results, 1):
-      print(f"  {rank}. id {ex_id:>6d}  label {label:>5d}  {kind} {score:.4f}")
+    for rank, (ex_id, label, name, score) in enumerate(results, 1):
+      print(f"  {rank}. {name}  {kind} {score:.4f}  label {label}  id {ex_id}")
     out = os.path.join(workdir, f"search_{os.path.splitext(os.path.basename(query))[0]}.png")
-    plots.save_retrieval_grid(out, q_img[None], gallery["image"], idx, scores=scores)
+    plots.save_retrieval_grid(out, q_img[None], gallery["image"], idx, scores=scores,
+                              gallery_labels=gallery["label"], class_names=class_names)
     print(f"Wrote {out}")
   return results

@@ -40,11 +40,11 @@ import ml_collections
 import numpy as np
 import optax
 from absl import logging
-from clu import metric_writers, metrics, periodic_actions
+from clu import metrics, periodic_actions
 
-from sim_jax import checkpointing, cpu, data, losses, models, optim, sharding
+from sim_jax import checkpointing, cpu, data, losses, models, optim, sharding, summaries
 from sim_jax.data import augment, samplers
-from sim_jax.eval import distances, plots
+from sim_jax.eval import distances
 from sim_jax.eval import evaluators as evaluators_lib
 from sim_jax.eval import floors as floors_lib
 from sim_jax.losses import gradcache, objective
@@ -502,11 +502,6 @@ def compute_floors(setup: TrainSetup, eval_data, evaluators) -> dict[str, dict[s
 # --------------------------------------------------------------------------------------- driver
 
 
-def _write_hparams(writer, config):
-  writer.write_hparams({k: (v if isinstance(v, (int, float, str, bool)) else str(v))
-                        for k, v in checkpointing.flatten_config(config).items()})
-
-
 def _write_json(path: str, obj) -> None:
   if jax.process_index() == 0:
     with open(path, "w") as f:
@@ -570,10 +565,8 @@ def _train_and_evaluate(config, workdir, watcher) -> dict[str, float]:
   checkpointing.save_config(config, workdir)
   start = int(sharding.fetch(state.step))
 
-  writer = metric_writers.create_default_writer(
-      workdir, just_logging=jax.process_index() > 0, asynchronous=True)
-  if start == 0:
-    _write_hparams(writer, config)
+  writer, media = summaries.create_writers(workdir, just_logging=jax.process_index() > 0)
+  summaries.write_run_start(writer, media, config, start)
   _log_model_summary(setup, state)
 
   eval_data = load_eval_data(config)
@@ -613,11 +606,12 @@ def _train_and_evaluate(config, workdir, watcher) -> dict[str, float]:
   def evaluate_now(step):
     nonlocal floor_values
     results, embeddings = evaluate(setup, state, eval_data, evaluators)
-    writer.write_scalars(step, _scalars("eval", results))
+    writer.write_scalars(step, summaries.metric_scalars("eval", results,
+                                                        first=floor_values is None))
     if floor_values is None:  # Once per run: they do not depend on training.
       floor_values = compute_floors(setup, eval_data, evaluators)
       for name, values in floor_values.items():
-        writer.write_scalars(step, _scalars(f"floors/{name}", values))
+        writer.write_scalars(step, summaries.metric_scalars(f"floors/{name}", values, first=True))
     return results, embeddings
 
   def host_work_after(step):
@@ -677,9 +671,11 @@ def _train_and_evaluate(config, workdir, watcher) -> dict[str, float]:
       final_metrics, final_embeddings = evaluate_now(start)
   except Preempted:
     final_metrics = {}
+  except BaseException:
+    writer.close()
+    raise
   finally:
     writer.flush()
-    writer.close()
     if hasattr(train_iter, "close"):
       train_iter.close()  # Stops grain's prefetch threads and worker processes.
     checkpointing.finalize(manager)  # Re-raises a failed async save.
@@ -689,6 +685,8 @@ def _train_and_evaluate(config, workdir, watcher) -> dict[str, float]:
     for line in floors_lib.report_lines(rep):
       logging.info("eval %s", line)
     _write_json(os.path.join(workdir, "final_metrics.json"), rep)
-    if tcfg.plots and jax.process_index() == 0:
-      plots.write_run_plots(workdir, config, eval_data, final_embeddings)
+    if tcfg.plots and media is not None:
+      summaries.write_run_end(media, workdir, config, max(step, start), setup.info.class_names,
+                              eval_data, final_embeddings)
+  writer.close()
   return final_metrics

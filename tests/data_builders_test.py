@@ -2,6 +2,7 @@
 
 import glob
 import os
+import re
 
 import numpy as np
 import pytest
@@ -161,6 +162,9 @@ def test_pipeline_reads_glyph_symbols_through_tfds(tmp_path):
            max_classes=10, fonts=",".join(SYMBOL_OPTIONS["fonts"]), sampler="pk")
   info = sd.get_info(c)
   assert info.image_shape == (16, 16, 1) and info.num_classes == 10
+  # Label i's name is its code point, from the Arrows block (U+2190-U+21FF).
+  assert len(info.class_names) == 10
+  assert all(re.fullmatch(r"U\+21[9A-F][0-9A-F]", n) for n in info.class_names), info.class_names
   batch = next(sd.create_train_iterator(c, global_batch_size=8, seed=0))
   assert batch["image"].shape == (8, 16, 16, 1) and len(set(batch["label"].tolist())) == 2
   test = sd.load_split(c, "test")
@@ -192,7 +196,7 @@ class SimJaxTinyExternal(tfds.core.GeneratorBasedBuilder):
   def _info(self):
     return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
         "image": tfds.features.Image(shape=(6, 6, 3)),
-        "label": tfds.features.ClassLabel(num_classes=3)}))
+        "label": tfds.features.ClassLabel(names=["cat", "dog", "fox"])}))
 
   def _split_generators(self, dl_manager):
     return {"train": self._generate_examples(30, 0), "test": self._generate_examples(9, 1)}
@@ -211,6 +215,7 @@ def test_any_tfds_name_goes_through_the_same_path(tmp_path):
   c.update(name="sim_jax_tiny_external", data_dir=str(tmp_path), sampler="random", channels=1)
   info = sd.get_info(c)
   assert info.image_shape == (6, 6, 1) and info.num_classes == 3
+  assert info.class_names == ("cat", "dog", "fox")  # a TFDS ClassLabel's names
   assert info.splits == {"train": 30, "test": 9}
   batch = next(sd.create_train_iterator(c, global_batch_size=10, seed=0))
   for img, lab, i in zip(batch["image"], batch["label"], batch["index"]):

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -9,6 +10,10 @@ import pytest
 from tests import helpers
 
 pytestmark = pytest.mark.slow
+
+# A `--mode=search` result line: "  1. U+2192 RIGHTWARDS ARROW  similarity 0.9993  label 3  id 42".
+SEARCH_ROW = re.compile(
+    r"^\s+(\d+)\. (.+?)  (similarity|distance) (-?[\d.]+)  label (\d+)  id (\d+)$")
 
 
 def _events(workdir):
@@ -59,8 +64,10 @@ def test_end_to_end_then_resume(tmp_path):
   new_events = [f for f in _events(workdir) if f not in first_events]
   assert len(new_events) == 1, (first_events, _events(workdir))
   assert _logged_steps(os.path.join(workdir, new_events[0]), "train/loss") == [8, 9]
-  assert sorted(os.listdir(os.path.join(workdir, "plots"))) == [
-      "distances.png", "retrieval_test.png", "training_curves.png", "tsne_test.png"]
+  assert set(os.listdir(os.path.join(workdir, "plots"))) - {"umap_test.png"} == {
+      "distances.png", "per_class.png", "retrieval_test.png", "roc.png", "tables.md",
+      "training_curves.png", "tsne_test.png"}
+  _check_tensorboard(workdir, os.path.join(workdir, new_events[0]))
   assert "9" in os.listdir(os.path.join(workdir, "checkpoints"))
   # Running again with nothing left to do neither retrains nor fails.
   proc3 = helpers.run_launch(workdir, "--config.train.steps=9")
@@ -87,6 +94,26 @@ def _check_floors_mode(final, tmp_path):
        final["floors"]["random_init"]["retrieval/mrr@5"]], abs=1e-4)
 
 
+def _check_tensorboard(workdir, event_file):
+  """The resumed run's event file holds the end-of-run images and the config text; the
+  projector files of the query split exist and parse."""
+  from google.protobuf import text_format
+  from tensorboard.backend.event_processing import event_accumulator
+  from tensorboard.plugins.projector import projector_config_pb2
+  ea = event_accumulator.EventAccumulator(event_file, size_guidance={"tensors": 0})
+  ea.Reload()
+  plugin = {t: ea.SummaryMetadata(t).plugin_data.plugin_name for t in ea.Tags()["tensors"]}
+  assert plugin["plots/roc"] == plugin["plots/retrieval_test"] == "images", plugin
+  assert plugin["config"] == plugin["tables"] == "text", plugin
+  assert "eval/retrieval/recall@1" not in plugin and "eval/retrieval/precision@1" in plugin
+  with open(os.path.join(workdir, "projector_config.pbtxt")) as f:
+    (emb,) = text_format.Parse(f.read(), projector_config_pb2.ProjectorConfig()).embeddings
+  tensors = np.loadtxt(os.path.join(workdir, emb.tensor_path), delimiter="\t")
+  with open(os.path.join(workdir, emb.metadata_path)) as f:
+    assert len(f.read().splitlines()) == 1 + len(tensors)
+  assert os.path.exists(os.path.join(workdir, emb.sprite.image_path))
+
+
 def _check_modes(workdir, tmp_path):
   """--mode=evaluate / embed / search on the checkpoint of the run above."""
   from PIL import Image
@@ -110,6 +137,21 @@ def _check_modes(workdir, tmp_path):
     np.testing.assert_array_equal(z["labels"], test_split["label"])
     np.testing.assert_allclose(np.linalg.norm(z["embeddings"], axis=1), 1.0, rtol=1e-5)
     emb = z["embeddings"]
+    one = {k: (z[k].dtype.kind, z[k].shape[1:]) for k in z.files}
+    assert sorted(z.files) == ["class_names", "dataset", "embeddings", "ids", "label_names",
+                               "labels", "metric", "splits", "step"]
+    assert list(z["class_names"]) == [str(i) for i in range(10)]  # digits' names
+    assert set(z["splits"]) == {"test"} and list(z["label_names"][:3]) == [
+        str(y) for y in test_split["label"][:3]]
+  # Every eval split: the same keys, dtype kinds and row shapes; rows concatenated in split order.
+  out_all = str(tmp_path / "emb_all.npz")
+  em_all = helpers.run_launch(workdir, "--mode=embed", f"--output={out_all}")
+  assert em_all.returncode == 0, helpers.describe(em_all)
+  with np.load(out_all) as z:
+    assert {k: (z[k].dtype.kind, z[k].shape[1:]) for k in z.files} == one
+    rows = z["splits"] == "test"
+    assert list(dict.fromkeys(z["splits"])) == ["train", "test"]
+    np.testing.assert_allclose(z["embeddings"][rows], emb, atol=1e-6)
   # A gallery image as the query: its own embedding is the best match (cosine 1).
   query = str(tmp_path / "query.png")
   Image.fromarray(test_split["image"][7][..., 0]).save(query)
@@ -117,16 +159,19 @@ def _check_modes(workdir, tmp_path):
   assert se.returncode == 0, helpers.describe(se)
   # Independent reference: the gallery is the test split (config.eval.query_split), embedded by
   # --mode=embed above, and the query is test image 7, so NumPy ranks emb @ emb[7] (cosine, float64,
-  # ties to the lower index). Printed rows: "  1. id     42  label     3  similarity 1.0000".
-  rows = [line.split() for line in se.stdout.splitlines() if line.strip()[:2] in ("1.", "2.", "3.")]
-  assert len(rows) == 3 and all(r[1] == "id" and r[5] == "similarity" for r in rows), se.stdout
+  # ties to the lower index). Printed rows: "  1. 3  similarity 1.0000  label 3  id 42" (the
+  # class name first: digits' names are the digits).
+  rows = [SEARCH_ROW.match(line) for line in se.stdout.splitlines()]
+  rows = [r.groups() for r in rows if r]
+  assert len(rows) == 3 and all(r[2] == "similarity" for r in rows), se.stdout
   ref = emb.astype(np.float64) @ emb[7].astype(np.float64)
   top = np.argsort(-ref, kind="stable")[:3]
-  np.testing.assert_allclose([float(r[6]) for r in rows], ref[top], atol=2e-4)  # 4 decimals
+  np.testing.assert_allclose([float(r[3]) for r in rows], ref[top], atol=2e-4)  # 4 decimals
   np.testing.assert_allclose(ref[top[0]], 1.0, atol=1e-5)  # the query's own embedding is first
   by_id = {int(i): k for k, i in enumerate(test_split["id"])}
-  got = [by_id[int(r[2])] for r in rows]
+  got = [by_id[int(r[5])] for r in rows]
   np.testing.assert_array_equal([int(r[4]) for r in rows], test_split["label"][got])
+  assert [r[1] for r in rows] == [str(y) for y in test_split["label"][got]]
   gaps = -np.diff(np.sort(ref)[::-1][:4])
   if gaps.min() > 1e-4:  # no near-tie among the first four: the ranking itself is determined
     np.testing.assert_array_equal(got, top)
@@ -139,6 +184,34 @@ def _check_modes(workdir, tmp_path):
     f.write(b"not an image")
   se_bad = helpers.run_launch(workdir, "--mode=search", f"--query={bad}")
   assert se_bad.returncode == 2 and "bad.png" in se_bad.stderr, helpers.describe(se_bad)
+  _check_search_names(workdir, tmp_path, test_split)
+
+
+def _check_search_names(workdir, tmp_path, digits):
+  """--mode=search prints class names: a gallery of image folders named `U+2192` (displayed with
+  its Unicode name) and `star` (as is); data.* may differ from the checkpoint's."""
+  from PIL import Image
+
+  root = tmp_path / "folders"
+  folder_of = {}
+  for c, name in enumerate(["U+2192", "star"]):
+    (root / name).mkdir(parents=True)
+    for j, i in enumerate(np.flatnonzero(digits["label"] == c)[:6]):
+      path = root / name / f"{j}.png"
+      Image.fromarray(digits["image"][i][..., 0]).save(path)
+      folder_of[str(path)] = name
+  query = str(root / "U+2192" / "0.png")
+  se = helpers.run_launch(workdir, "--mode=search", f"--query={query}", "--k=6",
+                          "--gallery_split=train", "--config.data.name=image_folder",
+                          f"--config.data.path={root}", "--config.data.channels=1",
+                          "--config.data.test_fraction=0.0", f"--config.data.data_dir={tmp_path}")
+  assert se.returncode == 0, helpers.describe(se)
+  rows = [SEARCH_ROW.match(line) for line in se.stdout.splitlines()]
+  rows = [r.groups() for r in rows if r]
+  assert len(rows) == 6, se.stdout
+  # The query is in the gallery: it is first, as the class of its folder.
+  assert rows[0][1] == "U+2192 RIGHTWARDS ARROW" and float(rows[0][3]) > 0.9999, se.stdout
+  assert {r[1] for r in rows} <= {"U+2192 RIGHTWARDS ARROW", "star"}
 
 
 def _check_init_from(workdir, tmp_path):

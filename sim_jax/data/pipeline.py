@@ -45,6 +45,8 @@ class DatasetInfo:
   image_shape: tuple[int, int, int]
   num_classes: int
   splits: dict[str, int]
+  # label i -> class_names[i] as the dataset stores it (`U+2192`, `Sneaker`); () when unnamed.
+  class_names: tuple[str, ...] = ()
 
 
 def open_split(data_config: ml_collections.ConfigDict, split: str):
@@ -60,7 +62,8 @@ def get_info(data_config: ml_collections.ConfigDict) -> DatasetInfo:
     h = w = int(data_config.image_size)
   if data_config.channels is not None:
     c = int(data_config.channels)
-  return DatasetInfo(str(data_config.name), (h, w, c), num_classes, splits)
+  return DatasetInfo(str(data_config.name), (h, w, c), num_classes, splits,
+                     registry.class_names(data_config))
 
 
 def load_split(data_config: ml_collections.ConfigDict, split: str) -> dict[str, np.ndarray]:

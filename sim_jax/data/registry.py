@@ -263,8 +263,17 @@ def _tfds_builder(name: str, data_dir: str | None):
   return tfds.builder(name, data_dir=own, file_format="array_record")
 
 
-def _num_classes(builder: tfds.core.DatasetBuilder) -> int:
+def builder_class_names(builder: tfds.core.DatasetBuilder) -> tuple[str, ...]:
+  """The label space's names, label i -> names[i]: sim_jax's builders store them in the metadata
+  (`class_names`), TFDS datasets in a `ClassLabel(names=...)` feature; () when neither has them."""
   names = builder.info.metadata.get("class_names") if builder.info.metadata else None
+  if not names:
+    names = getattr(builder.info.features["label"], "names", None)
+  return tuple(str(n) for n in names) if names else ()
+
+
+def _num_classes(builder: tfds.core.DatasetBuilder) -> int:
+  names = builder_class_names(builder)
   if names:
     return len(names)
   label = builder.info.features["label"]
@@ -290,3 +299,8 @@ def describe(data_config: ml_collections.ConfigDict):
   builder = _builder(data_config)
   splits = {k: v.num_examples for k, v in builder.info.splits.items()}
   return tuple(builder.info.features["image"].shape), _num_classes(builder), splits
+
+
+def class_names(data_config: ml_collections.ConfigDict) -> tuple[str, ...]:
+  """Names of the classes of `data_config`'s dataset, indexed by label; () when it has none."""
+  return builder_class_names(_builder(data_config))
