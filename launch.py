@@ -20,6 +20,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from sim_jax import workdir  # standard library only
 from sim_jax.cpu import malloc  # standard library only: safe before the re-exec
 
 FLAGS = flags.FLAGS
@@ -69,6 +70,8 @@ class _QuietLibraries:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  if FLAGS.mode != "train":
+    workdir.release_sigterm()  # Nothing to checkpoint: a SIGTERM ends these modes as usual.
   # Imported here, not at the top: `malloc.maybe_reexec()` (under __main__) may re-exec this
   # process before JAX or TensorFlow is loaded, and importing them would be wasted work.
   import jax
@@ -107,7 +110,8 @@ def main(argv):
                                FLAGS.gallery_split)
     elif FLAGS.mode == "floors":
       inference.config_floors(config, FLAGS.workdir)
-  except (train.NonFiniteError, checkpointing.NoRestorableCheckpointError) as e:
+  except (train.NonFiniteError, checkpointing.NoRestorableCheckpointError,
+          checkpointing.CheckpointSaveError) as e:
     logging.error("%s", e)
     print(f"sim_jax: error: {e}", file=sys.stderr)
     sys.exit(EXIT_FAILED)
@@ -121,4 +125,7 @@ if __name__ == "__main__":
   # glibc reads GLIBC_TUNABLES only at process start: with SIM_JAX_HUGEPAGES=1, re-exec with
   # malloc's transparent-huge-page tunable before JAX allocates anything (docs/performance.md).
   malloc.maybe_reexec()
+  # Before anything slow (absl, the config file, JAX): a SIGTERM from here on is honoured at the
+  # first train step boundary (or re-raised by modes with nothing to save) instead of exit -15.
+  workdir.latch_sigterm()
   app.run(main)
