@@ -316,7 +316,6 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   checks the combinations, before anything is compiled.
   """
   c = config
-  validation.check_ranges(c)  # Every numeric field: finite and in its range, named if not.
   if c.data.sampler not in TRAIN_SAMPLERS:
     raise ValueError(f"config.data.sampler={c.data.sampler!r}; expected one of "
                      f"{TRAIN_SAMPLERS}")
@@ -354,6 +353,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   if c.train.view_labels not in ("index", "class"):
     raise ValueError(f"config.train.view_labels must be 'index' or 'class', got "
                      f"{c.train.view_labels!r}")
+  # Last, so the specific messages above come first: every numeric field finite and in range.
+  validation.check_ranges(c)
 
 
 # ------------------------------------------------------------------------------------ the setup

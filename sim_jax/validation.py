@@ -57,7 +57,7 @@ _r("(0, inf)", "loss.temperature", "loss.rank_temperature", "loss.k_temperature"
 _r("[0, inf)", "loss.margin", "loss.pos_margin", "loss.snr_regularization",
    "loss.diagnostics_margin")
 _r("[1, inf)", "loss.block_size", "loss.k_values")
-_r("[2, inf)", "loss.num_classes")
+_r("[1, inf)", "loss.num_classes")
 _r("(-inf, inf)", "loss.siglip_bias", "loss.siglip_log_temperature")
 # optimizer
 _r("(0, inf)", "optimizer.learning_rate", "optimizer.lars_trust_coefficient")
