@@ -205,13 +205,14 @@ def _file_digest(path: str) -> str:
 
 
 def step_files(step_dir: str) -> dict[str, dict[str, Any]]:
-  """{relative path: {"size", "sha256"}} of every file under `step_dir` but the record itself."""
+  """{relative path: {"size", "sha256"}} of every file under `step_dir` but the record itself
+  (and its temporary file, left behind by a kill while it was written)."""
   out = {}
   for root, _, files in os.walk(step_dir):
     for name in files:
       path = os.path.join(root, name)
       rel = os.path.relpath(path, step_dir)
-      if rel != INTEGRITY_FILE:
+      if rel not in (INTEGRITY_FILE, INTEGRITY_FILE + ".tmp"):
         out[rel] = {"size": os.path.getsize(path), "sha256": _file_digest(path)}
   return dict(sorted(out.items()))
 
