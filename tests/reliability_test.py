@@ -10,6 +10,7 @@ import hashlib
 import importlib
 import json
 import os
+import re
 import shutil
 import signal
 import struct
@@ -443,9 +444,9 @@ def test_corrupt_final_step_is_detected_moved_aside_and_saved_again(tmp_path, da
   assert glob.glob(os.path.join(workdir, "checkpoints.corrupt", "9.*")), os.listdir(workdir)
   assert 9 in _steps(workdir), _steps(workdir)  # Orbax forgot the moved step and saved it again.
   _assert_bitwise_equal(original, _ckpt(workdir, 9))
-  # And what evaluate reads is that step, not an older one.
-  ev = helpers.run_launch(workdir, "--mode=evaluate")
-  assert ev.returncode == 0 and "step 9" in ev.stdout, helpers.describe(ev)
+  if damage == "flip":  # And what evaluate reads is that step, not an older one.
+    ev = helpers.run_launch(workdir, "--mode=evaluate")
+    assert ev.returncode == 0 and "step 9" in ev.stdout, helpers.describe(ev)
 
 
 def _small_state(value):
@@ -584,17 +585,23 @@ runpy.run_path(sys.argv[0], run_name="__main__")
   assert "Saving checkpoint step 3" in proc.stderr and "injected" in proc.stderr
 
 
-@pytest.mark.parametrize("override,message", [
-    ("--config.optimizer.learning_rate=-1", "config.optimizer.learning_rate=-1.0: must be in (0"),
-    ("--config.optimizer.learning_rate=nan", "config.optimizer.learning_rate=nan: must be finite"),
-    ("--config.data.image_size=-8", "config.data.image_size=-8: must be in [1"),
-])
-def test_out_of_range_value_exits_2_naming_the_key(tmp_path, override, message):
-  """#27 defect 5: range errors exit 2 before anything compiles, naming key and value."""
-  proc = helpers.run_launch(str(tmp_path / "w"), override)
+def test_out_of_range_value_exits_2_naming_the_key(tmp_path):
+  """#27 defect 5: range errors exit 2 before anything compiles, naming key and value (one
+  launch; the issue's other two values go through the same check, in process)."""
+  from configs import test as test_config
+  from sim_jax import train
+  proc = helpers.run_launch(str(tmp_path / "w"), "--config.optimizer.learning_rate=-1")
   assert proc.returncode == 2, helpers.describe(proc)
-  assert message in proc.stderr, helpers.describe(proc)
+  assert "config.optimizer.learning_rate=-1.0: must be in (0, inf)" in proc.stderr
   assert not os.path.exists(_ckpt(str(tmp_path / "w")))
+  for key, value, message in [
+      ("optimizer.learning_rate", float("nan"), "learning_rate=nan: must be finite"),
+      ("data.image_size", -8, "image_size=-8: must be in [1, inf)")]:
+    config = test_config.get_config()
+    section, field = key.split(".")
+    config[section][field] = value
+    with pytest.raises(ValueError, match=re.escape(f"config.{key.split('.')[0]}.{message}")):
+      train.validate_config(config)
 
 
 def test_every_numeric_config_field_has_a_range():
