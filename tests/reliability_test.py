@@ -699,3 +699,29 @@ def test_sigterm_at_start_up_is_honoured(tmp_path):
   assert not loaded_jax, "the SIGTERM handler was installed only after JAX was imported"
   assert proc.returncode == 0, text[-3000:]
   assert "Preemption checkpoint written at step 1" in text, text[-3000:]
+
+
+def test_step_without_a_record_is_accepted_and_recorded(tmp_path):
+  """A step killed between Orbax's commit and its record (or written before records existed)
+  restores when its values are finite, and gets its record then; a leftover record temporary
+  file is not taken for part of the step."""
+  import grain
+
+  from sim_jax import checkpointing
+  workdir = str(tmp_path)
+  manager = checkpointing.create_manager(workdir, keep=5, async_save=False)
+  checkpointing.save(manager, 1, _small_state(1.0), iter(grain.MapDataset.range(4)
+                                                         .to_iter_dataset()), {"k": 1})
+  checkpointing.finalize(manager)
+  step_dir = _ckpt(workdir, 1)
+  os.remove(os.path.join(step_dir, "integrity.json"))
+  with open(os.path.join(step_dir, "integrity.json.tmp"), "w") as f:
+    f.write('{"half a rec')
+  manager = checkpointing.create_manager(workdir, keep=5, async_save=False)
+  step, _, _ = checkpointing.restore_latest(manager, workdir, _abstract_small())
+  checkpointing.finalize(manager)
+  assert step == 1 and not os.path.exists(os.path.join(workdir, "checkpoints.corrupt"))
+  assert checkpointing.verify_integrity_record(step_dir)
+  _flip_byte(_largest_state_file(step_dir))
+  with pytest.raises(checkpointing.CorruptCheckpointError, match="checksum differs"):
+    checkpointing.verify_integrity_record(step_dir)
