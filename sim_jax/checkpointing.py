@@ -14,16 +14,26 @@ Layout: `<workdir>/checkpoints/<step>/{state, data_iter, meta}` written by one
   `config.json` is a copy for people to read; nothing is checked against it.
 
 What Orbax does not do and this module adds:
-- A finished-but-corrupt latest step makes `restore()` raise: we log the step, path and error,
-  move the step aside to `<workdir>/checkpoints.corrupt/`, and fall back to the previous step.
+- An integrity record per step, `<step>/integrity.json`: the size and SHA-256 of every file of the
+  step, written right after Orbax commits the step (`_RecordingManager._finalize`, on Orbax's
+  finalize thread for async saves, so it never races the writes). `restore_latest` verifies it
+  before reading the step; a mismatch, an unreadable record, an Orbax restore error or a
+  non-finite restored array marks the step corrupt: it is logged (step, path, first line of the
+  error), moved aside to `<workdir>/checkpoints.corrupt/`, the manager forgets it (`reload`), so
+  training passing that step saves it again, and the previous step is tried. A step without a
+  record (older checkpoints; a kill in the milliseconds between commit and record) is accepted
+  when it restores with finite values, and its record is written then.
+- When every step was moved aside, a re-run refuses to start from step 0 silently.
 - `best_fn` + `max_to_keep` can delete the newest steps; we keep the latest N *and* the best N
   with `AnyPreservationPolicy`, so the resume point is never deleted.
 - Async save errors only surface at the next save / `wait_until_finished()`; callers must call
-  `finalize()` before exiting, which re-raises them.
+  `finalize()` before exiting. `save` and `finalize` re-raise any save failure as
+  `CheckpointSaveError` (a failed run, exit 1; never "bad input" whatever Orbax raised).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -34,6 +44,7 @@ from typing import Any
 
 import grain
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
@@ -42,9 +53,12 @@ from etils import epath
 from jax.experimental import multihost_utils
 from orbax.checkpoint.checkpoint_managers import preservation_policy as pp_lib
 
+from sim_jax import workdir as workdir_lib
+
 STATE, DATA_ITER, META = "state", "data_iter", "meta"
 CHECKPOINT_DIR = "checkpoints"
 CORRUPT_DIR = "checkpoints.corrupt"
+INTEGRITY_FILE = "integrity.json"
 
 
 # Sections whose change makes a checkpoint mean something else; `train.*` cadence fields, run
@@ -57,7 +71,15 @@ INFERENCE_KEYS = ("model", "loss")
 
 
 class NoRestorableCheckpointError(RuntimeError):
-  """Every checkpoint step in the directory failed to restore."""
+  """Every checkpoint step in the directory failed to restore (or all were moved aside)."""
+
+
+class CheckpointSaveError(RuntimeError):
+  """Writing a checkpoint failed (disk full, I/O error, a concurrent writer): the run failed."""
+
+
+class CorruptCheckpointError(RuntimeError):
+  """A step's files do not match its integrity record, or it restored non-finite values."""
 
 
 class ConfigMismatchError(ValueError):
@@ -160,6 +182,8 @@ def latest_record(manager: ocp.CheckpointManager) -> dict | None:
   if step is None:
     return None
   try:
+    # A step that fails its record may hold a garbled meta that reads as another config.
+    verify_integrity_record(os.path.join(str(manager.directory), str(step)))
     return manager.restore(step, args=ocp.args.Composite(**{META: ocp.args.JsonRestore()}))[META]
   except Exception:  # noqa: BLE001 - an unreadable step is restore_latest's to move aside.
     return None
@@ -167,6 +191,100 @@ def latest_record(manager: ocp.CheckpointManager) -> dict | None:
 
 def checkpoint_dir(workdir: str) -> str:
   return os.path.join(workdir, CHECKPOINT_DIR)
+
+
+# -------------------------------------------------------------------------------- integrity record
+
+
+def _file_digest(path: str) -> str:
+  h = hashlib.sha256()
+  with open(path, "rb") as f:
+    for chunk in iter(lambda: f.read(1 << 20), b""):
+      h.update(chunk)
+  return h.hexdigest()
+
+
+def step_files(step_dir: str) -> dict[str, dict[str, Any]]:
+  """{relative path: {"size", "sha256"}} of every file under `step_dir` but the record itself
+  (and its temporary file, left behind by a kill while it was written)."""
+  out = {}
+  for root, _, files in os.walk(step_dir):
+    for name in files:
+      path = os.path.join(root, name)
+      rel = os.path.relpath(path, step_dir)
+      if rel not in (INTEGRITY_FILE, INTEGRITY_FILE + ".tmp"):
+        out[rel] = {"size": os.path.getsize(path), "sha256": _file_digest(path)}
+  return dict(sorted(out.items()))
+
+
+def write_integrity_record(step_dir: str) -> None:
+  """Writes `<step_dir>/integrity.json` atomically (temporary file + rename)."""
+  record = {"version": 1, "algorithm": "sha256", "files": step_files(step_dir)}
+  tmp = os.path.join(step_dir, INTEGRITY_FILE + ".tmp")
+  with open(tmp, "w") as f:
+    json.dump(record, f, indent=1, sort_keys=True)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, os.path.join(step_dir, INTEGRITY_FILE))
+
+
+def verify_integrity_record(step_dir: str) -> bool:
+  """True when `step_dir` matches its record; False when it has none (see the module docstring).
+
+  Raises `CorruptCheckpointError` naming the first files that are missing or differ in size or
+  SHA-256, or when the record itself cannot be read.
+  """
+  path = os.path.join(step_dir, INTEGRITY_FILE)
+  if not os.path.exists(path):
+    return False
+  try:
+    with open(path) as f:
+      expected = json.load(f)["files"]
+  except (OSError, ValueError, KeyError, TypeError) as e:
+    raise CorruptCheckpointError(f"integrity record {path} unreadable: {type(e).__name__}: "
+                                 f"{e}") from e
+  actual = step_files(step_dir)
+  bad = [rel for rel, want in expected.items() if actual.get(rel) != want]
+  if bad:
+    raise CorruptCheckpointError(
+        f"{len(bad)} file(s) differ from the integrity record {path}: " +
+        ", ".join(f"{rel} ({_describe_difference(expected[rel], actual.get(rel))})"
+                  for rel in bad[:3]) + (" ..." if len(bad) > 3 else ""))
+  return True
+
+
+def _describe_difference(want: Mapping, got: Mapping | None) -> str:
+  if got is None:
+    return "missing"
+  if got["size"] != want["size"]:
+    return f"{got['size']} bytes, recorded {want['size']}"
+  return "checksum differs"
+
+
+def _all_finite(tree) -> bool:
+  """Whether every float leaf of a (possibly multi-process) restored tree is finite."""
+  leaves = [x for x in jax.tree.leaves(tree)
+            if hasattr(x, "dtype") and np.issubdtype(x.dtype, np.inexact)]
+  if not leaves:
+    return True
+  ok = jax.jit(lambda xs: jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in xs])))(leaves)
+  return bool(np.asarray(ok.addressable_shards[0].data) if isinstance(ok, jax.Array) else ok)
+
+
+class _RecordingManager(ocp.CheckpointManager):
+  """A CheckpointManager that writes each step's integrity record right after Orbax commits it.
+
+  `_finalize(step, steps_to_remove)` is where Orbax (0.12) commits a step: on its finalize
+  thread for async saves, inline for synchronous ones. Overriding it is the only point that
+  runs after the commit for both, with the step number, before `wait_until_finished` returns;
+  `tests/reliability_test.py` fails if Orbax stops calling it.
+  """
+
+  def _finalize(self, step: int, steps_to_remove):
+    super()._finalize(step, steps_to_remove)
+    step_dir = os.path.join(str(self.directory), str(step))
+    if jax.process_index() == 0 and os.path.isdir(step_dir):
+      write_integrity_record(step_dir)
 
 
 def create_manager(workdir: str, *, keep: int = 3, keep_best: int = 0,
@@ -196,7 +314,7 @@ def create_manager(workdir: str, *, keep: int = 3, keep_best: int = 0,
       cleanup_tmp_directories=True,
       create=True,
   )
-  return ocp.CheckpointManager(
+  return _RecordingManager(
       epath.Path(checkpoint_dir(workdir)).absolute(),
       options=options,
       item_handlers={STATE: ocp.StandardCheckpointHandler(),
@@ -207,21 +325,40 @@ def create_manager(workdir: str, *, keep: int = 3, keep_best: int = 0,
 
 def save(manager: ocp.CheckpointManager, step: int, state: dict, data_iter, meta: dict,
          metrics: dict[str, float] | None = None, force: bool = False) -> bool:
-  """Starts an (async) save of `state`, the data iterator position and `meta` at `step`."""
+  """Starts an (async) save of `state`, the data iterator position and `meta` at `step`.
+
+  Raises `CheckpointSaveError` for a failure of this save or of the previous async one.
+  """
   args = ocp.args.Composite(**{
       STATE: ocp.args.StandardSave(state),
       DATA_ITER: grain.checkpoint.CheckpointSave(data_iter),
       META: ocp.args.JsonSave(meta),
   })
-  return manager.save(step, args=args, metrics=metrics, force=force)
+  try:
+    return manager.save(step, args=args, metrics=metrics, force=force)
+  except Exception as e:  # noqa: BLE001 - whatever Orbax raises, the run failed (exit 1).
+    raise CheckpointSaveError(f"Saving checkpoint step {step} in {manager.directory} failed: "
+                              f"{_first_line(e)}") from e
 
 
 def finalize(manager: ocp.CheckpointManager) -> None:
-  """Waits for pending async saves (re-raising their errors) and releases the manager."""
+  """Waits for pending async saves and releases the manager; a failed save raises
+  `CheckpointSaveError`."""
   try:
     manager.wait_until_finished()
+  except Exception as e:  # noqa: BLE001
+    raise CheckpointSaveError(f"Saving a checkpoint in {manager.directory} failed: "
+                              f"{_first_line(e)}") from e
   finally:
     manager.close()
+
+
+def _first_line(error: BaseException, limit: int = 300) -> str:
+  """`Type: first line of the message`, at most `limit` characters (TensorStore errors carry
+  kilobytes of spec after the first line)."""
+  lines = str(error).strip().splitlines()
+  text = f"{type(error).__name__}: {lines[0] if lines else ''}"
+  return text if len(text) <= limit else text[:limit] + " ..."
 
 
 def _move_aside(workdir: str, step: int, error: Exception) -> str:
@@ -230,57 +367,91 @@ def _move_aside(workdir: str, step: int, error: Exception) -> str:
   dst = os.path.join(dst_root, f"{step}.{int(time.time())}")
   if jax.process_index() == 0 and os.path.exists(src):
     os.makedirs(dst_root, exist_ok=True)
+    while os.path.exists(dst):  # The same step moved aside twice within a second.
+      dst += "_"
     shutil.move(src, dst)
     with open(dst + ".error.txt", "w") as f:
       f.write(f"{type(error).__name__}: {error}\n")
   return dst
 
 
+def _moved_aside(workdir: str) -> list[str]:
+  root = os.path.join(workdir, CORRUPT_DIR)
+  return sorted(n for n in os.listdir(root) if not n.endswith(".error.txt")) \
+      if os.path.isdir(root) else []
+
+
+def _restore_step(manager: ocp.CheckpointManager, step: int, step_dir: str,
+                  abstract_state: dict, data_iter, check_meta) -> tuple[dict, dict]:
+  """`(state, meta)` of one step, verified; raises `CorruptCheckpointError` or Orbax's error
+  for a corrupt step and `ConfigMismatchError` (from `check_meta`) for an incompatible one."""
+  recorded = verify_integrity_record(step_dir)
+  meta = manager.restore(step, args=ocp.args.Composite(**{META: ocp.args.JsonRestore()}))[META]
+  if check_meta is not None:
+    check_meta(meta)  # A user-facing refusal, not corruption: never fall back silently.
+  items = {STATE: ocp.args.StandardRestore(abstract_state)}
+  if data_iter is not None:  # None: weights only (evaluate / embed / search).
+    items[DATA_ITER] = grain.checkpoint.CheckpointRestore(data_iter)
+  state = manager.restore(step, args=ocp.args.Composite(**items))[STATE]
+  if not _all_finite(state):
+    raise CorruptCheckpointError(f"step {step} restored non-finite (NaN/Inf) values")
+  if not recorded:
+    logging.warning("Checkpoint step %d at %s has no integrity record (written by an older "
+                    "version, or killed right after the commit); it restored with finite "
+                    "values, so it is accepted and its record written now.", step, step_dir)
+    if jax.process_index() == 0:
+      write_integrity_record(step_dir)
+  return state, meta
+
+
 def restore_latest(manager: ocp.CheckpointManager, workdir: str, abstract_state: dict,
                    data_iter=None, check_meta: Callable[[dict], None] | None = None):
   """Restores the newest step that restores cleanly; returns `(step, state, meta)` or None.
 
-  A step whose restore raises is logged (step, path, error) and moved aside, and the previous
-  step is tried. `check_meta` may raise to refuse an incompatible checkpoint (e.g. a data
-  pipeline with another seed); that refusal is *not* treated as corruption. Raises
-  `NoRestorableCheckpointError` when steps exist but none restores.
+  A step that fails its integrity record, whose restore raises, or that restores non-finite
+  values is logged (step, path, first line of the error), moved aside, forgotten by `manager`
+  (so a later save of that step happens), and the previous step is tried. `check_meta` may
+  raise to refuse an incompatible checkpoint (e.g. a data pipeline with another seed); that
+  refusal is *not* treated as corruption. Raises `NoRestorableCheckpointError` when steps exist
+  but none restores, and when there are none but earlier ones were moved aside (a fresh start
+  must be asked for explicitly). None: a new workdir.
   """
   steps = sorted(manager.all_steps(), reverse=True)
   if not steps:
+    moved = _moved_aside(workdir)
+    if moved:
+      raise NoRestorableCheckpointError(
+          f"{checkpoint_dir(workdir)} has no checkpoint left: every step was found corrupt and "
+          f"moved to {os.path.join(workdir, CORRUPT_DIR)} ({', '.join(moved)}). Refusing to "
+          f"start again from step 0 silently: to start this workdir over, remove or rename "
+          f"{os.path.join(workdir, CORRUPT_DIR)}, or use a new --workdir.")
     return None
   failures = []
   for step in steps:
-    path = os.path.join(checkpoint_dir(workdir), str(step))
+    step_dir = os.path.join(checkpoint_dir(workdir), str(step))
     try:
-      meta = manager.restore(step, args=ocp.args.Composite(**{META: ocp.args.JsonRestore()}))[META]
+      state, meta = _restore_step(manager, step, step_dir, abstract_state, data_iter, check_meta)
+    except ConfigMismatchError:
+      raise
     except Exception as e:  # noqa: BLE001 - any failure to read means this step is unusable.
-      meta, error = None, e
-    if meta is not None:
-      if check_meta is not None:
-        check_meta(meta)  # Raises a user-facing error; do not fall back silently.
-      try:
-        items = {STATE: ocp.args.StandardRestore(abstract_state)}
-        if data_iter is not None:  # None: weights only (evaluate / embed / search).
-          items[DATA_ITER] = grain.checkpoint.CheckpointRestore(data_iter)
-        restored = manager.restore(step, args=ocp.args.Composite(**items))
-        if failures:
-          logging.warning("Restored step %d after skipping corrupt step(s) %s.", step,
-                          [s for s, _ in failures])
-        return step, restored[STATE], meta
-      except Exception as e:  # noqa: BLE001
-        error = e
-    logging.error("Checkpoint step %d at %s could not be restored: %s: %s", step, path,
-                  type(error).__name__, error)
-    dst = _move_aside(workdir, step, error)
-    logging.error("Moved step %d aside to %s; trying the previous step.", step, dst)
-    failures.append((step, error))
-    _sync(f"sim_jax_move_aside_{step}")
-  manager.reload()
-  details = "; ".join(f"step {s}: {type(e).__name__}: {e}" for s, e in failures)
+      logging.error("Checkpoint step %d at %s could not be restored: %s", step, step_dir,
+                    _first_line(e))
+      dst = _move_aside(workdir, step, e)
+      logging.error("Moved step %d aside to %s; trying the previous step.", step, dst)
+      failures.append((step, e))
+      _sync(f"sim_jax_move_aside_{step}")
+      manager.reload()  # Forget the step: Orbax skips every save at or below a listed step.
+      continue
+    if failures:
+      logging.warning("Restored step %d after skipping corrupt step(s) %s.", step,
+                      [s for s, _ in failures])
+    return step, state, meta
+  details = "\n".join(f"  step {s}: {_first_line(e)}" for s, e in failures)
   raise NoRestorableCheckpointError(
-      f"No checkpoint in {checkpoint_dir(workdir)} could be restored ({details}). The failed "
-      f"steps were moved to {os.path.join(workdir, CORRUPT_DIR)}; start a fresh run with a new "
-      f"--workdir or repair them.")
+      f"No checkpoint in {checkpoint_dir(workdir)} could be restored; every step was moved to "
+      f"{os.path.join(workdir, CORRUPT_DIR)} (the full errors are in its *.error.txt):\n"
+      f"{details}\nTo start this workdir over, remove or rename "
+      f"{os.path.join(workdir, CORRUPT_DIR)}, or use a new --workdir.")
 
 
 def _sync(name: str) -> None:
@@ -348,6 +519,8 @@ class PreemptionWatcher:
     self._previous = None
     if not self._multi:
       self._previous = signal.signal(signal.SIGTERM, self._handler)
+      # A SIGTERM caught by launch.py's latch before this handler existed counts as received.
+      self._requested = workdir_lib.sigterm_latched()
 
   def _handler(self, signum, frame):
     del frame

@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import warnings
 
 import jax
 import ml_collections
@@ -158,13 +159,19 @@ def export_embeddings(config: ml_collections.ConfigDict, workdir: str, output: s
 def read_query_image(path: str, image_shape: tuple[int, int, int]) -> np.ndarray:
   """An image file -> uint8 [H, W, C] in the model's input shape, or a clear error."""
   h, w, c = image_shape
+  if os.path.isdir(path):
+    raise ValueError(f"Query image {path!r} is a directory; pass one image file.")
   if not os.path.isfile(path):
     raise FileNotFoundError(f"Query image {path!r} does not exist.")
   try:
-    with Image.open(path) as img:
-      img.load()
-      img = img.convert("L" if c == 1 else "RGB").resize((w, h), Image.BILINEAR)
-  except (UnidentifiedImageError, OSError) as e:
+    with warnings.catch_warnings():
+      # PIL only warns between MAX_IMAGE_PIXELS and twice that, then decodes gigabytes.
+      warnings.simplefilter("error", Image.DecompressionBombWarning)
+      with Image.open(path) as img:
+        img.load()
+        img = img.convert("L" if c == 1 else "RGB").resize((w, h), Image.BILINEAR)
+  except (UnidentifiedImageError, OSError, Image.DecompressionBombError,
+          Image.DecompressionBombWarning) as e:
     raise ValueError(f"Query image {path!r} cannot be read as an image: {e}") from e
   arr = np.asarray(img, np.uint8)
   return arr[..., None] if c == 1 else arr

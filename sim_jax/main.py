@@ -31,6 +31,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from sim_jax import config_tools, quiet
+from sim_jax import workdir as workdir_lib  # standard library only: the SIGTERM latch
 from sim_jax.cpu import malloc  # standard library only: safe before the re-exec
 
 FLAGS = flags.FLAGS
@@ -135,6 +136,8 @@ def main(argv):
     return
   if not FLAGS.workdir:
     bad_input("--workdir is required, e.g. --workdir=runs/default")
+  if FLAGS.mode != "train":
+    workdir_lib.release_sigterm()  # Nothing to checkpoint: a SIGTERM ends these modes as usual.
   # Imported here, not at the top: `malloc.maybe_reexec()` (in run()) may re-exec this process
   # before JAX or TensorFlow is loaded, and `--help` / `--mode=config` need neither.
   import jax
@@ -173,7 +176,8 @@ def main(argv):
                                FLAGS.gallery_split)
     elif FLAGS.mode == "floors":
       inference.config_floors(config, FLAGS.workdir)
-  except (train.NonFiniteError, checkpointing.NoRestorableCheckpointError) as e:
+  except (train.NonFiniteError, checkpointing.NoRestorableCheckpointError,
+          checkpointing.CheckpointSaveError) as e:
     logging.error("%s", e)
     print(f"sim_jax: error: {e}", file=sys.stderr)
     sys.exit(EXIT_FAILED)
@@ -188,5 +192,8 @@ def run():
   # glibc reads GLIBC_TUNABLES only at process start: with SIM_JAX_HUGEPAGES=1, re-exec with
   # malloc's transparent-huge-page tunable before JAX allocates anything (docs/performance.md).
   malloc.maybe_reexec()
+  # Before anything slow (absl, the config file, JAX): a SIGTERM from here on is honoured at the
+  # first train step boundary (or re-raised by modes with nothing to save) instead of exit -15.
+  workdir_lib.latch_sigterm()
   quiet.environment(verbose="--verbose_libraries" in sys.argv)
   app.run(main, flags_parser=parse_flags)

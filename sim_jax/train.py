@@ -42,7 +42,8 @@ import optax
 from absl import logging
 from clu import metrics, periodic_actions
 
-from sim_jax import checkpointing, cpu, data, losses, models, optim, sharding, summaries
+from sim_jax import checkpointing, cpu, data, losses, models, optim, sharding, summaries, validation
+from sim_jax import workdir as workdir_lib
 from sim_jax.data import augment, samplers
 from sim_jax.eval import distances
 from sim_jax.eval import evaluators as evaluators_lib
@@ -352,6 +353,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   if c.train.view_labels not in ("index", "class"):
     raise ValueError(f"config.train.view_labels must be 'index' or 'class', got "
                      f"{c.train.view_labels!r}")
+  # Last, so the specific messages above come first: every numeric field finite and in range.
+  validation.check_ranges(c)
 
 
 # ------------------------------------------------------------------------------------ the setup
@@ -527,7 +530,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   # boundary instead of killing the process.
   watcher = checkpointing.PreemptionWatcher()
   try:
-    return _train_and_evaluate(config, workdir, watcher)
+    # One run per workdir, for the whole run: a second launch exits 2 at once (`sim_jax.workdir`).
+    with workdir_lib.lock(workdir, jax.process_index()):
+      return _train_and_evaluate(config, workdir, watcher)
   finally:
     watcher.close()
 
@@ -597,8 +602,9 @@ def _train_and_evaluate(config, workdir, watcher) -> dict[str, float]:
       raise NonFiniteError(
           f"Non-finite loss or gradient at step {first + 1} ({skips} non-finite step(s), "
           f"config.train.max_nonfinite_skips={tcfg.max_nonfinite_skips}). The parameters were "
-          f"not updated with it; the last checkpoint "
-          f"(step {manager.latest_step()}) is intact.")
+          f"not updated with it; " + (
+              f"the last checkpoint (step {manager.latest_step()}) is intact."
+              if manager.latest_step() is not None else "no checkpoint was written."))
     if skips:
       logging.warning("%d non-finite step(s) skipped so far (first at step %d).", skips,
                       first + 1)

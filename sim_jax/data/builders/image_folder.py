@@ -44,6 +44,11 @@ def list_images(root: str, layout: str) -> list[tuple[str, str]]:
   if not out:
     raise ValueError(f"image_folder: no images ({', '.join(EXTENSIONS)}) under {root} with "
                      f"layout {layout!r} (empty class list)")
+  classes = sorted({name for name, _ in out})
+  if len(classes) < 2:
+    # Similarity learning needs negatives; without this the sampler fails on the batch size.
+    raise ValueError(f"image_folder: {root} with layout {layout!r} has {len(classes)} class "
+                     f"({classes[0]!r}); similarity learning needs >= 2 classes")
   return out
 
 
@@ -65,7 +70,7 @@ def load_image(path: str, index: int, size: int, channels: int) -> np.ndarray:
       img.load()  # decodes fully, so a truncated file fails here rather than later
       img = img.convert("L" if channels == 1 else "RGB").resize((size, size), Image.BILINEAR)
       arr = np.asarray(img)
-  except (OSError, SyntaxError, ValueError) as e:
+  except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
     raise ValueError(f"bad image {path} (index {index}): {type(e).__name__}: {e}") from e
   return arr[..., None] if arr.ndim == 2 else arr
 
