@@ -48,7 +48,8 @@ def check_class_inputs(embeddings, labels, weights, *, weights_ndim: int,
     raise ValueError(f"{name} must be a floating-point array, got dtype "
                      f"{jnp.result_type(weights)}.")
   if not isinstance(labels, jax.core.Tracer) and n:
-    lo, hi = int(np.min(labels)), int(np.max(labels))
+    concrete = np.asarray(labels)  # a jax.Array closed over by a jitted function stays concrete
+    lo, hi = int(np.min(concrete)), int(np.max(concrete))
     if lo < 0 or hi >= shape[0]:
       raise ValueError(f"labels must be class ids in [0, {shape[0]}) for {shape[0]} classes of "
                        f"{name}; got values in [{lo}, {hi}]. Set config.loss.num_classes to the "
