@@ -96,7 +96,9 @@ def proxy_nca(embeddings: jax.Array, labels: jax.Array, proxies: jax.Array, scal
   blocks, _, valid = class_blocks(p, block_size)
   lse = _lse_over_class_blocks(lambda w: 2 * scale * (x @ w.T), blocks, valid, x.shape[0],
                                x.dtype)
-  picked = 2 * scale * jnp.sum(x * p[jnp.asarray(labels)], axis=1)
+  # An out-of-range label (only possible under jit) gives NaN, as the dense form's gather does.
+  target = p.at[jnp.asarray(labels)].get(mode="fill", fill_value=jnp.nan)
+  picked = 2 * scale * jnp.sum(x * target, axis=1)
   return _checks.reduce_elements(lse - picked, reduction)
 
 
