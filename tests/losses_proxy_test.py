@@ -158,7 +158,7 @@ def _inputs(name, seed=0, n=N, c=C):
 def test_float32_eager_and_vmapped_jit_match_the_loop(name):
   """Eager value and gradients in float32 against the loop and its finite differences (mild
   hyper-parameters: float32 keeps 4 digits of the gradient); the jitted loss under vmap over two
-  batches against the loop of each."""
+  batches against the loop of each, not recompiled for new values."""
   x, y, w = _inputs(name)
   kw = MILD[name]
   f = getattr(losses, name)
@@ -171,9 +171,13 @@ def test_float32_eager_and_vmapped_jit_match_the_loop(name):
   np.testing.assert_allclose(gw, fd_grad(lambda a: reference(name, x, y, a, **kw), w), **gtol)
   xs = np.stack([x, _inputs(name, seed=2)[0]]).astype(np.float32)
   ys = np.stack([y, y[::-1]])
-  got = jax.jit(jax.vmap(lambda a, b: f(a, b, jnp.asarray(w, jnp.float32), **kw)))(xs, ys)
+  batched = jax.jit(jax.vmap(lambda a, b: f(a, b, jnp.asarray(w, jnp.float32), **kw)))
+  got = batched(xs, ys)
   want = [reference(name, xs[i].astype(np.float64), ys[i], w, **kw) for i in range(2)]
   np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5)
+  size = batched._cache_size()
+  assert np.all(np.isfinite(batched(xs * 3, ys[:, ::-1])))
+  assert batched._cache_size() == size, "recompiled for new values of the same shapes"
 
 
 # --------------------------------------------------------------------------- closed forms
