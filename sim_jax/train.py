@@ -92,7 +92,7 @@ def init_variables(config, model, pair_head, rng, image_shape,
   variables = model.init({"params": k_model, "dropout": k_drop}, dummy, train=False)
   params = {"encoder": variables["params"]}
   embedding_dim = 0
-  if config.loss.name == "softmax_ce":
+  if num_classes:  # softmax_ce's classifier or the proxy losses' proxies
     embedding_dim = model.apply(variables, dummy, train=False)[0].shape[-1]
   loss_params = objective.init_params(config.loss, embedding_dim=embedding_dim,
                                       num_classes=num_classes, rng=jax.random.fold_in(k_head, 1))
@@ -370,7 +370,7 @@ class TrainSetup:
   image_shape: tuple[int, int, int]
   model: Any
   pair_head: Any  # pair_bce's head, else None
-  num_classes: int  # softmax_ce's logits, else 0
+  num_classes: int  # softmax_ce's logits or the proxy losses' classes, else 0
   tx: optax.GradientTransformation
   schedule: optax.Schedule
   init_fn: Callable  # jitted rng -> TrainState (the untrained state of a seed)

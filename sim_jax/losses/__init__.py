@@ -17,6 +17,14 @@ from sim_jax.losses.infonce import (
   supcon_stats,
   supcon_stats_dense,
 )
+from sim_jax.losses.margin_softmax import (
+  arcface,
+  cosface,
+  large_margin_softmax,
+  normalized_softmax,
+  sphereface,
+  subcenter_arcface,
+)
 from sim_jax.losses.pairwise import (
   contrastive,
   cosine_similarity_matrix,
@@ -26,33 +34,43 @@ from sim_jax.losses.pairwise import (
   pairwise_distances,
   raw_from_margin,
 )
+from sim_jax.losses.proxy import proxy_anchor, proxy_nca, soft_triple
 from sim_jax.losses.ranking import recall_at_k_surrogate, snr_contrastive, snr_distance_matrix
 from sim_jax.losses.triplet import triplet, triplet_stats, triplet_stats_dense
 from sim_jax.losses.two_tower import clip_infonce, siglip
 from sim_jax.numerics import l2_normalize
 
 __all__ = [
+  "arcface",
   "clip_infonce",
   "contrastive",
+  "cosface",
   "cosine_similarity_matrix",
   "default_config",
   "diagnostics",
   "l2_normalize",
+  "large_margin_softmax",
   "learnable_margin_contrastive",
   "linear_logits",
   "margin_from_raw",
+  "normalized_softmax",
   "nt_xent",
   "nt_xent_pairs",
   "nt_xent_stats",
   "nt_xent_stats_dense",
   "pair_bce",
   "pairwise_distances",
+  "proxy_anchor",
+  "proxy_nca",
   "raw_from_margin",
   "recall_at_k_surrogate",
   "siglip",
   "snr_contrastive",
   "snr_distance_matrix",
+  "soft_triple",
   "softmax_ce",
+  "sphereface",
+  "subcenter_arcface",
   "supcon",
   "supcon_stats",
   "supcon_stats_dense",

@@ -18,7 +18,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.distance = "euclidean"           # euclidean | squared_euclidean (triplet) | cosine
   c.mining = "batch_hard"            # triplet mining: batch_hard | semi_hard | batch_all
   c.soft = False                     # triplet: softplus(d_ap - d_an) instead of the hinge
-  c.block_size = config_dict.placeholder(int)  # None: dense; an int: streaming in such blocks
+  c.block_size = config_dict.placeholder(int)  # None: dense; int: streaming blocks (proxy: classes)
   c.pos_margin = 0.0                 # snr_contrastive: positive pairs are penalised above this
   c.snr_regularization = 0.0         # snr_contrastive: weight of Yuan et al.'s zero-mean term
   c.k_values = (1, 2, 4, 8, 16)      # recall_at_k_surrogate: the k averaged over
@@ -26,7 +26,14 @@ def default_config() -> ml_collections.ConfigDict:
   c.k_temperature = 1.0              # recall_at_k_surrogate: tau1, sigmoid of k - rank
   c.siglip_bias = -10.0              # siglip: initial learnable bias b (Zhai et al. 2023)
   c.siglip_log_temperature = 2.302585  # siglip: initial learnable log t' = log(10) (paper init)
-  c.num_classes = config_dict.placeholder(int)  # softmax_ce: C logits (None: the dataset's)
+  c.num_classes = config_dict.placeholder(int)  # softmax_ce / proxy losses: C (None: the dataset's)
+  # Proxy and classification-margin losses (None: the paper's value, objective.CLASS_DEFAULTS).
+  c.class_margin = config_dict.placeholder(float)  # arcface m (rad), cosface m, proxy_anchor delta
+  c.class_scale = config_dict.placeholder(float)  # logit scale s; proxy_anchor: alpha
+  c.centers_per_class = config_dict.placeholder(int)  # subcenter_arcface / soft_triple: K
+  c.angle_multiplier = 4             # large_margin_softmax / sphereface: integer m of psi(theta)
+  c.soft_triple_gamma = 0.1          # soft_triple: gamma, softmax temperature over a class's K
+  c.soft_triple_tau = 0.0            # soft_triple: centre regulariser weight (paper 0.2; pml 0)
   c.diagnostics_margin = 0.2         # margin of the active-triplet fraction in diagnostics()
   c.lock()
   return c

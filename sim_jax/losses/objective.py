@@ -7,7 +7,9 @@
            pairs sampler's images where `pair_batches`); "pairs": explicit (a, b, same) pairs of
            the pairs sampler
   params   trainable parameters the objective may own in params["loss"] ("margin",
-           "temperature", "classifier") or params["pair_head"] ("pair_head")
+           "temperature", "classifier": softmax_ce's kernel and bias, or the class proxies
+           params["loss"]["proxies"] [C, D] / [C, K, D] of the proxy and margin losses) or
+           params["pair_head"] ("pair_head")
   fields   the `config.loss` fields it reads (besides `name`)
 
 `validate(config)` refuses an unknown loss, a sampler it cannot train on, a field the config has
@@ -111,6 +113,86 @@ def _softmax_ce(cfg, params, z, labels, mesh):
   return losses.softmax_ce(classifier_logits(params, z), labels)
 
 
+# Proxy and classification-margin losses: config.loss.class_margin / class_scale /
+# centers_per_class left at None take these (the papers' and pytorch-metric-learning's values).
+CLASS_DEFAULTS = {
+    "arcface": {"margin": 0.5, "scale": 64.0},
+    "subcenter_arcface": {"margin": 0.5, "scale": 64.0, "centers": 3},
+    "cosface": {"margin": 0.35, "scale": 64.0},
+    "large_margin_softmax": {"scale": 1.0},
+    "sphereface": {"scale": 1.0},
+    "normalized_softmax": {},
+    "proxy_nca": {"scale": 1.0},
+    "proxy_anchor": {"margin": 0.1, "scale": 32.0},
+    "soft_triple": {"margin": 0.01, "scale": 20.0, "centers": 10},
+}
+PROXY_LOSSES = tuple(CLASS_DEFAULTS)
+
+
+def class_option(cfg, name: str, key: str):
+  """config.loss.class_margin / class_scale / centers_per_class, else loss `name`'s default."""
+  field = {"margin": "class_margin", "scale": "class_scale", "centers": "centers_per_class"}[key]
+  value = getattr(cfg, field)
+  return CLASS_DEFAULTS[name][key] if value is None else value
+
+
+def proxy_shape(loss_cfg, embedding_dim: int, num_classes: int) -> tuple[int, ...]:
+  """params["loss"]["proxies"]: [C, K, D] for the losses with K centres per class, else [C, D]."""
+  if "centers" in CLASS_DEFAULTS[loss_cfg.name]:
+    return (num_classes, class_option(loss_cfg, loss_cfg.name, "centers"), embedding_dim)
+  return (num_classes, embedding_dim)
+
+
+def _margin_softmax(name: str):
+  fn = getattr(losses, name)
+
+  def bound(cfg, params, z, labels, mesh):
+    del mesh
+    return fn(z, labels, params["loss"]["proxies"], margin=class_option(cfg, name, "margin"),
+              scale=class_option(cfg, name, "scale"))
+  return bound
+
+
+def _large_margin(name: str):
+  fn = getattr(losses, name)
+
+  def bound(cfg, params, z, labels, mesh):
+    del mesh
+    return fn(z, labels, params["loss"]["proxies"], margin=cfg.angle_multiplier,
+              scale=class_option(cfg, name, "scale"))
+  return bound
+
+
+def _normalized_softmax(cfg, params, z, labels, mesh):
+  del mesh
+  return losses.normalized_softmax(z, labels, params["loss"]["proxies"],
+                                   temperature=temperature(cfg, params))
+
+
+def _proxy_nca(cfg, params, z, labels, mesh):
+  del mesh
+  return losses.proxy_nca(z, labels, params["loss"]["proxies"],
+                          scale=class_option(cfg, "proxy_nca", "scale"),
+                          block_size=cfg.block_size or None)
+
+
+def _proxy_anchor(cfg, params, z, labels, mesh):
+  del mesh
+  return losses.proxy_anchor(z, labels, params["loss"]["proxies"],
+                             margin=class_option(cfg, "proxy_anchor", "margin"),
+                             alpha=class_option(cfg, "proxy_anchor", "scale"),
+                             block_size=cfg.block_size or None)
+
+
+def _soft_triple(cfg, params, z, labels, mesh):
+  del mesh
+  return losses.soft_triple(z, labels, params["loss"]["proxies"],
+                            la=class_option(cfg, "soft_triple", "scale"),
+                            gamma=cfg.soft_triple_gamma,
+                            margin=class_option(cfg, "soft_triple", "margin"),
+                            tau=cfg.soft_triple_tau)
+
+
 def _contrastive(cfg, params, za, zb, same, pair_head):
   del pair_head
   return losses.contrastive(za, zb, same, margin=margin(cfg, params), squared=cfg.squared,
@@ -142,6 +224,28 @@ LOSSES: dict[str, LossSpec] = {
     "recall_at_k_surrogate": LossSpec(_recall_at_k, "labels", (),
                                       ("k_values", "rank_temperature", "k_temperature")),
     "softmax_ce": LossSpec(_softmax_ce, "labels", ("classifier",), ("num_classes",)),
+    "arcface": LossSpec(_margin_softmax("arcface"), "labels", ("classifier",),
+                        ("num_classes", "class_margin", "class_scale")),
+    "subcenter_arcface": LossSpec(_margin_softmax("subcenter_arcface"), "labels",
+                                  ("classifier",),
+                                  ("num_classes", "class_margin", "class_scale",
+                                   "centers_per_class")),
+    "cosface": LossSpec(_margin_softmax("cosface"), "labels", ("classifier",),
+                        ("num_classes", "class_margin", "class_scale")),
+    "large_margin_softmax": LossSpec(_large_margin("large_margin_softmax"), "labels",
+                                     ("classifier",),
+                                     ("num_classes", "angle_multiplier", "class_scale")),
+    "sphereface": LossSpec(_large_margin("sphereface"), "labels", ("classifier",),
+                           ("num_classes", "angle_multiplier", "class_scale")),
+    "normalized_softmax": LossSpec(_normalized_softmax, "labels", ("classifier", "temperature"),
+                                   ("num_classes", "temperature", "learnable_temperature")),
+    "proxy_nca": LossSpec(_proxy_nca, "labels", ("classifier",),
+                          ("num_classes", "class_scale", "block_size")),
+    "proxy_anchor": LossSpec(_proxy_anchor, "labels", ("classifier",),
+                             ("num_classes", "class_margin", "class_scale", "block_size")),
+    "soft_triple": LossSpec(_soft_triple, "labels", ("classifier",),
+                            ("num_classes", "class_margin", "class_scale", "centers_per_class",
+                             "soft_triple_gamma", "soft_triple_tau")),
 }
 NAMES = tuple(LOSSES)
 PAIR_LOSSES = tuple(n for n, s in LOSSES.items() if s.inputs == "pairs")
@@ -155,14 +259,15 @@ def spec(name: str) -> LossSpec:
 
 
 def num_logits(loss_cfg: ml_collections.ConfigDict, dataset_classes: int, dataset: str) -> int:
-  """softmax_ce's number of logits: `loss_cfg.num_classes`, else the dataset's; 0 for any other
-  loss. ValueError when neither is known, or when fewer logits than classes are asked for."""
-  if loss_cfg.name != "softmax_ce":
+  """softmax_ce's number of logits, or the proxy losses' number of classes C:
+  `loss_cfg.num_classes`, else the dataset's; 0 for any other loss. ValueError when neither is
+  known, or when fewer logits than classes are asked for."""
+  if "classifier" not in spec(loss_cfg.name).params:
     return 0
   wanted = loss_cfg.num_classes
   if wanted is None:
     if dataset_classes <= 0:
-      raise ValueError(f"config.loss.name='softmax_ce': dataset {dataset!r} does not "
+      raise ValueError(f"config.loss.name={loss_cfg.name!r}: dataset {dataset!r} does not "
                        f"declare its number of classes; set config.loss.num_classes")
     return dataset_classes
   if 0 < wanted < dataset_classes:
@@ -185,7 +290,8 @@ def init_params(loss_cfg: ml_collections.ConfigDict, *, embedding_dim: int = 0,
 
   Margin and temperature are stored as softplus^-1 of their configured start values.
   softmax_ce's linear classifier [embedding_dim, num_classes] starts like `flax.linen.Dense`
-  (LeCun normal kernel, zero bias).
+  (LeCun normal kernel, zero bias). The proxy and margin losses' proxies [C, D] (or [C, K, D])
+  start N(0, 1/D): rows of about unit norm, in the range of the normalised embeddings.
   """
   out = {}
   if loss_cfg.name == "softmax_ce":
@@ -195,6 +301,12 @@ def init_params(loss_cfg: ml_collections.ConfigDict, *, embedding_dim: int = 0,
     init = jax.nn.initializers.lecun_normal()
     out["classifier_kernel"] = init(rng, (embedding_dim, num_classes), jnp.float32)
     out["classifier_bias"] = jnp.zeros((num_classes,), jnp.float32)
+  if loss_cfg.name in PROXY_LOSSES:
+    if embedding_dim <= 0 or num_classes <= 0 or rng is None:
+      raise ValueError(f"{loss_cfg.name} needs embedding_dim, num_classes > 0 and an rng; got "
+                       f"embedding_dim={embedding_dim}, num_classes={num_classes}")
+    shape = proxy_shape(loss_cfg, embedding_dim, num_classes)
+    out["proxies"] = jax.random.normal(rng, shape, jnp.float32) / np.sqrt(embedding_dim)
   if learns_margin(loss_cfg):
     out["margin_raw"] = jnp.asarray(_softplus_inverse(loss_cfg.margin), jnp.float32)
   if loss_cfg.learnable_temperature:
@@ -257,14 +369,31 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if c.name == "triplet" and c.distance not in TRIPLET_DISTANCES:
     raise ValueError(f"config.loss.distance={c.distance!r}: the triplet loss takes "
                      f"{TRIPLET_DISTANCES}")
-  if c.name == "softmax_ce":
+  if c.name in PROXY_LOSSES:
+    _validate_class_options(c)
+  if "classifier" in s.params:
     if sampler == "views" and config.train.view_labels != "class":
-      raise ValueError("config.loss.name='softmax_ce' classifies classes, but the views sampler "
+      raise ValueError(f"config.loss.name={c.name!r} classifies classes, but the views sampler "
                        "labels views by example index: set config.train.view_labels='class' or "
                        "config.data.sampler='pk'")
-    if config.model.projection_depth:
-      raise ValueError(f"config.loss.name='softmax_ce' classifies the embedding itself: set "
-                       f"config.model.projection_depth=0 (got {config.model.projection_depth})")
     if c.num_classes is not None and c.num_classes <= 0:
       raise ValueError(f"config.loss.num_classes must be positive (or None: the dataset's), "
                        f"got {c.num_classes}")
+  if c.name == "softmax_ce":
+    if config.model.projection_depth:
+      raise ValueError(f"config.loss.name='softmax_ce' classifies the embedding itself: set "
+                       f"config.model.projection_depth=0 (got {config.model.projection_depth})")
+
+
+def _validate_class_options(c: ml_collections.ConfigDict) -> None:
+  """The proxy and margin losses' fields, refused with their key before anything is traced."""
+  checks = (("class_margin", lambda v: v >= 0, ">= 0"), ("class_scale", lambda v: v > 0, "> 0"),
+            ("centers_per_class", lambda v: v >= 1, ">= 1"),
+            ("angle_multiplier", lambda v: v >= 1, ">= 1 (an int)"),
+            ("soft_triple_gamma", lambda v: v > 0, "> 0"),
+            ("soft_triple_tau", lambda v: v >= 0, ">= 0"))
+  read = spec(c.name).fields
+  for key, ok, want in checks:
+    if key in read and c[key] is not None and not ok(c[key]):
+      raise ValueError(f"config.loss.{key}={c[key]!r} for config.loss.name={c.name!r}: must be "
+                       f"{want}")
