@@ -166,8 +166,8 @@ def test_pair_miner_selects_the_numpy_loop_set(name, kwargs, ref):
 def test_triplet_margin_selects_the_numpy_loop_set(kind):
   with jax.enable_x64(True):
     x = _emb(2)
-    got = triplet_set(miners.triplet_margin(jnp.asarray(x), LABELS, margin=0.3,
-                                            type_of_triplets=kind))
+    got = triplet_set(jax.jit(functools.partial(miners.triplet_margin, margin=0.3,
+                                                type_of_triplets=kind))(jnp.asarray(x), LABELS))
     exp = ref_triplet_margin(x, LABELS, 0.3, kind)
     assert got == exp and exp
 
@@ -175,7 +175,7 @@ def test_triplet_margin_selects_the_numpy_loop_set(kind):
 def test_angular_selects_the_numpy_loop_set():
   with jax.enable_x64(True):
     x = _emb(3)
-    got = triplet_set(miners.angular(jnp.asarray(x), LABELS, angle=35.0))
+    got = triplet_set(jax.jit(miners.angular)(jnp.asarray(x), LABELS, 35.0))
     exp = ref_angular(x, LABELS, 35.0)
     assert got == exp and exp and len(exp) < 100
 
@@ -251,10 +251,11 @@ def test_distance_weighted_weights_agree_with_pml(monkeypatch):
     x = _emb(8, dim=4)
     pml_miners.DistanceWeightedMiner(cutoff=0.5, nonzero_loss_cutoff=1.4)(_t(x),
                                                                            torch.tensor(LABELS))
-    got = miners.distance_weighted_weights(jnp.asarray(x), LABELS, 0.5, 1.4)
+    got = jax.jit(miners.distance_weighted_weights)(jnp.asarray(x), LABELS, 0.5, 1.4)
     np.testing.assert_allclose(got, np.nan_to_num(seen["w"]), rtol=1e-9, atol=1e-12)
     # The sampled triplets: one negative per positive pair, always one with weight > 0.
-    t = triplet_set(miners.distance_weighted(jnp.asarray(x), LABELS, jax.random.PRNGKey(0)))
+    t = triplet_set(jax.jit(miners.distance_weighted)(jnp.asarray(x), LABELS,
+                                                       jax.random.PRNGKey(0)))
     w = np.asarray(got)
     assert {(a, p) for a, p, _ in t} == {q for q in pairs(LABELS)[0] if w[q[0]].sum() > 0}
     assert len(t) == len({(a, p) for a, p, _ in t}) and all(w[a, n] > 0 for a, _, n in t)
@@ -264,8 +265,9 @@ def test_uniform_histogram_draws_per_bin_as_the_numpy_loop():
   with jax.enable_x64(True):
     x = _emb(9)
     num_bins, per_bin = 4, 3
-    got = miners.uniform_histogram(jnp.asarray(x), LABELS, jax.random.PRNGKey(1),
-                                   num_bins=num_bins, pos_per_bin=per_bin, neg_per_bin=per_bin)
+    got = jax.jit(functools.partial(miners.uniform_histogram, num_bins=num_bins,
+                                    pos_per_bin=per_bin, neg_per_bin=per_bin))(
+        jnp.asarray(x), LABELS, jax.random.PRNGKey(1))
     d = ref_dist(x)
     for side, counts in zip(pairs(LABELS), got):
       vals = {q: d[q] for q in side}
@@ -288,8 +290,9 @@ def test_maximum_loss_picks_the_subset_of_largest_numpy_loss():
     x = jnp.asarray(_emb(10))
     key = jax.random.PRNGKey(3)
     loss_fn = functools.partial(losses.triplet, margin=0.5, mining="batch_all")
-    got = miners.maximum_loss(x, LABELS, key, lambda e, y, mk: loss_fn(e, y, mask=mk),
-                              output_batch_size=6, num_trials=4)
+    got = jax.jit(lambda e: miners.maximum_loss(e, LABELS, key,
+                                                lambda e, y, mk: loss_fn(e, y, mask=mk),
+                                                output_batch_size=6, num_trials=4))(x)
     best, best_rows = -1.0, None
     for k in jax.random.split(key, 4):
       rows = sorted(np.asarray(jax.random.permutation(k, M)[:6]).tolist())
@@ -324,8 +327,8 @@ def test_semi_hard_pml_equals_pml_value_and_gradient():
       exp_v, exp_g = _pml_value_and_grad(
           pml_losses.TripletMarginLoss(margin=0.5, distance=dist),
           pml_miners.TripletMarginMiner(margin=0.5, type_of_triplets="semihard", distance=dist), x)
-      v, g = jax.value_and_grad(lambda e: losses.triplet(e, LABELS, 0.5, "semi_hard_pml"))(
-          jnp.asarray(x))
+      v, g = jax.jit(jax.value_and_grad(
+          lambda e: losses.triplet(e, LABELS, 0.5, "semi_hard_pml")))(jnp.asarray(x))
       np.testing.assert_allclose(v, exp_v, rtol=1e-9)
       np.testing.assert_allclose(g, exp_g, rtol=1e-9, atol=1e-12)
       # ... and it differs from TF Addons' rule (the pinned-definitions table says how).
@@ -375,8 +378,8 @@ def test_contrastive_with_miner_weights():
   with jax.enable_x64(True):
     x = _emb(15)
     same = (LABELS[0::2] == LABELS[1::2]).astype(np.int32)
-    mined = miners.pair_margin(jnp.asarray(x), LABELS, 0.5, 1.0)
-    w = np.asarray(miners.pair_weights(mined, same))
+    w = np.asarray(jax.jit(lambda e: miners.pair_weights(
+        miners.pair_margin(e, LABELS, 0.5, 1.0), same))(jnp.asarray(x)))
     d = ref_dist(x)
     exp_w = [(d[2 * i, 2 * i + 1] > 0.5) if same[i] else (d[2 * i, 2 * i + 1] < 1.0)
              for i in range(M // 2)]
@@ -384,20 +387,21 @@ def test_contrastive_with_miner_weights():
     terms = [0.5 * d[2 * i, 2 * i + 1] ** 2 if same[i] else
              0.5 * max(1.0 - d[2 * i, 2 * i + 1], 0) ** 2 for i in range(M // 2)]
     exp = sum(wi * t for wi, t in zip(exp_w, terms)) / max(sum(exp_w), 1)
-    got = losses.contrastive(jnp.asarray(x[0::2]), jnp.asarray(x[1::2]), same, margin=1.0,
-                             weights=w)
+    got = jax.jit(functools.partial(losses.contrastive, margin=1.0))(
+        jnp.asarray(x[0::2]), jnp.asarray(x[1::2]), same, weights=w)
     np.testing.assert_allclose(got, exp, rtol=1e-12)
-    zero = losses.contrastive(jnp.asarray(x[0::2]), jnp.asarray(x[1::2]), same,
-                              weights=np.zeros(M // 2))
+    zero = jax.jit(functools.partial(losses.contrastive, margin=1.0))(
+        jnp.asarray(x[0::2]), jnp.asarray(x[1::2]), same, weights=np.zeros(M // 2))
     assert float(zero) == 0.0
 
 
 def test_miners_under_vmap_equal_per_example():
   xs = jnp.asarray(np.stack([_emb(s) for s in (20, 21)]), jnp.float32)
   ys = np.stack([LABELS, LABELS[::-1]])
-  got = jax.vmap(lambda e, y: miners.multi_similarity(e, y, 0.1))(xs, ys)
+  one_fn = jax.jit(lambda e, y: miners.multi_similarity(e, y, 0.1))
+  got = jax.jit(jax.vmap(one_fn))(xs, ys)
   for i in range(2):
-    one = miners.multi_similarity(xs[i], ys[i], 0.1)
+    one = one_fn(xs[i], ys[i])
     np.testing.assert_array_equal(got.pos[i], one.pos)
     np.testing.assert_array_equal(got.neg[i], one.neg)
 
