@@ -86,6 +86,12 @@ def get_config() -> ml_collections.ConfigDict:
   # Logging, evaluation and checkpoints still happen at their exact steps
   # (docs/performance.md has what it buys per model).
   config.train.steps_per_execution = 0
+  # Cross-batch memory (XBM, sim_jax/losses/memory.py): the loss vectors and labels of the last
+  # `size` rows of earlier steps join every all-pairs loss, from the first step >= start_step
+  # at which the memory is full. size 0 = off; a multiple of the device count.
+  config.train.memory = ml_collections.ConfigDict()
+  config.train.memory.size = 0
+  config.train.memory.start_step = 0
   config.train.log_diagnostics = True  # embedding diagnostics (dense losses only)
   config.train.plots = True  # PNGs at the end: curves, t-SNE, retrieval grid, distances
   config.train.profile_steps = 0  # > 0: write a jax.profiler trace of N steps after step 10
