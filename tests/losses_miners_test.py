@@ -436,3 +436,43 @@ def test_miners_under_vmap_equal_per_example():
 def test_bad_input_names_the_argument_and_value(call, match):
   with pytest.raises(ValueError, match=match):
     call(jnp.asarray(_emb(0), jnp.float32))
+
+
+# ------------------------------------------------------------------------------------ config
+def _loss_config(name="triplet", miner="pair_margin", sampler="pk"):
+  from configs import test as test_config
+  c = test_config.get_config()
+  c.loss.name, c.data.sampler, c.loss.miner.name = name, sampler, miner
+  if name == "triplet":
+    c.loss.margin = 0.3
+  return c
+
+
+def test_config_miner_reaches_the_triplet_and_contrastive_losses():
+  from sim_jax.losses import objective
+  x, y = jnp.asarray(_emb(16), jnp.float32), jnp.asarray(LABELS)
+  c = _loss_config()
+  c.loss.miner.pos_margin, c.loss.miner.neg_margin = 0.7, 1.3
+  c.loss.mining = "batch_all"  # (batch_hard's extremes survive a pair-margin miner)
+  objective.validate(c)
+  got = objective.loss(c, {}, x, y, {})
+  mined = miners.pair_margin(x, y, 0.7, 1.3)
+  np.testing.assert_allclose(got, losses.triplet(x, y, 0.3, "batch_all", mask=mined), rtol=1e-6)
+  assert abs(float(got) - float(losses.triplet(x, y, 0.3, "batch_all"))) > 1e-4
+  c = _loss_config("contrastive", "pair_margin", "pairs")
+  same = LABELS[0::2] == LABELS[1::2]
+  got = objective.loss(c, {}, x, y, {"same": same})
+  w = miners.pair_weights(miners.pair_margin(x, y), same)
+  np.testing.assert_allclose(got, losses.contrastive(x[0::2], x[1::2], same, weights=w),
+                             rtol=1e-6)
+
+
+@pytest.mark.parametrize("name,miner,sampler,match", [
+    ("nt_xent", "pair_margin", "pk", "config.loss.miner.name='pair_margin' is not read by.*nt_xent"),
+    ("triplet", "hungry", "pk", "config.loss.miner.name.*hungry"),
+    ("contrastive", "triplet_margin", "pairs", "config.loss.miner.name.*triplet_margin"),
+])
+def test_bad_miner_config_is_refused_naming_the_key(name, miner, sampler, match):
+  from sim_jax.losses import objective
+  with pytest.raises(ValueError, match=match):
+    objective.validate(_loss_config(name, miner, sampler))

@@ -412,6 +412,18 @@ def check_mask(mask, m: int, name: str = "mask") -> None:
                    f"{type(mask).__name__}.")
 
 
+def check_config(miner_cfg, pairs: bool = False) -> None:
+  """ValueError naming the `config.loss.miner` key that is not one of its choices; a loss on
+  explicit pairs (contrastive) takes the pair miners only."""
+  c = miner_cfg
+  _checks.check_choice(c.name, "config.loss.miner.name", PAIR_MINERS + ("none",) if pairs
+                       else CONFIG_MINERS)
+  _checks.check_choice(c.distance, "config.loss.miner.distance", DISTANCES)
+  _checks.check_choice(c.pos_strategy, "config.loss.miner.pos_strategy", STRATEGIES)
+  _checks.check_choice(c.neg_strategy, "config.loss.miner.neg_strategy", STRATEGIES)
+  _checks.check_choice(c.type_of_triplets, "config.loss.miner.type_of_triplets", TRIPLET_TYPES)
+
+
 def from_config(miner_cfg, embeddings: jax.Array, labels: jax.Array):
   """The mask of `config.loss.miner` (a deterministic miner, `CONFIG_MINERS`), or None for
   name="none". Fields: see `sim_jax.losses.config`."""
