@@ -10,8 +10,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from configs import test as test_config
 from sim_jax import losses
-from sim_jax.losses import miners
+from sim_jax.losses import miners, objective
 
 torch = pytest.importorskip("torch")
 pml_miners = pytest.importorskip("pytorch_metric_learning.miners")
@@ -440,7 +441,6 @@ def test_bad_input_names_the_argument_and_value(call, match):
 
 # ------------------------------------------------------------------------------------ config
 def _loss_config(name="triplet", miner="pair_margin", sampler="pk"):
-  from configs import test as test_config
   c = test_config.get_config()
   c.loss.name, c.data.sampler, c.loss.miner.name = name, sampler, miner
   if name == "triplet":
@@ -449,7 +449,6 @@ def _loss_config(name="triplet", miner="pair_margin", sampler="pk"):
 
 
 def test_config_miner_reaches_the_triplet_and_contrastive_losses():
-  from sim_jax.losses import objective
   x, y = jnp.asarray(_emb(16), jnp.float32), jnp.asarray(LABELS)
   c = _loss_config()
   c.loss.miner.pos_margin, c.loss.miner.neg_margin = 0.7, 1.3
@@ -468,11 +467,11 @@ def test_config_miner_reaches_the_triplet_and_contrastive_losses():
 
 
 @pytest.mark.parametrize("name,miner,sampler,match", [
-    ("nt_xent", "pair_margin", "pk", "config.loss.miner.name='pair_margin' is not read by.*nt_xent"),
+    ("nt_xent", "pair_margin", "pk",
+     "config.loss.miner.name='pair_margin' is not read by.*nt_xent"),
     ("triplet", "hungry", "pk", "config.loss.miner.name.*hungry"),
     ("contrastive", "triplet_margin", "pairs", "config.loss.miner.name.*triplet_margin"),
 ])
 def test_bad_miner_config_is_refused_naming_the_key(name, miner, sampler, match):
-  from sim_jax.losses import objective
   with pytest.raises(ValueError, match=match):
     objective.validate(_loss_config(name, miner, sampler))

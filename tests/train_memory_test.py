@@ -188,7 +188,8 @@ for n in (1, 4):
                 labels=np.asarray(state.memory["labels"]).tolist(),
                 ptr=int(state.memory["ptr"]), loss=float(m.compute()["loss"]),
                 grads=[np.asarray(g).ravel().tolist() for g in jax.tree.leaves(grads)],
-                by_rows=spec == jax.sharding.PartitionSpec("data"), shard_rows=state.memory["z"].addressable_shards[0].data.shape[0])
+                by_rows=spec == jax.sharding.PartitionSpec("data"),
+                shard_rows=state.memory["z"].addressable_shards[0].data.shape[0])
 print("RESULT" + json.dumps(out))
 """
 

@@ -54,7 +54,7 @@ TRIPLET_TYPES = ("all", "hard", "semihard", "easy")
 STRATEGIES = ("hard", "semihard", "easy", "all")
 PAIR_MINERS = ("multi_similarity", "pair_margin", "hdc", "batch_easy_hard")
 TRIPLET_MINERS = ("triplet_margin", "angular")
-# Miners the trainer can run from `config.loss.miner.name` (deterministic ones: the loss has no key).
+# The miners `config.loss.miner.name` can run: the deterministic ones (the loss has no key).
 CONFIG_MINERS = ("none",) + PAIR_MINERS + TRIPLET_MINERS
 
 
