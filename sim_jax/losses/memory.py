@@ -41,8 +41,8 @@ SHARDED = ("z", "labels", "valid")  # over the data axis; "ptr" is replicated
 
 def check_config(config) -> None:
   """ValueError naming the key unless `config.train.memory` has size >= 0 (0 = off) and
-  start_step >= 0, and, with a memory, the loss takes labelled vectors (not explicit pairs) and
-  GradCache is off (it never holds the batch's vectors). The size is checked against the batch
+  start_step >= 0, and, with a memory, the loss is an all-pairs loss of labelled vectors (not
+  explicit pairs, not the classifier) and GradCache is off (it never holds the batch's vectors). The size is checked against the batch
   (`enqueue`) and the device count (`state_shardings`) where those are known."""
   mem_cfg = config.train.memory
   if mem_cfg.size < 0:
@@ -51,10 +51,11 @@ def check_config(config) -> None:
     raise ValueError(f"config.train.memory.start_step must be >= 0, got {mem_cfg.start_step}")
   if not mem_cfg.size:
     return
-  if objective.spec(config.loss.name).inputs != "labels":
+  spec = objective.spec(config.loss.name)
+  if spec.inputs != "labels" or "classifier" in spec.params:
     raise ValueError(f"config.train.memory.size={mem_cfg.size}: the cross-batch memory joins "
-                     f"losses of labelled vectors {objective.LABEL_LOSSES}, not "
-                     f"config.loss.name={config.loss.name!r}")
+                     f"the all-pairs losses of labelled vectors, not config.loss.name="
+                     f"{config.loss.name!r}")
   if config.train.grad_accum_chunks > 1:
     raise ValueError(f"config.train.memory.size={mem_cfg.size} needs "
                      f"config.train.grad_accum_chunks=1 (got {config.train.grad_accum_chunks})")
