@@ -42,8 +42,9 @@ SHARDED = ("z", "labels", "valid")  # over the data axis; "ptr" is replicated
 def check_config(config) -> None:
   """ValueError naming the key unless `config.train.memory` has size >= 0 (0 = off) and
   start_step >= 0, and, with a memory, the loss is an all-pairs loss of labelled vectors (not
-  explicit pairs, not the classifier) and GradCache is off (it never holds the batch's vectors). The size is checked against the batch
-  (`enqueue`) and the device count (`state_shardings`) where those are known."""
+  explicit pairs, not the classifier) and GradCache is off (it never holds the batch's
+  vectors). The size is checked against the batch (`enqueue`) and the device count
+  (`state_shardings`) where those are known."""
   mem_cfg = config.train.memory
   if mem_cfg.size < 0:
     raise ValueError(f"config.train.memory.size must be >= 0 (0 = off), got {mem_cfg.size}")
