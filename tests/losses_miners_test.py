@@ -154,9 +154,10 @@ PAIR_CASES = [
                          ids=[f"{c[0]}-{'-'.join(map(str, c[1].values()))}" for c in PAIR_CASES])
 def test_pair_miner_selects_the_numpy_loop_set(name, kwargs, ref):
   with jax.enable_x64(True):
+    mine = jax.jit(functools.partial(getattr(miners, name), **kwargs))
     for seed in (0, 1):
       x = _emb(seed)
-      got = jax.jit(functools.partial(getattr(miners, name), **kwargs))(jnp.asarray(x), LABELS)
+      got = mine(jnp.asarray(x), LABELS)
       exp_p, exp_n = ref(x)
       got_p, got_n = as_sets(got)
       assert got_p == exp_p and got_n == exp_n, (seed, got_p ^ exp_p, got_n ^ exp_n)
@@ -454,13 +455,13 @@ def test_config_miner_reaches_the_triplet_and_contrastive_losses():
   c.loss.miner.pos_margin, c.loss.miner.neg_margin = 0.7, 1.3
   c.loss.mining = "batch_all"  # (batch_hard's extremes survive a pair-margin miner)
   objective.validate(c)
-  got = objective.loss(c, {}, x, y, {})
+  got = jax.jit(lambda e, yy: objective.loss(c, {}, e, yy, {}))(x, y)
   mined = miners.pair_margin(x, y, 0.7, 1.3)
   np.testing.assert_allclose(got, losses.triplet(x, y, 0.3, "batch_all", mask=mined), rtol=1e-6)
   assert abs(float(got) - float(losses.triplet(x, y, 0.3, "batch_all"))) > 1e-4
   c = _loss_config("contrastive", "pair_margin", "pairs")
   same = LABELS[0::2] == LABELS[1::2]
-  got = objective.loss(c, {}, x, y, {"same": same})
+  got = jax.jit(lambda e, yy: objective.loss(c, {}, e, yy, {"same": same}))(x, y)
   w = miners.pair_weights(miners.pair_margin(x, y), same)
   np.testing.assert_allclose(got, losses.contrastive(x[0::2], x[1::2], same, weights=w),
                              rtol=1e-6)
