@@ -74,7 +74,7 @@ class TrainState(flax.struct.PyTreeNode):
   rng: jax.Array  # uint32[2] base key; step keys are fold_in(rng, step).
   nonfinite_skips: jax.Array  # int32: updates skipped because of a NaN/Inf.
   first_nonfinite_step: jax.Array  # int32: step of the first NaN/Inf, -1 if none.
-  memory: Any  # cross-batch memory (sim_jax.losses.memory); {} when config.train.memory.size=0
+  memory: Any  # cross-batch memory (sim_jax.losses.memory); {} when config.train.memory is off
 
 
 def create_model(config: ml_collections.ConfigDict):

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from configs import test as test_config
-from sim_jax import losses, train
+from sim_jax import checkpointing, losses, train
 from sim_jax.losses import memory as xbm
 from tests import helpers
 from tests.reliability_test import _assert_bitwise_equal, _ckpt, _read_state, _steps, _wait_for
@@ -123,7 +123,7 @@ def test_train_step_loss_with_memory_equals_numpy_over_batch_and_memory():
 
 
 def test_bad_memory_config_is_refused_naming_the_key():
-  for size, start, match in ((-1, 0, r"memory.size must be >= 0 \(0 = off\), got -1"),
+  for size, start, match in ((-1, 0, r"memory.size must be >= 0 \(None or 0 = off\), got -1"),
                              (32, -3, "memory.start_step must be >= 0, got -3")):
     with pytest.raises(ValueError, match=match):
       train.validate_config(_config(size, start))
@@ -131,6 +131,15 @@ def test_bad_memory_config_is_refused_naming_the_key():
   c.loss.name, c.data.sampler = "contrastive", "pairs"
   with pytest.raises(ValueError, match="memory.size=32.*'contrastive'"):
     train.validate_config(c)
+
+
+def test_memory_size_cannot_change_on_resume_and_older_checkpoints_resume_without_one():
+  record = checkpointing.config_to_dict(_config())
+  assert checkpointing.config_diff(record, checkpointing.config_to_dict(_config(size=64))) == [
+      "  train.memory.size: checkpoint 32 != now 64"]
+  older = checkpointing.config_to_dict(_config(size=None))
+  del older["train"]["memory"]  # written before the memory existed
+  assert checkpointing.config_diff(older, checkpointing.config_to_dict(_config(size=None))) == []
 
 
 # ------------------------------------------------------------------------------ kill -9, resume

@@ -2,7 +2,8 @@
 labels kept in the train state, whose rows join every all-pairs loss as extra positives and
 negatives.
 
-State (`init`), a dict of fixed shapes; {} when `config.train.memory.size` = 0:
+State (`init`), a dict of fixed shapes; {} when `config.train.memory.size` is None
+(the default) or 0:
   z       [S, D] the loss vectors of past batches (float32), written under stop_gradient
   labels  [S]    their labels (int32)
   valid   [S]    bool, the slot has been written
@@ -40,30 +41,31 @@ SHARDED = ("z", "labels", "valid")  # over the data axis; "ptr" is replicated
 
 
 def check_config(config) -> None:
-  """ValueError naming the key unless `config.train.memory` has size >= 0 (0 = off) and
+  """ValueError naming the key unless `config.train.memory` has size >= 0 (None, 0 = off) and
   start_step >= 0, and, with a memory, the loss is an all-pairs loss of labelled vectors (not
   explicit pairs, not the classifier) and GradCache is off (it never holds the batch's
   vectors). The size is checked against the batch (`enqueue`) and the device count
   (`state_shardings`) where those are known."""
   mem_cfg = config.train.memory
-  if mem_cfg.size < 0:
-    raise ValueError(f"config.train.memory.size must be >= 0 (0 = off), got {mem_cfg.size}")
+  size = mem_cfg.size or 0  # None (the default) = off
+  if size < 0:
+    raise ValueError(f"config.train.memory.size must be >= 0 (None or 0 = off), got {size}")
   if mem_cfg.start_step < 0:
     raise ValueError(f"config.train.memory.start_step must be >= 0, got {mem_cfg.start_step}")
-  if not mem_cfg.size:
+  if not size:
     return
   spec = objective.spec(config.loss.name)
   if spec.inputs != "labels" or "classifier" in spec.params:
-    raise ValueError(f"config.train.memory.size={mem_cfg.size}: the cross-batch memory joins "
+    raise ValueError(f"config.train.memory.size={size}: the cross-batch memory joins "
                      f"the all-pairs losses of labelled vectors, not config.loss.name="
                      f"{config.loss.name!r}")
   if config.train.grad_accum_chunks > 1:
-    raise ValueError(f"config.train.memory.size={mem_cfg.size} needs "
+    raise ValueError(f"config.train.memory.size={size} needs "
                      f"config.train.grad_accum_chunks=1 (got {config.train.grad_accum_chunks})")
 
 
-def init(size: int, dim: int) -> dict:
-  """An empty memory of `size` rows of `dim` (nothing valid); {} when size = 0."""
+def init(size: int | None, dim: int) -> dict:
+  """An empty memory of `size` rows of `dim` (nothing valid); {} when size is None or 0."""
   if not size:
     return {}
   return dict(z=jnp.zeros((size, dim), jnp.float32), labels=jnp.zeros((size,), jnp.int32),
