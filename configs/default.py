@@ -18,6 +18,7 @@ fields are refused. Experiment configs import this file and change only what dif
 """
 
 import ml_collections
+from ml_collections import config_dict
 
 from sim_jax.data.config import default_config as data_config
 from sim_jax.eval.config import default_config as eval_config
@@ -95,6 +96,13 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
   # Logging, evaluation and checkpoints still happen at their exact steps
   # (docs/performance.md has what it buys per model).
   config.train.steps_per_execution = 0
+  # Cross-batch memory (XBM, sim_jax/losses/memory.py): the loss vectors and labels of the last
+  # `size` rows of earlier steps join every all-pairs loss, from the first step >= start_step
+  # at which the memory is full. size None = off (a checkpoint cannot change it); else a multiple
+  # of the device count, >= the loss vectors of one batch.
+  config.train.memory = ml_collections.ConfigDict()
+  config.train.memory.size = config_dict.placeholder(int)
+  config.train.memory.start_step = 0
   config.train.log_diagnostics = True  # embedding diagnostics (dense losses only)
   config.train.plots = True  # PNGs at the end: curves, t-SNE, retrieval grid, distances
   config.train.profile_steps = 0  # > 0: write a jax.profiler trace of N steps after step 10

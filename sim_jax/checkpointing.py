@@ -64,7 +64,8 @@ INTEGRITY_FILE = "integrity.json"
 # Sections whose change makes a checkpoint mean something else; `train.*` cadence fields, run
 # length and `eval.*` may change between a run and its resume.
 IMMUTABLE_KEYS = ("seed", "model", "data", "loss", "optimizer", "train.batch_size",
-                  "train.grad_accum_chunks", "train.view_labels", "train.max_nonfinite_skips")
+                  "train.grad_accum_chunks", "train.view_labels", "train.max_nonfinite_skips",
+                  "train.memory.size")  # the shape of the state's cross-batch memory
 # What evaluate / embed / search must share with the checkpoint: the parameter tree's structure.
 # Data and eval may differ (another split, another metric).
 INFERENCE_KEYS = ("model", "loss")

@@ -49,6 +49,7 @@ from sim_jax.eval import distances
 from sim_jax.eval import evaluators as evaluators_lib
 from sim_jax.eval import floors as floors_lib
 from sim_jax.losses import gradcache, objective
+from sim_jax.losses import memory as xbm
 from sim_jax.models import transfer
 
 # Every sampler but "pools", whose batches are candidate pools for the pool protocol.
@@ -74,14 +75,11 @@ class TrainState(flax.struct.PyTreeNode):
   rng: jax.Array  # uint32[2] base key; step keys are fold_in(rng, step).
   nonfinite_skips: jax.Array  # int32: updates skipped because of a NaN/Inf.
   first_nonfinite_step: jax.Array  # int32: step of the first NaN/Inf, -1 if none.
+  memory: Any  # cross-batch memory (sim_jax.losses.memory); {} when config.train.memory is off
 
 
 def create_model(config: ml_collections.ConfigDict):
   return models.get_model(config.model)
-
-
-def create_pair_head(config: ml_collections.ConfigDict):
-  return models.get_pair_head(config.model)
 
 
 def init_variables(config, model, pair_head, rng, image_shape,
@@ -109,10 +107,11 @@ def create_train_state(config, model, pair_head, tx, rng, image_shape,
   init_rng, state_rng = jax.random.split(rng)
   params, batch_stats = init_variables(config, model, pair_head, init_rng, image_shape,
                                        num_classes)
+  z, aux, _ = forward(model, params, batch_stats, jnp.zeros((1, *image_shape)), train=False)
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
-                    opt_state=tx.init(params), rng=state_rng,
-                    nonfinite_skips=jnp.zeros((), jnp.int32),
-                    first_nonfinite_step=jnp.full((), -1, jnp.int32))
+                    opt_state=tx.init(params), rng=state_rng, nonfinite_skips=jnp.int32(0),
+                    first_nonfinite_step=jnp.full((), -1, jnp.int32),
+                    memory=xbm.init(config.train.memory.size, _loss_vectors(z, aux).shape[-1]))
 
 
 # ------------------------------------------------------------------------------- forward and loss
@@ -165,11 +164,12 @@ def _loss_vectors(emb, aux):
   return aux.get("projection", emb) if isinstance(aux, Mapping) else emb
 
 
-def compute_loss(params, batch_stats, batch, rng, *, config, model, pair_head, augment_fn,
-                 mesh, train: bool = True, splits: int = 1):
+def compute_loss(params, batch_stats, batch, rng, memory=None, *, config, model, pair_head,
+                 augment_fn, mesh, train: bool = True, splits: int = 1):
   """Loss of one global batch, with the auxiliary outputs the metrics need.
 
-  Returns `(loss, (new_batch_stats, z, labels))` where `z` are the vectors the loss saw.
+  Returns `(loss, (new_batch_stats, z, labels))`, z the batch's vectors the loss saw (`memory`,
+  an `xbm.view`, adds the cross-batch memory's rows to the loss).
   `splits` > 1 runs the encoder on that many slices of the batch (`sim_jax.cpu`).
   """
   k_inputs, k_drop = jax.random.split(rng)
@@ -179,7 +179,8 @@ def compute_loss(params, batch_stats, batch, rng, *, config, model, pair_head, a
       lambda images, key: forward_fn(images, rng=key), x, splits=splits if train else 1,
       shards=mesh.size if mesh is not None else 1, rng=k_drop)
   z = _loss_vectors(emb, aux)
-  loss = objective.loss(config, params, z, labels, batch, pair_head=pair_head, mesh=mesh)
+  loss = xbm.loss(functools.partial(objective.loss, config, params, batch=batch,
+                                    pair_head=pair_head, mesh=mesh), z, labels, memory)
   return loss, (new_bs, z, labels)
 
 
@@ -210,8 +211,8 @@ def gradcache_loss_and_grads(params, batch_stats, batch, rng, *, config, model, 
   return loss, {"encoder": enc_grads}, new_bs
 
 
-def loss_and_grads(params, batch_stats, batch, rng, *, config, model, pair_head, augment_fn,
-                   mesh, splits: int = 1):
+def loss_and_grads(params, batch_stats, batch, rng, memory=None, *, config, model, pair_head,
+                   augment_fn, mesh, splits: int = 1):
   """`(loss, grads, new_batch_stats, z, labels)` of one batch; z = labels = None with GradCache
   (`config.train.grad_accum_chunks` > 1), which never holds every vector's activations."""
   if config.train.grad_accum_chunks > 1:
@@ -222,7 +223,7 @@ def loss_and_grads(params, batch_stats, batch, rng, *, config, model, pair_head,
   loss_fn = functools.partial(compute_loss, config=config, model=model, pair_head=pair_head,
                               augment_fn=augment_fn, mesh=mesh, train=True, splits=splits)
   (loss, (new_bs, z, labels)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-      params, batch_stats, batch, rng)
+      params, batch_stats, batch, rng, memory)
   return loss, grads, new_bs, z, labels
 
 
@@ -262,15 +263,16 @@ def _tree_where(pred, new, old):
 
 def train_step(state: TrainState, batch, *, grads_fn: Callable, tx, schedule,
                margin_fn: Callable, max_nonfinite_skips: int,
-               diagnostics_fn: Callable | None = None):
+               diagnostics_fn: Callable | None = None, memory_start: int = 0, mesh=None):
   """One update: `(state, global batch) -> (state, metrics)`. Pure; jit it with donation.
 
   `grads_fn(params, batch_stats, batch, rng) -> (loss, grads, new_batch_stats, z, labels)`
   (`loss_and_grads` bound to a config); `diagnostics_fn(z, labels) -> {name: scalar}` adds the
-  embedding diagnostics of the vectors the loss saw to the metrics.
-  """
+  embedding diagnostics of the vectors the loss saw to the metrics; `state.memory` (XBM) joins
+  the loss from step `memory_start` (`sim_jax.losses.memory`)."""
   rng = jax.random.fold_in(state.rng, state.step)
-  loss, grads, new_bs, z, labels = grads_fn(state.params, state.batch_stats, batch, rng)
+  loss, grads, new_bs, z, labels = grads_fn(state.params, state.batch_stats, batch, rng,
+                                            xbm.view(state.memory, state.step, memory_start))
   updates, new_opt_state = tx.update(grads, state.opt_state, state.params)
   new_params = optax.apply_updates(state.params, updates)
 
@@ -287,6 +289,7 @@ def train_step(state: TrainState, batch, *, grads_fn: Callable, tx, schedule,
       params=_tree_where(apply, new_params, state.params),
       batch_stats=_tree_where(apply, new_bs, state.batch_stats),
       opt_state=_tree_where(apply, new_opt_state, state.opt_state),
+      memory=xbm.enqueue(state.memory, z, labels, mesh, apply=apply),
       nonfinite_skips=skips, first_nonfinite_step=first_bad)
   out = dict(loss=loss, grad_norm=grad_norm, learning_rate=schedule(state.step),
              margin=jnp.asarray(margin_fn(state.params), jnp.float32),
@@ -350,6 +353,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   if c.train.steps_per_execution < 0:
     raise ValueError(f"config.train.steps_per_execution must be >= 1, or 0 for auto; got "
                      f"{c.train.steps_per_execution}")
+  xbm.check_config(c)
   if c.train.view_labels not in ("index", "class"):
     raise ValueError(f"config.train.view_labels must be 'index' or 'class', got "
                      f"{c.train.view_labels!r}")
@@ -393,15 +397,16 @@ def make_setup(config: ml_collections.ConfigDict, devices=None, info=None) -> Tr
   info = info or data.get_info(config.data)
   image_shape = tuple(info.image_shape)
   model = create_model(config)
-  pair_head = create_pair_head(config) if config.loss.name == "pair_bce" else None
+  pair_head = models.get_pair_head(config.model) if config.loss.name == "pair_bce" else None
   num_classes = objective.num_logits(config.loss, info.num_classes, info.name)
   tx, schedule = optim.make_optimizer(config.optimizer, config.train.steps)
   replicated = sharding.replicated(mesh)
   init = functools.partial(create_train_state, config, model, pair_head, tx,
                            image_shape=image_shape, num_classes=num_classes)
-  abstract_state = jax.tree.map(
-      lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated),
-      jax.eval_shape(init, jax.random.PRNGKey(0)))
+  shapes = jax.eval_shape(init, jax.random.PRNGKey(0))
+  state_shardings = xbm.state_shardings(shapes, mesh)
+  abstract_state = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                                shapes, state_shardings)
   splits, why = cpu.resolve_parallel_splits(
       config, platform=cpu.platform_of(mesh),
       has_batch_norm=bool(jax.tree.leaves(abstract_state.batch_stats)),
@@ -416,11 +421,12 @@ def make_setup(config: ml_collections.ConfigDict, devices=None, info=None) -> Tr
   step = functools.partial(train_step, grads_fn=grads_fn, tx=tx, schedule=schedule,
                            margin_fn=functools.partial(objective.margin, config.loss),
                            max_nonfinite_skips=config.train.max_nonfinite_skips,
-                           diagnostics_fn=diagnostics_fn)
+                           diagnostics_fn=diagnostics_fn,
+                           memory_start=config.train.memory.start_step, mesh=mesh)
   return TrainSetup(
       config=config, mesh=mesh, replicated=replicated, info=info, image_shape=image_shape,
       model=model, pair_head=pair_head, num_classes=num_classes, tx=tx, schedule=schedule,
-      init_fn=jax.jit(init, out_shardings=replicated), abstract_state=abstract_state,
+      init_fn=jax.jit(init, out_shardings=state_shardings), abstract_state=abstract_state,
       parallel_splits=splits, parallel_splits_why=why, train_step=step,
       embed_fn=jax.jit(functools.partial(embed_step, model=model), out_shardings=replicated))
 

@@ -51,6 +51,18 @@ def check_same(same, n: int, name: str = "same") -> None:
     raise ValueError(f"{name} must be a bool or integer array (1 = same class), got dtype {dtype}.")
 
 
+def check_weights(weights, n: int, name: str = "weights") -> None:
+  """Raises ValueError unless `weights` is a real array of shape [n] (concrete ones also >= 0)."""
+  shape = np.shape(weights)
+  if shape != (n,):
+    raise ValueError(f"{name} must have shape [{n}] (one weight per pair), got shape {shape}.")
+  dtype = jnp.result_type(weights)
+  if not (dtype == jnp.bool_ or jnp.issubdtype(dtype, jnp.floating)
+          or jnp.issubdtype(dtype, jnp.integer)):
+    raise ValueError(f"{name} must be a bool, integer or float array, got dtype {dtype}.")
+  check_non_negative(weights, name)
+
+
 def check_same_shape(a, b, name_a: str, name_b: str) -> None:
   """Raises ValueError unless `a` and `b` have identical shapes."""
   if np.shape(a) != np.shape(b):

@@ -16,7 +16,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.learnable_margin = False         # trainer keeps raw m in params["loss"], uses softplus(raw)
   c.squared = True                   # contrastive: Hadsell squared form (False: hinge form)
   c.distance = "euclidean"           # euclidean | squared_euclidean (triplet) | cosine
-  c.mining = "batch_hard"            # triplet mining: batch_hard | semi_hard | batch_all
+  c.mining = "batch_hard"            # triplet: batch_hard | semi_hard | batch_all | semi_hard_pml
   c.soft = False                     # triplet: softplus(d_ap - d_an) instead of the hinge
   c.block_size = config_dict.placeholder(int)  # None: dense; int: streaming blocks (proxy: classes)
   c.pos_margin = 0.0                 # snr_contrastive: positive pairs are penalised above this
@@ -35,5 +35,19 @@ def default_config() -> ml_collections.ConfigDict:
   c.soft_triple_gamma = 0.1          # soft_triple: gamma, softmax temperature over a class's K
   c.soft_triple_tau = 0.0            # soft_triple: centre regulariser weight (paper 0.2; pml 0)
   c.diagnostics_margin = 0.2         # margin of the active-triplet fraction in diagnostics()
+  # A miner (sim_jax.losses.miners) that selects the pairs / triplets of triplet and contrastive.
+  c.miner = ml_collections.ConfigDict()
+  c.miner.name = "none"              # none | multi_similarity | pair_margin | hdc |
+  #                                    batch_easy_hard | triplet_margin | angular
+  c.miner.distance = "euclidean"     # the miner's distance: euclidean | squared_euclidean | cosine
+  c.miner.epsilon = 0.1              # multi_similarity
+  c.miner.pos_margin = 0.2           # pair_margin: positives with d > pos_margin
+  c.miner.neg_margin = 0.8           # pair_margin: negatives with d < neg_margin
+  c.miner.filter_percentage = 0.5    # hdc: fraction of the hardest pairs kept
+  c.miner.pos_strategy = "easy"      # batch_easy_hard: easy | hard | semihard | all
+  c.miner.neg_strategy = "semihard"  # batch_easy_hard: hard | easy | semihard | all
+  c.miner.margin = 0.2               # triplet_margin
+  c.miner.type_of_triplets = "all"   # triplet_margin: all | hard | semihard | easy
+  c.miner.angle = 20.0               # angular: degrees
   c.lock()
   return c

@@ -34,6 +34,7 @@ import ml_collections
 import numpy as np
 
 from sim_jax import losses
+from sim_jax.losses import miners
 from sim_jax.losses.config import default_config
 
 # Read by `losses.diagnostics` (the train diagnostics), whichever loss is trained.
@@ -91,7 +92,8 @@ def _supcon(cfg, params, z, labels, mesh):
 def _triplet(cfg, params, z, labels, mesh):
   block, mesh = _block(cfg, mesh)
   return losses.triplet(z, labels, margin=margin(cfg, params), mining=cfg.mining,
-                        distance=cfg.distance, soft=cfg.soft, block_size=block, mesh=mesh)
+                        distance=cfg.distance, soft=cfg.soft, block_size=block, mesh=mesh,
+                        mask=miners.from_config(cfg.miner, z, labels))
 
 
 def _recall_at_k(cfg, params, z, labels, mesh):
@@ -193,10 +195,10 @@ def _soft_triple(cfg, params, z, labels, mesh):
                             tau=cfg.soft_triple_tau)
 
 
-def _contrastive(cfg, params, za, zb, same, pair_head):
+def _contrastive(cfg, params, za, zb, same, pair_head, weights=None):
   del pair_head
   return losses.contrastive(za, zb, same, margin=margin(cfg, params), squared=cfg.squared,
-                            distance=cfg.distance)
+                            distance=cfg.distance, weights=weights)
 
 
 def _pair_bce(cfg, params, za, zb, same, pair_head):
@@ -206,10 +208,11 @@ def _pair_bce(cfg, params, za, zb, same, pair_head):
 
 LOSSES: dict[str, LossSpec] = {
     "contrastive": LossSpec(_contrastive, "pairs", ("margin",),
-                            ("margin", "learnable_margin", "squared", "distance")),
+                            ("margin", "learnable_margin", "squared", "distance", "miner")),
     # The contrastive loss with its margin always learnt (seed 000, section 3.4.4).
     "learnable_margin_contrastive": LossSpec(
-        _contrastive, "pairs", ("margin",), ("margin", "learnable_margin", "squared", "distance")),
+        _contrastive, "pairs", ("margin",),
+        ("margin", "learnable_margin", "squared", "distance", "miner")),
     "pair_bce": LossSpec(_pair_bce, "pairs", ("pair_head",), ()),
     "snr_contrastive": LossSpec(
         _snr, "labels", ("margin",),
@@ -220,7 +223,7 @@ LOSSES: dict[str, LossSpec] = {
                        ("temperature", "learnable_temperature", "block_size")),
     "triplet": LossSpec(_triplet, "labels", ("margin",),
                         ("margin", "learnable_margin", "mining", "distance", "soft",
-                         "block_size")),
+                         "block_size", "miner")),
     "recall_at_k_surrogate": LossSpec(_recall_at_k, "labels", (),
                                       ("k_values", "rank_temperature", "k_temperature")),
     "softmax_ce": LossSpec(_softmax_ce, "labels", ("classifier",), ("num_classes",)),
@@ -318,11 +321,17 @@ def loss(config: ml_collections.ConfigDict, params, z: jax.Array, labels: jax.Ar
          pair_head=None, mesh=None) -> jax.Array:
   """The configured loss of the vectors `z` [M, D] the encoder produced for a batch.
 
-  Pair losses read z as consecutive (a, b) rows, [B, 2, D], with `batch["same"]` [B].
+  Pair losses read z as consecutive (a, b) rows, [B, 2, D], with `batch["same"]` [B]; a
+  `config.loss.miner` runs on all of z (with `labels`) and weighs the pairs
+  (`miners.pair_weights`).
   """
   s = spec(config.loss.name)
   if s.inputs == "pairs":
     z2 = z.reshape(-1, 2, z.shape[-1])
+    mined = miners.from_config(config.loss.miner, z, labels)
+    if mined is not None:
+      return s.fn(config.loss, params, z2[:, 0], z2[:, 1], batch["same"], pair_head,
+                  weights=miners.pair_weights(mined, batch["same"]))
     return s.fn(config.loss, params, z2[:, 0], z2[:, 1], batch["same"], pair_head)
   return s.fn(config.loss, params, z, labels, mesh)
 
@@ -336,11 +345,20 @@ def unused_fields(loss_cfg: ml_collections.ConfigDict) -> list[str]:
     if key not in defaults:
       out.append(f"config.loss.{key}={loss_cfg[key]!r} is not a loss field (known: "
                  f"{sorted(defaults.keys())})")
-    elif key not in read and _differs(loss_cfg[key], defaults[key]):
-      out.append(f"config.loss.{key}={loss_cfg[key]!r} is not read by config.loss.name="
-                 f"{loss_cfg.name!r} (it reads {sorted(spec(loss_cfg.name).fields)}); "
-                 f"remove it or set it back to its default {defaults[key]!r}")
+    elif key not in read:
+      for name, value, default in _changed(key, loss_cfg[key], defaults[key]):
+        out.append(f"config.loss.{name}={value!r} is not read by config.loss.name="
+                   f"{loss_cfg.name!r} (it reads {sorted(spec(loss_cfg.name).fields)}); "
+                   f"remove it or set it back to its default {default!r}")
   return out
+
+
+def _changed(key, value, default) -> list[tuple[str, object, object]]:
+  """(dotted name, value, default) of what differs; a section (config.loss.miner) per field."""
+  if isinstance(value, ml_collections.ConfigDict):
+    return [(f"{key}.{k}", value[k], default[k]) for k in value.keys()
+            if _differs(value[k], default[k])]
+  return [(key, value, default)] if _differs(value, default) else []
 
 
 def _differs(a, b) -> bool:
@@ -366,6 +384,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
       c.distance not in CONTRASTIVE_DISTANCES:
     raise ValueError(f"config.loss.distance={c.distance!r}: config.loss.name={c.name!r} takes "
                      f"{CONTRASTIVE_DISTANCES} (squared=True already squares the distance)")
+  miners.check_config(c.miner, pairs=s.inputs == "pairs")
   if c.name == "triplet" and c.distance not in TRIPLET_DISTANCES:
     raise ValueError(f"config.loss.distance={c.distance!r}: the triplet loss takes "
                      f"{TRIPLET_DISTANCES}")

@@ -74,7 +74,7 @@ def _check_pairs(emb_a, emb_b, same) -> None:
 
 def contrastive(emb_a: jax.Array, emb_b: jax.Array, same: jax.Array, margin=1.0,
                 squared: bool = True, distance: str = "euclidean",
-                reduction: str = "mean") -> jax.Array:
+                reduction: str = "mean", weights=None) -> jax.Array:
   """Contrastive loss of Hadsell, Chopra & LeCun (CVPR 2006), as seeds 000 and 002 use it.
 
   With d_i = distance(emb_a[i], emb_b[i]) and y_i = same[i]:
@@ -96,6 +96,9 @@ def contrastive(emb_a: jax.Array, emb_b: jax.Array, same: jax.Array, margin=1.0,
     distance: "euclidean" (|a - b|_2, safe sqrt: gradient 0 at d = 0) or "cosine" (1 - cos sim,
       zero vectors normalise to 0 so their cosine distance is 1).
     reduction: "mean" (over B), "sum", or "none" ([B]).
+    weights: None, or [B] non-negative pair weights, e.g. a miner's selection of these pairs
+      (`sim_jax.losses.miners.pair_weights`): l_i becomes w_i l_i and "mean" is the weighted
+      mean sum_i w_i l_i / sum_i w_i (0 when every weight is 0).
 
   Edge cases: d = 0 on a negative pair gives 0.5 * m^2 (hinge: m); d >= m on a negative pair
   gives 0; a batch without positives (or without negatives) just has no terms of that kind.
@@ -115,7 +118,14 @@ def contrastive(emb_a: jax.Array, emb_b: jax.Array, same: jax.Array, margin=1.0,
     losses = jnp.where(y, 0.5 * jnp.square(d), 0.5 * jnp.square(hinge))
   else:
     losses = jnp.where(y, d, hinge)
-  return _checks.reduce_elements(losses, reduction)
+  if weights is None:
+    return _checks.reduce_elements(losses, reduction)
+  _checks.check_weights(weights, emb_a.shape[0])
+  w = jnp.asarray(weights).astype(losses.dtype)
+  if reduction == "mean":
+    total = jnp.sum(w)
+    return jnp.where(total > 0, jnp.sum(w * losses) / jnp.where(total > 0, total, 1.0), 0.0)
+  return _checks.reduce_elements(w * losses, reduction)
 
 
 def margin_from_raw(raw: jax.Array) -> jax.Array:
