@@ -19,12 +19,13 @@ markdown table.
   python bench/loss_scaling.py --impls streaming --block_size 256,512,1024,2048  # block sweep
   python bench/loss_scaling.py --largest_n_gib=24 --impls dense,streaming  # compile-only search
 
-The pair / tuple losses (multi_similarity, circle, generalized_lifted_structure, nca: dense and
-streaming; lifted_structure, fast_ap: dense) run beside pml's MultiSimilarityLoss, CircleLoss,
-GeneralizedLiftedStructureLoss, NCALoss, LiftedStructureLoss and FastAPLoss at the same N (two
-views of N/2 instances, as above). `--largest_n_gib` reports, per loss and implementation, the
-largest N whose compiled loss + gradient fits the budget by XLA's memory analysis (temp +
-arguments + outputs), found by doubling N and bisecting (multiples of 256); nothing is run.
+The pair / tuple losses (multi_similarity, circle, generalized_lifted_structure, nca,
+lifted_structure: dense and streaming; fast_ap: dense) run beside pml's MultiSimilarityLoss,
+CircleLoss, GeneralizedLiftedStructureLoss, NCALoss, LiftedStructureLoss and FastAPLoss at the
+same N (two views of N/2 instances, as above). `--largest_n_gib` reports, per loss and
+implementation, the largest N whose compiled loss + gradient fits the budget by XLA's memory
+analysis (temp + arguments + outputs), found by doubling N and bisecting (multiples of 256);
+nothing is run.
 """
 
 from __future__ import annotations
@@ -38,8 +39,9 @@ import subprocess
 import sys
 import time
 
-TUPLE_STREAMING = ("multi_similarity", "circle", "generalized_lifted_structure", "nca")
-TUPLE_DENSE = ("lifted_structure", "fast_ap")
+TUPLE_STREAMING = ("multi_similarity", "circle", "generalized_lifted_structure", "nca",
+                   "lifted_structure")
+TUPLE_DENSE = ("fast_ap",)
 LOSSES = ("nt_xent", "supcon", "triplet_batch_hard") + TUPLE_STREAMING + TUPLE_DENSE
 D = 128
 

@@ -139,7 +139,8 @@ def _circle(cfg, params, z, labels, mesh):
 
 def _lifted(cfg, params, z, labels, mesh):
   return losses.lifted_structure(z, labels, neg_margin=cfg.lifted_neg_margin,
-                                 pos_margin=cfg.lifted_pos_margin)
+                                 pos_margin=cfg.lifted_pos_margin,
+                                 block_size=cfg.block_size or None)
 
 
 def _generalized_lifted(cfg, params, z, labels, mesh):
@@ -161,7 +162,7 @@ def _views(z):
 TUPLE_LOSSES: dict[str, tuple[Callable, tuple[str, ...]]] = {
     "multi_similarity": (_ms, ("ms_alpha", "ms_beta", "ms_base", "block_size")),
     "circle": (_circle, ("circle_m", "circle_gamma", "block_size")),
-    "lifted_structure": (_lifted, ("lifted_neg_margin", "lifted_pos_margin")),
+    "lifted_structure": (_lifted, ("lifted_neg_margin", "lifted_pos_margin", "block_size")),
     "generalized_lifted_structure": (
         _generalized_lifted, ("lifted_neg_margin", "lifted_pos_margin", "block_size")),
     "nca": (_nca, ("nca_scale", "block_size")),

@@ -13,8 +13,9 @@ s is the cosine similarity of the L2-normalised embeddings; d a distance (euclid
 L2-normalised embeddings, as pytorch-metric-learning's default `LpDistance`, unless
 `normalize=False`). Computation is in float32 (float64 for float64 inputs).
 
-`multi_similarity`, `circle`, `generalized_lifted_structure` and `nca` take `block_size` for
-their streaming forms (`sim_jax.losses.tuple_streaming`): the same row core on strips of anchors.
+`multi_similarity`, `circle`, `generalized_lifted_structure`, `lifted_structure` and `nca` take
+`block_size` for their streaming forms (`sim_jax.losses.tuple_streaming`): the same row cores on
+strips of anchors.
 """
 
 from __future__ import annotations
@@ -228,32 +229,58 @@ def generalized_lifted_structure(embeddings, labels, neg_margin=1.0, pos_margin=
   return _checks.reduce_per_anchor(num, den, reduction)
 
 
+def _neg_lse_core(neg_margin):
+  def core(d, pos, neg):
+    has = jnp.any(neg, axis=1)
+    return masked_logsumexp(_f(neg_margin, d.dtype) - d, neg), has.astype(d.dtype)
+  return core
+
+
+def _lifted_core(l_row, has_neg, pos_margin):
+  """Second sweep of the lifted structure loss: l_row [M] = log sum_{N(j)} e^{m - d_jn}."""
+  def core(d, pos, neg, index):
+    has = has_neg > 0
+    l_a = jnp.where(has, l_row, -jnp.inf)
+    has_r = has[index]
+    any_pair = has_r[:, None] | has[None, :]
+    # Pairs where neither side has a negative: logaddexp(0, 0) computed and replaced by 0 (pml),
+    # so no -inf - -inf reaches the gradient.
+    both = jnp.logaddexp(jnp.where(any_pair, l_a[index][:, None], 0.0),
+                         jnp.where(any_pair, l_a[None, :], 0.0))
+    lse = jnp.where(any_pair, both, 0.0)
+    j = jnp.where(pos, jnp.square(jax.nn.relu(lse + d - _f(pos_margin, d.dtype))) / 2, 0.0)
+    return jnp.sum(j, axis=1), jnp.sum(pos, axis=1).astype(d.dtype)
+  return core
+
+
+def lifted_structure_stats(embeddings, labels, neg_margin=1.0, pos_margin=0.0, mask=None,
+                           normalize=True, block_size=None):
+  """Per-anchor lifted structure terms (num [M] = sum_p J_ap, den [M] = |P(a)|)."""
+  x = prepare(embeddings, normalize)
+  l_row, has_neg = _rows(_neg_lse_core(neg_margin), x, labels, "euclidean", mask, block_size)
+  core = _lifted_core(l_row, has_neg, pos_margin)
+  if block_size is None or mask is not None:
+    return tuple_streaming.dense_rows(core, x, labels, "euclidean", mask, with_index=True)
+  return tuple_streaming.stream_rows(core, x, labels, "euclidean", block_size, with_index=True)
+
+
 def lifted_structure(embeddings, labels, neg_margin=1.0, pos_margin=0.0, mask=None,
-                     normalize=True, reduction: str = "mean"):
+                     normalize=True, block_size=None, reduction: str = "mean"):
   """Lifted structure loss (Song et al., CVPR 2016, eq. 4; pml `LiftedStructureLoss`).
 
   For every ordered positive pair (a, p), with the negatives of a and of p:
     J_ap = [ log( sum_{n in N(a)} e^{neg_margin - d_an} + sum_{n in N(p)} e^{neg_margin - d_pn} )
              + d_ap - pos_margin ]_+^2 / 2
-  (the 1/2: each unordered pair appears twice); mean over the positive pairs (pml's
-  `MeanReducer`). Per anchor: num_a = sum_p J_ap, den_a = |P(a)|.
+  (the 1/2: each unordered pair appears twice; an empty sum gives log(...) = 0, as pml); mean
+  over the positive pairs (pml's `MeanReducer`). Per anchor: num_a = sum_p J_ap,
+  den_a = |P(a)|. block_size: two streamed sweeps (each row's negative log-sum-exp, then the
+  pairs), same value and gradient.
   """
   check_inputs(embeddings, labels, mask, reduction)
-  d = distance_matrix(embeddings, normalize=normalize)
-  pos, neg = pair_masks(labels, mask)
-  l_row = masked_logsumexp(_f(neg_margin, d.dtype) - d, neg)      # log sum over N(a), 0 if none
-  has = jnp.any(neg, axis=1)
-  l_a = jnp.where(has, l_row, -jnp.inf)
-  any_pair = has[:, None] | has[None, :]
-  # Pairs where neither side has a negative: logaddexp(0, 0) computed and replaced by 0 (pml),
-  # so no -inf - -inf reaches the gradient.
-  both = jnp.logaddexp(jnp.where(any_pair, l_a[:, None], 0.0),
-                       jnp.where(any_pair, l_a[None, :], 0.0))
-  lse = jnp.where(any_pair, both, 0.0)
-  j = jnp.square(jax.nn.relu(lse + d - _f(pos_margin, d.dtype))) / 2
-  j = jnp.where(pos, j, 0.0)
-  num = jnp.sum(j, axis=1)
-  return _checks.reduce_per_anchor(num, jnp.sum(pos, axis=1).astype(num.dtype), reduction)
+  _check_streamable(mask, block_size)
+  num, den = lifted_structure_stats(embeddings, labels, neg_margin, pos_margin, mask, normalize,
+                                    block_size)
+  return _checks.reduce_per_anchor(num, den, reduction)
 
 
 # ----------------------------------------------------------------------------------------------

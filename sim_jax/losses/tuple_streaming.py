@@ -1,18 +1,19 @@
 """Streaming (row-blocked, rematerialised) forms of the per-anchor pair losses of `tuple_losses`.
 
 A per-anchor loss l_a that reads only row a of the all-pairs matrix (multi-similarity, Circle,
-generalized lifted structure, NCA) is computed over strips of `block_size` anchors: each strip
-forms its [block_size, M] rows of the matrix from the embeddings, applies the same row core as
-the dense form and keeps only (num, den) per anchor. The strip function is wrapped in
-`jax.checkpoint` inside `jax.lax.map`, so the backward pass recomputes each strip instead of
-storing it: memory O(M D + M block_size) for value and gradient, against O(M^2) for the dense
-form, with the same arithmetic (the dense form calls `block_matrix` and the row core on one
-strip of M rows). The gradient of the column side accumulates into one [M, D] array across the
-strips (the scan carries it).
+generalized lifted structure, NCA; lifted structure in two sweeps: first each row's log-sum-exp over
+its negatives [M], then the positive pairs, which read it for their column) is computed over strips
+of `block_size` anchors: each strip forms its [block_size, M] rows of the matrix from the
+embeddings, applies the same row core as the dense form and keeps only (num, den) per anchor. The
+strip function is wrapped in `jax.checkpoint` inside `jax.lax.map`, so the backward pass recomputes
+each strip instead of storing it: memory O(M D + M block_size) for value and gradient, against
+O(M^2) for the dense form, with the same arithmetic (the dense form calls `block_matrix` and the row
+core on one strip of M rows). The gradient of the column side accumulates into one [M, D] array
+across the strips (the scan carries it).
 
 Under `jax.jit` with embeddings sharded over a mesh, XLA partitions these strips like any other
-computation (the global batch is seen); the ring sweeps of `sim_jax.losses.distributed` are not
-used here.
+computation (the global batch is seen); the ring sweeps of `sim_jax.losses.distributed` are not used
+here.
 """
 
 from __future__ import annotations
@@ -54,17 +55,24 @@ def block_pair_masks(labels_rows, index_rows, labels, mask_rows=None):
   return pos, neg
 
 
-def dense_rows(core: Callable, x: jax.Array, labels: jax.Array, kind: str, mask=None):
-  """core(matrix [M, M], pos, neg) -> (num [M], den [M]) on the whole matrix at once."""
+def dense_rows(core: Callable, x: jax.Array, labels: jax.Array, kind: str, mask=None,
+               with_index: bool = False):
+  """core(matrix [M, M], pos, neg) -> (num [M], den [M]) on the whole matrix at once.
+
+  with_index: the core also receives the rows' global indices [M] (to look up per-row data).
+  """
   index = jnp.arange(x.shape[0])
   pos, neg = block_pair_masks(labels, index, labels, mask)
-  return core(block_matrix(x, index, x, kind), pos, neg)
+  extra = (index,) if with_index else ()
+  return core(block_matrix(x, index, x, kind), pos, neg, *extra)
 
 
-def stream_rows(core: Callable, x: jax.Array, labels: jax.Array, kind: str, block_size: int):
+def stream_rows(core: Callable, x: jax.Array, labels: jax.Array, kind: str, block_size: int,
+                with_index: bool = False):
   """`dense_rows` computed in strips of `block_size` anchors, each rematerialised in backward.
 
-  Rows are padded to a multiple of the block; padded rows are computed on zeros and dropped.
+  Rows are padded to a multiple of the block; padded rows are computed on zeros and dropped
+  (with_index: their indices are clipped to the last real row, and dropped as well).
   """
   n = x.shape[0]
   b = min(block_size, n)
@@ -78,7 +86,8 @@ def stream_rows(core: Callable, x: jax.Array, labels: jax.Array, kind: str, bloc
   def strip(args):
     x_b, l_b, i_b = args
     pos, neg = block_pair_masks(l_b, i_b, labels)
-    return core(block_matrix(x_b, i_b, x, kind), pos, neg)
+    extra = (jnp.minimum(i_b, n - 1),) if with_index else ()
+    return core(block_matrix(x_b, i_b, x, kind), pos, neg, *extra)
 
   num, den = jax.lax.map(strip, blocks)
   return num.reshape(-1)[:n], den.reshape(-1)[:n]
