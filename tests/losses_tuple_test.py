@@ -349,12 +349,29 @@ def test_mask_restricts_pairs_like_dropping_them_from_the_loop():
     np.testing.assert_allclose(got, ref(x[:6], LABELS[:6]), rtol=1e-5)
 
 
+def test_a_miners_pos_neg_weights_select_pairs_separately():
+  # A PairMask-like (pos, neg) pair: every positive kept, no negative (weights 0): the
+  # multi-similarity loss keeps only its positive term, as the loop without negatives.
+  x = _x(6)
+  pos_w = jnp.asarray((LABELS[:, None] == LABELS[None, :]) & ~np.eye(8, dtype=bool), jnp.float32)
+  got = T.multi_similarity(jnp.asarray(x), jnp.asarray(LABELS), mask=(2.0 * pos_w,
+                                                                      jnp.zeros((8, 8))))
+  expected = []
+  for a in range(8):
+    P, _ = sets(LABELS, a)
+    if P:
+      expected.append(np.log1p(sum(np.exp(-2.0 * (cos(x[a], x[p]) - 0.5)) for p in P)) / 2.0)
+  np.testing.assert_allclose(got, np.mean(expected), rtol=1e-5)
+
+
 def test_bad_input_raises_naming_the_argument():
   x, y = jnp.zeros((4, 2)), jnp.asarray([0, 0, 1, 1])
   with pytest.raises(ValueError, match=r"mask must have shape \[4, 4\]"):
     T.multi_similarity(x, y, mask=jnp.ones((3, 3), bool))
   with pytest.raises(ValueError, match="mask must be a bool array"):
     T.circle(x, y, mask=jnp.ones((4, 4)))
+  with pytest.raises(ValueError, match=r"mask must have shape \[4, 4\]"):
+    T.circle(x, y, mask=(jnp.ones((4, 4)), jnp.ones((4, 3))))
   with pytest.raises(ValueError, match="alpha must be > 0, got -1"):
     T.multi_similarity(x, y, alpha=-1.0)
   with pytest.raises(ValueError, match="gamma must be > 0, got 0"):

@@ -2,7 +2,8 @@
 Ranked-list, PNP, Dynamic soft margin, and P2SGrad (cosine regression onto class weights).
 
 Same conventions as `sim_jax.losses.tuple_losses`: embeddings [M, D], integer labels [M],
-optional miner `mask` [M, M] bool (pairs outside it take part in no term), computation in
+optional miner `mask` (bool [M, M], or a miner's (pos, neg) weights: pairs outside it take part
+in no term), computation in
 float32 (float64 for float64 inputs), fixed shapes only (histograms are triangular kernels over
 fixed bins, never data-dependent index lists). The reductions follow pml's defaults and are
 pinned in docs/losses.md.

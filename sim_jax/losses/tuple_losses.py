@@ -1,9 +1,10 @@
 """Pair and tuple losses over the batch's all-pairs matrix (pytorch-metric-learning's set).
 
 Every loss here is a pure function of `embeddings` [M, D] and integer `labels` [M] (positives
-share a label, the anchor itself is never its own positive) plus an optional miner `mask`
-[M, M] bool: pairs (i, j) with mask[i, j] False take part in no term (a miner's fixed-shape
-output, `sim_jax.losses.miners`). Per-anchor losses return `(num [M], den [M])` through their
+share a label, the anchor itself is never its own positive) plus an optional miner `mask`:
+a bool [M, M] array (pairs (i, j) with mask[i, j] False take part in no term), or a miner's
+`PairMask` (pos [M, M], neg [M, M]) of weights (`sim_jax.losses.miners`): a positive / negative
+pair takes part where its weight is > 0. Per-anchor losses return `(num [M], den [M])` through their
 `*_stats` cores and share the project's reduction (`_checks.reduce_per_anchor`):
 "mean" = sum(num) / max(sum(den), 1). Which anchors count (den) is stated per loss and pinned in
 docs/losses.md ("Pair and tuple losses"); it equals pytorch-metric-learning's default reducer on
@@ -40,15 +41,22 @@ from sim_jax.numerics import l2_normalize
 
 
 def check_mask(mask, n: int, name: str = "mask") -> None:
-  """Raises ValueError unless `mask` is None or a bool array of shape [n, n]."""
+  """Raises ValueError unless `mask` is None, a bool array [n, n], or a (pos, neg) pair of [n, n]
+  arrays (a miner's `PairMask`)."""
   if mask is None:
     return
-  shape = np.shape(mask)
-  if shape != (n, n):
-    raise ValueError(f"{name} must have shape [{n}, {n}] (one flag per pair), got shape {shape}.")
-  if jnp.result_type(mask) != jnp.bool_:
+  parts = mask if isinstance(mask, tuple) else (mask,)
+  if len(parts) not in (1, 2):
+    raise ValueError(f"{name} must be a bool [{n}, {n}] array or a (pos, neg) pair of them, got "
+                     f"a tuple of {len(parts)}.")
+  for part in parts:
+    shape = np.shape(part)
+    if shape != (n, n):
+      raise ValueError(f"{name} must have shape [{n}, {n}] (one flag per pair), got shape "
+                       f"{shape}.")
+  if len(parts) == 1 and jnp.result_type(mask) != jnp.bool_:
     raise ValueError(f"{name} must be a bool array (True = the pair is used), got dtype "
-                     f"{jnp.result_type(mask)}.")
+                     f"{jnp.result_type(mask)}; a miner's weights come as a (pos, neg) pair.")
 
 
 def check_inputs(embeddings, labels, mask=None, reduction: str = "mean") -> None:
@@ -60,12 +68,7 @@ def check_inputs(embeddings, labels, mask=None, reduction: str = "mean") -> None
 
 def pair_masks(labels: jax.Array, mask=None):
   """([M, M] positives, negatives): same label and i != j / other label, both within `mask`."""
-  same = labels[:, None] == labels[None, :]
-  pos = same & ~jnp.eye(labels.shape[0], dtype=bool)
-  neg = ~same
-  if mask is not None:
-    pos, neg = pos & mask, neg & mask
-  return pos, neg
+  return tuple_streaming.block_pair_masks(labels, jnp.arange(labels.shape[0]), labels, mask)
 
 
 def masked_logsumexp(x: jax.Array, mask: jax.Array, add_one: bool = False) -> jax.Array:

@@ -45,13 +45,24 @@ def block_matrix(x_rows: jax.Array, index_rows: jax.Array, x: jax.Array, kind: s
   return sq if kind == "squared_euclidean" else safe_sqrt(sq)
 
 
+def keep_masks(mask):
+  """(keep positives, keep negatives) of a miner's `mask`: a bool [M, M] array (the same pairs
+  for both), or a (pos, neg) pair of [M, M] weights (`sim_jax.losses.miners.PairMask`: a pair is
+  kept where its weight is > 0; counts of repeated draws are not used)."""
+  if isinstance(mask, tuple):
+    return mask[0] > 0, mask[1] > 0
+  return mask, mask
+
+
 def block_pair_masks(labels_rows, index_rows, labels, mask_rows=None):
-  """([b, M] positives, negatives) of a strip: same label and another sample / other label."""
+  """([b, M] positives, negatives) of a strip: same label and another sample / other label,
+  within the rows of a miner's mask (`keep_masks`)."""
   same = labels_rows[:, None] == labels[None, :]
   pos = same & (index_rows[:, None] != jnp.arange(labels.shape[0])[None, :])
   neg = ~same
   if mask_rows is not None:
-    pos, neg = pos & mask_rows, neg & mask_rows
+    keep_pos, keep_neg = keep_masks(mask_rows)
+    pos, neg = pos & keep_pos, neg & keep_neg
   return pos, neg
 
 
