@@ -251,7 +251,7 @@ def test_value_and_grad_match_loops_float32_and_float64_jit(name):
     np.testing.assert_allclose(grad, expected, rtol=1e-6, atol=1e-7 * scale)
 
 
-@pytest.mark.parametrize("name", ["multi_similarity", "lifted_structure", "npairs"])
+@pytest.mark.parametrize("name", ["lifted_structure"])
 def test_eager_value_and_grad_match_loops(name):
   fn, ref = CASES[name]
   x = _x(1)
@@ -262,7 +262,7 @@ def test_eager_value_and_grad_match_loops(name):
   np.testing.assert_allclose(grad, expected, rtol=2e-3, atol=2e-3 * np.max(np.abs(expected)))
 
 
-@pytest.mark.parametrize("name", ["lifted_structure", "nca", "centroid_triplet"])
+@pytest.mark.parametrize("name", ["centroid_triplet"])
 def test_check_grads_float64(name):
   fn = CASES[name][0]
   with jax.enable_x64(True):
@@ -467,8 +467,10 @@ def test_streaming_equals_dense_float32(name):
 
   @jax.jit
   def both(e):
+    # Per-anchor values under a non-uniform cotangent: every anchor's value and gradient (the
+    # "mean" / "sum" reductions are sums of them).
     def f(e, b):
-      return fn(e, y, block_size=b) + jnp.sum(fn(e, y, block_size=b, reduction="none") * w)
+      return jnp.sum(fn(e, y, block_size=b, reduction="none") * w)
     return jax.value_and_grad(f)(e, None), jax.value_and_grad(f)(e, 8)  # 8 does not divide 30
 
   dense, streamed = both(x)
@@ -484,13 +486,15 @@ def _temp_bytes(fn, n, d=16, block_size=None):
 
 
 def test_streaming_memory_is_linear_in_n():
-  """XLA's compiled temp memory of value + gradient: dense grows as N^2, streaming as N."""
-  n = 4096
-  assert _temp_bytes(T.multi_similarity, n) > 4 * n * n   # dense: >= one float32 N x N matrix
-  for name, fn in sorted(STREAMING.items()):
+  """XLA's compiled temp memory of value + gradient: streaming grows as N, far below one N x N
+  float32 matrix. Checked on one-sweep (multi-similarity) and two-sweep (lifted structure) forms;
+  the others share `tuple_streaming.stream_rows` with the first."""
+  n = 16384
+  for name in ("multi_similarity", "lifted_structure"):
+    fn = STREAMING[name]
     small, large = _temp_bytes(fn, n, block_size=64), _temp_bytes(fn, 2 * n, block_size=64)
     assert large < 2.5 * small, (name, small, large)   # doubling N about doubles the memory
-    assert large < n * n, (name, large)                # far below the dense N^2
+    assert large < 4 * (2 * n) ** 2 / 16, (name, large)  # 1/16 of one float32 N x N matrix
 
 
 def test_public_names():
