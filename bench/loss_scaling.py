@@ -17,6 +17,15 @@ markdown table.
   python bench/loss_scaling.py                         # full run: bench/results/loss_scaling.*
   python bench/loss_scaling.py --memory_only_n=262144  # compile-only XLA memory at a large N
   python bench/loss_scaling.py --impls streaming --block_size 256,512,1024,2048  # block sweep
+  python bench/loss_scaling.py --largest_n_gib=24 --impls dense,streaming  # compile-only search
+
+The pair / tuple losses (multi_similarity, circle, generalized_lifted_structure, nca,
+lifted_structure: dense and streaming; fast_ap: dense) run beside pml's MultiSimilarityLoss,
+CircleLoss, GeneralizedLiftedStructureLoss, NCALoss, LiftedStructureLoss and FastAPLoss at the
+same N (two views of N/2 instances, as above). `--largest_n_gib` reports, per loss and
+implementation, the largest N whose compiled loss + gradient fits the budget by XLA's memory
+analysis (temp + arguments + outputs), found by doubling N and bisecting (multiples of 256);
+nothing is run.
 """
 
 from __future__ import annotations
@@ -30,7 +39,10 @@ import subprocess
 import sys
 import time
 
-LOSSES = ("nt_xent", "supcon", "triplet_batch_hard")
+TUPLE_STREAMING = ("multi_similarity", "circle", "generalized_lifted_structure", "nca",
+                   "lifted_structure")
+TUPLE_DENSE = ("fast_ap",)
+LOSSES = ("nt_xent", "supcon", "triplet_batch_hard") + TUPLE_STREAMING + TUPLE_DENSE
 D = 128
 
 
@@ -63,6 +75,13 @@ def _jax_fn(loss, impl, block_size):
   def mean(nd):
     return jnp.sum(nd[0]) / jnp.maximum(jnp.sum(nd[1]), 1)
 
+  if loss in TUPLE_STREAMING + TUPLE_DENSE:
+    tuple_losses = importlib.import_module("sim_jax.losses.tuple_losses")
+    ranked = importlib.import_module("sim_jax.losses.ranked")
+    fn = getattr(ranked if loss == "fast_ap" else tuple_losses, loss)
+    if impl == "dense":
+      return fn
+    return lambda x, y: fn(x, y, block_size=block_size)
   if loss == "nt_xent":
     if impl == "dense":
       return lambda x, y: mean(infonce.nt_xent_stats_dense(x, y, 0.1))
@@ -102,7 +121,14 @@ def run_point(loss, impl, n, block_size, reps, cap_bytes, compile_only=False):
     torch.set_num_threads(os.cpu_count() or 1)
     x = torch.from_numpy(x_np).requires_grad_(True)
     y = torch.from_numpy(y_np.astype("int64"))
-    if loss == "nt_xent":
+    pml_tuple = {"multi_similarity": "MultiSimilarityLoss", "circle": "CircleLoss",
+                 "generalized_lifted_structure": "GeneralizedLiftedStructureLoss",
+                 "nca": "NCALoss", "lifted_structure": "LiftedStructureLoss",
+                 "fast_ap": "FastAPLoss"}
+    if loss in pml_tuple:
+      crit = getattr(pml_losses, pml_tuple[loss])()
+      fn = lambda: crit(x, y)
+    elif loss == "nt_xent":
       fn = lambda: pml_losses.NTXentLoss(temperature=0.1)(x, y)
     elif loss == "supcon":
       fn = lambda: pml_losses.SupConLoss(temperature=0.1)(x, y)
@@ -123,6 +149,8 @@ def run_point(loss, impl, n, block_size, reps, cap_bytes, compile_only=False):
     compiled = grad_fn.lower(*spec).compile()
     mem = compiled.memory_analysis()
     out["xla_temp_bytes"] = int(mem.temp_size_in_bytes)
+    out["xla_total_bytes"] = int(mem.temp_size_in_bytes + mem.argument_size_in_bytes
+                                 + mem.output_size_in_bytes)
     if compile_only:
       return out
     if out["xla_temp_bytes"] > cap_bytes:
@@ -152,6 +180,34 @@ def matmul_rate(n=2048, reps=5):
   f = jax.jit(lambda a: a @ a)
   jax.block_until_ready(f(a))
   return 2.0 * n ** 3 / _best_time(lambda: jax.block_until_ready(f(a)), reps)
+
+
+def has_impl(loss: str, impl: str) -> bool:
+  """Whether `loss` has `impl` (the dense-only tuple losses have no streaming form)."""
+  return not (impl == "streaming" and loss in TUPLE_DENSE)
+
+
+def largest_n_within(loss, impl, block_size, budget_bytes, n_start=1024, n_max=1 << 26,
+                     step=256):
+  """Largest N (a multiple of `step`) whose compiled loss + gradient fits `budget_bytes` by XLA's
+  memory analysis; doubling, then bisecting. Returns (N, its total bytes); N = 0 if none fits."""
+  fits = lambda n: run_point(loss, impl, n, block_size, 1, budget_bytes, compile_only=True)
+  best, best_bytes, n = 0, 0, n_start
+  while n <= n_max:
+    total = fits(n)["xla_total_bytes"]
+    if total > budget_bytes:
+      break
+    best, best_bytes, n = n, total, 2 * n
+  hi = min(n, n_max + step)
+  lo = best
+  while hi - lo > step and best:
+    mid = (lo + hi) // 2 // step * step
+    total = fits(mid)["xla_total_bytes"]
+    if total <= budget_bytes:
+      lo, best, best_bytes = mid, mid, total
+    else:
+      hi = mid
+  return best, best_bytes
 
 
 # ----------------------------------------------------------------------------------------------
@@ -249,6 +305,11 @@ def main():
   parser.add_argument("--max_seconds", type=float, default=300.0)
   parser.add_argument("--memory_only_n", default="",
                       help="comma-separated N to compile (not run) and report XLA temp memory")
+  parser.add_argument("--largest_n_gib", type=float, default=0.0,
+                      help="only report the largest N within this many GiB of XLA memory "
+                           "(compile-only; 0 = off)")
+  parser.add_argument("--largest_n_max", type=int, default=1 << 26,
+                      help="upper end of the --largest_n_gib search")
   parser.add_argument("--out", default="bench/results/loss_scaling",
                       help="output prefix: writes <out>.json and <out>.md")
   args = parser.parse_args()
@@ -258,6 +319,21 @@ def main():
     print(json.dumps(run_point(**point)))
     return
 
+  if args.largest_n_gib:
+    budget = int(args.largest_n_gib * 2**30)
+    found = {}
+    for loss in args.losses.split(","):
+      for impl in [i for i in args.impls.split(",") if i != "pml" and has_impl(loss, i)]:
+        n, total = largest_n_within(loss, impl, int(str(args.block_size).split(",")[0]), budget,
+                                    n_max=args.largest_n_max)
+        found[f"{loss}/{impl}"] = {"n": n, "xla_total_bytes": total}
+        print(json.dumps({"loss": loss, "impl": impl, "largest_n": n,
+                          "xla_total_bytes": total}), flush=True)
+    with open(args.out + "_largest_n.json", "w") as f:
+      json.dump({"budget_gib": args.largest_n_gib, "d": D, "block_size": args.block_size,
+                 "n_max": args.largest_n_max, "largest_n": found,
+                 "command": " ".join(sys.argv)}, f, indent=1)
+    return
   if args.quick:
     args.n_min, args.n_max, args.reps, args.max_seconds = 256, 1024, 1, 120
   cap = int(args.rss_cap_gib * 2**30)
@@ -268,7 +344,7 @@ def main():
   runs = [(impl, bs) for impl in impls
           for bs in (block_sizes if impl == "streaming" else block_sizes[:1])]
   for loss in args.losses.split(","):
-    for impl, bs in runs:
+    for impl, bs in [r for r in runs if has_impl(loss, r[0])]:
       key = f"{loss}/{impl}" + (f"@{bs}" if impl == "streaming" and len(block_sizes) > 1 else "")
       n = args.n_min
       while n <= args.n_max:
@@ -286,7 +362,7 @@ def main():
   memory_only = []
   for n in [int(v) for v in args.memory_only_n.split(",") if v]:
     for loss in args.losses.split(","):
-      for impl in ("dense", "streaming"):
+      for impl in [i for i in ("dense", "streaming") if has_impl(loss, i)]:
         memory_only.append(run_point(loss, impl, n, block_sizes[0], 1, cap, compile_only=True))
         print(json.dumps(memory_only[-1]), flush=True)
   report = {"machine": f"{platform.machine()}, {os.cpu_count()} CPU cores "

@@ -107,6 +107,8 @@ CALLS = {  # loss -> (jitted function, args for call 1, args for call 2 with the
     "recall_at_k_surrogate": (jax.jit(losses.recall_at_k_surrogate), (X, Y), (X * 3, Y[::-1])),
     "diagnostics": (jax.jit(losses.diagnostics), (X, Y), (X * 3, Y[::-1])),
     "softmax_ce": (jax.jit(losses.softmax_ce), (X, Y), (X * 3, Y[::-1])),
+    "multi_similarity": (jax.jit(losses.multi_similarity), (X, Y, 2.0), (X * 3, Y[::-1], 3.0)),
+    "vicreg": (jax.jit(losses.vicreg), (X, X[::-1]), (X * 3, X)),
 }
 
 
@@ -129,7 +131,8 @@ def test_default_config_holds_every_field_the_trainer_reads():
       "contrastive", "learnable_margin_contrastive", "pair_bce", "nt_xent", "supcon", "triplet",
       "snr_contrastive", "recall_at_k_surrogate", "softmax_ce"} | {
       "arcface", "subcenter_arcface", "cosface", "large_margin_softmax", "sphereface",
-      "normalized_softmax", "proxy_nca", "proxy_anchor", "soft_triple"}
+      "normalized_softmax", "proxy_nca", "proxy_anchor", "soft_triple"} | set(
+          objective.TUPLE_LOSSES)
   for field in ("temperature", "learnable_temperature", "margin", "learnable_margin", "squared",
                 "distance", "mining", "soft", "block_size", "pos_margin", "snr_regularization",
                 "k_values", "rank_temperature", "k_temperature", "siglip_bias",

@@ -49,5 +49,32 @@ def default_config() -> ml_collections.ConfigDict:
   c.miner.margin = 0.2               # triplet_margin
   c.miner.type_of_triplets = "all"   # triplet_margin: all | hard | semihard | easy
   c.miner.angle = 20.0               # angular: degrees
+  # Pair and tuple losses (losses.tuple_losses / ranked / ssl; docs/losses.md). margin_loss and
+  # centroid_triplet read `margin` above; the all-pairs ones read `block_size`.
+  c.ms_alpha = 2.0                   # multi_similarity: positive scale alpha (> 0)
+  c.ms_beta = 50.0                   # multi_similarity: negative scale beta (> 0)
+  c.ms_base = 0.5                    # multi_similarity: similarity shift lambda
+  c.circle_m = 0.4                   # circle: relaxation m
+  c.circle_gamma = 80.0              # circle: scale gamma (> 0)
+  c.lifted_neg_margin = 1.0          # (generalized_)lifted_structure: negative margin
+  c.lifted_pos_margin = 0.0          # (generalized_)lifted_structure: positive margin
+  c.tuplet_margin_degrees = 5.73     # tuplet_margin: angular margin beta, degrees
+  c.tuplet_scale = 64.0              # tuplet_margin: scale s
+  c.margin_beta = 1.2                # margin_loss: boundary beta (the margin alpha is `margin`)
+  c.angular_alpha = 40.0             # angular: angle alpha, degrees
+  c.nca_scale = 1.0                  # nca: softmax scale on squared distances
+  c.instance_gamma = 64.0            # instance_loss: scale gamma
+  c.ipv_eps = 0.01                   # intra_pair_variance: pos_eps = neg_eps
+  c.tcm_margin_plus = 0.9            # threshold_consistent_margin: positive margin m+
+  c.tcm_margin_minus = 0.5           # threshold_consistent_margin: negative margin m-
+  c.fast_ap_bins = 10                # fast_ap: number of distance bins
+  c.histogram_bins = 100             # histogram: number of similarity bins
+  c.rll_margin = 0.4                 # ranked_list: margin m (alpha = 1 + m / 2)
+  c.rll_t_neg = 10.0                 # ranked_list: negative weighting temperature T_n
+  c.rll_imbalance = 0.5              # ranked_list: weight of the negative term, in [0, 1]
+  c.pnp_variant = "O"                # pnp: O | Ds | Dq | Iu | Ib
+  c.pnp_anneal = 0.01                # pnp: sigmoid temperature (> 0)
+  c.vicreg_weights = (25.0, 25.0, 1.0)  # vicreg: (invariance, variance, covariance) weights
+  c.barlow_lambda = 0.0051           # barlow_twins: off-diagonal weight
   c.lock()
   return c

@@ -55,7 +55,9 @@ def check_config(config) -> None:
   if not size:
     return
   spec = objective.spec(config.loss.name)
-  if spec.inputs != "labels" or "classifier" in spec.params:
+  # The two-view regularisers split the batch into its halves: [batch; memory] has none.
+  if (spec.inputs != "labels" or "classifier" in spec.params
+      or config.loss.name in objective.VIEW_LOSSES):
     raise ValueError(f"config.train.memory.size={size}: the cross-batch memory joins "
                      f"the all-pairs losses of labelled vectors, not config.loss.name="
                      f"{config.loss.name!r}")

@@ -206,6 +206,86 @@ def _pair_bce(cfg, params, za, zb, same, pair_head):
   return losses.pair_bce(pair_head.apply({"params": params["pair_head"]}, za, zb), same)
 
 
+# Pair and tuple losses (sim_jax.losses.tuple_losses / ranked): fn(cfg, params, z, labels, mesh).
+# The streaming ones run the row-blocked form whenever `block_size` is set (no mesh needed:
+# under jit the strips see the global batch).
+
+
+def _ms(cfg, params, z, labels, mesh):
+  return losses.multi_similarity(z, labels, alpha=cfg.ms_alpha, beta=cfg.ms_beta,
+                                 base=cfg.ms_base, block_size=cfg.block_size or None)
+
+
+def _circle(cfg, params, z, labels, mesh):
+  return losses.circle(z, labels, m=cfg.circle_m, gamma=cfg.circle_gamma,
+                       block_size=cfg.block_size or None)
+
+
+def _lifted(cfg, params, z, labels, mesh):
+  return losses.lifted_structure(z, labels, neg_margin=cfg.lifted_neg_margin,
+                                 pos_margin=cfg.lifted_pos_margin,
+                                 block_size=cfg.block_size or None)
+
+
+def _generalized_lifted(cfg, params, z, labels, mesh):
+  return losses.generalized_lifted_structure(z, labels, neg_margin=cfg.lifted_neg_margin,
+                                             pos_margin=cfg.lifted_pos_margin,
+                                             block_size=cfg.block_size or None)
+
+
+def _nca(cfg, params, z, labels, mesh):
+  return losses.nca(z, labels, scale=cfg.nca_scale, block_size=cfg.block_size or None)
+
+
+def _views(z):
+  """The views sampler's (z1, z2): its batch is [view 1 of every image; view 2 of every image]."""
+  half = z.shape[0] // 2
+  return z[:half], z[half:]
+
+
+TUPLE_LOSSES: dict[str, tuple[Callable, tuple[str, ...]]] = {
+    "multi_similarity": (_ms, ("ms_alpha", "ms_beta", "ms_base", "block_size")),
+    "circle": (_circle, ("circle_m", "circle_gamma", "block_size")),
+    "lifted_structure": (_lifted, ("lifted_neg_margin", "lifted_pos_margin", "block_size")),
+    "generalized_lifted_structure": (
+        _generalized_lifted, ("lifted_neg_margin", "lifted_pos_margin", "block_size")),
+    "nca": (_nca, ("nca_scale", "block_size")),
+    "npairs": (lambda cfg, params, z, labels, mesh: losses.npairs(z, labels), ()),
+    "tuplet_margin": (lambda cfg, params, z, labels, mesh: losses.tuplet_margin(
+        z, labels, margin_degrees=cfg.tuplet_margin_degrees, scale=cfg.tuplet_scale),
+        ("tuplet_margin_degrees", "tuplet_scale")),
+    "margin_loss": (lambda cfg, params, z, labels, mesh: losses.margin_loss(
+        z, labels, margin=cfg.margin, beta=cfg.margin_beta), ("margin", "margin_beta")),
+    "angular": (lambda cfg, params, z, labels, mesh: losses.angular(
+        z, labels, alpha_degrees=cfg.angular_alpha), ("angular_alpha",)),
+    "instance_loss": (lambda cfg, params, z, labels, mesh: losses.instance_loss(
+        z, labels, gamma=cfg.instance_gamma), ("instance_gamma",)),
+    "intra_pair_variance": (lambda cfg, params, z, labels, mesh: losses.intra_pair_variance(
+        z, labels, pos_eps=cfg.ipv_eps, neg_eps=cfg.ipv_eps), ("ipv_eps",)),
+    "threshold_consistent_margin": (
+        lambda cfg, params, z, labels, mesh: losses.threshold_consistent_margin(
+            z, labels, margin_plus=cfg.tcm_margin_plus, margin_minus=cfg.tcm_margin_minus),
+        ("tcm_margin_plus", "tcm_margin_minus")),
+    "centroid_triplet": (lambda cfg, params, z, labels, mesh: losses.centroid_triplet(
+        z, labels, margin=cfg.margin), ("margin",)),
+    "fast_ap": (lambda cfg, params, z, labels, mesh: losses.fast_ap(
+        z, labels, num_bins=cfg.fast_ap_bins), ("fast_ap_bins",)),
+    "histogram": (lambda cfg, params, z, labels, mesh: losses.histogram(
+        z, labels, num_bins=cfg.histogram_bins), ("histogram_bins",)),
+    "ranked_list": (lambda cfg, params, z, labels, mesh: losses.ranked_list(
+        z, labels, margin=cfg.rll_margin, t_neg=cfg.rll_t_neg, imbalance=cfg.rll_imbalance),
+        ("rll_margin", "rll_t_neg", "rll_imbalance")),
+    "pnp": (lambda cfg, params, z, labels, mesh: losses.pnp(
+        z, labels, variant=cfg.pnp_variant, anneal=cfg.pnp_anneal),
+        ("pnp_variant", "pnp_anneal")),
+    # Two-view regularisers: train with config.data.sampler = "views".
+    "vicreg": (lambda cfg, params, z, labels, mesh: losses.vicreg(
+        *_views(z), *tuple(cfg.vicreg_weights)), ("vicreg_weights",)),
+    "barlow_twins": (lambda cfg, params, z, labels, mesh: losses.barlow_twins(
+        *_views(z), lambd=cfg.barlow_lambda), ("barlow_lambda",)),
+}
+VIEW_LOSSES = ("vicreg", "barlow_twins")
+
 LOSSES: dict[str, LossSpec] = {
     "contrastive": LossSpec(_contrastive, "pairs", ("margin",),
                             ("margin", "learnable_margin", "squared", "distance", "miner")),
@@ -250,6 +330,8 @@ LOSSES: dict[str, LossSpec] = {
                             ("num_classes", "class_margin", "class_scale", "centers_per_class",
                              "soft_triple_gamma", "soft_triple_tau")),
 }
+LOSSES.update({name: LossSpec(fn, "labels", (), fields)
+               for name, (fn, fields) in TUPLE_LOSSES.items()})
 NAMES = tuple(LOSSES)
 PAIR_LOSSES = tuple(n for n, s in LOSSES.items() if s.inputs == "pairs")
 LABEL_LOSSES = tuple(n for n, s in LOSSES.items() if s.inputs == "labels")
@@ -388,6 +470,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if c.name == "triplet" and c.distance not in TRIPLET_DISTANCES:
     raise ValueError(f"config.loss.distance={c.distance!r}: the triplet loss takes "
                      f"{TRIPLET_DISTANCES}")
+  if c.name in VIEW_LOSSES and sampler != "views":
+    raise ValueError(f"config.loss.name={c.name!r} compares two views of each image: set "
+                     f"config.data.sampler='views' (got {sampler!r})")
   if c.name in PROXY_LOSSES:
     _validate_class_options(c)
   if "classifier" in s.params:
