@@ -54,6 +54,10 @@ from jax.experimental import multihost_utils
 from orbax.checkpoint.checkpoint_managers import preservation_policy as pp_lib
 
 from sim_jax import workdir as workdir_lib
+from sim_jax.data import config as data_config_lib
+from sim_jax.eval import config as eval_config_lib
+from sim_jax.losses import config as loss_config_lib
+from sim_jax.models import config as model_config_lib
 
 STATE, DATA_ITER, META = "state", "data_iter", "meta"
 CHECKPOINT_DIR = "checkpoints"
@@ -110,6 +114,15 @@ def flatten_config(config: ml_collections.ConfigDict) -> dict[str, Any]:
   return _flatten(config_to_dict(config))
 
 
+def _section_defaults() -> dict[str, Any]:
+  """The package default of every field of the sections that have one, flattened
+  (`loss.miner.name` -> "none"): a field a checkpoint predates is compared against it."""
+  sections = {"data": data_config_lib, "eval": eval_config_lib, "loss": loss_config_lib,
+              "model": model_config_lib}
+  return _flatten(json.loads(json.dumps(
+      {name: lib.default_config().to_dict() for name, lib in sections.items()}, default=list)))
+
+
 def config_diff(saved: Mapping, current: Mapping,
                 keys: tuple[str, ...] = IMMUTABLE_KEYS) -> list[str]:
   """Readable lines for every field under `keys` that differs between two config dicts."""
@@ -118,8 +131,8 @@ def config_diff(saved: Mapping, current: Mapping,
   for key in sorted(set(a) | set(b)):
     if not any(key == p or key.startswith(p + ".") for p in keys):
       continue
-    if key not in a and b.get(key) is None:
-      continue  # A field added after the checkpoint was written, left unset: same meaning.
+    if key not in a and (b.get(key) is None or b.get(key) == _section_defaults().get(key)):
+      continue  # A field added after the checkpoint was written, left at its default.
     if a.get(key, "<absent>") != b.get(key, "<absent>"):
       lines.append(f"  {key}: checkpoint {a.get(key, '<absent>')!r} != now "
                    f"{b.get(key, '<absent>')!r}")

@@ -319,6 +319,15 @@ def test_config_diff_names_immutable_fields_only():
   c.loss.num_classes = 10
   assert checkpointing.config_diff(a, checkpointing.config_to_dict(c)) == [
       "  loss.num_classes: checkpoint '<absent>' != now 10"]
+  # A field added later with a non-None package default (the miner section, written out by
+  # hand here): at that default it means the same; set to anything else it does not.
+  del a["loss"]["miner"]
+  d = test_config.get_config()
+  assert d.loss.miner.name == "none" and d.loss.miner.margin == 0.2
+  assert checkpointing.config_diff(a, checkpointing.config_to_dict(d)) == []
+  d.loss.miner.margin = 0.3
+  assert checkpointing.config_diff(a, checkpointing.config_to_dict(d)) == [
+      "  loss.miner.margin: checkpoint '<absent>' != now 0.3"]
 
 
 def test_checkpoint_record_holds_the_config_and_refuses_what_changes_its_meaning():
