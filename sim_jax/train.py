@@ -323,17 +323,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     raise ValueError(f"config.data.sampler={c.data.sampler!r}; expected one of "
                      f"{TRAIN_SAMPLERS}")
   objective.validate(c)
-  if c.train.steps <= 0:
-    raise ValueError(f"config.train.steps must be positive, got {c.train.steps}")
-  if c.train.batch_size <= 0:
-    raise ValueError(f"config.train.batch_size must be positive, got {c.train.batch_size}")
-  for key in ("log_every", "eval_every", "checkpoint_every"):
-    if c.train[key] < 0:
-      raise ValueError(f"config.train.{key} must be >= 0 (0 = only at the end), got "
-                       f"{c.train[key]}")
-  if c.train.grad_accum_chunks < 1:
-    raise ValueError(f"config.train.grad_accum_chunks must be >= 1, got "
-                     f"{c.train.grad_accum_chunks}")
+  # Plain ranges (steps >= 1, batch_size >= 1, ...) are `validation.RANGES`, checked last.
   if c.train.grad_accum_chunks > 1:
     spec = objective.spec(c.loss.name)
     if (spec.inputs != "labels" or "classifier" in spec.params or c.loss.learnable_margin
@@ -350,9 +340,6 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     raise ValueError(f"config.train.parallel_splits={c.train.parallel_splits} and "
                      f"config.train.grad_accum_chunks={c.train.grad_accum_chunks}: GradCache "
                      f"already runs the encoder in chunks; set one of them to 1")
-  if c.train.steps_per_execution < 0:
-    raise ValueError(f"config.train.steps_per_execution must be >= 1, or 0 for auto; got "
-                     f"{c.train.steps_per_execution}")
   xbm.check_config(c)
   if c.train.view_labels not in ("index", "class"):
     raise ValueError(f"config.train.view_labels must be 'index' or 'class', got "

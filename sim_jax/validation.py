@@ -59,6 +59,25 @@ _r("[0, inf)", "loss.margin", "loss.pos_margin", "loss.snr_regularization",
 _r("[1, inf)", "loss.block_size", "loss.k_values")
 _r("[1, inf)", "loss.num_classes")
 _r("(-inf, inf)", "loss.siglip_bias", "loss.siglip_log_temperature")
+# proxy / margin-softmax losses (None: the paper's value)
+_r("[0, inf)", "loss.class_margin", "loss.soft_triple_tau")
+_r("(0, inf)", "loss.class_scale", "loss.soft_triple_gamma")
+_r("[1, inf)", "loss.centers_per_class", "loss.angle_multiplier")
+# pair and tuple losses, self-supervised regularisers
+_r("(0, inf)", "loss.ms_alpha", "loss.ms_beta", "loss.circle_gamma", "loss.tuplet_scale",
+   "loss.nca_scale", "loss.instance_gamma", "loss.rll_t_neg", "loss.pnp_anneal")
+_r("[-1, 1]", "loss.ms_base", "loss.tcm_margin_plus", "loss.tcm_margin_minus")
+_r("[0, inf)", "loss.circle_m", "loss.lifted_neg_margin", "loss.lifted_pos_margin",
+   "loss.margin_beta", "loss.ipv_eps", "loss.rll_margin", "loss.barlow_lambda",
+   "loss.vicreg_weights")
+_r("[1, inf)", "loss.fast_ap_bins", "loss.histogram_bins")
+_r("[0, 1]", "loss.rll_imbalance")
+_r("(0, 90)", "loss.angular_alpha", "loss.miner.angle")
+_r("[0, 180)", "loss.tuplet_margin_degrees")
+# miners (distances: euclidean >= 0, cosine distance 1 - s in [0, 2])
+_r("[0, inf)", "loss.miner.epsilon", "loss.miner.margin", "loss.miner.pos_margin",
+   "loss.miner.neg_margin")
+_r("(0, 1]", "loss.miner.filter_percentage")
 # optimizer
 _r("(0, inf)", "optimizer.learning_rate", "optimizer.lars_trust_coefficient")
 _r("[0, inf)", "optimizer.warmup_steps", "optimizer.weight_decay", "optimizer.grad_clip_norm")
@@ -69,7 +88,7 @@ _r("[1, inf)", "train.steps", "train.batch_size", "train.keep_checkpoints",
    "train.grad_accum_chunks")
 _r("[0, inf)", "train.log_every", "train.eval_every", "train.checkpoint_every", "train.keep_best",
    "train.max_nonfinite_skips", "train.parallel_splits", "train.steps_per_execution",
-   "train.profile_steps")
+   "train.profile_steps", "train.memory.size", "train.memory.start_step")
 # eval
 _r("[1, inf)", "eval.block_size", "eval.query_block_size", "eval.ks", "eval.knn_k",
    "eval.pool_num_foils", "eval.pool_top", "eval.verification_num_pairs", "eval.fewshot_k_shot",
