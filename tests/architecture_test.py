@@ -18,6 +18,9 @@ MAX_LINES = 700
 # module -> the names it may import inside a function, and why.
 ALLOWED_LOCAL = {
     "sim_jax.models.convert": {"torch", "safetensors.numpy"},  # optional: weight conversion only
+    # The command line: `malloc.maybe_reexec()` may re-exec the process before JAX / TF load, and
+    # `--help` / `--mode=config` / a bad flag must answer without loading them (seconds).
+    "sim_jax.main": {"jax", "tensorflow", "tensorflow_datasets", "sim_jax"},
 }
 LEAVES = ("sim_jax.models", "sim_jax.losses", "sim_jax.data", "sim_jax.eval", "sim_jax.cpu",
           "sim_jax.numerics", "sim_jax.sharding")
