@@ -127,7 +127,7 @@ def test_default_config_holds_every_field_the_trainer_reads():
   assert c.name in objective.NAMES
   assert set(objective.NAMES) == {
       "contrastive", "learnable_margin_contrastive", "pair_bce", "nt_xent", "supcon", "triplet",
-      "snr_contrastive", "recall_at_k_surrogate", "softmax_ce"}
+      "snr_contrastive", "recall_at_k_surrogate", "softmax_ce", "sigmoid_contrastive"}
   for field in ("temperature", "learnable_temperature", "margin", "learnable_margin", "squared",
                 "distance", "mining", "soft", "block_size", "pos_margin", "snr_regularization",
                 "k_values", "rank_temperature", "k_temperature", "siglip_bias",

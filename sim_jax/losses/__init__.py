@@ -25,6 +25,7 @@ from sim_jax.losses.pairwise import (
   pair_bce,
   pairwise_distances,
   raw_from_margin,
+  sigmoid_contrastive,
 )
 from sim_jax.losses.ranking import recall_at_k_surrogate, snr_contrastive, snr_distance_matrix
 from sim_jax.losses.triplet import triplet, triplet_stats, triplet_stats_dense
@@ -50,6 +51,7 @@ __all__ = [
   "raw_from_margin",
   "recall_at_k_surrogate",
   "siglip",
+  "sigmoid_contrastive",
   "snr_contrastive",
   "snr_distance_matrix",
   "softmax_ce",
