@@ -47,7 +47,8 @@ from configs import default
 from sim_jax.experiments import Ablation, Variant
 
 HEADLINE = ("verification/fixed_accuracy_train", "verification/fixed_accuracy_validation",
-            "verification/fixed_accuracy_test", "verification/accuracy")
+            "verification/fixed_accuracy_test", "verification/accuracy", "knn/accuracy",
+            "classifier/accuracy_test")
 TRAIN_PAIRS = 48_000  # pairs per epoch: the train split's size
 BATCH = 64
 EPOCHS = 1
