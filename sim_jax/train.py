@@ -45,7 +45,7 @@ from clu import metrics, periodic_actions
 from sim_jax import checkpointing, cpu, data, losses, models, optim, sharding, summaries, validation
 from sim_jax import workdir as workdir_lib
 from sim_jax.data import augment, samplers
-from sim_jax.eval import distances
+from sim_jax.eval import distances, head_rules
 from sim_jax.eval import evaluators as evaluators_lib
 from sim_jax.eval import floors as floors_lib
 from sim_jax.losses import gradcache, objective
@@ -360,7 +360,7 @@ class TrainSetup:
   info: Any  # data.get_info(config.data)
   image_shape: tuple[int, int, int]
   model: Any
-  pair_head: Any  # pair_bce's head, else None
+  pair_head: Any  # the pair head of pair_bce / sigmoid_contrastive, else None
   num_classes: int  # softmax_ce's logits or the proxy losses' classes, else 0
   tx: optax.GradientTransformation
   schedule: optax.Schedule
@@ -384,7 +384,8 @@ def make_setup(config: ml_collections.ConfigDict, devices=None, info=None) -> Tr
   info = info or data.get_info(config.data)
   image_shape = tuple(info.image_shape)
   model = create_model(config)
-  pair_head = models.get_pair_head(config.model) if config.loss.name == "pair_bce" else None
+  uses_head = "pair_head" in objective.spec(config.loss.name).params
+  pair_head = models.get_pair_head(config.model) if uses_head else None
   num_classes = objective.num_logits(config.loss, info.num_classes, info.name)
   tx, schedule = optim.make_optimizer(config.optimizer, config.train.steps)
   replicated = sharding.replicated(mesh)
@@ -482,9 +483,20 @@ def _labels(eval_data) -> dict[str, np.ndarray]:
 
 
 def evaluate(setup: TrainSetup, state: TrainState, eval_data, evaluators):
-  """Every evaluator on `eval_data`; returns `(metrics, embeddings per split)`."""
+  """Every evaluator on `eval_data`, plus the heads' own decision rules (`eval.head_rules`);
+  returns `(metrics, embeddings per split)`."""
   embeddings = {s: embed_images(setup, state, d["image"]) for s, d in eval_data.items()}
-  return evaluators_lib.run_evaluators(evaluators, embeddings, _labels(eval_data)), embeddings
+  out = evaluators_lib.run_evaluators(evaluators, embeddings, _labels(eval_data))
+  params = jax.tree.map(np.asarray, state.params)
+  pair_logits = class_logits = None
+  if setup.pair_head is not None:
+    pair_logits = functools.partial(setup.pair_head.apply, {"params": params["pair_head"]})
+  if ("classifier_kernel" in params.get("loss", {})
+      and setup.config.eval.metric not in distances.DISTRIBUTION_DISTANCES):
+    class_logits = functools.partial(objective.classifier_logits, params)
+  out.update(head_rules.head_metrics(setup.config.eval, embeddings, _labels(eval_data),
+                                     pair_logits=pair_logits, class_logits=class_logits))
+  return out, embeddings
 
 
 def compute_floors(setup: TrainSetup, eval_data, evaluators) -> dict[str, dict[str, float]]:

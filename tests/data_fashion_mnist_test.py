@@ -138,6 +138,35 @@ def test_heldout_classes_leave_train_and_test(tmp_path):
   assert _multiset(*got["heldout"]) == held_ref
 
 
+def test_validation_size_takes_the_last_train_rows(tmp_path):
+  """Seed 002's 48,000 / 12,000 split, scaled down: the last 12 of 50 train rows are validation,
+  in file order (keys = the train row); test is untouched; a size >= the train rows is refused."""
+  rng = np.random.default_rng(1)
+  images = {s: rng.integers(0, 256, (n, 28, 28), dtype=np.uint8) for s, n in (("train", 50),
+                                                                                ("test", 20))}
+  labels = {"train": rng.integers(0, 10, 50), "test": np.arange(20) % 10}
+  for split in images:
+    _write_idx(str(tmp_path), split, images[split], labels[split])
+  c = sd.default_config()
+  c.update(name="fashion_mnist", validation_size=12)
+  options = {**fashion_mnist.fashion_options(c), "directory": str(tmp_path)}
+  assert options["validation_size"] == 12 and not fashion_mnist.tfds_copy_usable(c)
+  b = common.prepared_builder(fashion_mnist.FashionMnistIdx, options, str(tmp_path / "data"))
+  want = {"train": slice(0, 38), "validation": slice(38, 50)}
+  for split, rows in want.items():
+    ds = b.as_data_source(split)
+    recs = [ds[i] for i in range(len(ds))]
+    got_images = np.stack([r["image"][..., 0] for r in recs])
+    assert _multiset(got_images, [r["label"] for r in recs]) == _multiset(
+        images["train"][rows], labels["train"][rows]), split
+  assert len(b.as_data_source("test")) == 20
+  # validation_size = 0 keeps the options (and the prepared copy's hash) of before the option.
+  c.validation_size = 0
+  assert "validation_size" not in fashion_mnist.fashion_options(c)
+  with pytest.raises(ValueError, match=r"config\.data\.validation_size=50"):
+    fashion_mnist.validation_start(50, 50)
+
+
 def test_missing_files_name_the_package(tmp_path, monkeypatch):
   monkeypatch.setattr(fashion_mnist, "IDX_DIR", str(tmp_path))
   c = sd.default_config()

@@ -129,7 +129,7 @@ def test_default_config_holds_every_field_the_trainer_reads():
   assert c.name in objective.NAMES
   assert set(objective.NAMES) == {
       "contrastive", "learnable_margin_contrastive", "pair_bce", "nt_xent", "supcon", "triplet",
-      "snr_contrastive", "recall_at_k_surrogate", "softmax_ce"} | {
+      "snr_contrastive", "recall_at_k_surrogate", "softmax_ce", "sigmoid_contrastive"} | {
       "arcface", "subcenter_arcface", "cosface", "large_margin_softmax", "sphereface",
       "normalized_softmax", "proxy_nca", "proxy_anchor", "soft_triple"} | set(
           objective.TUPLE_LOSSES)

@@ -7,6 +7,7 @@ a config that records every field it touches, so a table that lies about a loss 
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import pytest
 
 from sim_jax import models
@@ -45,7 +46,7 @@ def test_each_loss_reads_only_the_fields_its_entry_lists(name):
   params = _params(name, cfg)
   if spec.inputs == "pairs":
     head = None
-    if name == "pair_bce":
+    if "pair_head" in spec.params:
       head = models.get_pair_head(models.default_config())
       params["pair_head"] = head.init(jax.random.PRNGKey(2), z[:4], z[4:])["params"]
     value = spec.fn(rec, params, z[:4], z[4:], jnp.array([1, 0, 1, 0]), head)
@@ -120,3 +121,26 @@ def test_learnable_parameters_start_at_their_configured_values():
   params = {"loss": objective.init_params(cfg)}
   assert jnp.allclose(objective.margin(cfg, params), 0.3)  # softplus(softplus^-1(0.3))
   assert objective.temperature(cfg, params) == cfg.temperature
+
+
+def test_sigmoid_contrastive_entry_is_the_seed_002_chain():
+  """objective.loss with the Euclidean PairHead: s = sigmoid(b - w ||a - c||), then
+  y (1 - s)^2 + (1 - y) s^2 (margin 1), against a NumPy loop over the pairs."""
+  cfg = _config(name="sigmoid_contrastive", sampler="pairs")
+  head = models.get_pair_head(_euclidean_model_config())
+  z = jax.random.normal(jax.random.PRNGKey(4), (8, 3))
+  params = {"pair_head": {"scale": jnp.asarray(0.7), "bias": jnp.asarray(1.3)}}
+  same = jnp.array([1, 0, 0, 1])
+  got = objective.loss(cfg, params, z, None, {"same": same}, pair_head=head)
+  zn = np.asarray(z, np.float64).reshape(4, 2, 3)
+  want = []
+  for (a, c), y in zip(zn, np.asarray(same)):
+    s = 1 / (1 + np.exp(-(1.3 - 0.7 * np.sqrt(np.sum((a - c) ** 2)))))
+    want.append((1 - s) ** 2 if y else s ** 2)
+  np.testing.assert_allclose(got, np.mean(want), rtol=1e-5)
+
+
+def _euclidean_model_config():
+  c = models.default_config()
+  c.pair_head = "euclidean"
+  return c

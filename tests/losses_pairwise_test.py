@@ -1,5 +1,5 @@
-"""contrastive / learnable_margin_contrastive / pair_bce against per-pair NumPy loops, closed
-forms, torch and pytorch-metric-learning."""
+"""contrastive / learnable_margin_contrastive / pair_bce / sigmoid_contrastive against per-pair
+NumPy loops, closed forms, torch and pytorch-metric-learning."""
 
 import itertools
 
@@ -174,3 +174,48 @@ def test_pair_bce_matches_formula_torch_and_is_stable():
   assert np.all(np.isfinite(grad))
   got = jax.vmap(lambda v: losses.pair_bce(v, SAME))(jnp.asarray(np.stack([x, -x]), jnp.float32))
   np.testing.assert_allclose(got, [ref_bce(x, SAME).mean(), ref_bce(-x, SAME).mean()], rtol=1e-5)
+
+
+def ref_sigmoid_contrastive(x, y, margin):
+  """Seed 002 / the Keras example, pair by pair: y max(m - s, 0)^2 + (1 - y) s^2 (float64)."""
+  out = []
+  for xi, yi in zip(np.asarray(x, np.float64), y):
+    s = 1.0 / (1.0 + np.exp(-xi))
+    out.append(max(margin - s, 0.0) ** 2 if yi == 1 else s * s)
+  return np.array(out)
+
+
+@pytest.mark.parametrize("margin", [1.0, 0.7])
+def test_sigmoid_contrastive_matches_loop_and_gradient(margin):
+  x = np.random.default_rng(9).normal(size=8) * 2
+  fn = jax.jit(losses.sigmoid_contrastive, static_argnames=("reduction",))
+  for logits in (x, x[:, None]):
+    got = fn(jnp.asarray(logits, jnp.float32), SAME, margin, reduction="none")
+    np.testing.assert_allclose(got, ref_sigmoid_contrastive(x, SAME, margin), rtol=1e-5)
+  np.testing.assert_allclose(fn(jnp.asarray(x, jnp.float32), SAME, margin),
+                             ref_sigmoid_contrastive(x, SAME, margin).mean(), rtol=1e-5)
+  # d/dx of the mean: s' = s (1 - s); same pairs -2 (m - s)+ s', different pairs 2 s s'.
+  s = 1 / (1 + np.exp(-x))
+  want = np.where(SAME == 1, -2 * np.maximum(margin - s, 0), 2 * s) * s * (1 - s) / 8
+  grad = jax.grad(lambda v: losses.sigmoid_contrastive(v, SAME, margin))(jnp.asarray(x))
+  np.testing.assert_allclose(grad, want, rtol=1e-5, atol=1e-8)
+  got = jax.vmap(lambda v: losses.sigmoid_contrastive(v, SAME, margin))(
+      jnp.asarray(np.stack([x, -x]), jnp.float32))
+  np.testing.assert_allclose(got, [ref_sigmoid_contrastive(v, SAME, margin).mean()
+                                   for v in (x, -x)], rtol=1e-5)
+
+
+def test_sigmoid_contrastive_margin_one_is_the_squared_error_and_refuses_bad_input():
+  x = np.array([-30.0, 30.0, 0.0, 0.0, 2.0, -2.0, 1e4, -1e4])
+  s = 0.5 * (1 + np.tanh(x / 2))  # sigmoid without exp overflow
+  np.testing.assert_allclose(losses.sigmoid_contrastive(jnp.asarray(x), SAME, 1.0,
+                                                        reduction="none"),
+                             (s - SAME) ** 2, rtol=1e-6, atol=1e-12)
+  assert np.all(np.isfinite(jax.grad(lambda v: losses.sigmoid_contrastive(v, SAME))(
+      jnp.asarray(x, jnp.float32))))
+  with pytest.raises(ValueError, match="margin"):
+    losses.sigmoid_contrastive(jnp.asarray(x), SAME, margin=0.0)
+  with pytest.raises(ValueError, match=r"shape \[B\] or \[B, 1\]"):
+    losses.sigmoid_contrastive(jnp.zeros((8, 2)), SAME)
+  with pytest.raises(ValueError, match="floating"):
+    losses.sigmoid_contrastive(jnp.arange(8), SAME)

@@ -33,6 +33,7 @@ from sim_jax.losses.pairwise import (
   pair_bce,
   pairwise_distances,
   raw_from_margin,
+  sigmoid_contrastive,
 )
 from sim_jax.losses.proxy import proxy_anchor, proxy_nca, soft_triple
 from sim_jax.losses.ranked import (
@@ -109,6 +110,7 @@ __all__ = [
   "raw_from_margin",
   "recall_at_k_surrogate",
   "siglip",
+  "sigmoid_contrastive",
   "snr_contrastive",
   "snr_distance_matrix",
   "soft_triple",

@@ -286,6 +286,11 @@ TUPLE_LOSSES: dict[str, tuple[Callable, tuple[str, ...]]] = {
 }
 VIEW_LOSSES = ("vicreg", "barlow_twins")
 
+def _sigmoid_contrastive(cfg, params, za, zb, same, pair_head):
+  logits = pair_head.apply({"params": params["pair_head"]}, za, zb)
+  return losses.sigmoid_contrastive(logits, same, margin=cfg.margin)
+
+
 LOSSES: dict[str, LossSpec] = {
     "contrastive": LossSpec(_contrastive, "pairs", ("margin",),
                             ("margin", "learnable_margin", "squared", "distance", "miner")),
@@ -294,6 +299,8 @@ LOSSES: dict[str, LossSpec] = {
         _contrastive, "pairs", ("margin",),
         ("margin", "learnable_margin", "squared", "distance", "miner")),
     "pair_bce": LossSpec(_pair_bce, "pairs", ("pair_head",), ()),
+    # Seed 002: the contrastive loss on the pair head's sigmoid similarity (not a distance).
+    "sigmoid_contrastive": LossSpec(_sigmoid_contrastive, "pairs", ("pair_head",), ("margin",)),
     "snr_contrastive": LossSpec(
         _snr, "labels", ("margin",),
         ("margin", "learnable_margin", "pos_margin", "snr_regularization"), pair_batches=True),

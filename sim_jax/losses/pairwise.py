@@ -1,5 +1,5 @@
-"""Pair losses (contrastive, learnable-margin contrastive, pair BCE) and the distance helpers
-that every loss in sim_jax.losses shares.
+"""Pair losses (contrastive, learnable-margin contrastive, pair BCE, sigmoid contrastive) and
+the distance helpers that every loss in sim_jax.losses shares.
 
 All functions are pure, accept bfloat16/float16/float32/float64 inputs and compute in
 `promote_types(dtype, float32)`, so low-precision activations never accumulate in low precision.
@@ -178,6 +178,45 @@ def pair_bce(logits: jax.Array, same: jax.Array, reduction: str = "mean") -> jax
     reduction: "mean" (over B), "sum", or "none" ([B]).
   """
   _checks.check_choice(reduction, "reduction", _checks.REDUCTIONS)
+  logits = _pair_logits(logits)
+  _checks.check_same(same, logits.shape[0])
+  x = logits.astype(_checks.compute_dtype(logits.dtype))
+  y = jnp.asarray(same).astype(x.dtype)
+  return _checks.reduce_elements(jax.nn.softplus(x) - y * x, reduction)
+
+
+def sigmoid_contrastive(logits: jax.Array, same: jax.Array, margin=1.0,
+                        reduction: str = "mean") -> jax.Array:
+  """Contrastive loss on a Siamese head's sigmoid similarity s = sigmoid(x) in (0, 1) (seed 002).
+
+    l_i = y_i * max(margin - s_i, 0)^2 + (1 - y_i) * s_i^2,    s_i = sigmoid(logits_i)
+
+  with y_i = 1 for a same-class pair: same pairs are pushed to s = 1, different pairs to s = 0.
+  This is seed 002's formula and the Keras "siamese contrastive" example's (labels 1 = same,
+  no 1/2 factor; there the head is Euclidean distance -> BatchNorm -> Dense(1) -> sigmoid). Unlike
+  `contrastive`, the loss is on a similarity, not a distance. With margin >= 1 the hinge never
+  clips (s < 1), so the loss is the squared error (s - y)^2 (the Brier score); a margin < 1 stops
+  pulling same pairs once s >= margin. The decision rule that goes with it is s > 0.5 (x > 0).
+
+  Args:
+    logits: [B] or [B, 1] pair-head logits x (larger = more similar; `PairHead` output).
+    same: [B] bool/int, 1 where the pair shares a class.
+    margin: positive scalar (the seed's 1).
+    reduction: "mean" (over B), "sum", or "none" ([B]).
+  """
+  _checks.check_choice(reduction, "reduction", _checks.REDUCTIONS)
+  _checks.check_scalar(margin, "margin")
+  _checks.check_positive(margin, "margin")
+  x = _pair_logits(logits)
+  _checks.check_same(same, x.shape[0])
+  s = jax.nn.sigmoid(x.astype(_checks.compute_dtype(x.dtype)))
+  y = jnp.asarray(same).astype(s.dtype)
+  hinge = jax.nn.relu(jnp.asarray(margin, s.dtype) - s)
+  return _checks.reduce_elements(y * jnp.square(hinge) + (1 - y) * jnp.square(s), reduction)
+
+
+def _pair_logits(logits: jax.Array) -> jax.Array:
+  """[B] or [B, 1] floating logits as [B]; ValueError naming the shape / dtype otherwise."""
   shape = jnp.shape(logits)
   if len(shape) == 2 and shape[1] == 1:
     logits = logits[:, 0]
@@ -185,7 +224,4 @@ def pair_bce(logits: jax.Array, same: jax.Array, reduction: str = "mean") -> jax
     raise ValueError(f"logits must have shape [B] or [B, 1], got shape {shape}.")
   if not jnp.issubdtype(jnp.result_type(logits), jnp.floating):
     raise ValueError(f"logits must be a floating-point array, got dtype {jnp.result_type(logits)}.")
-  _checks.check_same(same, logits.shape[0])
-  x = logits.astype(_checks.compute_dtype(logits.dtype))
-  y = jnp.asarray(same).astype(x.dtype)
-  return _checks.reduce_elements(jax.nn.softplus(x) - y * x, reduction)
+  return logits

@@ -10,8 +10,11 @@ them into the dataset TFDS's `fashion_mnist` is, so a config written for TFDS ru
   classes (drawn by `sim_jax.data.splits.split_assignment`, seed 0) leave `train` and `test` for
   a third split, `heldout` (keys: the train row, or 60,000 + the test row). `data.test_fraction`
   does not apply: train / test are Zalando's split.
-`sim_jax.data.registry` reads TFDS's own prepared copy instead when `data_dir` holds one and no
-class is held out (TFDS's copy has no `heldout` split).
+- With `data.validation_size = N > 0` (seed 002: 48,000 train / 12,000 validation), the last N
+  rows of Zalando's train file form a `validation` split (keys: the train row) and leave `train`,
+  as TFDS's `train[:48000]` / `train[48000:]` slices would; held-out classes stay held out.
+`sim_jax.data.registry` reads TFDS's own prepared copy instead when `data_dir` holds one, no
+class is held out and no validation split is asked for (TFDS's copy has train / test only).
 """
 
 from __future__ import annotations
@@ -113,28 +116,46 @@ class FashionMnistIdx(common.SimJaxBuilder):
   def make_splits(self):
     o = self.builder_config.options
     held = heldout_classes(o["heldout_class_fraction"])
-    out = {"train": [], "test": [], "heldout": []}
+    out = {"train": [], "validation": [], "test": [], "heldout": []}
     offset = 0  # heldout keys: the train row, or len(train) + the test row
     for split in ("train", "test"):
       images, labels = load_split(split, o["directory"])
+      first_val = validation_start(len(labels), o.get("validation_size", 0)) \
+          if split == "train" else len(labels)
       for i, (image, label) in enumerate(zip(images, labels)):
         record = {"image": image, "label": int(label)}
         if int(label) in held:
           out["heldout"].append((offset + i, record))
         else:
-          out[split].append((i, record))
+          out["validation" if i >= first_val else split].append((i, record))
       offset += len(labels)
-    return list(LABEL_NAMES), out  # an empty heldout split is left out by SimJaxBuilder
+    return list(LABEL_NAMES), out  # empty splits (heldout, validation) are left out
+
+
+def validation_start(num_train: int, validation_size: int) -> int:
+  """The first train row of the validation split: num_train - validation_size (ValueError
+  naming `data.validation_size` unless 0 <= validation_size < num_train)."""
+  if not 0 <= int(validation_size) < num_train:
+    raise ValueError(f"config.data.validation_size={validation_size}: fashion_mnist's train file "
+                     f"has {num_train} rows; take 0 (no validation split) to {num_train - 1}")
+  return num_train - int(validation_size)
 
 
 def fashion_options(c) -> dict:
-  """The build options of `data_config` `c` (ValueError naming the package when missing)."""
+  """The build options of `data_config` `c` (ValueError naming the package when missing).
+
+  `validation_size` joins the options only when > 0, so that the copies prepared before it
+  existed keep their options hash (their directory).
+  """
   reason = unavailable_reason()
   if reason:
     raise ValueError(reason)
-  return {"directory": IDX_DIR, "heldout_class_fraction": float(c.heldout_class_fraction)}
+  options = {"directory": IDX_DIR, "heldout_class_fraction": float(c.heldout_class_fraction)}
+  if int(c.validation_size):
+    options["validation_size"] = int(c.validation_size)
+  return options
 
 
 def tfds_copy_usable(c) -> bool:
   """Whether TFDS's own copy (train / test only) can serve `data_config` `c`."""
-  return float(c.heldout_class_fraction) == 0.0
+  return float(c.heldout_class_fraction) == 0.0 and int(c.validation_size) == 0

@@ -1,0 +1,64 @@
+"""Accuracy of a trained head's own decision rule, next to the embedding protocols (seed 002).
+
+The embedding protocols (`evaluators`) see embeddings only; a model with a head decides by it:
+- a Siamese pair head outputs a logit x per pair, similarity s = sigmoid(x), and seed 002's rule
+  says "same" iff s > 0.5, i.e. x > 0: no threshold is fit on any split.
+  `fixed_rule_accuracy` = mean over pairs of [ (x > 0) == same ].
+- a softmax classifier (the plain LeNet-5 of seed 002's Table 3) predicts argmax_c of its logits.
+  `classifier_accuracy` = mean over images of [ argmax logits == label ].
+
+`head_metrics` computes both from the embeddings the trainer already has, given the head as a
+function of arrays; its pairs are `verification.sample_pairs(labels, num_pairs, seed + k)` with
+k = 0 for the verification val split, 1 for the test split (the verification evaluator's pairs,
+so the fixed-rule and fitted-threshold accuracies are on the same pairs) and 2 for any other split.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from sim_jax.eval import verification
+
+
+def fixed_rule_accuracy(logits, same) -> float:
+  """Fraction of pairs where (logit > 0) == same; logits [P] (s = sigmoid(logit) > 0.5)."""
+  x, y = np.asarray(logits, np.float64).reshape(-1), np.asarray(same).astype(bool).reshape(-1)
+  if x.shape != y.shape or x.size == 0:
+    raise ValueError(f"logits {x.shape} and same {y.shape} must be one non-empty [P] each")
+  return float(np.mean((x > 0) == y))
+
+
+def classifier_accuracy(logits, labels) -> float:
+  """Fraction of rows whose argmax over logits [N, C] is the label [N]."""
+  z, y = np.asarray(logits), np.asarray(labels).reshape(-1)
+  if z.ndim != 2 or z.shape[0] != y.shape[0] or y.size == 0:
+    raise ValueError(f"logits {z.shape} must be [N, C] with one label per row (labels {y.shape})")
+  return float(np.mean(np.argmax(z, axis=1) == y))
+
+
+def _pair_seed(split: str, eval_config) -> int:
+  offset = {eval_config.verification_val_split: 0, eval_config.query_split: 1}.get(split, 2)
+  return int(eval_config.verification_seed) + offset
+
+
+def head_metrics(eval_config, embeddings: dict, labels: dict, *,
+                 pair_logits: Callable | None = None,
+                 class_logits: Callable | None = None) -> dict[str, float]:
+  """`verification/fixed_accuracy_<split>` for every split (pair head) and
+  `classifier/accuracy_<split>` (classifier), from embeddings / labels dicts keyed by split.
+
+  pair_logits(e_a [P, E], e_b [P, E]) -> [P]; class_logits(e [N, E]) -> [N, C]; None skips.
+  """
+  out = {}
+  for split, e in embeddings.items():
+    y = np.asarray(labels[split])
+    if pair_logits is not None:
+      i, j, same = verification.sample_pairs(y, int(eval_config.verification_num_pairs),
+                                             _pair_seed(split, eval_config))
+      out[f"verification/fixed_accuracy_{split}"] = fixed_rule_accuracy(
+          pair_logits(e[i], e[j]), same)
+    if class_logits is not None:
+      out[f"classifier/accuracy_{split}"] = classifier_accuracy(class_logits(e), y)
+  return out
