@@ -487,13 +487,8 @@ def evaluate(setup: TrainSetup, state: TrainState, eval_data, evaluators):
   returns `(metrics, embeddings per split)`."""
   embeddings = {s: embed_images(setup, state, d["image"]) for s, d in eval_data.items()}
   out = evaluators_lib.run_evaluators(evaluators, embeddings, _labels(eval_data))
-  params = jax.tree.map(np.asarray, state.params)
-  pair_logits = class_logits = None
-  if setup.pair_head is not None:
-    pair_logits = functools.partial(setup.pair_head.apply, {"params": params["pair_head"]})
-  if ("classifier_kernel" in params.get("loss", {})
-      and setup.config.eval.metric not in distances.DISTRIBUTION_DISTANCES):
-    class_logits = functools.partial(objective.classifier_logits, params)
+  pair_logits, class_logits = head_rules.head_fns(jax.tree.map(np.asarray, state.params),
+                                                  setup.pair_head, setup.config.eval.metric)
   out.update(head_rules.head_metrics(setup.config.eval, embeddings, _labels(eval_data),
                                      pair_logits=pair_logits, class_logits=class_logits))
   return out, embeddings

@@ -15,11 +15,14 @@ so the fixed-rule and fitted-threshold accuracies are on the same pairs) and 2 f
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import numpy as np
 
 from sim_jax.eval import verification
+from sim_jax.eval.distances import DISTRIBUTION_DISTANCES
+from sim_jax.losses import objective
 
 
 def fixed_rule_accuracy(logits, same) -> float:
@@ -41,6 +44,18 @@ def classifier_accuracy(logits, labels) -> float:
 def _pair_seed(split: str, eval_config) -> int:
   offset = {eval_config.verification_val_split: 0, eval_config.query_split: 1}.get(split, 2)
   return int(eval_config.verification_seed) + offset
+
+
+def head_fns(params, pair_head, metric: str) -> tuple[Callable | None, Callable | None]:
+  """`(pair_logits, class_logits)`: the trained pair head (za, zb) -> [B] logits and the
+  classifier z -> [M, C] logits found in `params`, None where the run has none (the classifier
+  is left out when `metric` already ranks by its output distributions)."""
+  pair_logits = class_logits = None
+  if pair_head is not None:
+    pair_logits = functools.partial(pair_head.apply, {"params": params["pair_head"]})
+  if "classifier_kernel" in params.get("loss", {}) and metric not in DISTRIBUTION_DISTANCES:
+    class_logits = functools.partial(objective.classifier_logits, params)
+  return pair_logits, class_logits
 
 
 def head_metrics(eval_config, embeddings: dict, labels: dict, *,
