@@ -131,7 +131,7 @@ def test_default_config_holds_every_field_the_trainer_reads():
   for field in ("temperature", "learnable_temperature", "margin", "learnable_margin", "squared",
                 "distance", "mining", "soft", "block_size", "pos_margin", "snr_regularization",
                 "k_values", "rank_temperature", "k_temperature", "siglip_bias",
-                "siglip_log_temperature", "num_classes"):
+                "siglip_log_temperature", "num_classes", "max_positives"):
     assert field in c, field
   assert c.block_size is None                     # dense by default
   c.block_size = 256                              # typed placeholder: an int override works

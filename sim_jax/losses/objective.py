@@ -96,7 +96,8 @@ def _recall_at_k(cfg, params, z, labels, mesh):
   del params, mesh
   return losses.recall_at_k_surrogate(z, labels, k_values=tuple(cfg.k_values),
                                       rank_temperature=cfg.rank_temperature,
-                                      k_temperature=cfg.k_temperature)
+                                      k_temperature=cfg.k_temperature,
+                                      max_positives=cfg.max_positives)
 
 
 def _snr(cfg, params, z, labels, mesh):
@@ -140,7 +141,8 @@ LOSSES: dict[str, LossSpec] = {
                         ("margin", "learnable_margin", "mining", "distance", "soft",
                          "block_size")),
     "recall_at_k_surrogate": LossSpec(_recall_at_k, "labels", (),
-                                      ("k_values", "rank_temperature", "k_temperature")),
+                                      ("k_values", "rank_temperature", "k_temperature",
+                                       "max_positives")),
     "softmax_ce": LossSpec(_softmax_ce, "labels", ("classifier",), ("num_classes",)),
 }
 NAMES = tuple(LOSSES)
