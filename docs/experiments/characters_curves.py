@@ -1,0 +1,62 @@
+r"""Learning curves and training diagnostics of seed 001's runs (docs/experiments/characters.md).
+
+  python docs/experiments/characters_curves.py --out=docs/experiments/characters_hard_mining.png \
+      runs/characters_hard_mining/batch_hard runs/characters_hard_mining/semi_hard ...
+
+Reads each run directory's TensorBoard events (the trainer logs `train/loss` and the
+`train/diagnostics/*` of sim_jax/losses/diagnostics.py every `train.log_every` steps), overlays
+the runs in one panel per series, and prints a markdown table of each series' first and last
+logged value per run (the first log averages steps 1-100).
+"""
+
+import argparse
+import os
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
+
+from sim_jax.eval.plots import read_scalars  # noqa: E402
+
+SERIES = ("train/loss", "train/diagnostics/active_triplet_fraction",
+          "train/diagnostics/embedding_std_normalized", "train/diagnostics/mean_pos_distance",
+          "train/diagnostics/mean_neg_distance")
+
+
+def run_series(run_dir: str) -> dict[str, list[tuple[int, float]]]:
+  """{tag: sorted [(step, value)]} of SERIES found in `run_dir`'s events."""
+  scalars = read_scalars(run_dir)
+  missing = [t for t in SERIES if t not in scalars]
+  if missing:
+    raise ValueError(f"{run_dir}: no series {missing}; has {sorted(scalars)[:20]}...")
+  return {t: sorted(scalars[t]) for t in SERIES}
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("runs", nargs="+", help="run directories (their basename is the label)")
+  parser.add_argument("--out", required=True, help="PNG path")
+  args = parser.parse_args()
+  data = {os.path.basename(os.path.normpath(r)) if not os.path.basename(r).startswith("seed_")
+          else "/".join(os.path.normpath(r).split(os.sep)[-2:]): run_series(r) for r in args.runs}
+  fig, axes = plt.subplots(1, len(SERIES), figsize=(4.2 * len(SERIES), 3.4))
+  for ax, tag in zip(axes, SERIES):
+    for label, series in data.items():
+      ax.plot([s for s, _ in series[tag]], [v for _, v in series[tag]], label=label)
+    ax.set_title(tag.replace("train/diagnostics/", ""), fontsize=9)
+    ax.set_xlabel("step")
+    ax.grid(alpha=0.3)
+  axes[0].set_yscale("log")
+  axes[-1].legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(args.out, dpi=110)
+  print("| run | " + " | ".join(f"{t.split('/')[-1]} first -> last" for t in SERIES) + " |")
+  print("|---" * (len(SERIES) + 1) + "|")
+  for label, series in data.items():
+    cells = [f"{series[t][0][1]:.3g} -> {series[t][-1][1]:.3g}" for t in SERIES]
+    print(f"| {label} | " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+  main()
