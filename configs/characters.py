@@ -131,6 +131,8 @@ def get_ablations():
   return {
       "hard_mining": [
           Variant("classifier", {}),
+          Variant("batch_hard_from_classifier",
+                  {**HARD, **STAGE2, "model.init_from": "{run:classifier}"}),
           Variant("batch_hard", {**HARD, **SHORT}),
           Variant("batch_hard_soft", {**HARD, **SHORT, "loss.soft": True}),
           Variant("batch_hard_lr1e-4", {**HARD, **SHORT, "optimizer.learning_rate": 1e-4}),
@@ -138,8 +140,6 @@ def get_ablations():
           Variant("semi_hard", {**TRIPLET, **SHORT, "loss.mining": "semi_hard"}),
           Variant("batch_hard_after_semi_hard",
                   {**HARD, **STAGE2, "model.init_from": "{run:semi_hard}"}),
-          Variant("batch_hard_from_classifier",
-                  {**HARD, **STAGE2, "model.init_from": "{run:classifier}"}),
       ],
       "tables": Ablation([
           Variant("classifier", {}),
@@ -147,16 +147,15 @@ def get_ablations():
           Variant("kl", {"eval.metric": "kl"}, evaluates="classifier"),
           Variant("cross_entropy", {"eval.metric": "cross_entropy"}, evaluates="classifier"),
           Variant("contrastive", CONTRASTIVE),
-          Variant("triplet_hard", {**HARD, **STAGE2, "model.init_from": "{run:classifier}",
-                                   "train.plots": True}),
+          Variant("triplet_hard", {**HARD, **STAGE2, "model.init_from": "{run:classifier}"}),
           Variant("surrogate", SURROGATE),
       ], seeds=(0, 1, 2)),
       # The same ~196,000 training images: 1,500 steps of 128 vs 96 steps of 2,048 (warm-up
       # 3% of the steps in both), at the base lr and at 4x it (the square-root rule for 16x the
       # batch); surrogate_b128 is `tables`' surrogate at seed 0.
       "large_batch": [
-          Variant("surrogate_b128", SURROGATE),
           Variant("surrogate_b2048", LARGE),
           Variant("surrogate_b2048_lr4e-3", {**LARGE, "optimizer.learning_rate": 4e-3}),
+          Variant("surrogate_b128", SURROGATE),
       ],
   }

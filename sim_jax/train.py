@@ -494,9 +494,21 @@ def evaluate(setup: TrainSetup, state: TrainState, eval_data, evaluators):
 def compute_floors(setup: TrainSetup, eval_data, evaluators) -> dict[str, dict[str, float]]:
   """`floors.floors` of this config: raw pixels, and the encoder at its initial parameters
   from `config.seed` (never `init_from`: untrained). Independent of training."""
-  untrained = init_state(setup, pretrained=False)
-  random_init = {s: embed_images(setup, untrained, d["image"]) for s, d in eval_data.items()}
-  return floors_lib.floors(evaluators, eval_data, random_init)
+  def compute():
+    untrained = init_state(setup, pretrained=False)
+    random_init = {s: embed_images(setup, untrained, d["image"]) for s, d in eval_data.items()}
+    return floors_lib.floors(evaluators, eval_data, random_init)
+
+  return floors_lib.cached_floors(floors_key(setup.config, "floors"), compute)
+
+
+def floors_key(config, what: str) -> dict:
+  """What the floors and chance levels depend on (the key of their opt-in cache,
+  floors_lib.CACHE_ENV): data, evaluation, model (not init_from), loss and seed, never the
+  training."""
+  c = json.loads(config.to_json_best_effort())
+  return {"what": what, "data": c["data"], "eval": c["eval"], "seed": c["seed"],
+          "loss": c["loss"], "model": {k: v for k, v in c["model"].items() if k != "init_from"}}
 
 
 # --------------------------------------------------------------------------------------- driver
@@ -685,7 +697,9 @@ def _train_and_evaluate(config, workdir, watcher) -> dict[str, float]:
     checkpointing.finalize(manager)  # Re-raises a failed async save.
   if final_metrics:  # The last evaluation ran on the final state (eval is forced at the end).
     rep = {"metrics": final_metrics, "floors": floor_values,
-           "chance": floors_lib.chance_levels(evaluators, final_embeddings, _labels(eval_data))}
+           "chance": floors_lib.cached_floors(
+               floors_key(config, "chance"),
+               lambda: floors_lib.chance_levels(evaluators, final_embeddings, _labels(eval_data)))}
     for line in floors_lib.report_lines(rep):
       logging.info("eval %s", line)
     _write_json(os.path.join(workdir, "final_metrics.json"), rep)

@@ -12,13 +12,18 @@ floor depends on training, so a resumed run recomputes the same numbers.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import hashlib
+import json
+import os
+from collections.abc import Callable, Mapping
 
 import numpy as np
 
 from sim_jax.eval.evaluators import run_evaluators
 
 FLOORS = ("raw_pixels", "random_init")
+# Opt-in directory memoising floors across runs (`cached_floors`); unset: computed every run.
+CACHE_ENV = "SIM_JAX_FLOORS_CACHE"
 FLOOR_LABELS = {"raw_pixels": "raw pixels", "random_init": "random init"}
 
 
@@ -67,3 +72,28 @@ def report_lines(report: Mapping) -> list[str]:
   """`describe` of every metric of a {"metrics", "chance", "floors"} report, sorted by name."""
   return [describe(k, report["metrics"][k], report["chance"], report.get("floors") or {})
           for k in sorted(report["metrics"])]
+
+
+def cached_floors(key: Mapping, compute: Callable[[], dict]) -> dict:
+  """`compute()`, memoised in `$SIM_JAX_FLOORS_CACHE/<sha256 of key>.json` when that variable
+  names a directory, else `compute()` every time.
+
+  The floors cost several full evaluations (raw pixels are H*W*C-dimensional) and are the same
+  for every run of an ablation that shares data, evaluation, model and seed, so `key` must hold
+  everything they depend on (JSON-serialisable; compared as sorted JSON).
+  """
+  directory = os.environ.get(CACHE_ENV, "")
+  if not directory:
+    return compute()
+  digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
+  path = os.path.join(directory, f"floors_{digest[:24]}.json")
+  if os.path.exists(path):
+    with open(path) as f:
+      return json.load(f)["floors"]
+  value = compute()
+  os.makedirs(directory, exist_ok=True)
+  tmp = f"{path}.{os.getpid()}.tmp"
+  with open(tmp, "w") as f:
+    json.dump({"key": key, "floors": value}, f, sort_keys=True, default=str)
+  os.replace(tmp, path)  # atomic: a concurrent run reads the whole file or none
+  return value
