@@ -493,25 +493,37 @@ def evaluate(setup: TrainSetup, state: TrainState, eval_data, evaluators):
 
 def compute_floors(setup: TrainSetup, eval_data, evaluators) -> dict[str, dict[str, float]]:
   """`floors.floors` of this config: raw pixels, and the encoder at its initial parameters
-  from `config.seed` (never `init_from`: untrained). Independent of training."""
-  def compute():
-    untrained = init_state(setup, pretrained=False)
-    random_init = {s: embed_images(setup, untrained, d["image"]) for s, d in eval_data.items()}
-    return floors_lib.floors(evaluators, eval_data, random_init)
+  from `config.seed` (never `init_from`: untrained). Independent of training; each is memoised
+  under `floors_key` when the opt-in cache (floors_lib.CACHE_ENV) is on."""
+  labels = _labels(eval_data)
 
-  return floors_lib.cached_floors(floors_key(setup.config, "floors"), compute)
+  def raw_pixels():
+    pixels = {s: floors_lib.raw_pixel_embeddings(d["image"]) for s, d in eval_data.items()}
+    return evaluators_lib.run_evaluators(evaluators, pixels, labels)
+
+  def random_init():
+    untrained = init_state(setup, pretrained=False)
+    vectors = {s: embed_images(setup, untrained, d["image"]) for s, d in eval_data.items()}
+    return evaluators_lib.run_evaluators(evaluators, vectors, labels)
+
+  return {name: floors_lib.cached_floors(floors_key(setup.config, name), fn)
+          for name, fn in (("raw_pixels", raw_pixels), ("random_init", random_init))}
 
 
 def floors_key(config, what: str) -> dict:
-  """What the floors and chance levels depend on (the key of their opt-in cache,
-  floors_lib.CACHE_ENV): data, evaluation, model (not init_from), loss and seed, never the
-  training."""
+  """What a floor or the chance level depends on, never the training (the key of their opt-in
+  cache, floors_lib.CACHE_ENV): raw pixels on the data and evaluation; chance (random vectors of
+  the embeddings' shapes, seed 0) and the untrained encoder also on the model (not init_from),
+  the encoder on the seed, and both on the loss where the metric ranks classifier logits."""
   c = json.loads(config.to_json_best_effort())
-  return {"what": what, "data": c["data"], "eval": c["eval"], "seed": c["seed"],
-          "loss": c["loss"], "model": {k: v for k, v in c["model"].items() if k != "init_from"}}
-
-
-# --------------------------------------------------------------------------------------- driver
+  key = {"what": what, "data": c["data"], "eval": c["eval"]}
+  if what != "raw_pixels":
+    key["model"] = {k: v for k, v in c["model"].items() if k != "init_from"}
+    if config.eval.metric in distances.DISTRIBUTION_DISTANCES:
+      key["loss"] = c["loss"]
+  if what == "random_init":
+    key["seed"] = c["seed"]
+  return key
 
 
 def _write_hparams(writer, config):
