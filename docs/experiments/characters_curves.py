@@ -1,7 +1,13 @@
-r"""Learning curves and training diagnostics of seed 001's runs (docs/experiments/characters.md).
+r"""Learning curves, training diagnostics and final metrics of seed 001's runs
+(docs/experiments/characters.md).
 
   python docs/experiments/characters_curves.py --out=docs/experiments/characters_hard_mining.png \
       runs/characters_hard_mining/batch_hard runs/characters_hard_mining/semi_hard ...
+  python docs/experiments/characters_curves.py --metrics runs/characters_tables/*/seed_0
+
+The second form prints each finished run's headline metrics from its final_metrics.json, each
+as "value (chance; raw pixels; random init)" (the ablation.md layout), for an ablation stopped
+before its last run (ablate.py writes ablation.md only at the end).
 
 Reads each run directory's TensorBoard events (the trainer logs `train/loss` and the
 `train/diagnostics/*` of sim_jax/losses/diagnostics.py every `train.log_every` steps), overlays
@@ -10,6 +16,7 @@ logged value per run (the first log averages steps 1-100).
 """
 
 import argparse
+import json
 import os
 
 import matplotlib
@@ -33,13 +40,49 @@ def run_series(run_dir: str) -> dict[str, list[tuple[int, float]]]:
   return {t: sorted(scalars[t]) for t in SERIES}
 
 
+HEADLINE = ("retrieval/mrr@5", "retrieval/recall@1", "validation/mrr@5", "zeroshot/mrr@5")
+
+
+def label_of(run_dir: str) -> str:
+  """The variant label (and seed directory) of a run directory."""
+  parts = os.path.normpath(run_dir).split(os.sep)
+  return "/".join(parts[-2:]) if parts[-1].startswith("seed_") else parts[-1]
+
+
+def metrics_table(run_dirs) -> list[str]:
+  """Markdown rows of HEADLINE per finished run: value (chance; raw pixels; random init)."""
+  lines = ["| run | " + " | ".join(f"`{m}`" for m in HEADLINE) + " |",
+           "|---" * (len(HEADLINE) + 1) + "|"]
+  for run in run_dirs:
+    path = os.path.join(run, "final_metrics.json")
+    if not os.path.exists(path):
+      lines.append(f"| {label_of(run)} | " + " | ".join("not finished" for _ in HEADLINE) + " |")
+      continue
+    with open(path) as f:
+      rep = json.load(f)
+    floors = rep.get("floors") or {}
+    cells = []
+    for m in HEADLINE:
+      ref = [rep.get("chance", {}).get(m), floors.get("raw_pixels", {}).get(m),
+             floors.get("random_init", {}).get(m)]
+      cells.append(f"{rep['metrics'][m]:.4f} (" + "; ".join(
+          "-" if v is None else f"{v:.4f}" for v in ref) + ")")
+    lines.append(f"| {label_of(run)} | " + " | ".join(cells) + " |")
+  return lines
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("runs", nargs="+", help="run directories (their basename is the label)")
-  parser.add_argument("--out", required=True, help="PNG path")
+  parser.add_argument("--out", help="PNG path of the curves")
+  parser.add_argument("--metrics", action="store_true", help="print the final metrics instead")
   args = parser.parse_args()
-  data = {os.path.basename(os.path.normpath(r)) if not os.path.basename(r).startswith("seed_")
-          else "/".join(os.path.normpath(r).split(os.sep)[-2:]): run_series(r) for r in args.runs}
+  if args.metrics:
+    print("\n".join(metrics_table(args.runs)))
+    return
+  if not args.out:
+    parser.error("--out is required for the curves")
+  data = {label_of(r): run_series(r) for r in args.runs}
   fig, axes = plt.subplots(1, len(SERIES), figsize=(4.2 * len(SERIES), 3.4))
   for ax, tag in zip(axes, SERIES):
     for label, series in data.items():
