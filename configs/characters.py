@@ -141,14 +141,15 @@ def get_ablations():
           Variant("batch_hard_after_semi_hard",
                   {**HARD, **STAGE2, "model.init_from": "{run:semi_hard}"}),
       ],
+      # The losses trained from scratch first: seed 0's classifier is `hard_mining`'s.
       "tables": Ablation([
+          Variant("contrastive", CONTRASTIVE),
+          Variant("surrogate", SURROGATE),
           Variant("classifier", {}),
           Variant("cosine", {"eval.metric": "cosine"}, evaluates="classifier"),
           Variant("kl", {"eval.metric": "kl"}, evaluates="classifier"),
           Variant("cross_entropy", {"eval.metric": "cross_entropy"}, evaluates="classifier"),
-          Variant("contrastive", CONTRASTIVE),
           Variant("triplet_hard", {**HARD, **STAGE2, "model.init_from": "{run:classifier}"}),
-          Variant("surrogate", SURROGATE),
       ], seeds=(0, 1, 2)),
       # The same ~196,000 training images: 1,500 steps of 128 vs 96 steps of 2,048 (warm-up
       # 3% of the steps in both), at the base lr and at 4x it (the square-root rule for 16x the
