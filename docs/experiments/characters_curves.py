@@ -7,7 +7,9 @@ r"""Learning curves, training diagnostics and final metrics of seed 001's runs
 
 The second form prints each finished run's headline metrics from its final_metrics.json, each
 as "value (chance; raw pixels; random init)" (the ablation.md layout), for an ablation stopped
-before its last run (ablate.py writes ablation.md only at the end).
+before its last run (ablate.py writes ablation.md only at the end). A run that has evaluated
+but not yet written final_metrics.json (its floors still being computed) shows the evaluation
+logged in its events, marked with a *, without floors.
 
 Reads each run directory's TensorBoard events (the trainer logs `train/loss` and the
 `train/diagnostics/*` of sim_jax/losses/diagnostics.py every `train.log_every` steps), overlays
@@ -55,11 +57,20 @@ def metrics_table(run_dirs) -> list[str]:
            "|---" * (len(HEADLINE) + 1) + "|"]
   for run in run_dirs:
     path = os.path.join(run, "final_metrics.json")
-    if not os.path.exists(path):
-      lines.append(f"| {label_of(run)} | " + " | ".join("not finished" for _ in HEADLINE) + " |")
+    if os.path.exists(path):
+      with open(path) as f:
+        rep = json.load(f)
+    else:  # evaluated, floors not yet: the last evaluation the run logged (marked with a *)
+      scalars = read_scalars(run) if os.path.isdir(run) else {}
+      last = {m: scalars[f"eval/{m}"][-1] for m in HEADLINE if f"eval/{m}" in scalars}
+      if len(last) < len(HEADLINE):
+        lines.append(f"| {label_of(run)} | " + " | ".join("not finished" for _ in HEADLINE)
+                     + " |")
+        continue
+      rep = {"metrics": {m: v for m, (_, v) in last.items()}}
+      lines.append(f"| {label_of(run)} (step {max(s for s, _ in last.values())})* | " + " | ".join(
+          f"{rep['metrics'][m]:.4f} (-)" for m in HEADLINE) + " |")
       continue
-    with open(path) as f:
-      rep = json.load(f)
     floors = rep.get("floors") or {}
     cells = []
     for m in HEADLINE:
