@@ -51,7 +51,9 @@ def report(setup: train.TrainSetup, eval_data, evaluators, embeddings, results) 
   """{"metrics", "chance", "floors"} of an evaluation (the final_metrics.json layout)."""
   labels = {s: d["label"] for s, d in eval_data.items()}
   return {"metrics": results,
-          "chance": floors_lib.chance_levels(evaluators, embeddings, labels),
+          "chance": floors_lib.cached_floors(
+              floors_lib.floors_key(setup.config, "chance"),
+              lambda: floors_lib.chance_levels(evaluators, embeddings, labels)),
           "floors": train.compute_floors(setup, eval_data, evaluators)}
 
 

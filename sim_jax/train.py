@@ -496,13 +496,13 @@ def evaluate(setup: TrainSetup, state: TrainState, eval_data, evaluators):
 
 def compute_floors(setup: TrainSetup, eval_data, evaluators) -> dict[str, dict[str, float]]:
   """`floors.floors` of this config: raw pixels, and the encoder at its initial parameters
-  from `config.seed` (never `init_from`: untrained). Independent of training."""
-  untrained = init_state(setup, pretrained=False)
-  random_init = {s: embed_images(setup, untrained, d["image"]) for s, d in eval_data.items()}
-  return floors_lib.floors(evaluators, eval_data, random_init)
+  from `config.seed` (never `init_from`: untrained). Independent of training; memoised when the
+  opt-in cache (floors_lib.CACHE_ENV) is on."""
+  def random_init():
+    untrained = init_state(setup, pretrained=False)
+    return {s: embed_images(setup, untrained, d["image"]) for s, d in eval_data.items()}
 
-
-# --------------------------------------------------------------------------------------- driver
+  return floors_lib.cached_run_floors(setup.config, evaluators, eval_data, random_init)
 
 
 def _write_json(path: str, obj) -> None:
@@ -687,7 +687,9 @@ def _train_and_evaluate(config, workdir, watcher) -> dict[str, float]:
     checkpointing.finalize(manager)  # Re-raises a failed async save.
   if final_metrics:  # The last evaluation ran on the final state (eval is forced at the end).
     rep = {"metrics": final_metrics, "floors": floor_values,
-           "chance": floors_lib.chance_levels(evaluators, final_embeddings, _labels(eval_data))}
+           "chance": floors_lib.cached_floors(
+               floors_lib.floors_key(config, "chance"),
+               lambda: floors_lib.chance_levels(evaluators, final_embeddings, _labels(eval_data)))}
     for line in floors_lib.report_lines(rep):
       logging.info("eval %s", line)
     _write_json(os.path.join(workdir, "final_metrics.json"), rep)

@@ -118,3 +118,22 @@ def test_pool_pairs_mode_and_gallery_split():
   # query 2 (label 2) has no gallery example: excluded; queries 0 and 1 find their twin first.
   assert out["retrieval/num_excluded_queries"] == 1.0
   assert out["retrieval/precision@1"] == 1.0
+
+
+def test_validation_protocol_ranks_its_own_splits():
+  # "validation" is retrieval of validation_query_split against validation_gallery_split,
+  # reported under its own prefix next to the test retrieval: P@1 from a NumPy loop.
+  c = default_config()
+  c.protocols = "retrieval,validation"
+  c.query_split, c.gallery_split = "test", "train"
+  c.validation_query_split, c.validation_gallery_split = "validation", "train"
+  c.best_metric = "validation/mrr@5"
+  evs = evaluators.get_evaluators(c)
+  assert [e.name for e in evs] == ["retrieval", "validation"]
+  assert evs[1].splits == ("validation", "train")
+  emb, lab = data()
+  out = evaluators.run_evaluators(evs, emb, lab)
+  for split, prefix in (("validation", "validation"), ("test", "retrieval")):
+    q, g = emb[split].astype(np.float64), emb["train"].astype(np.float64)
+    nearest = [lab["train"][np.argmin(np.linalg.norm(g - v, axis=1))] for v in q]
+    assert out[f"{prefix}/precision@1"] == pytest.approx(np.mean(np.array(nearest) == lab[split]))

@@ -8,6 +8,8 @@ directly from the seed's documented key schedule.
 import numpy as np
 import pytest
 
+from sim_jax.eval import floors
+
 pytestmark = pytest.mark.slow
 
 
@@ -93,3 +95,24 @@ def test_describe_puts_chance_and_floors_beside_the_metric():
                           "random_init": {"retrieval/mrr@5": 0.4}})
   assert line.split() == ["retrieval/mrr@5", "0.8635", "(chance", "0.0014,", "raw", "pixels",
                           "0.5200,", "random", "init", "0.4000)"]
+
+
+def test_cached_floors_computes_once_per_key(tmp_path, monkeypatch):
+  calls = []
+
+  def compute(v):
+    calls.append(v)
+    return {"raw_pixels": {"retrieval/mrr@5": v}, "random_init": {"retrieval/mrr@5": float("nan")}}
+
+  monkeypatch.delenv(floors.CACHE_ENV, raising=False)
+  floors.cached_floors({"a": 1}, lambda: compute(0.25))
+  floors.cached_floors({"a": 1}, lambda: compute(0.25))
+  assert calls == [0.25, 0.25]  # no cache without the variable
+  monkeypatch.setenv(floors.CACHE_ENV, str(tmp_path / "cache"))
+  first = floors.cached_floors({"a": 1, "b": [2]}, lambda: compute(0.5))
+  again = floors.cached_floors({"b": [2], "a": 1}, lambda: compute(0.75))  # same key, reordered
+  other = floors.cached_floors({"a": 2, "b": [2]}, lambda: compute(0.75))
+  assert calls == [0.25, 0.25, 0.5, 0.75]
+  assert again["raw_pixels"] == first["raw_pixels"] == {"retrieval/mrr@5": 0.5}
+  assert np.isnan(again["random_init"]["retrieval/mrr@5"])
+  assert other["raw_pixels"]["retrieval/mrr@5"] == 0.75

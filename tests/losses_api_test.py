@@ -137,7 +137,8 @@ def test_default_config_holds_every_field_the_trainer_reads():
                 "distance", "mining", "soft", "block_size", "pos_margin", "snr_regularization",
                 "k_values", "rank_temperature", "k_temperature", "siglip_bias",
                 "siglip_log_temperature", "num_classes", "class_margin", "class_scale",
-                "centers_per_class", "angle_multiplier", "soft_triple_gamma", "soft_triple_tau"):
+                "centers_per_class", "angle_multiplier", "soft_triple_gamma", "soft_triple_tau",
+                "max_positives"):
     assert field in c, field
   assert c.block_size is None                     # dense by default
   c.block_size = 256                              # typed placeholder: an int override works

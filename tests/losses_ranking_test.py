@@ -178,3 +178,22 @@ def test_recall_at_k_edges():
   value, grad = jax.value_and_grad(
       lambda e: losses.recall_at_k_surrogate(e, jnp.asarray(y)))(jnp.asarray(x, jnp.bfloat16))
   assert value.dtype == jnp.float32 and np.all(np.isfinite(np.asarray(grad, np.float32)))
+
+
+def test_recall_at_k_max_positives_matches_loop_reference():
+  # LABELS: at most 2 positives per query, so max_positives=2 (and 5 > 2) must give the loop
+  # reference's value and the dense form's gradient; max_positives=1 drops a positive of the
+  # class-0 queries, which must surface as NaN rather than as a different number.
+  x = jnp.asarray(_random(11), jnp.float32)
+  ks, tau2, tau1 = (1, 2, 4), 0.1, 1.0
+  f = jax.jit(lambda e, m: losses.recall_at_k_surrogate(e, jnp.asarray(LABELS), ks, tau2, tau1,
+                                                        max_positives=m), static_argnums=1)
+  num, den = ref_recall_loss(np.asarray(x), LABELS, ks, tau2, tau1)
+  dense_grad = jax.grad(lambda e: f(e, None))(x)
+  for m in (2, 5):
+    value, grad = jax.value_and_grad(lambda e, m=m: f(e, m))(x)
+    np.testing.assert_allclose(value, num.sum() / den.sum(), rtol=1e-5)
+    np.testing.assert_allclose(grad, dense_grad, rtol=1e-5, atol=1e-7)
+  assert np.isnan(float(f(x, 1)))
+  with pytest.raises(ValueError, match="max_positives"):
+    losses.recall_at_k_surrogate(x, jnp.asarray(LABELS), max_positives=0)

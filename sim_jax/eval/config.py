@@ -24,6 +24,12 @@ def default_config() -> ml_collections.ConfigDict:
   # The k of recall@k and mrr@k.
   c.ks = (1, 5)
 
+  # Validation retrieval (protocol "validation", metrics "validation/..."): the retrieval metrics
+  # of validation_query_split against validation_gallery_split ("" = itself), to choose settings
+  # and checkpoints (best_metric) without looking at the reported query split.
+  c.validation_query_split = "validation"
+  c.validation_gallery_split = ""
+
   # k-NN classification: neighbours are searched in knn_train_split for each query_split row.
   c.knn_train_split = "train"
   c.knn_k = 5

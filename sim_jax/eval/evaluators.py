@@ -20,9 +20,10 @@ import numpy as np
 
 from sim_jax.eval import distances, fewshot, knn, pools, retrieval, verification
 
-PROTOCOLS = ("retrieval", "knn", "pool", "verification", "fewshot", "zeroshot")
+PROTOCOLS = ("retrieval", "knn", "pool", "verification", "fewshot", "zeroshot",
+             "validation")
 # Protocols that accept the kl / reverse_kl / cross_entropy distances (they rank a gallery).
-DISTRIBUTION_PROTOCOLS = ("retrieval", "zeroshot")
+DISTRIBUTION_PROTOCOLS = ("retrieval", "zeroshot", "validation")
 
 
 def _get(d: dict, split: str, what: str):
@@ -241,6 +242,10 @@ def get_evaluators(eval_config) -> list:
                                           int(c.fewshot_k_shot), int(c.fewshot_n_query),
                                           int(c.fewshot_num_episodes), int(c.fewshot_seed),
                                           pair_metric),
+      # Retrieval again, on splits kept for choosing settings and checkpoints (never the test).
+      "validation": lambda: RetrievalEvaluator(c.validation_query_split,
+                                               c.validation_gallery_split, ks, c.metric,
+                                               **search_kw, name="validation"),
       "zeroshot": lambda: ZeroShotEvaluator(c.zeroshot_split, c.zeroshot_train_split, ks,
                                             c.metric, **search_kw),
   }

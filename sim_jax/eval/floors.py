@@ -12,13 +12,19 @@ floor depends on training, so a resumed run recomputes the same numbers.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import hashlib
+import json
+import os
+from collections.abc import Callable, Mapping
 
 import numpy as np
 
+from sim_jax.eval.distances import DISTRIBUTION_DISTANCES
 from sim_jax.eval.evaluators import run_evaluators
 
 FLOORS = ("raw_pixels", "random_init")
+# Opt-in directory memoising floors across runs (`cached_floors`); unset: computed every run.
+CACHE_ENV = "SIM_JAX_FLOORS_CACHE"
 FLOOR_LABELS = {"raw_pixels": "raw pixels", "random_init": "random init"}
 
 
@@ -67,3 +73,61 @@ def report_lines(report: Mapping) -> list[str]:
   """`describe` of every metric of a {"metrics", "chance", "floors"} report, sorted by name."""
   return [describe(k, report["metrics"][k], report["chance"], report.get("floors") or {})
           for k in sorted(report["metrics"])]
+
+
+def cached_floors(key: Mapping, compute: Callable[[], dict]) -> dict:
+  """`compute()`, memoised in `$SIM_JAX_FLOORS_CACHE/<sha256 of key>.json` when that variable
+  names a directory, else `compute()` every time.
+
+  The floors cost several full evaluations (raw pixels are H*W*C-dimensional) and are the same
+  for every run of an ablation that shares data, evaluation, model and seed, so `key` must hold
+  everything they depend on (JSON-serialisable; compared as sorted JSON).
+  """
+  directory = os.environ.get(CACHE_ENV, "")
+  if not directory:
+    return compute()
+  digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
+  path = os.path.join(directory, f"floors_{digest[:24]}.json")
+  if os.path.exists(path):
+    with open(path) as f:
+      return json.load(f)["floors"]
+  value = compute()
+  os.makedirs(directory, exist_ok=True)
+  tmp = f"{path}.{os.getpid()}.tmp"
+  with open(tmp, "w") as f:
+    json.dump({"key": key, "floors": value}, f, sort_keys=True, default=str)
+  os.replace(tmp, path)  # atomic: a concurrent run reads the whole file or none
+  return value
+
+
+def floors_key(config, what: str) -> dict:
+  """What a floor or the chance level depends on, never the training (the key of their opt-in
+  cache, CACHE_ENV): raw pixels on the data and evaluation; chance (random vectors of the
+  embeddings' shapes, seed 0) and the untrained encoder also on the model (not init_from), the
+  encoder on the seed, and both on the loss where the metric ranks classifier logits."""
+  c = json.loads(config.to_json_best_effort())
+  key = {"what": what, "data": c["data"], "eval": c["eval"]}
+  if what != "raw_pixels":
+    key["model"] = {k: v for k, v in c["model"].items() if k != "init_from"}
+    if config.eval.metric in DISTRIBUTION_DISTANCES:
+      key["loss"] = c["loss"]
+  if what == "random_init":
+    key["seed"] = c["seed"]
+  return key
+
+
+def cached_run_floors(config, evaluators, eval_data: Mapping[str, Mapping[str, np.ndarray]],
+                      random_init: Callable[[], Mapping[str, np.ndarray]]
+                      ) -> dict[str, dict[str, float]]:
+  """`floors` of `config`'s evaluation, each memoised under `floors_key` when the cache is on;
+  `random_init()` gives the untrained encoder's vectors per split (called only on a miss)."""
+  labels = {s: d["label"] for s, d in eval_data.items()}
+
+  def raw_pixels():
+    return run_evaluators(evaluators, {s: raw_pixel_embeddings(d["image"])
+                                       for s, d in eval_data.items()}, labels)
+
+  return {"raw_pixels": cached_floors(floors_key(config, "raw_pixels"), raw_pixels),
+          "random_init": cached_floors(floors_key(config, "random_init"),
+                                       lambda: run_evaluators(evaluators, dict(random_init()),
+                                                              labels))}

@@ -24,6 +24,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.k_values = (1, 2, 4, 8, 16)      # recall_at_k_surrogate: the k averaged over
   c.rank_temperature = 0.01          # recall_at_k_surrogate: tau2, sigmoid of the smooth rank
   c.k_temperature = 1.0              # recall_at_k_surrogate: tau1, sigmoid of k - rank
+  # recall_at_k_surrogate: None = dense O(N^3); M = rank only each query's first M positives,
+  # O(N^2 M), exact when no query has more (P x K batches: K - 1); large batches need it.
+  c.max_positives = config_dict.placeholder(int)
   c.siglip_bias = -10.0              # siglip: initial learnable bias b (Zhai et al. 2023)
   c.siglip_log_temperature = 2.302585  # siglip: initial learnable log t' = log(10) (paper init)
   c.num_classes = config_dict.placeholder(int)  # softmax_ce / proxy losses: C (None: the dataset's)

@@ -100,7 +100,8 @@ def _recall_at_k(cfg, params, z, labels, mesh):
   del params, mesh
   return losses.recall_at_k_surrogate(z, labels, k_values=tuple(cfg.k_values),
                                       rank_temperature=cfg.rank_temperature,
-                                      k_temperature=cfg.k_temperature)
+                                      k_temperature=cfg.k_temperature,
+                                      max_positives=cfg.max_positives)
 
 
 def _snr(cfg, params, z, labels, mesh):
@@ -312,7 +313,8 @@ LOSSES: dict[str, LossSpec] = {
                         ("margin", "learnable_margin", "mining", "distance", "soft",
                          "block_size", "miner")),
     "recall_at_k_surrogate": LossSpec(_recall_at_k, "labels", (),
-                                      ("k_values", "rank_temperature", "k_temperature")),
+                                      ("k_values", "rank_temperature", "k_temperature",
+                                       "max_positives")),
     "softmax_ce": LossSpec(_softmax_ce, "labels", ("classifier",), ("num_classes",)),
     "arcface": LossSpec(_margin_softmax("arcface"), "labels", ("classifier",),
                         ("num_classes", "class_margin", "class_scale")),

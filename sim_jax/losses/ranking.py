@@ -98,10 +98,32 @@ def _sigmoid(u, temperature):
   return jax.nn.sigmoid(u / temperature)
 
 
+def _smooth_ranks_dense(sim, eye, temperature):
+  """[q, x] smooth rank r(q, x) = 1 + sum_{z != q, x} sigmoid((s_qz - s_qx) / tau2) for every x
+  (O(N^3): the [q, x, z] tensor)."""
+  others = ~eye[:, None, :] & ~eye[None, :, :]
+  beats = _sigmoid(sim[:, None, :] - sim[:, :, None], temperature)
+  return 1.0 + jnp.sum(jnp.where(others, beats, 0.0), axis=2)
+
+
+def _smooth_ranks_of_positives(sim, pos, m, temperature):
+  """([N, m] smooth ranks, [N, m] valid mask) of the first m positives of each query (by index;
+  padded with non-positives, valid False): the dense ranks at those entries, in O(N^2 m)."""
+  n = sim.shape[0]
+  # A stable sort of "not positive" puts a query's positives first, in index order.
+  idx = jnp.argsort(~pos, axis=1, stable=True)[:, :m]                        # [q, j]
+  valid = jnp.take_along_axis(pos, idx, axis=1)
+  s_qx = jnp.take_along_axis(sim, idx, axis=1)                               # [q, j]
+  z = jnp.arange(n)
+  others = (z[None, None, :] != z[:, None, None]) & (z[None, None, :] != idx[:, :, None])
+  beats = _sigmoid(sim[:, None, :] - s_qx[:, :, None], temperature)          # [q, j, z]
+  return 1.0 + jnp.sum(jnp.where(others, beats, 0.0), axis=2), valid
+
+
 def recall_at_k_surrogate(embeddings: jax.Array, labels: jax.Array,
                           k_values: Sequence[int] = (1, 2, 4, 8, 16),
                           rank_temperature=0.01, k_temperature=1.0,
-                          reduction: str = "mean") -> jax.Array:
+                          reduction: str = "mean", max_positives: int | None = None) -> jax.Array:
   """Recall@k surrogate loss (Patel, Tolias & Matas, CVPR 2022, eqs. 4-7), seed 001.
 
   Every sample q is a query against the rest of the batch Omega_q = {z != q}, with cosine
@@ -115,12 +137,19 @@ def recall_at_k_surrogate(embeddings: jax.Array, labels: jax.Array,
   sums them, "none" returns [N] (0 for excluded queries). The paper's defaults: K = {1, 2, 4, 8,
   16}, tau1 = 1, tau2 = 0.01. Unlike the official code, the query itself is not in Omega_q
   (its self-similarity would add ~1 to every rank) and any batch layout works (no P x K
-  assumption). O(N^3) time and memory in this dense form.
+  assumption). O(N^3) time and memory in this dense form (max_positives=None).
+
+  With `max_positives = M` only the ranks of the (first, by index) M positives of each query are
+  computed: O(N^2 M) time and memory, the same value and gradient whenever no query has more
+  than M positives (a P x K batch: M = K - 1), which makes batches of thousands affordable.
+  A query with more than M positives would lose some of them silently, so the loss is NaN then
+  (the trainer halts on a non-finite loss) instead of a wrong number.
 
   Args:
     embeddings: [N, D] any float dtype (normalised internally); labels: [N] int;
     k_values: non-empty tuple of positive ints (static); rank_temperature (tau2) > 0;
-    k_temperature (tau1) > 0; reduction: "mean", "sum" or "none".
+    k_temperature (tau1) > 0; reduction: "mean", "sum" or "none"; max_positives: None (dense)
+    or a positive int (static).
   """
   _checks.check_embeddings(embeddings)
   _checks.check_labels(labels, embeddings.shape[0])
@@ -133,20 +162,27 @@ def recall_at_k_surrogate(embeddings: jax.Array, labels: jax.Array,
     _checks.check_positive(value, name)
   _checks.check_choice(reduction, "reduction", _checks.REDUCTIONS)
 
+  if max_positives is not None and (isinstance(max_positives, bool)
+                                    or not isinstance(max_positives, int) or max_positives < 1):
+    raise ValueError(f"max_positives must be None or a positive int, got {max_positives!r}.")
+
   n = labels.shape[0]
   sim = cosine_similarity_matrix(embeddings)
   eye = jnp.eye(n, dtype=bool)
   pos = (labels[:, None] == labels[None, :]) & ~eye
-  # [q, x, z]: does z outrank positive x for query q? z ranges over Omega_q minus x.
-  others = ~eye[:, None, :] & ~eye[None, :, :]
-  beats = _sigmoid(sim[:, None, :] - sim[:, :, None], rank_temperature)
-  rank = 1.0 + jnp.sum(jnp.where(others, beats, 0.0), axis=2)           # [q, x]
   n_pos = jnp.sum(pos, axis=1)
+  if max_positives is None:
+    rank, valid = _smooth_ranks_dense(sim, eye, rank_temperature), pos      # [q, x] over all x
+  else:
+    rank, valid = _smooth_ranks_of_positives(sim, pos, min(max_positives, n), rank_temperature)
   recalls = []
   for k in k_values:
-    hits = jnp.sum(jnp.where(pos, _sigmoid(k - rank, k_temperature), 0.0), axis=1)
+    hits = jnp.sum(jnp.where(valid, _sigmoid(k - rank, k_temperature), 0.0), axis=1)
     m_k = jnp.maximum(jnp.minimum(k, n_pos), 1).astype(hits.dtype)
     recalls.append(jnp.minimum(hits, m_k) / m_k)
   has_pos = n_pos > 0
   num = jnp.where(has_pos, 1.0 - sum(recalls) / len(k_values), 0.0)
+  if max_positives is not None:
+    # Positives beyond the first max_positives were not ranked: refuse loudly (NaN).
+    num = jnp.where(n_pos > max_positives, jnp.nan, num)
   return _checks.reduce_per_anchor(num, has_pos.astype(num.dtype), reduction)
