@@ -38,8 +38,8 @@ _r("[1, inf)", "data.image_size", "data.examples_per_class", "data.num_foils",
    "data.samples_per_class", "data.augmentation_factor", "data.worker_buffer_size",
    "data.prefetch_batches", "data.renders_per_font", "data.min_families")
 _r("[1, 3]", "data.channels")
-_r("[0, inf)", "data.worker_count", "data.cache_mb", "data.prefetch_threads",
-   "data.max_bad_images", "data.augment.strength", "data.augment.num_ops")
+_r("[0, inf)", "data.validation_size", "data.worker_count", "data.cache_mb",
+   "data.prefetch_threads", "data.max_bad_images", "data.augment.strength", "data.augment.num_ops")
 _r("[2, inf)", "data.max_classes")
 _r("[0, 1]", "data.pos_fraction")
 _r("[0, 1)", "data.heldout_class_fraction", "data.test_fraction",

@@ -2,6 +2,7 @@
 
 import ast
 import fnmatch
+import glob
 import json
 import os
 import re
@@ -499,9 +500,11 @@ def test_sim_jax_imports_neither_configs_nor_bench_and_the_wheel_takes_only_sim_
         bad = {n for n in _imported_modules(os.path.join(root, f))
                if n.split(".")[0] in ("configs", "bench")}
         assert not bad, (os.path.join(root, f), bad)
-  text = open(os.path.join(_REPO, "pyproject.toml")).read()
-  section = text.split("[tool.setuptools.packages.find]", 1)[1].split("\n[", 1)[0]
-  assert re.search(r'^include = \["sim_jax\*"\]$', section, re.M), section
+  # The package list is setup.py's: sim_jax and its sub-packages, plus the repository's configs/
+  # shipped as `sim_jax.configs` (never a top-level `configs` or `bench`).
+  text = open(os.path.join(_REPO, "setup.py")).read()
+  assert 'find_packages(include=["sim_jax", "sim_jax.*"])' in text, text
+  assert re.search(r'package_dir=\{"sim_jax.configs": "configs"\}', text), text
 
 
 def _cited_results(text: str) -> set[str]:
@@ -517,10 +520,12 @@ def _cited_results(text: str) -> set[str]:
 
 
 def test_results_kept_are_the_results_cited_and_every_citation_exists():
-  """bench/results/ keeps what docs/performance.md and the README cite (and each kept JSON's
-  markdown twin), and every file they cite is there."""
-  docs = "".join(open(os.path.join(_REPO, p)).read()
-                 for p in ("README.md", "docs/performance.md", "bench/README.md"))
+  """bench/results/ keeps what docs/performance.md, the experiment reports and the README cite
+  (and each kept JSON's markdown twin), and every file they cite is there."""
+  reports = glob.glob(os.path.join(_REPO, "docs", "experiments", "*.md"))
+  pages = ["README.md", "docs/performance.md", "bench/README.md"] + sorted(
+      os.path.relpath(p, _REPO) for p in reports)
+  docs = "".join(open(os.path.join(_REPO, p)).read() for p in pages)
   cited = _cited_results(docs)
   kept = {f for f in os.listdir(os.path.join(_REPO, "bench", "results")) if "_quick" not in f}
   written = {"allocators.json"}  # an output a command names, not a kept result

@@ -49,10 +49,12 @@ def synthetic_batch(config) -> dict:
   size = config.data.image_size or 32
   channels = config.data.channels or CHANNELS.get(str(config.data.name), 1)
   rng = np.random.default_rng(0)
-  n = CLASSES * PER_CLASS
+  # Enough classes for the largest P x K batch (the large-batch variants' 2,048 images).
+  classes = max(CLASSES, -(-config.train.batch_size // config.data.examples_per_class))
+  n = classes * PER_CLASS
   images = rng.integers(0, 256, (n, size, size, channels), dtype=np.uint8)
-  source = sources.ArraySource(images, np.repeat(np.arange(CLASSES), PER_CLASS), np.arange(n),
-                               CLASSES)
+  source = sources.ArraySource(images, np.repeat(np.arange(classes), PER_CLASS), np.arange(n),
+                               classes)
   maker = pipeline.BatchMaker(source, np.arange(n), config.data, config.train.batch_size, seed=0)
   return maker.map(0)
 

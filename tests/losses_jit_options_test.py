@@ -46,6 +46,7 @@ def _arrays():
 INPUTS = {
     "softmax_ce": lambda a: (a["embeddings"][:, :C], a["labels"]),
     "pair_bce": lambda a: (a["same"].astype(np.float32) - 0.5, a["same"]),
+    "sigmoid_contrastive": lambda a: (a["same"].astype(np.float32) - 0.5, a["same"]),
     "subcenter_arcface": lambda a: (a["embeddings"], a["labels"], a["centers"]),
 }
 # Public functions that are not losses of a batch (helpers, configs).
