@@ -138,9 +138,11 @@ def test_heldout_classes_leave_train_and_test(tmp_path):
   assert _multiset(*got["heldout"]) == held_ref
 
 
-def test_validation_size_takes_the_last_train_rows(tmp_path):
+def test_validation_size_takes_the_last_train_rows(tmp_path, monkeypatch):
   """Seed 002's 48,000 / 12,000 split, scaled down: the last 12 of 50 train rows are validation,
-  in file order (keys = the train row); test is untouched; a size >= the train rows is refused."""
+  in file order (keys = the train row); test is untouched; a size >= the train rows is refused.
+  The IDX files are written here, so no package is needed."""
+  monkeypatch.setattr(fashion_mnist, "IDX_DIR", str(tmp_path))
   rng = np.random.default_rng(1)
   images = {s: rng.integers(0, 256, (n, 28, 28), dtype=np.uint8) for s, n in (("train", 50),
                                                                                 ("test", 20))}
@@ -149,8 +151,9 @@ def test_validation_size_takes_the_last_train_rows(tmp_path):
     _write_idx(str(tmp_path), split, images[split], labels[split])
   c = sd.default_config()
   c.update(name="fashion_mnist", validation_size=12)
-  options = {**fashion_mnist.fashion_options(c), "directory": str(tmp_path)}
-  assert options["validation_size"] == 12 and not fashion_mnist.tfds_copy_usable(c)
+  options = fashion_mnist.fashion_options(c)
+  assert options["directory"] == str(tmp_path) and options["validation_size"] == 12
+  assert not fashion_mnist.tfds_copy_usable(c)
   b = common.prepared_builder(fashion_mnist.FashionMnistIdx, options, str(tmp_path / "data"))
   want = {"train": slice(0, 38), "validation": slice(38, 50)}
   for split, rows in want.items():
