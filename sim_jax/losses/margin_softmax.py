@@ -108,6 +108,16 @@ def arcface_target(cos_target: jax.Array, margin) -> jax.Array:
   return jnp.where(c >= -cos_m, c * cos_m - _safe_sin(c) * sin_m, c - margin * sin_m)
 
 
+def _check_margin_inputs(embeddings, labels, weights, margin, scale, reduction, *,
+                         weights_ndim: int) -> None:
+  """The checks of the additive-margin losses: reduction, shapes, margin >= 0, scale > 0."""
+  _checks.check_choice(reduction, "reduction", _checks.REDUCTIONS)
+  check_class_inputs(embeddings, labels, weights, weights_ndim=weights_ndim)
+  _check_scalars(margin=margin, scale=scale)
+  _checks.check_non_negative(margin, "margin")
+  _checks.check_positive(scale, "scale")
+
+
 def arcface(embeddings: jax.Array, labels: jax.Array, weights: jax.Array, margin=0.5,
             scale=64.0, reduction: str = "mean") -> jax.Array:
   """ArcFace (additive angular margin; Deng et al., CVPR 2019):
@@ -120,11 +130,7 @@ def arcface(embeddings: jax.Array, labels: jax.Array, weights: jax.Array, margin
     scale: s > 0 (paper and pml 64).
     reduction: "mean" (over N), "sum" or "none" ([N]).
   """
-  _checks.check_choice(reduction, "reduction", _checks.REDUCTIONS)
-  check_class_inputs(embeddings, labels, weights, weights_ndim=2)
-  _check_scalars(margin=margin, scale=scale)
-  _checks.check_non_negative(margin, "margin")
-  _checks.check_positive(scale, "scale")
+  _check_margin_inputs(embeddings, labels, weights, margin, scale, reduction, weights_ndim=2)
   cos = class_cosines(embeddings, weights)
   return _arcface_from_cosines(cos, labels, margin, scale, reduction)
 
@@ -143,11 +149,7 @@ def subcenter_arcface(embeddings: jax.Array, labels: jax.Array, weights: jax.Arr
     weights: [C, K, D] sub-centres (pml's W [D, C*K], column c*K + k, transposed and reshaped).
     Others as `arcface`.
   """
-  _checks.check_choice(reduction, "reduction", _checks.REDUCTIONS)
-  check_class_inputs(embeddings, labels, weights, weights_ndim=3)
-  _check_scalars(margin=margin, scale=scale)
-  _checks.check_non_negative(margin, "margin")
-  _checks.check_positive(scale, "scale")
+  _check_margin_inputs(embeddings, labels, weights, margin, scale, reduction, weights_ndim=3)
   cos = jnp.max(class_cosines(embeddings, weights), axis=2)
   return _arcface_from_cosines(cos, labels, margin, scale, reduction)
 
@@ -160,11 +162,7 @@ def cosface(embeddings: jax.Array, labels: jax.Array, weights: jax.Array, margin
 
   Args as `arcface`; margin m >= 0 (paper and pml 0.35), scale s > 0 (pml 64).
   """
-  _checks.check_choice(reduction, "reduction", _checks.REDUCTIONS)
-  check_class_inputs(embeddings, labels, weights, weights_ndim=2)
-  _check_scalars(margin=margin, scale=scale)
-  _checks.check_non_negative(margin, "margin")
-  _checks.check_positive(scale, "scale")
+  _check_margin_inputs(embeddings, labels, weights, margin, scale, reduction, weights_ndim=2)
   cos = class_cosines(embeddings, weights)
   target = _target(cos, labels) - margin
   return cross_entropy(scale * _with_target(cos, labels, target), labels, reduction)

@@ -324,6 +324,14 @@ def npairs(embeddings, labels, mask=None, reduction: str = "mean"):
   return _checks.reduce_per_anchor(num, anchor.astype(num.dtype), reduction)
 
 
+def _log1p_sum_over_negatives(logits: jax.Array, neg: jax.Array) -> jax.Array:
+  """[a, p] = log(1 + sum_n e^{logits[a, p, n]}) over the negatives n of a (`neg` [a, n])."""
+  m = neg.shape[0]
+  neg3 = jnp.broadcast_to(neg[:, None, :], logits.shape)
+  return masked_logsumexp(logits.reshape(-1, m), neg3.reshape(-1, m),
+                          add_one=True).reshape(logits.shape[:2])
+
+
 def tuplet_margin(embeddings, labels, margin_degrees=5.73, scale=64.0, mask=None,
                   reduction: str = "mean"):
   """Tuplet margin loss (Yu & Tao, ICCV 2019, eq. 5; pml `TupletMarginLoss`).
@@ -340,9 +348,7 @@ def tuplet_margin(embeddings, labels, margin_degrees=5.73, scale=64.0, mask=None
   shifted = s * math.cos(b) + safe_sqrt(1 - jnp.square(s)) * math.sin(b)   # [a, p]
   # [a, p, n]: logits scale (s_an - cos(theta_ap - beta)) over the negatives n of a.
   logits = _f(scale, s.dtype) * (s[:, None, :] - shifted[:, :, None])
-  neg3 = jnp.broadcast_to(neg[:, None, :], logits.shape)
-  loss = masked_logsumexp(logits.reshape(-1, s.shape[0]), neg3.reshape(-1, s.shape[0]),
-                       add_one=True).reshape(s.shape)
+  loss = _log1p_sum_over_negatives(logits, neg)
   # pml computes nothing when the batch has no negative pair at all.
   loss = jnp.where(pos & jnp.any(neg), loss, 0.0)
   counted = (pos & jnp.any(neg)).sum(axis=1).astype(loss.dtype)
@@ -361,9 +367,7 @@ def angular(embeddings, labels, alpha_degrees=40.0, mask=None, reduction: str = 
   pos, neg = pair_masks(labels, mask)
   t = math.tan(math.radians(alpha_degrees)) ** 2
   logits = 4 * t * (s[:, None, :] + s[None, :, :]) - 2 * (1 + t) * s[:, :, None]   # [a, p, n]
-  neg3 = jnp.broadcast_to(neg[:, None, :], logits.shape)
-  loss = masked_logsumexp(logits.reshape(-1, s.shape[0]), neg3.reshape(-1, s.shape[0]),
-                       add_one=True).reshape(s.shape)
+  loss = _log1p_sum_over_negatives(logits, neg)
   loss = jnp.where(pos & jnp.any(neg), loss, 0.0)
   counted = (pos & jnp.any(neg)).sum(axis=1).astype(loss.dtype)
   return _checks.reduce_per_anchor(jnp.sum(loss, axis=1), counted, reduction)
