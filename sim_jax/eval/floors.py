@@ -54,10 +54,17 @@ def floors(evaluators, eval_data: Mapping[str, Mapping[str, np.ndarray]],
            random_init: Mapping[str, np.ndarray]) -> dict[str, dict[str, float]]:
   """The metrics of raw pixels and of the untrained encoder's vectors (`random_init`, per
   split), both through `evaluators` on `eval_data[split]["label"]`."""
-  labels = {s: d["label"] for s, d in eval_data.items()}
+  return {"raw_pixels": _raw_pixel_metrics(evaluators, eval_data),
+          "random_init": _vector_metrics(evaluators, eval_data, random_init)}
+
+
+def _raw_pixel_metrics(evaluators, eval_data) -> dict[str, float]:
   pixels = {s: raw_pixel_embeddings(d["image"]) for s, d in eval_data.items()}
-  return {"raw_pixels": run_evaluators(evaluators, pixels, labels),
-          "random_init": run_evaluators(evaluators, dict(random_init), labels)}
+  return _vector_metrics(evaluators, eval_data, pixels)
+
+
+def _vector_metrics(evaluators, eval_data, vectors: Mapping[str, np.ndarray]) -> dict[str, float]:
+  return run_evaluators(evaluators, dict(vectors), {s: d["label"] for s, d in eval_data.items()})
 
 
 def describe(name: str, value: float, chance: Mapping[str, float],
@@ -121,13 +128,8 @@ def cached_run_floors(config, evaluators, eval_data: Mapping[str, Mapping[str, n
                       ) -> dict[str, dict[str, float]]:
   """`floors` of `config`'s evaluation, each memoised under `floors_key` when the cache is on;
   `random_init()` gives the untrained encoder's vectors per split (called only on a miss)."""
-  labels = {s: d["label"] for s, d in eval_data.items()}
-
-  def raw_pixels():
-    return run_evaluators(evaluators, {s: raw_pixel_embeddings(d["image"])
-                                       for s, d in eval_data.items()}, labels)
-
-  return {"raw_pixels": cached_floors(floors_key(config, "raw_pixels"), raw_pixels),
+  return {"raw_pixels": cached_floors(floors_key(config, "raw_pixels"),
+                                      lambda: _raw_pixel_metrics(evaluators, eval_data)),
           "random_init": cached_floors(floors_key(config, "random_init"),
-                                       lambda: run_evaluators(evaluators, dict(random_init()),
-                                                              labels))}
+                                       lambda: _vector_metrics(evaluators, eval_data,
+                                                               random_init()))}
