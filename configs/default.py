@@ -103,6 +103,15 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
   config.train.memory = ml_collections.ConfigDict()
   config.train.memory.size = config_dict.placeholder(int)
   config.train.memory.start_step = 0
+  # Adversarial training (sim_jax/adversarial.py): FGSM / PGD examples of the step's own loss
+  # replace round(ratio * B) of the batch's B entries; the L-inf radius and step in pixel levels
+  # of 0..255. The same attacks give eval.robust_attacks' robust pair accuracy.
+  config.train.adversarial = ml_collections.ConfigDict()
+  config.train.adversarial.method = "none"  # none | fgsm | pgd
+  config.train.adversarial.epsilon = 8.0  # L-inf radius in pixel levels (8 = 8/255)
+  config.train.adversarial.steps = 7  # pgd: projected steps
+  config.train.adversarial.step_size = 2.0  # pgd: step in pixel levels
+  config.train.adversarial.ratio = 0.5  # fraction of the batch replaced by adversarial examples
   config.train.log_diagnostics = True  # embedding diagnostics (dense losses only)
   config.train.plots = True  # PNGs at the end: curves, t-SNE, retrieval grid, distances
   config.train.profile_steps = 0  # > 0: write a jax.profiler trace of N steps after step 10

@@ -42,10 +42,11 @@ import optax
 from absl import logging
 from clu import metrics, periodic_actions
 
+from sim_jax import adversarial as adversarial_lib
 from sim_jax import checkpointing, cpu, data, losses, models, optim, sharding, summaries, validation
 from sim_jax import workdir as workdir_lib
 from sim_jax.data import augment, samplers
-from sim_jax.eval import distances, head_rules
+from sim_jax.eval import distances, head_rules, robust
 from sim_jax.eval import evaluators as evaluators_lib
 from sim_jax.eval import floors as floors_lib
 from sim_jax.losses import gradcache, objective
@@ -222,6 +223,7 @@ def loss_and_grads(params, batch_stats, batch, rng, memory=None, *, config, mode
     return loss, grads, new_bs, None, None
   loss_fn = functools.partial(compute_loss, config=config, model=model, pair_head=pair_head,
                               augment_fn=augment_fn, mesh=mesh, train=True, splits=splits)
+  batch = adversarial_lib.perturb(config, loss_fn, params, batch_stats, batch, rng, memory)
   (loss, (new_bs, z, labels)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
       params, batch_stats, batch, rng, memory)
   return loss, grads, new_bs, z, labels
@@ -341,6 +343,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
                      f"config.train.grad_accum_chunks={c.train.grad_accum_chunks}: GradCache "
                      f"already runs the encoder in chunks; set one of them to 1")
   xbm.check_config(c)
+  adversarial_lib.check_config(c)
   if c.train.view_labels not in ("index", "class"):
     raise ValueError(f"config.train.view_labels must be 'index' or 'class', got "
                      f"{c.train.view_labels!r}")
@@ -491,6 +494,7 @@ def evaluate(setup: TrainSetup, state: TrainState, eval_data, evaluators):
                                                   setup.pair_head, setup.config.eval.metric)
   out.update(head_rules.head_metrics(setup.config.eval, embeddings, _labels(eval_data),
                                      pair_logits=pair_logits, class_logits=class_logits))
+  out.update(robust.state_metrics(setup, state, eval_data, embeddings))
   return out, embeddings
 
 
@@ -535,10 +539,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       return _train_and_evaluate(config, workdir, watcher)
   finally:
     watcher.close()
-
-
-def _scalars(prefix: str, values: Mapping[str, float]) -> dict[str, float]:
-  return {f"{prefix}/{k}": v for k, v in values.items()}
 
 
 def _train_and_evaluate(config, workdir, watcher) -> dict[str, float]:
@@ -654,7 +654,7 @@ def _train_and_evaluate(config, workdir, watcher) -> dict[str, float]:
         check_finite(computed)
         computed.pop("first_nonfinite_step")
         computed["data_wait_fraction"] = data_wait / max(time.time() - t_last, 1e-9)
-        writer.write_scalars(step, _scalars("train", computed))
+        writer.write_scalars(step, {f"train/{k}": v for k, v in computed.items()})
         train_metrics, data_wait, t_last = None, 0.0, time.time()
       eval_now = (tcfg.eval_every and step % tcfg.eval_every == 0) or last
       ckpt_now = (tcfg.checkpoint_every and step % tcfg.checkpoint_every == 0) or last

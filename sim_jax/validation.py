@@ -89,6 +89,11 @@ _r("[1, inf)", "train.steps", "train.batch_size", "train.keep_checkpoints",
 _r("[0, inf)", "train.log_every", "train.eval_every", "train.checkpoint_every", "train.keep_best",
    "train.max_nonfinite_skips", "train.parallel_splits", "train.steps_per_execution",
    "train.profile_steps", "train.memory.size", "train.memory.start_step")
+_r("[0, 255]", "train.adversarial.epsilon")
+_r("(0, 255]", "train.adversarial.step_size")
+_r("[1, inf)", "train.adversarial.steps")
+_r("[0, 1]", "train.adversarial.ratio")
+_r("[2, inf)", "eval.robust_num_pairs")  # one same and one different pair at least
 # eval
 _r("[1, inf)", "eval.block_size", "eval.query_block_size", "eval.ks", "eval.knn_k",
    "eval.pool_num_foils", "eval.pool_top", "eval.verification_num_pairs", "eval.fewshot_k_shot",

@@ -62,6 +62,18 @@ def default_config() -> ml_collections.ConfigDict:
   c.zeroshot_split = "heldout"
   c.zeroshot_train_split = "train"
 
+  # Robust pair accuracy (sim_jax/eval/robust.py): the verification rule on robust_num_pairs
+  # query_split pairs attacked by each of these ("fgsm,pgd"; "" = off) with
+  # config.train.adversarial's epsilon / steps / step_size.
+  c.robust_attacks = ""
+  c.robust_num_pairs = 256
+
+  # --mode=evaluate of an ensemble (sim_jax/models/ensemble.py): comma-separated workdirs of
+  # runs of one model config (also --ensemble=...); their L2-normalised embeddings are combined by
+  # ensemble_mode: "concat" (/ sqrt(M)) or "mean" (renormalised).
+  c.ensemble = ""
+  c.ensemble_mode = "concat"
+
   # Metric that picks the best checkpoint, and whether larger (max) or smaller (min) is better.
   c.best_metric = "retrieval/mrr@5"
   c.best_mode = "max"
