@@ -10,6 +10,13 @@ config without training (`--mode=floors`).
 
 A checkpoint is only loaded with the model / loss config it was written with
 (`checkpointing.check_inference`); data.* and eval.* may differ.
+
+Ensembles (`config.eval.ensemble`, or `--ensemble=runs/a,runs/b,runs/c`): evaluate and embed use
+the latest checkpoint of every listed workdir instead of `--workdir`'s (which only receives the
+output) and compare `models.ensemble.combine(member embeddings, config.eval.ensemble_mode)`:
+"concat" (each member's L2-normalised embedding, concatenated, / sqrt(M); cosine = the mean of
+the members' cosines) or "mean" (the mean of the normalised embeddings, renormalised). Every
+member must have the config's model / loss (typically runs of one config with other seeds).
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ from sim_jax.data import names as data_names
 from sim_jax.eval import evaluators as evaluators_lib
 from sim_jax.eval import floors as floors_lib
 from sim_jax.eval import plots, search
+from sim_jax.models import ensemble
 
 
 def restore_for_inference(setup: train.TrainSetup, workdir: str) -> tuple[int, train.TrainState]:
@@ -47,6 +55,42 @@ def restore_for_inference(setup: train.TrainSetup, workdir: str) -> tuple[int, t
   return step, train.state_from_restored(setup, restored)
 
 
+def ensemble_members(config: ml_collections.ConfigDict) -> list[str]:
+  """The workdirs of `config.eval.ensemble` ("a,b,c"), [] when it is empty."""
+  members = [p.strip() for p in str(config.eval.ensemble).split(",") if p.strip()]
+  if members:
+    ensemble.check_mode(config.eval.ensemble_mode)
+    if len(set(members)) != len(members):
+      raise ValueError(f"config.eval.ensemble={config.eval.ensemble!r} lists a workdir twice")
+  return members
+
+
+def restore_states(setup: train.TrainSetup, workdir: str
+                   ) -> tuple[int, list[train.TrainState], list[str]]:
+  """`(step, states, sources)`: the latest checkpoint of `workdir`, or of every ensemble member
+  (`step` = the first member's)."""
+  sources = ensemble_members(setup.config) or [workdir]
+  restored = [restore_for_inference(setup, w) for w in sources]
+  return restored[0][0], [state for _, state in restored], sources
+
+
+def embed_with(setup: train.TrainSetup, states: list[train.TrainState],
+               images: np.ndarray) -> np.ndarray:
+  """`train.embed_images` of one state, or the ensemble's combination of several."""
+  if len(states) == 1 and not ensemble_members(setup.config):
+    return train.embed_images(setup, states[0], images)
+  return np.asarray(ensemble.combine([train.embed_images(setup, s, images) for s in states],
+                                     setup.config.eval.ensemble_mode))
+
+
+def _evaluate_ensemble(setup, states, eval_data, evaluators):
+  # The embeddings' protocols only: a pair head or classifier belongs to one member, and the
+  # robust attacks differentiate one encoder.
+  embeddings = {s: embed_with(setup, states, d["image"]) for s, d in eval_data.items()}
+  labels = {s: d["label"] for s, d in eval_data.items()}
+  return evaluators_lib.run_evaluators(evaluators, embeddings, labels), embeddings
+
+
 def report(setup: train.TrainSetup, eval_data, evaluators, embeddings, results) -> dict:
   """{"metrics", "chance", "floors"} of an evaluation (the final_metrics.json layout)."""
   labels = {s: d["label"] for s, d in eval_data.items()}
@@ -63,16 +107,23 @@ def _print_report(prefix: str, rep: dict) -> None:
 
 
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """`--mode=evaluate`: every configured protocol on the workdir's latest checkpoint, next to
-  chance and the two floors; written to `<workdir>/eval_step<N>.json`."""
+  """`--mode=evaluate`: every configured protocol on the workdir's latest checkpoint (or the
+  ensemble's, `config.eval.ensemble`), next to chance and the two floors (of one encoder);
+  written to `<workdir>/eval_step<N>.json`."""
   setup = train.make_setup(config)
-  step, state = restore_for_inference(setup, workdir)
+  step, states, sources = restore_states(setup, workdir)
   eval_data = train.load_eval_data(config)
   evaluators = evaluators_lib.get_evaluators(config.eval)
-  results, embeddings = train.evaluate(setup, state, eval_data, evaluators)
+  if ensemble_members(config):
+    results, embeddings = _evaluate_ensemble(setup, states, eval_data, evaluators)
+  else:
+    results, embeddings = train.evaluate(setup, states[0], eval_data, evaluators)
   rep = report(setup, eval_data, evaluators, embeddings, results)
+  if ensemble_members(config):
+    rep["ensemble"] = {"members": sources, "mode": str(config.eval.ensemble_mode)}
   if jax.process_index() == 0:
     _print_report(f"step {step}  ", rep)
+    os.makedirs(workdir, exist_ok=True)
     with open(os.path.join(workdir, f"eval_step{step}.json"), "w") as f:
       json.dump({"step": step, **rep}, f, indent=2, sort_keys=True)
   return rep
@@ -140,14 +191,15 @@ def embedding_table(config: ml_collections.ConfigDict, step: int, parts) -> dict
 def export_embeddings(config: ml_collections.ConfigDict, workdir: str, output: str,
                       split: str | None = None) -> str:
   """`--mode=embed`: a split (or every eval split, rows concatenated) to `.npz` with the keys of
-  `EMBED_SCHEMA`, whatever `split` is; select a split's rows with `z["splits"] == name`."""
+  `EMBED_SCHEMA`, whatever `split` is; select a split's rows with `z["splits"] == name`. With
+  `config.eval.ensemble`, the ensemble's combined embeddings."""
   setup = train.make_setup(config)
-  step, state = restore_for_inference(setup, workdir)
+  step, states, _ = restore_states(setup, workdir)
   splits = [split] if split else list(config.data.eval_splits)
   parts = []
   for s in splits:
     d = data.load_split(config.data, s)
-    parts.append((s, d, train.embed_images(setup, state, d["image"])))
+    parts.append((s, d, embed_with(setup, states, d["image"])))
   arrays = embedding_table(config, step, parts)
   if jax.process_index() == 0:
     os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)

@@ -4,6 +4,7 @@ r"""sim_jax's command line: train, evaluate, embed, search a gallery, list the c
   sim-jax --config=configs/default.py:small --workdir=runs/small          # a quick run
   sim-jax --config=configs/default.py --workdir=runs/default --config.train.steps=2000
   sim-jax --config=configs/default.py --workdir=runs/default --mode=evaluate
+  sim-jax --config=configs/default.py --workdir=runs/ens --mode=evaluate --ensemble=runs/a,runs/b
   sim-jax --config=configs/default.py --workdir=runs/default --mode=embed --output=emb.npz
   sim-jax --config=configs/default.py --workdir=runs/default --mode=search --query=x.png
   sim-jax --config=configs/default.py --workdir=runs/floors --mode=floors
@@ -49,6 +50,10 @@ flags.DEFINE_string("query", None, "--mode=search: the query image file.")
 flags.DEFINE_string("gallery_split", None, "--mode=search: split searched (default: eval query "
                     "split).")
 flags.DEFINE_integer("k", 5, "--mode=search: number of matches.")
+flags.DEFINE_string("ensemble", None, "--mode=evaluate / embed: comma-separated workdirs whose "
+                    "latest checkpoints are evaluated as one ensemble (sets config.eval.ensemble; "
+                    "combined by config.eval.ensemble_mode, see sim_jax/inference.py); --workdir "
+                    "receives the output.")
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-process runs).")
 flags.DEFINE_integer("num_processes", None, "Number of processes (multi-process runs).")
 flags.DEFINE_integer("process_id", None, "Index of this process (multi-process runs).")
@@ -136,6 +141,10 @@ def main(argv):
     return
   if not FLAGS.workdir:
     bad_input("--workdir is required, e.g. --workdir=runs/default")
+  if FLAGS.ensemble is not None:
+    if FLAGS.mode not in ("evaluate", "embed"):
+      bad_input(f"--ensemble is for --mode=evaluate or --mode=embed, not --mode={FLAGS.mode}")
+    config.eval.ensemble = FLAGS.ensemble
   if FLAGS.mode != "train":
     workdir_lib.release_sigterm()  # Nothing to checkpoint: a SIGTERM ends these modes as usual.
   # Imported here, not at the top: `malloc.maybe_reexec()` (in run()) may re-exec this process
