@@ -111,4 +111,20 @@ def get_ablations():
           Variant("fixed", {"loss.name": "contrastive", "loss.margin": 1.0}),
           Variant("learnable", {"loss.name": "learnable_margin_contrastive", "loss.margin": 1.0}),
       ],
+      # Adversarial training (sim_jax/adversarial.py; half of each batch replaced, epsilon 8 of
+      # 255, PGD: 7 steps of 2), every variant also scored on pairs attacked by FGSM and PGD
+      # (robust/*, sim_jax/eval/robust.py). Run with --seeds=3.
+      "adversarial": [
+          Variant(label, {"train.adversarial.method": method, "eval.robust_attacks": "fgsm,pgd"})
+          for label, method in (("clean", "none"), ("fgsm", "fgsm"), ("pgd", "pgd"))
+      ],
+      # Ensembles (--mode=evaluate --ensemble=...): three encoders trained with seeds 0, 1, 2, then
+      # their embeddings combined (sim_jax/models/ensemble.py). Members carry their own seeds, so
+      # run it without --seeds; the seed rows are the single-encoder spread.
+      "ensemble": [
+          *[Variant(f"seed{s}", {"seed": s}) for s in range(3)],
+          *[Variant(f"ensemble_{mode}", {"eval.ensemble": "{run:seed0},{run:seed1},{run:seed2}",
+                                         "eval.ensemble_mode": mode}, evaluates="seed0")
+            for mode in ("concat", "mean")],
+      ],
   }
