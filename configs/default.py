@@ -110,7 +110,7 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
   config.train.adversarial.method = "none"  # none | fgsm | pgd
   config.train.adversarial.epsilon = 8.0  # L-inf radius in pixel levels (8 = 8/255)
   config.train.adversarial.steps = 7  # pgd: projected steps
-  config.train.adversarial.step_size = 2.0  # pgd: step in pixel levels
+  config.train.adversarial.step_size = 2.0  # pgd: step in pixel levels; steps x step_size >= eps
   config.train.adversarial.ratio = 0.5  # fraction of the batch replaced by adversarial examples
   config.train.log_diagnostics = True  # embedding diagnostics (dense losses only)
   config.train.plots = True  # PNGs at the end: curves, t-SNE, retrieval grid, distances
