@@ -81,6 +81,8 @@ def pair_sums(sweeper, block_fn, rows, cols):
 class RingSweeper:
   """Sweeps the local rows against every device's columns, rotating the columns around a ring."""
 
+  overlap = True   # `pairs`: send the next chunk while sweeping this one (see there)
+
   def __init__(self, row_block: int, col_block: int | None, num_shards: int,
                axis: str = DATA_AXIS):
     self.row_block, self.col_block = row_block, col_block
@@ -128,29 +130,33 @@ class RingSweeper:
     """`local_pair_sums` of the local rows against every device's columns.
 
     Each chunk's column accumulator travels with it and one last hop brings it home (as in
-    `backward`). Double-buffered: the chunk swept at hop h + 1 is sent during hop h, and the
-    accumulator received at hop h is only added after the hop's sweep, so neither transfer
-    is an input of the sweep in hand and the scheduler may overlap them with it.
+    `backward`). With `overlap` (double-buffering) the chunk swept at hop h + 1 is sent during
+    hop h, and the accumulator received at hop h is added only after the hop's sweep, so no
+    transfer is an input of the sweep in hand and the scheduler may run them side by side;
+    without it each hop first receives its chunk, then sweeps it (kept for the A/B in
+    bench/loss_scaling.py --ring).
     """
     local = lambda c: local_pair_sums(block_fn, rows, c, self.row_block, self.col_block)
-    if self.k == 1:
-      return local(cols)
-    in_flight = self._shift(cols)
     row_acc, col_acc = local(cols)
+    if self.k == 1:
+      return row_acc, col_acc
 
     def hop(carry, prefetch: bool):
       row_acc, chunk, col_acc = carry
-      nxt = self._shift(chunk) if prefetch else chunk
-      arrived = self._shift(col_acc)           # this chunk's sums from the devices before
+      if self.overlap:
+        nxt = self._shift(chunk) if prefetch else chunk
+        arrived = self._shift(col_acc)         # this chunk's sums from the devices before
+      else:
+        chunk, arrived = self._shift((chunk, col_acc))
+        nxt = chunk
       row_part, col_part = local(chunk)
       return (tree_add(row_acc, row_part), nxt, tree_add(arrived, col_part))
 
-    carry = (row_acc, in_flight, col_acc)
+    carry = (row_acc, self._shift(cols) if self.overlap else cols, col_acc)
     if self.k > 2:
       carry, _ = lax.scan(lambda c, _: (hop(c, True), None), carry, None, length=self.k - 2)
     row_acc, _, col_acc = hop(carry, False)    # the last chunk: nothing left to prefetch
     return row_acc, self._shift(col_acc)
-
 
 class GatherSweeper(RingSweeper):
   """Local row strips against the all-gathered [N, D] columns (full-row triplet minings)."""

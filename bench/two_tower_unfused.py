@@ -1,0 +1,133 @@
+"""The previous (unfused) two-tower streaming losses, kept only as the A/B baseline of
+`bench/loss_scaling.py --ring`.
+
+CLIP here runs one online log-sum-exp sweep per direction (two forward sweeps, running max and
+rescale, then two backward sweeps: 2 x (2 + 6) N^2 D = 16 N^2 D), SigLIP one forward sweep and
+one backward sweep (2 + 6 = 8 N^2 D). `sim_jax.losses.two_tower` fuses them (8 and 6 N^2 D).
+Same values and gradients; see the docstrings there for the formulas.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from sim_jax.losses import sweep
+from sim_jax.losses.distributed import run_bodies
+from sim_jax.losses.two_tower import _normalized
+
+
+class TowerRows(NamedTuple):
+  """A `sweep.Side` of one tower plus, in the backward pass, each row's statistics."""
+  x: jax.Array
+  label: jax.Array
+  index: jax.Array
+  valid: jax.Array
+  lse: jax.Array | None = None         # CLIP: the row's log-sum-exp over all columns
+  cotangent: jax.Array | None = None   # d loss / d (per-row output)
+
+
+class SigLipPartials(NamedTuple):
+  """Per-row parts of the gradients of SigLIP's scalar parameters."""
+  scale: jax.Array
+  bias: jax.Array
+
+
+def _row_lse_bodies(sweeper):
+  """Row-wise log sum_j exp(<a_i, b_j> * inv_t) over all columns: one sweep, custom backward."""
+
+  def fwd_local(xs, params, labels):
+    (a, b), (inv_t,) = xs, params
+    rows = sweep.side(a, labels, sweeper.index(a.shape[0]))
+    cols = sweep.side(b, labels, sweeper.index(b.shape[0]))
+
+    def update(st, r, c):
+      return sweep.lse_update(st, (r.x @ c.x.T) * inv_t,
+                              jnp.broadcast_to(c.valid[None, :], (r.x.shape[0], c.x.shape[0])))
+
+    st = sweeper.forward(update, sweep.lse_init(a.shape[0], a.dtype), rows, cols)
+    lse = sweep.lse_value(st)
+    return (lse,), (lse,)
+
+  def bwd_local(xs, params, labels, residuals, cotangents):
+    (a, b), (inv_t,) = xs, params
+    rows = TowerRows(*sweep.side(a, labels, sweeper.index(a.shape[0])), lse=residuals[0],
+                     cotangent=cotangents[0])
+    cols = sweep.side(b, labels, sweeper.index(b.shape[0]))
+
+    def grad_block(r, c):
+      gram = r.x @ c.x.T
+      mask = jnp.broadcast_to(c.valid[None, :], gram.shape)
+      # d lse_i / d l_ij = softmax_ij. Row extra: each row's part of d loss / d inv_t.
+      dl = sweep.safe_exp_diff(gram * inv_t, r.lse, mask) * r.cotangent[:, None]
+      return dl * inv_t, jnp.sum(dl * gram, axis=1), ()
+
+    da, d_inv_t, db, _ = sweeper.backward(grad_block, rows, cols)
+    return (da, db), (sweeper.psum(jnp.sum(d_inv_t)),)
+
+  return fwd_local, bwd_local
+
+
+def _siglip_bodies(sweeper):
+  """Row-wise sum_j softplus(-z_ij (<a_i, b_j> * scale + bias)), z_ij = +1 if i == j else -1."""
+
+  def logits_and_sign(r, c, scale, bias):
+    gram = r.x @ c.x.T
+    sign = jnp.where(r.index[:, None] == c.index[None, :], 1.0, -1.0).astype(gram.dtype)
+    return gram, gram * scale + bias, sign
+
+  def fwd_local(xs, params, labels):
+    (a, b), (scale, bias) = xs, params
+    rows = sweep.side(a, labels, sweeper.index(a.shape[0]))
+    cols = sweep.side(b, labels, sweeper.index(b.shape[0]))
+
+    def update(total, r, c):
+      _, logits, sign = logits_and_sign(r, c, scale, bias)
+      return total + jnp.sum(jnp.where(c.valid[None, :], jax.nn.softplus(-sign * logits), 0.0),
+                             axis=1)
+
+    total = sweeper.forward(update, jnp.zeros(a.shape[0], a.dtype), rows, cols)
+    return (total,), ()
+
+  def bwd_local(xs, params, labels, residuals, cotangents):
+    (a, b), (scale, bias) = xs, params
+    rows = TowerRows(*sweep.side(a, labels, sweeper.index(a.shape[0])), cotangent=cotangents[0])
+    cols = sweep.side(b, labels, sweeper.index(b.shape[0]))
+
+    def grad_block(r, c):
+      gram, logits, sign = logits_and_sign(r, c, scale, bias)
+      # d softplus(-z l) / d l = -z sigmoid(-z l).
+      dl = jnp.where(c.valid[None, :], -sign * jax.nn.sigmoid(-sign * logits), 0.0)
+      dl = dl * r.cotangent[:, None]
+      return dl * scale, SigLipPartials(jnp.sum(dl * gram, axis=1), jnp.sum(dl, axis=1)), ()
+
+    da, extra, db, _ = sweeper.backward(grad_block, rows, cols)
+    return (da, db), (sweeper.psum(jnp.sum(extra.scale)), sweeper.psum(jnp.sum(extra.bias)))
+
+  return fwd_local, bwd_local
+
+
+def _streamed(bodies_fn, a, b, params, block_size, mesh):
+  # Labels are unused by these kernels (the pairing is by index); int zeros keep one signature.
+  labels = jnp.zeros(a.shape[0], jnp.int32)
+  return run_bodies(bodies_fn, (a, b), params, labels, block_size=block_size, mesh=mesh)[0]
+
+
+def clip_infonce(img_emb, txt_emb, temperature, *, block_size, mesh=None):
+  """CLIP's symmetric InfoNCE, two sweeps (one per direction)."""
+  a, b, dtype = _normalized(img_emb, txt_emb)
+  inv_t = 1.0 / jnp.asarray(temperature, dtype)
+  diag = jnp.sum(a * b, axis=1) * inv_t
+  lse_i2t = _streamed(_row_lse_bodies, a, b, (inv_t,), block_size, mesh)
+  lse_t2i = _streamed(_row_lse_bodies, b, a, (inv_t,), block_size, mesh)
+  return 0.5 * (jnp.mean(lse_i2t - diag) + jnp.mean(lse_t2i - diag))
+
+
+def siglip(img_emb, txt_emb, log_temperature, bias, *, block_size, mesh=None):
+  """SigLIP's sigmoid loss, a forward sweep and a separate backward sweep."""
+  a, b, dtype = _normalized(img_emb, txt_emb)
+  scale = jnp.exp(jnp.asarray(log_temperature, dtype))
+  per_row = _streamed(_siglip_bodies, a, b, (scale, jnp.asarray(bias, dtype)), block_size, mesh)
+  return jnp.sum(per_row) / a.shape[0]
