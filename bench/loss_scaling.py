@@ -266,6 +266,35 @@ def _ring_loss_fn(loss, block_size, mesh, module=None):
                                                      block_size=block_size, mesh=mesh))
 
 
+def ppermute_cost(mesh, rows: int, reps: int = 5):
+  """Median seconds of one ring hop (`ppermute` to the next device) of a [rows, D] float32 chunk
+  per device and of a 1-row chunk (the per-hop latency): the model's bandwidth and latency."""
+  import statistics
+
+  import jax
+  import numpy as np
+  from jax.sharding import NamedSharding
+  from jax.sharding import PartitionSpec as P
+  k = mesh.shape["data"]
+  perm = [(j, (j + 1) % k) for j in range(k)]
+  hop = jax.jit(jax.shard_map(lambda a: jax.lax.ppermute(a, "data", perm), mesh=mesh,
+                              in_specs=P("data"), out_specs=P("data")))
+  out = {}
+  for key, r in (("chunk", rows), ("latency", 1)):
+    # From a callback: also valid when the mesh spans processes (bench/ring_processes.py).
+    a = jax.make_array_from_callback((k * r, D), NamedSharding(mesh, P("data")),
+                                     lambda idx, r=r: np.ones((k * r, D), np.float32)[idx])
+    jax.block_until_ready(hop(a))
+    ts = []
+    for _ in range(reps):
+      start = time.perf_counter()
+      jax.block_until_ready(hop(a))
+      ts.append(time.perf_counter() - start)
+    out[key + "_seconds"] = statistics.median(ts)
+  out["chunk_bytes"] = rows * D * 4
+  return out
+
+
 def run_ring(losses, n, block_size, rounds, devices):
   """Loss + gradient of each ring form on `devices` fake devices vs the single-device streaming
   form, compiled once each and timed in interleaved rounds in this one process (the median of
@@ -321,7 +350,7 @@ def run_ring(losses, n, block_size, rounds, devices):
     gemm.append(matmul_rate(reps=1))
   rate = statistics.median(gemm)
   out = {"n": n, "d": D, "block_size": block_size, "devices": devices, "rounds": rounds,
-         "matmul_flops": rate, "points": []}
+         "matmul_flops": rate, "ppermute": ppermute_cost(mesh, n // devices), "points": []}
   for (loss, variant), ts in times.items():
     sec = statistics.median(ts)
     point = {"loss": loss, "variant": variant, "seconds": sec,
