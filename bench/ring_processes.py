@@ -13,6 +13,7 @@ import argparse
 import json
 import os
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -80,10 +81,12 @@ def main():
     if report:
       print(json.dumps(report))
     return
-  sys.path.insert(0, REPO_ROOT)
-  from tests.helpers import free_port, subprocess_env
-  port = free_port()
-  env = subprocess_env(num_devices=1)
+  with socket.socket() as sock:   # a free port for the jax.distributed coordinator
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+  env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3",
+             XLA_FLAGS="--xla_force_host_platform_device_count=1",
+             PYTHONPATH=REPO_ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
   procs = [subprocess.Popen([sys.executable, os.path.abspath(__file__), f"--worker={port},{i}"]
                             + [a for a in sys.argv[1:] if not a.startswith("--worker")],
                             env=env, cwd=REPO_ROOT, stdout=subprocess.PIPE,
