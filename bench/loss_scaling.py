@@ -255,8 +255,8 @@ def _ring_loss_fn(loss, block_size, mesh, module=None):
     return _two_tower_fn(loss, block_size, mesh, module)
   mean = lambda nd: jnp.sum(nd[0]) / jnp.maximum(jnp.sum(nd[1]), 1)
   if loss == "nt_xent":
-    return lambda x, y: mean(infonce.nt_xent_stats(x, y, temperature=0.1, block_size=block_size,
-                                                   mesh=mesh))
+    stats = infonce.nt_xent_stats if module is None else module.nt_xent_stats
+    return lambda x, y: mean(stats(x, y, temperature=0.1, block_size=block_size, mesh=mesh))
   if loss == "supcon":
     return lambda x, y: mean(infonce.supcon_stats(x, y, temperature=0.1, block_size=block_size,
                                                   mesh=mesh))
@@ -300,8 +300,9 @@ def run_ring(losses, n, block_size, rounds, devices):
   form, compiled once each and timed in interleaved rounds in this one process (the median of
   `rounds` per variant, so all variants see the same machine load).
 
-  Variants: "single" (one device), "ring"; for the two-tower losses also "single_unfused" /
-  "ring_unfused" (bench/two_tower_unfused.py, the previous two-sweep forms) and
+  Variants: "single" (one device), "ring"; for NT-Xent also "ring_previous" (the previous ring
+  bodies, bench/previous_forms.py); for the two-tower losses also "single_unfused" /
+  "ring_unfused" (bench/previous_forms.py, the previous two-sweep forms) and
   "ring_no_overlap" (`RingSweeper.overlap = False`: each hop waits for its chunk).
   """
   import statistics
@@ -311,7 +312,7 @@ def run_ring(losses, n, block_size, rounds, devices):
   from jax.sharding import Mesh, NamedSharding
   from jax.sharding import PartitionSpec as P
 
-  from bench import two_tower_unfused
+  from bench import previous_forms
   from sim_jax.losses import distributed
   assert jax.device_count() >= devices, jax.devices()
   mesh = Mesh(jax.devices()[:devices], ("data",))
@@ -331,11 +332,14 @@ def run_ring(losses, n, block_size, rounds, devices):
   for loss in losses:
     variants[(loss, "single")] = compiled(_ring_loss_fn(loss, block_size, None), one)
     variants[(loss, "ring")] = compiled(_ring_loss_fn(loss, block_size, mesh), sharded)
+    if loss == "nt_xent":
+      variants[(loss, "ring_previous")] = compiled(
+        _ring_loss_fn(loss, block_size, mesh, previous_forms), sharded)
     if loss in TWO_TOWER:
       variants[(loss, "single_unfused")] = compiled(
-        _ring_loss_fn(loss, block_size, None, two_tower_unfused), one)
+        _ring_loss_fn(loss, block_size, None, previous_forms), one)
       variants[(loss, "ring_unfused")] = compiled(
-        _ring_loss_fn(loss, block_size, mesh, two_tower_unfused), sharded)
+        _ring_loss_fn(loss, block_size, mesh, previous_forms), sharded)
       variants[(loss, "ring_no_overlap")] = compiled(_ring_loss_fn(loss, block_size, mesh),
                                                      sharded, overlap=False)
   times = {key: [] for key in variants}

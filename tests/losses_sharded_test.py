@@ -24,19 +24,25 @@ txt = jnp.asarray(rng.normal(size=(N, D)), jnp.float32)
 weights = jnp.linspace(0.5, 1.5, N)
 dense_cache = {}
 
-def check(name, sharded, dense, param, args_s, args_d):
-  # sum_i w_i num_i: a non-uniform cotangent, so per-anchor gradients are checked too.
-  f_s = jax.jit(jax.value_and_grad(lambda x, p: jnp.sum(sharded(x, p)[0] * weights), (0, 1)))
-  if name not in dense_cache:
-    f_d = jax.jit(jax.value_and_grad(lambda x, p: jnp.sum(dense(x, p)[0] * weights), (0, 1)))
-    dense_cache[name] = f_d(args_d, param)
-  (v_s, (g_s, p_s)), (v_d, (g_d, p_d)) = f_s(args_s, param), dense_cache[name]
-  np.testing.assert_allclose(v_s, v_d, rtol=1e-5, err_msg=name)
-  np.testing.assert_allclose(g_s, g_d, rtol=1e-5, atol=1e-5 * float(jnp.max(jnp.abs(g_d))),
-                             err_msg=name)
-  np.testing.assert_allclose(p_s, p_d, rtol=1e-5, err_msg=name)
-  assert g_s.sharding.spec[0] == "data", (name, g_s.sharding)  # gradient stays sharded
-  print("ok", name, k, flush=True)
+def check(name, sharded, dense, params, args_s, args_d):
+  # sum_i w_i num_i: a non-uniform cotangent, so per-anchor gradients are checked too. Each
+  # parameter value reuses the one compiled sharded function (a traced argument).
+  # The second output (den: counts) rides along as aux.
+  weighted = lambda fn: lambda x, p: (lambda o: (jnp.sum(o[0] * weights), o[1]))(fn(x, p))
+  f_s = jax.jit(jax.value_and_grad(weighted(sharded), (0, 1), has_aux=True))
+  f_d = jax.jit(jax.value_and_grad(weighted(dense), (0, 1), has_aux=True))
+  for param in params:
+    if (name, param) not in dense_cache:
+      dense_cache[(name, param)] = f_d(args_d, param)
+    ((v_s, den_s), (g_s, p_s)), ((v_d, den_d), (g_d, p_d)) = (f_s(args_s, param),
+                                                              dense_cache[(name, param)])
+    np.testing.assert_allclose(v_s, v_d, rtol=1e-5, err_msg=name)
+    np.testing.assert_allclose(den_s, den_d, err_msg=name)
+    np.testing.assert_allclose(g_s, g_d, rtol=1e-5, atol=1e-5 * float(jnp.max(jnp.abs(g_d))),
+                               err_msg=name)
+    np.testing.assert_allclose(p_s, p_d, rtol=1e-5, err_msg=name)
+    assert g_s.sharding.spec[0] == "data", (name, g_s.sharding)  # gradient stays sharded
+    print("ok", name, param, k, flush=True)
 
 for k in (1, 2, 4):
   start = time.time()
@@ -46,17 +52,17 @@ for k in (1, 2, 4):
 
   check("nt_xent", lambda x, t: infonce.nt_xent_stats(x, ys, temperature=t, block_size=3,
                                                       mesh=mesh),
-        lambda x, t: infonce.nt_xent_stats_dense(x, y, t), 0.05, xs, x)
+        lambda x, t: infonce.nt_xent_stats_dense(x, y, t), (0.05, 0.004), xs, x)
   check("supcon", lambda x, t: infonce.supcon_stats(x, ys, temperature=t, block_size=4,
                                                     mesh=mesh),
-        lambda x, t: infonce.supcon_stats_dense(x, y, t), 0.5, xs, x)
+        lambda x, t: infonce.supcon_stats_dense(x, y, t), (0.5,), xs, x)
   for mining, distance in [("batch_hard", "euclidean"), ("semi_hard", "cosine"),
                            ("batch_all", "squared_euclidean")]:
     check(mining, lambda x, m: triplet_mod.triplet_stats(x, ys, margin=m, mining=mining,
                                                          distance=distance, soft=False,
                                                          block_size=3, mesh=mesh),
-          lambda x, m: triplet_mod.triplet_stats_dense(x, y, m, mining, distance, False), 0.3,
-          xs, x)
+          lambda x, m: triplet_mod.triplet_stats_dense(x, y, m, mining, distance, False),
+          (0.3,), xs, x)
 
   # The public losses route block_size + mesh here.
   v_s = jax.jit(lambda x: nt_xent(x, ys, 0.1, block_size=4, mesh=mesh))(xs)

@@ -1,5 +1,10 @@
-"""The previous (unfused) two-tower streaming losses, kept only as the A/B baseline of
-`bench/loss_scaling.py --ring`.
+"""The previous ring / streaming forms, kept only as the A/B baselines of
+`bench/loss_scaling.py --ring` (same values and gradients as the forms in sim_jax.losses).
+
+NT-Xent's ring bodies here run the online (running-max) log-sum-exp, a positives pass over every
+block with separate softplus and sigmoid, and a backward sweep with two transcendentals per pair
+(`sim_jax.losses.infonce_streaming._nt_xent_bodies`: fixed shift, positive-free blocks skipped,
+one exp per pair).
 
 CLIP here runs one online log-sum-exp sweep per direction (two forward sweeps, running max and
 rescale, then two backward sweeps: 2 x (2 + 6) N^2 D = 16 N^2 D), SigLIP one forward sweep and
@@ -16,7 +21,80 @@ import jax.numpy as jnp
 
 from sim_jax.losses import sweep
 from sim_jax.losses.distributed import run_bodies
+from sim_jax.losses.infonce_streaming import (
+  AnchorRows,
+  PositiveTerms,
+  _unit_rows_and_inverse_temperature,
+)
+from sim_jax.losses.sweep import LogSumExp
 from sim_jax.losses.two_tower import _normalized
+
+
+class NegativeStats(NamedTuple):
+  """NT-Xent's first pass: the negatives' running log-sum-exp and the positives' count."""
+  lse: LogSumExp
+  num_pos: jax.Array
+
+
+def _nt_xent_bodies(sweeper):
+  def fwd_local(xs, params, labels):
+    (z,), (inv_t,) = xs, params
+    cols = sweep.side(z, labels, sweeper.index(z.shape[0]))
+
+    def pass_negatives(st, r, c):
+      logits = (r.x @ c.x.T) * inv_t
+      pos, neg, _ = sweep.block_masks(r, c)
+      return NegativeStats(sweep.lse_update(st.lse, logits, neg),
+                           st.num_pos + jnp.sum(pos, axis=1).astype(z.dtype))
+
+    init = NegativeStats(sweep.lse_init(z.shape[0], z.dtype), jnp.zeros(z.shape[0], z.dtype))
+    st = sweeper.forward(pass_negatives, init, cols, cols)
+    lse_neg = sweep.lse_value(st.lse)
+
+    # Second pass: each positive needs the *final* negative log-sum-exp of its anchor.
+    def pass_positives(acc, r, c):
+      logits = (r.x @ c.x.T) * inv_t
+      pos, _, _ = sweep.block_masks(r, c)
+      gap = r.lse[:, None] - logits
+      # l_ip = softplus(L_i - s_ip/t); sigmoid(L_i - s_ip/t) is -d l_ip / d(s_ip/t).
+      return PositiveTerms(acc.loss + jnp.sum(jnp.where(pos, jax.nn.softplus(gap), 0.0), axis=1),
+                           acc.weight + jnp.sum(jnp.where(pos, jax.nn.sigmoid(gap), 0.0), axis=1))
+
+    zeros = jnp.zeros(z.shape[0], z.dtype)
+    acc = sweeper.forward(pass_positives, PositiveTerms(zeros, zeros),
+                          AnchorRows(*cols, lse=lse_neg), cols)
+    return (acc.loss, st.num_pos), (lse_neg, acc.weight)
+
+  def bwd_local(xs, params, labels, residuals, cotangents):
+    (z,), (inv_t,) = xs, params
+    lse_neg, w = residuals
+    g = cotangents[0]
+    cols = sweep.side(z, labels, sweeper.index(z.shape[0]))
+
+    def grad_block(r, c):
+      gram = r.x @ c.x.T
+      logits = gram * inv_t
+      pos, neg, _ = sweep.block_masks(r, c)
+      lse = r.lse[:, None]
+      # d num_i / d l_ip = -sigmoid(L_i - l_ip);  d num_i / d l_in = exp(l_in - L_i) * w_i.
+      dl = jnp.where(pos, -jax.nn.sigmoid(lse - logits), 0.0)
+      dl = dl + sweep.safe_exp_diff(logits, r.lse, neg) * r.weight[:, None]
+      dl = dl * r.cotangent[:, None]
+      # Row extra: each row's part of d loss / d inv_t; no column extra.
+      return dl * inv_t, jnp.sum(dl * gram, axis=1), ()
+
+    rows = AnchorRows(*cols, lse=lse_neg, weight=w, cotangent=g)
+    dx_r, d_inv_t, dx_c, _ = sweeper.backward(grad_block, rows, cols)
+    return (dx_r + dx_c,), (sweeper.psum(jnp.sum(d_inv_t)),)
+
+  return fwd_local, bwd_local
+
+
+
+def nt_xent_stats(embeddings, labels, *, temperature, block_size, mesh):
+  """The previous ring NT-Xent `(num [N], den [N])` (mesh required)."""
+  z, inv_t, labels = _unit_rows_and_inverse_temperature(embeddings, labels, temperature)
+  return run_bodies(_nt_xent_bodies, (z,), (inv_t,), labels, block_size=block_size, mesh=mesh)
 
 
 class TowerRows(NamedTuple):
