@@ -295,14 +295,14 @@ def ppermute_cost(mesh, rows: int, reps: int = 5):
   return out
 
 
-def run_ring(losses, n, block_size, rounds, devices):
+def run_ring(losses, n, block_size, rounds, devices, basic=False):
   """Loss + gradient of each ring form on `devices` fake devices vs the single-device streaming
   form, compiled once each and timed in interleaved rounds in this one process (the median of
   `rounds` per variant, so all variants see the same machine load).
 
-  Variants: "single" (one device), "ring"; for NT-Xent also "ring_previous" (the previous ring
-  bodies, bench/previous_forms.py); for the two-tower losses also "single_unfused" /
-  "ring_unfused" (bench/previous_forms.py, the previous two-sweep forms) and
+  Variants: "single" (one device), "ring"; unless `basic`, for NT-Xent and batch-hard also
+  "ring_previous" (the previous ring bodies, bench/previous_forms.py); for the two-tower losses
+  also "single_unfused" / "ring_unfused" (the previous two-sweep forms, same file) and
   "ring_no_overlap" (`RingSweeper.overlap = False`: each hop waits for its chunk).
   """
   import statistics
@@ -332,7 +332,9 @@ def run_ring(losses, n, block_size, rounds, devices):
   for loss in losses:
     variants[(loss, "single")] = compiled(_ring_loss_fn(loss, block_size, None), one)
     variants[(loss, "ring")] = compiled(_ring_loss_fn(loss, block_size, mesh), sharded)
-    if loss == "nt_xent":
+    if basic:
+      continue
+    if loss in ("nt_xent", "triplet_batch_hard"):
       variants[(loss, "ring_previous")] = compiled(
         _ring_loss_fn(loss, block_size, mesh, previous_forms), sharded)
     if loss in TWO_TOWER:
@@ -389,7 +391,7 @@ def _ring_main(args):
     print(json.dumps(run_ring(**kw)))
     return
   kw = {"losses": args.losses.split(","), "n": args.n_max, "block_size": int(args.block_size),
-        "rounds": args.reps, "devices": args.ring}
+        "rounds": args.reps, "devices": args.ring, "basic": args.ring_basic}
   env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3",
              XLA_FLAGS=f"--xla_force_host_platform_device_count={max(args.ring, 1)}",
              PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -514,6 +516,8 @@ def main():
                            "--losses (default: the ring losses) at N = --n_max, loss + grad "
                            "of the ring vs the single-device streaming form, median of --reps "
                            "interleaved rounds; writes <out>_ring.json/.md")
+  parser.add_argument("--ring_basic", action="store_true",
+                      help="ring mode: only the single-device and ring variants")
   parser.add_argument("--ring_child", help=argparse.SUPPRESS)
   args = parser.parse_args()
 

@@ -4,7 +4,9 @@
 NT-Xent's ring bodies here run the online (running-max) log-sum-exp, a positives pass over every
 block with separate softplus and sigmoid, and a backward sweep with two transcendentals per pair
 (`sim_jax.losses.infonce_streaming._nt_xent_bodies`: fixed shift, positive-free blocks skipped,
-one exp per pair).
+one exp per pair). Batch-hard triplet's ring bodies here mine on distances with arg-reductions
+and recompute every block backward (`sim_jax.losses.triplet_streaming._batch_hard_bodies`: key
+mining, one O(N D) backward tour).
 
 CLIP here runs one online log-sum-exp sweep per direction (two forward sweeps, running max and
 rescale, then two backward sweeps: 2 x (2 + 6) N^2 D = 16 N^2 D), SigLIP one forward sweep and
@@ -27,6 +29,15 @@ from sim_jax.losses.infonce_streaming import (
   _unit_rows_and_inverse_temperature,
 )
 from sim_jax.losses.sweep import LogSumExp
+from sim_jax.losses.triplet_streaming import (
+  Hardest,
+  _distance_block,
+  _distance_block_vjp,
+  _hardest_init,
+  _keep_hardest,
+  _triplet_rows,
+  _triplet_term,
+)
 from sim_jax.losses.two_tower import _normalized
 
 
@@ -209,3 +220,59 @@ def siglip(img_emb, txt_emb, log_temperature, bias, *, block_size, mesh=None):
   scale = jnp.exp(jnp.asarray(log_temperature, dtype))
   per_row = _streamed(_siglip_bodies, a, b, (scale, jnp.asarray(bias, dtype)), block_size, mesh)
   return jnp.sum(per_row) / a.shape[0]
+
+
+def _batch_hard_bodies(sweeper, distance, soft):
+  """Blockwise batch-hard (the cross-device form): running max / min with the winning column."""
+
+  def fwd_local(xs, params, labels):
+    (x,), (margin,) = xs, params
+    n = x.shape[0]
+    cols = _triplet_rows(x, labels, sweeper.index(n))
+
+    def update(st, r, c):
+      d = _distance_block(r, c, distance)
+      pos, neg, _ = sweep.block_masks(r, c)
+      dp = jnp.where(pos, d, -jnp.inf)
+      dn = jnp.where(neg, d, jnp.inf)
+      block = Hardest(jnp.max(dp, axis=1), c.index[jnp.argmax(dp, axis=1)],
+                      jnp.min(dn, axis=1), c.index[jnp.argmin(dn, axis=1)])
+      return _keep_hardest(st, block)
+
+    st = sweeper.forward(update, _hardest_init(n, x.dtype), cols, cols)
+    valid = jnp.isfinite(st.pos_value) & jnp.isfinite(st.neg_value)
+    z = jnp.where(valid, st.pos_value - st.neg_value, 0.0)
+    loss, _ = _triplet_term(z, margin, soft)
+    return (jnp.where(valid, loss, 0.0), valid.astype(x.dtype)), (z, valid, st.pos_col,
+                                                                   st.neg_col)
+
+  def bwd_local(xs, params, labels, residuals, cotangents):
+    (x,), (margin,) = xs, params
+    z, valid, pos_col, neg_col = residuals
+    _, dz = _triplet_term(z, margin, soft)
+    dz = jnp.where(valid, dz * cotangents[0], 0.0)
+    cols = _triplet_rows(x, labels, sweeper.index(x.shape[0]))
+
+    def grad_block(r, c):
+      col_index = c.index[None, :]
+      real = c.valid[None, :]
+      # Only the selected hardest positive (+) and hardest negative (-) receive gradient.
+      dd = r.dz[:, None] * ((real & (col_index == r.pos_col[:, None])).astype(x.dtype)
+                            - (real & (col_index == r.neg_col[:, None])).astype(x.dtype))
+      return _distance_block_vjp(dd, r, c, distance)   # (dG, d sq_rows, d sq_cols)
+
+    rows = cols._replace(dz=dz, pos_col=pos_col, neg_col=neg_col)
+    dx_r, dsq_r, dx_c, dsq_c = sweeper.backward(grad_block, rows, cols)
+    dx = dx_r + dx_c + 2.0 * x * (dsq_r + dsq_c)[:, None]
+    d_margin = jnp.zeros((), x.dtype) if soft else sweeper.psum(jnp.sum(dz))
+    return (dx,), (d_margin,)
+
+  return fwd_local, bwd_local
+
+
+
+def triplet_stats(x, labels, *, margin, mining, distance, soft, block_size, mesh):
+  """The previous ring batch-hard `(num [N], den [N])` (mesh required, mining="batch_hard")."""
+  assert mining == "batch_hard" and distance != "cosine", (mining, distance)
+  return run_bodies(lambda sw: _batch_hard_bodies(sw, distance, bool(soft)), (x,),
+                    (jnp.asarray(margin, x.dtype),), labels, block_size=block_size, mesh=mesh)
