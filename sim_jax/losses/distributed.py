@@ -71,6 +71,15 @@ def local_pair_sums(block_fn, rows, cols, row_block: int, col_block: int | None)
   return sweep._from_blocks(row_acc, nr), sweep._from_blocks(col_acc, nc)
 
 
+def whole_chunks(sweeper, n: int):
+  """`sweeper` with one block per device's n rows: `pair_sums` then hands `block_fn` the local
+  rows and a whole chunk at a time (O(n D) gather / scatter work per hop, e.g. batch-hard's
+  backward)."""
+  if isinstance(sweeper, RingSweeper):
+    return RingSweeper(n, n, sweeper.k, sweeper.axis)
+  return LocalSweeper(n, n)
+
+
 def pair_sums(sweeper, block_fn, rows, cols):
   """`local_pair_sums` with `sweeper`'s blocks: on one device, or around its ring (`pairs`)."""
   if isinstance(sweeper, RingSweeper):

@@ -6,9 +6,8 @@ ring over the mesh's "data" axis, see `sim_jax.losses.distributed`; every image 
 of the global batch and the gradient equals the single-device one). The streaming forms are
 fused: CLIP sweeps both directions' log-sum-exps at once with one exp per pair (8 N^2 D FLOPs for
 loss + gradient, `_clip_bodies`), SigLIP forms its gradient in the loss's own sweep (6 N^2 D,
-`_siglip_local`). Both L2-normalise the
-embeddings first (norm clamped at 1e-12), as CLIP and SigLIP do; row i of `img_emb` and row i of
-`txt_emb` are the matching pair.
+`_siglip_local`). Both L2-normalise the embeddings first (norm clamped at 1e-12), as CLIP and
+SigLIP do; row i of `img_emb` and row i of `txt_emb` are the matching pair.
 """
 
 from __future__ import annotations
