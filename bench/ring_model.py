@@ -146,7 +146,9 @@ def validation_table(paths):
       rep = json.load(f)
     pp = rep["ppermute"]
     alpha = pp["latency_seconds"]
-    link = pp["chunk_bytes"] / max(pp["chunk_seconds"] - alpha, 1e-9)
+    # A chunk no slower than a 1-row hop: the hop is all latency, its bandwidth not resolved.
+    resolved = pp["chunk_seconds"] > alpha
+    link = pp["chunk_bytes"] / (pp["chunk_seconds"] - alpha) if resolved else float("inf")
     k = rep.get("devices", rep.get("processes"))
     kind = "processes (gloo)" if "processes" in rep else "fake devices"
     if "points" in rep and rep["points"] and "variant" in rep["points"][0]:
@@ -165,7 +167,8 @@ def validation_table(paths):
       p = predict(n, k, d, rate, link, alpha, overlap=False, block=rep["block_size"])
       lines.append(f"| {k} {kind} | {loss} | {n} | {d} | {k} | {singles[loss]:.3f} | "
                    f"{rings[loss]:.3f} | {p.seconds:.3f} | {rings[loss] / p.seconds:.2f} | "
-                   f"{alpha * 1e6:.0f} us, {link / 1e9:.1f} GB/s |")
+                   f"{alpha * 1e3:.3g} ms, "
+                   f"{f'{link / 1e9:.3g} GB/s' if resolved else 'not resolved'} |")
   return "\n".join(lines) + "\n"
 
 
