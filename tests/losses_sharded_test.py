@@ -88,7 +88,6 @@ for name, fn, param_sets in [("clip", two_tower.clip_infonce, [(0.07,), (0.004,)
     print("ok", name, params, k, flush=True)
 print("mesh", k, "checked in", round(time.time() - start, 1), "s", flush=True)
 
-
 # Errors: a mesh without a data axis, a batch that does not split over the shards.
 for bad_mesh, bad_x, bad_y, match in [
     (jax.make_mesh((K,), ("batch",)), x, y, "data"),
