@@ -27,8 +27,9 @@ measured here and predicts each ring time from the same run's single-device time
 peak, the devices share the cores) and its measured hop cost (alpha and link), without overlap
 (XLA:CPU's ppermute is synchronous):
 
-  python bench/ring_model.py --d=1024 --out=bench/results/ring_model.md \\
-      --measured=bench/results/ring_k1.json,bench/results/ring_k2.json,bench/results/ring_k4.json,bench/results/ring_processes_n4096.json
+  python bench/ring_model.py --d=1024 --out=bench/results/ring_model.md --measured \\
+      bench/results/ring_clip_n1024_k1_ring.json bench/results/ring_clip_n1024_k2_ring.json \\
+      bench/results/ring_clip_n1024_k4_ring.json bench/results/ring_processes_clip_n1024.json
 """
 
 from __future__ import annotations
@@ -175,13 +176,13 @@ def validation_table(paths):
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--d", type=int, default=1024)
-  parser.add_argument("--measured", default="", help="comma-separated ring result JSONs")
+  parser.add_argument("--measured", nargs="*", default=[], help="ring result JSONs")
   parser.add_argument("--out", default="bench/results/ring_model.md")
   args = parser.parse_args()
   text = "## Predicted: public TPU / GPU configurations\n\n" + pod_table(args.d)
   if args.measured:
     text += ("\n## Measured vs predicted on this machine (CLIP)\n\n"
-             + validation_table([p for p in args.measured.split(",") if p]))
+             + validation_table(args.measured))
   with open(args.out, "w") as f:
     f.write(text)
   print(text)
