@@ -18,6 +18,8 @@ markdown table.
   python bench/loss_scaling.py --memory_only_n=262144  # compile-only XLA memory at a large N
   python bench/loss_scaling.py --impls streaming --block_size 256,512,1024,2048  # block sweep
   python bench/loss_scaling.py --largest_n_gib=24 --impls dense,streaming  # compile-only search
+  python bench/loss_scaling.py --ring=2 --n_max=8192 --reps=5 --out=bench/results/ring_n8192
+                                                       # ring on 2 fake devices vs one device
 
 The pair / tuple losses (multi_similarity, circle, generalized_lifted_structure, nca,
 lifted_structure: dense and streaming; fast_ap: dense) run beside pml's MultiSimilarityLoss,
@@ -42,8 +44,14 @@ import time
 TUPLE_STREAMING = ("multi_similarity", "circle", "generalized_lifted_structure", "nca",
                    "lifted_structure")
 TUPLE_DENSE = ("fast_ap",)
-LOSSES = ("nt_xent", "supcon", "triplet_batch_hard") + TUPLE_STREAMING + TUPLE_DENSE
+TWO_TOWER = ("clip", "siglip")
+LOSSES = ("nt_xent", "supcon", "triplet_batch_hard") + TUPLE_STREAMING + TUPLE_DENSE + TWO_TOWER
 D = 128
+# Minimal exact FLOPs of loss + gradient per N^2 D, for the two-tower streaming forms: CLIP needs
+# the Gram forward (2), its recomputation backward (2) and dA = dl B, dB = dl^T A (2 + 2); SigLIP
+# forms its gradient in the forward sweep (2 + 2 + 2). The other losses are counted as 8 N^2 D.
+MIN_FLOPS_PER_N2D = {"clip": 8.0, "siglip": 6.0}
+RING_LOSSES = ("nt_xent", "supcon", "triplet_batch_hard", "clip", "siglip")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -75,6 +83,8 @@ def _jax_fn(loss, impl, block_size):
   def mean(nd):
     return jnp.sum(nd[0]) / jnp.maximum(jnp.sum(nd[1]), 1)
 
+  if loss in TWO_TOWER:
+    return _two_tower_fn(loss, None if impl == "dense" else block_size, None)
   if loss in TUPLE_STREAMING + TUPLE_DENSE:
     tuple_losses = importlib.import_module("sim_jax.losses.tuple_losses")
     ranked = importlib.import_module("sim_jax.losses.ranked")
@@ -98,6 +108,21 @@ def _jax_fn(loss, impl, block_size):
   return lambda x, y: mean(triplet_mod.triplet_stats(x, y, margin=0.2, mining="batch_hard",
                                                      distance="euclidean", soft=False,
                                                      block_size=block_size))
+
+
+def _two_tower_fn(loss, block_size, mesh, module=None):
+  """CLIP (t = 0.07) or SigLIP (paper init) on (x, its rows rolled by one feature) as towers."""
+  import math
+
+  import jax.numpy as jnp
+
+  from sim_jax.losses import two_tower
+  module = module or two_tower
+  if loss == "clip":
+    return lambda x, y: module.clip_infonce(x, jnp.roll(x, 1, axis=1), 0.07,
+                                            block_size=block_size, mesh=mesh)
+  return lambda x, y: module.siglip(x, jnp.roll(x, 1, axis=1), math.log(10.0), -10.0,
+                                    block_size=block_size, mesh=mesh)
 
 
 def _best_time(fn, reps):
@@ -161,6 +186,9 @@ def run_point(loss, impl, n, block_size, reps, cap_bytes, compile_only=False):
     out["matmul_flops"] = matmul_rate()
     out["seconds"] = _best_time(lambda: jax.block_until_ready(compiled(x, y)), reps)
     out["fraction_of_matmul"] = 8.0 * n * n * D / out["seconds"] / out["matmul_flops"]
+    if loss in MIN_FLOPS_PER_N2D:
+      out["fraction_of_matmul_min_flops"] = (MIN_FLOPS_PER_N2D[loss] * n * n * D
+                                             / out["seconds"] / out["matmul_flops"])
   out["peak_rss_bytes"] = _peak_rss_bytes()
   out["status"] = "ok"
   return out
@@ -183,8 +211,10 @@ def matmul_rate(n=2048, reps=5):
 
 
 def has_impl(loss: str, impl: str) -> bool:
-  """Whether `loss` has `impl` (the dense-only tuple losses have no streaming form)."""
-  return not (impl == "streaming" and loss in TUPLE_DENSE)
+  """Whether `loss` has `impl` (the dense-only tuple losses have no streaming form, the
+  two-tower losses no pytorch-metric-learning one)."""
+  return not ((impl == "streaming" and loss in TUPLE_DENSE)
+              or (impl == "pml" and loss in TWO_TOWER))
 
 
 def largest_n_within(loss, impl, block_size, budget_bytes, n_start=1024, n_max=1 << 26,
@@ -208,6 +238,175 @@ def largest_n_within(loss, impl, block_size, budget_bytes, n_start=1024, n_max=1
     else:
       hi = mid
   return best, best_bytes
+
+
+# ----------------------------------------------------------------------------------------------
+# Ring: the sharded streaming losses on fake CPU devices vs the single-device streaming loss
+# ----------------------------------------------------------------------------------------------
+
+def _ring_loss_fn(loss, block_size, mesh, module=None):
+  """Mean loss of the streaming form of `loss`, sharded over `mesh` (None: one device)."""
+  import importlib
+
+  import jax.numpy as jnp
+
+  from sim_jax.losses import infonce
+  if loss in TWO_TOWER:
+    return _two_tower_fn(loss, block_size, mesh, module)
+  mean = lambda nd: jnp.sum(nd[0]) / jnp.maximum(jnp.sum(nd[1]), 1)
+  if loss == "nt_xent":
+    stats = infonce.nt_xent_stats if module is None else module.nt_xent_stats
+    return lambda x, y: mean(stats(x, y, temperature=0.1, block_size=block_size, mesh=mesh))
+  if loss == "supcon":
+    return lambda x, y: mean(infonce.supcon_stats(x, y, temperature=0.1, block_size=block_size,
+                                                  mesh=mesh))
+  triplet_mod = importlib.import_module("sim_jax.losses.triplet")
+  return lambda x, y: mean(triplet_mod.triplet_stats(x, y, margin=0.2, mining="batch_hard",
+                                                     distance="euclidean", soft=False,
+                                                     block_size=block_size, mesh=mesh))
+
+
+def ppermute_cost(mesh, rows: int, reps: int = 5):
+  """Median seconds of one ring hop (`ppermute` to the next device) of a [rows, D] float32 chunk
+  per device and of a 1-row chunk (the per-hop latency): the model's bandwidth and latency."""
+  import statistics
+
+  import jax
+  import numpy as np
+  from jax.sharding import NamedSharding
+  from jax.sharding import PartitionSpec as P
+  k = mesh.shape["data"]
+  perm = [(j, (j + 1) % k) for j in range(k)]
+  hop = jax.jit(jax.shard_map(lambda a: jax.lax.ppermute(a, "data", perm), mesh=mesh,
+                              in_specs=P("data"), out_specs=P("data")))
+  out = {}
+  for key, r in (("chunk", rows), ("latency", 1)):
+    # From a callback: also valid when the mesh spans processes (bench/ring_processes.py).
+    a = jax.make_array_from_callback((k * r, D), NamedSharding(mesh, P("data")),
+                                     lambda idx, r=r: np.ones((k * r, D), np.float32)[idx])
+    jax.block_until_ready(hop(a))
+    ts = []
+    for _ in range(reps):
+      start = time.perf_counter()
+      jax.block_until_ready(hop(a))
+      ts.append(time.perf_counter() - start)
+    out[key + "_seconds"] = statistics.median(ts)
+  out["chunk_bytes"] = rows * D * 4
+  return out
+
+
+def run_ring(losses, n, block_size, rounds, devices, basic=False):
+  """Loss + gradient of each ring form on `devices` fake devices vs the single-device streaming
+  form, compiled once each and timed in interleaved rounds in this one process (the median of
+  `rounds` per variant, so all variants see the same machine load).
+
+  Variants: "single" (one device), "ring"; unless `basic`, for NT-Xent and batch-hard also
+  "ring_previous" (the previous ring bodies, bench/previous_forms.py); for the two-tower losses
+  also "single_unfused" / "ring_unfused" (the previous two-sweep forms, same file) and
+  "ring_no_overlap" (`RingSweeper.overlap = False`: each hop waits for its chunk).
+  """
+  import statistics
+
+  import jax
+  import jax.numpy as jnp
+  from jax.sharding import Mesh, NamedSharding
+  from jax.sharding import PartitionSpec as P
+
+  from bench import previous_forms
+  from sim_jax.losses import distributed
+  assert jax.device_count() >= devices, jax.devices()
+  mesh = Mesh(jax.devices()[:devices], ("data",))
+  x_np, y_np = _data(n, D)
+  one = (jnp.asarray(x_np), jnp.asarray(y_np))
+  rows = NamedSharding(mesh, P("data"))
+  sharded = (jax.device_put(x_np, rows), jax.device_put(y_np, rows))
+
+  def compiled(fn, args, overlap=True):
+    distributed.RingSweeper.overlap = overlap
+    try:
+      return jax.jit(jax.value_and_grad(fn)).lower(*args).compile(), args
+    finally:
+      distributed.RingSweeper.overlap = True
+
+  variants = {}
+  for loss in losses:
+    variants[(loss, "single")] = compiled(_ring_loss_fn(loss, block_size, None), one)
+    variants[(loss, "ring")] = compiled(_ring_loss_fn(loss, block_size, mesh), sharded)
+    if basic:
+      continue
+    if loss in ("nt_xent", "triplet_batch_hard"):
+      variants[(loss, "ring_previous")] = compiled(
+        _ring_loss_fn(loss, block_size, mesh, previous_forms), sharded)
+    if loss in TWO_TOWER:
+      variants[(loss, "single_unfused")] = compiled(
+        _ring_loss_fn(loss, block_size, None, previous_forms), one)
+      variants[(loss, "ring_unfused")] = compiled(
+        _ring_loss_fn(loss, block_size, mesh, previous_forms), sharded)
+      variants[(loss, "ring_no_overlap")] = compiled(_ring_loss_fn(loss, block_size, mesh),
+                                                     sharded, overlap=False)
+  times = {key: [] for key in variants}
+  for fn, args in variants.values():
+    jax.block_until_ready(fn(*args))
+  gemm = [matmul_rate()]
+  for _ in range(rounds):
+    for key, (fn, args) in variants.items():
+      start = time.perf_counter()
+      jax.block_until_ready(fn(*args))
+      times[key].append(time.perf_counter() - start)
+    gemm.append(matmul_rate(reps=1))
+  rate = statistics.median(gemm)
+  out = {"n": n, "d": D, "block_size": block_size, "devices": devices, "rounds": rounds,
+         "matmul_flops": rate, "ppermute": ppermute_cost(mesh, n // devices), "points": []}
+  for (loss, variant), ts in times.items():
+    sec = statistics.median(ts)
+    point = {"loss": loss, "variant": variant, "seconds": sec,
+             "ratio_to_single": sec / statistics.median(times[(loss, "single")]),
+             "fraction_of_matmul_8n2d": 8.0 * n * n * D / sec / rate}
+    if loss in MIN_FLOPS_PER_N2D:
+      point["fraction_of_matmul_min_flops"] = MIN_FLOPS_PER_N2D[loss] * n * n * D / sec / rate
+    out["points"].append(point)
+  return out
+
+
+def ring_markdown(report):
+  lines = [f"N = {report['n']}, D = {D}, block_size = {report['block_size']}, "
+           f"{report['devices']} fake CPU devices in one process, median of {report['rounds']} "
+           f"interleaved rounds; GEMM rate (median over the rounds) "
+           f"{report['matmul_flops'] / 1e9:.1f} GFLOP/s. Command: `{report['command']}`", "",
+           "| loss | variant | time (s) | / single | % GEMM (8 N^2 D) | % GEMM (min FLOPs) |",
+           "|---|---|---|---|---|---|"]
+  for p in report["points"]:
+    low = p.get("fraction_of_matmul_min_flops")
+    lines.append(f"| {p['loss']} | {p['variant']} | {p['seconds']:.3f} | "
+                 f"{p['ratio_to_single']:.2f} | {100 * p['fraction_of_matmul_8n2d']:.0f}% | "
+                 f"{'-' if low is None else f'{100 * low:.0f}%'} |")
+  return "\n".join(lines) + "\n"
+
+
+def _ring_main(args):
+  """Runs `run_ring` in a child with the fake devices (set before JAX starts) and writes
+  <out>_ring.json / .md."""
+  if args.ring_child:
+    kw = json.loads(args.ring_child)
+    print(json.dumps(run_ring(**kw)))
+    return
+  kw = {"losses": args.losses.split(","), "n": args.n_max, "block_size": int(args.block_size),
+        "rounds": args.reps, "devices": args.ring, "basic": args.ring_basic}
+  env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3",
+             XLA_FLAGS=f"--xla_force_host_platform_device_count={max(args.ring, 1)}",
+             PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--ring", str(args.ring),
+                         "--ring_child", json.dumps(kw)], env=env, capture_output=True,
+                        text=True)
+  if proc.returncode != 0:
+    raise SystemExit(proc.stderr[-3000:])
+  report = json.loads(proc.stdout.strip().splitlines()[-1])
+  report["command"] = "python " + " ".join(sys.argv)
+  with open(args.out + "_ring.json", "w") as f:
+    json.dump(report, f, indent=1)
+  with open(args.out + "_ring.md", "w") as f:
+    f.write(ring_markdown(report))
+  print(ring_markdown(report))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -312,8 +511,21 @@ def main():
                       help="upper end of the --largest_n_gib search")
   parser.add_argument("--out", default="bench/results/loss_scaling",
                       help="output prefix: writes <out>.json and <out>.md")
+  parser.add_argument("--ring", type=int, default=0,
+                      help="ring mode on this many fake CPU devices (one process): each of "
+                           "--losses (default: the ring losses) at N = --n_max, loss + grad "
+                           "of the ring vs the single-device streaming form, median of --reps "
+                           "interleaved rounds; writes <out>_ring.json/.md")
+  parser.add_argument("--ring_basic", action="store_true",
+                      help="ring mode: only the single-device and ring variants")
+  parser.add_argument("--ring_child", help=argparse.SUPPRESS)
   args = parser.parse_args()
 
+  if args.ring:
+    if args.losses == ",".join(LOSSES):
+      args.losses = ",".join(RING_LOSSES)
+    _ring_main(args)
+    return
   if args.child:
     point = json.loads(args.child)
     print(json.dumps(run_point(**point)))

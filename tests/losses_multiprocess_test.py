@@ -1,4 +1,5 @@
-"""A real 2-process run (jax.distributed on localhost, 2 CPU devices each) of the ring losses.
+"""A real 2-process run (jax.distributed on localhost, 2 CPU devices each) of the ring losses
+(NT-Xent, batch-hard triplet, and the two-tower CLIP and SigLIP).
 
 Each process holds half of the global batch; the loss and the gradient of the sharded streaming
 form must equal the 1-process dense result for the same global batch, computed here.
@@ -56,8 +57,9 @@ losses = {{
       mesh=mesh)[0] * w),
   "siglip": lambda x, b, y, txt, w: two_tower.siglip(x, txt, math.log(10.0), b, block_size=3,
                                                      mesh=mesh),
+  "clip": lambda x, t, y, txt, w: two_tower.clip_infonce(x, txt, t, block_size=3, mesh=mesh),
 }}
-params = {{"nt_xent": 0.1, "batch_hard": 0.3, "siglip": -10.0}}
+params = {{"nt_xent": 0.1, "batch_hard": 0.3, "siglip": -10.0, "clip": 0.07}}
 result = {{}}
 for name, fn in losses.items():
   value, (gx, gp) = jax.jit(jax.value_and_grad(fn, (0, 1)))(xg, params[name], yg, tg, w)
@@ -82,8 +84,9 @@ def _reference():
     "batch_hard": lambda x, m: jnp.sum(triplet_mod.triplet_stats_dense(
       x, y, m, "batch_hard", "euclidean", False)[0] * w),
     "siglip": lambda x, b: two_tower.siglip(x, jnp.asarray(txt), math.log(10.0), b),
+    "clip": lambda x, t: two_tower.clip_infonce(x, jnp.asarray(txt), t),
   }
-  params = {"nt_xent": 0.1, "batch_hard": 0.3, "siglip": -10.0}
+  params = {"nt_xent": 0.1, "batch_hard": 0.3, "siglip": -10.0, "clip": 0.07}
   return {name: jax.jit(jax.value_and_grad(fn, (0, 1)))(jnp.asarray(x), params[name])
           for name, fn in dense.items()}
 

@@ -34,13 +34,63 @@ from jax import lax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from sim_jax.losses import sweep
 from sim_jax.losses.sweep import LocalSweeper, backward_sweep, custom_loss, forward_sweep, tree_add
 
 DATA_AXIS = "data"
 
 
+def local_pair_sums(block_fn, rows, cols, row_block: int, col_block: int | None):
+  """Sums `block_fn(rows_blk, cols_blk) -> (row_part, col_part)` over all (row, column) blocks.
+
+  The additive sweep of the fused two-tower losses: row_part is a pytree of [br, ...] arrays
+  (summed into the rows' accumulator), col_part of [bc, ...] arrays (summed into the columns').
+  Sums of fixed-shift exponentials, gradient products dG @ X_cols / dG^T @ X_rows and loss
+  terms are all such sums. Padding rows/columns carry `valid = False` and must be masked.
+  Returns (row_acc [Nr, ...], col_acc [Nc, ...]).
+  """
+  nr, nc = sweep.num_rows(rows), sweep.num_rows(cols)
+  br = min(row_block, nr)
+  bc = nc if col_block is None else min(col_block, nc)
+  row_blocks = sweep._to_blocks(sweep._pad_rows(rows, br), br)
+  col_blocks = sweep._to_blocks(sweep._pad_rows(cols, bc), bc)
+  first = lambda t: jax.tree.map(lambda a: a[0], t)
+  row_shape, col_shape = jax.eval_shape(block_fn, first(row_blocks), first(col_blocks))
+  zeros = lambda shapes, lead: jax.tree.map(lambda s: jnp.zeros(lead + s.shape, s.dtype), shapes)
+
+  def row_step(col_acc, r):
+    def col_step(row_acc, c):
+      row_part, col_part = block_fn(r, c)
+      return tree_add(row_acc, row_part), col_part
+
+    row_acc, col_part = lax.scan(col_step, zeros(row_shape, ()), col_blocks)
+    return tree_add(col_acc, col_part), row_acc
+
+  n_col_blocks = jax.tree.leaves(col_blocks)[0].shape[0]
+  col_acc, row_acc = lax.scan(row_step, zeros(col_shape, (n_col_blocks,)), row_blocks)
+  return sweep._from_blocks(row_acc, nr), sweep._from_blocks(col_acc, nc)
+
+
+def whole_chunks(sweeper, n: int):
+  """`sweeper` with one block per device's n rows: `pair_sums` then hands `block_fn` the local
+  rows and a whole chunk at a time (O(n D) gather / scatter work per hop, e.g. batch-hard's
+  backward)."""
+  if isinstance(sweeper, RingSweeper):
+    return RingSweeper(n, n, sweeper.k, sweeper.axis)
+  return LocalSweeper(n, n)
+
+
+def pair_sums(sweeper, block_fn, rows, cols):
+  """`local_pair_sums` with `sweeper`'s blocks: on one device, or around its ring (`pairs`)."""
+  if isinstance(sweeper, RingSweeper):
+    return sweeper.pairs(block_fn, rows, cols)
+  return local_pair_sums(block_fn, rows, cols, sweeper.row_block, sweeper.col_block)
+
+
 class RingSweeper:
   """Sweeps the local rows against every device's columns, rotating the columns around a ring."""
+
+  overlap = True   # `pairs`: send the next chunk while sweeping this one (see there)
 
   def __init__(self, row_block: int, col_block: int | None, num_shards: int,
                axis: str = DATA_AXIS):
@@ -85,6 +135,37 @@ class RingSweeper:
     dx_c, extra_c = self._shift((dx_c, extra_c))   # the last hop brings accumulators home
     return dx_r, extra_r, dx_c, extra_c
 
+  def pairs(self, block_fn, rows, cols):
+    """`local_pair_sums` of the local rows against every device's columns.
+
+    Each chunk's column accumulator travels with it and one last hop brings it home (as in
+    `backward`). With `overlap` (double-buffering) the chunk swept at hop h + 1 is sent during
+    hop h, and the accumulator received at hop h is added only after the hop's sweep, so no
+    transfer is an input of the sweep in hand and the scheduler may run them side by side;
+    without it each hop first receives its chunk, then sweeps it (kept for the A/B in
+    bench/loss_scaling.py --ring).
+    """
+    local = lambda c: local_pair_sums(block_fn, rows, c, self.row_block, self.col_block)
+    row_acc, col_acc = local(cols)
+    if self.k == 1:
+      return row_acc, col_acc
+
+    def hop(carry, prefetch: bool):
+      row_acc, chunk, col_acc = carry
+      if self.overlap:
+        nxt = self._shift(chunk) if prefetch else chunk
+        arrived = self._shift(col_acc)         # this chunk's sums from the devices before
+      else:
+        chunk, arrived = self._shift((chunk, col_acc))
+        nxt = chunk
+      row_part, col_part = local(chunk)
+      return (tree_add(row_acc, row_part), nxt, tree_add(arrived, col_part))
+
+    carry = (row_acc, self._shift(cols) if self.overlap else cols, col_acc)
+    if self.k > 2:
+      carry, _ = lax.scan(lambda c, _: (hop(c, True), None), carry, None, length=self.k - 2)
+    row_acc, _, col_acc = hop(carry, False)    # the last chunk: nothing left to prefetch
+    return row_acc, self._shift(col_acc)
 
 class GatherSweeper(RingSweeper):
   """Local row strips against the all-gathered [N, D] columns (full-row triplet minings)."""
@@ -110,6 +191,24 @@ def num_data_shards(mesh) -> int:
   return mesh.shape[DATA_AXIS]
 
 
+def shard_map_placed(fn, mesh, in_specs, out_specs):
+  """`jax.shard_map(fn)` whose arguments are first laid out as `in_specs` say.
+
+  Inputs made inside a loss (labels, scalars) or passed unsharded must be placed explicitly:
+  shard_map over an explicit-axes mesh does not reshard by itself. check_vma=False: the sweeps
+  start their carries from fresh (device-invariant) zeros and fold varying data into them,
+  which the varying-manual-axes type check would reject.
+  """
+  mapped = jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs, check_vma=False)
+
+  def placed(*args):
+    args = [jax.tree.map(lambda a, spec=spec: jax.device_put(a, NamedSharding(mesh, spec)), arg)
+            for arg, spec in zip(args, in_specs)]
+    return mapped(*args)
+
+  return placed
+
+
 def shard_wrap(mesh):
   """`wrap(fn, kind)` for `sweep.custom_loss`: runs a fwd / bwd body under `jax.shard_map`.
 
@@ -123,19 +222,7 @@ def shard_wrap(mesh):
       in_specs, out_specs = (rows, P(), rows), rows
     else:
       in_specs, out_specs = (rows, P(), rows, rows, rows), (rows, P())
-    # check_vma=False: the sweeps start their carries from fresh (device-invariant) zeros and
-    # fold varying data into them, which the varying-manual-axes type check would reject.
-    mapped = jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs,
-                           check_vma=False)
-
-    def placed(*args):
-      # Inputs made inside the loss (labels, scalars) or passed unsharded are laid out as the
-      # specs say first: shard_map over an explicit-axes mesh does not reshard by itself.
-      args = [jax.tree.map(lambda a, spec=spec: jax.device_put(a, NamedSharding(mesh, spec)), arg)
-              for arg, spec in zip(args, in_specs)]
-      return mapped(*args)
-
-    return placed
+    return shard_map_placed(fn, mesh, in_specs, out_specs)
 
   return wrap
 

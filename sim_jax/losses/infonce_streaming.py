@@ -40,12 +40,6 @@ class AnchorRows(NamedTuple):
   cotangent: jax.Array | None = None   # [n] d loss / d num_i
 
 
-class NegativeStats(NamedTuple):
-  """NT-Xent's first pass: the negatives' running log-sum-exp and the positives' count."""
-  lse: LogSumExp
-  num_pos: jax.Array
-
-
 class PositiveTerms(NamedTuple):
   """NT-Xent's second pass: sum_p l_ip and w_i = sum_p sigmoid(L_i - l_ip) (kept for the bwd)."""
   loss: jax.Array
@@ -63,34 +57,74 @@ class SupConStats(NamedTuple):
 # NT-Xent (pytorch-metric-learning NTXentLoss semantics), blockwise
 # ----------------------------------------------------------------------------------------------
 
+def _negatives_sum(sweeper, z, labels, inv_t):
+  """NT-Xent's first pass over the ring: the negatives' log-sum-exp L_i and the positives' count.
+
+  Unit rows give l_ij = <z_i, z_j> / t <= 1/t, so 1/t is a fixed shift for every row: one exp
+  per pair and a plain sum (no running max, no rescaling). When a row's sum could have lost
+  terms to float32 underflow (s_i <= N 2^-100, possible only for t < ~0.03) the exact online
+  log-sum-exp pass is run instead, on every device (the flag is summed over the ring).
+  """
+  n = z.shape[0]
+  n_total = n * getattr(sweeper, "k", 1)
+  cols = sweep.side(z, labels, sweeper.index(n))
+
+  def fixed(st, r, c):
+    pos, neg, _ = sweep.block_masks(r, c)
+    e = jnp.where(neg, jnp.exp((r.x @ c.x.T - 1.0) * inv_t), 0.0)
+    return (st[0] + jnp.sum(e, axis=1), st[1] + jnp.sum(pos, axis=1).astype(z.dtype))
+
+  zeros = jnp.zeros(n, z.dtype)
+  total, num_pos = sweeper.forward(fixed, (zeros, zeros), cols, cols)
+  has_neg = num_pos < n_total - 1   # every other valid row is a positive or a negative
+  under = has_neg & (total <= n_total * _FIXED_SHIFT_FLOOR)
+
+  def exact(_):
+    def online(st, r, c):
+      _, neg, _ = sweep.block_masks(r, c)
+      return sweep.lse_update(st, (r.x @ c.x.T) * inv_t, neg)
+
+    return sweep.lse_value(sweeper.forward(online, sweep.lse_init(n, z.dtype), cols, cols))
+
+  def shifted(_):
+    return jnp.where(has_neg, inv_t + jnp.log(jnp.where(has_neg, total, 1.0)), -jnp.inf)
+
+  lse = lax.cond(sweeper.psum(jnp.sum(under)) > 0, exact, shifted, None)
+  return lse, num_pos
+
+
+def _softplus_and_sigmoid(gap):
+  """(softplus(gap), sigmoid(gap)) from one exp: e = exp(-|gap|)."""
+  e = jnp.exp(-jnp.abs(gap))
+  return jnp.maximum(gap, 0.0) + jnp.log1p(e), jnp.where(gap >= 0.0, 1.0, e) / (1.0 + e)
+
+
 def _nt_xent_bodies(sweeper):
+  """NT-Xent's ring bodies: a fixed-shift negatives pass, a positives pass that skips the blocks
+  holding no positive pair (with two views, all but about one in N / block_size), and one
+  backward sweep with one exp per pair."""
+
   def fwd_local(xs, params, labels):
     (z,), (inv_t,) = xs, params
     cols = sweep.side(z, labels, sweeper.index(z.shape[0]))
-
-    def pass_negatives(st, r, c):
-      logits = (r.x @ c.x.T) * inv_t
-      pos, neg, _ = sweep.block_masks(r, c)
-      return NegativeStats(sweep.lse_update(st.lse, logits, neg),
-                           st.num_pos + jnp.sum(pos, axis=1).astype(z.dtype))
-
-    init = NegativeStats(sweep.lse_init(z.shape[0], z.dtype), jnp.zeros(z.shape[0], z.dtype))
-    st = sweeper.forward(pass_negatives, init, cols, cols)
-    lse_neg = sweep.lse_value(st.lse)
+    lse_neg, num_pos = _negatives_sum(sweeper, z, labels, inv_t)
 
     # Second pass: each positive needs the *final* negative log-sum-exp of its anchor.
     def pass_positives(acc, r, c):
-      logits = (r.x @ c.x.T) * inv_t
       pos, _, _ = sweep.block_masks(r, c)
-      gap = r.lse[:, None] - logits
-      # l_ip = softplus(L_i - s_ip/t); sigmoid(L_i - s_ip/t) is -d l_ip / d(s_ip/t).
-      return PositiveTerms(acc.loss + jnp.sum(jnp.where(pos, jax.nn.softplus(gap), 0.0), axis=1),
-                           acc.weight + jnp.sum(jnp.where(pos, jax.nn.sigmoid(gap), 0.0), axis=1))
+
+      def visit(acc):
+        # l_ip = softplus(L_i - s_ip/t); sigmoid(L_i - s_ip/t) is -d l_ip / d(s_ip/t).
+        loss, weight = _softplus_and_sigmoid(r.lse[:, None] - (r.x @ c.x.T) * inv_t)
+        return PositiveTerms(acc.loss + jnp.sum(jnp.where(pos, loss, 0.0), axis=1),
+                             acc.weight + jnp.sum(jnp.where(pos, weight, 0.0), axis=1))
+
+      return lax.cond(jnp.any(pos), visit, lambda acc: acc, acc)
 
     zeros = jnp.zeros(z.shape[0], z.dtype)
     acc = sweeper.forward(pass_positives, PositiveTerms(zeros, zeros),
                           AnchorRows(*cols, lse=lse_neg), cols)
-    return (acc.loss, st.num_pos), (lse_neg, acc.weight)
+    return (acc.loss, num_pos), (lse_neg, acc.weight)
 
   def bwd_local(xs, params, labels, residuals, cotangents):
     (z,), (inv_t,) = xs, params
@@ -99,20 +133,20 @@ def _nt_xent_bodies(sweeper):
     cols = sweep.side(z, labels, sweeper.index(z.shape[0]))
 
     def grad_block(r, c):
-      gram = r.x @ c.x.T
-      logits = gram * inv_t
+      logits = (r.x @ c.x.T) * inv_t
       pos, neg, _ = sweep.block_masks(r, c)
-      lse = r.lse[:, None]
-      # d num_i / d l_ip = -sigmoid(L_i - l_ip);  d num_i / d l_in = exp(l_in - L_i) * w_i.
-      dl = jnp.where(pos, -jax.nn.sigmoid(lse - logits), 0.0)
-      dl = dl + sweep.safe_exp_diff(logits, r.lse, neg) * r.weight[:, None]
-      dl = dl * r.cotangent[:, None]
-      # Row extra: each row's part of d loss / d inv_t; no column extra.
-      return dl * inv_t, jnp.sum(dl * gram, axis=1), ()
+      # d num_i / d l_ip = -sigmoid(L_i - l_ip) = -1 / (1 + E);  d num_i / d l_in = E w_i, with
+      # E = exp(l - L_i) the one exp of the pair (<= 1 on negatives; on a positive far above
+      # L_i it may overflow, and -1 / (1 + inf) = 0 is the right limit).
+      e = jnp.exp(logits - sweep.finite_or_zero(r.lse)[:, None])
+      dl = jnp.where(pos, -1.0 / (1.0 + e), jnp.where(neg, e * r.weight[:, None], 0.0))
+      return dl * (r.cotangent * inv_t)[:, None], (), ()
 
     rows = AnchorRows(*cols, lse=lse_neg, weight=w, cotangent=g)
-    dx_r, d_inv_t, dx_c, _ = sweeper.backward(grad_block, rows, cols)
-    return (dx_r + dx_c,), (sweeper.psum(jnp.sum(d_inv_t)),)
+    dx_r, _, dx_c, _ = sweeper.backward(grad_block, rows, cols)
+    # l_ij = inv_t <z_i, z_j>: d loss / d inv_t = sum_ij dl_ij <z_i, z_j> = <z, dx_r> / inv_t,
+    # O(N D) instead of a reduction over every pair.
+    return (dx_r + dx_c,), (sweeper.psum(jnp.sum(z * dx_r)) / inv_t,)
 
   return fwd_local, bwd_local
 

@@ -4,8 +4,8 @@
 * batch_hard: running max / min with the winning column over column blocks (memory
   O(N*D + block_size^2)); on one device it mines on a monotone key with plain reductions and has
   an O(N D) backward (`_batch_hard_local_bodies`, ~5x faster than the blockwise sweep measured
-  in-process, D = 128, on a loaded 2-core machine); across devices the blockwise
-  `_batch_hard_bodies` run around the ring (`sim_jax.losses.distributed`).
+  in-process, D = 128, on a loaded 2-core machine); across devices `_batch_hard_bodies` mine the
+  same way around the ring (`sim_jax.losses.distributed`) and make one O(N D) backward tour.
 * semi_hard and batch_all need an anchor's complete row of distances: row strips of
   `block_size` anchors against the full row (memory O(N*D + N*block_size)), positives
   enumerated one column at a time (`_full_row_bodies`).
@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from sim_jax.losses import _checks, sweep
+from sim_jax.losses import _checks, distributed, sweep
 from sim_jax.losses.distributed import run_bodies
 from sim_jax.losses.pairwise import DISTANCES, SQ_DIST_EPS, safe_sqrt
 from sim_jax.numerics import l2_normalize
@@ -111,8 +111,101 @@ def _keep_hardest(st: Hardest, block: Hardest) -> Hardest:
                  jnp.where(take_n, block.neg_col, st.neg_col))
 
 
+_NO_COLUMN = jnp.iinfo(jnp.int32).max
+
+
+def _mining_key(r, c, distance):
+  """Monotone mining key k of a block, d = `_key_to_distance(k)` non-decreasing in k: the
+  squared distance (euclidean: no sqrt over the pairs; squared: d = k) or, for cosine (unit
+  rows), k = -<a, b> (d = 1 + k)."""
+  gram = r.x @ c.x.T
+  if distance == "cosine":
+    return -gram
+  return jnp.maximum(r.sq_norm[:, None] + c.sq_norm[None, :] - 2.0 * gram, 0.0)
+
+
+def _key_to_distance(k, distance):
+  if distance == "cosine":
+    return 1.0 + k
+  return k if distance == "squared_euclidean" else safe_sqrt(k)
+
+
+def _d_key(dd, k, distance):
+  """d loss / d key from d loss / d distance (the cuts of `_distance_block_vjp`)."""
+  if distance == "squared_euclidean":
+    return jnp.where(k > 0, dd, 0.0)
+  return _safe_sqrt_vjp(dd, k) if distance == "euclidean" else dd
+
+
+def _hardest_block(r, c, distance) -> Hardest:
+  """A block's hardest positive / negative keys and the first (lowest) column attaining each:
+  plain max / min reductions and a second plain reduction instead of a variadic arg-reduction."""
+  k = _mining_key(r, c, distance)
+  pos, neg, _ = sweep.block_masks(r, c)
+  bp = jnp.max(jnp.where(pos, k, -jnp.inf), axis=1)
+  bn = jnp.min(jnp.where(neg, k, jnp.inf), axis=1)
+  col_index = c.index[None, :]
+  ip = jnp.min(jnp.where(pos & (k == bp[:, None]), col_index, _NO_COLUMN), axis=1)
+  i_n = jnp.min(jnp.where(neg & (k == bn[:, None]), col_index, _NO_COLUMN), axis=1)
+  return Hardest(bp, ip, bn, i_n)
+
+
+def _keep_hardest_lowest(st: Hardest, block: Hardest) -> Hardest:
+  """`_keep_hardest`, a tie going to the lower column whatever the order the columns come in
+  (around the ring a device sees the chunks in its own order)."""
+  take_p = (block.pos_value > st.pos_value) | ((block.pos_value == st.pos_value)
+                                               & (block.pos_col < st.pos_col))
+  take_n = (block.neg_value < st.neg_value) | ((block.neg_value == st.neg_value)
+                                               & (block.neg_col < st.neg_col))
+  return Hardest(jnp.where(take_p, block.pos_value, st.pos_value),
+                 jnp.where(take_p, block.pos_col, st.pos_col),
+                 jnp.where(take_n, block.neg_value, st.neg_value),
+                 jnp.where(take_n, block.neg_col, st.neg_col))
+
+
+def _hardest_result(st: Hardest, margin, distance, soft, dtype):
+  """(outputs, residuals) of batch-hard from the final selection (keys and global columns)."""
+  valid = jnp.isfinite(st.pos_value) & jnp.isfinite(st.neg_value)
+  k_p = jnp.where(valid, st.pos_value, 0.0)
+  k_n = jnp.where(valid, st.neg_value, 0.0)
+  z = jnp.where(valid, _key_to_distance(k_p, distance) - _key_to_distance(k_n, distance), 0.0)
+  loss, _ = _triplet_term(z, margin, soft)
+  ip, i_n = jnp.where(valid, st.pos_col, 0), jnp.where(valid, st.neg_col, 0)
+  return (jnp.where(valid, loss, 0.0), valid.astype(dtype)), (z, valid, ip, i_n, k_p, k_n)
+
+
+def _selected_grads(residuals, margin, cotangent, distance, soft):
+  """[(selected column [n], d loss / d key [n])] of the hardest positive and negative."""
+  z, valid, ip, i_n, k_p, k_n = residuals
+  _, dz = _triplet_term(z, margin, soft)
+  dz = jnp.where(valid, dz * cotangent, 0.0)
+  return dz, ((ip, _d_key(dz, k_p, distance)), (i_n, _d_key(-dz, k_n, distance)))
+
+
+def _pair_grads(a, other, dk, distance):
+  """(d/d a, d/d other) of dk * key(a, other) for rows a, other [n, D] and dk [n]."""
+  if distance == "cosine":   # key = -<a, b>
+    return -dk[:, None] * other, -dk[:, None] * a
+  da = 2.0 * dk[:, None] * (a - other)   # key = |a|^2 + |b|^2 - 2 <a, b>
+  return da, -da
+
+
+class SelectedRows(NamedTuple):
+  """Batch-hard backward around the ring: an anchor, its two selected columns, their d key."""
+  x: jax.Array
+  cols: tuple
+  d_keys: tuple
+
+
 def _batch_hard_bodies(sweeper, distance, soft):
-  """Blockwise batch-hard (the cross-device form): running max / min with the winning column."""
+  """Batch-hard around the ring: key mining as `_batch_hard_local_bodies`, and an O(N D) backward.
+
+  Only the 2N selected pairs (a, p_a), (a, n_a) carry gradient. The backward makes one tour of
+  the ring with whole chunks: when the chunk holding a selected column visits, the anchor takes
+  that row, adds d/d a to its own gradient and scatter-adds d/d x_p into the chunk's gradient
+  accumulator, which travels with the chunk and is brought home by the last hop
+  (`distributed.pair_sums`). O(N D) work per hop instead of a recomputed Gram block.
+  """
 
   def fwd_local(xs, params, labels):
     (x,), (margin,) = xs, params
@@ -120,41 +213,33 @@ def _batch_hard_bodies(sweeper, distance, soft):
     cols = _triplet_rows(x, labels, sweeper.index(n))
 
     def update(st, r, c):
-      d = _distance_block(r, c, distance)
-      pos, neg, _ = sweep.block_masks(r, c)
-      dp = jnp.where(pos, d, -jnp.inf)
-      dn = jnp.where(neg, d, jnp.inf)
-      block = Hardest(jnp.max(dp, axis=1), c.index[jnp.argmax(dp, axis=1)],
-                      jnp.min(dn, axis=1), c.index[jnp.argmin(dn, axis=1)])
-      return _keep_hardest(st, block)
+      return _keep_hardest_lowest(st, _hardest_block(r, c, distance))
 
     st = sweeper.forward(update, _hardest_init(n, x.dtype), cols, cols)
-    valid = jnp.isfinite(st.pos_value) & jnp.isfinite(st.neg_value)
-    z = jnp.where(valid, st.pos_value - st.neg_value, 0.0)
-    loss, _ = _triplet_term(z, margin, soft)
-    return (jnp.where(valid, loss, 0.0), valid.astype(x.dtype)), (z, valid, st.pos_col,
-                                                                   st.neg_col)
+    return _hardest_result(st, margin, distance, soft, x.dtype)
 
   def bwd_local(xs, params, labels, residuals, cotangents):
     (x,), (margin,) = xs, params
-    z, valid, pos_col, neg_col = residuals
-    _, dz = _triplet_term(z, margin, soft)
-    dz = jnp.where(valid, dz * cotangents[0], 0.0)
-    cols = _triplet_rows(x, labels, sweeper.index(x.shape[0]))
+    n = x.shape[0]
+    dz, selected = _selected_grads(residuals, margin, cotangents[0], distance, soft)
+    rows = SelectedRows(x, tuple(c for c, _ in selected), tuple(k for _, k in selected))
+    chunk = sweep.side(x, labels, sweeper.index(n))
 
-    def grad_block(r, c):
-      col_index = c.index[None, :]
-      real = c.valid[None, :]
-      # Only the selected hardest positive (+) and hardest negative (-) receive gradient.
-      dd = r.dz[:, None] * ((real & (col_index == r.pos_col[:, None])).astype(x.dtype)
-                            - (real & (col_index == r.neg_col[:, None])).astype(x.dtype))
-      return _distance_block_vjp(dd, r, c, distance)   # (dG, d sq_rows, d sq_cols)
+    def visit(r, c):
+      first, size = c.index[0], c.x.shape[0]   # shards are contiguous along "data"
+      da, db = jnp.zeros_like(r.x), jnp.zeros_like(c.x)
+      for col, dk in zip(r.cols, r.d_keys):
+        j = col - first
+        here = ((j >= 0) & (j < size))[:, None]
+        j = jnp.clip(j, 0, size - 1)
+        d_a, d_other = _pair_grads(r.x, c.x[j], dk, distance)
+        da = da + jnp.where(here, d_a, 0.0)
+        db = db.at[j].add(jnp.where(here, d_other, 0.0))
+      return da, db
 
-    rows = cols._replace(dz=dz, pos_col=pos_col, neg_col=neg_col)
-    dx_r, dsq_r, dx_c, dsq_c = sweeper.backward(grad_block, rows, cols)
-    dx = dx_r + dx_c + 2.0 * x * (dsq_r + dsq_c)[:, None]
+    da, db = distributed.pair_sums(distributed.whole_chunks(sweeper, n), visit, rows, chunk)
     d_margin = jnp.zeros((), x.dtype) if soft else sweeper.psum(jnp.sum(dz))
-    return (dx,), (d_margin,)
+    return (da + db,), (d_margin,)
 
   return fwd_local, bwd_local
 
@@ -162,25 +247,12 @@ def _batch_hard_bodies(sweeper, distance, soft):
 def _batch_hard_local_bodies(block_size: int, distance: str, soft: bool):
   """Single-device batch-hard triplet: mining on a monotone key, an O(N D) backward.
 
-  Mining key k with d = f(k), f non-decreasing: the squared distance (euclidean: d = safe
-  sqrt(k), so no sqrt over the N^2 pairs; squared: d = k) or, for cosine, k = -<a, b> (d = 1 + k).
-  Per block the hardest key is a plain max / min reduction and its column the first index
-  attaining it (a second plain reduction), instead of a variadic arg-reduction. Only the N
-  selected pairs (a, p_a) and (a, n_a) carry gradient, so the backward pass gathers those rows
-  and scatter-adds their O(N D) contributions instead of recomputing every block.
+  Mining key k with d = f(k), f non-decreasing (`_mining_key`). Per block the hardest key is a
+  plain max / min reduction and its column the first index attaining it (a second plain
+  reduction), instead of a variadic arg-reduction. Only the N selected pairs (a, p_a) and
+  (a, n_a) carry gradient, so the backward pass gathers those rows and scatter-adds their
+  O(N D) contributions instead of recomputing every block.
   """
-  big = jnp.iinfo(jnp.int32).max
-
-  def key_block(r, c):
-    gram = r.x @ c.x.T
-    if distance == "cosine":
-      return -gram
-    return jnp.maximum(r.sq_norm[:, None] + c.sq_norm[None, :] - 2.0 * gram, 0.0)
-
-  def to_distance(k):
-    if distance == "cosine":
-      return 1.0 + k
-    return k if distance == "squared_euclidean" else safe_sqrt(k)
 
   def fwd_local(xs, params, labels):
     (x,), (margin,) = xs, params
@@ -188,46 +260,18 @@ def _batch_hard_local_bodies(block_size: int, distance: str, soft: bool):
     cols = _triplet_rows(x, labels, jnp.arange(n, dtype=jnp.int32))
 
     def update(st, r, c):
-      k = key_block(r, c)
-      pos, neg, _ = sweep.block_masks(r, c)
-      bp = jnp.max(jnp.where(pos, k, -jnp.inf), axis=1)
-      bn = jnp.min(jnp.where(neg, k, jnp.inf), axis=1)
-      col_index = c.index[None, :]
-      # The first column attaining the block's max / min (as argmax / argmin would pick).
-      ip = jnp.min(jnp.where(pos & (k == bp[:, None]), col_index, big), axis=1)
-      i_n = jnp.min(jnp.where(neg & (k == bn[:, None]), col_index, big), axis=1)
-      return _keep_hardest(st, Hardest(bp, ip, bn, i_n))
+      return _keep_hardest(st, _hardest_block(r, c, distance))
 
     st = sweep.forward_sweep(update, _hardest_init(n, x.dtype), cols, cols, block_size,
                              block_size)
-    valid = jnp.isfinite(st.pos_value) & jnp.isfinite(st.neg_value)
-    k_p = jnp.where(valid, st.pos_value, 0.0)
-    k_n = jnp.where(valid, st.neg_value, 0.0)
-    z = jnp.where(valid, to_distance(k_p) - to_distance(k_n), 0.0)
-    loss, _ = _triplet_term(z, margin, soft)
-    ip, i_n = jnp.where(valid, st.pos_col, 0), jnp.where(valid, st.neg_col, 0)
-    return (jnp.where(valid, loss, 0.0), valid.astype(x.dtype)), (z, valid, ip, i_n, k_p, k_n)
+    return _hardest_result(st, margin, distance, soft, x.dtype)
 
   def bwd_local(xs, params, labels, residuals, cotangents):
     (x,), (margin,) = xs, params
-    z, valid, ip, i_n, k_p, k_n = residuals
-    _, dz = _triplet_term(z, margin, soft)
-    dz = jnp.where(valid, dz * cotangents[0], 0.0)
-
-    def d_key(dd, k):
-      """d loss / d key from d loss / d distance (the cuts of `_distance_block_vjp`)."""
-      if distance == "squared_euclidean":
-        return jnp.where(k > 0, dd, 0.0)
-      return _safe_sqrt_vjp(dd, k) if distance == "euclidean" else dd
-
+    dz, selected = _selected_grads(residuals, margin, cotangents[0], distance, soft)
     dx = jnp.zeros_like(x)
-    for idx, dk in ((ip, d_key(dz, k_p)), (i_n, d_key(-dz, k_n))):
-      other = x[idx]
-      if distance == "cosine":   # key = -<a, b>
-        da, db = -dk[:, None] * other, -dk[:, None] * x
-      else:                      # key = |a|^2 + |b|^2 - 2 <a, b>
-        da = 2.0 * dk[:, None] * (x - other)
-        db = -da
+    for idx, dk in selected:
+      da, db = _pair_grads(x, x[idx], dk, distance)
       dx = (dx + da).at[idx].add(db)
     d_margin = jnp.zeros((), x.dtype) if soft else jnp.sum(dz)
     return (dx,), (d_margin,)

@@ -3,20 +3,24 @@
 Each comes dense (`block_size=None, mesh=None`), streaming (`block_size=...`: the [N, N] logits
 are swept in blocks with a custom VJP, memory O(N*D + block_size^2)) and sharded (`mesh=...`: a
 ring over the mesh's "data" axis, see `sim_jax.losses.distributed`; every image sees every text
-of the global batch and the gradient equals the single-device one). Both L2-normalise the
-embeddings first (norm clamped at 1e-12), as CLIP and SigLIP do; row i of `img_emb` and row i of
-`txt_emb` are the matching pair.
+of the global batch and the gradient equals the single-device one). The streaming forms are
+fused: CLIP sweeps both directions' log-sum-exps at once with one exp per pair (8 N^2 D FLOPs for
+loss + gradient, `_clip_bodies`), SigLIP forms its gradient in the loss's own sweep (6 N^2 D,
+`_siglip_local`). Both L2-normalise the embeddings first (norm clamped at 1e-12), as CLIP and
+SigLIP do; row i of `img_emb` and row i of `txt_emb` are the matching pair.
 """
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax import lax
+from jax.sharding import PartitionSpec as P
 
-from sim_jax.losses import _checks, sweep
-from sim_jax.losses.distributed import run_bodies
+from sim_jax.losses import _checks, distributed, sweep
 from sim_jax.numerics import l2_normalize
 
 
@@ -32,100 +36,190 @@ def _normalized(img_emb, txt_emb):
   return l2_normalize(img_emb.astype(dtype)), l2_normalize(txt_emb.astype(dtype)), dtype
 
 
-class TowerRows(NamedTuple):
-  """A `sweep.Side` of one tower plus, in the backward pass, each row's statistics."""
+class ClipSide(NamedTuple):
+  """A `sweep.Side` of one tower plus, in the backward pass, its log-sum-exps and cotangents."""
   x: jax.Array
   label: jax.Array
   index: jax.Array
   valid: jax.Array
-  lse: jax.Array | None = None         # CLIP: the row's log-sum-exp over all columns
-  cotangent: jax.Array | None = None   # d loss / d (per-row output)
+  lse: jax.Array | None = None    # [n] log sum over the other tower (row: i2t, column: t2i)
+  coef: jax.Array | None = None   # [n] cotangent (times exp(1/t - lse) in the one-exp form)
 
 
-class SigLipPartials(NamedTuple):
-  """Per-row parts of the gradients of SigLIP's scalar parameters."""
-  scale: jax.Array
-  bias: jax.Array
+# A fixed-shift sum s = sum_j exp(l_j - 1/t) is trusted when s > N * 2^-100: every term it may
+# have lost to float32 underflow then changes it by less than 2^-26 relative (as in
+# `infonce_streaming`). Below that (possible only when 2/t > 100 ln 2 - ln N, t < ~0.03) the
+# two-pass online log-sum-exp is run instead.
+_LOG_FLOOR = -100.0 * math.log(2.0)
 
 
-def _row_lse_bodies(sweeper):
-  """Row-wise log sum_j exp(<a_i, b_j> * inv_t) over all columns: one sweep, custom backward."""
+def _total_rows(sweeper, n: int) -> int:
+  """Global batch size: the local rows times the ring's devices."""
+  return n * getattr(sweeper, "k", 1)
+
+
+def _padded(sweeper, n: int) -> bool:
+  """Whether the sweep pads the local rows (padding must then be masked out of the sums)."""
+  return n % min(sweeper.row_block, n) != 0
+
+
+def _tower_sides(sweeper, a, b, labels):
+  return (sweep.side(a, labels, sweeper.index(a.shape[0])),
+          sweep.side(b, labels, sweeper.index(b.shape[0])))
+
+
+def _exact_lse(sweeper, a, b, inv_t, labels):
+  """Row-wise log sum_j exp(<a_i, b_j> * inv_t) by the online (running-max) log-sum-exp."""
+  rows, cols = _tower_sides(sweeper, a, b, labels)
+
+  def update(st, r, c):
+    return sweep.lse_update(st, (r.x @ c.x.T) * inv_t,
+                            jnp.broadcast_to(c.valid[None, :], (r.x.shape[0], c.x.shape[0])))
+
+  return sweep.lse_value(sweeper.forward(update, sweep.lse_init(a.shape[0], a.dtype), rows, cols))
+
+
+def _clip_bodies(sweeper):
+  """Both directions' log-sum-exps of CLIP in one sweep: one Gram block and one exp per pair.
+
+  For unit rows l_ij = <a_i, b_j> / t <= 1/t, so the constant 1/t is a shift for every row and
+  every column at once: e_ij = exp(l_ij - 1/t) serves the image->text sum of row i and the
+  text->image sum of column j (`distributed.pair_sums`: row sums stay, column sums travel with
+  their chunk around the ring). Backward: d loss / d l_ij = g_i exp(l_ij - L_i) + h_j exp(l_ij -
+  M_j) = e_ij (g_i exp(1/t - L_i) + h_j exp(1/t - M_j)), again one exp, and two products per
+  block (dA += dl B, dB += dl^T A). FLOPs: 2 N^2 D forward + 6 N^2 D backward = 8 N^2 D.
+  """
 
   def fwd_local(xs, params, labels):
     (a, b), (inv_t,) = xs, params
-    rows = sweep.side(a, labels, sweeper.index(a.shape[0]))
-    cols = sweep.side(b, labels, sweeper.index(b.shape[0]))
+    rows, cols = _tower_sides(sweeper, a, b, labels)
+    padded = _padded(sweeper, a.shape[0])
 
-    def update(st, r, c):
-      return sweep.lse_update(st, (r.x @ c.x.T) * inv_t,
-                              jnp.broadcast_to(c.valid[None, :], (r.x.shape[0], c.x.shape[0])))
+    def sums(r, c):
+      e = jnp.exp((r.x @ c.x.T - 1.0) * inv_t)
+      if padded:   # padding rows are zero vectors, whose e = exp(-1/t) must not count
+        e = jnp.where(r.valid[:, None] & c.valid[None, :], e, 0.0)
+      return jnp.sum(e, axis=1), jnp.sum(e, axis=0)
 
-    st = sweeper.forward(update, sweep.lse_init(a.shape[0], a.dtype), rows, cols)
-    lse = sweep.lse_value(st)
-    return (lse,), (lse,)
+    s_r, s_c = distributed.pair_sums(sweeper, sums, rows, cols)
+    floor = math.log(_total_rows(sweeper, a.shape[0])) + _LOG_FLOOR
+    under = jnp.sum(jnp.log(s_r) <= floor) + jnp.sum(jnp.log(s_c) <= floor)
+    lr, lc = lax.cond(sweeper.psum(under) > 0,
+                      lambda _: (_exact_lse(sweeper, a, b, inv_t, labels),
+                                 _exact_lse(sweeper, b, a, inv_t, labels)),
+                      lambda _: (inv_t + jnp.log(s_r), inv_t + jnp.log(s_c)), None)
+    return (lr, lc), (lr, lc)
 
   def bwd_local(xs, params, labels, residuals, cotangents):
     (a, b), (inv_t,) = xs, params
-    rows = TowerRows(*sweep.side(a, labels, sweeper.index(a.shape[0])), lse=residuals[0],
-                     cotangent=cotangents[0])
-    cols = sweep.side(b, labels, sweeper.index(b.shape[0]))
+    lr, lc = residuals
+    gr, gc = cotangents
+    floor = math.log(_total_rows(sweeper, a.shape[0])) + _LOG_FLOOR
+    under = jnp.sum(lr - inv_t <= floor) + jnp.sum(lc - inv_t <= floor)
+    side_r, side_c = _tower_sides(sweeper, a, b, labels)
+    # Padding rows / columns are zero vectors: their dl multiplies zeros, no mask needed.
 
-    def grad_block(r, c):
-      gram = r.x @ c.x.T
-      mask = jnp.broadcast_to(c.valid[None, :], gram.shape)
-      # d lse_i / d l_ij = softmax_ij. Row extra: each row's part of d loss / d inv_t.
-      dl = sweep.safe_exp_diff(gram * inv_t, r.lse, mask) * r.cotangent[:, None]
-      return dl * inv_t, jnp.sum(dl * gram, axis=1), ()
+    def one_exp(_):
+      rows = ClipSide(*side_r, coef=gr * jnp.exp(inv_t - lr))
+      cols = ClipSide(*side_c, coef=gc * jnp.exp(inv_t - lc))
 
-    da, d_inv_t, db, _ = sweeper.backward(grad_block, rows, cols)
-    return (da, db), (sweeper.psum(jnp.sum(d_inv_t)),)
+      def grads(r, c):
+        dl = jnp.exp((r.x @ c.x.T - 1.0) * inv_t) * (r.coef[:, None] + c.coef[None, :])
+        return dl @ c.x, dl.T @ r.x
+
+      return distributed.pair_sums(sweeper, grads, rows, cols)
+
+    def two_exp(_):   # 1/t - L may exceed float32's exp range: each softmax on its own
+      rows, cols = ClipSide(*side_r, lse=lr, coef=gr), ClipSide(*side_c, lse=lc, coef=gc)
+
+      def grads(r, c):
+        logits = (r.x @ c.x.T) * inv_t
+        dl = (jnp.exp(logits - r.lse[:, None]) * r.coef[:, None]
+              + jnp.exp(logits - c.lse[None, :]) * c.coef[None, :])
+        return dl @ c.x, dl.T @ r.x
+
+      return distributed.pair_sums(sweeper, grads, rows, cols)
+
+    da, db = lax.cond(sweeper.psum(under) > 0, two_exp, one_exp, None)
+    # l_ij = inv_t <a_i, b_j>: d/d inv_t = sum_ij dl_ij <a_i, b_j> = sum_i <a_i, (dl B)_i>.
+    return (da * inv_t, db * inv_t), (sweeper.psum(jnp.sum(a * da)),)
 
   return fwd_local, bwd_local
 
 
-def _siglip_bodies(sweeper):
-  """Row-wise sum_j softplus(-z_ij (<a_i, b_j> * scale + bias)), z_ij = +1 if i == j else -1."""
+def _siglip_local(sweeper, with_grad: bool):
+  """SigLIP's loss (and, with_grad, its gradient) over the local rows in one sweep.
 
-  def logits_and_sign(r, c, scale, bias):
-    gram = r.x @ c.x.T
-    sign = jnp.where(r.index[:, None] == c.index[None, :], 1.0, -1.0).astype(gram.dtype)
-    return gram, gram * scale + bias, sign
+  Per pair: u = -z l with l = <a_i, b_j> s + c; loss softplus(u) = max(u, 0) + log1p(e) and
+  d loss / d l = -z sigmoid(u) = -z where(u >= 0, 1, e) / (1 + e) share one e = exp(-|u|).
+  The gradient needs no statistic of the whole row, so it is formed in the same pass as the
+  loss (2 N^2 D forward + 4 N^2 D for dA = s dl B, dB = s dl^T A: 6 N^2 D in all).
+  Returns f(a, b, scale, bias) -> total loss, or (total, (da, db, d_scale, d_bias)).
+  """
 
-  def fwd_local(xs, params, labels):
-    (a, b), (scale, bias) = xs, params
-    rows = sweep.side(a, labels, sweeper.index(a.shape[0]))
-    cols = sweep.side(b, labels, sweeper.index(b.shape[0]))
+  def f(a, b, scale, bias):
+    labels = jnp.zeros(a.shape[0], jnp.int32)
+    rows, cols = _tower_sides(sweeper, a, b, labels)
+    padded = _padded(sweeper, a.shape[0])
 
-    def update(total, r, c):
-      _, logits, sign = logits_and_sign(r, c, scale, bias)
-      return total + jnp.sum(jnp.where(c.valid[None, :], jax.nn.softplus(-sign * logits), 0.0),
-                             axis=1)
+    def block(r, c):
+      logits = (r.x @ c.x.T) * scale + bias
+      pos = r.index[:, None] == c.index[None, :]
+      u = jnp.where(pos, -logits, logits)
+      e = jnp.exp(-jnp.abs(u))
+      loss = jnp.maximum(u, 0.0) + jnp.log1p(e)
+      valid = r.valid[:, None] & c.valid[None, :] if padded else None
+      if padded:
+        loss = jnp.where(valid, loss, 0.0)
+      if not with_grad:
+        return jnp.sum(loss, axis=1), ()
+      sig = jnp.where(u >= 0.0, 1.0, e) / (1.0 + e)
+      dl = jnp.where(pos, -sig, sig)
+      if padded:
+        dl = jnp.where(valid, dl, 0.0)
+      return (jnp.sum(loss, axis=1), dl @ c.x, jnp.sum(dl, axis=1)), dl.T @ r.x
 
-    total = sweeper.forward(update, jnp.zeros(a.shape[0], a.dtype), rows, cols)
-    return (total,), ()
+    row_acc, col_acc = distributed.pair_sums(sweeper, block, rows, cols)
+    if not with_grad:
+      return sweeper.psum(jnp.sum(row_acc))
+    loss, da, d_bias = row_acc
+    # d/d scale = sum_ij dl_ij <a_i, b_j> = sum_i <a_i, (dl B)_i>.
+    grads = (da * scale, col_acc * scale, sweeper.psum(jnp.sum(a * da)),
+             sweeper.psum(jnp.sum(d_bias)))
+    return sweeper.psum(jnp.sum(loss)), grads
 
-  def bwd_local(xs, params, labels, residuals, cotangents):
-    (a, b), (scale, bias) = xs, params
-    rows = TowerRows(*sweep.side(a, labels, sweeper.index(a.shape[0])), cotangent=cotangents[0])
-    cols = sweep.side(b, labels, sweeper.index(b.shape[0]))
+  return f
 
-    def grad_block(r, c):
-      gram, logits, sign = logits_and_sign(r, c, scale, bias)
-      # d softplus(-z l) / d l = -z sigmoid(-z l).
-      dl = jnp.where(c.valid[None, :], -sign * jax.nn.sigmoid(-sign * logits), 0.0)
-      dl = dl * r.cotangent[:, None]
-      return dl * scale, SigLipPartials(jnp.sum(dl * gram, axis=1), jnp.sum(dl, axis=1)), ()
 
-    da, extra, db, _ = sweeper.backward(grad_block, rows, cols)
-    return (da, db), (sweeper.psum(jnp.sum(extra.scale)), sweeper.psum(jnp.sum(extra.bias)))
+def _siglip_total(a, b, scale, bias, block_size, mesh):
+  """sum_ij softplus(-z_ij l_ij) streamed (custom VJP: the gradient is made with the loss)."""
+  sweeper, _ = distributed.sweeper_and_wrap(a.shape[0], block_size, mesh, False)
+  loss_only, loss_and_grad = _siglip_local(sweeper, False), _siglip_local(sweeper, True)
+  if mesh is not None:
+    rows, rep = P(distributed.DATA_AXIS), P()
+    specs = (rows, rows, rep, rep)
+    loss_only = distributed.shard_map_placed(loss_only, mesh, specs, rep)
+    loss_and_grad = distributed.shard_map_placed(loss_and_grad, mesh, specs, (rep, specs))
 
-  return fwd_local, bwd_local
+  @jax.custom_vjp
+  def total(a, b, scale, bias):
+    return loss_only(a, b, scale, bias)
+
+  def total_fwd(a, b, scale, bias):
+    return loss_and_grad(a, b, scale, bias)
+
+  def total_bwd(grads, g):
+    return jax.tree.map(lambda d: d * g, grads)
+
+  total.defvjp(total_fwd, total_bwd)
+  return total(a, b, scale, bias)
 
 
 def _streamed(bodies_fn, a, b, params, block_size, mesh):
   # Labels are unused by these kernels (the pairing is by index); int zeros keep one signature.
   labels = jnp.zeros(a.shape[0], jnp.int32)
-  return run_bodies(bodies_fn, (a, b), params, labels, block_size=block_size, mesh=mesh)[0]
+  return distributed.run_bodies(bodies_fn, (a, b), params, labels, block_size=block_size,
+                                mesh=mesh)
 
 
 def clip_infonce(img_emb, txt_emb, temperature, *, block_size=None, mesh=None):
@@ -154,8 +248,7 @@ def clip_infonce(img_emb, txt_emb, temperature, *, block_size=None, mesh=None):
     lse_i2t = jax.nn.logsumexp(logits, axis=1)
     lse_t2i = jax.nn.logsumexp(logits, axis=0)
   else:
-    lse_i2t = _streamed(_row_lse_bodies, a, b, (inv_t,), block_size, mesh)
-    lse_t2i = _streamed(_row_lse_bodies, b, a, (inv_t,), block_size, mesh)
+    lse_i2t, lse_t2i = _streamed(_clip_bodies, a, b, (inv_t,), block_size, mesh)
   return 0.5 * (jnp.mean(lse_i2t - diag) + jnp.mean(lse_t2i - diag))
 
 
@@ -181,5 +274,4 @@ def siglip(img_emb, txt_emb, log_temperature, bias, *, block_size=None, mesh=Non
     logits = (a @ b.T) * scale + bias
     sign = 2.0 * jnp.eye(n, dtype=dtype) - 1.0
     return jnp.sum(jax.nn.softplus(-sign * logits)) / n
-  per_row = _streamed(_siglip_bodies, a, b, (scale, bias), block_size, mesh)
-  return jnp.sum(per_row) / n
+  return _siglip_total(a, b, scale, bias, block_size, mesh) / n

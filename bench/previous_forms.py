@@ -1,0 +1,278 @@
+"""The previous ring / streaming forms, kept only as the A/B baselines of
+`bench/loss_scaling.py --ring` (same values and gradients as the forms in sim_jax.losses).
+
+NT-Xent's ring bodies here run the online (running-max) log-sum-exp, a positives pass over every
+block with separate softplus and sigmoid, and a backward sweep with two transcendentals per pair
+(`sim_jax.losses.infonce_streaming._nt_xent_bodies`: fixed shift, positive-free blocks skipped,
+one exp per pair). Batch-hard triplet's ring bodies here mine on distances with arg-reductions
+and recompute every block backward (`sim_jax.losses.triplet_streaming._batch_hard_bodies`: key
+mining, one O(N D) backward tour).
+
+CLIP here runs one online log-sum-exp sweep per direction (two forward sweeps, running max and
+rescale, then two backward sweeps: 2 x (2 + 6) N^2 D = 16 N^2 D), SigLIP one forward sweep and
+one backward sweep (2 + 6 = 8 N^2 D). `sim_jax.losses.two_tower` fuses them (8 and 6 N^2 D).
+Same values and gradients; see the docstrings there for the formulas.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from sim_jax.losses import sweep
+from sim_jax.losses.distributed import run_bodies
+from sim_jax.losses.infonce_streaming import (
+  AnchorRows,
+  PositiveTerms,
+  _unit_rows_and_inverse_temperature,
+)
+from sim_jax.losses.sweep import LogSumExp
+from sim_jax.losses.triplet_streaming import (
+  Hardest,
+  _distance_block,
+  _distance_block_vjp,
+  _hardest_init,
+  _keep_hardest,
+  _triplet_rows,
+  _triplet_term,
+)
+from sim_jax.losses.two_tower import _normalized
+
+
+class NegativeStats(NamedTuple):
+  """NT-Xent's first pass: the negatives' running log-sum-exp and the positives' count."""
+  lse: LogSumExp
+  num_pos: jax.Array
+
+
+def _nt_xent_bodies(sweeper):
+  def fwd_local(xs, params, labels):
+    (z,), (inv_t,) = xs, params
+    cols = sweep.side(z, labels, sweeper.index(z.shape[0]))
+
+    def pass_negatives(st, r, c):
+      logits = (r.x @ c.x.T) * inv_t
+      pos, neg, _ = sweep.block_masks(r, c)
+      return NegativeStats(sweep.lse_update(st.lse, logits, neg),
+                           st.num_pos + jnp.sum(pos, axis=1).astype(z.dtype))
+
+    init = NegativeStats(sweep.lse_init(z.shape[0], z.dtype), jnp.zeros(z.shape[0], z.dtype))
+    st = sweeper.forward(pass_negatives, init, cols, cols)
+    lse_neg = sweep.lse_value(st.lse)
+
+    # Second pass: each positive needs the *final* negative log-sum-exp of its anchor.
+    def pass_positives(acc, r, c):
+      logits = (r.x @ c.x.T) * inv_t
+      pos, _, _ = sweep.block_masks(r, c)
+      gap = r.lse[:, None] - logits
+      # l_ip = softplus(L_i - s_ip/t); sigmoid(L_i - s_ip/t) is -d l_ip / d(s_ip/t).
+      return PositiveTerms(acc.loss + jnp.sum(jnp.where(pos, jax.nn.softplus(gap), 0.0), axis=1),
+                           acc.weight + jnp.sum(jnp.where(pos, jax.nn.sigmoid(gap), 0.0), axis=1))
+
+    zeros = jnp.zeros(z.shape[0], z.dtype)
+    acc = sweeper.forward(pass_positives, PositiveTerms(zeros, zeros),
+                          AnchorRows(*cols, lse=lse_neg), cols)
+    return (acc.loss, st.num_pos), (lse_neg, acc.weight)
+
+  def bwd_local(xs, params, labels, residuals, cotangents):
+    (z,), (inv_t,) = xs, params
+    lse_neg, w = residuals
+    g = cotangents[0]
+    cols = sweep.side(z, labels, sweeper.index(z.shape[0]))
+
+    def grad_block(r, c):
+      gram = r.x @ c.x.T
+      logits = gram * inv_t
+      pos, neg, _ = sweep.block_masks(r, c)
+      lse = r.lse[:, None]
+      # d num_i / d l_ip = -sigmoid(L_i - l_ip);  d num_i / d l_in = exp(l_in - L_i) * w_i.
+      dl = jnp.where(pos, -jax.nn.sigmoid(lse - logits), 0.0)
+      dl = dl + sweep.safe_exp_diff(logits, r.lse, neg) * r.weight[:, None]
+      dl = dl * r.cotangent[:, None]
+      # Row extra: each row's part of d loss / d inv_t; no column extra.
+      return dl * inv_t, jnp.sum(dl * gram, axis=1), ()
+
+    rows = AnchorRows(*cols, lse=lse_neg, weight=w, cotangent=g)
+    dx_r, d_inv_t, dx_c, _ = sweeper.backward(grad_block, rows, cols)
+    return (dx_r + dx_c,), (sweeper.psum(jnp.sum(d_inv_t)),)
+
+  return fwd_local, bwd_local
+
+
+
+def nt_xent_stats(embeddings, labels, *, temperature, block_size, mesh):
+  """The previous ring NT-Xent `(num [N], den [N])` (mesh required)."""
+  z, inv_t, labels = _unit_rows_and_inverse_temperature(embeddings, labels, temperature)
+  return run_bodies(_nt_xent_bodies, (z,), (inv_t,), labels, block_size=block_size, mesh=mesh)
+
+
+class TowerRows(NamedTuple):
+  """A `sweep.Side` of one tower plus, in the backward pass, each row's statistics."""
+  x: jax.Array
+  label: jax.Array
+  index: jax.Array
+  valid: jax.Array
+  lse: jax.Array | None = None         # CLIP: the row's log-sum-exp over all columns
+  cotangent: jax.Array | None = None   # d loss / d (per-row output)
+
+
+class SigLipPartials(NamedTuple):
+  """Per-row parts of the gradients of SigLIP's scalar parameters."""
+  scale: jax.Array
+  bias: jax.Array
+
+
+def _row_lse_bodies(sweeper):
+  """Row-wise log sum_j exp(<a_i, b_j> * inv_t) over all columns: one sweep, custom backward."""
+
+  def fwd_local(xs, params, labels):
+    (a, b), (inv_t,) = xs, params
+    rows = sweep.side(a, labels, sweeper.index(a.shape[0]))
+    cols = sweep.side(b, labels, sweeper.index(b.shape[0]))
+
+    def update(st, r, c):
+      return sweep.lse_update(st, (r.x @ c.x.T) * inv_t,
+                              jnp.broadcast_to(c.valid[None, :], (r.x.shape[0], c.x.shape[0])))
+
+    st = sweeper.forward(update, sweep.lse_init(a.shape[0], a.dtype), rows, cols)
+    lse = sweep.lse_value(st)
+    return (lse,), (lse,)
+
+  def bwd_local(xs, params, labels, residuals, cotangents):
+    (a, b), (inv_t,) = xs, params
+    rows = TowerRows(*sweep.side(a, labels, sweeper.index(a.shape[0])), lse=residuals[0],
+                     cotangent=cotangents[0])
+    cols = sweep.side(b, labels, sweeper.index(b.shape[0]))
+
+    def grad_block(r, c):
+      gram = r.x @ c.x.T
+      mask = jnp.broadcast_to(c.valid[None, :], gram.shape)
+      # d lse_i / d l_ij = softmax_ij. Row extra: each row's part of d loss / d inv_t.
+      dl = sweep.safe_exp_diff(gram * inv_t, r.lse, mask) * r.cotangent[:, None]
+      return dl * inv_t, jnp.sum(dl * gram, axis=1), ()
+
+    da, d_inv_t, db, _ = sweeper.backward(grad_block, rows, cols)
+    return (da, db), (sweeper.psum(jnp.sum(d_inv_t)),)
+
+  return fwd_local, bwd_local
+
+
+def _siglip_bodies(sweeper):
+  """Row-wise sum_j softplus(-z_ij (<a_i, b_j> * scale + bias)), z_ij = +1 if i == j else -1."""
+
+  def logits_and_sign(r, c, scale, bias):
+    gram = r.x @ c.x.T
+    sign = jnp.where(r.index[:, None] == c.index[None, :], 1.0, -1.0).astype(gram.dtype)
+    return gram, gram * scale + bias, sign
+
+  def fwd_local(xs, params, labels):
+    (a, b), (scale, bias) = xs, params
+    rows = sweep.side(a, labels, sweeper.index(a.shape[0]))
+    cols = sweep.side(b, labels, sweeper.index(b.shape[0]))
+
+    def update(total, r, c):
+      _, logits, sign = logits_and_sign(r, c, scale, bias)
+      return total + jnp.sum(jnp.where(c.valid[None, :], jax.nn.softplus(-sign * logits), 0.0),
+                             axis=1)
+
+    total = sweeper.forward(update, jnp.zeros(a.shape[0], a.dtype), rows, cols)
+    return (total,), ()
+
+  def bwd_local(xs, params, labels, residuals, cotangents):
+    (a, b), (scale, bias) = xs, params
+    rows = TowerRows(*sweep.side(a, labels, sweeper.index(a.shape[0])), cotangent=cotangents[0])
+    cols = sweep.side(b, labels, sweeper.index(b.shape[0]))
+
+    def grad_block(r, c):
+      gram, logits, sign = logits_and_sign(r, c, scale, bias)
+      # d softplus(-z l) / d l = -z sigmoid(-z l).
+      dl = jnp.where(c.valid[None, :], -sign * jax.nn.sigmoid(-sign * logits), 0.0)
+      dl = dl * r.cotangent[:, None]
+      return dl * scale, SigLipPartials(jnp.sum(dl * gram, axis=1), jnp.sum(dl, axis=1)), ()
+
+    da, extra, db, _ = sweeper.backward(grad_block, rows, cols)
+    return (da, db), (sweeper.psum(jnp.sum(extra.scale)), sweeper.psum(jnp.sum(extra.bias)))
+
+  return fwd_local, bwd_local
+
+
+def _streamed(bodies_fn, a, b, params, block_size, mesh):
+  # Labels are unused by these kernels (the pairing is by index); int zeros keep one signature.
+  labels = jnp.zeros(a.shape[0], jnp.int32)
+  return run_bodies(bodies_fn, (a, b), params, labels, block_size=block_size, mesh=mesh)[0]
+
+
+def clip_infonce(img_emb, txt_emb, temperature, *, block_size, mesh=None):
+  """CLIP's symmetric InfoNCE, two sweeps (one per direction)."""
+  a, b, dtype = _normalized(img_emb, txt_emb)
+  inv_t = 1.0 / jnp.asarray(temperature, dtype)
+  diag = jnp.sum(a * b, axis=1) * inv_t
+  lse_i2t = _streamed(_row_lse_bodies, a, b, (inv_t,), block_size, mesh)
+  lse_t2i = _streamed(_row_lse_bodies, b, a, (inv_t,), block_size, mesh)
+  return 0.5 * (jnp.mean(lse_i2t - diag) + jnp.mean(lse_t2i - diag))
+
+
+def siglip(img_emb, txt_emb, log_temperature, bias, *, block_size, mesh=None):
+  """SigLIP's sigmoid loss, a forward sweep and a separate backward sweep."""
+  a, b, dtype = _normalized(img_emb, txt_emb)
+  scale = jnp.exp(jnp.asarray(log_temperature, dtype))
+  per_row = _streamed(_siglip_bodies, a, b, (scale, jnp.asarray(bias, dtype)), block_size, mesh)
+  return jnp.sum(per_row) / a.shape[0]
+
+
+def _batch_hard_bodies(sweeper, distance, soft):
+  """Blockwise batch-hard (the cross-device form): running max / min with the winning column."""
+
+  def fwd_local(xs, params, labels):
+    (x,), (margin,) = xs, params
+    n = x.shape[0]
+    cols = _triplet_rows(x, labels, sweeper.index(n))
+
+    def update(st, r, c):
+      d = _distance_block(r, c, distance)
+      pos, neg, _ = sweep.block_masks(r, c)
+      dp = jnp.where(pos, d, -jnp.inf)
+      dn = jnp.where(neg, d, jnp.inf)
+      block = Hardest(jnp.max(dp, axis=1), c.index[jnp.argmax(dp, axis=1)],
+                      jnp.min(dn, axis=1), c.index[jnp.argmin(dn, axis=1)])
+      return _keep_hardest(st, block)
+
+    st = sweeper.forward(update, _hardest_init(n, x.dtype), cols, cols)
+    valid = jnp.isfinite(st.pos_value) & jnp.isfinite(st.neg_value)
+    z = jnp.where(valid, st.pos_value - st.neg_value, 0.0)
+    loss, _ = _triplet_term(z, margin, soft)
+    return (jnp.where(valid, loss, 0.0), valid.astype(x.dtype)), (z, valid, st.pos_col,
+                                                                   st.neg_col)
+
+  def bwd_local(xs, params, labels, residuals, cotangents):
+    (x,), (margin,) = xs, params
+    z, valid, pos_col, neg_col = residuals
+    _, dz = _triplet_term(z, margin, soft)
+    dz = jnp.where(valid, dz * cotangents[0], 0.0)
+    cols = _triplet_rows(x, labels, sweeper.index(x.shape[0]))
+
+    def grad_block(r, c):
+      col_index = c.index[None, :]
+      real = c.valid[None, :]
+      # Only the selected hardest positive (+) and hardest negative (-) receive gradient.
+      dd = r.dz[:, None] * ((real & (col_index == r.pos_col[:, None])).astype(x.dtype)
+                            - (real & (col_index == r.neg_col[:, None])).astype(x.dtype))
+      return _distance_block_vjp(dd, r, c, distance)   # (dG, d sq_rows, d sq_cols)
+
+    rows = cols._replace(dz=dz, pos_col=pos_col, neg_col=neg_col)
+    dx_r, dsq_r, dx_c, dsq_c = sweeper.backward(grad_block, rows, cols)
+    dx = dx_r + dx_c + 2.0 * x * (dsq_r + dsq_c)[:, None]
+    d_margin = jnp.zeros((), x.dtype) if soft else sweeper.psum(jnp.sum(dz))
+    return (dx,), (d_margin,)
+
+  return fwd_local, bwd_local
+
+
+
+def triplet_stats(x, labels, *, margin, mining, distance, soft, block_size, mesh):
+  """The previous ring batch-hard `(num [N], den [N])` (mesh required, mining="batch_hard")."""
+  assert mining == "batch_hard" and distance != "cosine", (mining, distance)
+  return run_bodies(lambda sw: _batch_hard_bodies(sw, distance, bool(soft)), (x,),
+                    (jnp.asarray(margin, x.dtype),), labels, block_size=block_size, mesh=mesh)
