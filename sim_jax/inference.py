@@ -29,6 +29,7 @@ from sim_jax.data import names as data_names
 from sim_jax.eval import evaluators as evaluators_lib
 from sim_jax.eval import floors as floors_lib
 from sim_jax.eval import plots, search
+from sim_jax.graph import evaluate as graph_eval
 
 
 def restore_for_inference(setup: train.TrainSetup, workdir: str) -> tuple[int, train.TrainState]:
@@ -69,7 +70,10 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict
   step, state = restore_for_inference(setup, workdir)
   eval_data = train.load_eval_data(config)
   evaluators = evaluators_lib.get_evaluators(config.eval)
-  results, embeddings = train.evaluate(setup, state, eval_data, evaluators)
+  # eval.graph: a GNN refines the embeddings first; chance and floors stay the plain protocol's.
+  scored = graph_eval.maybe_refine(evaluators, config.eval.graph,
+                                   data.get_info(config.data).class_names)
+  results, embeddings = train.evaluate(setup, state, eval_data, scored)
   rep = report(setup, eval_data, evaluators, embeddings, results)
   if jax.process_index() == 0:
     _print_report(f"step {step}  ", rep)
