@@ -51,6 +51,7 @@ _r("[1, inf)", "model.in_channels", "model.width", "model.attention_tokens",
    "model.attention_heads", "model.attention_reduction", "model.patch_size",
    "model.projection_hidden_dim", "model.projection_dim")
 _r("[0, inf)", "model.embedding_dim", "model.projection_depth")
+_r("[1, inf)", "model.multiscale_kernels", "model.multiscale_stages")
 _r("[0, 1)", "model.dropout_rate", "model.stochastic_depth")
 # loss
 _r("(0, inf)", "loss.temperature", "loss.rank_temperature", "loss.k_temperature")
