@@ -45,7 +45,7 @@ from collections.abc import Mapping, Sequence
 
 from absl import app, flags
 
-from sim_jax import quiet
+from sim_jax import config_tools, quiet
 
 quiet.environment()  # before TensorFlow is imported (through the runner), as ablate.py does
 
@@ -231,13 +231,14 @@ def main(argv):
   if FLAGS.trials < 1:
     raise app.UsageError(f"--trials must be >= 1; got {FLAGS.trials}")
   try:
+    config_path = config_tools.resolve_config_path(FLAGS.config)
     sets = commands.parse_sets(FLAGS.set)
     retrain_sets = commands.parse_sets(FLAGS.retrain_set)
     seeds = parse_seeds(FLAGS.retrain_seeds) if FLAGS.retrain_seeds else ()
   except ValueError as e:
     raise app.UsageError(str(e)) from e
   root = os.path.abspath(FLAGS.root or command_root())
-  experiment = runner.load_experiment(FLAGS.config)
+  experiment = runner.load_experiment(config_path)
   objective = FLAGS.objective or experiment.headline[0]
   workdir = os.path.abspath(FLAGS.workdir)
   os.makedirs(workdir, exist_ok=True)
@@ -251,7 +252,7 @@ def main(argv):
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     start = time.time()
     study = open_study(workdir, FLAGS.direction, FLAGS.seed, FLAGS.startup_trials)
-    search(study, FLAGS.trials, FLAGS.config, workdir, root, sets, objective)
+    search(study, FLAGS.trials, config_path, workdir, root, sets, objective)
     best = write_outputs(study, workdir, objective, sets, time.time() - start, sys.argv)
     print(open(os.path.join(workdir, "search.md")).read())
     if best is None:
