@@ -126,7 +126,8 @@ def get_ablations():
           Variant("gnn_names", {"eval.graph.relations": "knn,parent,token"}, evaluates="base"),
       ], seeds=(0, 1, 2)),
       # Issue 26 (sim_jax/experiments/search.py): the hand-designed encoder vs the architecture
-      # search's best.json overrides (its command: the search module's docstring).
+      # search's best.json overrides (its command: docs/gnn_and_search.md). Until that search
+      # has run on icons, "searched" holds a hand-picked point of the space, not a search result.
       "nas": Ablation([
           Variant("hand_designed", {}),
           Variant("searched", {"model.multiscale_kernels": (1, 3, 5, 7), "model.width": 12,
