@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from sim_jax.eval.evaluators import RetrievalEvaluator
+from sim_jax.graph import config as graph_config
 from sim_jax.graph import evaluate as graph_eval
 from sim_jax.graph import gnn, relations
 
@@ -119,3 +120,20 @@ def test_graph_refined_protocol_improves_noisy_clusters():
   assert out["retrieval/map@r"] >= plain
   assert out["graph/fit_loss_last"] < out["graph/fit_loss_first"]
   assert ev.splits == ("train", "heldout")
+
+
+def test_fit_edges_are_the_union_of_knn_and_lifted_names():
+  x = np.array([[1, 0], [0, 1], [-1, 0], [1, 0.1]])
+  # 1-NN by cosine: 0 -> 3, 1 -> 3, 2 -> 1, 3 -> 0; names: class 1 ("a-b") -> class 0 ("a").
+  got = graph_eval.fit_edges(x, [0, 1, 2, 0], ["a", "a-b", "c"], ("knn", "parent"), k=1)
+  assert _pairs(got) == {(0, 3), (1, 3), (1, 2)} | {(0, 1), (1, 3)}
+  assert _pairs(graph_eval.apply_edges(x, ("parent",), k=1)) == set()  # names never at apply
+
+
+def test_maybe_refine_wraps_only_when_relations_are_set():
+  inner = [RetrievalEvaluator("test", "", (1,), "euclidean", 4096, 4096)]
+  c = graph_config.default_config()
+  assert graph_eval.maybe_refine(inner, c, ["a"]) is inner
+  c.relations = "knn,token"
+  (wrapped,) = graph_eval.maybe_refine(inner, c, ["a"])
+  assert wrapped.relations == ("knn", "token") and wrapped.splits == ("train", "test")

@@ -37,6 +37,7 @@ Needs the `search` extra (`pip install sim_jax[search]`, i.e. optuna).
 from __future__ import annotations
 
 import fcntl
+import importlib.util
 import json
 import os
 import sys
@@ -213,6 +214,17 @@ def retrain(experiment: runner.Experiment, best: Mapping, workdir: str, root: st
                              sets=sets, argv=argv)
 
 
+def load_config(path: str) -> runner.Experiment:
+  """The config file's headline (HEADLINE, else eval.best_metric); ablations are not needed."""
+  spec = importlib.util.spec_from_file_location("sim_jax_search_config", path)
+  if spec is None or spec.loader is None:
+    raise ValueError(f"cannot import {path!r} as a Python config file")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  headline = tuple(getattr(module, "HEADLINE", ()) or (module.get_config().eval.best_metric,))
+  return runner.Experiment(path, {}, headline)
+
+
 def command_root() -> str:
   """The clone holding this package when it has launch.py, else the current directory."""
   clone = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -235,10 +247,10 @@ def main(argv):
     sets = commands.parse_sets(FLAGS.set)
     retrain_sets = commands.parse_sets(FLAGS.retrain_set)
     seeds = parse_seeds(FLAGS.retrain_seeds) if FLAGS.retrain_seeds else ()
+    experiment = load_config(config_path)
   except ValueError as e:
     raise app.UsageError(str(e)) from e
   root = os.path.abspath(FLAGS.root or command_root())
-  experiment = runner.load_experiment(config_path)
   objective = FLAGS.objective or experiment.headline[0]
   workdir = os.path.abspath(FLAGS.workdir)
   os.makedirs(workdir, exist_ok=True)
