@@ -40,6 +40,7 @@ import fcntl
 import importlib.util
 import json
 import os
+import shlex
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -161,6 +162,11 @@ def search(study, n_trials: int, experiment_path: str, workdir: str, root: str,
     _tell(study, trial, *run_trial(trial.number, trial.params, *args))
 
 
+def command_text(argv: Sequence[str]) -> str:
+  """The search command as typed from the repository root (whatever started the process)."""
+  return " ".join(["python -m sim_jax.experiments.search", *map(shlex.quote, argv[1:])])
+
+
 def records(study) -> list[dict]:
   """One JSON-able dict per trial, in trial order."""
   return [{"number": t.number, "state": t.state.name, "value": t.value,
@@ -179,8 +185,7 @@ def write_outputs(study, workdir: str, objective: str, sets, wall: float, argv) 
   with open(os.path.join(workdir, "search.json"), "w") as f:
     json.dump({"objective": objective, "direction": study.direction.name, "budget": budget,
                "space": {k: list(v) for k, v in SPACE.items()}, "trials": rows, "best": best,
-               "command": commands.shell_command(list(argv)).replace("python ", "", 1)}, f,
-              indent=2)
+               "command": command_text(argv)}, f, indent=2)
   keys = list(SPACE)
   lines = [f"# Architecture search: `{objective}` ({study.direction.name.lower()})", "",
            f"{len(rows)} trials ({len(done)} complete), trial overrides "
@@ -194,7 +199,7 @@ def write_outputs(study, workdir: str, objective: str, sets, wall: float, argv) 
     cells = " | ".join(str(r["params"].get(k, "")) for k in keys)
     lines.append(f"| {r['number']}{mark} | {cells} | {value} | "
                  f"{runner.fmt_time(r['seconds'] or 0.0)} |")
-  lines += ["", f"Written by `{commands.shell_command(list(argv))}`."]
+  lines += ["", f"Written by `{command_text(argv)}`."]
   with open(os.path.join(workdir, "search.md"), "w") as f:
     f.write("\n".join(lines) + "\n")
   if best:
