@@ -36,6 +36,7 @@ from sim_jax.data import names as data_names
 from sim_jax.eval import evaluators as evaluators_lib
 from sim_jax.eval import floors as floors_lib
 from sim_jax.eval import plots, search
+from sim_jax.graph import evaluate as graph_eval
 from sim_jax.models import ensemble
 
 
@@ -114,10 +115,13 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict
   step, states, sources = restore_states(setup, workdir)
   eval_data = train.load_eval_data(config)
   evaluators = evaluators_lib.get_evaluators(config.eval)
+  # eval.graph: a GNN refines the embeddings first; chance and floors stay the plain protocol's.
+  scored = graph_eval.maybe_refine(evaluators, config.eval.graph,
+                                   data.get_info(config.data).class_names)
   if ensemble_members(config):
-    results, embeddings = _evaluate_ensemble(setup, states, eval_data, evaluators)
+    results, embeddings = _evaluate_ensemble(setup, states, eval_data, scored)
   else:
-    results, embeddings = train.evaluate(setup, states[0], eval_data, evaluators)
+    results, embeddings = train.evaluate(setup, states[0], eval_data, scored)
   rep = report(setup, eval_data, evaluators, embeddings, results)
   if ensemble_members(config):
     rep["ensemble"] = {"members": sources, "mode": str(config.eval.ensemble_mode)}

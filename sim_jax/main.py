@@ -170,6 +170,9 @@ def main(argv):
     reason = data.unavailable_reason(config.data)
     if reason:
       raise ValueError(f"data {config.data.name!r} cannot be prepared on this machine: {reason}")
+    if FLAGS.mode != "evaluate" and str(config.eval.graph.relations) not in ("none", ""):
+      raise ValueError(f"eval.graph.relations={config.eval.graph.relations!r} refines "
+                       f"embeddings in --mode=evaluate only; got --mode={FLAGS.mode}")
     if FLAGS.mode == "train":
       train.train_and_evaluate(config, FLAGS.workdir)
     elif FLAGS.mode == "evaluate":

@@ -51,6 +51,7 @@ _r("[1, inf)", "model.in_channels", "model.width", "model.attention_tokens",
    "model.attention_heads", "model.attention_reduction", "model.patch_size",
    "model.projection_hidden_dim", "model.projection_dim")
 _r("[0, inf)", "model.embedding_dim", "model.projection_depth")
+_r("[1, inf)", "model.multiscale_kernels", "model.multiscale_stages")
 _r("[0, 1)", "model.dropout_rate", "model.stochastic_depth")
 # loss
 _r("(0, inf)", "loss.temperature", "loss.rank_temperature", "loss.k_temperature")
@@ -99,6 +100,10 @@ _r("[1, inf)", "eval.block_size", "eval.query_block_size", "eval.ks", "eval.knn_
    "eval.pool_num_foils", "eval.pool_top", "eval.verification_num_pairs", "eval.fewshot_k_shot",
    "eval.fewshot_n_query", "eval.fewshot_num_episodes")
 _r("[2, inf)", "eval.fewshot_n_way")
+_r("[1, inf)", "eval.graph.k", "eval.graph.hidden")
+_r("[0, inf)", "eval.graph.steps")
+_r("(0, inf)", "eval.graph.learning_rate", "eval.graph.temperature")
+_r("[0, 4294967295]", "eval.graph.seed")
 
 
 def _is_number(v: Any) -> bool:

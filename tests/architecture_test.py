@@ -18,6 +18,7 @@ MAX_LINES = 700
 # module -> the names it may import inside a function, and why.
 ALLOWED_LOCAL = {
     "sim_jax.models.convert": {"torch", "safetensors.numpy"},  # optional: weight conversion only
+    "sim_jax.experiments.search": {"optuna"},  # optional (the `search` extra): one try at the top
     # The command line: `malloc.maybe_reexec()` may re-exec the process before JAX / TF load, and
     # `--help` / `--mode=config` / a bad flag must answer without loading them (seconds).
     "sim_jax.main": {"jax", "tensorflow", "tensorflow_datasets", "sim_jax"},

@@ -2,6 +2,8 @@
 
 import ml_collections
 
+from sim_jax.graph import config as graph_config
+
 
 def default_config() -> ml_collections.ConfigDict:
   """The evaluation sub-config; `configs/default.py` places it at `config.eval`."""
@@ -77,4 +79,6 @@ def default_config() -> ml_collections.ConfigDict:
   # Metric that picks the best checkpoint, and whether larger (max) or smaller (min) is better.
   c.best_metric = "retrieval/mrr@5"
   c.best_mode = "max"
+  # GNN refinement of the embeddings before every protocol, --mode=evaluate only (sim_jax/graph).
+  c.graph = graph_config.default_config()
   return c

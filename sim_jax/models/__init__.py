@@ -53,7 +53,13 @@ def _lenet5(cfg, dtype, platform):
 def _multiscale(default_width):
   def build(cfg, dtype, platform):
     pool = kernels.max_pool_2x2 if use_cpu_kernels(platform) else multiscale.max_pool
-    return multiscale.MultiScale(cfg.width or default_width, 3, dtype, cfg.remat, pool)
+    # .get: configs saved before the fields existed (checkpoints' config.json) mean the seed's.
+    sizes = tuple(int(k) for k in cfg.get("multiscale_kernels", multiscale.KERNELS))
+    if not sizes or any(k < 1 or k % 2 == 0 for k in sizes) or len(set(sizes)) != len(sizes):
+      raise ValueError(f"model config multiscale_kernels must be distinct odd sizes >= 1 (a "
+                       f"'same'-padded branch); got {sizes}")
+    return multiscale.MultiScale(cfg.width or default_width, int(cfg.get("multiscale_stages", 3)),
+                                 dtype, cfg.remat, pool, sizes)
   return build
 
 

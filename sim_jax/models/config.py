@@ -29,6 +29,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.projection_depth = 0  # SimCLR projection MLP layers (0 = none; output in aux["projection"]).
   c.projection_hidden_dim = 512  # hidden width of the projection MLP.
   c.projection_dim = 128  # output width of the projection MLP.
+  c.multiscale_kernels = (1, 3, 5)  # multiscale: the parallel branches' kernel sizes (odd).
+  c.multiscale_stages = 3  # multiscale: multi-scale blocks (widths w, 2w, 4w, ...).
   c.pair_head = "abs_diff"  # PairHead mode: "abs_diff" (Dense on |e1 - e2|) or "euclidean".
   c.dtype = "float32"  # compute dtype "float32" | "bfloat16" (params stay float32).
   c.remat = False  # wrap blocks in nn.remat (recompute activations in the backward pass).

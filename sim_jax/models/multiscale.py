@@ -32,14 +32,15 @@ def max_pool(x: jax.Array) -> jax.Array:
 
 
 class MultiScaleBlock(nn.Module):
-  """Parallel 1x1 / 3x3 / 5x5 conv-BN-ReLU branches, concatenated on channels."""
+  """Parallel k x k conv-BN-ReLU branches (k in `kernels`), concatenated on channels."""
   filters: int
   dtype: Any = jnp.float32
+  kernels: tuple[int, ...] = KERNELS
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     outs = []
-    for k in KERNELS:
+    for k in self.kernels:
       y = Conv(self.filters, (k, k), padding=conv_padding(k), dtype=self.dtype,
                name=f"conv{k}x{k}")(x)
       outs.append(nn.relu(batch_norm(train, self.dtype, f"bn{k}x{k}")(y)))
@@ -51,12 +52,15 @@ class MultiScale(nn.Module):
 
   `pool` is the 2x2 max pooling: `max_pool` here; on CPU `get_model` passes
   `sim_jax.cpu.kernels.max_pool_2x2` (same values and gradients, faster on XLA:CPU).
+  `kernels` (odd sizes) and `stages` are the architecture search's knobs
+  (`model.multiscale_kernels`, `model.multiscale_stages`); the defaults are the seed's.
   """
   width: int = 32
   stages: int = 3
   dtype: Any = jnp.float32
   remat: bool = False
   pool: Callable[[jax.Array], jax.Array] = max_pool
+  kernels: tuple[int, ...] = KERNELS
   stem_path = ("stem_conv",)
 
   @nn.compact
@@ -65,7 +69,7 @@ class MultiScale(nn.Module):
     x = nn.relu(batch_norm(train, self.dtype, "stem_bn")(x))
     block = maybe_remat(MultiScaleBlock, self.remat)
     for s in range(self.stages):
-      x = block(self.width * 2**s, self.dtype, name=f"block{s + 1}")(x, train)
+      x = block(self.width * 2**s, self.dtype, self.kernels, name=f"block{s + 1}")(x, train)
       if s < self.stages - 1 and min(x.shape[1:3]) >= 2:
         x = self.pool(x)
     return x
