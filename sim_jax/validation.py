@@ -91,9 +91,11 @@ _r("[0, inf)", "train.log_every", "train.eval_every", "train.checkpoint_every", 
    "train.profile_steps", "train.memory.size", "train.memory.start_step")
 # eval
 _r("[1, inf)", "eval.block_size", "eval.query_block_size", "eval.ks", "eval.knn_k",
-   "eval.pool_num_foils", "eval.pool_top", "eval.verification_num_pairs", "eval.fewshot_k_shot",
+   "eval.pool_num_foils", "eval.pool_top", "eval.verification_num_pairs", "eval.fewshot_k_shots",
    "eval.fewshot_n_query", "eval.fewshot_num_episodes")
 _r("[2, inf)", "eval.fewshot_n_way")
+_r("[0, inf)", "eval.fewshot_finetune_steps")
+_r("(0, inf)", "eval.fewshot_finetune_lr")
 
 
 def _is_number(v: Any) -> bool:
