@@ -58,6 +58,8 @@ _r("[0, inf)", "loss.margin", "loss.pos_margin", "loss.snr_regularization",
    "loss.diagnostics_margin")
 _r("[1, inf)", "loss.block_size", "loss.k_values")
 _r("[1, inf)", "loss.num_classes")
+_r("(0, inf)", "loss.adaptive_margin_min")
+_r("[0, inf)", "loss.adaptive_margin_reward")
 _r("(-inf, inf)", "loss.siglip_bias", "loss.siglip_log_temperature")
 # proxy / margin-softmax losses (None: the paper's value)
 _r("[0, inf)", "loss.class_margin", "loss.soft_triple_tau")
