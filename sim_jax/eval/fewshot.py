@@ -118,24 +118,27 @@ def finetune_episode_logits(support_emb: jax.Array, query_emb: jax.Array, *, ste
     # One scale per episode (from the support only: the queries are unknown at adaptation).
     scale = jnp.sqrt(jnp.maximum(jnp.mean(jnp.sum(jnp.square(s_emb), axis=-1)), 1e-24))
     s_emb, q_emb = s_emb / scale, q_emb / scale
-  proto = jnp.mean(s_emb, axis=1)  # [n_way, D]
-  if metric == "cosine":
-    proto = _unit_rows(proto)
-  head = (2.0 * proto, -jnp.sum(jnp.square(proto), axis=-1))
-  x = s_emb.reshape(n_way * k_shot, -1)
-  y = jnp.repeat(jnp.arange(n_way), k_shot)
+  x = s_emb.reshape(n_way * k_shot, -1)  # [n, D], n = n_way * k_shot, class-major rows
+  onehot = jnp.repeat(jnp.eye(n_way, dtype=x.dtype), k_shot, axis=0)  # [n, n_way]
+  proto = onehot.T @ x / k_shot  # [n_way, D]
+  norm = jnp.maximum(jnp.linalg.norm(proto, axis=-1), 1e-12) if metric == "cosine" else 1.0
+  # The head w [n_way, D] starts at 2 q_c, a combination of support rows, and each gradient
+  # step (P - Y)^T x / n adds another: w = A x throughout. The steps run on the coefficients
+  # A [n_way, n] with the Gram matrix x x^T, the same iterates as on w at a cost independent of
+  # D (raw-pixel floors have D = H * W * C).
+  coef = 2.0 * onehot.T / (k_shot * jnp.reshape(norm, (-1, 1)))
+  bias = -jnp.sum(jnp.square(proto / jnp.reshape(norm, (-1, 1))), axis=-1)
+  gram = x @ x.T
 
-  def support_loss(h):
-    logits = x @ h[0].T + h[1]
-    return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), y[:, None], axis=1))
+  def step(_, head):
+    # Plain gradient descent on the mean support cross-entropy, written out: dL/dw = (P - Y)^T
+    # x / n, dL/db = mean(P - Y). x has unit scale, so `lr` means the same for every encoder.
+    a, b = head
+    err = jax.nn.softmax(gram @ a.T + b) - onehot  # [n, n_way]
+    return a - lr * err.T / x.shape[0], b - lr * jnp.mean(err, axis=0)
 
-  def step(_, h):
-    # Plain gradient descent (as Chen et al.'s baseline): x has unit scale, so `lr` means the
-    # same for every encoder; Adam's per-coordinate steps would not keep the prototype start.
-    return jax.tree.map(lambda p, d: p - lr * d, h, jax.grad(support_loss)(h))
-
-  w, b = jax.lax.fori_loop(0, steps, step, head)
-  return q_emb @ w.T + b
+  coef, bias = jax.lax.fori_loop(0, steps, step, (coef, bias))
+  return (q_emb @ x.T) @ coef.T + bias
 
 
 @functools.partial(jax.jit, static_argnames=("steps", "metric"))
