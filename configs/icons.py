@@ -150,4 +150,30 @@ def get_ablations():
                                "model.multiscale_stages": 3, "model.attention": "before",
                                "model.embedding_dim": 64}),
       ], seeds=(0, 1, 2)),
+      # Issue 26, few-shot adaptation (sim_jax/eval/fewshot.py): 5-way episodes of heldout names
+      # (never trained on), K = 1 and 5 shots, 1 query per name (a name has >= 5 drawings, so
+      # K = 5 leaves 1), 600 episodes (fewshot/<method>_<K>shot_{accuracy,ci95}: mean and 95%
+      # confidence half-width over episodes). Both rows re-evaluate bce's checkpoint, on the same
+      # episodes: prototypes vs a linear head started at them and fine-tuned on the shots.
+      "fewshot": Ablation([
+          Variant("bce", {}),
+          *[Variant(method, {**FEWSHOT, "eval.fewshot_methods": method}, evaluates="bce")
+            for method in ("prototype", "finetune")],
+      ], seeds=(0, 1, 2)),
+      # Issue 26, dynamic margins: the contrastive loss with a fixed margin, one learnt margin,
+      # and per-class margins kept above a floor and rewarded (sim_jax/losses/adaptive_margin.py;
+      # logged as train/margin, their mean).
+      "dynamic_margin": Ablation([
+          Variant("fixed", {"loss.name": "contrastive", "loss.margin": 1.0}),
+          Variant("learnable", {"loss.name": "learnable_margin_contrastive", "loss.margin": 1.0}),
+          Variant("adaptive", {"loss.name": "adaptive_margin_contrastive", "loss.margin": 1.0,
+                               "loss.adaptive_margin_min": 0.1,
+                               "loss.adaptive_margin_reward": 0.1}),
+      ], seeds=(0, 1, 2)),
   }
+
+
+# The few-shot evaluation of the `fewshot` ablation (verification kept: best_metric reads it).
+FEWSHOT = {"eval.protocols": "verification,fewshot", "eval.fewshot_k_shots": (1, 5),
+           "eval.fewshot_n_way": 5, "eval.fewshot_n_query": 1,
+           "eval.fewshot_num_episodes": 600}

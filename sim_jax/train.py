@@ -249,7 +249,7 @@ def train_metrics_collection(diagnostics: tuple[str, ...] = ()) -> type[metrics.
       loss=metrics.Average.from_output("loss"),
       grad_norm=metrics.Average.from_output("grad_norm"),
       learning_rate=metrics.LastValue.from_output("learning_rate"),
-      margin=metrics.LastValue.from_output("margin"),
+      **{k: metrics.LastValue.from_output(k) for k in objective.MARGIN_METRICS},
       nonfinite_skips=metrics.LastValue.from_output("nonfinite_skips"),
       first_nonfinite_step=metrics.LastValue.from_output("first_nonfinite_step"))
   for k in diagnostics:
@@ -294,7 +294,7 @@ def train_step(state: TrainState, batch, *, grads_fn: Callable, tx, schedule,
       memory=xbm.enqueue(state.memory, z, labels, mesh, apply=apply),
       nonfinite_skips=skips, first_nonfinite_step=first_bad)
   out = dict(loss=loss, grad_norm=grad_norm, learning_rate=schedule(state.step),
-             margin=jnp.asarray(margin_fn(state.params), jnp.float32),
+             **{k: jnp.asarray(v, jnp.float32) for k, v in margin_fn(state.params).items()},
              nonfinite_skips=skips, first_nonfinite_step=first_bad)
   names: tuple[str, ...] = ()
   if diagnostics_fn is not None and z is not None:
@@ -410,7 +410,7 @@ def make_setup(config: ml_collections.ConfigDict, devices=None, info=None) -> Tr
                                augment_fn=make_augment_fn(config.data.augment), mesh=mesh,
                                splits=splits)
   step = functools.partial(train_step, grads_fn=grads_fn, tx=tx, schedule=schedule,
-                           margin_fn=functools.partial(objective.margin, config.loss),
+                           margin_fn=functools.partial(objective.margin_metrics, config.loss),
                            max_nonfinite_skips=config.train.max_nonfinite_skips,
                            diagnostics_fn=diagnostics_fn,
                            memory_start=config.train.memory.start_step, mesh=mesh)

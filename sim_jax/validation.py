@@ -59,6 +59,8 @@ _r("[0, inf)", "loss.margin", "loss.pos_margin", "loss.snr_regularization",
    "loss.diagnostics_margin")
 _r("[1, inf)", "loss.block_size", "loss.k_values")
 _r("[1, inf)", "loss.num_classes")
+_r("(0, inf)", "loss.adaptive_margin_min")
+_r("[0, inf)", "loss.adaptive_margin_reward")
 _r("(-inf, inf)", "loss.siglip_bias", "loss.siglip_log_temperature")
 # proxy / margin-softmax losses (None: the paper's value)
 _r("[0, inf)", "loss.class_margin", "loss.soft_triple_tau")
@@ -97,13 +99,15 @@ _r("[0, 1]", "train.adversarial.ratio")
 _r("[2, inf)", "eval.robust_num_pairs")  # one same and one different pair at least
 # eval
 _r("[1, inf)", "eval.block_size", "eval.query_block_size", "eval.ks", "eval.knn_k",
-   "eval.pool_num_foils", "eval.pool_top", "eval.verification_num_pairs", "eval.fewshot_k_shot",
+   "eval.pool_num_foils", "eval.pool_top", "eval.verification_num_pairs", "eval.fewshot_k_shots",
    "eval.fewshot_n_query", "eval.fewshot_num_episodes")
 _r("[2, inf)", "eval.fewshot_n_way")
 _r("[1, inf)", "eval.graph.k", "eval.graph.hidden")
 _r("[0, inf)", "eval.graph.steps")
 _r("(0, inf)", "eval.graph.learning_rate", "eval.graph.temperature")
 _r("[0, 4294967295]", "eval.graph.seed")
+_r("[0, inf)", "eval.fewshot_finetune_steps")
+_r("(0, inf)", "eval.fewshot_finetune_lr")
 
 
 def _is_number(v: Any) -> bool:

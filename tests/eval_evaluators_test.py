@@ -38,6 +38,7 @@ def test_all_protocols_produce_flat_names_and_reference_values():
   c.verification_num_pairs = 200
   c.fewshot_num_episodes = 10
   c.fewshot_n_way = 3
+  c.fewshot_k_shots = (1,)  # 5 shots + 5 queries: more examples than these classes have
   c.pool_num_foils = 9
   evs = evaluators.get_evaluators(c)
   assert [e.name for e in evs] == ["retrieval", "knn", "pool", "verification", "fewshot",

@@ -132,7 +132,7 @@ def test_default_config_holds_every_field_the_trainer_reads():
       "snr_contrastive", "recall_at_k_surrogate", "softmax_ce", "sigmoid_contrastive"} | {
       "arcface", "subcenter_arcface", "cosface", "large_margin_softmax", "sphereface",
       "normalized_softmax", "proxy_nca", "proxy_anchor", "soft_triple"} | set(
-          objective.TUPLE_LOSSES)
+          objective.TUPLE_LOSSES) | {"adaptive_margin_contrastive"}
   for field in ("temperature", "learnable_temperature", "margin", "learnable_margin", "squared",
                 "distance", "mining", "soft", "block_size", "pos_margin", "snr_regularization",
                 "k_values", "rank_temperature", "k_temperature", "siglip_bias",

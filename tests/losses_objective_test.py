@@ -49,7 +49,8 @@ def test_each_loss_reads_only_the_fields_its_entry_lists(name):
     if "pair_head" in spec.params:
       head = models.get_pair_head(models.default_config())
       params["pair_head"] = head.init(jax.random.PRNGKey(2), z[:4], z[4:])["params"]
-    value = spec.fn(rec, params, z[:4], z[4:], jnp.array([1, 0, 1, 0]), head)
+    extra = {"labels": labels.reshape(4, 2)} if spec.pair_labels else {}  # the pairs' classes
+    value = spec.fn(rec, params, z[:4], z[4:], jnp.array([1, 0, 1, 0]), head, **extra)
   else:
     value = spec.fn(rec, params, z, labels, None)
   assert jnp.isfinite(value)

@@ -52,12 +52,19 @@ def default_config() -> ml_collections.ConfigDict:
   c.verification_num_pairs = 2000
   c.verification_seed = 0
 
-  # Few-shot: N-way K-shot episodes on query_split, prototype (class-mean) classification.
+  # Few-shot: N-way K-shot episodes on query_split's classes (query_split "heldout": concepts
+  # never trained on), for every K of fewshot_k_shots and every method of fewshot_methods:
+  # "prototype" (class means) and "finetune" (a linear head started at the prototypes and
+  # fine-tuned on the K shots by fewshot_finetune_steps gradient steps of fewshot_finetune_lr);
+  # see sim_jax/eval/fewshot.py. Each class needs K + fewshot_n_query examples.
   c.fewshot_n_way = 5
-  c.fewshot_k_shot = 1
+  c.fewshot_k_shots = (1, 5)
+  c.fewshot_methods = "prototype,finetune"
   c.fewshot_n_query = 5
   c.fewshot_num_episodes = 200
   c.fewshot_seed = 0
+  c.fewshot_finetune_steps = 100
+  c.fewshot_finetune_lr = 1.0
 
   # Zero-shot: retrieval within zeroshot_split restricted to classes absent from
   # zeroshot_train_split's labels (when that split is given).

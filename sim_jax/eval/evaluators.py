@@ -152,14 +152,22 @@ class VerificationEvaluator:
 
 @dataclasses.dataclass(frozen=True)
 class FewShotEvaluator:
-  """N-way K-shot prototype classification accuracy on `split`."""
+  """N-way K-shot accuracy on `split` for every K of `k_shots` and method of `methods`.
+
+  Names: "<method>_<K>shot_accuracy" / "_ci95" (95% confidence half-width over the episodes),
+  plus "accuracy" / "ci95" of the first method at the first K and "num_episodes". The methods
+  share each K's episodes, so their difference is paired.
+  """
   split: str
   n_way: int
-  k_shot: int
+  k_shots: tuple
   n_query: int
   num_episodes: int
   seed: int
   metric: str
+  methods: tuple = ("prototype",)
+  finetune_steps: int = 100
+  finetune_lr: float = 1.0
   name: str = "fewshot"
 
   @property
@@ -167,11 +175,34 @@ class FewShotEvaluator:
     return (self.split,)
 
   def __call__(self, embeddings, labels):
-    out = fewshot.fewshot_accuracy(
-        _get(embeddings, self.split, "embeddings"), _get(labels, self.split, "labels"),
-        n_way=self.n_way, k_shot=self.k_shot, n_query=self.n_query,
-        num_episodes=self.num_episodes, seed=self.seed, metric=self.metric)
+    out = {}
+    for k in self.k_shots:
+      for method in self.methods:
+        m = fewshot.fewshot_accuracy(
+            _get(embeddings, self.split, "embeddings"), _get(labels, self.split, "labels"),
+            n_way=self.n_way, k_shot=k, n_query=self.n_query, num_episodes=self.num_episodes,
+            seed=self.seed, metric=self.metric, method=method,
+            finetune_steps=self.finetune_steps, finetune_lr=self.finetune_lr)
+        out.update({f"{method}_{k}shot_accuracy": m["accuracy"],
+                    f"{method}_{k}shot_ci95": m["ci95"]})
+        out.setdefault("accuracy", m["accuracy"])
+        out.setdefault("ci95", m["ci95"])
+        out["num_episodes"] = m["num_episodes"]
     return _prefixed(self.name, out)
+
+
+def _fewshot_evaluator(c, metric: str) -> FewShotEvaluator:
+  methods = tuple(m.strip() for m in str(c.fewshot_methods).split(",") if m.strip())
+  bad = [m for m in methods if m not in fewshot.METHODS]
+  if bad or not methods:
+    raise ValueError(f"config.eval.fewshot_methods={c.fewshot_methods!r}: give a comma-separated "
+                     f"list of {fewshot.METHODS}.")
+  k_shots = tuple(int(k) for k in c.fewshot_k_shots)
+  if not k_shots:
+    raise ValueError("config.eval.fewshot_k_shots is empty; give the K to evaluate, e.g. (1, 5).")
+  return FewShotEvaluator(c.query_split, int(c.fewshot_n_way), k_shots, int(c.fewshot_n_query),
+                          int(c.fewshot_num_episodes), int(c.fewshot_seed), metric, methods,
+                          int(c.fewshot_finetune_steps), float(c.fewshot_finetune_lr))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -238,10 +269,7 @@ def get_evaluators(eval_config) -> list:
       "verification": lambda: VerificationEvaluator(c.verification_val_split, c.query_split,
                                                     int(c.verification_num_pairs),
                                                     int(c.verification_seed), pair_metric),
-      "fewshot": lambda: FewShotEvaluator(c.query_split, int(c.fewshot_n_way),
-                                          int(c.fewshot_k_shot), int(c.fewshot_n_query),
-                                          int(c.fewshot_num_episodes), int(c.fewshot_seed),
-                                          pair_metric),
+      "fewshot": lambda: _fewshot_evaluator(c, pair_metric),
       # Retrieval again, on splits kept for choosing settings and checkpoints (never the test).
       "validation": lambda: RetrievalEvaluator(c.validation_query_split,
                                                c.validation_gallery_split, ks, c.metric,

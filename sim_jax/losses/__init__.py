@@ -5,6 +5,7 @@ Dense forms live here; `block_size=...` dispatches the all-pairs losses to their
 `distributed`). Semantics where the literature disagrees: docs/losses.md.
 """
 
+from sim_jax.losses.adaptive_margin import adaptive_margin_contrastive
 from sim_jax.losses.classification import linear_logits, softmax_ce
 from sim_jax.losses.config import default_config
 from sim_jax.losses.diagnostics import diagnostics
@@ -67,6 +68,7 @@ from sim_jax.losses.two_tower import clip_infonce, siglip
 from sim_jax.numerics import l2_normalize
 
 __all__ = [
+  "adaptive_margin_contrastive",
   "arcface",
   "angular",
   "barlow_twins",

@@ -15,6 +15,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.margin = 1.0                     # contrastive margin m; snr neg_margin; triplet configs set 0.2
   c.learnable_margin = False         # trainer keeps raw m in params["loss"], uses softplus(raw)
   c.squared = True                   # contrastive: Hadsell squared form (False: hinge form)
+  c.adaptive_margin_min = 0.1        # adaptive_margin_contrastive: floor m_min of class margins
+  c.adaptive_margin_reward = 0.1     # adaptive_margin_contrastive: margin reward lambda
   c.distance = "euclidean"           # euclidean | squared_euclidean (triplet) | cosine
   c.mining = "batch_hard"            # triplet: batch_hard | semi_hard | batch_all | semi_hard_pml
   c.soft = False                     # triplet: softplus(d_ap - d_an) instead of the hinge

@@ -2,14 +2,16 @@
 
 `LOSSES[name]` is a `LossSpec`:
   fn       the loss of one batch. inputs "labels": fn(cfg, params, z [M, D], labels [M], mesh);
-           inputs "pairs": fn(cfg, params, z_a [B, D], z_b [B, D], same [B], pair_head)
+           inputs "pairs": fn(cfg, params, z_a [B, D], z_b [B, D], same [B], pair_head), plus
+           labels=[B, 2] (the two sides' classes) where `pair_labels`
   inputs   "labels": embeddings with class labels (pk, random, views, triplets batches, and the
            pairs sampler's images where `pair_batches`); "pairs": explicit (a, b, same) pairs of
            the pairs sampler
   params   trainable parameters the objective may own in params["loss"] ("margin",
            "temperature", "classifier": softmax_ce's kernel and bias, or the class proxies
-           params["loss"]["proxies"] [C, D] / [C, K, D] of the proxy and margin losses) or
-           params["pair_head"] ("pair_head")
+           params["loss"]["proxies"] [C, D] / [C, K, D] of the proxy and margin losses,
+           "class_margins": params["loss"]["class_margin_raw"] [C]) or params["pair_head"]
+           ("pair_head")
   fields   the `config.loss` fields it reads (besides `name`)
 
 `validate(config)` refuses an unknown loss, a sampler it cannot train on, a field the config has
@@ -34,7 +36,7 @@ import ml_collections
 import numpy as np
 
 from sim_jax import losses
-from sim_jax.losses import miners
+from sim_jax.losses import adaptive_margin, miners
 from sim_jax.losses.config import default_config
 
 # Read by `losses.diagnostics` (the train diagnostics), whichever loss is trained.
@@ -50,13 +52,32 @@ class LossSpec:
   params: tuple[str, ...]
   fields: tuple[str, ...]
   pair_batches: bool = False  # a "labels" loss that also trains on the pairs sampler's images
+  pair_labels: bool = False  # a "pairs" loss that also reads labels=[B, 2] (the pairs' classes)
 
 
 def margin(loss_cfg: ml_collections.ConfigDict, params) -> jax.Array | float:
-  """The margin in use: softplus of the learnt raw value, else `config.loss.margin`."""
+  """The margin in use: softplus of the learnt raw value, the mean of the per-class margins
+  (adaptive_margin_contrastive), else `config.loss.margin`."""
+  if "loss" in params and "class_margin_raw" in params["loss"]:
+    return adaptive_margin.margin_stats(params["loss"]["class_margin_raw"],
+                                        loss_cfg.adaptive_margin_min)["margin"]
   if "loss" in params and "margin_raw" in params["loss"]:
     return jax.nn.softplus(params["loss"]["margin_raw"])
   return loss_cfg.margin
+
+
+# What the trainer logs of the margin (train/margin, ...): `margin_metrics`.
+MARGIN_METRICS = ("margin", "margin_min", "margin_max")
+
+
+def margin_metrics(loss_cfg: ml_collections.ConfigDict, params) -> dict[str, jax.Array]:
+  """{"margin", "margin_min", "margin_max"}: the mean, smallest and largest per-class margin
+  (adaptive_margin_contrastive), else the one margin in use (`margin`) three times."""
+  if "loss" in params and "class_margin_raw" in params["loss"]:
+    return adaptive_margin.margin_stats(params["loss"]["class_margin_raw"],
+                                        loss_cfg.adaptive_margin_min)
+  m = margin(loss_cfg, params)
+  return dict.fromkeys(MARGIN_METRICS, m)
 
 
 def temperature(loss_cfg: ml_collections.ConfigDict, params) -> jax.Array | float:
@@ -341,6 +362,17 @@ LOSSES: dict[str, LossSpec] = {
 }
 LOSSES.update({name: LossSpec(fn, "labels", (), fields)
                for name, (fn, fields) in TUPLE_LOSSES.items()})
+# Per-class adaptive margins (sim_jax.losses.adaptive_margin): params["loss"]["class_margin_raw"]
+# [C], one per class of the dataset; the pairs' labels pick them.
+LOSSES["adaptive_margin_contrastive"] = LossSpec(
+    lambda cfg, params, za, zb, same, pair_head, weights=None, labels=None:
+    adaptive_margin.adaptive_margin_contrastive(
+        za, zb, same, labels[:, 0], labels[:, 1], params["loss"]["class_margin_raw"],
+        min_margin=cfg.adaptive_margin_min, reward=cfg.adaptive_margin_reward,
+        squared=cfg.squared, distance=cfg.distance, weights=weights),
+    "pairs", ("class_margins",), ("margin", "adaptive_margin_min", "adaptive_margin_reward",
+                                  "squared", "distance", "miner", "num_classes"),
+    pair_labels=True)
 NAMES = tuple(LOSSES)
 PAIR_LOSSES = tuple(n for n, s in LOSSES.items() if s.inputs == "pairs")
 LABEL_LOSSES = tuple(n for n, s in LOSSES.items() if s.inputs == "labels")
@@ -356,7 +388,7 @@ def num_logits(loss_cfg: ml_collections.ConfigDict, dataset_classes: int, datase
   """softmax_ce's number of logits, or the proxy losses' number of classes C:
   `loss_cfg.num_classes`, else the dataset's; 0 for any other loss. ValueError when neither is
   known, or when fewer logits than classes are asked for."""
-  if "classifier" not in spec(loss_cfg.name).params:
+  if not {"classifier", "class_margins"} & set(spec(loss_cfg.name).params):
     return 0
   wanted = loss_cfg.num_classes
   if wanted is None:
@@ -401,6 +433,9 @@ def init_params(loss_cfg: ml_collections.ConfigDict, *, embedding_dim: int = 0,
                        f"embedding_dim={embedding_dim}, num_classes={num_classes}")
     shape = proxy_shape(loss_cfg, embedding_dim, num_classes)
     out["proxies"] = jax.random.normal(rng, shape, jnp.float32) / np.sqrt(embedding_dim)
+  if "class_margins" in spec(loss_cfg.name).params:
+    out["class_margin_raw"] = adaptive_margin.raw_from_class_margin(
+        loss_cfg.margin, loss_cfg.adaptive_margin_min, num_classes)
   if learns_margin(loss_cfg):
     out["margin_raw"] = jnp.asarray(_softplus_inverse(loss_cfg.margin), jnp.float32)
   if loss_cfg.learnable_temperature:
@@ -419,11 +454,12 @@ def loss(config: ml_collections.ConfigDict, params, z: jax.Array, labels: jax.Ar
   s = spec(config.loss.name)
   if s.inputs == "pairs":
     z2 = z.reshape(-1, 2, z.shape[-1])
+    extra = {"labels": labels.reshape(-1, 2)} if s.pair_labels else {}
     mined = miners.from_config(config.loss.miner, z, labels)
     if mined is not None:
       return s.fn(config.loss, params, z2[:, 0], z2[:, 1], batch["same"], pair_head,
-                  weights=miners.pair_weights(mined, batch["same"]))
-    return s.fn(config.loss, params, z2[:, 0], z2[:, 1], batch["same"], pair_head)
+                  weights=miners.pair_weights(mined, batch["same"]), **extra)
+    return s.fn(config.loss, params, z2[:, 0], z2[:, 1], batch["same"], pair_head, **extra)
   return s.fn(config.loss, params, z, labels, mesh)
 
 
@@ -471,7 +507,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
   problems = unused_fields(c)
   if problems:
     raise ValueError("; ".join(problems))
-  if c.name in ("contrastive", "learnable_margin_contrastive") and \
+  if c.name == "adaptive_margin_contrastive" and not c.margin > c.adaptive_margin_min:
+    raise ValueError(f"config.loss.margin={c.margin} must be larger than "
+                     f"config.loss.adaptive_margin_min={c.adaptive_margin_min}: the per-class "
+                     "margins start at margin and stay above adaptive_margin_min")
+  if c.name in ("contrastive", "learnable_margin_contrastive", "adaptive_margin_contrastive") and \
       c.distance not in CONTRASTIVE_DISTANCES:
     raise ValueError(f"config.loss.distance={c.distance!r}: config.loss.name={c.name!r} takes "
                      f"{CONTRASTIVE_DISTANCES} (squared=True already squares the distance)")
