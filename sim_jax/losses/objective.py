@@ -208,34 +208,36 @@ def _pair_bce(cfg, params, za, zb, same, pair_head):
 
 
 # Pair and tuple losses (sim_jax.losses.tuple_losses / ranked): fn(cfg, params, z, labels, mesh).
-# The streaming ones run the row-blocked form whenever `block_size` is set (no mesh needed:
-# under jit the strips see the global batch).
+# The all-pairs ones with a row core run the row-blocked form whenever `block_size` is set, and
+# under a mesh their sharded form (`sim_jax.losses.sharded`: each device's rows against the
+# all-gathered columns), the same value and gradient.
 
 
 def _ms(cfg, params, z, labels, mesh):
   return losses.multi_similarity(z, labels, alpha=cfg.ms_alpha, beta=cfg.ms_beta,
-                                 base=cfg.ms_base, block_size=cfg.block_size or None)
+                                 base=cfg.ms_base, block_size=cfg.block_size or None, mesh=mesh)
 
 
 def _circle(cfg, params, z, labels, mesh):
   return losses.circle(z, labels, m=cfg.circle_m, gamma=cfg.circle_gamma,
-                       block_size=cfg.block_size or None)
+                       block_size=cfg.block_size or None, mesh=mesh)
 
 
 def _lifted(cfg, params, z, labels, mesh):
   return losses.lifted_structure(z, labels, neg_margin=cfg.lifted_neg_margin,
                                  pos_margin=cfg.lifted_pos_margin,
-                                 block_size=cfg.block_size or None)
+                                 block_size=cfg.block_size or None, mesh=mesh)
 
 
 def _generalized_lifted(cfg, params, z, labels, mesh):
   return losses.generalized_lifted_structure(z, labels, neg_margin=cfg.lifted_neg_margin,
                                              pos_margin=cfg.lifted_pos_margin,
-                                             block_size=cfg.block_size or None)
+                                             block_size=cfg.block_size or None, mesh=mesh)
 
 
 def _nca(cfg, params, z, labels, mesh):
-  return losses.nca(z, labels, scale=cfg.nca_scale, block_size=cfg.block_size or None)
+  return losses.nca(z, labels, scale=cfg.nca_scale, block_size=cfg.block_size or None,
+                    mesh=mesh)
 
 
 def _views(z):
