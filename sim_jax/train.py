@@ -180,7 +180,7 @@ def compute_loss(params, batch_stats, batch, rng, memory=None, *, config, model,
       lambda images, key: forward_fn(images, rng=key), x, splits=splits if train else 1,
       shards=mesh.size if mesh is not None else 1, rng=k_drop)
   z = _loss_vectors(emb, aux)
-  loss = xbm.loss(functools.partial(objective.loss, config, params, batch=batch,
+  loss = xbm.loss(functools.partial(objective.loss, config, params, batch=batch, rng=k_drop,
                                     pair_head=pair_head, mesh=mesh), z, labels, memory)
   return loss, (new_bs, z, labels)
 
@@ -204,7 +204,7 @@ def gradcache_loss_and_grads(params, batch_stats, batch, rng, *, config, model, 
     return _loss_vectors(emb, aux), new_bs
 
   def loss_fn(z):
-    return objective.loss(config, params, z, labels, batch, pair_head=None, mesh=mesh)
+    return objective.loss(config, params, z, labels, batch, pair_head=None, mesh=mesh, rng=k_drop)
 
   loss, enc_grads, new_bs = gradcache.gradcache_value_and_grad(
       embed_fn, loss_fn, params["encoder"], {"x": x, "key": keys},

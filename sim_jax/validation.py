@@ -81,6 +81,11 @@ _r("[0, 180)", "loss.tuplet_margin_degrees")
 _r("[0, inf)", "loss.miner.epsilon", "loss.miner.margin", "loss.miner.pos_margin",
    "loss.miner.neg_margin")
 _r("(0, 1]", "loss.miner.filter_percentage")
+_r("[0, inf)", "loss.miner.cutoff")
+_r("(0, inf)", "loss.miner.nonzero_loss_cutoff")
+_r("[1, inf)", "loss.miner.num_bins", "loss.miner.pos_per_bin", "loss.miner.neg_per_bin",
+   "loss.miner.output_batch_size", "loss.miner.num_trials", "loss.dsm_num_bins")
+_r("(-inf, 0)", "loss.dsm_min_val")
 # optimizer
 _r("(0, inf)", "optimizer.learning_rate", "optimizer.lars_trust_coefficient")
 _r("[0, inf)", "optimizer.warmup_steps", "optimizer.weight_decay", "optimizer.grad_clip_norm")

@@ -18,6 +18,7 @@ from sim_jax.losses.infonce import (
   supcon_stats,
   supcon_stats_dense,
 )
+from sim_jax.losses.manifold import manifold
 from sim_jax.losses.margin_softmax import (
   arcface,
   cosface,
@@ -92,6 +93,7 @@ __all__ = [
   "learnable_margin_contrastive",
   "lifted_structure",
   "linear_logits",
+  "manifold",
   "margin_from_raw",
   "normalized_softmax",
   "margin_loss",

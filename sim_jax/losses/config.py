@@ -40,10 +40,12 @@ def default_config() -> ml_collections.ConfigDict:
   c.soft_triple_gamma = 0.1          # soft_triple: gamma, softmax temperature over a class's K
   c.soft_triple_tau = 0.0            # soft_triple: centre regulariser weight (paper 0.2; pml 0)
   c.diagnostics_margin = 0.2         # margin of the active-triplet fraction in diagnostics()
-  # A miner (sim_jax.losses.miners) that selects the pairs / triplets of triplet and contrastive.
+  # A miner (sim_jax.losses.miners) that selects the pairs / triplets of the pair and triplet
+  # losses (every loss whose fields list "miner", objective.MINED_LOSSES).
   c.miner = ml_collections.ConfigDict()
   c.miner.name = "none"              # none | multi_similarity | pair_margin | hdc |
-  #                                    batch_easy_hard | triplet_margin | angular
+  #                                    batch_easy_hard | triplet_margin | angular |
+  #                                    uniform_histogram | distance_weighted | maximum_loss
   c.miner.distance = "euclidean"     # the miner's distance: euclidean | squared_euclidean | cosine
   c.miner.epsilon = 0.1              # multi_similarity
   c.miner.pos_margin = 0.2           # pair_margin: positives with d > pos_margin
@@ -54,6 +56,13 @@ def default_config() -> ml_collections.ConfigDict:
   c.miner.margin = 0.2               # triplet_margin
   c.miner.type_of_triplets = "all"   # triplet_margin: all | hard | semihard | easy
   c.miner.angle = 20.0               # angular: degrees
+  c.miner.cutoff = 0.5               # distance_weighted: distances clamped below at this
+  c.miner.nonzero_loss_cutoff = 1.4  # distance_weighted: weight 0 at distances >= this
+  c.miner.num_bins = 100             # uniform_histogram: equal-width distance bins
+  c.miner.pos_per_bin = 10           # uniform_histogram: positive pairs drawn per bin
+  c.miner.neg_per_bin = 10           # uniform_histogram: negative pairs drawn per bin
+  c.miner.output_batch_size = config_dict.placeholder(int)  # maximum_loss: rows (None: M // 2)
+  c.miner.num_trials = 5             # maximum_loss: random row subsets scored by the loss
   # Pair and tuple losses (losses.tuple_losses / ranked / ssl; docs/losses.md). margin_loss and
   # centroid_triplet read `margin` above; the all-pairs ones read `block_size`.
   c.ms_alpha = 2.0                   # multi_similarity: positive scale alpha (> 0)
@@ -81,5 +90,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.pnp_anneal = 0.01                # pnp: sigmoid temperature (> 0)
   c.vicreg_weights = (25.0, 25.0, 1.0)  # vicreg: (invariance, variance, covariance) weights
   c.barlow_lambda = 0.0051           # barlow_twins: off-diagonal weight
+  c.dsm_num_bins = 10                # dynamic_soft_margin: histogram bins of d_ap - d_an
+  c.dsm_min_val = -2.0               # dynamic_soft_margin: left end of the histogram (< 0)
   c.lock()
   return c

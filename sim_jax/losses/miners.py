@@ -39,6 +39,7 @@ import numpy as np
 
 from sim_jax.losses import _checks
 from sim_jax.losses.pairwise import DISTANCES, pairwise_distances
+from sim_jax.numerics import l2_normalize
 
 
 class PairMask(NamedTuple):
@@ -54,8 +55,12 @@ TRIPLET_TYPES = ("all", "hard", "semihard", "easy")
 STRATEGIES = ("hard", "semihard", "easy", "all")
 PAIR_MINERS = ("multi_similarity", "pair_margin", "hdc", "batch_easy_hard")
 TRIPLET_MINERS = ("triplet_margin", "angular")
-# The miners `config.loss.miner.name` can run: the deterministic ones (the loss has no key).
-CONFIG_MINERS = ("none",) + PAIR_MINERS + TRIPLET_MINERS
+# Miners that draw at random: `from_config` needs a key (the trainer passes the step's).
+RANDOM_MINERS = ("uniform_histogram", "distance_weighted", "maximum_loss")
+# The miners `config.loss.miner.name` can run: every one of this module.
+CONFIG_MINERS = ("none",) + PAIR_MINERS + TRIPLET_MINERS + RANDOM_MINERS
+# The ones a loss on explicit pairs (contrastive) can take: PairMask miners that need no loss.
+EXPLICIT_PAIR_MINERS = ("none",) + PAIR_MINERS + ("uniform_histogram",)
 
 
 # --------------------------------------------------------------------------------------- helpers
@@ -412,26 +417,60 @@ def check_mask(mask, m: int, name: str = "mask") -> None:
                    f"{type(mask).__name__}.")
 
 
+def as_pairs(mined):
+  """A miner's selection as a PairMask for the pair and tuple losses: a TripletMask becomes its
+  positive pairs (a, p) and negative pairs (a, n) (pml's `convert_to_pairs` of a triplet tuple,
+  duplicates merged into weight 1); a PairMask (or None) is returned as it is."""
+  if isinstance(mined, TripletMask):
+    dtype = jnp.float32
+    return PairMask(jnp.any(mined.mask, axis=2).astype(dtype),
+                    jnp.any(mined.mask, axis=1).astype(dtype))
+  return mined
+
+
 def check_config(miner_cfg, pairs: bool = False) -> None:
   """ValueError naming the `config.loss.miner` key that is not one of its choices; a loss on
-  explicit pairs (contrastive) takes the pair miners only."""
+  explicit pairs (contrastive) takes the PairMask miners that need no loss function
+  (`EXPLICIT_PAIR_MINERS`)."""
   c = miner_cfg
-  _checks.check_choice(c.name, "config.loss.miner.name", PAIR_MINERS + ("none",) if pairs
-                       else CONFIG_MINERS)
+  _checks.check_choice(c.name, "config.loss.miner.name",
+                       EXPLICIT_PAIR_MINERS if pairs else CONFIG_MINERS)
   _checks.check_choice(c.distance, "config.loss.miner.distance", DISTANCES)
   _checks.check_choice(c.pos_strategy, "config.loss.miner.pos_strategy", STRATEGIES)
   _checks.check_choice(c.neg_strategy, "config.loss.miner.neg_strategy", STRATEGIES)
   _checks.check_choice(c.type_of_triplets, "config.loss.miner.type_of_triplets", TRIPLET_TYPES)
 
 
-def from_config(miner_cfg, embeddings: jax.Array, labels: jax.Array):
-  """The mask of `config.loss.miner` (a deterministic miner, `CONFIG_MINERS`), or None for
-  name="none". Fields: see `sim_jax.losses.config`."""
+def from_config(miner_cfg, embeddings: jax.Array, labels: jax.Array, key: jax.Array | None = None,
+                loss_fn: Callable | None = None):
+  """The mask of `config.loss.miner` (`CONFIG_MINERS`), or None for name="none". Fields: see
+  `sim_jax.losses.config`.
+
+  The random miners (`RANDOM_MINERS`) draw with `key` (ValueError if None). distance_weighted
+  selects on the L2-normalised embeddings (its q(d) is the distance density on the unit sphere).
+  maximum_loss scores its `num_trials` subsets of `output_batch_size` rows (None: M // 2, at
+  least 1) with `loss_fn(x, labels, PairMask)`, the trained loss (ValueError if None).
+  """
   c = miner_cfg
   _checks.check_choice(c.name, "config.loss.miner.name", CONFIG_MINERS)
   if c.name == "none":
     return None
   x = embeddings
+  if c.name in RANDOM_MINERS and key is None:
+    raise ValueError(f"config.loss.miner.name={c.name!r} draws at random: it needs a PRNG key "
+                     f"(the trainer passes the step's), got key=None.")
+  if c.name == "uniform_histogram":
+    return uniform_histogram(x, labels, key, c.num_bins, c.pos_per_bin, c.neg_per_bin,
+                             distance=c.distance)
+  if c.name == "distance_weighted":
+    return distance_weighted(l2_normalize(x.astype(_checks.compute_dtype(x.dtype))), labels, key,
+                             c.cutoff, c.nonzero_loss_cutoff)
+  if c.name == "maximum_loss":
+    if loss_fn is None:
+      raise ValueError("config.loss.miner.name='maximum_loss' scores row subsets by the loss: "
+                       "it needs loss_fn, got None (a loss on explicit pairs cannot take it).")
+    size = max(labels.shape[0] // 2, 1) if c.output_batch_size is None else c.output_batch_size
+    return maximum_loss(x, labels, key, loss_fn, size, c.num_trials)
   if c.name == "multi_similarity":
     return multi_similarity(x, labels, epsilon=c.epsilon, distance=c.distance)
   if c.name == "pair_margin":

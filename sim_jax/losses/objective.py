@@ -110,11 +110,11 @@ def _supcon(cfg, params, z, labels, mesh):
                        mesh=mesh)
 
 
-def _triplet(cfg, params, z, labels, mesh):
+def _triplet(cfg, params, z, labels, mesh, mask=None):
   block, mesh = _block(cfg, mesh)
   return losses.triplet(z, labels, margin=margin(cfg, params), mining=cfg.mining,
                         distance=cfg.distance, soft=cfg.soft, block_size=block, mesh=mesh,
-                        mask=miners.from_config(cfg.miner, z, labels))
+                        mask=mask)
 
 
 def _recall_at_k(cfg, params, z, labels, mesh):
@@ -149,6 +149,7 @@ CLASS_DEFAULTS = {
     "proxy_nca": {"scale": 1.0},
     "proxy_anchor": {"margin": 0.1, "scale": 32.0},
     "soft_triple": {"margin": 0.01, "scale": 20.0, "centers": 10},
+    "p2sgrad": {},
 }
 PROXY_LOSSES = tuple(CLASS_DEFAULTS)
 
@@ -229,34 +230,51 @@ def _pair_bce(cfg, params, za, zb, same, pair_head):
 
 
 # Pair and tuple losses (sim_jax.losses.tuple_losses / ranked): fn(cfg, params, z, labels, mesh).
-# The streaming ones run the row-blocked form whenever `block_size` is set (no mesh needed:
-# under jit the strips see the global batch).
+# The all-pairs ones with a row core run the row-blocked form whenever `block_size` is set, and
+# under a mesh their sharded form (`sim_jax.losses.sharded`: each device's rows against the
+# all-gathered columns), the same value and gradient.
 
 
-def _ms(cfg, params, z, labels, mesh):
+def _ms(cfg, params, z, labels, mesh, mask=None):
   return losses.multi_similarity(z, labels, alpha=cfg.ms_alpha, beta=cfg.ms_beta,
-                                 base=cfg.ms_base, block_size=cfg.block_size or None)
+                                 base=cfg.ms_base, block_size=cfg.block_size or None, mesh=mesh,
+                                 mask=mask)
 
 
-def _circle(cfg, params, z, labels, mesh):
+def _circle(cfg, params, z, labels, mesh, mask=None):
   return losses.circle(z, labels, m=cfg.circle_m, gamma=cfg.circle_gamma,
-                       block_size=cfg.block_size or None)
+                       block_size=cfg.block_size or None, mesh=mesh, mask=mask)
 
 
-def _lifted(cfg, params, z, labels, mesh):
+def _lifted(cfg, params, z, labels, mesh, mask=None):
   return losses.lifted_structure(z, labels, neg_margin=cfg.lifted_neg_margin,
                                  pos_margin=cfg.lifted_pos_margin,
-                                 block_size=cfg.block_size or None)
+                                 block_size=cfg.block_size or None, mesh=mesh, mask=mask)
 
 
-def _generalized_lifted(cfg, params, z, labels, mesh):
+def _generalized_lifted(cfg, params, z, labels, mesh, mask=None):
   return losses.generalized_lifted_structure(z, labels, neg_margin=cfg.lifted_neg_margin,
                                              pos_margin=cfg.lifted_pos_margin,
-                                             block_size=cfg.block_size or None)
+                                             block_size=cfg.block_size or None, mesh=mesh,
+                                             mask=mask)
 
 
-def _nca(cfg, params, z, labels, mesh):
-  return losses.nca(z, labels, scale=cfg.nca_scale, block_size=cfg.block_size or None)
+def _nca(cfg, params, z, labels, mesh, mask=None):
+  return losses.nca(z, labels, scale=cfg.nca_scale, block_size=cfg.block_size or None,
+                    mesh=mesh, mask=mask)
+
+
+def _dynamic_soft_margin(cfg, params, z, labels, mesh, mask=None):
+  # The histogram starts empty every step (momentum 1: the batch's own histogram): the train
+  # state holds no loss state besides the cross-batch memory (docs/losses.md, pinned).
+  hist = jnp.zeros((cfg.dsm_num_bins,), jnp.float32)
+  return losses.dynamic_soft_margin(z, labels, hist, min_val=cfg.dsm_min_val, mask=mask)[0]
+
+
+def _p2sgrad(cfg, params, z, labels, mesh):
+  del cfg, mesh
+  # The class weights are the proxies [C, D]; p2sgrad takes them as columns [D, C].
+  return losses.p2sgrad(z, labels, params["loss"]["proxies"].T)
 
 
 def _views(z):
@@ -272,34 +290,39 @@ TUPLE_LOSSES: dict[str, tuple[Callable, tuple[str, ...]]] = {
     "generalized_lifted_structure": (
         _generalized_lifted, ("lifted_neg_margin", "lifted_pos_margin", "block_size")),
     "nca": (_nca, ("nca_scale", "block_size")),
-    "npairs": (lambda cfg, params, z, labels, mesh: losses.npairs(z, labels), ()),
-    "tuplet_margin": (lambda cfg, params, z, labels, mesh: losses.tuplet_margin(
-        z, labels, margin_degrees=cfg.tuplet_margin_degrees, scale=cfg.tuplet_scale),
+    "npairs": (lambda cfg, params, z, labels, mesh, mask=None: losses.npairs(
+        z, labels, mask=mask), ()),
+    "tuplet_margin": (lambda cfg, params, z, labels, mesh, mask=None: losses.tuplet_margin(
+        z, labels, margin_degrees=cfg.tuplet_margin_degrees, scale=cfg.tuplet_scale, mask=mask),
         ("tuplet_margin_degrees", "tuplet_scale")),
-    "margin_loss": (lambda cfg, params, z, labels, mesh: losses.margin_loss(
-        z, labels, margin=cfg.margin, beta=cfg.margin_beta), ("margin", "margin_beta")),
-    "angular": (lambda cfg, params, z, labels, mesh: losses.angular(
-        z, labels, alpha_degrees=cfg.angular_alpha), ("angular_alpha",)),
+    "margin_loss": (lambda cfg, params, z, labels, mesh, mask=None: losses.margin_loss(
+        z, labels, margin=cfg.margin, beta=cfg.margin_beta, mask=mask),
+        ("margin", "margin_beta")),
+    "angular": (lambda cfg, params, z, labels, mesh, mask=None: losses.angular(
+        z, labels, alpha_degrees=cfg.angular_alpha, mask=mask), ("angular_alpha",)),
     "instance_loss": (lambda cfg, params, z, labels, mesh: losses.instance_loss(
         z, labels, gamma=cfg.instance_gamma), ("instance_gamma",)),
-    "intra_pair_variance": (lambda cfg, params, z, labels, mesh: losses.intra_pair_variance(
-        z, labels, pos_eps=cfg.ipv_eps, neg_eps=cfg.ipv_eps), ("ipv_eps",)),
+    "intra_pair_variance": (
+        lambda cfg, params, z, labels, mesh, mask=None: losses.intra_pair_variance(
+            z, labels, pos_eps=cfg.ipv_eps, neg_eps=cfg.ipv_eps, mask=mask), ("ipv_eps",)),
     "threshold_consistent_margin": (
-        lambda cfg, params, z, labels, mesh: losses.threshold_consistent_margin(
-            z, labels, margin_plus=cfg.tcm_margin_plus, margin_minus=cfg.tcm_margin_minus),
+        lambda cfg, params, z, labels, mesh, mask=None: losses.threshold_consistent_margin(
+            z, labels, margin_plus=cfg.tcm_margin_plus, margin_minus=cfg.tcm_margin_minus,
+            mask=mask),
         ("tcm_margin_plus", "tcm_margin_minus")),
-    "centroid_triplet": (lambda cfg, params, z, labels, mesh: losses.centroid_triplet(
-        z, labels, margin=cfg.margin), ("margin",)),
-    "fast_ap": (lambda cfg, params, z, labels, mesh: losses.fast_ap(
-        z, labels, num_bins=cfg.fast_ap_bins), ("fast_ap_bins",)),
-    "histogram": (lambda cfg, params, z, labels, mesh: losses.histogram(
-        z, labels, num_bins=cfg.histogram_bins), ("histogram_bins",)),
-    "ranked_list": (lambda cfg, params, z, labels, mesh: losses.ranked_list(
-        z, labels, margin=cfg.rll_margin, t_neg=cfg.rll_t_neg, imbalance=cfg.rll_imbalance),
-        ("rll_margin", "rll_t_neg", "rll_imbalance")),
-    "pnp": (lambda cfg, params, z, labels, mesh: losses.pnp(
-        z, labels, variant=cfg.pnp_variant, anneal=cfg.pnp_anneal),
+    "centroid_triplet": (lambda cfg, params, z, labels, mesh, mask=None: losses.centroid_triplet(
+        z, labels, margin=cfg.margin, mask=mask), ("margin",)),
+    "fast_ap": (lambda cfg, params, z, labels, mesh, mask=None: losses.fast_ap(
+        z, labels, num_bins=cfg.fast_ap_bins, mask=mask), ("fast_ap_bins",)),
+    "histogram": (lambda cfg, params, z, labels, mesh, mask=None: losses.histogram(
+        z, labels, num_bins=cfg.histogram_bins, mask=mask), ("histogram_bins",)),
+    "ranked_list": (lambda cfg, params, z, labels, mesh, mask=None: losses.ranked_list(
+        z, labels, margin=cfg.rll_margin, t_neg=cfg.rll_t_neg, imbalance=cfg.rll_imbalance,
+        mask=mask), ("rll_margin", "rll_t_neg", "rll_imbalance")),
+    "pnp": (lambda cfg, params, z, labels, mesh, mask=None: losses.pnp(
+        z, labels, variant=cfg.pnp_variant, anneal=cfg.pnp_anneal, mask=mask),
         ("pnp_variant", "pnp_anneal")),
+    "dynamic_soft_margin": (_dynamic_soft_margin, ("dsm_num_bins", "dsm_min_val")),
     # Two-view regularisers: train with config.data.sampler = "views".
     "vicreg": (lambda cfg, params, z, labels, mesh: losses.vicreg(
         *_views(z), *tuple(cfg.vicreg_weights)), ("vicreg_weights",)),
@@ -307,6 +330,9 @@ TUPLE_LOSSES: dict[str, tuple[Callable, tuple[str, ...]]] = {
         *_views(z), lambd=cfg.barlow_lambda), ("barlow_lambda",)),
 }
 VIEW_LOSSES = ("vicreg", "barlow_twins")
+# The label losses that take a miner's mask: their fields read config.loss.miner.
+MINED_LOSSES = ("triplet",) + tuple(n for n in TUPLE_LOSSES
+                                    if n not in VIEW_LOSSES + ("instance_loss",))
 
 def _sigmoid_contrastive(cfg, params, za, zb, same, pair_head):
   logits = pair_head.apply({"params": params["pair_head"]}, za, zb)
@@ -359,8 +385,10 @@ LOSSES: dict[str, LossSpec] = {
     "soft_triple": LossSpec(_soft_triple, "labels", ("classifier",),
                             ("num_classes", "class_margin", "class_scale", "centers_per_class",
                              "soft_triple_gamma", "soft_triple_tau")),
+    "p2sgrad": LossSpec(_p2sgrad, "labels", ("classifier",), ("num_classes",)),
 }
-LOSSES.update({name: LossSpec(fn, "labels", (), fields)
+LOSSES.update({name: LossSpec(fn, "labels", (),
+                              fields + (("miner",) if name in MINED_LOSSES else ()))
                for name, (fn, fields) in TUPLE_LOSSES.items()})
 # Per-class adaptive margins (sim_jax.losses.adaptive_margin): params["loss"]["class_margin_raw"]
 # [C], one per class of the dataset; the pairs' labels pick them.
@@ -443,23 +471,37 @@ def init_params(loss_cfg: ml_collections.ConfigDict, *, embedding_dim: int = 0,
   return out
 
 
+# fold_in constant of the miner's key: the step key `rng` the trainer passes also drives dropout
+# (through `jax.random.split`), so the miner draws from a stream of its own.
+_MINER_STREAM = 0x6D696E
+
+
 def loss(config: ml_collections.ConfigDict, params, z: jax.Array, labels: jax.Array, batch, *,
-         pair_head=None, mesh=None) -> jax.Array:
+         pair_head=None, mesh=None, rng=None) -> jax.Array:
   """The configured loss of the vectors `z` [M, D] the encoder produced for a batch.
 
   Pair losses read z as consecutive (a, b) rows, [B, 2, D], with `batch["same"]` [B]; a
   `config.loss.miner` runs on all of z (with `labels`) and weighs the pairs
-  (`miners.pair_weights`).
+  (`miners.pair_weights`). The label losses of `MINED_LOSSES` take the miner's mask (the triplet
+  loss a TripletMask as it is, the others its pairs, `miners.as_pairs`) and then run dense on the
+  global batch (no `block_size`, no sharded form). `rng`: the step's key; the random miners draw
+  from `fold_in(rng, _MINER_STREAM)`.
   """
   s = spec(config.loss.name)
+  key = None if rng is None else jax.random.fold_in(rng, _MINER_STREAM)
   if s.inputs == "pairs":
     z2 = z.reshape(-1, 2, z.shape[-1])
     extra = {"labels": labels.reshape(-1, 2)} if s.pair_labels else {}
-    mined = miners.from_config(config.loss.miner, z, labels)
+    mined = miners.from_config(config.loss.miner, z, labels, key)
     if mined is not None:
       return s.fn(config.loss, params, z2[:, 0], z2[:, 1], batch["same"], pair_head,
                   weights=miners.pair_weights(mined, batch["same"]), **extra)
     return s.fn(config.loss, params, z2[:, 0], z2[:, 1], batch["same"], pair_head, **extra)
+  if "miner" in s.fields and config.loss.miner.name != "none":
+    def masked(x, y, mask):
+      return s.fn(config.loss, params, x, y, None, mask=mask)
+    mined = miners.from_config(config.loss.miner, z, labels, key, loss_fn=masked)
+    return masked(z, labels, mined if config.loss.name == "triplet" else miners.as_pairs(mined))
   return s.fn(config.loss, params, z, labels, mesh)
 
 
@@ -516,6 +558,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise ValueError(f"config.loss.distance={c.distance!r}: config.loss.name={c.name!r} takes "
                      f"{CONTRASTIVE_DISTANCES} (squared=True already squares the distance)")
   miners.check_config(c.miner, pairs=s.inputs == "pairs")
+  if c.miner.name != "none" and "miner" in s.fields and c.block_size and "block_size" in s.fields:
+    raise ValueError(f"config.loss.miner.name={c.miner.name!r} selects pairs in the dense "
+                     f"[M, M] matrix and config.loss.block_size={c.block_size} streams it: set "
+                     f"one of them (block_size=None or miner.name='none')")
   if c.name == "triplet" and c.distance not in TRIPLET_DISTANCES:
     raise ValueError(f"config.loss.distance={c.distance!r}: the triplet loss takes "
                      f"{TRIPLET_DISTANCES}")

@@ -16,7 +16,8 @@ L2-normalised embeddings, as pytorch-metric-learning's default `LpDistance`, unl
 
 `multi_similarity`, `circle`, `generalized_lifted_structure`, `lifted_structure` and `nca` take
 `block_size` for their streaming forms (`sim_jax.losses.tuple_streaming`): the same row cores on
-strips of anchors.
+strips of anchors; and `mesh` for their sharded forms (`sim_jax.losses.sharded`): each device
+streams its rows of the global batch against the all-gathered columns.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sim_jax.losses import _checks, tuple_streaming
+from sim_jax.losses import _checks, sharded, tuple_streaming
 from sim_jax.losses.pairwise import (
   cosine_similarity_matrix,
   safe_sqrt,
@@ -110,18 +111,24 @@ def prepare(embeddings, normalize: bool = True) -> jax.Array:
   return l2_normalize(x) if normalize else x
 
 
-def _rows(core, x, labels, kind, mask, block_size):
-  """(num, den) of a row core: dense, or streamed in strips when `block_size` is an int."""
+def _rows(core, x, labels, kind, mask, block_size, mesh=None):
+  """(num, den) of a row core: dense, streamed in strips when `block_size` is an int, sharded
+  over `mesh`'s "data" axis when a mesh is given."""
+  if mesh is not None:
+    return sharded.sharded_rows(lambda: core, x, labels, kind, mesh, block_size)
   if block_size is None or mask is not None:
     return tuple_streaming.dense_rows(core, x, labels, kind, mask)
   return tuple_streaming.stream_rows(core, x, labels, kind, block_size)
 
 
-def _check_streamable(mask, block_size):
+def _check_streamable(mask, block_size, mesh=None):
   _checks.check_block_size(block_size)
   if block_size is not None and mask is not None:
     raise ValueError("block_size streams the all-pairs matrix and mask is a dense [M, M] array: "
                      "pass one of them, got both.")
+  if mesh is not None and mask is not None:
+    raise ValueError("mesh shards the all-pairs matrix by rows and mask is a dense [M, M] "
+                     "array: pass one of them, got both.")
 
 
 def _ms_core(alpha, beta, base):
@@ -135,14 +142,14 @@ def _ms_core(alpha, beta, base):
 
 
 def multi_similarity_stats(embeddings, labels, alpha=2.0, beta=50.0, base=0.5, mask=None,
-                           block_size=None):
+                           block_size=None, mesh=None):
   """Per-anchor multi-similarity loss (num [M], den [M]); see `multi_similarity`."""
   return _rows(_ms_core(alpha, beta, base), prepare(embeddings), labels, "cosine", mask,
-               block_size)
+               block_size, mesh)
 
 
 def multi_similarity(embeddings, labels, alpha=2.0, beta=50.0, base=0.5, mask=None,
-                     block_size=None, reduction: str = "mean"):
+                     block_size=None, reduction: str = "mean", mesh=None):
   """Multi-similarity loss (Wang et al., CVPR 2019, eq. 7; pml `MultiSimilarityLoss`).
 
     l_a = 1/alpha log(1 + sum_{p in P(a)} e^{-alpha (s_ap - base)})
@@ -153,13 +160,16 @@ def multi_similarity(embeddings, labels, alpha=2.0, beta=50.0, base=0.5, mask=No
 
   Args: embeddings [M, D] float; labels [M] int; alpha, beta > 0; base: the shift lambda;
     mask: [M, M] bool or None; block_size: None or an int (streaming, same value and gradient,
-    memory O(M D + M block_size); not with a mask); reduction: "mean" | "sum" | "none".
+    memory O(M D + M block_size); not with a mask); reduction: "mean" | "sum" | "none";
+    mesh: None or a mesh with a "data" axis (sharded form, `sim_jax.losses.sharded`; the other
+    all-pairs losses here take `block_size` and `mesh` alike).
   """
   check_inputs(embeddings, labels, mask, reduction)
   _checks.check_positive(alpha, "alpha")
   _checks.check_positive(beta, "beta")
-  _check_streamable(mask, block_size)
-  num, den = multi_similarity_stats(embeddings, labels, alpha, beta, base, mask, block_size)
+  _check_streamable(mask, block_size, mesh)
+  num, den = multi_similarity_stats(embeddings, labels, alpha, beta, base, mask, block_size,
+                                    mesh)
   return _checks.reduce_per_anchor(num, den, reduction)
 
 
@@ -176,13 +186,14 @@ def _circle_core(m, gamma):
   return core
 
 
-def circle_stats(embeddings, labels, m=0.4, gamma=80.0, mask=None, block_size=None):
+def circle_stats(embeddings, labels, m=0.4, gamma=80.0, mask=None, block_size=None, mesh=None):
   """Per-anchor Circle loss (num [M], den [M]); see `circle`."""
-  return _rows(_circle_core(m, gamma), prepare(embeddings), labels, "cosine", mask, block_size)
+  return _rows(_circle_core(m, gamma), prepare(embeddings), labels, "cosine", mask, block_size,
+               mesh)
 
 
 def circle(embeddings, labels, m=0.4, gamma=80.0, mask=None, block_size=None,
-           reduction: str = "mean"):
+           reduction: str = "mean", mesh=None):
   """Circle loss (Sun et al., CVPR 2020, eq. 6, pair form; pml `CircleLoss`).
 
     l_a = softplus( log sum_{p} e^{-gamma a_p (s_ap - (1 - m))}
@@ -194,8 +205,8 @@ def circle(embeddings, labels, m=0.4, gamma=80.0, mask=None, block_size=None,
   """
   check_inputs(embeddings, labels, mask, reduction)
   _checks.check_positive(gamma, "gamma")
-  _check_streamable(mask, block_size)
-  num, den = circle_stats(embeddings, labels, m, gamma, mask, block_size)
+  _check_streamable(mask, block_size, mesh)
+  num, den = circle_stats(embeddings, labels, m, gamma, mask, block_size, mesh)
   return _checks.reduce_per_anchor(num, den, reduction)
 
 
@@ -209,14 +220,15 @@ def _gls_core(neg_margin, pos_margin):
 
 
 def generalized_lifted_structure_stats(embeddings, labels, neg_margin=1.0, pos_margin=0.0,
-                                       mask=None, normalize=True, block_size=None):
+                                       mask=None, normalize=True, block_size=None, mesh=None):
   """Per-anchor generalized lifted structure loss (num [M], den [M])."""
   return _rows(_gls_core(neg_margin, pos_margin), prepare(embeddings, normalize), labels,
-               "euclidean", mask, block_size)
+               "euclidean", mask, block_size, mesh)
 
 
 def generalized_lifted_structure(embeddings, labels, neg_margin=1.0, pos_margin=0.0, mask=None,
-                                 normalize=True, block_size=None, reduction: str = "mean"):
+                                 normalize=True, block_size=None, reduction: str = "mean",
+                                 mesh=None):
   """Generalized lifted structure loss (Hermans et al. 2017, sec. 2; pml
   `GeneralizedLiftedStructureLoss`).
 
@@ -226,9 +238,9 @@ def generalized_lifted_structure(embeddings, labels, neg_margin=1.0, pos_margin=
   d: euclidean distance of the L2-normalised embeddings (`normalize=False`: raw embeddings).
   """
   check_inputs(embeddings, labels, mask, reduction)
-  _check_streamable(mask, block_size)
+  _check_streamable(mask, block_size, mesh)
   num, den = generalized_lifted_structure_stats(embeddings, labels, neg_margin, pos_margin, mask,
-                                                normalize, block_size)
+                                                normalize, block_size, mesh)
   return _checks.reduce_per_anchor(num, den, reduction)
 
 
@@ -257,10 +269,14 @@ def _lifted_core(l_row, has_neg, pos_margin):
 
 
 def lifted_structure_stats(embeddings, labels, neg_margin=1.0, pos_margin=0.0, mask=None,
-                           normalize=True, block_size=None):
+                           normalize=True, block_size=None, mesh=None):
   """Per-anchor lifted structure terms (num [M] = sum_p J_ap, den [M] = |P(a)|)."""
   x = prepare(embeddings, normalize)
-  l_row, has_neg = _rows(_neg_lse_core(neg_margin), x, labels, "euclidean", mask, block_size)
+  l_row, has_neg = _rows(_neg_lse_core(neg_margin), x, labels, "euclidean", mask, block_size,
+                         mesh)
+  if mesh is not None:
+    return sharded.sharded_rows(lambda lse, has: _lifted_core(lse, has, pos_margin), x, labels,
+                                "euclidean", mesh, block_size, (l_row, has_neg), with_index=True)
   core = _lifted_core(l_row, has_neg, pos_margin)
   if block_size is None or mask is not None:
     return tuple_streaming.dense_rows(core, x, labels, "euclidean", mask, with_index=True)
@@ -268,7 +284,7 @@ def lifted_structure_stats(embeddings, labels, neg_margin=1.0, pos_margin=0.0, m
 
 
 def lifted_structure(embeddings, labels, neg_margin=1.0, pos_margin=0.0, mask=None,
-                     normalize=True, block_size=None, reduction: str = "mean"):
+                     normalize=True, block_size=None, reduction: str = "mean", mesh=None):
   """Lifted structure loss (Song et al., CVPR 2016, eq. 4; pml `LiftedStructureLoss`).
 
   For every ordered positive pair (a, p), with the negatives of a and of p:
@@ -280,9 +296,9 @@ def lifted_structure(embeddings, labels, neg_margin=1.0, pos_margin=0.0, mask=No
   pairs), same value and gradient.
   """
   check_inputs(embeddings, labels, mask, reduction)
-  _check_streamable(mask, block_size)
+  _check_streamable(mask, block_size, mesh)
   num, den = lifted_structure_stats(embeddings, labels, neg_margin, pos_margin, mask, normalize,
-                                    block_size)
+                                    block_size, mesh)
   return _checks.reduce_per_anchor(num, den, reduction)
 
 
@@ -382,14 +398,15 @@ def _nca_core(scale):
   return core
 
 
-def nca_stats(embeddings, labels, scale=1.0, mask=None, normalize=True, block_size=None):
+def nca_stats(embeddings, labels, scale=1.0, mask=None, normalize=True, block_size=None,
+              mesh=None):
   """Per-anchor NCA loss (num [M], den [M]); see `nca`."""
   return _rows(_nca_core(scale), prepare(embeddings, normalize), labels, "squared_euclidean",
-               mask, block_size)
+               mask, block_size, mesh)
 
 
 def nca(embeddings, labels, scale=1.0, mask=None, normalize=True, block_size=None,
-        reduction: str = "mean"):
+        reduction: str = "mean", mesh=None):
   """Neighbourhood components analysis loss (Goldberger et al., NeurIPS 2004; pml `NCALoss`).
 
     l_a = -log( sum_{p in P(a)} e^{-scale d_ap^2} / sum_{j != a} e^{-scale d_aj^2} )
@@ -398,8 +415,8 @@ def nca(embeddings, labels, scale=1.0, mask=None, normalize=True, block_size=Non
   underflows).
   """
   check_inputs(embeddings, labels, mask, reduction)
-  _check_streamable(mask, block_size)
-  num, den = nca_stats(embeddings, labels, scale, mask, normalize, block_size)
+  _check_streamable(mask, block_size, mesh)
+  num, den = nca_stats(embeddings, labels, scale, mask, normalize, block_size, mesh)
   return _checks.reduce_per_anchor(num, den, reduction)
 
 

@@ -80,25 +80,35 @@ def dense_rows(core: Callable, x: jax.Array, labels: jax.Array, kind: str, mask=
 
 def stream_rows(core: Callable, x: jax.Array, labels: jax.Array, kind: str, block_size: int,
                 with_index: bool = False):
-  """`dense_rows` computed in strips of `block_size` anchors, each rematerialised in backward.
+  """`dense_rows` computed in strips of `block_size` anchors, each rematerialised in backward."""
+  return stream_row_subset(core, x, labels, jnp.arange(x.shape[0]), x, labels, kind, block_size,
+                           with_index)
 
+
+def stream_row_subset(core: Callable, x_rows: jax.Array, labels_rows: jax.Array,
+                      index_rows: jax.Array, x: jax.Array, labels: jax.Array, kind: str,
+                      block_size: int, with_index: bool = False):
+  """(num [R], den [R]) of the R rows `x_rows` (global indices `index_rows` [R]) against all M
+  columns x [M, D], in strips of `block_size` rows, each rematerialised in the backward pass.
+
+  `stream_rows` is the case rows = columns; `sim_jax.losses.sharded` passes a device's rows.
   Rows are padded to a multiple of the block; padded rows are computed on zeros and dropped
-  (with_index: their indices are clipped to the last real row, and dropped as well).
+  (with_index: every row index handed to the core is clipped to [0, M), the padded ones too).
   """
-  n = x.shape[0]
-  b = min(block_size, n)
-  pad = (-n) % b
-  index = jnp.arange(n + pad)
-  xr = jnp.pad(x, ((0, pad), (0, 0)))
-  lr = jnp.pad(labels, (0, pad))
-  blocks = (xr.reshape(-1, b, x.shape[1]), lr.reshape(-1, b), index.reshape(-1, b))
+  n_rows, m = x_rows.shape[0], x.shape[0]
+  b = min(block_size, n_rows)
+  pad = (-n_rows) % b
+  xr = jnp.pad(x_rows, ((0, pad), (0, 0)))
+  lr = jnp.pad(labels_rows, (0, pad))
+  ir = jnp.pad(index_rows, (0, pad), constant_values=m)  # m: never equal to a column index
+  blocks = (xr.reshape(-1, b, x.shape[1]), lr.reshape(-1, b), ir.reshape(-1, b))
 
   @jax.checkpoint
   def strip(args):
     x_b, l_b, i_b = args
     pos, neg = block_pair_masks(l_b, i_b, labels)
-    extra = (jnp.minimum(i_b, n - 1),) if with_index else ()
+    extra = (jnp.minimum(i_b, m - 1),) if with_index else ()
     return core(block_matrix(x_b, i_b, x, kind), pos, neg, *extra)
 
   num, den = jax.lax.map(strip, blocks)
-  return num.reshape(-1)[:n], den.reshape(-1)[:n]
+  return num.reshape(-1)[:n_rows], den.reshape(-1)[:n_rows]
