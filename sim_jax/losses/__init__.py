@@ -35,6 +35,7 @@ from sim_jax.losses.pairwise import (
   raw_from_margin,
   sigmoid_contrastive,
 )
+from sim_jax.losses.pools import pool_triplet
 from sim_jax.losses.proxy import proxy_anchor, proxy_nca, soft_triple
 from sim_jax.losses.ranked import (
   dynamic_soft_margin,
@@ -103,6 +104,7 @@ __all__ = [
   "p2sgrad",
   "pair_bce",
   "pairwise_distances",
+  "pool_triplet",
   "proxy_anchor",
   "proxy_nca",
   "pnp",
