@@ -18,7 +18,11 @@ Training (`data.sampler = "pools"`, `loss.name = "pool_triplet"`): each step hol
 families, and the loss is mean_j max(0, d(q, t) - d(q, f_j) + margin), d = 1 - cos.
 
   python launch.py --config=configs/pools.py --workdir=runs/pools
-  python ablate.py --config=configs/pools.py --ablation=NAME --workdir=runs/pools_NAME
+  python ablate.py --config=configs/pools.py --ablation=headline --workdir=runs/pools_headline \
+      --seeds=0,1,2
+  python ablate.py --config=configs/pools.py --ablation=lr --workdir=runs/pools_lr
+  python ablate.py --config=configs/pools.py --ablation=head --workdir=runs/pools_head
+  python ablate.py --config=configs/pools.py --ablation=distance --workdir=runs/pools_distance
 
 Ablations:
   headline   (--seeds=0,1,2) before / after for VGG16 and ResNet50. "before": the plain backbone

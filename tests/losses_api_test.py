@@ -131,7 +131,7 @@ def test_default_config_holds_every_field_the_trainer_reads():
       "contrastive", "learnable_margin_contrastive", "pair_bce", "nt_xent", "supcon", "triplet",
       "snr_contrastive", "recall_at_k_surrogate", "softmax_ce", "sigmoid_contrastive"} | {
       "arcface", "subcenter_arcface", "cosface", "large_margin_softmax", "sphereface",
-      "normalized_softmax", "proxy_nca", "proxy_anchor", "soft_triple"} | set(
+      "normalized_softmax", "proxy_nca", "proxy_anchor", "soft_triple", "pool_triplet"} | set(
           objective.TUPLE_LOSSES)
   for field in ("temperature", "learnable_temperature", "margin", "learnable_margin", "squared",
                 "distance", "mining", "soft", "block_size", "pos_margin", "snr_regularization",

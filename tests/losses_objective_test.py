@@ -50,6 +50,8 @@ def test_each_loss_reads_only_the_fields_its_entry_lists(name):
       head = models.get_pair_head(models.default_config())
       params["pair_head"] = head.init(jax.random.PRNGKey(2), z[:4], z[4:])["params"]
     value = spec.fn(rec, params, z[:4], z[4:], jnp.array([1, 0, 1, 0]), head)
+  elif spec.inputs == "pools":  # 2 pools of [query, true match, 2 foils]
+    value = spec.fn(rec, params, z.reshape(2, 4, 4), labels, None)
   else:
     value = spec.fn(rec, params, z, labels, None)
   assert jnp.isfinite(value)
