@@ -36,8 +36,7 @@ def test_cross_pools_match_a_loop():
     top1, top2, rr = top1 + (rank <= 1), top2 + (rank <= 2), rr + 1 / rank
   assert m["top2_accuracy"] == pytest.approx(top2 / 25)
   assert m["mrr"] == pytest.approx(rr / 25)
-  m1 = pools.cross_pool_accuracy(q, qy, g, gy, num_foils=19, top=1, seed=5, metric="cosine")
-  assert m1["top1_accuracy"] == pytest.approx(top1 / 25)
+  assert m["top1_accuracy"] == pytest.approx(top1 / 25)
   assert 0 < top1 < top2 < 25  # the fixture is neither trivial nor hopeless
 
 
