@@ -10,6 +10,16 @@ r"""Plots of seed 003's pool experiment (docs/experiments/pools.md).
 `pool/top2_accuracy` (held-out classes, queries of the query families) and `validation/mrr@5`
 (the selection metric) against the step.
 
+`score` prints the cross-family pool metrics of an embeddings file for any two of its splits
+(e.g. `--left=query --right=train`: the trained classes, queries still drawn by the query
+families; `--left=train --right=train`: pools within one split, as training draws them),
+beside the same pools ranked on raw pixels (`eval.floors.raw_pixel_embeddings`):
+
+  python launch.py --mode=embed --config=configs/pools.py --workdir=RUN \
+      --config.data.eval_splits='("query","train")' --output=RUN/train_emb.npz
+  python docs/experiments/pools_plots.py score --embeddings=RUN/train_emb.npz --left=query \
+      --right=train
+
 `grid` draws cross-family candidate pools exactly as the evaluation samples them
 (`sim_jax.eval.pools.sample_cross_pools`, seed `eval.pool_seed`): each row is a query drawing
 (blue frame) followed by its 20 candidates ranked by cosine similarity, the true match framed
@@ -28,7 +38,7 @@ import numpy as np  # noqa: E402
 
 from configs import pools as pools_config  # noqa: E402
 from sim_jax import data  # noqa: E402
-from sim_jax.eval import plots, pools  # noqa: E402
+from sim_jax.eval import floors, plots, pools  # noqa: E402
 
 TAGS = ("train/loss", "pool/top2_accuracy", "validation/mrr@5")
 
@@ -75,6 +85,30 @@ def grid(embeddings: str, out: str, rows: int) -> None:
   print(f"Wrote {out}")
 
 
+def score(embeddings: str, left: str, right: str) -> None:
+  config = pools_config.get_config()
+  z = np.load(embeddings)
+  num_foils, seed = int(config.eval.pool_num_foils), int(config.eval.pool_seed)
+  lab = {s: z["labels"][z["splits"] == s] for s in (left, right)}
+  emb = {s: z["embeddings"][z["splits"] == s] for s in (left, right)}
+  raw = {s: floors.raw_pixel_embeddings(data.load_split(config.data, s)["image"])
+         for s in (left, right)}
+  if left == right:  # within one split: the true match is another drawing of the class
+    rows, cand, _ = pools.sample_label_pools(lab[left], num_foils, seed)
+  else:
+    rows, cand, _ = pools.sample_cross_pools(lab[left], lab[right], num_foils, seed)
+  for name, vec in (("embeddings", emb), ("raw pixels", raw)):
+    q = vec[left] / np.linalg.norm(vec[left], axis=1, keepdims=True)
+    g = vec[right] / np.linalg.norm(vec[right], axis=1, keepdims=True)
+    # Cosine of each query with its 20 candidates, 256 queries at a time (raw pixels are
+    # 12,288-d: all pools at once would take gigabytes).
+    sim = np.concatenate([np.einsum("nd,npd->np", q[rows[i:i + 256]], g[cand[i:i + 256]])
+                          for i in range(0, len(rows), 256)])
+    m = pools.pool_scores(sim, 2)
+    print(f"{name:>10s} {left} vs {right}: top1 {m['top1_accuracy']:.4f} top2 "
+          f"{m['top2_accuracy']:.4f} mrr {m['mrr']:.4f} ({int(m['num_queries'])} queries)")
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   sub = parser.add_subparsers(dest="what", required=True)
@@ -85,9 +119,15 @@ def main():
   g.add_argument("--embeddings", required=True)
   g.add_argument("--out", required=True)
   g.add_argument("--rows", type=int, default=8)
+  s = sub.add_parser("score")
+  s.add_argument("--embeddings", required=True)
+  s.add_argument("--left", required=True)
+  s.add_argument("--right", required=True)
   args = parser.parse_args()
   if args.what == "curves":
     curves(args.runs, args.out)
+  elif args.what == "score":
+    score(args.embeddings, args.left, args.right)
   else:
     grid(args.embeddings, args.out, args.rows)
 
