@@ -40,7 +40,7 @@ from configs import pools as pools_config  # noqa: E402
 from sim_jax import data  # noqa: E402
 from sim_jax.eval import floors, plots, pools  # noqa: E402
 
-TAGS = ("train/loss", "pool/top2_accuracy", "validation/mrr@5")
+TAGS = ("train/loss", "eval/pool/top2_accuracy", "eval/validation/mrr@5")
 
 
 def curves(run_dirs, out: str) -> None:
