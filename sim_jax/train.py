@@ -53,8 +53,8 @@ from sim_jax.losses import gradcache, objective
 from sim_jax.losses import memory as xbm
 from sim_jax.models import transfer
 
-# Every sampler but "pools", whose batches are candidate pools for the pool protocol.
-TRAIN_SAMPLERS = tuple(s for s in samplers.SAMPLERS if s != "pools")
+# Every sampler ("pools" trains loss.name="pool_triplet" on candidate pools, seed 003).
+TRAIN_SAMPLERS = tuple(samplers.SAMPLERS)
 
 
 class NonFiniteError(RuntimeError):
@@ -141,12 +141,12 @@ def forward(model, params, batch_stats, images, *, train: bool, rng=None):
 def prepare_inputs(batch, rng, *, config, augment_fn, train: bool):
   """Global batch -> `(images [M, H, W, C] float32, labels [M])` as the encoder sees them.
 
-  pairs / triplets are flattened (one forward pass, so batch norm sees every image); views are
-  two augmentations of each image, labelled by example index (SimCLR) or class (SupCon).
+  pairs / triplets / pools are flattened (one forward pass, so batch norm sees every image); views
+  are two augmentations of each image, labelled by example index (SimCLR) or class (SupCon).
   """
   sampler = config.data.sampler
   k_aug1, k_aug2 = jax.random.split(rng)
-  if sampler in ("pairs", "triplets"):
+  if sampler in ("pairs", "triplets", "pools"):
     images = batch["image"]
     b, m = images.shape[:2]
     x = to_float_images(images.reshape(b * m, *images.shape[2:]))

@@ -131,8 +131,8 @@ def test_default_config_holds_every_field_the_trainer_reads():
       "contrastive", "learnable_margin_contrastive", "pair_bce", "nt_xent", "supcon", "triplet",
       "snr_contrastive", "recall_at_k_surrogate", "softmax_ce", "sigmoid_contrastive"} | {
       "arcface", "subcenter_arcface", "cosface", "large_margin_softmax", "sphereface",
-      "normalized_softmax", "proxy_nca", "proxy_anchor", "soft_triple", "p2sgrad"} | set(
-          objective.TUPLE_LOSSES) | {"adaptive_margin_contrastive"}
+      "normalized_softmax", "proxy_nca", "proxy_anchor", "soft_triple", "p2sgrad",
+      "pool_triplet", "adaptive_margin_contrastive"} | set(objective.TUPLE_LOSSES)
   for field in ("temperature", "learnable_temperature", "margin", "learnable_margin", "squared",
                 "distance", "mining", "soft", "block_size", "pos_margin", "snr_regularization",
                 "k_values", "rank_temperature", "k_temperature", "siglip_bias",

@@ -51,6 +51,8 @@ def test_each_loss_reads_only_the_fields_its_entry_lists(name):
       params["pair_head"] = head.init(jax.random.PRNGKey(2), z[:4], z[4:])["params"]
     extra = {"labels": labels.reshape(4, 2)} if spec.pair_labels else {}  # the pairs' classes
     value = spec.fn(rec, params, z[:4], z[4:], jnp.array([1, 0, 1, 0]), head, **extra)
+  elif spec.inputs == "pools":  # 2 pools of [query, true match, 2 foils]
+    value = spec.fn(rec, params, z.reshape(2, 4, 4), labels, None)
   else:
     value = spec.fn(rec, params, z, labels, None)
   assert jnp.isfinite(value)

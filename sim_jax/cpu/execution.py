@@ -90,8 +90,11 @@ def resolve_parallel_splits(config: ml_collections.ConfigDict, *, platform: str,
 
 
 def encoder_inputs_per_device(config: ml_collections.ConfigDict, mesh) -> int:
-  """Images the encoder sees per device and step: batch items times `INPUTS_PER_ITEM`."""
-  inputs = config.train.batch_size * INPUTS_PER_ITEM.get(config.data.sampler, 1)
+  """Images the encoder sees per device and step: batch items times `INPUTS_PER_ITEM` (a pool:
+  query, true match and data.num_foils foils)."""
+  per_item = (2 + int(config.data.num_foils) if config.data.sampler == "pools"
+              else INPUTS_PER_ITEM.get(config.data.sampler, 1))
+  inputs = config.train.batch_size * per_item
   return inputs // mesh.size
 
 

@@ -41,7 +41,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.pool_top = 2
   c.pool_seed = 0
   # "labels": pools from query_split's labels; "pairs": row i of pool_left_split matches row i of
-  # pool_right_split.
+  # pool_right_split; "cross": queries from pool_left_split, the true match and foils from
+  # pool_right_split (icon_themes: heldout_query vs heldout, so across design families).
   c.pool_mode = "labels"
   c.pool_left_split = "left"
   c.pool_right_split = "right"

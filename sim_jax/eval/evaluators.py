@@ -94,7 +94,7 @@ class KnnEvaluator:
 @dataclasses.dataclass(frozen=True)
 class PoolEvaluator:
   """Top-`top` accuracy of the true match among 1 + num_foils candidates (seed 003)."""
-  mode: str  # "labels" | "pairs"
+  mode: str  # "labels" | "pairs" | "cross" (queries from left_split, candidates right_split)
   split: str
   left_split: str
   right_split: str
@@ -106,13 +106,19 @@ class PoolEvaluator:
 
   @property
   def splits(self):
-    return (self.left_split, self.right_split) if self.mode == "pairs" else (self.split,)
+    return (self.left_split, self.right_split) if self.mode in ("pairs", "cross") else \
+        (self.split,)
 
   def __call__(self, embeddings, labels):
     kw = dict(num_foils=self.num_foils, top=self.top, seed=self.seed, metric=self.metric)
     if self.mode == "pairs":
       out = pools.pair_pool_accuracy(_get(embeddings, self.left_split, "embeddings"),
                                      _get(embeddings, self.right_split, "embeddings"), **kw)
+    elif self.mode == "cross":
+      out = pools.cross_pool_accuracy(_get(embeddings, self.left_split, "embeddings"),
+                                      _get(labels, self.left_split, "labels"),
+                                      _get(embeddings, self.right_split, "embeddings"),
+                                      _get(labels, self.right_split, "labels"), **kw)
     else:
       out = pools.label_pool_accuracy(_get(embeddings, self.split, "embeddings"),
                                       _get(labels, self.split, "labels"), **kw)
@@ -277,8 +283,8 @@ def get_evaluators(eval_config) -> list:
       "zeroshot": lambda: ZeroShotEvaluator(c.zeroshot_split, c.zeroshot_train_split, ks,
                                             c.metric, **search_kw),
   }
-  if c.pool_mode not in ("labels", "pairs"):
-    raise ValueError(f"pool_mode must be 'labels' or 'pairs', got {c.pool_mode!r}.")
+  if c.pool_mode not in ("labels", "pairs", "cross"):
+    raise ValueError(f"pool_mode must be 'labels', 'pairs' or 'cross', got {c.pool_mode!r}.")
   best_metric(c)
   names = _parse_protocols(c.protocols)
   if c.metric in distances.DISTRIBUTION_DISTANCES:

@@ -37,6 +37,7 @@ from sim_jax.losses.pairwise import (
   raw_from_margin,
   sigmoid_contrastive,
 )
+from sim_jax.losses.pools import pool_triplet
 from sim_jax.losses.proxy import proxy_anchor, proxy_nca, soft_triple
 from sim_jax.losses.ranked import (
   dynamic_soft_margin,
@@ -107,6 +108,7 @@ __all__ = [
   "p2sgrad",
   "pair_bce",
   "pairwise_distances",
+  "pool_triplet",
   "proxy_anchor",
   "proxy_nca",
   "pnp",

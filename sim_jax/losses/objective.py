@@ -4,7 +4,8 @@
   fn       the loss of one batch. inputs "labels": fn(cfg, params, z [M, D], labels [M], mesh);
            inputs "pairs": fn(cfg, params, z_a [B, D], z_b [B, D], same [B], pair_head), plus
            labels=[B, 2] (the two sides' classes) where `pair_labels`
-  inputs   "labels": embeddings with class labels (pk, random, views, triplets batches, and the
+  inputs   "pools": fn(cfg, params, z [B, 2 + k, D], labels, mesh), the pools sampler's rows;
+           "labels": embeddings with class labels (pk, random, views, triplets batches, and the
            pairs sampler's images where `pair_batches`); "pairs": explicit (a, b, same) pairs of
            the pairs sampler
   params   trainable parameters the objective may own in params["loss"] ("margin",
@@ -38,6 +39,7 @@ import numpy as np
 from sim_jax import losses
 from sim_jax.losses import adaptive_margin, miners
 from sim_jax.losses.config import default_config
+from sim_jax.losses.pools import POOL_DISTANCES
 
 # Read by `losses.diagnostics` (the train diagnostics), whichever loss is trained.
 COMMON_FIELDS = ("diagnostics_margin",)
@@ -115,6 +117,11 @@ def _triplet(cfg, params, z, labels, mesh, mask=None):
   return losses.triplet(z, labels, margin=margin(cfg, params), mining=cfg.mining,
                         distance=cfg.distance, soft=cfg.soft, block_size=block, mesh=mesh,
                         mask=mask)
+
+
+def _pool_triplet(cfg, params, z, labels, mesh):
+  del labels, mesh  # z [B, 2 + k, D]: the pools' own layout says which rows are negatives
+  return losses.pool_triplet(z, margin=margin(cfg, params), distance=cfg.distance)
 
 
 def _recall_at_k(cfg, params, z, labels, mesh):
@@ -401,6 +408,9 @@ LOSSES["adaptive_margin_contrastive"] = LossSpec(
     "pairs", ("class_margins",), ("margin", "adaptive_margin_min", "adaptive_margin_reward",
                                   "squared", "distance", "miner", "num_classes"),
     pair_labels=True)
+# Seed 003: a triplet over each candidate pool's own foils (inputs "pools": z [B, 2 + k, D]).
+LOSSES["pool_triplet"] = LossSpec(_pool_triplet, "pools", ("margin",),
+                                  ("margin", "learnable_margin", "distance"))
 NAMES = tuple(LOSSES)
 PAIR_LOSSES = tuple(n for n, s in LOSSES.items() if s.inputs == "pairs")
 LABEL_LOSSES = tuple(n for n, s in LOSSES.items() if s.inputs == "labels")
@@ -502,6 +512,9 @@ def loss(config: ml_collections.ConfigDict, params, z: jax.Array, labels: jax.Ar
       return s.fn(config.loss, params, x, y, None, mask=mask)
     mined = miners.from_config(config.loss.miner, z, labels, key, loss_fn=masked)
     return masked(z, labels, mined if config.loss.name == "triplet" else miners.as_pairs(mined))
+  if s.inputs == "pools":  # rows [query, true match, foils] of the pools sampler
+    return s.fn(config.loss, params, z.reshape(-1, 2 + config.data.num_foils, z.shape[-1]),
+                labels, mesh)
   return s.fn(config.loss, params, z, labels, mesh)
 
 
@@ -543,6 +556,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if s.inputs == "pairs" and sampler != "pairs":
     raise ValueError(f"config.loss.name={c.name!r} trains on pairs: set "
                      f"config.data.sampler='pairs' (got {sampler!r})")
+  if (s.inputs == "pools") != (sampler == "pools"):
+    raise ValueError(f"config.loss.name={c.name!r} with config.data.sampler={sampler!r}: the "
+                     "pools sampler and the pool_triplet loss go together (its rows are "
+                     "[query, true match, foils])")
+  if c.name == "pool_triplet" and c.distance not in POOL_DISTANCES:
+    raise ValueError(f"config.loss.distance={c.distance!r}: pool_triplet takes {POOL_DISTANCES}")
   if s.inputs == "labels" and sampler == "pairs" and not s.pair_batches:
     raise ValueError(f"config.loss.name={c.name!r} needs labelled batches, not pairs: set "
                      f"config.data.sampler to one of pk, random, views, triplets")
