@@ -14,6 +14,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.learnable_temperature = False    # trainer keeps raw t in params["loss"], uses softplus(raw)
   c.margin = 1.0                     # contrastive margin m; snr neg_margin; triplet configs set 0.2
   c.learnable_margin = False         # trainer keeps raw m in params["loss"], uses softplus(raw)
+  c.margin_reward = 0.0              # learnt contrastive margin: loss - margin_reward * m
   c.squared = True                   # contrastive: Hadsell squared form (False: hinge form)
   c.distance = "euclidean"           # euclidean | squared_euclidean (triplet) | cosine
   c.mining = "batch_hard"            # triplet: batch_hard | semi_hard | batch_all | semi_hard_pml
