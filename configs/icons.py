@@ -9,12 +9,12 @@ cross-entropy on balanced pairs. Report: docs/experiments/icons.md.
 
   python launch.py --config=configs/icons.py --workdir=runs/icons
 
-Splits (one icon_themes build, the one docs/data_floors.sh scores: every name drawn by >= 5
+Splits (the class split of docs/data_floors.sh, built at 32 px: 1,204 names drawn by >= 5
 families, 25% of the names held out, 10% validation names, oxygen + paper drawings are the
 query families):
-  train       3,966 drawings of the train names (gallery families): the labelled pairs
-  validation  726 drawings of names disjoint from train: settings and the fitted thresholds
-  heldout     1,857 drawings of names never trained on: the final numbers only
+  train       3,912 drawings of the train names (gallery families): the labelled pairs
+  validation  775 drawings of names disjoint from train: settings and the fitted thresholds
+  heldout     1,872 drawings of names never trained on: the final numbers only
 Metrics (HEADLINE), on balanced pairs (`eval.verification_num_pairs` per split):
   verification/fixed_{accuracy,precision,recall}_<split>   the seed's rule, sigmoid(head) > 0.5
   verification/head_fit_{accuracy,precision,recall}_<split> the head logit, threshold fit on
@@ -34,8 +34,8 @@ Ablations (`python ablate.py --config=configs/icons.py --ablation=NAME --workdir
           see `sim_jax.losses.pairwise.learnable_margin_contrastive`) | nt_xent (labelled
           positives: two drawings of one name).
 
-SimCLR sees a larger unlabelled pool than the labelled pairs: `train+test+query` (5,605
-drawings of the train names, all families, no labels used) against the 3,966 `train` drawings the
+SimCLR sees a larger unlabelled pool than the labelled pairs: `train+test+query` (5,551
+drawings of the train names, all families, no labels used) against the 3,912 `train` drawings the
 pairs come from; the validation and heldout names are never in it.
 
 Differs from the paper, and why:
@@ -62,7 +62,7 @@ UNLABELLED_SPLIT = "train+test+query"
 def get_config():
   config = default.get_config()
   config.data.name = "icon_themes"
-  # 32 px, not the 64 px of docs/data.md's floors: a 64 px step took 4.6x as long on the shared
+  # 32 px, not the 64 px of docs/data.md's floors: a 64 px step took 4.4x as long on the shared
   # 2-core host (docs/experiments/icons.md "Budget"), and 3 seeds x 9 variants must fit.
   config.data.image_size = 32
   config.data.max_classes = 100000  # every name drawn by >= 5 families (1,207)
