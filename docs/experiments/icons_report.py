@@ -5,12 +5,15 @@ r"""Tables and figures of docs/experiments/icons.md (seed 000 on icon_themes) fr
   python docs/experiments/icons_report.py curves docs/experiments/icons_curves.png \
       runs/icons_table1 runs/icons_losses
   python docs/experiments/icons_report.py grid docs/experiments/icons_heldout RUN_DIR
+  python docs/experiments/icons_report.py neighbours RUN_DIR
 
 table1 / losses print markdown tables (mean [min, max] over seeds) of the ablation JSON that
-`ablate.py` writes; curves overlays every run's logged `train/loss` (and `train/margin` of the
-learnt-margin runs), one colour per variant, one line per seed; grid embeds the heldout split
-with a finished run (`launch.py --mode=embed`) and writes a t-SNE of its 20 largest names and a
-retrieval grid (8 queries, their 6 nearest drawings; green = same name).
+`ablate.py` writes; curves overlays every run's logged `train/loss` divided by its first value
+(and `train/margin` of the learnt-margin runs), one colour per variant, one line per seed;
+grid embeds the heldout split with a finished run (`launch.py --mode=embed`) and writes a
+t-SNE of its 20 largest names and a retrieval grid (8 queries, their 6 nearest drawings; green
+= same name); neighbours prints how often a heldout drawing's nearest neighbour has the same
+name / the same design family, for the run and for raw pixels.
 """
 
 import glob
@@ -30,6 +33,7 @@ sys.path.insert(0, REPO)
 
 from configs import icons  # noqa: E402
 from sim_jax import data  # noqa: E402
+from sim_jax.data import registry  # noqa: E402
 from sim_jax.eval import plots, search  # noqa: E402
 
 SPLITS = ("train", "validation", "heldout")
@@ -137,9 +141,10 @@ def curves(out: str, workdirs) -> None:
         pts = plots.read_scalars(run).get("train/loss", [])
         if pts:
           steps, values = zip(*pts)
-          ax.plot(steps, values, color=colours[c % len(colours)], alpha=0.8,
-                  label=label if s == 0 else None)
-    ax.set_title(f"train/loss: {os.path.basename(workdir)}")
+          # Relative to the first log: the losses have different scales (BCE ~0.69, NT-Xent ~4).
+          ax.plot(steps, np.asarray(values) / values[0], color=colours[c % len(colours)],
+                  alpha=0.8, label=label if s == 0 else None)
+    ax.set_title(f"train/loss / first logged value: {os.path.basename(workdir)}")
     ax.set_xlabel("step")
     ax.legend(fontsize=7)
   ax = axes[-1]
@@ -157,17 +162,44 @@ def curves(out: str, workdirs) -> None:
   print(f"wrote {out}")
 
 
-def grid(prefix: str, run_dir: str) -> None:
+def _embed_heldout(run_dir: str, npz: str) -> np.ndarray:
+  """The heldout split embedded by the run's last checkpoint (`launch.py --mode=embed`)."""
   saved = _load(os.path.join(run_dir, "config.json"))
   model = {k: saved["model"][k] for k in ("attention", "init_from")}
-  config = icons.get_config()
-  npz = f"{prefix}_embeddings.npz"
   subprocess.run([sys.executable, os.path.join(REPO, "launch.py"), "--mode=embed",
                   f"--config={os.path.join(REPO, 'configs', 'icons.py')}",
                   *[f"--config.model.{k}={v}" for k, v in model.items()],
                   f"--workdir={run_dir}", "--split=heldout", f"--output={npz}"], check=True)
   emb = np.load(npz)["embeddings"]
   os.remove(npz)
+  return emb
+
+
+def neighbours(run_dir: str) -> None:
+  """Nearest heldout neighbour (Euclidean, the drawing itself excluded) of every heldout drawing:
+  how often it shows the same name, and how often it comes from the same design family
+  (`source` = "<family>:<file>"), for the run's embeddings and for the raw pixels."""
+  config = icons.get_config()
+  split = data.load_split(config.data, "heldout")
+  builder = registry._builder(config.data)  # the records' `source` field names the family
+  records = builder.as_data_source("heldout")
+  sources = [records[i]["source"] for i in range(len(records))]
+  family = np.array([(v.decode() if isinstance(v, bytes) else str(v)).split(":")[0]
+                     for v in sources])
+  labels = split["label"]
+  raw = split["image"].reshape(len(labels), -1).astype(np.float32) / 255.0
+  raw /= np.maximum(np.linalg.norm(raw, axis=1, keepdims=True), 1e-12)
+  for name, emb in (("raw pixels", raw), (run_dir, _embed_heldout(run_dir, "/tmp/icons_nn.npz"))):
+    _, idx = search.topk(emb, emb, 2, metric="euclidean")
+    nn = np.where(idx[:, 0] == np.arange(len(labels)), idx[:, 1], idx[:, 0])
+    print(f"{name}: 1-NN same name {np.mean(labels[nn] == labels):.3f}, "
+          f"same family {np.mean(family[nn] == family):.3f} "
+          f"(chance: same family {np.mean([np.mean(family == f) for f in family]):.3f})")
+
+
+def grid(prefix: str, run_dir: str) -> None:
+  config = icons.get_config()
+  emb = _embed_heldout(run_dir, f"{prefix}_embeddings.npz")
   split = data.load_split(config.data, "heldout")
   labels, images = split["label"], split["image"]
   names = data.get_info(config.data).class_names
@@ -191,4 +223,5 @@ def grid(prefix: str, run_dir: str) -> None:
 if __name__ == "__main__":
   cmd, *args = sys.argv[1:]
   {"table1": lambda: table1(*args), "losses": lambda: losses(*args),
-   "curves": lambda: curves(args[0], args[1:]), "grid": lambda: grid(*args)}[cmd]()
+   "curves": lambda: curves(args[0], args[1:]), "grid": lambda: grid(*args),
+   "neighbours": lambda: neighbours(*args)}[cmd]()
