@@ -24,8 +24,10 @@ Metrics (HEADLINE), on balanced pairs (`eval.verification_num_pairs` per split):
                                     validation, on heldout pairs: one protocol for every loss
                                     (it has chance / raw-pixel / random-init floors)
 
-Ablations (`python ablate.py --config=configs/icons.py --ablation=NAME --workdir=runs/icons_NAME
---seeds=3`):
+Ablations (one command each; docs/experiments/icons.md has the results):
+  python ablate.py --config=configs/icons.py --ablation=table1 --workdir=runs/icons_table1 --seeds=3
+  python ablate.py --config=configs/icons.py --ablation=losses --workdir=runs/icons_losses --seeds=3
+
   table1  the seed's Table 1 chain: bce_scratch | simclr (pretraining only, no pair head) |
           simclr_bce (Siamese BCE from simclr's encoder) | simclr_bce_attn_after | ..._before.
           SimCLR runs once per seed; the three fine-tunings start from it (`{run:simclr}`).

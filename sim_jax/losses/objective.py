@@ -198,7 +198,7 @@ def _soft_triple(cfg, params, z, labels, mesh):
 
 def _contrastive(cfg, params, za, zb, same, pair_head, weights=None):
   del pair_head
-  if learns_margin(cfg):
+  if "margin_raw" in params.get("loss", {}):  # a learnt margin (`learns_margin` made it)
     return losses.learnable_margin_contrastive(
         za, zb, same, margin(cfg, params), squared=cfg.squared, distance=cfg.distance,
         margin_reward=cfg.margin_reward, weights=weights)
