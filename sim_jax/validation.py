@@ -56,7 +56,7 @@ _r("[0, 1)", "model.dropout_rate", "model.stochastic_depth")
 # loss
 _r("(0, inf)", "loss.temperature", "loss.rank_temperature", "loss.k_temperature")
 _r("[0, inf)", "loss.margin", "loss.pos_margin", "loss.snr_regularization",
-   "loss.diagnostics_margin")
+   "loss.diagnostics_margin", "loss.margin_reward")
 _r("[1, inf)", "loss.block_size", "loss.k_values")
 _r("[1, inf)", "loss.num_classes")
 _r("(0, inf)", "loss.adaptive_margin_min")

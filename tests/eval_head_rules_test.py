@@ -42,8 +42,12 @@ def test_head_metrics_use_the_verification_pairs_of_each_split():
   cfg = _eval_config()
   out = head_rules.head_metrics(cfg, emb, labels, pair_logits=head,
                                 class_logits=lambda e: -np.abs(e[:, :1] - np.arange(5)))
-  assert set(out) == {f"{p}_{s}" for s in labels
-                      for p in ("verification/fixed_accuracy", "classifier/accuracy")}
+  pair_keys = ("verification/fixed_accuracy", "verification/fixed_precision",
+               "verification/fixed_recall", "verification/head_roc_auc", "classifier/accuracy")
+  fit_keys = ("verification/head_fit_accuracy", "verification/head_fit_precision",
+              "verification/head_fit_recall")
+  assert set(out) == ({f"{p}_{s}" for s in labels for p in pair_keys}
+                      | {f"{p}_{s}" for s in ("train", "test") for p in fit_keys})
   for split, seed in (("validation", 3), ("test", 4), ("train", 5)):
     i, j, same = verification.sample_pairs(labels[split], 200, seed)
     d = np.array([np.sqrt(np.sum((emb[split][a] - emb[split][c]) ** 2)) for a, c in zip(i, j)])
@@ -56,3 +60,39 @@ def test_head_metrics_use_the_verification_pairs_of_each_split():
   want = np.mean((scores > -b / w) == same)
   assert out["verification/fixed_accuracy_test"] == pytest.approx(want)
   assert head_rules.head_metrics(cfg, emb, labels) == {}
+
+
+def test_head_precision_recall_auc_and_validation_fit_threshold_match_loops():
+  """Seed 000's Table 1 metrics of the pair head: precision / recall of the rule x > 0, ROC-AUC
+  of x, and a threshold on x fit on the validation pairs (maximum accuracy over every cut, by a
+  loop over the cuts) applied to the other splits, all counted pair by pair here."""
+  rng = np.random.default_rng(2)
+  labels = {s: rng.integers(0, 6, 200) for s in ("train", "validation", "test")}
+  emb = {s: rng.normal(size=(200, 2)) + y[:, None] for s, y in labels.items()}
+  head = lambda a, c: 0.3 - np.linalg.norm(a - c, axis=1)  # noqa: E731
+  out = head_rules.head_metrics(_eval_config(), emb, labels, pair_logits=head)
+  pairs = {}
+  for split, seed in (("validation", 3), ("test", 4), ("train", 5)):
+    i, j, same = verification.sample_pairs(labels[split], 200, seed)
+    x = np.array([0.3 - np.sqrt(np.sum((emb[split][a] - emb[split][c]) ** 2))
+                  for a, c in zip(i, j)])
+    pairs[split] = (x, same)
+    tp = sum(1 for xi, yi in zip(x, same) if xi > 0 and yi)
+    assert out[f"verification/fixed_precision_{split}"] == pytest.approx(tp / np.sum(x > 0))
+    assert out[f"verification/fixed_recall_{split}"] == pytest.approx(tp / np.sum(same))
+    wins = sum(1.0 if p > n else 0.5 if p == n else 0.0
+               for p in x[same] for n in x[~same])
+    assert out[f"verification/head_roc_auc_{split}"] == pytest.approx(
+        wins / (same.sum() * (~same).sum()))
+  xv, yv = pairs["validation"]
+  u = sorted(set(xv))  # verification's candidates: midpoints between distinct validation logits
+  cuts = [-np.inf] + [(lo + hi) / 2 for lo, hi in zip(u[:-1], u[1:])] + [np.inf]
+  best = max(cuts, key=lambda t: (np.mean((xv >= t) == yv), -t))  # ties: the smallest cut
+  for split in ("train", "test"):
+    x, same = pairs[split]
+    pred = x >= best
+    assert out[f"verification/head_fit_accuracy_{split}"] == pytest.approx(np.mean(pred == same))
+    assert out[f"verification/head_fit_precision_{split}"] == pytest.approx(
+        np.sum(pred & same) / np.sum(pred))
+    assert out[f"verification/head_fit_recall_{split}"] == pytest.approx(
+        np.sum(pred & same) / np.sum(same))

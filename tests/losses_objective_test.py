@@ -147,3 +147,20 @@ def _euclidean_model_config():
   c = models.default_config()
   c.pair_head = "euclidean"
   return c
+
+
+def test_margin_reward_reaches_the_learnt_contrastive_and_is_refused_on_a_fixed_margin():
+  """objective.loss of learnable_margin_contrastive with margin_reward = lambda is the seed's
+  contrastive loss (sim_jax.losses.contrastive at the learnt m) minus lambda m."""
+  from sim_jax import losses
+  cfg = _config(name="learnable_margin_contrastive", sampler="pairs", margin=0.8,
+                margin_reward=0.2)
+  objective.validate(cfg)
+  params = {"loss": objective.init_params(cfg.loss)}
+  z = jax.random.normal(jax.random.PRNGKey(6), (8, 3))
+  same = jnp.array([1, 0, 0, 1])
+  got = objective.loss(cfg, params, z, None, {"same": same})
+  want = losses.contrastive(z[0::2], z[1::2], same, margin=0.8) - 0.2 * 0.8
+  np.testing.assert_allclose(got, want, rtol=1e-5)
+  with pytest.raises(ValueError, match=r"config\.loss\.margin_reward=0\.2"):
+    objective.validate(_config(name="contrastive", sampler="pairs", margin_reward=0.2))

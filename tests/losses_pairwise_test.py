@@ -151,6 +151,59 @@ def test_learnable_margin_gradient_and_softplus_mapping():
   np.testing.assert_allclose(grad, (ref(m0 + 1e-6) - ref(m0 - 1e-6)) / 2e-6 * dm_draw, rtol=1e-3)
 
 
+def test_margin_reward_subtracts_lambda_m_and_shifts_the_margin_gradient():
+  """loss = seed formula (NumPy loop) - lambda m; dL/dm = mean_i (1 - y_i) max(0, m - d_i)
+  - lambda (closed form, squared form), for every reduction."""
+  a, b = _pairs(11)
+  lam, m = 0.07, 1.1
+  fa, fb = jnp.asarray(a, jnp.float32), jnp.asarray(b, jnp.float32)
+  per_pair = ref_contrastive(a, b, SAME, m, True, "euclidean")
+  got = losses.learnable_margin_contrastive(fa, fb, SAME, jnp.asarray(m), margin_reward=lam)
+  np.testing.assert_allclose(got, per_pair.mean() - lam * m, rtol=1e-5)
+  got = losses.learnable_margin_contrastive(fa, fb, SAME, jnp.asarray(m), margin_reward=lam,
+                                            reduction="sum")
+  np.testing.assert_allclose(got, per_pair.sum() - 8 * lam * m, rtol=1e-5)
+  got = losses.learnable_margin_contrastive(fa, fb, SAME, jnp.asarray(m), margin_reward=lam,
+                                            reduction="none")
+  np.testing.assert_allclose(got, per_pair - lam * m, rtol=1e-5, atol=1e-7)
+  grad = jax.grad(lambda mm: losses.learnable_margin_contrastive(
+      fa, fb, SAME, mm, margin_reward=lam))(jnp.asarray(m, jnp.float32))
+  d = np.sqrt(np.sum((a - b) ** 2, axis=1))
+  want = np.mean([(1 - y) * max(m - di, 0.0) for y, di in zip(SAME, d)]) - lam
+  np.testing.assert_allclose(grad, want, rtol=1e-4, atol=1e-7)
+  with pytest.raises(ValueError, match="margin_reward must be >= 0, got -0.1"):
+    losses.learnable_margin_contrastive(fa, fb, SAME, jnp.asarray(m), margin_reward=-0.1)
+
+
+@pytest.mark.parametrize("lam", [0.0, 0.05])
+def test_learnt_margin_collapses_without_the_reward_and_settles_with_it(lam):
+  """Gradient descent on raw (m = softplus(raw)) with the embeddings fixed: without the reward m
+  only falls, until no negative is inside it (the negative term is then 0 and trains nothing;
+  with the encoder moving too, this goes on to m -> 0); with it m converges to the root of
+  mean_i (1 - y_i) max(0, m - d_i) = lambda, found here by bisection in NumPy."""
+  rng = np.random.default_rng(5)
+  a, b = rng.normal(size=(64, 4)), rng.normal(size=(64, 4))
+  same = (np.arange(64) % 2).astype(np.int32)
+  fa, fb = jnp.asarray(a, jnp.float32), jnp.asarray(b, jnp.float32)
+  loss = lambda r: losses.learnable_margin_contrastive(  # noqa: E731
+      fa, fb, same, losses.margin_from_raw(r), margin_reward=lam)
+  step = jax.jit(lambda r: r - 0.5 * jax.grad(loss)(r))
+  raw = losses.raw_from_margin(2.0)
+  for _ in range(3000):
+    raw = step(raw)
+  m = float(losses.margin_from_raw(raw))
+  d = np.sqrt(np.sum((a - b) ** 2, axis=1))[same == 0]
+  if lam == 0.0:
+    assert m < 2.0 and m <= d.min() + 1e-3  # fell from 2, and no negative is inside it
+    return
+  excess = lambda mm: np.sum(np.maximum(mm - d, 0.0)) / 64 - lam  # noqa: E731
+  lo, hi = 0.0, 10.0
+  for _ in range(60):
+    lo, hi = ((lo + hi) / 2, hi) if excess((lo + hi) / 2) < 0 else (lo, (lo + hi) / 2)
+  assert m > d.min()  # the reward keeps the margin above the closest negative
+  np.testing.assert_allclose(m, lo, rtol=1e-3)
+
+
 def ref_bce(x, y):
   p = 1.0 / (1.0 + np.exp(-np.asarray(x, np.float64)))
   return np.array([-(yi * np.log(pi) + (1 - yi) * np.log(1 - pi)) for pi, yi in zip(p, y)])

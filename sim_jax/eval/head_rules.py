@@ -11,6 +11,13 @@ The embedding protocols (`evaluators`) see embeddings only; a model with a head 
 function of arrays; its pairs are `verification.sample_pairs(labels, num_pairs, seed + k)` with
 k = 0 for the verification val split, 1 for the test split (the verification evaluator's pairs,
 so the fixed-rule and fitted-threshold accuracies are on the same pairs) and 2 for any other split.
+
+Seed 000's Table 1 reports accuracy, precision and recall of the rule, so the pair head's metrics
+per split are (TP, FP, FN, TN counted with "same" = positive):
+  fixed_{accuracy,precision,recall}   the rule x > 0: (TP + TN) / P, TP / (TP + FP), TP / (TP + FN)
+  head_roc_auc                        ROC-AUC of the logit x (`verification.roc_auc`)
+  head_fit_{accuracy,precision,recall} x >= t, t fit on the verification val split's pair logits
+                                      (`verification.fit_threshold`; every split but that one)
 """
 
 from __future__ import annotations
@@ -31,6 +38,17 @@ def fixed_rule_accuracy(logits, same) -> float:
   if x.shape != y.shape or x.size == 0:
     raise ValueError(f"logits {x.shape} and same {y.shape} must be one non-empty [P] each")
   return float(np.mean((x > 0) == y))
+
+
+def fixed_rule_metrics(logits, same) -> dict[str, float]:
+  """Accuracy, precision and recall of the rule logit > 0 on pairs (0 when undefined)."""
+  x, y = np.asarray(logits, np.float64).reshape(-1), np.asarray(same).astype(bool).reshape(-1)
+  accuracy = fixed_rule_accuracy(x, y)
+  pred = x > 0
+  tp = int(np.sum(pred & y))
+  predicted, positives = int(np.sum(pred)), int(np.sum(y))
+  return {"accuracy": accuracy, "precision": tp / predicted if predicted else 0.0,
+          "recall": tp / positives if positives else 0.0}
 
 
 def classifier_accuracy(logits, labels) -> float:
@@ -61,19 +79,30 @@ def head_fns(params, pair_head, metric: str) -> tuple[Callable | None, Callable 
 def head_metrics(eval_config, embeddings: dict, labels: dict, *,
                  pair_logits: Callable | None = None,
                  class_logits: Callable | None = None) -> dict[str, float]:
-  """`verification/fixed_accuracy_<split>` for every split (pair head) and
-  `classifier/accuracy_<split>` (classifier), from embeddings / labels dicts keyed by split.
+  """`verification/{fixed_*, head_*}_<split>` for every split (pair head; see the module doc)
+  and `classifier/accuracy_<split>` (classifier), from embeddings / labels dicts keyed by split.
 
   pair_logits(e_a [P, E], e_b [P, E]) -> [P]; class_logits(e [N, E]) -> [N, C]; None skips.
   """
   out = {}
+  pairs = {}  # split -> (logits [P], same [P])
   for split, e in embeddings.items():
     y = np.asarray(labels[split])
     if pair_logits is not None:
       i, j, same = verification.sample_pairs(y, int(eval_config.verification_num_pairs),
                                              _pair_seed(split, eval_config))
-      out[f"verification/fixed_accuracy_{split}"] = fixed_rule_accuracy(
-          pair_logits(e[i], e[j]), same)
+      pairs[split] = (np.asarray(pair_logits(e[i], e[j]), np.float64).reshape(-1), same)
+      for name, value in fixed_rule_metrics(*pairs[split]).items():
+        out[f"verification/fixed_{name}_{split}"] = value
+      out[f"verification/head_roc_auc_{split}"] = verification.roc_auc(*pairs[split])
     if class_logits is not None:
       out[f"classifier/accuracy_{split}"] = classifier_accuracy(class_logits(e), y)
+  val = eval_config.verification_val_split
+  if val in pairs:
+    threshold = verification.fit_threshold(*pairs[val])
+    for split, (x, same) in pairs.items():
+      if split != val:
+        fit = verification.evaluate(threshold, x, same)
+        for name in ("accuracy", "precision", "recall"):
+          out[f"verification/head_fit_{name}_{split}"] = fit[name]
   return out

@@ -14,6 +14,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.learnable_temperature = False    # trainer keeps raw t in params["loss"], uses softplus(raw)
   c.margin = 1.0                     # contrastive margin m; snr neg_margin; triplet configs set 0.2
   c.learnable_margin = False         # trainer keeps raw m in params["loss"], uses softplus(raw)
+  c.margin_reward = 0.0              # learnt contrastive margin: loss - margin_reward * m
   c.squared = True                   # contrastive: Hadsell squared form (False: hinge form)
   c.adaptive_margin_min = 0.1        # adaptive_margin_contrastive: floor m_min of class margins
   c.adaptive_margin_reward = 0.1     # adaptive_margin_contrastive: margin reward lambda

@@ -227,6 +227,10 @@ def _soft_triple(cfg, params, z, labels, mesh):
 
 def _contrastive(cfg, params, za, zb, same, pair_head, weights=None):
   del pair_head
+  if "margin_raw" in params.get("loss", {}):  # a learnt margin (`learns_margin` made it)
+    return losses.learnable_margin_contrastive(
+        za, zb, same, margin(cfg, params), squared=cfg.squared, distance=cfg.distance,
+        margin_reward=cfg.margin_reward, weights=weights)
   return losses.contrastive(za, zb, same, margin=margin(cfg, params), squared=cfg.squared,
                             distance=cfg.distance, weights=weights)
 
@@ -348,11 +352,12 @@ def _sigmoid_contrastive(cfg, params, za, zb, same, pair_head):
 
 LOSSES: dict[str, LossSpec] = {
     "contrastive": LossSpec(_contrastive, "pairs", ("margin",),
-                            ("margin", "learnable_margin", "squared", "distance", "miner")),
+                            ("margin", "learnable_margin", "squared", "distance", "miner",
+                             "margin_reward")),
     # The contrastive loss with its margin always learnt (seed 000, section 3.4.4).
     "learnable_margin_contrastive": LossSpec(
         _contrastive, "pairs", ("margin",),
-        ("margin", "learnable_margin", "squared", "distance", "miner")),
+        ("margin", "learnable_margin", "squared", "distance", "miner", "margin_reward")),
     "pair_bce": LossSpec(_pair_bce, "pairs", ("pair_head",), ()),
     # Seed 002: the contrastive loss on the pair head's sigmoid similarity (not a distance).
     "sigmoid_contrastive": LossSpec(_sigmoid_contrastive, "pairs", ("pair_head",), ("margin",)),
@@ -576,6 +581,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
       c.distance not in CONTRASTIVE_DISTANCES:
     raise ValueError(f"config.loss.distance={c.distance!r}: config.loss.name={c.name!r} takes "
                      f"{CONTRASTIVE_DISTANCES} (squared=True already squares the distance)")
+  if c.margin_reward and not learns_margin(c):
+    raise ValueError(f"config.loss.margin_reward={c.margin_reward} rewards a learnt margin: set "
+                     "config.loss.learnable_margin=True or "
+                     "config.loss.name='learnable_margin_contrastive'")
   miners.check_config(c.miner, pairs=s.inputs == "pairs")
   if c.miner.name != "none" and "miner" in s.fields and c.block_size and "block_size" in s.fields:
     raise ValueError(f"config.loss.miner.name={c.miner.name!r} selects pairs in the dense "

@@ -142,26 +142,41 @@ def raw_from_margin(margin) -> jax.Array:
 
 def learnable_margin_contrastive(emb_a: jax.Array, emb_b: jax.Array, same: jax.Array,
                                  margin: jax.Array, squared: bool = True,
-                                 distance: str = "euclidean",
-                                 reduction: str = "mean") -> jax.Array:
-  """Contrastive loss with a trainable margin (seed 000, section 3.4.4).
+                                 distance: str = "euclidean", reduction: str = "mean",
+                                 margin_reward: float = 0.0, weights=None) -> jax.Array:
+  """Contrastive loss with a trainable margin (seed 000, section 3.4.4), kept from collapsing.
 
-    l_i = y_i * 0.5 * d_i^2 + (1 - y_i) * 0.5 * max(0, m - d_i)^2     (squared=True)
+    l_i = y_i * 0.5 * d_i^2 + (1 - y_i) * 0.5 * max(0, m - d_i)^2 - lambda * m   (squared=True)
 
-  Identical to `contrastive`, except that `margin` is meant to be differentiated: the trainer
-  keeps an unconstrained scalar `raw` in `params["loss"]["margin"]`, passes
-  `margin = margin_from_raw(raw) = softplus(raw)` (always > 0) and logs that value;
-  `raw_from_margin(m0)` gives the initial raw value for margin m0. The gradient with respect to
-  m is -(1 - y_i) * max(0, m - d_i) per pair (squared form), so on its own the loss pushes the
-  margin towards 0; it is useful only together with the distance terms it shapes (seed 000
-  reports a higher pair accuracy than with a fixed margin).
+  with lambda = `margin_reward` >= 0. The trainer keeps an unconstrained scalar `raw` in
+  `params["loss"]["margin_raw"]`, passes `margin = margin_from_raw(raw) = softplus(raw)` (> 0)
+  and logs it as train/margin; `raw_from_margin(m0)` gives the initial raw value for margin m0.
+
+  Why the reward: the seed's loss alone has a degenerate optimum. Its derivative in m is
+  dL/dm = mean_i (1 - y_i) max(0, m - d_i) >= 0 (squared form; hinge: the fraction of negatives
+  with d_i < m), so gradient descent only ever lowers m, to 0, where the negative term
+  vanishes and the loss is the positives' alone. The linear reward -lambda * m (a bounded,
+  regularised margin, as the issue allows) moves the stationary point to
+    mean_i (1 - y_i) max(0, m - d_i) = lambda,
+  i.e. m settles where the negatives' mean hinge violation equals lambda: it tracks the
+  distance distribution of the negatives (an adaptive margin) and never reaches 0 while the
+  negatives are separated (at m -> 0 the derivative tends to -lambda < 0). lambda = 0 is the
+  seed's formula exactly (and collapses; tests/losses_margin_test.py shows both).
 
   Args:
     emb_a, emb_b: [B, D]; same: [B] bool/int; margin: scalar array (> 0 when concrete);
-    squared / distance / reduction: as in `contrastive`.
+    squared / distance / reduction / weights: as in `contrastive` ("none" subtracts lambda * m
+      from every pair's loss, so its mean is the "mean" value).
+    margin_reward: lambda >= 0, a Python float.
   """
-  return contrastive(emb_a, emb_b, same, margin=margin, squared=squared, distance=distance,
-                     reduction=reduction)
+  _checks.check_scalar(margin_reward, "margin_reward")
+  if not margin_reward >= 0:
+    raise ValueError(f"margin_reward must be >= 0, got {margin_reward!r}")
+  base = contrastive(emb_a, emb_b, same, margin=margin, squared=squared, distance=distance,
+                     reduction=reduction, weights=weights)
+  if reduction == "sum":
+    return base - margin_reward * emb_a.shape[0] * jnp.asarray(margin, base.dtype)
+  return base - margin_reward * jnp.asarray(margin, base.dtype)
 
 
 def pair_bce(logits: jax.Array, same: jax.Array, reduction: str = "mean") -> jax.Array:
