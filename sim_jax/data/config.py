@@ -7,7 +7,7 @@ from ml_collections import config_dict
 def augment_config() -> ml_collections.ConfigDict:
   """Config of `sim_jax.data.augment.make_augment_fn` (the `config.data.augment` section)."""
   c = ml_collections.ConfigDict()
-  c.name = "none"  # none | simclr | randaugment | trivialaugment | glyph
+  c.name = "none"  # none | simclr | randaugment | trivialaugment | glyph | autoaugment
   c.strength = 1.0  # scales every magnitude (0 = identity, 1 = the paper's default strength)
   c.num_ops = 2  # RandAugment: operations applied per image
   c.magnitude = 9  # RandAugment: magnitude on the 0..30 scale of Cubuk et al. 2020
