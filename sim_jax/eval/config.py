@@ -61,6 +61,8 @@ def default_config() -> ml_collections.ConfigDict:
   # zeroshot_train_split's labels (when that split is given).
   c.zeroshot_split = "heldout"
   c.zeroshot_train_split = "train"
+  # k of the leave-one-out k-NN F1 within the zero-shot classes (zeroshot/knn_f1_macro); 0: off.
+  c.zeroshot_knn_k = 0
 
   # Metric that picks the best checkpoint, and whether larger (max) or smaller (min) is better.
   c.best_metric = "retrieval/mrr@5"
