@@ -11,7 +11,7 @@
   reference holds N images per class, not the whole train split.
 - `"<dataset>:<split>"`, an eval split of another dataset (cross-domain zero-shot, seed 004 4.7:
   trained on one data set, embeddings of another): that dataset's split built with its default
-  options, formatted to this config's image size and channels.
+  options, resized (bilinear) and converted to this config's image size and channels.
 
 The subset and the copies depend on the data config only (`data.subset_seed`, not the training
 seed), so the reference set, the floors and the copies are the same for every training seed.
@@ -68,31 +68,40 @@ def augmented_copies(images: np.ndarray, aug_config: ml_collections.ConfigDict, 
   return out
 
 
-def offline_train_source(source, data_config: ml_collections.ConfigDict):
-  """(ArraySource of the subset's originals then its `augmentation_factor - 1` fixed augmented
-  copies, indices = all of it). Raises ValueError for augmentation_factor < 2 (nothing to add)."""
+def uses_subset(data_config: ml_collections.ConfigDict) -> bool:
+  return data_config.samples_per_class is not None or uses_offline(data_config)
+
+
+def subset_train_source(source, data_config: ml_collections.ConfigDict):
+  """(ArraySource, example indices) of the rows trained on, in memory: the samples_per_class
+  subset (reading only those records: no decode of the whole split), then either the
+  `augmentation_factor - 1` fixed augmented copies (offline_augment set) after the originals,
+  or `augmentation_factor` repeats of the indices. Raises ValueError for offline augmentation
+  with augmentation_factor < 2 (nothing to add)."""
   factor = int(data_config.augmentation_factor)
-  if factor < 2:
+  if uses_offline(data_config) and factor < 2:
     raise ValueError(f"data.offline_augment.name={data_config.offline_augment.name!r} needs "
                      f"data.augmentation_factor >= 2 (copies per image), got {factor}")
-  base = subset_indices(source.labels, data_config)
-  rec = source.read(base)
+  rec = source.read(subset_indices(source.labels, data_config))
   images = sources.format_images(rec["image"], data_config.image_size, data_config.channels)
+  labels, ids = rec["label"], rec["id"]
+  if not uses_offline(data_config):
+    out = sources.ArraySource(images, labels, ids, source.num_classes)
+    return out, samplers.augmentation_factor_indices(len(out), factor)
   extra = augmented_copies(images, data_config.offline_augment, factor - 1,
                            int(data_config.subset_seed))
-  out = sources.ArraySource(np.concatenate([images, extra]), np.tile(rec["label"], factor),
-                            np.tile(rec["id"], factor), source.num_classes)
+  out = sources.ArraySource(np.concatenate([images, extra]), np.tile(labels, factor),
+                            np.tile(ids, factor), source.num_classes)
   return out, np.arange(len(out), dtype=np.int64)
 
 
 def cross_domain_config(data_config: ml_collections.ConfigDict,
                         name: str) -> ml_collections.ConfigDict:
-  """The default data config of dataset `name`, at this config's image size and channels."""
+  """The default data config of dataset `name` (its default build, already prepared where the
+  dataset is used elsewhere); `load_split` formats its images to this config's size."""
   other = data_config_lib.default_config()
   other.name = name
   other.data_dir = data_config.data_dir
-  other.image_size = data_config.image_size
-  other.channels = data_config.channels
   return other
 
 

@@ -76,7 +76,10 @@ def load_split(data_config: ml_collections.ConfigDict, split: str) -> dict[str, 
   """
   other, inner = offline.split_reference(split)
   if other is not None:
-    return load_split(offline.cross_domain_config(data_config, other), inner)
+    out = load_split(offline.cross_domain_config(data_config, other), inner)
+    out["image"] = sources.format_images(out["image"], data_config.image_size,
+                                         data_config.channels)
+    return out
   source = open_split(data_config, data_config.train_split if split == offline.TRAINED else split)
   if len(source) == 0:
     raise ValueError(f"split {split!r} of dataset {data_config.name!r} is empty")
@@ -245,10 +248,11 @@ def create_train_iterator(data_config: ml_collections.ConfigDict, *, global_batc
   `set_state()` (and Orbax via `grain.checkpoint.CheckpointSave`) resume exactly.
   """
   batch_size = validate_train_args(data_config, global_batch_size, process_count)
-  source = cached(open_split(data_config, data_config.train_split), data_config)
-  if offline.uses_offline(data_config):  # fixed augmented copies in memory (seed 004 4.5)
-    source, pool = offline.offline_train_source(source, data_config)
+  source = open_split(data_config, data_config.train_split)
+  if offline.uses_subset(data_config):  # N per class (+ fixed augmented copies) in memory
+    source, pool = offline.subset_train_source(source, data_config)
   else:
+    source = cached(source, data_config)
     pool = train_example_indices(source.labels, data_config, seed, 0, 1)
   maker = BatchMaker(source, pool, data_config, global_batch_size, seed, process_index,
                      process_count)
