@@ -16,18 +16,22 @@ reference is what the model saw, as the seed's 4.4 needs), and MAP@R of the test
   python launch.py --config=configs/embeddings.py --workdir=runs/embeddings
 
 One command per table (resumable; the variants of a table interleaved, seed by seed):
-  python ablate.py --config=configs/embeddings.py --ablation=backbones --workdir=runs/emb_backbones
-  python ablate.py --config=configs/embeddings.py --ablation=losses --workdir=runs/emb_losses
+  python ablate.py --config=configs/embeddings.py --ablation=backbones \
+      --workdir=runs/embeddings_backbones
+  python ablate.py --config=configs/embeddings.py --ablation=losses \
+      --workdir=runs/embeddings_losses
   python ablate.py --config=configs/embeddings.py --ablation=embedding_sizes \
-      --workdir=runs/emb_embedding_sizes
+      --workdir=runs/embeddings_embedding_sizes
   python ablate.py --config=configs/embeddings.py --ablation=samples_per_class \
-      --workdir=runs/emb_samples_per_class
+      --workdir=runs/embeddings_samples_per_class
   python ablate.py --config=configs/embeddings.py --ablation=augmentation_factor \
-      --workdir=runs/emb_augmentation_factor
+      --workdir=runs/embeddings_augmentation_factor
   python ablate.py --config=configs/embeddings.py --ablation=augmentation \
-      --workdir=runs/emb_augmentation
-  python ablate.py --config=configs/embeddings.py --ablation=zeroshot --workdir=runs/emb_zeroshot
-  python ablate.py --config=configs/embeddings.py --ablation=combined --workdir=runs/emb_combined
+      --workdir=runs/embeddings_augmentation
+  python ablate.py --config=configs/embeddings.py --ablation=zeroshot \
+      --workdir=runs/embeddings_zeroshot
+  python ablate.py --config=configs/embeddings.py --ablation=combined \
+      --workdir=runs/embeddings_combined
 
 Tables (the seed's section in brackets):
   backbones          lenet5 | vit_tiny | swin_tiny | resnet18 | mobilenet_v3_small |

@@ -2,12 +2,14 @@
 
   python docs/experiments/embeddings_report.py [--runs=runs] [--out=docs/experiments]
 
-For every table `runs/emb_<table>` that has run: `embeddings_tsne_<table>.png`, the t-SNE of
+For every table `runs/embeddings_<table>` that has run: `embeddings_tsne_<table>.png`, the t-SNE of
 600 test embeddings of each variant (seed 0's final checkpoint; held-out classes too where the
 variant has them), and
 `embeddings_curves_<table>.md`, 5-NN macro F1 over training steps per variant (step 0 is the
 random-init floor the run recorded; the rest its evaluations), mean over the seeds that reached
-the step, to show whether the rows compared have converged.
+the step, to show whether the rows compared have converged; and `embeddings_table_<table>.md`,
+the seed's F1 beside ours with both floors. Rows come from the finished runs' final_metrics.json
+(a table stopped part-way shows its finished rows and "not run").
 """
 
 from __future__ import annotations
@@ -55,16 +57,31 @@ SEED = {
 TSNE_POINTS = 600  # test images per t-SNE panel
 
 
-def variant_dirs(table_dir: str) -> list[tuple[str, list[str]]]:
-  """[(label, [run dirs: seed_* or the variant dir])] in ablation.json's order."""
-  with open(os.path.join(table_dir, "ablation.json")) as f:
-    labels = [v["label"] for v in json.load(f)["variants"]]
+def variant_dirs(table: str, table_dir: str) -> list[tuple[str, list[str]]]:
+  """[(label, [finished run dirs: seed_* or the variant dir])] in the config's order (read from
+  the run directories, so that a table stopped part-way still shows its finished rows)."""
   out = []
-  for label in labels:
-    runs = sorted(glob.glob(os.path.join(table_dir, label, "seed_*"))) or \
-        [os.path.join(table_dir, label)]
-    out.append((label, [r for r in runs if os.path.exists(os.path.join(r, "final_metrics.json"))]))
+  for v in as_ablation(embeddings.get_ablations()[table]).variants:
+    runs = sorted(glob.glob(os.path.join(table_dir, v.label, "seed_*"))) or \
+        [os.path.join(table_dir, v.label)]
+    done = [r for r in runs if os.path.exists(os.path.join(r, "final_metrics.json"))]
+    out.append((v.label, done))
   return out
+
+
+def summary(runs, metric: str, kind: str) -> dict | None:
+  """{"mean", "min", "max", "n"} of `metric` over the runs ("metrics" or a floor's name)."""
+  values = []
+  for run in runs:
+    with open(os.path.join(run, "final_metrics.json")) as f:
+      final = json.load(f)
+    block = final["metrics"] if kind == "metrics" else final.get("floors", {}).get(kind, {})
+    if metric in block:
+      values.append(float(block[metric]))
+  if not values:
+    return None
+  return {"mean": float(np.mean(values)), "min": min(values), "max": max(values),
+          "n": len(values)}
 
 
 def variant_config(table: str, label: str, seed: int):
@@ -145,20 +162,21 @@ def _fmt(summary) -> str:
   return f"{summary['mean']:.3f}"
 
 
-def side_by_side(table: str, record: dict) -> str:
+def side_by_side(table: str, variants) -> str:
   """Markdown: the seed's F1 beside ours (mean, min-max over seeds) and both floors."""
   seed = SEED.get(table, {})
-  zs = any((v["summary"].get(ZEROSHOT) or {}).get("metric") for v in record["variants"])
+  zs = any(summary(runs, ZEROSHOT, "metrics") for _, runs in variants)
   head = "| variant | seed's F1 | our 5-NN macro F1 | raw pixels | random init |"
-  head += " zero-shot 5-NN F1 | its raw pixels |" if zs else ""
-  lines = [head, "|---|---:|---:|---:|---:|" + ("---:|---:|" if zs else "")]
-  for v in record["variants"]:
-    m = v["summary"].get(METRIC) or {}
-    row = (f"| {v['label']} | {seed.get(v['label'], '-')} | {_fmt(m.get('metric'))} | "
-           f"{_fmt(m.get('raw_pixels'))} | {_fmt(m.get('random_init'))} |")
-    if zs:
-      z = v["summary"].get(ZEROSHOT) or {}
-      row += f" {_fmt(z.get('metric'))} | {_fmt(z.get('raw_pixels'))} |"
+  head += " zero-shot 5-NN F1 | its raw pixels | its random init |" if zs else ""
+  lines = [head, "|---|---:|---:|---:|---:|" + ("---:|---:|---:|" if zs else "")]
+  for label, runs in variants:
+    cells = [_fmt(summary(runs, METRIC, k)) for k in ("metrics", "raw_pixels", "random_init")]
+    row = f"| {label} | {seed.get(label, '-')} | " + " | ".join(cells) + " |"
+    if not runs:
+      row = f"| {label} | {seed.get(label, '-')} | not run |  |  |"
+    elif zs:
+      row += " " + " | ".join(_fmt(summary(runs, ZEROSHOT, k))
+                              for k in ("metrics", "raw_pixels", "random_init")) + " |"
     lines.append(row)
   return "\n".join(lines) + "\n"
 
@@ -171,16 +189,14 @@ def main() -> None:
   parser.add_argument("--no_tsne", action="store_true")
   args = parser.parse_args()
   for table in args.tables.split(","):
-    table_dir = os.path.join(args.runs, f"emb_{table}")
-    if not os.path.exists(os.path.join(table_dir, "ablation.json")):
-      print(f"skipped {table}: no {table_dir}/ablation.json")
+    table_dir = os.path.join(args.runs, f"embeddings_{table}")
+    variants = variant_dirs(table, table_dir)
+    if not any(runs for _, runs in variants):
+      print(f"skipped {table}: no finished run in {table_dir}")
       continue
-    variants = variant_dirs(table_dir)
-    with open(os.path.join(table_dir, "ablation.json")) as f:
-      record = json.load(f)
     path = os.path.join(args.out, f"embeddings_table_{table}.md")
     with open(path, "w") as f:
-      f.write(side_by_side(table, record))
+      f.write(side_by_side(table, variants))
     print(f"wrote {path}")
     if not args.no_tsne:
       tsne_panels(table, variants, os.path.join(args.out, f"embeddings_tsne_{table}.png"))
