@@ -32,20 +32,22 @@ def _r(spec: str, *keys: str) -> None:
     RANGES[key] = (float(low), float(high), spec[0] == "[", spec[-1] == "]")
 
 
-_r("[0, 4294967295]", "seed", "eval.pool_seed", "eval.verification_seed", "eval.fewshot_seed")
+_r("[0, 4294967295]", "seed", "data.subset_seed", "eval.pool_seed", "eval.verification_seed",
+   "eval.fewshot_seed")
 # data
 _r("[1, inf)", "data.image_size", "data.examples_per_class", "data.num_foils",
    "data.samples_per_class", "data.augmentation_factor", "data.worker_buffer_size",
    "data.prefetch_batches", "data.renders_per_font", "data.min_families")
 _r("[1, 3]", "data.channels")
 _r("[0, inf)", "data.validation_size", "data.worker_count", "data.cache_mb",
-   "data.prefetch_threads", "data.max_bad_images", "data.augment.strength", "data.augment.num_ops")
+   "data.prefetch_threads", "data.max_bad_images", "data.augment.strength", "data.augment.num_ops",
+   "data.offline_augment.strength", "data.offline_augment.num_ops")
 _r("[2, inf)", "data.max_classes")
 _r("[0, 1]", "data.pos_fraction")
 _r("[0, 1)", "data.heldout_class_fraction", "data.test_fraction",
    "data.validation_class_fraction")
-_r("[0, 30]", "data.augment.magnitude")
-_r("(0, 1]", "data.augment.min_scale")
+_r("[0, 30]", "data.augment.magnitude", "data.offline_augment.magnitude")
+_r("(0, 1]", "data.augment.min_scale", "data.offline_augment.min_scale")
 # model
 _r("[1, inf)", "model.in_channels", "model.width", "model.attention_tokens",
    "model.attention_heads", "model.attention_reduction", "model.patch_size",
@@ -113,6 +115,7 @@ _r("(0, inf)", "eval.graph.learning_rate", "eval.graph.temperature")
 _r("[0, 4294967295]", "eval.graph.seed")
 _r("[0, inf)", "eval.fewshot_finetune_steps")
 _r("(0, inf)", "eval.fewshot_finetune_lr")
+_r("[0, inf)", "eval.zeroshot_knn_k")
 
 
 def _is_number(v: Any) -> bool:

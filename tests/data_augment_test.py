@@ -74,7 +74,7 @@ def test_hue_full_turn_and_saturation_zero():
   np.testing.assert_allclose(g[..., 0], np.asarray(x) @ [0.299, 0.587, 0.114], atol=1e-5)
 
 
-@pytest.mark.parametrize("field,value", [("name", "autoaugment"), ("strength", -1.0),
+@pytest.mark.parametrize("field,value", [("name", "augmix"), ("strength", -1.0),
                                          ("magnitude", 31)])
 def test_bad_config(field, value):
   cfg = augment_config()

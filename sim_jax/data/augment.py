@@ -12,6 +12,8 @@ Families (`aug_config.name`):
   at 32 px, scaled with H), with s = `strength`.
 - `randaugment` (Cubuk et al. 2020): `num_ops` ops drawn uniformly, each at `magnitude`/30.
 - `trivialaugment` (Mueller & Hutter 2021): one op, magnitude uniform in [0, 1].
+- `autoaugment` (Cubuk et al. 2019): the ImageNet policy, one of 25 fixed sub-policies of two
+  ops, on 8-bit levels as PIL computes them (`sim_jax.data.autoaugment`; `strength` unused).
 - `glyph`: affine jitter (rotation, scale, shift), stroke thickness (3x3 max / min pooling =
   dilation / erosion, each p=1/3) and additive Gaussian background noise (sigma 0.08*s).
 Geometric ops resample bilinearly (`jax.scipy.ndimage.map_coordinates`) and fill outside the
@@ -26,7 +28,9 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-NAMES = ("none", "simclr", "randaugment", "trivialaugment", "glyph")
+from sim_jax.data import autoaugment
+
+NAMES = ("none", "simclr", "randaugment", "trivialaugment", "glyph", "autoaugment")
 
 
 def _warp(img: jax.Array, inv: jax.Array) -> jax.Array:
@@ -221,6 +225,8 @@ def make_augment_fn(aug_config: ml_collections.ConfigDict):
                             magnitude=min(1.0, float(aug_config.magnitude) / 30.0 * strength))
   elif name == "trivialaugment":
     one = functools.partial(trivialaugment, strength=min(1.0, strength))
+  elif name == "autoaugment":
+    one = autoaugment.autoaugment
   else:
     one = functools.partial(glyph, strength=strength)
 

@@ -7,7 +7,7 @@ from ml_collections import config_dict
 def augment_config() -> ml_collections.ConfigDict:
   """Config of `sim_jax.data.augment.make_augment_fn` (the `config.data.augment` section)."""
   c = ml_collections.ConfigDict()
-  c.name = "none"  # none | simclr | randaugment | trivialaugment | glyph
+  c.name = "none"  # none | simclr | randaugment | trivialaugment | glyph | autoaugment
   c.strength = 1.0  # scales every magnitude (0 = identity, 1 = the paper's default strength)
   c.num_ops = 2  # RandAugment: operations applied per image
   c.magnitude = 9  # RandAugment: magnitude on the 0..30 scale of Cubuk et al. 2020
@@ -29,6 +29,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.pos_fraction = 0.5  # pairs: fraction of POS (same-class) pairs in each batch
   c.num_foils = 19  # pools: foils per candidate pool (seed 003: 1 true match + 19 foils)
   c.samples_per_class = config_dict.placeholder(int)  # keep N examples per class (seed 004 4.4)
+  c.subset_seed = 0  # which samples_per_class rows are kept (data, not training: same per seed)
   c.augmentation_factor = 1  # repeat the train set this many times per epoch (seed 004 4.5)
   c.worker_count = 0  # grain worker processes (0: load in the main process)
   c.worker_buffer_size = 2  # batches each grain worker prepares ahead
@@ -53,4 +54,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.skip_bad_images = False  # image_folder: skip unreadable images instead of raising
   c.max_bad_images = 10  # image_folder: with skipping, fail when more images than this are bad
   c.augment = augment_config()  # on-device augmentation, applied by the trainer
+  # Fixed augmented copies (seed 004 4.5): augmentation_factor - 1 copies of each train image,
+  # made once from subset_seed ("none": augmentation_factor only repeats; sim_jax.data.offline).
+  c.offline_augment = augment_config()
   return c

@@ -31,7 +31,7 @@ import grain
 import ml_collections
 import numpy as np
 
-from sim_jax.data import registry, samplers, sources
+from sim_jax.data import offline, registry, samplers, sources
 
 # Large enough to never run out; grain needs a finite length for a MapDataset.
 _INFINITE = 2**62
@@ -69,12 +69,24 @@ def get_info(data_config: ml_collections.ConfigDict) -> DatasetInfo:
 def load_split(data_config: ml_collections.ConfigDict, split: str) -> dict[str, np.ndarray]:
   """All of `split`, formatted: `{"image": uint8 [N,H,W,C], "label": int32 [N], "id": int64 [N]}`.
 
+  Two split names of seed 004 (`sim_jax.data.offline`): "trained" is the rows of the train split
+  the model trains on (the samples_per_class subset), "<dataset>:<split>" a split of another
+  dataset (its default build) at this config's image size and channels.
   Raises ValueError for an empty split (evaluation on it would report NaN).
   """
-  source = open_split(data_config, split)
+  other, inner = offline.split_reference(split)
+  if other is not None:
+    out = load_split(offline.cross_domain_config(data_config, other), inner)
+    out["image"] = sources.format_images(out["image"], data_config.image_size,
+                                         data_config.channels)
+    return out
+  source = open_split(data_config, data_config.train_split if split == offline.TRAINED else split)
   if len(source) == 0:
     raise ValueError(f"split {split!r} of dataset {data_config.name!r} is empty")
-  out = source.read(np.arange(len(source)))
+  rows = np.arange(len(source))
+  if split == offline.TRAINED:
+    rows = offline.subset_indices(source.labels, data_config)
+  out = source.read(rows)
   out["image"] = sources.format_images(out["image"], data_config.image_size, data_config.channels)
   return {"image": out["image"], "label": out["label"].astype(np.int32),
           "id": out["id"].astype(np.int64)}
@@ -130,14 +142,14 @@ def train_example_indices(labels: np.ndarray, data_config: ml_collections.Config
                           process_index: int, process_count: int) -> np.ndarray:
   """Indices into the train source that the sampler draws from (for process_count=1: all).
 
-  Order: samples-per-class subset (seed 004 4.4, drawn with `seed`) -> augmentation factor copies
-  (4.5) -> strided per-process shard (equal length on every process, disjoint). The train
+  Order: samples-per-class subset (seed 004 4.4, drawn with `data.subset_seed`, so that it is the
+  "trained" eval split whatever the training seed) -> augmentation factor copies (4.5) ->
+  strided per-process shard (equal length on every process, disjoint). The train
   iterator samples global batches from the unsharded indices and slices them per process (see the
   module docstring); the sharded form serves code that wants a static per-process partition.
   """
-  base = np.arange(len(labels), dtype=np.int64)
-  if data_config.samples_per_class is not None:
-    base = samplers.samples_per_class_subset(labels, int(data_config.samples_per_class), seed)
+  del seed  # the subset is part of the data (data.subset_seed), not of the training run
+  base = offline.subset_indices(labels, data_config)
   base = base[samplers.augmentation_factor_indices(len(base), int(data_config.augmentation_factor))]
   return base[samplers.shard_indices(len(base), process_index, process_count)]
 
@@ -236,8 +248,12 @@ def create_train_iterator(data_config: ml_collections.ConfigDict, *, global_batc
   `set_state()` (and Orbax via `grain.checkpoint.CheckpointSave`) resume exactly.
   """
   batch_size = validate_train_args(data_config, global_batch_size, process_count)
-  source = cached(open_split(data_config, data_config.train_split), data_config)
-  pool = train_example_indices(source.labels, data_config, seed, 0, 1)
+  source = open_split(data_config, data_config.train_split)
+  if offline.uses_subset(data_config):  # N per class (+ fixed augmented copies) in memory
+    source, pool = offline.subset_train_source(source, data_config)
+  else:
+    source = cached(source, data_config)
+    pool = train_example_indices(source.labels, data_config, seed, 0, 1)
   maker = BatchMaker(source, pool, data_config, global_batch_size, seed, process_index,
                      process_count)
   logging.info("data: %s/%s sampler=%s global batch=%d (%d on process %d/%d), %d examples",

@@ -71,6 +71,8 @@ def default_config() -> ml_collections.ConfigDict:
   # zeroshot_train_split's labels (when that split is given).
   c.zeroshot_split = "heldout"
   c.zeroshot_train_split = "train"
+  # k of the leave-one-out k-NN F1 within the zero-shot classes (zeroshot/knn_f1_macro); 0: off.
+  c.zeroshot_knn_k = 0
 
   # Robust pair accuracy (sim_jax/eval/robust.py): the verification rule on robust_num_pairs
   # query_split pairs attacked by each of these ("fgsm,pgd"; "" = off) with

@@ -216,7 +216,10 @@ class ZeroShotEvaluator:
   """Retrieval within `split` on the classes absent from `train_split` (seed 004, 4.7).
 
   If `train_split` is "" or absent from the labels dict, every class of `split` is used (the
-  split is assumed to be held out already). Reports retrieval metrics plus num_classes.
+  split is assumed to be held out already; "<dataset>:<split>" names another dataset's split,
+  the cross-domain row). Reports retrieval metrics plus num_classes and, with knn_k > 0, the
+  seed's F1: leave-one-out knn_k-NN accuracy and macro F1 within those classes (`knn_f1_macro`;
+  the seed split them half reference, half queries).
   """
   split: str
   train_split: str
@@ -225,6 +228,7 @@ class ZeroShotEvaluator:
   block_size: int
   query_block_size: int
   name: str = "zeroshot"
+  knn_k: int = 0
 
   @property
   def splits(self):
@@ -244,6 +248,10 @@ class ZeroShotEvaluator:
                                       block_size=self.block_size,
                                       query_block_size=self.query_block_size)
     out["num_classes"] = float(np.unique(y[keep]).size)
+    if self.knn_k:
+      loo = knn.knn_metrics(e[keep], y[keep], None, None, k=self.knn_k, metric=self.metric,
+                            block_size=self.block_size, query_block_size=self.query_block_size)
+      out.update({f"knn_{k}": v for k, v in loo.items()})
     return _prefixed(self.name, out)
 
 
@@ -281,7 +289,8 @@ def get_evaluators(eval_config) -> list:
                                                c.validation_gallery_split, ks, c.metric,
                                                **search_kw, name="validation"),
       "zeroshot": lambda: ZeroShotEvaluator(c.zeroshot_split, c.zeroshot_train_split, ks,
-                                            c.metric, **search_kw),
+                                            c.metric, **search_kw,
+                                            knn_k=int(c.zeroshot_knn_k)),
   }
   if c.pool_mode not in ("labels", "pairs", "cross"):
     raise ValueError(f"pool_mode must be 'labels', 'pairs' or 'cross', got {c.pool_mode!r}.")

@@ -23,6 +23,11 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   evaluators.get_evaluators(config.eval)
   if config.data.augment.name != "none":
     augment.make_augment_fn(config.data.augment)
+  if config.data.offline_augment.name != "none":
+    augment.make_augment_fn(config.data.offline_augment)
+    if config.data.augmentation_factor < 2:
+      raise ValueError("data.offline_augment needs data.augmentation_factor >= 2, got "
+                       f"{config.data.augmentation_factor}")
 
 
 def dataset_unavailable(data_config: ml_collections.ConfigDict,
