@@ -48,8 +48,14 @@ Issue 26's techniques, each an ablation on the same base (their results: not yet
                   graph (+ the icon-name relations) refines the embeddings at evaluation
   nas             hand_designed | searched (experiments.search; see the note at the variant)
   fewshot         bce | prototype | finetune: 5-way K-shot episodes of heldout names, K = 1, 5
-  dynamic_margin  fixed | learnable | adaptive (per-class, losses/adaptive_margin.py)
-  python ablate.py --config=configs/icons.py --ablation=NAME --workdir=runs/icons_NAME
+  margins         fixed | learnable | adaptive (per-class, losses/adaptive_margin.py)
+
+  python ablate.py --config=configs/icons.py --ablation=adversarial --workdir=runs/icons_adversarial
+  python ablate.py --config=configs/icons.py --ablation=ensemble --workdir=runs/icons_ensemble
+  python ablate.py --config=configs/icons.py --ablation=gnn --workdir=runs/icons_gnn
+  python ablate.py --config=configs/icons.py --ablation=nas --workdir=runs/icons_nas
+  python ablate.py --config=configs/icons.py --ablation=fewshot --workdir=runs/icons_fewshot
+  python ablate.py --config=configs/icons.py --ablation=margins --workdir=runs/icons_margins
 
 Differs from the paper, and why:
 - Data: the paper's icon set is not public; icon_themes is the offline stand-in.
@@ -157,11 +163,11 @@ def get_ablations():
       ],
       # Adversarial training (sim_jax/adversarial.py; half of each batch replaced, epsilon 8 of
       # 255, PGD: 7 steps of 2), every variant also scored on pairs attacked by FGSM and PGD
-      # (robust/*, sim_jax/eval/robust.py). Run with --seeds=3.
-      "adversarial": [
+      # (robust/*, sim_jax/eval/robust.py).
+      "adversarial": Ablation([
           Variant(label, {"train.adversarial.method": method, "eval.robust_attacks": "fgsm,pgd"})
           for label, method in (("clean", "none"), ("fgsm", "fgsm"), ("pgd", "pgd"))
-      ],
+      ], seeds=(0, 1, 2)),
       # Ensembles (--mode=evaluate --ensemble=...): three encoders trained with seeds 0, 1, 2, then
       # their embeddings combined (sim_jax/models/ensemble.py). Members carry their own seeds, so
       # run it without --seeds; the seed rows are the single-encoder spread.
@@ -201,7 +207,7 @@ def get_ablations():
       # Issue 26, dynamic margins: the contrastive loss with a fixed margin, one learnt margin,
       # and per-class margins kept above a floor and rewarded (sim_jax/losses/adaptive_margin.py;
       # logged as train/margin, their mean).
-      "dynamic_margin": Ablation([
+      "margins": Ablation([
           Variant("fixed", {"loss.name": "contrastive", "loss.margin": 1.0}),
           Variant("learnable", {"loss.name": "learnable_margin_contrastive", "loss.margin": 1.0}),
           Variant("adaptive", {"loss.name": "adaptive_margin_contrastive", "loss.margin": 1.0,

@@ -520,10 +520,10 @@ def _cited_results(text: str) -> set[str]:
 
 
 def test_results_kept_are_the_results_cited_and_every_citation_exists():
-  """bench/results/ keeps what docs/performance.md, the experiment reports and the README cite
-  (and each kept JSON's markdown twin), and every file they cite is there."""
+  """bench/results/ keeps what docs/performance.md, docs/losses.md, the experiment reports and the
+  README cite (and each kept JSON's markdown twin), and every file they cite is there."""
   reports = glob.glob(os.path.join(_REPO, "docs", "experiments", "*.md"))
-  pages = ["README.md", "docs/performance.md", "bench/README.md"] + sorted(
+  pages = ["README.md", "docs/performance.md", "docs/losses.md", "bench/README.md"] + sorted(
       os.path.relpath(p, _REPO) for p in reports)
   docs = "".join(open(os.path.join(_REPO, p)).read() for p in pages)
   cited = _cited_results(docs)

@@ -48,6 +48,11 @@ INPUTS = {
     "pair_bce": lambda a: (a["same"].astype(np.float32) - 0.5, a["same"]),
     "sigmoid_contrastive": lambda a: (a["same"].astype(np.float32) - 0.5, a["same"]),
     "subcenter_arcface": lambda a: (a["embeddings"], a["labels"], a["centers"]),
+    # The pairs' two classes and one raw margin per class.
+    "adaptive_margin_contrastive": lambda a: (
+        a["emb_a"], a["emb_b"], a["same"], a["labels"][:M // 2], a["labels"][M // 2:],
+        np.zeros(C, np.float32)),
+    "pool_triplet": lambda a: (a["embeddings"].reshape(2, M // 2, D),),  # 2 pools of 4 rows
 }
 # Public functions that are not losses of a batch (helpers, configs).
 NOT_LOSSES = {"default_config", "l2_normalize", "linear_logits", "margin_from_raw",
