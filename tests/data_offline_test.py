@@ -2,7 +2,6 @@
 cross-domain eval splits, and the zero-shot evaluator's leave-one-out k-NN F1."""
 
 import collections
-import tempfile
 
 import numpy as np
 import pytest
@@ -13,15 +12,8 @@ import sim_jax.data as sd
 from sim_jax.data import offline
 from sim_jax.eval import evaluators
 
-_DATA_DIR = tempfile.mkdtemp(prefix="sim_jax_offline_test_")
-
-
-def digits_config(**overrides):
-  c = sd.default_config()
-  c.name = "digits"
-  c.data_dir = _DATA_DIR
-  c.update(overrides)
-  return c
+# One prepared copy of digits, shared with the pipeline tests (it is built once per session).
+from tests.data_pipeline_test import digits_config
 
 
 def rows(images):
