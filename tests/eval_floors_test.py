@@ -5,9 +5,12 @@ split) and the untrained encoder's vectors computed with `model.apply` on parame
 directly from the seed's documented key schedule.
 """
 
+import shutil
+
 import numpy as np
 import pytest
 
+from configs import default
 from sim_jax.eval import floors
 
 pytestmark = pytest.mark.slow
@@ -116,3 +119,16 @@ def test_cached_floors_computes_once_per_key(tmp_path, monkeypatch):
   assert again["raw_pixels"] == first["raw_pixels"] == {"retrieval/mrr@5": 0.5}
   assert np.isnan(again["random_init"]["retrieval/mrr@5"])
   assert other["raw_pixels"]["retrieval/mrr@5"] == 0.75
+
+
+def test_floors_key_changes_with_the_evaluators_code(tmp_path):
+  # A copy of sim_jax/eval digests like the original; one changed byte in any evaluator (here a
+  # comment appended to retrieval.py) gives another digest, so cached floors are recomputed.
+  copy = tmp_path / "eval"
+  shutil.copytree(floors.EVAL_DIR, copy, ignore=shutil.ignore_patterns("__pycache__"))
+  assert floors.code_digest(str(copy)) == floors.code_digest()
+  with open(copy / "retrieval.py", "a") as f:
+    f.write("# changed\n")
+  assert floors.code_digest(str(copy)) != floors.code_digest()
+  config = default.get_config()
+  assert floors.floors_key(config, "raw_pixels")["code"] == floors.code_digest()

@@ -12,6 +12,7 @@ floor depends on training, so a resumed run recomputes the same numbers.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -26,6 +27,8 @@ FLOORS = ("raw_pixels", "random_init")
 # Opt-in directory memoising floors across runs (`cached_floors`); unset: computed every run.
 CACHE_ENV = "SIM_JAX_FLOORS_CACHE"
 FLOOR_LABELS = {"raw_pixels": "raw pixels", "random_init": "random init"}
+# The evaluators' sources: a cached floor is only valid for the code that computed it.
+EVAL_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
 def chance_levels(evaluators, embeddings: Mapping[str, np.ndarray],
@@ -107,13 +110,32 @@ def cached_floors(key: Mapping, compute: Callable[[], dict]) -> dict:
   return value
 
 
+def code_digest(directory: str = EVAL_DIR) -> str:
+  """sha256 over the names and bytes of `directory`'s *.py files (sorted by name).
+
+  Part of every floors key: an evaluator that gains a metric, or computes one differently, must
+  not be served floors that an older version cached (they would read "n/a", or be wrong).
+  """
+  h = hashlib.sha256()
+  for name in sorted(n for n in os.listdir(directory) if n.endswith(".py")):
+    with open(os.path.join(directory, name), "rb") as f:
+      h.update(name.encode() + b"\0" + f.read() + b"\0")
+  return h.hexdigest()
+
+
+@functools.cache
+def _eval_code_digest() -> str:
+  return code_digest(EVAL_DIR)  # the sources do not change within a process
+
+
 def floors_key(config, what: str) -> dict:
   """What a floor or the chance level depends on, never the training (the key of their opt-in
-  cache, CACHE_ENV): raw pixels on the data and evaluation; chance (random vectors of the
-  embeddings' shapes, seed 0) and the untrained encoder also on the model (not init_from), the
-  encoder on the seed, and both on the loss where the metric ranks classifier logits."""
+  cache, CACHE_ENV): raw pixels on the data, the evaluation and the evaluators' code; chance
+  (random vectors of the embeddings' shapes, seed 0) and the untrained encoder also on the model
+  (not init_from), the encoder on the seed, and both on the loss where the metric ranks
+  classifier logits."""
   c = json.loads(config.to_json_best_effort())
-  key = {"what": what, "data": c["data"], "eval": c["eval"]}
+  key = {"what": what, "data": c["data"], "eval": c["eval"], "code": _eval_code_digest()}
   if what != "raw_pixels":
     key["model"] = {k: v for k, v in c["model"].items() if k != "init_from"}
     if config.eval.metric in DISTRIBUTION_DISTANCES:
