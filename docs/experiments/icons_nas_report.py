@@ -4,6 +4,7 @@ r"""Tables and the trials plot of docs/experiments/icons_nas.md, from the search
       docs/experiments/icons_nas_trials.png
   python docs/experiments/icons_nas_report.py compare docs/experiments/icons_nas_ablation.json
   python docs/experiments/icons_nas_report.py cost runs/icons_nas
+  python docs/experiments/icons_nas_report.py steptime docs/experiments/icons_search_best.json
 
 trials plots the search's objective against the trial number (dots: complete trials, crosses
 at the bottom: failed ones; the line: the best value so far) from the search.json that
@@ -13,20 +14,39 @@ metrics, next to chance and the two floors where the metric has them. cost print
 of an ablation workdir, the encoder's parameter count and the median train step time, both read
 from the runs' log.txt (the trainer logs "Model multiscale: N parameters" and CLU's
 `steps_per_sec` every 25 steps; the first report is dropped, it includes compilation), and the
-wall time per run (ablation.json's seconds, summed over seeds, divided by the number of seeds).
+wall time per run (from the "=== ablate.py <time>" line the runner writes before launching to
+the log's last timestamped line: start-up, data, compilation, training and evaluation). Both
+are measured on the shared host under whatever else ran at the time; steptime is the fair
+comparison: the hand-designed config and the config with best.json's overrides, their jitted
+train steps built in one process and timed alternately (`--repeats` blocks of `--steps` steps
+on one synthetic batch, as docs/experiments/icons_step_time.py does), median seconds per step.
 """
 
+import datetime
 import glob
 import json
 import os
 import re
 import sys
+import time
 
+import jax
 import matplotlib
 import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, REPO)
+
+import icons_step_time  # noqa: E402  (this directory: the synthetic batch of the step timing)
+
+import sim_jax.data as sd  # noqa: E402
+from sim_jax import train  # noqa: E402
+from sim_jax.experiments import commands  # noqa: E402
+
+ICONS = os.path.join(REPO, "configs", "icons.py")
 
 # Metric -> the split it is measured on (validation: names disjoint from train, used to choose;
 # heldout: names never trained on or chosen on, reported only).
@@ -40,6 +60,8 @@ COMPARE = (
 )
 PARAMS = re.compile(r"Model \w+: ([\d,]+) parameters")
 STEPS_PER_SEC = re.compile(r"\[(\d+)\] steps_per_sec=([\d.]+)")
+HEADER = re.compile(r"^=== ablate.py (\S+):", re.M)
+GLOG_TIME = re.compile(r"^[IWE](\d{4}) (\d\d:\d\d:\d\d\.\d+)", re.M)
 
 
 def plot_trials(search_json: str, out_png: str) -> None:
@@ -117,32 +139,80 @@ def _floor(stats) -> str:
   return _cell(stats)
 
 
-def log_cost(log_path: str) -> tuple[int | None, float | None]:
-  """(parameters, median seconds per step) of a run's log.txt (its last launch only)."""
+def log_cost(log_path: str) -> tuple[int | None, float | None, float | None]:
+  """(parameters, median seconds per step, wall seconds) of a run's log.txt, its last launch."""
   with open(log_path, errors="replace") as f:
-    text = f.read().split("\n=== ablate.py ")[-1]
+    text = f.read()
+  starts = list(HEADER.finditer(text))
+  text = text[starts[-1].start():] if starts else text
   params = PARAMS.findall(text)
   rates = [float(r) for step, r in STEPS_PER_SEC.findall(text) if int(step) > 25]
+  wall = None
+  stamps = GLOG_TIME.findall(text)
+  if starts and stamps:
+    begin = datetime.datetime.fromisoformat(starts[-1].group(1))
+    mmdd, clock = stamps[-1]
+    end = datetime.datetime.fromisoformat(f"{begin.year}-{mmdd[:2]}-{mmdd[2:]}T{clock}")
+    wall = (end - begin).total_seconds()
   return (int(params[-1].replace(",", "")) if params else None,
-          1.0 / float(np.median(rates)) if rates else None)
+          1.0 / float(np.median(rates)) if rates else None, wall)
+
+
+def _spread(values, scale: float = 1.0, unit: str = "") -> str:
+  """'median [min-max]' of `values` times `scale`, or n/a."""
+  if not values:
+    return "n/a"
+  v = [scale * x for x in values]
+  return f"{np.median(v):.0f}{unit} [{min(v):.0f}-{max(v):.0f}]"
 
 
 def cost(workdir: str) -> None:
-  """Markdown: variant, parameters, median step time over its seeds' runs, wall time per run."""
-  with open(os.path.join(workdir, "ablation.json")) as f:
-    data = json.load(f)
-  print("| variant | parameters | step time (ms, median of runs [min-max]) | wall per run |")
+  """Markdown: variant, parameters, step time and wall time per run over its seeds' runs."""
+  labels = sorted(d for d in os.listdir(workdir) if glob.glob(os.path.join(workdir, d, "seed_*")))
+  print("| variant | parameters | step time, ms (median [min-max] of runs) | wall per run, s |")
   print("|---|---|---|---|")
-  for v in data["variants"]:
-    logs = sorted(glob.glob(os.path.join(workdir, v["label"], "seed_*", "log.txt")))
-    costs = [log_cost(p) for p in logs]
+  for label in labels:
+    costs = [log_cost(p) for p in sorted(glob.glob(os.path.join(workdir, label, "seed_*",
+                                                               "log.txt")))]
     params = sorted({c[0] for c in costs if c[0] is not None})
-    steps = [1000 * c[1] for c in costs if c[1] is not None]
-    per_run = v["seconds"] / max(len(v["seeds"]), 1) if v.get("seconds") else None
-    step = (f"{np.median(steps):.0f} [{min(steps):.0f}-{max(steps):.0f}]" if steps else "n/a")
-    wall = f"{per_run:.0f} s" if per_run else "n/a"
-    print(f"| {v['label']} | {', '.join(f'{p:,}' for p in params) or 'n/a'} | {step} | "
-          f"{wall} |")
+    steps = [c[1] for c in costs if c[1] is not None]
+    walls = [c[2] for c in costs if c[2] is not None]
+    print(f"| {label} | {', '.join(f'{p:,}' for p in params) or 'n/a'} | "
+          f"{_spread(steps, 1000.0)} | {_spread(walls)} |")
+
+
+def steptime(best_json: str, steps: int = 10, repeats: int = 5) -> None:
+  """Median seconds per jitted train step of the hand-designed and the searched config, timed
+  alternately in one process (so both see the same load)."""
+  with open(best_json) as f:
+    overrides = json.load(f)["overrides"]
+  # The configs launch.py would build (the ablation runner's own path from overrides to flags).
+  configs = {label: commands.child_config(commands.launch_command(ICONS, "unused", o), REPO)
+             for label, o in (("hand_designed", {}), ("searched", overrides))}
+  runs = {}
+  for label, config in configs.items():
+    batch = icons_step_time.batch_for(config)
+    info = sd.DatasetInfo("icon_themes", tuple(batch["image"].shape[-3:]), 64, {"train": 512})
+    setup = train.make_setup(config, devices=jax.devices()[:1], info=info)
+    state = train.init_state(setup, pretrained=False)
+    step = train.jit_train_step(setup)
+    state = step(state, batch)[0]  # compile; not timed
+    jax.block_until_ready(state)
+    params = sum(x.size for x in jax.tree.leaves(state.params))
+    runs[label] = [step, state, batch, params, []]
+  for _ in range(repeats):
+    for run in runs.values():
+      step, state, batch = run[:3]
+      t = time.perf_counter()
+      for _ in range(steps):
+        state = step(state, batch)[0]
+      jax.block_until_ready(state)
+      run[1] = state
+      run[4].append((time.perf_counter() - t) / steps)
+  print("| variant | parameters (encoder + head) | ms per train step (median [min-max]) |")
+  print("|---|---|---|")
+  for label, run in runs.items():
+    print(f"| {label} | {run[3]:,} | {_spread(run[4], 1000.0)} |")
 
 
 def main(argv):
@@ -152,6 +222,8 @@ def main(argv):
     compare(argv[2])
   elif len(argv) >= 3 and argv[1] == "cost":
     cost(argv[2])
+  elif len(argv) >= 3 and argv[1] == "steptime":
+    steptime(argv[2])
   else:
     print(__doc__, file=sys.stderr)
     return 2
