@@ -1,14 +1,16 @@
 r"""Tables and the trials plot of docs/experiments/icons_nas.md, from the search and the ablation.
 
   python docs/experiments/icons_nas_report.py trials docs/experiments/icons_search.json \
-      docs/experiments/icons_nas_trials.png
+      docs/experiments/icons_nas_trials.png docs/experiments/icons_nas_ablation.json
   python docs/experiments/icons_nas_report.py compare docs/experiments/icons_nas_ablation.json
   python docs/experiments/icons_nas_report.py cost runs/icons_nas
   python docs/experiments/icons_nas_report.py steptime docs/experiments/icons_search_best.json
 
 trials plots the search's objective against the trial number (dots: complete trials, crosses
 at the bottom: failed ones; the line: the best value so far) from the search.json that
-`python -m sim_jax.experiments.search` writes. compare prints, per variant of the ablation JSON
+`python -m sim_jax.experiments.search` writes; given an ablation JSON, the band is its
+hand_designed runs' min-max of the objective over seeds (the seed-to-seed spread of one
+architecture). compare prints, per variant of the ablation JSON
 that `ablate.py` writes, mean [min-max] over its runs (seeds) of the validation and heldout
 metrics, next to chance and the two floors where the metric has them. cost prints, per variant
 of an ablation workdir, the encoder's parameter count and the median train step time, both read
@@ -64,8 +66,9 @@ HEADER = re.compile(r"^=== ablate.py (\S+):", re.M)
 GLOG_TIME = re.compile(r"^[IWE](\d{4}) (\d\d:\d\d:\d\d\.\d+)", re.M)
 
 
-def plot_trials(search_json: str, out_png: str) -> None:
-  """Objective vs trial number, with the running best (maximisation or minimisation)."""
+def plot_trials(search_json: str, out_png: str, ablation_json: str | None = None) -> None:
+  """Objective vs trial number, with the running best (maximisation or minimisation) and,
+  from `ablation_json`, the hand-designed architecture's spread over seeds."""
   with open(search_json) as f:
     data = json.load(f)
   rows = data["trials"]
@@ -73,15 +76,22 @@ def plot_trials(search_json: str, out_png: str) -> None:
   xs = np.array([r["number"] for r in done])
   ys = np.array([r["value"] for r in done])
   better = np.maximum if data["direction"] == "MAXIMIZE" else np.minimum
-  fig, ax = plt.subplots(figsize=(6, 3.5))
+  fig, ax = plt.subplots(figsize=(8.5, 3.5))
   ax.plot(xs, ys, "o", label="trial")
   ax.step(xs, better.accumulate(ys), where="post", label="best so far")
+  if ablation_json:
+    with open(ablation_json) as f:
+      hand = [v for v in json.load(f)["variants"] if v["label"] == "hand_designed"]
+    band = run_stats(hand[0], data["objective"]) if hand else None
+    if band:
+      ax.axhspan(band["min"], band["max"], color="grey", alpha=0.25,
+                 label="hand-designed, min-max over seeds")
   failed = [r["number"] for r in rows if r["value"] is None]
   if failed:
     ax.plot(failed, [ys.min()] * len(failed), "x", color="red", label="failed")
   ax.set_xlabel("trial")
   ax.set_ylabel(data["objective"])
-  ax.legend(loc="lower right")
+  ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small")
   fig.tight_layout()
   fig.savefig(out_png, dpi=100)
   print(f"wrote {out_png}")
@@ -122,7 +132,7 @@ def run_stats(variant: dict, metric: str) -> dict | None:
   """mean / min / max of `metric` over the variant's finished runs (every final metric, not only
   the headline ones the summary keeps), or None."""
   values = [r["metrics"][metric] for r in variant.get("runs", [])
-            if r.get("status") == "ok" and metric in r.get("metrics", {})]
+            if r.get("status") in ("ok", "cached") and metric in r.get("metrics", {})]
   if not values:
     return None
   return {"mean": float(np.mean(values)), "min": min(values), "max": max(values)}
@@ -217,7 +227,7 @@ def steptime(best_json: str, steps: int = 10, repeats: int = 5) -> None:
 
 def main(argv):
   if len(argv) >= 4 and argv[1] == "trials":
-    plot_trials(argv[2], argv[3])
+    plot_trials(argv[2], argv[3], argv[4] if len(argv) > 4 else None)
   elif len(argv) >= 3 and argv[1] == "compare":
     compare(argv[2])
   elif len(argv) >= 3 and argv[1] == "cost":
