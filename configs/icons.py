@@ -46,7 +46,8 @@ Issue 26's techniques, each an ablation on the same base (their results: not yet
   ensemble        seed0..2 | ensemble_concat | ensemble_mean (--ensemble, models/ensemble.py)
   gnn             base | gnn_knn | gnn_names: a GCN (sim_jax/graph) fit on the train split's k-NN
                   graph (+ the icon-name relations) refines the embeddings at evaluation
-  nas             hand_designed | searched (experiments.search; see the note at the variant)
+  nas             hand_designed | searched: the best of a 12-trial Optuna search on validation
+                  (experiments.search; docs/experiments/icons_nas.md)
   fewshot         bce | prototype | finetune: 5-way K-shot episodes of heldout names, K = 1, 5
   margins         fixed | learnable | adaptive (per-class, losses/adaptive_margin.py)
 
@@ -186,13 +187,17 @@ def get_ablations():
           Variant("gnn_names", {"eval.graph.relations": "knn,parent,token"}, evaluates="base"),
       ], seeds=(0, 1, 2)),
       # Issue 26 (sim_jax/experiments/search.py): the hand-designed encoder vs the architecture
-      # search's best.json overrides (its command: docs/gnn_and_search.md). Until that search
-      # has run on icons, "searched" holds a hand-picked point of the space, not a search result.
+      # search's best trial, trial 1 of `python -m sim_jax.experiments.search
+      # --config=configs/icons.py --workdir=runs/icons_search --trials=12
+      # --objective=verification/head_roc_auc_validation` (docs/experiments/icons_search_best.json;
+      # 12 trials of 300 steps, docs/experiments/icons_nas.md): 2 stages instead of 3,
+      # channel-spatial attention before the pooling, 128-d embeddings; kernels and width as
+      # hand-designed.
       "nas": Ablation([
           Variant("hand_designed", {}),
-          Variant("searched", {"model.multiscale_kernels": (1, 3, 5, 7), "model.width": 12,
-                               "model.multiscale_stages": 3, "model.attention": "before",
-                               "model.embedding_dim": 64}),
+          Variant("searched", {"model.multiscale_kernels": (1, 3, 5), "model.width": 4,
+                               "model.multiscale_stages": 2, "model.attention": "before",
+                               "model.embedding_dim": 128}),
       ], seeds=(0, 1, 2)),
       # Issue 26, few-shot adaptation (sim_jax/eval/fewshot.py): 5-way episodes of heldout names
       # (never trained on), K = 1 and 5 shots, 1 query per name (a name has >= 5 drawings, so
