@@ -1,11 +1,7 @@
 r"""`sim-jax-search` / `python -m sim_jax.experiments.search`: a budgeted architecture search.
 
-  python -m sim_jax.experiments.search --config=configs/icons.py --workdir=runs/icons_nas \
-      --trials=12 --objective=validation/map@r --set train.steps=300 \
-      --set eval.protocols=verification,retrieval,validation \
-      --set "data.eval_splits=('train','test','heldout')" \
-      --set eval.validation_query_split=test --set eval.validation_gallery_split=train \
-      --retrain_seeds=3
+  python -m sim_jax.experiments.search --config=configs/icons.py --workdir=runs/icons_search \
+      --trials=12 --objective=verification/head_roc_auc_validation --retrain_seeds=3
 
 Optuna's TPE sampler (Bergstra et al. 2011; Optuna's default, a maintained black-box optimiser)
 proposes points of the multi-scale encoder's design space (`SPACE`: branch kernel sets, base
