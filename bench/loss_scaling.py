@@ -26,8 +26,10 @@ lifted_structure: dense and streaming; fast_ap: dense) run beside pml's MultiSim
 CircleLoss, GeneralizedLiftedStructureLoss, NCALoss, LiftedStructureLoss and FastAPLoss at the
 same N (two views of N/2 instances, as above). `--largest_n_gib` reports, per loss and
 implementation, the largest N whose compiled loss + gradient fits the budget by XLA's memory
-analysis (temp + arguments + outputs), found by doubling N and bisecting (multiples of 256);
-nothing is run.
+analysis (temp + arguments + outputs), found by doubling N from 256 and bisecting (multiples
+of 256, to within 1/128 of N); nothing is run. Each finished point (or search) is appended to a
+JSON-lines file and the summary markdown is rewritten from all of them at once, so a run ended
+by `timeout` keeps everything it measured; `--resume` goes on from that file.
 """
 
 from __future__ import annotations
@@ -304,7 +306,9 @@ def has_impl(loss: str, impl: str) -> bool:
 def largest_n_within(loss, impl, block_size, budget_bytes, n_start=256, n_max=1 << 26,
                      step=256):
   """Largest N (a multiple of `step`) whose compiled loss + gradient fits `budget_bytes` by XLA's
-  memory analysis; doubling, then bisecting. Returns (N, its total bytes); N = 0 if none fits."""
+  memory analysis; doubling from `n_start`, then bisecting until the bracket is within `step` or
+  1/128 of N (the streaming forms reach N ~ 1e7: 8 fewer compiles). Returns (N, its total
+  bytes); N = 0 if none fits."""
   fits = lambda n: run_point(loss, impl, n, block_size, 1, budget_bytes, compile_only=True)
   best, best_bytes, n = 0, 0, n_start
   while n <= n_max:
@@ -314,7 +318,7 @@ def largest_n_within(loss, impl, block_size, budget_bytes, n_start=256, n_max=1 
     best, best_bytes, n = n, total, 2 * n
   hi = min(n, n_max + step)
   lo = best
-  while hi - lo > step and best:
+  while hi - lo > max(step, lo // 128) and best:
     mid = (lo + hi) // 2 // step * step
     total = fits(mid)["xla_total_bytes"]
     if total <= budget_bytes:
