@@ -770,7 +770,8 @@ def main():
                            "streaming point is then run once per block size)")
   parser.add_argument("--reps", type=int, default=3)
   parser.add_argument("--rss_cap_gib", type=float, default=10.0)
-  parser.add_argument("--max_seconds", type=float, default=300.0)
+  parser.add_argument("--max_seconds", type=float, default=None,
+                      help="time limit of one point (default 300 s, 120 s with --quick)")
   parser.add_argument("--memory_only_n", default="",
                       help="comma-separated N to compile (not run) and report XLA temp memory")
   parser.add_argument("--largest_n_gib", type=float, default=0.0,
@@ -812,7 +813,9 @@ def main():
     run_largest(args, paths)
     return
   if args.quick:
-    args.n_min, args.n_max, args.reps, args.max_seconds = 256, min(args.n_max, 1024), 1, 120
+    args.n_min, args.n_max, args.reps = 256, min(args.n_max, 1024), 1
+  if args.max_seconds is None:
+    args.max_seconds = 120.0 if args.quick else 300.0
   cap = int(args.rss_cap_gib * 2**30)
   block_sizes = [int(b) for b in str(args.block_size).split(",")]
   points = run_series(args, paths, cap, block_sizes)

@@ -66,9 +66,9 @@ def test_quick_cli_writes_every_point_and_its_summary(tmp_path):
   out = str(tmp_path / "run") + "/"
   cmd = [sys.executable, os.path.join(REPO, "bench", "loss_scaling.py"), "--quick",
          "--losses", "intra_pair_variance", "--impls", "dense,pml", "--n_max", "256",
-         "--out", out]
+         "--max_seconds", "600", "--out", out]  # a generous limit: CI machines are shared
   env = dict(os.environ, PYTHONPATH=REPO)
-  subprocess.run(["nice", "-n", "15"] + cmd, check=True, env=env, capture_output=True,
+  subprocess.run(cmd, check=True, env=env, capture_output=True,
                  timeout=900)
   points = [json.loads(line) for line in open(out + "points.jsonl")]
   assert [(p["impl"], p["n"], p["status"]) for p in points] == [("dense", 256, "ok"),
@@ -81,6 +81,6 @@ def test_quick_cli_writes_every_point_and_its_summary(tmp_path):
   ratio = points[1]["seconds"] / points[0]["seconds"]
   assert f"| intra_pair_variance | 256 | {points[0]['seconds']:.3f} | - | " \
          f"{points[1]['seconds']:.3f} | {ratio:.1f}x |" in md
-  subprocess.run(["nice", "-n", "15"] + cmd + ["--resume"], check=True, env=env,
+  subprocess.run(cmd + ["--resume"], check=True, env=env,
                  capture_output=True, timeout=900)
   assert ls.read_jsonl(out + "points.jsonl") == points
