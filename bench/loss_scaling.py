@@ -706,6 +706,43 @@ def largest_markdown(records: list[dict]) -> str:
   return "\n".join(lines) + "\n"
 
 
+def docs_table(points: list[dict], largest: list[dict], n: int) -> str:
+  """docs/losses.md's table: per loss, the largest N within the budget (dense / streaming) and
+  the loss + gradient time at N = `n` (dense, streaming, pml, pml / fastest JAX form)."""
+  found = {(r["loss"], r["impl"]): r["largest_n"] for r in largest}
+  times = {(p["loss"], p["impl"]): p for p in points if p["n"] == n}
+  # A series that stopped below n: its failing point says why (caps, time limit).
+  stopped = {(p["loss"], p["impl"]): p for p in points if p["n"] < n and p.get("status") != "ok"}
+  budgets = sorted({r["budget_gib"] for r in largest})
+  lines = [f"| loss | largest N within {'/'.join(f'{b:g}' for b in budgets)} GiB: dense / "
+           f"streaming | N = {n}: dense (s) | streaming (s) | pml (s) | pml / fastest JAX |",
+           "|---|---|---|---|---|---|"]
+  present = {p["loss"] for p in points + largest}
+  for loss in [name for name in LOSSES if name in present]:
+    big = " / ".join(f"{found[(loss, i)]:,}" if (loss, i) in found
+                     else ("-" if not has_impl(loss, i) else "not run") for i in ("dense",
+                                                                              "streaming"))
+    cells, ok = [], {}
+    for impl in ("dense", "streaming", "pml"):
+      p = times.get((loss, impl))
+      if not has_impl(loss, impl):
+        cells.append("-")
+      elif p is None and (loss, impl) in stopped:
+        q = stopped[(loss, impl)]
+        cells.append(f"stopped at N = {q['n']}: {q['status']}")
+      elif p is None:
+        cells.append("not reached")
+      elif p.get("status") == "ok":
+        ok[impl] = p["seconds"]
+        cells.append(f"{p['seconds']:.3f}")
+      else:
+        cells.append(p["status"])
+    jax_best = min([ok[i] for i in ("dense", "streaming") if i in ok], default=None)
+    ratio = f"{ok['pml'] / jax_best:.1f}x" if "pml" in ok and jax_best else "-"
+    lines.append(f"| `{loss}` | {big} | {' | '.join(cells)} | {ratio} |")
+  return "\n".join(lines) + "\n"
+
+
 def run_largest(args, paths):
   """--largest_n_gib: one JSON line per (loss, impl) as its search ends (--resume skips those
   already in the file), then the summary .md / .json from all lines."""
@@ -786,6 +823,10 @@ def main():
   parser.add_argument("--resume", action="store_true",
                       help="keep the points already in the points / largest_n JSON lines and "
                            "go on after them (default: start those files afresh)")
+  parser.add_argument("--table_from", default="",
+                      help="print docs/losses.md's table from the results at this --out (its "
+                           "points and largest_n JSON lines) and exit")
+  parser.add_argument("--table_n", type=int, default=4096, help="the N of --table_from's times")
   parser.add_argument("--ring", type=int, default=0,
                       help="ring mode on this many fake CPU devices (one process): each of "
                            "--losses (default: the ring losses) at N = --n_max, loss + grad "
@@ -804,6 +845,11 @@ def main():
   if args.child:
     point = json.loads(args.child)
     print(json.dumps(run_point(**point)))
+    return
+  if args.table_from:
+    paths = output_paths(args.table_from)
+    print(docs_table(read_jsonl(paths["points"]), read_jsonl(paths["largest_points"]),
+                     args.table_n), end="")
     return
   unknown = sorted(set(args.losses.split(",")) - set(LOSSES))
   if unknown:

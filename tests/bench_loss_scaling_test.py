@@ -84,3 +84,16 @@ def test_quick_cli_writes_every_point_and_its_summary(tmp_path):
   subprocess.run(cmd + ["--resume"], check=True, env=env,
                  capture_output=True, timeout=900)
   assert ls.read_jsonl(out + "points.jsonl") == points
+
+
+def test_docs_table_rows():
+  points = [{"loss": "nca", "impl": "dense", "n": 4096, "status": "ok", "seconds": 0.5},
+            {"loss": "nca", "impl": "streaming", "n": 4096, "status": "ok", "seconds": 0.25},
+            {"loss": "nca", "impl": "pml", "n": 4096, "status": "ok", "seconds": 2.0},
+            {"loss": "pnp", "impl": "dense", "n": 2048, "status": "over RSS cap"}]
+  largest = [{"loss": "nca", "impl": "dense", "largest_n": 42752, "budget_gib": 24.0},
+             {"loss": "pnp", "impl": "dense", "largest_n": 1024, "budget_gib": 24.0}]
+  table = ls.docs_table(points, largest, 4096).splitlines()
+  assert table[2] == "| `nca` | 42,752 / not run | 0.500 | 0.250 | 2.000 | 8.0x |"
+  assert table[3] == ("| `pnp` | 1,024 / - | stopped at N = 2048: over RSS cap | - | not reached "
+                      "| - |")
