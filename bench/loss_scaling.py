@@ -108,7 +108,8 @@ PAIR_TABLE: dict[str, PairBench] = {
                                    lambda P: P.losses.IntraPairVarianceLoss()),
   "threshold_consistent_margin": PairBench(lambda L, b: L.threshold_consistent_margin,
                                            lambda P: P.losses.ThresholdConsistentMarginLoss()),
-  "centroid_triplet": PairBench(lambda L, b: L.centroid_triplet, None),
+  # No pml twin (not in pml 2.9); its centroids per (anchor, label) are an [N, N, N] weight.
+  "centroid_triplet": PairBench(lambda L, b: L.centroid_triplet, None, cubic=True),
   "histogram": PairBench(lambda L, b: L.histogram, lambda P: P.losses.HistogramLoss()),
   "ranked_list": PairBench(lambda L, b: functools.partial(L.ranked_list, margin=0.4, t_neg=10.0),
                            lambda P: P.losses.RankedListLoss(margin=0.4, Tn=10.0)),
