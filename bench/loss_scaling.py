@@ -67,6 +67,7 @@ class PairBench:
   streaming: bool = False   # has a row-blocked form (`block_size`)
   cubic: bool = False       # dense form holds [N, N, N]: the timed series starts at n_min / 4
   unit: bool = False        # inputs L2-normalised first (pml's parity holds on unit rows only)
+  fresh_pml: bool = False   # a new pml criterion per step (its state is part of the graph)
 
 
 def _dsm(L, x, y):
@@ -114,8 +115,11 @@ PAIR_TABLE: dict[str, PairBench] = {
   "ranked_list": PairBench(lambda L, b: functools.partial(L.ranked_list, margin=0.4, t_neg=10.0),
                            lambda P: P.losses.RankedListLoss(margin=0.4, Tn=10.0)),
   "pnp": PairBench(lambda L, b: L.pnp, lambda P: P.losses.PNPLoss(), cubic=True),
+  # pml keeps its histogram in the autograd graph (a second backward fails): a new criterion
+  # per step, i.e. an empty histogram as sim_jax's trainer uses.
   "dynamic_soft_margin": PairBench(lambda L, b: functools.partial(_dsm, L),
-                                   lambda P: P.losses.DynamicSoftMarginLoss(), cubic=True),
+                                   lambda P: P.losses.DynamicSoftMarginLoss(), cubic=True,
+                                   fresh_pml=True),
   "snr_contrastive": PairBench(
     lambda L, b: functools.partial(L.snr_contrastive, pos_margin=0.1, neg_margin=1.3,
                                    regularization=0.05),
@@ -220,7 +224,9 @@ def run_point(loss, impl, n, block_size, reps, cap_bytes, compile_only=False):
     torch.set_num_threads(os.cpu_count() or 1)
     x = torch.from_numpy(x_np).requires_grad_(True)
     y = torch.from_numpy(y_np.astype("int64"))
-    if loss in PAIR_TABLE:
+    if loss in PAIR_TABLE and PAIR_TABLE[loss].fresh_pml:
+      fn = lambda: PAIR_TABLE[loss].build_pml(_pml_namespace())(x, y)
+    elif loss in PAIR_TABLE:
       crit = PAIR_TABLE[loss].build_pml(_pml_namespace())
       fn = lambda: crit(x, y)
     elif loss == "nt_xent":
