@@ -10,7 +10,8 @@ subprocess that reports:
 and the arithmetic rate 8 N^2 D / time as a fraction of the matrix-multiply rate measured in the
 same subprocess just before the loss (a square 2048^3 jnp GEMM, fastest of 5), so both see the
 same machine load. Points stop growing for an implementation once it exceeds the
-RSS cap or --max_seconds. The largest N of each implementation is reported. Writes JSON and a
+RSS cap or --max_seconds. The largest N of each implementation is reported. Writes the points
+(JSON lines), a JSON report and a
 markdown table.
 
   python bench/loss_scaling.py --quick                 # small N, a minute
@@ -18,14 +19,20 @@ markdown table.
   python bench/loss_scaling.py --memory_only_n=262144  # compile-only XLA memory at a large N
   python bench/loss_scaling.py --impls streaming --block_size 256,512,1024,2048  # block sweep
   python bench/loss_scaling.py --largest_n_gib=24 --impls dense,streaming  # compile-only search
+  python bench/loss_scaling.py --out bench/results/x/ --resume  # go on after a kill
+  python bench/loss_scaling.py --table_from bench/results/loss_scaling_tuple/  # docs/losses.md
   python bench/loss_scaling.py --ring=2 --n_max=8192 --reps=5 --out=bench/results/ring_n8192
                                                        # ring on 2 fake devices vs one device
 
-The pair / tuple losses (multi_similarity, circle, generalized_lifted_structure, nca,
-lifted_structure: dense and streaming; fast_ap: dense) run beside pml's MultiSimilarityLoss,
-CircleLoss, GeneralizedLiftedStructureLoss, NCALoss, LiftedStructureLoss and FastAPLoss at the
-same N (two views of N/2 instances, as above). `--largest_n_gib` reports, per loss and
-implementation, the largest N whose compiled loss + gradient fits the budget by XLA's memory
+Every all-pairs loss of the trainer's table (`PAIR_TABLE`: multi_similarity, circle,
+generalized_lifted_structure, nca, lifted_structure with dense and streaming forms; npairs,
+margin_loss, instance_loss, intra_pair_variance, threshold_consistent_margin, histogram,
+ranked_list, snr_contrastive, fast_ap and the O(N^3)-memory tuplet_margin, angular, pnp,
+dynamic_soft_margin, centroid_triplet (no pml twin) dense) runs beside its pml loss with
+the hyper-parameters of its parity test, at the same N (two views of N/2 instances, as above).
+The proxy and classification losses (O(N C) against class weights), the explicit-pair losses and
+the two-view regularisers are not all-pairs and are left out. `--largest_n_gib` reports, per loss
+and implementation, the largest N whose compiled loss + gradient fits the budget by XLA's memory
 analysis (temp + arguments + outputs), found by doubling N from 256 and bisecting (multiples
 of 256, to within 1/128 of N); nothing is run. Each finished point (or search) is appended to a
 JSON-lines file and the summary markdown is rewritten from all of them at once, so a run ended
