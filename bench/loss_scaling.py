@@ -721,16 +721,19 @@ def largest_markdown(records: list[dict]) -> str:
 
 
 def docs_table(points: list[dict], largest: list[dict], n: int) -> str:
-  """docs/losses.md's table: per loss, the largest N within the budget (dense / streaming) and
-  the loss + gradient time at N = `n` (dense, streaming, pml, pml / fastest JAX form)."""
+  """docs/losses.md's table: per loss, the largest N within the budget (dense / streaming), the
+  loss + gradient time at N = `n` (dense, streaming, pml, pml / fastest JAX form) and the largest
+  N each form was timed at within the caps."""
   found = {(r["loss"], r["impl"]): r["largest_n"] for r in largest}
   times = {(p["loss"], p["impl"]): p for p in points if p["n"] == n}
   # A series that stopped below n: its failing point says why (caps, time limit).
   stopped = {(p["loss"], p["impl"]): p for p in points if p["n"] < n and p.get("status") != "ok"}
   budgets = sorted({r["budget_gib"] for r in largest})
   lines = [f"| loss | largest N within {'/'.join(f'{b:g}' for b in budgets)} GiB: dense / "
-           f"streaming | N = {n}: dense (s) | streaming (s) | pml (s) | pml / fastest JAX |",
-           "|---|---|---|---|---|---|"]
+           f"streaming | N = {n}: dense (s) | streaming (s) | pml (s) | pml / fastest JAX | "
+           f"largest N timed: dense / streaming / pml |",
+           "|---|---|---|---|---|---|---|"]
+  timed = largest_measured(points, sweep=False)
   present = {p["loss"] for p in points + largest}
   for loss in [name for name in LOSSES if name in present]:
     big = " / ".join(f"{found[(loss, i)]:,}" if (loss, i) in found
@@ -753,7 +756,9 @@ def docs_table(points: list[dict], largest: list[dict], n: int) -> str:
         cells.append(p["status"])
     jax_best = min([ok[i] for i in ("dense", "streaming") if i in ok], default=None)
     ratio = f"{ok['pml'] / jax_best:.1f}x" if "pml" in ok and jax_best else "-"
-    lines.append(f"| `{loss}` | {big} | {' | '.join(cells)} | {ratio} |")
+    ran = " / ".join(("-" if not has_impl(loss, i) else str(timed.get(f"{loss}/{i}", "none")))
+                     for i in ("dense", "streaming", "pml"))
+    lines.append(f"| `{loss}` | {big} | {' | '.join(cells)} | {ratio} | {ran} |")
   return "\n".join(lines) + "\n"
 
 

@@ -94,6 +94,7 @@ def test_docs_table_rows():
   largest = [{"loss": "nca", "impl": "dense", "largest_n": 42752, "budget_gib": 24.0},
              {"loss": "pnp", "impl": "dense", "largest_n": 1024, "budget_gib": 24.0}]
   table = ls.docs_table(points, largest, 4096).splitlines()
-  assert table[2] == "| `nca` | 42,752 / not run | 0.500 | 0.250 | 2.000 | 8.0x |"
+  assert table[2] == ("| `nca` | 42,752 / not run | 0.500 | 0.250 | 2.000 | 8.0x | "
+                      "4096 / 4096 / 4096 |")
   assert table[3] == ("| `pnp` | 1,024 / - | stopped at N = 2048: over RSS cap | - | not reached "
-                      "| - |")
+                      "| - | none / - / none |")
