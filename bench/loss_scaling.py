@@ -560,15 +560,16 @@ def _fmt_bytes(b):
 
 def output_paths(out: str) -> dict[str, str]:
   """Where a run writes. `out` a folder (an existing one, or ending in "/"): its points.jsonl,
-  summary.md / .json, largest_n.jsonl / .md / .json; else the prefix files <out>_points.jsonl,
-  <out>.md / .json, <out>_largest_n.jsonl / .md / .json."""
+  summary.md / .json, largest_n.jsonl / .md / .json; else the prefix files <out>.jsonl (the
+  points), <out>.md / .json, <out>_largest_n.jsonl / .md / .json (each a twin of a .json, as
+  tests/bench_test.py wants of bench/results/)."""
   if out.endswith("/") or os.path.isdir(out):
     os.makedirs(out, exist_ok=True)
     names = {"points": "points.jsonl", "md": "summary.md", "json": "summary.json",
              "largest_points": "largest_n.jsonl", "largest_md": "largest_n.md",
              "largest_json": "largest_n.json"}
     return {k: os.path.join(out, v) for k, v in names.items()}
-  return {"points": out + "_points.jsonl", "md": out + ".md", "json": out + ".json",
+  return {"points": out + ".jsonl", "md": out + ".md", "json": out + ".json",
           "largest_points": out + "_largest_n.jsonl", "largest_md": out + "_largest_n.md",
           "largest_json": out + "_largest_n.json"}
 
@@ -836,7 +837,7 @@ def main():
   parser.add_argument("--largest_n_max", type=int, default=1 << 26,
                       help="upper end of the --largest_n_gib search")
   parser.add_argument("--out", default="bench/results/loss_scaling",
-                      help="output prefix (<out>_points.jsonl, <out>.json, <out>.md), or a "
+                      help="output prefix (<out>.jsonl: the points, <out>.json, <out>.md), or a "
                            "folder (an existing one or ending in '/': <out>/points.jsonl, "
                            "summary.json, summary.md; largest_n.* for --largest_n_gib)")
   parser.add_argument("--resume", action="store_true",

@@ -98,3 +98,10 @@ def test_docs_table_rows():
                       "4096 / 4096 / 4096 |")
   assert table[3] == ("| `pnp` | 1,024 / - | stopped at N = 2048: over RSS cap | - | not reached "
                       "| - | none / - / none |")
+
+
+def test_output_paths_prefix_and_folder(tmp_path):
+  prefix = ls.output_paths(str(tmp_path / "x"))
+  assert (prefix["points"], prefix["md"]) == (str(tmp_path / "x.jsonl"), str(tmp_path / "x.md"))
+  folder = ls.output_paths(str(tmp_path / "d") + "/")
+  assert folder["points"] == str(tmp_path / "d" / "points.jsonl") and (tmp_path / "d").is_dir()
