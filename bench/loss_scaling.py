@@ -10,7 +10,8 @@ subprocess that reports:
 and the arithmetic rate 8 N^2 D / time as a fraction of the matrix-multiply rate measured in the
 same subprocess just before the loss (a square 2048^3 jnp GEMM, fastest of 5), so both see the
 same machine load. Points stop growing for an implementation once it exceeds the
-RSS cap or --max_seconds. The largest N of each implementation is reported. Writes JSON and a
+RSS cap or --max_seconds. The largest N of each implementation is reported. Writes the points
+(JSON lines), a JSON report and a
 markdown table.
 
   python bench/loss_scaling.py --quick                 # small N, a minute
@@ -18,21 +19,31 @@ markdown table.
   python bench/loss_scaling.py --memory_only_n=262144  # compile-only XLA memory at a large N
   python bench/loss_scaling.py --impls streaming --block_size 256,512,1024,2048  # block sweep
   python bench/loss_scaling.py --largest_n_gib=24 --impls dense,streaming  # compile-only search
+  python bench/loss_scaling.py --out bench/results/x/ --resume  # go on after a kill
+  python bench/loss_scaling.py --table_from bench/results/loss_scaling_tuple/  # docs/losses.md
   python bench/loss_scaling.py --ring=2 --n_max=8192 --reps=5 --out=bench/results/ring_n8192
                                                        # ring on 2 fake devices vs one device
 
-The pair / tuple losses (multi_similarity, circle, generalized_lifted_structure, nca,
-lifted_structure: dense and streaming; fast_ap: dense) run beside pml's MultiSimilarityLoss,
-CircleLoss, GeneralizedLiftedStructureLoss, NCALoss, LiftedStructureLoss and FastAPLoss at the
-same N (two views of N/2 instances, as above). `--largest_n_gib` reports, per loss and
-implementation, the largest N whose compiled loss + gradient fits the budget by XLA's memory
-analysis (temp + arguments + outputs), found by doubling N and bisecting (multiples of 256);
-nothing is run.
+Every all-pairs loss of the trainer's table (`PAIR_TABLE`: multi_similarity, circle,
+generalized_lifted_structure, nca, lifted_structure with dense and streaming forms; npairs,
+margin_loss, instance_loss, intra_pair_variance, threshold_consistent_margin, histogram,
+ranked_list, snr_contrastive, fast_ap and the O(N^3)-memory tuplet_margin, angular, pnp,
+dynamic_soft_margin, centroid_triplet (no pml twin) dense) runs beside its pml loss with
+the hyper-parameters of its parity test, at the same N (two views of N/2 instances, as above).
+The proxy and classification losses (O(N C) against class weights), the explicit-pair losses and
+the two-view regularisers are not all-pairs and are left out. `--largest_n_gib` reports, per loss
+and implementation, the largest N whose compiled loss + gradient fits the budget by XLA's memory
+analysis (temp + arguments + outputs), found by doubling N from 256 and bisecting (multiples
+of 256, to within 1/128 of N); nothing is run. Each finished point (or search) is appended to a
+JSON-lines file and the summary markdown is rewritten from all of them at once, so a run ended
+by `timeout` keeps everything it measured; `--resume` goes on from that file.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import functools
 import json
 import os
 import platform
@@ -40,17 +51,93 @@ import resource
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 
-TUPLE_STREAMING = ("multi_similarity", "circle", "generalized_lifted_structure", "nca",
-                   "lifted_structure")
-TUPLE_DENSE = ("fast_ap",)
-TWO_TOWER = ("clip", "siglip")
-LOSSES = ("nt_xent", "supcon", "triplet_batch_hard") + TUPLE_STREAMING + TUPLE_DENSE + TWO_TOWER
 D = 128
 # Minimal exact FLOPs of loss + gradient per N^2 D, for the two-tower streaming forms: CLIP needs
 # the Gram forward (2), its recomputation backward (2) and dA = dl B, dB = dl^T A (2 + 2); SigLIP
 # forms its gradient in the forward sweep (2 + 2 + 2). The other losses are counted as 8 N^2 D.
 MIN_FLOPS_PER_N2D = {"clip": 8.0, "siglip": 6.0}
+
+
+@dataclasses.dataclass(frozen=True)
+class PairBench:
+  """One all-pairs loss of the trainer's table against its pytorch-metric-learning twin.
+
+  build_jax(L, block_size) -> f(x [N, D], y [N]) -> scalar, L = `sim_jax.losses` (block_size None:
+  dense); build_pml(P) -> criterion(x, y), P a namespace of pml's `losses`, `distances`,
+  `regularizers` (None: pml has no such loss). Hyper-parameters: those of the pml parity tests
+  (tests/losses_tuple_test.py, losses_ranked_ssl_test.py, losses_ranking_test.py).
+  """
+  build_jax: Callable
+  build_pml: Callable | None
+  streaming: bool = False   # has a row-blocked form (`block_size`)
+  cubic: bool = False       # dense form holds [N, N, N]: the timed series starts at n_min / 4
+  unit: bool = False        # inputs L2-normalised first (pml's parity holds on unit rows only)
+  fresh_pml: bool = False   # a new pml criterion per step (its state is part of the graph)
+
+
+def _dsm(L, x, y):
+  """The trainer's dynamic soft margin: an empty 10-bin histogram (pml's default state)."""
+  import jax.numpy as jnp
+  return L.dynamic_soft_margin(x, y, jnp.zeros((10,), jnp.float32))[0]
+
+
+# The all-pairs (N x N, or N x N x N) losses of `sim_jax.losses.objective.LOSSES` with the
+# settings of their pml parity tests. Left out: the proxy / classification losses (arcface ...
+# soft_triple, p2sgrad: O(N C) against class weights, not all-pairs), the explicit-pair losses
+# (contrastive, pair_bce, sigmoid_contrastive: one term per given pair), recall_at_k_surrogate
+# (no pml twin), vicreg / barlow_twins (O(N D^2) statistics), pool_triplet (per pool), and
+# manifold (not in the trainer's table; an (N + K)^2 inverse).
+PAIR_TABLE: dict[str, PairBench] = {
+  "multi_similarity": PairBench(lambda L, b: functools.partial(L.multi_similarity, block_size=b),
+                                lambda P: P.losses.MultiSimilarityLoss(), streaming=True),
+  "circle": PairBench(lambda L, b: functools.partial(L.circle, block_size=b),
+                      lambda P: P.losses.CircleLoss(), streaming=True),
+  "generalized_lifted_structure": PairBench(
+    lambda L, b: functools.partial(L.generalized_lifted_structure, block_size=b),
+    lambda P: P.losses.GeneralizedLiftedStructureLoss(), streaming=True),
+  "nca": PairBench(lambda L, b: functools.partial(L.nca, block_size=b),
+                   lambda P: P.losses.NCALoss(), streaming=True),
+  "lifted_structure": PairBench(lambda L, b: functools.partial(L.lifted_structure, block_size=b),
+                                lambda P: P.losses.LiftedStructureLoss(), streaming=True),
+  "fast_ap": PairBench(lambda L, b: L.fast_ap, lambda P: P.losses.FastAPLoss()),
+  # Sohn's dot product on raw embeddings (pml's distances normalise by default).
+  "npairs": PairBench(lambda L, b: L.npairs, lambda P: P.losses.NPairsLoss(
+    distance=P.distances.DotProductSimilarity(normalize_embeddings=False))),
+  "tuplet_margin": PairBench(lambda L, b: L.tuplet_margin,
+                             lambda P: P.losses.TupletMarginLoss(), cubic=True),
+  "margin_loss": PairBench(lambda L, b: functools.partial(L.margin_loss, beta=1.25),
+                           lambda P: P.losses.MarginLoss(beta=1.25)),
+  "angular": PairBench(lambda L, b: L.angular, lambda P: P.losses.AngularLoss(), cubic=True,
+                       unit=True),
+  "instance_loss": PairBench(lambda L, b: L.instance_loss, lambda P: P.losses.InstanceLoss()),
+  "intra_pair_variance": PairBench(lambda L, b: L.intra_pair_variance,
+                                   lambda P: P.losses.IntraPairVarianceLoss()),
+  "threshold_consistent_margin": PairBench(lambda L, b: L.threshold_consistent_margin,
+                                           lambda P: P.losses.ThresholdConsistentMarginLoss()),
+  # No pml twin (not in pml 2.9); its centroids per (anchor, label) are an [N, N, N] weight.
+  "centroid_triplet": PairBench(lambda L, b: L.centroid_triplet, None, cubic=True),
+  "histogram": PairBench(lambda L, b: L.histogram, lambda P: P.losses.HistogramLoss()),
+  "ranked_list": PairBench(lambda L, b: functools.partial(L.ranked_list, margin=0.4, t_neg=10.0),
+                           lambda P: P.losses.RankedListLoss(margin=0.4, Tn=10.0)),
+  "pnp": PairBench(lambda L, b: L.pnp, lambda P: P.losses.PNPLoss(), cubic=True),
+  # pml keeps its histogram in the autograd graph (a second backward fails): a new criterion
+  # per step, i.e. an empty histogram as sim_jax's trainer uses.
+  "dynamic_soft_margin": PairBench(lambda L, b: functools.partial(_dsm, L),
+                                   lambda P: P.losses.DynamicSoftMarginLoss(), cubic=True,
+                                   fresh_pml=True),
+  "snr_contrastive": PairBench(
+    lambda L, b: functools.partial(L.snr_contrastive, pos_margin=0.1, neg_margin=1.3,
+                                   regularization=0.05),
+    lambda P: P.losses.SignalToNoiseRatioContrastiveLoss(
+      pos_margin=0.1, neg_margin=1.3, embedding_regularizer=P.regularizers.ZeroMeanRegularizer(),
+      embedding_reg_weight=0.05)),
+}
+TUPLE_STREAMING = tuple(k for k, v in PAIR_TABLE.items() if v.streaming)
+TUPLE_DENSE = tuple(k for k, v in PAIR_TABLE.items() if not v.streaming)
+TWO_TOWER = ("clip", "siglip")
+LOSSES = ("nt_xent", "supcon", "triplet_batch_hard") + tuple(PAIR_TABLE) + TWO_TOWER
 RING_LOSSES = ("nt_xent", "supcon", "triplet_batch_hard", "clip", "siglip")
 
 
@@ -62,10 +149,12 @@ def _peak_rss_bytes() -> int:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
-def _data(n, d, seed=0):
+def _data(n, d, seed=0, unit=False):
   import numpy as np
   rng = np.random.default_rng(seed)
   x = rng.normal(size=(n, d)).astype(np.float32)
+  if unit:
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
   # Two views of n/2 instances: every anchor has one positive (SimCLR-like); the triplet and
   # SupCon cases then have the same positive structure.
   y = np.concatenate([np.arange(n // 2), np.arange(n - n // 2)]).astype(np.int32)
@@ -85,13 +174,9 @@ def _jax_fn(loss, impl, block_size):
 
   if loss in TWO_TOWER:
     return _two_tower_fn(loss, None if impl == "dense" else block_size, None)
-  if loss in TUPLE_STREAMING + TUPLE_DENSE:
-    tuple_losses = importlib.import_module("sim_jax.losses.tuple_losses")
-    ranked = importlib.import_module("sim_jax.losses.ranked")
-    fn = getattr(ranked if loss == "fast_ap" else tuple_losses, loss)
-    if impl == "dense":
-      return fn
-    return lambda x, y: fn(x, y, block_size=block_size)
+  if loss in PAIR_TABLE:
+    return PAIR_TABLE[loss].build_jax(importlib.import_module("sim_jax.losses"),
+                                      None if impl == "dense" else block_size)
   if loss == "nt_xent":
     if impl == "dense":
       return lambda x, y: mean(infonce.nt_xent_stats_dense(x, y, 0.1))
@@ -138,20 +223,18 @@ def _best_time(fn, reps):
 def run_point(loss, impl, n, block_size, reps, cap_bytes, compile_only=False):
   """Measures one (loss, impl, N) point in this process; returns a dict."""
   out = {"loss": loss, "impl": impl, "n": n, "d": D, "block_size": block_size}
-  x_np, y_np = _data(n, D)
   if impl == "pml":
+    x_np, y_np = _data(n, D, unit=is_unit(loss))
     import torch
     from pytorch_metric_learning import losses as pml_losses
     from pytorch_metric_learning import miners
     torch.set_num_threads(os.cpu_count() or 1)
     x = torch.from_numpy(x_np).requires_grad_(True)
     y = torch.from_numpy(y_np.astype("int64"))
-    pml_tuple = {"multi_similarity": "MultiSimilarityLoss", "circle": "CircleLoss",
-                 "generalized_lifted_structure": "GeneralizedLiftedStructureLoss",
-                 "nca": "NCALoss", "lifted_structure": "LiftedStructureLoss",
-                 "fast_ap": "FastAPLoss"}
-    if loss in pml_tuple:
-      crit = getattr(pml_losses, pml_tuple[loss])()
+    if loss in PAIR_TABLE and PAIR_TABLE[loss].fresh_pml:
+      fn = lambda: PAIR_TABLE[loss].build_pml(_pml_namespace())(x, y)
+    elif loss in PAIR_TABLE:
+      crit = PAIR_TABLE[loss].build_pml(_pml_namespace())
       fn = lambda: crit(x, y)
     elif loss == "nt_xent":
       fn = lambda: pml_losses.NTXentLoss(temperature=0.1)(x, y)
@@ -181,6 +264,7 @@ def run_point(loss, impl, n, block_size, reps, cap_bytes, compile_only=False):
     if out["xla_temp_bytes"] > cap_bytes:
       out["status"] = "exceeds cap (XLA temp)"
       return out
+    x_np, y_np = _data(n, D, unit=is_unit(loss))  # only now: the compile-only search runs at N ~1e7
     x, y = jnp.asarray(x_np), jnp.asarray(y_np)
     jax.block_until_ready(compiled(x, y))
     out["matmul_flops"] = matmul_rate()
@@ -210,17 +294,35 @@ def matmul_rate(n=2048, reps=5):
   return 2.0 * n ** 3 / _best_time(lambda: jax.block_until_ready(f(a)), reps)
 
 
+def _pml_namespace():
+  """pml's `losses`, `distances` and `regularizers` modules, as `PairBench.build_pml` reads them."""
+  import types
+
+  from pytorch_metric_learning import distances, losses, regularizers
+  return types.SimpleNamespace(losses=losses, distances=distances, regularizers=regularizers)
+
+
+def is_unit(loss: str) -> bool:
+  return loss in PAIR_TABLE and PAIR_TABLE[loss].unit
+
+
 def has_impl(loss: str, impl: str) -> bool:
-  """Whether `loss` has `impl` (the dense-only tuple losses have no streaming form, the
-  two-tower losses no pytorch-metric-learning one)."""
-  return not ((impl == "streaming" and loss in TUPLE_DENSE)
-              or (impl == "pml" and loss in TWO_TOWER))
+  """Whether `loss` has `impl` (the dense-only pair losses have no streaming form, the
+  two-tower losses and centroid_triplet no pytorch-metric-learning one)."""
+  if impl == "streaming":
+    return loss not in TUPLE_DENSE
+  if impl == "pml":
+    return loss not in TWO_TOWER and (loss not in PAIR_TABLE or PAIR_TABLE[loss].build_pml
+                                      is not None)
+  return True
 
 
-def largest_n_within(loss, impl, block_size, budget_bytes, n_start=1024, n_max=1 << 26,
+def largest_n_within(loss, impl, block_size, budget_bytes, n_start=256, n_max=1 << 26,
                      step=256):
   """Largest N (a multiple of `step`) whose compiled loss + gradient fits `budget_bytes` by XLA's
-  memory analysis; doubling, then bisecting. Returns (N, its total bytes); N = 0 if none fits."""
+  memory analysis; doubling from `n_start`, then bisecting until the bracket is within `step` or
+  1/128 of N (the streaming forms reach N ~ 1e7: 8 fewer compiles). Returns (N, its total
+  bytes); N = 0 if none fits."""
   fits = lambda n: run_point(loss, impl, n, block_size, 1, budget_bytes, compile_only=True)
   best, best_bytes, n = 0, 0, n_start
   while n <= n_max:
@@ -230,7 +332,7 @@ def largest_n_within(loss, impl, block_size, budget_bytes, n_start=1024, n_max=1
     best, best_bytes, n = n, total, 2 * n
   hi = min(n, n_max + step)
   lo = best
-  while hi - lo > step and best:
+  while hi - lo > max(step, lo // 128) and best:
     mid = (lo + hi) // 2 // step * step
     total = fits(mid)["xla_total_bytes"]
     if total <= budget_bytes:
@@ -456,27 +558,125 @@ def _fmt_bytes(b):
   return f"{b / 2**20:.1f} MiB" if b < 2**30 else f"{b / 2**30:.2f} GiB"
 
 
+def output_paths(out: str) -> dict[str, str]:
+  """Where a run writes. `out` a folder (an existing one, or ending in "/"): its points.jsonl,
+  summary.md / .json, largest_n.jsonl / .md / .json; else the prefix files <out>.jsonl (the
+  points), <out>.md / .json, <out>_largest_n.jsonl / .md / .json (each a twin of a .json, as
+  tests/bench_test.py wants of bench/results/)."""
+  if out.endswith("/") or os.path.isdir(out):
+    os.makedirs(out, exist_ok=True)
+    names = {"points": "points.jsonl", "md": "summary.md", "json": "summary.json",
+             "largest_points": "largest_n.jsonl", "largest_md": "largest_n.md",
+             "largest_json": "largest_n.json"}
+    return {k: os.path.join(out, v) for k, v in names.items()}
+  return {"points": out + ".jsonl", "md": out + ".md", "json": out + ".json",
+          "largest_points": out + "_largest_n.jsonl", "largest_md": out + "_largest_n.md",
+          "largest_json": out + "_largest_n.json"}
+
+
+def read_jsonl(path: str) -> list[dict]:
+  """The JSON lines of `path` ([] if absent); a last line cut short by a kill is skipped."""
+  if not os.path.exists(path):
+    return []
+  out = []
+  with open(path) as f:
+    for line in f:
+      try:
+        out.append(json.loads(line))
+      except json.JSONDecodeError:
+        pass
+  return out
+
+
+def append_jsonl(path: str, record: dict) -> None:
+  with open(path, "a") as f:
+    f.write(json.dumps(record) + "\n")
+    f.flush()
+    os.fsync(f.fileno())
+
+
+def _write_atomic(path: str, text: str) -> None:
+  """Write then rename: a kill mid-write leaves the previous summary, never half a file."""
+  with open(path + ".tmp", "w") as f:
+    f.write(text)
+  os.replace(path + ".tmp", path)
+
+
+def series_key(p: dict, sweep: bool) -> str:
+  """"loss/impl" (+ "@block_size" for streaming points of a block-size sweep)."""
+  return f"{p['loss']}/{p['impl']}" + (f"@{p['block_size']}"
+                                      if sweep and p["impl"] == "streaming" else "")
+
+
+def largest_measured(points: list[dict], sweep: bool) -> dict[str, int]:
+  """Per series, the largest N whose point finished ("ok")."""
+  out = {}
+  for p in points:
+    if p.get("status") == "ok":
+      key = series_key(p, sweep)
+      out[key] = max(out.get(key, 0), p["n"])
+  return out
+
+
+def next_n(points: list[dict], loss: str, impl: str, block_size: int, n_start: int):
+  """Where a resumed series goes on: None if a recorded point of it stopped it (over a cap,
+  failed), else twice its largest recorded N (n_start if none)."""
+  mine = [p for p in points if p["loss"] == loss and p["impl"] == impl
+          and (impl != "streaming" or p["block_size"] == block_size)]
+  if any(p.get("status") != "ok" for p in mine):
+    return None
+  return 2 * max(p["n"] for p in mine) if mine else n_start
+
+
+def series_start(loss: str, n_min: int) -> int:
+  """The first N of a timed series: n_min, a quarter of it for the O(N^3) dense losses."""
+  return max(n_min // 4, 64) if loss in PAIR_TABLE and PAIR_TABLE[loss].cubic else n_min
+
+
+def comparison_rows(points: list[dict]) -> list[str]:
+  """Markdown rows "loss | N | dense | streaming | pml | pml / dense": the finished points only."""
+  times = {}
+  for p in points:
+    if p.get("status") == "ok" and "seconds" in p:
+      times.setdefault((p["loss"], p["n"]), {})[p["impl"]] = p["seconds"]
+  rows = []
+  for (loss, n), t in times.items():
+    cells = [f"{t[impl]:.3f}" if impl in t else "-" for impl in ("dense", "streaming", "pml")]
+    ratio = f"{t['pml'] / t['dense']:.1f}x" if "pml" in t and "dense" in t else "-"
+    rows.append(f"| {loss} | {n} | {' | '.join(cells)} | {ratio} |")
+  return rows
+
+
 def to_markdown(report):
+  rates = [p["matmul_flops"] for p in report["points"] if "matmul_flops" in p]
+  rate = (f"median GEMM rate over the JAX points {sorted(rates)[len(rates) // 2] / 1e9:.1f} "
+          f"GFLOP/s (square {report['matmul_n']}^3 float32 GEMM, measured in each point's "
+          f"subprocess right before it)" if rates else "no JAX point finished")
+  loads = [p["load_avg_1min"] for p in report["points"] if "load_avg_1min" in p]
+  load = (f" 1-minute load average at the points' start: {min(loads):.1f} to {max(loads):.1f}."
+          if loads else "")
   lines = [
     f"Machine: {report['machine']}. D = {D}, block_size = "
     f"{','.join(str(b) for b in report.get('block_sizes', [report['block_size']]))}, "
-    f"float32, CPU. Matmul rate at the start of the run: "
-    f"{report['matmul_flops'] / 1e9:.1f} GFLOP/s (square {report['matmul_n']}^3 float32 GEMM); "
-    f"'% of matmul' = (8 N^2 D / time) / the GEMM rate measured "
-    f"in the same subprocess right before the point (JAX points only).",
+    f"float32, CPU; {rate}; '% of matmul' = (8 N^2 D / time) / that point's GEMM rate (JAX "
+    f"points only).{load} Command: `{report['command']}`",
     "",
     "| loss | impl | N | time (s) | XLA temp | peak RSS | % of matmul rate | status |",
     "|---|---|---|---|---|---|---|---|",
   ]
   sweep = len(report.get("block_sizes", [])) > 1
   for p in report["points"]:
-    rate = p.get("fraction_of_matmul")
+    frac = p.get("fraction_of_matmul")
     seconds = f"{p['seconds']:.3f}" if "seconds" in p else "-"
     rss = p.get("peak_rss_bytes", p.get("observed_rss_bytes"))
     impl = f"{p['impl']} ({p['block_size']})" if sweep and p["impl"] == "streaming" else p["impl"]
     lines.append(f"| {p['loss']} | {impl} | {p['n']} | {seconds} | "
                  f"{_fmt_bytes(p.get('xla_temp_bytes'))} | {_fmt_bytes(rss)} | "
-                 f"{'-' if rate is None else f'{100 * rate:.0f}%'} | {p['status']} |")
+                 f"{'-' if frac is None else f'{100 * frac:.0f}%'} | {p['status']} |")
+  if not sweep:
+    lines += ["", "Loss + gradient time (s) per loss and N, finished points only:", "",
+              "| loss | N | dense | streaming | pml | pml / dense |", "|---|---|---|---|---|---|"]
+    lines += comparison_rows(report["points"])
   lines += ["", "Largest N measured within the cap "
             f"({report['rss_cap_gib']} GiB RSS, {report['max_seconds']} s per point):", ""]
   for key, n in sorted(report["largest_n"].items()):
@@ -486,6 +686,132 @@ def to_markdown(report):
     for p in report["memory_only"]:
       lines.append(f"- {p['loss']} {p['impl']} N={p['n']}: {_fmt_bytes(p['xla_temp_bytes'])}")
   return "\n".join(lines) + "\n"
+
+
+def write_summary(points, args, block_sizes, paths, memory_only=()):
+  """<out>.json / .md from every point so far (rewritten after each point)."""
+  sweep = len(block_sizes) > 1
+  report = {"machine": f"{platform.machine()}, {os.cpu_count()} CPU cores "
+                       f"(shared with other jobs while measured)",
+            "block_size": block_sizes[0], "block_sizes": block_sizes,
+            "matmul_n": 2048, "rss_cap_gib": args.rss_cap_gib,
+            "max_seconds": args.max_seconds, "points": list(points),
+            "largest_n": largest_measured(points, sweep), "memory_only": list(memory_only),
+            "command": "python " + " ".join(sys.argv)}
+  _write_atomic(paths["json"], json.dumps(report, indent=1))
+  md = to_markdown(report)
+  _write_atomic(paths["md"], md)
+  return md
+
+
+def largest_markdown(records: list[dict]) -> str:
+  """Table "loss | dense | streaming" of the compile-only largest-N records."""
+  found = {}
+  for r in records:
+    found.setdefault(r["loss"], {})[r["impl"]] = r
+  cell = lambda r: "-" if r is None else f"{r['largest_n']} ({_fmt_bytes(r['xla_total_bytes'])})"
+  lines = ["Largest N whose compiled loss + gradient fits the budget by XLA's memory analysis "
+           "(temp + arguments + outputs; compile-only, nothing run), D = 128, float32, CPU.", "",
+           "| loss | budget | dense | streaming |", "|---|---|---|---|"]
+  for loss, by_impl in found.items():
+    budget = next(iter(by_impl.values()))["budget_gib"]
+    lines.append(f"| {loss} | {budget} GiB | {cell(by_impl.get('dense'))} | "
+                 f"{cell(by_impl.get('streaming'))} |")
+  lines += ["", "Commands: " + "; ".join(sorted({f"`{r['command']}`" for r in records}))]
+  return "\n".join(lines) + "\n"
+
+
+def docs_table(points: list[dict], largest: list[dict], n: int) -> str:
+  """docs/losses.md's table: per loss, the largest N within the budget (dense / streaming), the
+  loss + gradient time at N = `n` (dense, streaming, pml, pml / fastest JAX form) and the largest
+  N each form was timed at within the caps."""
+  found = {(r["loss"], r["impl"]): r["largest_n"] for r in largest}
+  times = {(p["loss"], p["impl"]): p for p in points if p["n"] == n}
+  # A series that stopped below n: its failing point says why (caps, time limit).
+  stopped = {(p["loss"], p["impl"]): p for p in points if p["n"] < n and p.get("status") != "ok"}
+  budgets = sorted({r["budget_gib"] for r in largest})
+  lines = [f"| loss | largest N within {'/'.join(f'{b:g}' for b in budgets)} GiB: dense / "
+           f"streaming | N = {n}: dense (s) | streaming (s) | pml (s) | pml / fastest JAX | "
+           f"largest N timed: dense / streaming / pml |",
+           "|---|---|---|---|---|---|---|"]
+  timed = largest_measured(points, sweep=False)
+  present = {p["loss"] for p in points + largest}
+  for loss in [name for name in LOSSES if name in present]:
+    big = " / ".join(f"{found[(loss, i)]:,}" if (loss, i) in found
+                     else ("-" if not has_impl(loss, i) else "not run") for i in ("dense",
+                                                                              "streaming"))
+    cells, ok = [], {}
+    for impl in ("dense", "streaming", "pml"):
+      p = times.get((loss, impl))
+      if not has_impl(loss, impl):
+        cells.append("-")
+      elif p is None and (loss, impl) in stopped:
+        q = stopped[(loss, impl)]
+        cells.append(f"stopped at N = {q['n']}: {q['status']}")
+      elif p is None:
+        cells.append("not reached")
+      elif p.get("status") == "ok":
+        ok[impl] = p["seconds"]
+        cells.append(f"{p['seconds']:.3f}")
+      else:
+        cells.append(p["status"])
+    jax_best = min([ok[i] for i in ("dense", "streaming") if i in ok], default=None)
+    ratio = f"{ok['pml'] / jax_best:.1f}x" if "pml" in ok and jax_best else "-"
+    ran = " / ".join(("-" if not has_impl(loss, i) else str(timed.get(f"{loss}/{i}", "none")))
+                     for i in ("dense", "streaming", "pml"))
+    lines.append(f"| `{loss}` | {big} | {' | '.join(cells)} | {ratio} | {ran} |")
+  return "\n".join(lines) + "\n"
+
+
+def run_largest(args, paths):
+  """--largest_n_gib: one JSON line per (loss, impl) as its search ends (--resume skips those
+  already in the file), then the summary .md / .json from all lines."""
+  if not args.resume and os.path.exists(paths["largest_points"]):
+    os.remove(paths["largest_points"])
+  budget = int(args.largest_n_gib * 2**30)
+  block = int(str(args.block_size).split(",")[0])
+  for loss in args.losses.split(","):
+    for impl in [i for i in args.impls.split(",") if i != "pml" and has_impl(loss, i)]:
+      done = {(r["loss"], r["impl"], r["budget_gib"])
+              for r in read_jsonl(paths["largest_points"])}
+      if (loss, impl, args.largest_n_gib) in done:
+        continue
+      n, total = largest_n_within(loss, impl, block, budget, n_max=args.largest_n_max)
+      record = {"loss": loss, "impl": impl, "largest_n": n, "xla_total_bytes": total,
+                "budget_gib": args.largest_n_gib, "d": D, "block_size": block,
+                "n_max": args.largest_n_max, "load_avg_1min": os.getloadavg()[0],
+                "command": "python " + " ".join(sys.argv)}
+      append_jsonl(paths["largest_points"], record)
+      print(json.dumps(record), flush=True)
+      records = read_jsonl(paths["largest_points"])
+      _write_atomic(paths["largest_json"], json.dumps(records, indent=1))
+      _write_atomic(paths["largest_md"], largest_markdown(records))
+
+
+def run_series(args, paths, cap, block_sizes):
+  """The timed series: each point's JSON line appended to <points> as it ends, the summary
+  rewritten after it. A series grows N x 2 until a point fails a cap or passes --n_max."""
+  if not args.resume and os.path.exists(paths["points"]):
+    os.remove(paths["points"])
+  points = read_jsonl(paths["points"])
+  impls = [i for i in args.impls.split(",") if i != "pml" or _pml_available()]
+  runs = [(impl, bs) for impl in impls
+          for bs in (block_sizes if impl == "streaming" else block_sizes[:1])]
+  for loss in args.losses.split(","):
+    for impl, bs in [r for r in runs if has_impl(loss, r[0])]:
+      n = next_n(points, loss, impl, bs, series_start(loss, args.n_min))
+      while n is not None and n <= args.n_max:
+        child = {"loss": loss, "impl": impl, "n": n, "block_size": bs,
+                 "reps": args.reps, "cap_bytes": cap}
+        load = os.getloadavg()[0]
+        res = dict(child, **_spawn(child, cap, args.max_seconds), load_avg_1min=load)
+        res.pop("cap_bytes", None)
+        append_jsonl(paths["points"], res)
+        points.append(res)
+        write_summary(points, args, block_sizes, paths)
+        print(json.dumps(res), flush=True)
+        n = 2 * n if res.get("status") == "ok" else None
+  return points
 
 
 def main():
@@ -501,7 +827,8 @@ def main():
                            "streaming point is then run once per block size)")
   parser.add_argument("--reps", type=int, default=3)
   parser.add_argument("--rss_cap_gib", type=float, default=10.0)
-  parser.add_argument("--max_seconds", type=float, default=300.0)
+  parser.add_argument("--max_seconds", type=float, default=None,
+                      help="time limit of one point (default 300 s, 120 s with --quick)")
   parser.add_argument("--memory_only_n", default="",
                       help="comma-separated N to compile (not run) and report XLA temp memory")
   parser.add_argument("--largest_n_gib", type=float, default=0.0,
@@ -510,7 +837,16 @@ def main():
   parser.add_argument("--largest_n_max", type=int, default=1 << 26,
                       help="upper end of the --largest_n_gib search")
   parser.add_argument("--out", default="bench/results/loss_scaling",
-                      help="output prefix: writes <out>.json and <out>.md")
+                      help="output prefix (<out>.jsonl: the points, <out>.json, <out>.md), or a "
+                           "folder (an existing one or ending in '/': <out>/points.jsonl, "
+                           "summary.json, summary.md; largest_n.* for --largest_n_gib)")
+  parser.add_argument("--resume", action="store_true",
+                      help="keep the points already in the points / largest_n JSON lines and "
+                           "go on after them (default: start those files afresh)")
+  parser.add_argument("--table_from", default="",
+                      help="print docs/losses.md's table from the results at this --out (its "
+                           "points and largest_n JSON lines) and exit")
+  parser.add_argument("--table_n", type=int, default=4096, help="the N of --table_from's times")
   parser.add_argument("--ring", type=int, default=0,
                       help="ring mode on this many fake CPU devices (one process): each of "
                            "--losses (default: the ring losses) at N = --n_max, loss + grad "
@@ -530,64 +866,32 @@ def main():
     point = json.loads(args.child)
     print(json.dumps(run_point(**point)))
     return
-
+  if args.table_from:
+    paths = output_paths(args.table_from)
+    print(docs_table(read_jsonl(paths["points"]), read_jsonl(paths["largest_points"]),
+                     args.table_n), end="")
+    return
+  unknown = sorted(set(args.losses.split(",")) - set(LOSSES))
+  if unknown:
+    raise SystemExit(f"--losses: unknown {unknown}; known: {', '.join(LOSSES)}")
+  paths = output_paths(args.out)
   if args.largest_n_gib:
-    budget = int(args.largest_n_gib * 2**30)
-    found = {}
-    for loss in args.losses.split(","):
-      for impl in [i for i in args.impls.split(",") if i != "pml" and has_impl(loss, i)]:
-        n, total = largest_n_within(loss, impl, int(str(args.block_size).split(",")[0]), budget,
-                                    n_max=args.largest_n_max)
-        found[f"{loss}/{impl}"] = {"n": n, "xla_total_bytes": total}
-        print(json.dumps({"loss": loss, "impl": impl, "largest_n": n,
-                          "xla_total_bytes": total}), flush=True)
-    with open(args.out + "_largest_n.json", "w") as f:
-      json.dump({"budget_gib": args.largest_n_gib, "d": D, "block_size": args.block_size,
-                 "n_max": args.largest_n_max, "largest_n": found,
-                 "command": " ".join(sys.argv)}, f, indent=1)
+    run_largest(args, paths)
     return
   if args.quick:
-    args.n_min, args.n_max, args.reps, args.max_seconds = 256, 1024, 1, 120
+    args.n_min, args.n_max, args.reps = 256, min(args.n_max, 1024), 1
+  if args.max_seconds is None:
+    args.max_seconds = 120.0 if args.quick else 300.0
   cap = int(args.rss_cap_gib * 2**30)
   block_sizes = [int(b) for b in str(args.block_size).split(",")]
-  impls = [i for i in args.impls.split(",") if i != "pml" or _pml_available()]
-  flops = matmul_rate()
-  points, largest = [], {}
-  runs = [(impl, bs) for impl in impls
-          for bs in (block_sizes if impl == "streaming" else block_sizes[:1])]
-  for loss in args.losses.split(","):
-    for impl, bs in [r for r in runs if has_impl(loss, r[0])]:
-      key = f"{loss}/{impl}" + (f"@{bs}" if impl == "streaming" and len(block_sizes) > 1 else "")
-      n = args.n_min
-      while n <= args.n_max:
-        child = {"loss": loss, "impl": impl, "n": n, "block_size": bs,
-                 "reps": args.reps, "cap_bytes": cap}
-        res = dict(child, **_spawn(child, cap, args.max_seconds))
-        res.pop("cap_bytes", None)
-        if res.get("status") == "ok":
-          largest[key] = n
-        points.append(res)
-        print(json.dumps(res), flush=True)
-        if res.get("status") != "ok":
-          break
-        n *= 2
+  points = run_series(args, paths, cap, block_sizes)
   memory_only = []
   for n in [int(v) for v in args.memory_only_n.split(",") if v]:
     for loss in args.losses.split(","):
       for impl in [i for i in ("dense", "streaming") if has_impl(loss, i)]:
         memory_only.append(run_point(loss, impl, n, block_sizes[0], 1, cap, compile_only=True))
         print(json.dumps(memory_only[-1]), flush=True)
-  report = {"machine": f"{platform.machine()}, {os.cpu_count()} CPU cores "
-                       f"(shared with other jobs while measured)",
-            "block_size": block_sizes[0], "block_sizes": block_sizes, "matmul_flops": flops,
-            "matmul_n": 2048, "rss_cap_gib": args.rss_cap_gib,
-            "max_seconds": args.max_seconds, "points": points, "largest_n": largest,
-            "memory_only": memory_only, "command": " ".join(sys.argv)}
-  with open(args.out + ".json", "w") as f:
-    json.dump(report, f, indent=1)
-  with open(args.out + ".md", "w") as f:
-    f.write(to_markdown(report))
-  print(to_markdown(report))
+  print(write_summary(points, args, block_sizes, paths, memory_only))
 
 
 if __name__ == "__main__":
