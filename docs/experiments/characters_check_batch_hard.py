@@ -2,7 +2,7 @@ r"""Checks the trainer's batch-hard triplet objective on one real glyph_han batc
 independent NumPy loop (docs/experiments/characters.md, "Is batch-hard implemented as the seed
 ran it?").
 
-  python docs/experiments/characters_check_batch_hard.py [--margin=0.2] [--soft]
+  python docs/experiments/characters_check_batch_hard.py [--margin=0.2] [--soft] [--init_from=RUN]
 
 The batch is the trainer's own: `configs/characters.py` with the triplet settings of its
 `hard_mining` ablation, one P x K batch (32 characters x 4) from `create_train_iterator`, the
@@ -10,7 +10,8 @@ glyph augmentation of `prepare_inputs`, and the encoder at its step-0 parameters
 `model.normalize=False` to expose the raw embedding x [N, D]. The trainer's path from x to the
 loss is then `heads.l2_normalize` (what the encoder applies when `model.normalize`) and
 `objective.loss` (the loss table entry `loss.name="triplet"` selects, with `loss.mining` and
-`loss.soft`). One label is replaced by a fresh class so that the batch holds an anchor with no
+`loss.soft`). `--init_from` embeds the batch with a trained run's encoder instead.
+One label is replaced by a fresh class so that the batch holds an anchor with no
 positive (it must be excluded) and three anchors with two positives instead of three.
 
 The NumPy reference (float64, written from the definitions, not from sim_jax):
@@ -79,14 +80,16 @@ def numpy_batch_hard(x: np.ndarray, labels: np.ndarray, margin: float, soft: boo
   return loss, gx, valid, active, inverted
 
 
-def trainer_batch(margin: float, soft: bool):
-  """(config, raw embeddings x [N, D], labels [N], params) of one real training batch."""
+def trainer_batch(margin: float, soft: bool, init_from: str = ""):
+  """(config, raw embeddings x [N, D], labels [N], params, batch) of one real training batch,
+  embedded at step 0 or by the encoder of the run `init_from`."""
   config = characters.get_config()
   config.unlock()
   config.update_from_flattened_dict({**characters.HARD, "loss.margin": margin, "loss.soft": soft})
   raw = characters.get_config()
   raw.unlock()
-  raw.update_from_flattened_dict({**characters.HARD, "model.normalize": False})
+  raw.update_from_flattened_dict({**characters.HARD, "model.normalize": False,
+                                  "model.init_from": init_from})
   setup = train.make_setup(raw)
   state = train.init_state(setup)
   it = pipeline.create_train_iterator(config.data, global_batch_size=config.train.batch_size,
@@ -106,8 +109,10 @@ def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--margin", type=float, default=0.2)
   parser.add_argument("--soft", action="store_true")
+  parser.add_argument("--init_from", default="",
+                      help="a run directory: embed the batch with its trained encoder")
   args = parser.parse_args(argv)
-  config, x, labels, params, batch = trainer_batch(args.margin, args.soft)
+  config, x, labels, params, batch = trainer_batch(args.margin, args.soft, args.init_from)
 
   def trainer_loss(x_):
     return objective.loss(config, params, l2_normalize(x_), jnp.asarray(labels), batch,
