@@ -4,6 +4,8 @@ r"""Learning curves, training diagnostics and final metrics of seed 001's runs
   python docs/experiments/characters_curves.py --out=docs/experiments/characters_hard_mining.png \
       runs/characters_hard_mining/batch_hard runs/characters_hard_mining/semi_hard ...
   python docs/experiments/characters_curves.py --metrics runs/characters_tables/*/seed_0
+  python docs/experiments/characters_curves.py --metrics --headline=validation/mrr@5 \
+      runs/characters_proxy/*
 
 The second form prints each finished run's headline metrics from its final_metrics.json, each
 as "value (chance; raw pixels; random init)" (the ablation.md layout), for an ablation stopped
@@ -51,10 +53,10 @@ def label_of(run_dir: str) -> str:
   return "/".join(parts[-2:]) if parts[-1].startswith("seed_") else parts[-1]
 
 
-def metrics_table(run_dirs) -> list[str]:
-  """Markdown rows of HEADLINE per finished run: value (chance; raw pixels; random init)."""
-  lines = ["| run | " + " | ".join(f"`{m}`" for m in HEADLINE) + " |",
-           "|---" * (len(HEADLINE) + 1) + "|"]
+def metrics_table(run_dirs, headline=HEADLINE) -> list[str]:
+  """Markdown rows of `headline` per finished run: value (chance; raw pixels; random init)."""
+  lines = ["| run | " + " | ".join(f"`{m}`" for m in headline) + " |",
+           "|---" * (len(headline) + 1) + "|"]
   for run in run_dirs:
     path = os.path.join(run, "final_metrics.json")
     if os.path.exists(path):
@@ -62,18 +64,18 @@ def metrics_table(run_dirs) -> list[str]:
         rep = json.load(f)
     else:  # evaluated, floors not yet: the last evaluation the run logged (marked with a *)
       scalars = read_scalars(run) if os.path.isdir(run) else {}
-      last = {m: scalars[f"eval/{m}"][-1] for m in HEADLINE if f"eval/{m}" in scalars}
-      if len(last) < len(HEADLINE):
-        lines.append(f"| {label_of(run)} | " + " | ".join("not finished" for _ in HEADLINE)
+      last = {m: scalars[f"eval/{m}"][-1] for m in headline if f"eval/{m}" in scalars}
+      if len(last) < len(headline):
+        lines.append(f"| {label_of(run)} | " + " | ".join("not finished" for _ in headline)
                      + " |")
         continue
       rep = {"metrics": {m: v for m, (_, v) in last.items()}}
       lines.append(f"| {label_of(run)} (step {max(s for s, _ in last.values())})* | " + " | ".join(
-          f"{rep['metrics'][m]:.4f} (-)" for m in HEADLINE) + " |")
+          f"{rep['metrics'][m]:.4f} (-)" for m in headline) + " |")
       continue
     floors = rep.get("floors") or {}
     cells = []
-    for m in HEADLINE:
+    for m in headline:
       ref = [rep.get("chance", {}).get(m), floors.get("raw_pixels", {}).get(m),
              floors.get("random_init", {}).get(m)]
       cells.append(f"{rep['metrics'][m]:.4f} (" + "; ".join(
@@ -87,9 +89,12 @@ def main() -> None:
   parser.add_argument("runs", nargs="+", help="run directories (their basename is the label)")
   parser.add_argument("--out", help="PNG path of the curves")
   parser.add_argument("--metrics", action="store_true", help="print the final metrics instead")
+  parser.add_argument("--headline", default=",".join(HEADLINE),
+                      help="comma-separated metrics of --metrics' columns (the hard-mining "
+                           "proxy runs evaluate validation/mrr@5 only)")
   args = parser.parse_args()
   if args.metrics:
-    print("\n".join(metrics_table(args.runs)))
+    print("\n".join(metrics_table(args.runs, tuple(args.headline.split(",")))))
     return
   if not args.out:
     parser.error("--out is required for the curves")
