@@ -37,11 +37,11 @@ def _final(acc, auc, chance=0.49, raw=0.56, rand=0.58, **extra):
                      "random_init": {n: rand for n in names}}}
 
 
-def _expected(values):
+def _expected(values, digits=3):
   v = np.asarray(values, np.float64)
   if v.min() == v.max():
-    return f"{v[0]:.3f}"
-  return f"{v.mean():.3f} [{v.min():.3f}, {v.max():.3f}]"
+    return f"{v[0]:.{digits}f}"
+  return f"{v.mean():.{digits}f} [{v.min():.{digits}f}, {v.max():.{digits}f}]"
 
 
 def _rows(text):
@@ -60,13 +60,14 @@ def test_margins_table_aggregates_seeds_and_marks_missing_runs(report, tmp_path,
   _write(tmp_path / "learnable" / "seed_0" / "final_metrics.json", _final(0.6, 0.7))
   os.makedirs(tmp_path / "adaptive" / "seed_0")  # started, not finished
   _write(tmp_path / "ablation.json", {"variants": [{"runs": [
-      {"run": f"fixed/seed_{s}", "seconds": 50.0 + 10 * s} for s in range(3)]}]})
+      {"run": f"fixed/seed_{s}", "seconds": 50.0 + 10 * s} for s in range(3)] +
+      [{"run": "learnable/seed_0", "seconds": None}]}]})
   report.metric_table(str(tmp_path), report._ablation_runs(str(tmp_path), "margins"),
                       report.DISTANCE, cost=True)
   rows = _rows(capsys.readouterr().out)
   assert rows["fixed"] == ["3", _expected(acc), "0.490", "0.560", "0.580", _expected(auc),
-                           "0.490", "0.560", "0.580", "-", _expected([50.0, 60.0, 70.0])]
-  assert rows["learnable"][:2] == ["1", "0.600"]
+                           "0.490", "0.560", "0.580", "-", _expected([50.0, 60.0, 70.0], 0)]
+  assert rows["learnable"][:2] == ["1", "0.600"] and rows["learnable"][-1] == "-"
   assert rows["adaptive"][0] == "0 (not finished)"
   assert len(rows["adaptive"]) == len(rows["fixed"])
 

@@ -53,13 +53,13 @@ from sim_jax.experiments import variants as variants_lib  # noqa: E402
 SPLITS = ("train", "validation", "heldout")
 
 
-def _cell(values) -> str:
+def _cell(values, digits: int = 3) -> str:
   v = np.asarray([x for x in values if x is not None], np.float64)
   if v.size == 0:
     return "-"
   if v.min() == v.max():  # one seed, or a level every seed shares (chance, raw pixels)
-    return f"{v[0]:.3f}"
-  return f"{v.mean():.3f} [{v.min():.3f}, {v.max():.3f}]"
+    return f"{v[0]:.{digits}f}"
+  return f"{v.mean():.{digits}f} [{v.min():.{digits}f}, {v.max():.{digits}f}]"
 
 
 def _per_seed(variant: dict, metric: str) -> list:
@@ -288,8 +288,11 @@ def _run_seconds(workdir: str) -> dict[str, float]:
 
 def _cost_cells(workdir: str, runs) -> list[str]:
   seconds = _run_seconds(workdir)
-  return [_cell([_step_seconds(d) for d, _ in runs]),
-          _cell([seconds.get(os.path.relpath(d, workdir)) for d, _ in runs])]
+  known = [seconds.get(os.path.relpath(d, workdir)) for d, _ in runs]
+  # A run cached by a restarted ablate.py has no seconds in the new ablation.json.
+  count = sum(k is not None for k in known)
+  missing = f" ({count} of {len(runs)} runs)" if 0 < count < len(runs) else ""
+  return [_cell([_step_seconds(d) for d, _ in runs]), _cell(known, 0) + missing]
 
 
 def metric_table(workdir: str, runs: dict, metrics, cost: bool = False,
@@ -334,7 +337,7 @@ def ensemble(workdir: str) -> None:
   rows = {**{k: v for k, v in runs.items() if k.startswith("seed")},
           "single encoders (the three seed rows)": singles,
           **{k: v for k, v in runs.items() if k.startswith("ensemble")}}
-  metric_table(workdir, runs, DISTANCE, rows=rows)
+  metric_table(workdir, runs, DISTANCE, cost=True, rows=rows)
 
 
 def gnn(workdir: str) -> None:
@@ -343,7 +346,7 @@ def gnn(workdir: str) -> None:
   runs = _ablation_runs(workdir, "gnn")
   names = sorted({k for r in runs.values() for f in _finals(r) for k in f["metrics"]})
   found = [m for m in names if m.startswith("retrieval/")]
-  metric_table(workdir, runs, DISTANCE + tuple(found))
+  metric_table(workdir, runs, DISTANCE + tuple(found), cost=True)
   print()
   metric_table(workdir, runs, ("graph/fit_degree", "graph/fit_loss_first", "graph/fit_loss_last"))
 
@@ -368,6 +371,8 @@ def fewshot(workdir: str) -> None:
     print("| " + " | ".join(cells) + " |")
   print(f"\nchance: 1 / {icons.FEWSHOT['eval.fewshot_n_way']} = "
         f"{1 / icons.FEWSHOT['eval.fewshot_n_way']:.3f}")
+  print()
+  metric_table(workdir, runs, DISTANCE, cost=True)
 
 
 def _last(run_dir: str, tag: str) -> str:
