@@ -353,11 +353,12 @@ def gnn(workdir: str) -> None:
 
 def fewshot(workdir: str) -> None:
   """5-way K-shot accuracy of prototype / finetune on heldout names, with the 95% CI
-  half-width over episodes (mean over seeds; fewshot/<method>_<K>shot_{accuracy,ci95})."""
+  half-width over episodes (mean over seeds; fewshot/<method>_<K>shot_{accuracy,ci95}) and the
+  same method's chance level and floors on the same episodes."""
   runs = _ablation_runs(workdir, "fewshot")
   shots = icons.FEWSHOT["eval.fewshot_k_shots"]
-  header = ["method", "seeds"] + [h for k in shots for h in (f"{k}-shot accuracy",
-                                                             f"{k}-shot 95% CI (+-)")]
+  header = ["method", "seeds"] + [f"{k}-shot {h}" for k in shots for h in (
+      "accuracy", "95% CI (+-)", "chance", "raw pixels", "random init")]
   print("| " + " | ".join(header) + " |")
   print("|" + "---|" * len(header))
   for label, r in runs.items():
@@ -366,11 +367,19 @@ def fewshot(workdir: str) -> None:
     finals = _finals(r)
     cells = [label, str(len(finals))]
     for k in shots:
-      cells += [_cell(_metric(finals, f"fewshot/{label}_{k}shot_accuracy")),
-                _cell(_metric(finals, f"fewshot/{label}_{k}shot_ci95"))]
+      acc = f"fewshot/{label}_{k}shot_accuracy"
+      cells += [_cell(_metric(finals, acc)),
+                _cell(_metric(finals, f"fewshot/{label}_{k}shot_ci95")),
+                *[_cell(_floor(finals, w, acc)) for w in ("chance", "raw_pixels", "random_init")]]
     print("| " + " | ".join(cells) + " |")
-  print(f"\nchance: 1 / {icons.FEWSHOT['eval.fewshot_n_way']} = "
-        f"{1 / icons.FEWSHOT['eval.fewshot_n_way']:.3f}")
+  print(f"\n1 / n_way = {1 / icons.FEWSHOT['eval.fewshot_n_way']:.3f}")
+  # Both methods read the same checkpoint and the same episodes, so their per-seed difference
+  # is paired: it shows whether fine-tuning helps in every seed.
+  for k in shots:
+    proto = _metric(_finals(runs["prototype"]), f"fewshot/prototype_{k}shot_accuracy")
+    tuned = _metric(_finals(runs["finetune"]), f"fewshot/finetune_{k}shot_accuracy")
+    diff = [f"{t - p:+.3f}" for p, t in zip(proto, tuned)]
+    print(f"{k}-shot finetune - prototype per seed: {', '.join(diff) or '-'}")
   print()
   metric_table(workdir, runs, DISTANCE, cost=True)
 
