@@ -84,6 +84,6 @@ def test_fewshot_table_reads_each_method_and_k(report, tmp_path, capsys):
   report.fewshot(str(tmp_path))
   rows = _rows(capsys.readouterr().out)
   for method in ("prototype", "finetune"):
-    assert rows[method] == ["2", _expected(vals[method, 1]), "0.010",
-                            _expected(vals[method, 5]), "0.050"]
+    assert rows[method] == ["2", _expected(vals[method, 1]), "0.010", "-", "-", "-",
+                            _expected(vals[method, 5]), "0.050", "-", "-", "-"]
   assert "bce" not in rows
