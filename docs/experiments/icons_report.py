@@ -324,8 +324,14 @@ def adversarial(workdir: str) -> None:
   """clean / fgsm / pgd training x {clean, FGSM-, PGD-attacked} heldout pairs (robust/*), the
   distance protocol with its floors, and each variant's step and run time."""
   runs = _ablation_runs(workdir, "adversarial")
-  metric_table(workdir, runs, ("robust/clean_accuracy", "robust/fgsm/accuracy",
-                               "robust/pgd/accuracy"), cost=True)
+  robust = ("robust/clean_accuracy", "robust/fgsm/accuracy", "robust/pgd/accuracy")
+  metric_table(workdir, runs, robust, cost=True)
+  print()
+  # Seed s of every variant starts from the same initialisation and data order: per seed.
+  for m in robust:
+    print(f"`{m}` per seed: " + "; ".join(
+        f"{label} " + ", ".join(f"{x:.3f}" for x in _metric(_finals(r), m))
+        for label, r in runs.items()))
   print()
   metric_table(workdir, runs, DISTANCE)
 
