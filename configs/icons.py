@@ -40,7 +40,7 @@ SimCLR sees a larger unlabelled pool than the labelled pairs: `train+test+query`
 drawings of the train names, all families, no labels used) against the 3,912 `train` drawings the
 pairs come from; the validation and heldout names are never in it.
 
-Issue 26's techniques, each an ablation on the same base (their results: not yet run):
+Issue 26's techniques, each an ablation on the same base (results: icons.md "Issue 26"):
   adversarial     clean | fgsm | pgd (sim_jax/adversarial.py), each scored on FGSM / PGD
                   attacked pairs (robust/*)
   ensemble        seed0..2 | ensemble_concat | ensemble_mean (--ensemble, models/ensemble.py)

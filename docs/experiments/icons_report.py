@@ -6,6 +6,11 @@ r"""Tables and figures of docs/experiments/icons.md (seed 000 on icon_themes) fr
       runs/icons_table1 runs/icons_losses
   python docs/experiments/icons_report.py grid docs/experiments/icons_heldout RUN_DIR
   python docs/experiments/icons_report.py neighbours RUN_DIR
+  python docs/experiments/icons_report.py adversarial runs/icons_adversarial
+  python docs/experiments/icons_report.py ensemble runs/icons_ensemble
+  python docs/experiments/icons_report.py gnn runs/icons_gnn
+  python docs/experiments/icons_report.py fewshot runs/icons_fewshot
+  python docs/experiments/icons_report.py margins runs/icons_margins
 
 table1 / losses print markdown tables (mean [min, max] over seeds) of the ablation JSON that
 `ablate.py` writes; curves overlays every run's logged `train/loss` divided by its first value
@@ -14,6 +19,14 @@ grid embeds the heldout split with a finished run (`launch.py --mode=embed`) and
 t-SNE of its 20 largest names and a retrieval grid (8 queries, their 6 nearest drawings; green
 = same name); neighbours prints how often a heldout drawing's nearest neighbour has the same
 name / the same design family, for the run and for raw pixels.
+
+adversarial / ensemble / gnn / fewshot / margins (issue 26) print the markdown tables of one
+ablation's workdir, read from its runs' final_metrics.json (so a running ablation shows the
+seeds that finished): mean [min, max] over the finished seeds, next to the metric's chance
+level and both floors where final_metrics.json records them. "s / step" is 1 / the median of
+the run's logged `steps_per_sec` (the trainer's own timing, under whatever load the machine
+had), "run s" the run's wall seconds in the workdir's ablation.json (written when the ablation
+ends; "-" before).
 """
 
 import glob
@@ -35,17 +48,18 @@ from configs import icons  # noqa: E402
 from sim_jax import data  # noqa: E402
 from sim_jax.data import registry  # noqa: E402
 from sim_jax.eval import plots, search  # noqa: E402
+from sim_jax.experiments import variants as variants_lib  # noqa: E402
 
 SPLITS = ("train", "validation", "heldout")
 
 
-def _cell(values) -> str:
+def _cell(values, digits: int = 3) -> str:
   v = np.asarray([x for x in values if x is not None], np.float64)
   if v.size == 0:
     return "-"
-  if v.size == 1:
-    return f"{v[0]:.3f}"
-  return f"{v.mean():.3f} [{v.min():.3f}, {v.max():.3f}]"
+  if v.min() == v.max():  # one seed, or a level every seed shares (chance, raw pixels)
+    return f"{v[0]:.{digits}f}"
+  return f"{v.mean():.{digits}f} [{v.min():.{digits}f}, {v.max():.{digits}f}]"
 
 
 def _per_seed(variant: dict, metric: str) -> list:
@@ -220,8 +234,185 @@ def grid(prefix: str, run_dir: str) -> None:
   print(f"wrote {prefix}_tsne.png {prefix}_retrieval.png")
 
 
+# ------------------------------------------------------------------ issue 26's five ablations
+
+
+def _ablation_runs(workdir: str, name: str) -> dict[str, list[tuple[str, dict]]]:
+  """label -> [(run dir, final_metrics.json)] of each finished run of ablation `name` (seeds in
+  order; an unseeded variant's single run is `<workdir>/<label>`), labels in declared order."""
+  declared = variants_lib.as_ablation(icons.get_ablations()[name])
+  out = {}
+  for v in declared.variants:
+    dirs = sorted(glob.glob(os.path.join(workdir, v.label, "seed_*")),
+                  key=lambda d: int(d.rsplit("_", 1)[1])) or [os.path.join(workdir, v.label)]
+    out[v.label] = [(d, _load(os.path.join(d, "final_metrics.json"))) for d in dirs
+                    if os.path.exists(os.path.join(d, "final_metrics.json"))]
+  return out
+
+
+def _finals(runs) -> list[dict]:
+  return [final for _, final in runs]
+
+
+def _has(finals, which, name) -> bool:
+  return any(v is not None for v in _floor(finals, which, name))
+
+
+def _metric_cells(finals, name, floors: bool) -> list[str]:
+  """The metric's mean [min, max]; with `floors`, then its chance, raw-pixel and random-init
+  values ("-" where final_metrics.json has none for this metric)."""
+  cells = [_cell(_metric(finals, name))]
+  if floors:
+    cells += [_cell(_floor(finals, w, name)) for w in ("chance", "raw_pixels", "random_init")]
+  return cells
+
+
+def _metric_header(name, floors: bool) -> list[str]:
+  return [f"`{name}`"] + (["chance", "raw pixels", "random init"] if floors else [])
+
+
+def _step_seconds(run_dir: str) -> float | None:
+  """1 / median logged steps_per_sec of a training run; None for an evaluate-only run."""
+  pts = plots.read_scalars(run_dir).get("steps_per_sec", []) if os.path.isdir(run_dir) else []
+  return 1.0 / float(np.median([v for _, v in pts])) if pts else None
+
+
+def _run_seconds(workdir: str) -> dict[str, float]:
+  """run name ("label/seed_s" or "label") -> wall seconds, from <workdir>/ablation.json."""
+  path = os.path.join(workdir, "ablation.json")
+  if not os.path.exists(path):
+    return {}
+  return {r["run"]: r["seconds"] for v in _load(path)["variants"] for r in v["runs"]
+          if r.get("seconds") is not None}
+
+
+def _cost_cells(workdir: str, runs) -> list[str]:
+  seconds = _run_seconds(workdir)
+  known = [seconds.get(os.path.relpath(d, workdir)) for d, _ in runs]
+  # A run cached by a restarted ablate.py has no seconds in the new ablation.json.
+  count = sum(k is not None for k in known)
+  missing = f" ({count} of {len(runs)} runs)" if 0 < count < len(runs) else ""
+  return [_cell([_step_seconds(d) for d, _ in runs]), _cell(known, 0) + missing]
+
+
+def metric_table(workdir: str, runs: dict, metrics, cost: bool = False,
+                 rows=None) -> None:
+  """One markdown row per variant (or per `rows`: label -> runs): seeds, each metric (with
+  chance / floors where recorded), and with `cost` the s / step and run seconds."""
+  rows = runs if rows is None else rows
+  finals = [f for r in runs.values() for f in _finals(r)]
+  floors = {m: any(_has(finals, w, m) for w in ("chance", "raw_pixels", "random_init"))
+            for m in metrics}
+  header = ["variant", "seeds"] + [h for m in metrics for h in _metric_header(m, floors[m])]
+  header += ["s / step", "run s"] if cost else []
+  print("| " + " | ".join(header) + " |")
+  print("|" + "---|" * len(header))
+  for label, r in rows.items():
+    if not r:
+      print(f"| {label} | 0 (not finished) |" + " - |" * (len(header) - 2))
+      continue
+    cells = [label, str(len(r))] + [c for m in metrics for c in
+                                     _metric_cells(_finals(r), m, floors[m])]
+    cells += _cost_cells(workdir, r) if cost else []
+    print("| " + " | ".join(cells) + " |")
+
+
+DISTANCE = ("verification/accuracy", "verification/roc_auc")
+
+
+def adversarial(workdir: str) -> None:
+  """clean / fgsm / pgd training x {clean, FGSM-, PGD-attacked} heldout pairs (robust/*), the
+  distance protocol with its floors, and each variant's step and run time."""
+  runs = _ablation_runs(workdir, "adversarial")
+  robust = ("robust/clean_accuracy", "robust/fgsm/accuracy", "robust/pgd/accuracy")
+  metric_table(workdir, runs, robust, cost=True)
+  print()
+  # Seed s of every variant starts from the same initialisation and data order: per seed.
+  for m in robust:
+    print(f"`{m}` per seed: " + "; ".join(
+        f"{label} " + ", ".join(f"{x:.3f}" for x in _metric(_finals(r), m))
+        for label, r in runs.items()))
+  print()
+  metric_table(workdir, runs, DISTANCE)
+
+
+def ensemble(workdir: str) -> None:
+  """Each single encoder, their spread, and the two combinations of the three."""
+  runs = _ablation_runs(workdir, "ensemble")
+  singles = [run for label, r in runs.items() if label.startswith("seed") for run in r]
+  rows = {**{k: v for k, v in runs.items() if k.startswith("seed")},
+          "single encoders (the three seed rows)": singles,
+          **{k: v for k, v in runs.items() if k.startswith("ensemble")}}
+  metric_table(workdir, runs, DISTANCE, cost=True, rows=rows)
+
+
+def gnn(workdir: str) -> None:
+  """base vs the GCN-refined embeddings: every verification / retrieval metric the runs have,
+  and the GCN fit's loss."""
+  runs = _ablation_runs(workdir, "gnn")
+  names = sorted({k for r in runs.values() for f in _finals(r) for k in f["metrics"]})
+  found = [m for m in names if m.startswith("retrieval/")]
+  metric_table(workdir, runs, DISTANCE + tuple(found), cost=True)
+  print()
+  metric_table(workdir, runs, ("graph/fit_degree", "graph/fit_loss_first", "graph/fit_loss_last"))
+
+
+def fewshot(workdir: str) -> None:
+  """5-way K-shot accuracy of prototype / finetune on heldout names, with the 95% CI
+  half-width over episodes (mean over seeds; fewshot/<method>_<K>shot_{accuracy,ci95}) and the
+  same method's chance level and floors on the same episodes."""
+  runs = _ablation_runs(workdir, "fewshot")
+  shots = icons.FEWSHOT["eval.fewshot_k_shots"]
+  header = ["method", "seeds"] + [f"{k}-shot {h}" for k in shots for h in (
+      "accuracy", "95% CI (+-)", "chance", "raw pixels", "random init")]
+  print("| " + " | ".join(header) + " |")
+  print("|" + "---|" * len(header))
+  for label, r in runs.items():
+    if label not in ("prototype", "finetune"):
+      continue
+    finals = _finals(r)
+    cells = [label, str(len(finals))]
+    for k in shots:
+      acc = f"fewshot/{label}_{k}shot_accuracy"
+      cells += [_cell(_metric(finals, acc)),
+                _cell(_metric(finals, f"fewshot/{label}_{k}shot_ci95")),
+                *[_cell(_floor(finals, w, acc)) for w in ("chance", "raw_pixels", "random_init")]]
+    print("| " + " | ".join(cells) + " |")
+  print(f"\n1 / n_way = {1 / icons.FEWSHOT['eval.fewshot_n_way']:.3f}")
+  # Both methods read the same checkpoint and the same episodes, so their per-seed difference
+  # is paired: it shows whether fine-tuning helps in every seed.
+  for k in shots:
+    proto = _metric(_finals(runs["prototype"]), f"fewshot/prototype_{k}shot_accuracy")
+    tuned = _metric(_finals(runs["finetune"]), f"fewshot/finetune_{k}shot_accuracy")
+    diff = [f"{t - p:+.3f}" for p, t in zip(proto, tuned)]
+    print(f"{k}-shot finetune - prototype per seed: {', '.join(diff) or '-'}")
+  print()
+  metric_table(workdir, runs, DISTANCE, cost=True)
+
+
+def _last(run_dir: str, tag: str) -> str:
+  series = plots.read_scalars(run_dir).get(tag, [])
+  return f"{series[-1][1]:.3f}" if series else "-"
+
+
+def margins(workdir: str) -> None:
+  """fixed / learnable / adaptive: the distance protocol with floors, step and run time, and
+  the last logged train/margin (adaptive: the mean of the per-class margins, with min / max)."""
+  runs = _ablation_runs(workdir, "margins")
+  metric_table(workdir, runs, DISTANCE, cost=True)
+  print("\n| variant | final train/margin per seed | final train/margin_min | "
+        "final train/margin_max |")
+  print("|---|---|---|---|")
+  for label, r in runs.items():
+    print(f"| {label} | " + " | ".join(", ".join(_last(d, tag) for d, _ in r) for tag in
+                                        ("train/margin", "train/margin_min", "train/margin_max"))
+          + " |")
+
+
 if __name__ == "__main__":
   cmd, *args = sys.argv[1:]
   {"table1": lambda: table1(*args), "losses": lambda: losses(*args),
    "curves": lambda: curves(args[0], args[1:]), "grid": lambda: grid(*args),
-   "neighbours": lambda: neighbours(*args)}[cmd]()
+   "neighbours": lambda: neighbours(*args), "adversarial": lambda: adversarial(*args),
+   "ensemble": lambda: ensemble(*args), "gnn": lambda: gnn(*args),
+   "fewshot": lambda: fewshot(*args), "margins": lambda: margins(*args)}[cmd]()
