@@ -70,12 +70,16 @@ def variant_dirs(table: str, table_dir: str) -> list[tuple[str, list[str]]]:
 
 
 def summary(runs, metric: str, kind: str) -> dict | None:
-  """{"mean", "min", "max", "n"} of `metric` over the runs ("metrics" or a floor's name)."""
+  """{"mean", "min", "max", "n"} of `metric` over the runs ("metrics", "chance" or a floor's
+  name)."""
   values = []
   for run in runs:
     with open(os.path.join(run, "final_metrics.json")) as f:
       final = json.load(f)
-    block = final["metrics"] if kind == "metrics" else final.get("floors", {}).get(kind, {})
+    if kind in ("metrics", "chance"):
+      block = final.get(kind, {})
+    else:
+      block = final.get("floors", {}).get(kind, {})
     if metric in block:
       values.append(float(block[metric]))
   if not values:
@@ -163,17 +167,18 @@ def _fmt(summary) -> str:
 
 
 def side_by_side(table: str, variants) -> str:
-  """Markdown: the seed's F1 beside ours (mean, min-max over seeds) and both floors."""
+  """Markdown: the seed's F1 beside ours (mean, min-max over seeds), chance and both floors."""
   seed = SEED.get(table, {})
   zs = any(summary(runs, ZEROSHOT, "metrics") for _, runs in variants)
-  head = "| variant | seed's F1 | our 5-NN macro F1 | raw pixels | random init |"
+  head = "| variant | seed's F1 | our 5-NN macro F1 | chance | raw pixels | random init |"
   head += " zero-shot 5-NN F1 | its raw pixels | its random init |" if zs else ""
-  lines = [head, "|---|---:|---:|---:|---:|" + ("---:|---:|---:|" if zs else "")]
+  lines = [head, "|---|---:|---:|---:|---:|---:|" + ("---:|---:|---:|" if zs else "")]
   for label, runs in variants:
-    cells = [_fmt(summary(runs, METRIC, k)) for k in ("metrics", "raw_pixels", "random_init")]
+    cells = [_fmt(summary(runs, METRIC, k))
+             for k in ("metrics", "chance", "raw_pixels", "random_init")]
     row = f"| {label} | {seed.get(label, '-')} | " + " | ".join(cells) + " |"
     if not runs:
-      row = f"| {label} | {seed.get(label, '-')} | not run |  |  |"
+      row = f"| {label} | {seed.get(label, '-')} | not run |  |  |  |"
     elif zs:
       row += " " + " | ".join(_fmt(summary(runs, ZEROSHOT, k))
                               for k in ("metrics", "raw_pixels", "random_init")) + " |"
