@@ -43,7 +43,7 @@ pairs come from; the validation and heldout names are never in it.
 Issue 26's techniques, each an ablation on the same base (results: icons.md "Issue 26"):
   adversarial     clean | fgsm | pgd (sim_jax/adversarial.py), each scored on FGSM / PGD
                   attacked pairs (robust/*)
-  ensemble        seed0..2 | ensemble_concat | ensemble_mean (--ensemble, models/ensemble.py)
+  ensemble        seed0..8 | ensemble_{concat,mean}[_345,_678] (--ensemble, models/ensemble.py)
   gnn             base | gnn_knn | gnn_names: a GCN (sim_jax/graph) fit on the train split's k-NN
                   graph (+ the icon-name relations) refines the embeddings at evaluation
   nas             hand_designed | searched: the best of a 12-trial Optuna search on validation
@@ -169,14 +169,16 @@ def get_ablations():
           Variant(label, {"train.adversarial.method": method, "eval.robust_attacks": "fgsm,pgd"})
           for label, method in (("clean", "none"), ("fgsm", "fgsm"), ("pgd", "pgd"))
       ], seeds=(0, 1, 2)),
-      # Ensembles (--mode=evaluate --ensemble=...): three encoders trained with seeds 0, 1, 2, then
-      # their embeddings combined (sim_jax/models/ensemble.py). Members carry their own seeds, so
-      # run it without --seeds; the seed rows are the single-encoder spread.
+      # Ensembles (--mode=evaluate --ensemble=...): nine encoders trained with seeds 0-8, their
+      # embeddings combined three at a time (sim_jax/models/ensemble.py; ENSEMBLE_GROUPS). Members
+      # carry their own seeds, so run it without --seeds; the seed rows are the single-encoder
+      # spread, the three groups the ensemble's.
       "ensemble": [
-          *[Variant(f"seed{s}", {"seed": s}) for s in range(3)],
-          *[Variant(f"ensemble_{mode}", {"eval.ensemble": "{run:seed0},{run:seed1},{run:seed2}",
-                                         "eval.ensemble_mode": mode}, evaluates="seed0")
-            for mode in ("concat", "mean")],
+          *[Variant(f"seed{s}", {"seed": s}) for s in range(9)],
+          *[Variant(f"ensemble_{mode}{ENSEMBLE_SUFFIX[group]}",
+                    {"eval.ensemble": ",".join(f"{{run:seed{s}}}" for s in group),
+                     "eval.ensemble_mode": mode}, evaluates=f"seed{group[0]}")
+            for group in ENSEMBLE_GROUPS for mode in ("concat", "mean")],
       ],
       # Issue 26 (sim_jax/graph): a GCN refines the embeddings at evaluation, fit on the train
       # split over k-NN (+ freedesktop name relations); the gnn_* rows re-evaluate base's
@@ -220,6 +222,12 @@ def get_ablations():
                                "loss.adaptive_margin_reward": 0.1}),
       ], seeds=(0, 1, 2)),
   }
+
+
+# Three disjoint ensembles of three encoders each (seeds 0-2, 3-5, 6-8): the ensemble's own
+# spread over 3 replicates. The first keeps its original labels (ensemble_concat / _mean).
+ENSEMBLE_GROUPS = ((0, 1, 2), (3, 4, 5), (6, 7, 8))
+ENSEMBLE_SUFFIX = {(0, 1, 2): "", (3, 4, 5): "_345", (6, 7, 8): "_678"}
 
 
 # The few-shot evaluation of the `fewshot` ablation (verification kept: best_metric reads it).
