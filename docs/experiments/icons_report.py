@@ -337,12 +337,17 @@ def adversarial(workdir: str) -> None:
 
 
 def ensemble(workdir: str) -> None:
-  """Each single encoder, their spread, and the two combinations of the three."""
+  """Each single encoder, their spread, each ensemble of three, and each combination's spread
+  over the disjoint groups (ensemble_<mode>[_<group>])."""
   runs = _ablation_runs(workdir, "ensemble")
   singles = [run for label, r in runs.items() if label.startswith("seed") for run in r]
+  groups = {mode: [run for label, r in runs.items()
+                   if label.startswith(f"ensemble_{mode}") for run in r]
+            for mode in ("concat", "mean")}
   rows = {**{k: v for k, v in runs.items() if k.startswith("seed")},
-          "single encoders (the three seed rows)": singles,
-          **{k: v for k, v in runs.items() if k.startswith("ensemble")}}
+          f"single encoders (the {len(singles)} seed rows)": singles,
+          **{k: v for k, v in runs.items() if k.startswith("ensemble")},
+          **{f"ensembles, {mode} ({len(g)} groups)": g for mode, g in groups.items()}}
   metric_table(workdir, runs, DISTANCE, cost=True, rows=rows)
 
 
