@@ -67,6 +67,9 @@ _r("(-inf, inf)", "loss.siglip_bias", "loss.siglip_log_temperature")
 # proxy / margin-softmax losses (None: the paper's value)
 _r("[0, inf)", "loss.class_margin", "loss.soft_triple_tau")
 _r("(0, inf)", "loss.class_scale", "loss.soft_triple_gamma")
+_r("[1, inf)", "loss.manifold_proxies")
+_r("[0, inf)", "loss.manifold_lambda_c")
+_r("(0, 1)", "loss.manifold_alpha")
 _r("[1, inf)", "loss.centers_per_class", "loss.angle_multiplier")
 # pair and tuple losses, self-supervised regularisers
 _r("(0, inf)", "loss.ms_alpha", "loss.ms_beta", "loss.circle_gamma", "loss.tuplet_scale",

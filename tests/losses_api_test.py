@@ -132,13 +132,13 @@ def test_default_config_holds_every_field_the_trainer_reads():
       "snr_contrastive", "recall_at_k_surrogate", "softmax_ce", "sigmoid_contrastive"} | {
       "arcface", "subcenter_arcface", "cosface", "large_margin_softmax", "sphereface",
       "normalized_softmax", "proxy_nca", "proxy_anchor", "soft_triple", "p2sgrad",
-      "pool_triplet", "adaptive_margin_contrastive"} | set(objective.TUPLE_LOSSES)
+      "pool_triplet", "adaptive_margin_contrastive", "manifold"} | set(objective.TUPLE_LOSSES)
   for field in ("temperature", "learnable_temperature", "margin", "learnable_margin", "squared",
                 "distance", "mining", "soft", "block_size", "pos_margin", "snr_regularization",
                 "k_values", "rank_temperature", "k_temperature", "siglip_bias",
                 "siglip_log_temperature", "num_classes", "class_margin", "class_scale",
                 "centers_per_class", "angle_multiplier", "soft_triple_gamma", "soft_triple_tau",
-                "max_positives"):
+                "max_positives", "manifold_proxies", "manifold_lambda_c", "manifold_alpha"):
     assert field in c, field
   assert c.block_size is None                     # dense by default
   c.block_size = 256                              # typed placeholder: an int override works

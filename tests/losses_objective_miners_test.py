@@ -12,6 +12,7 @@ from configs import test as test_config
 from sim_jax import losses, validation
 from sim_jax.losses import miners, objective
 from tests.experiments_trace_test import CLASSES, synthetic_batch, trace_train_step
+from tests.losses_manifold_test import ref_manifold
 from tests.losses_ranked_ssl_test import ref_dsm
 
 LABELS = np.array([0, 0, 0, 1, 1, 2, 3, 3, 3, 4], np.int32)  # label 2 has no positive
@@ -190,3 +191,29 @@ def test_dynamic_soft_margin_in_the_table_uses_the_batch_histogram():
   with pytest.raises(ValueError, match=r"config\.loss\.dsm_min_val"):
     config.loss.dsm_min_val = 0.0
     validation.check_ranges(config)
+
+
+def test_manifold_in_the_table_draws_meta_classes_from_the_step_key():
+  # The table's manifold equals the NumPy loop of tests/losses_manifold_test.py on the proxies in
+  # params["loss"] and the meta classes pml's rule draws from the step key's loss stream; another
+  # step key draws other meta classes (another value); no key is refused by name.
+  config = _config("manifold", manifold_proxies=3, manifold_lambda_c=0.7)
+  params = {"loss": objective.init_params(config.loss, embedding_dim=5, num_classes=5,
+                                          rng=jax.random.key(0))}
+  p = np.asarray(params["loss"]["proxies"], np.float64)
+  assert p.shape == (3, 5)
+  x = _x(5)
+  meta = np.asarray(losses.random_meta_classes(jax.random.fold_in(RNG, objective._LOSS_STREAM),
+                                               M, 3))
+  assert sorted(set(meta.tolist())) == [0, 1, 2]
+  ref = ref_manifold(x.astype(np.float64), p, meta, lambda_c=0.7)
+  np.testing.assert_allclose(_table(config, x, params=params), ref, rtol=1e-4)
+  other = _table(config, x, rng=jax.random.key(123), params=params)
+  other_meta = np.asarray(losses.random_meta_classes(
+      jax.random.fold_in(jax.random.key(123), objective._LOSS_STREAM), M, 3))
+  np.testing.assert_allclose(other, ref_manifold(x.astype(np.float64), p, other_meta,
+                                                 lambda_c=0.7), rtol=1e-4)
+  grads = jax.grad(lambda q: _table(config, x, params=q))(params)
+  assert np.all(np.isfinite(grads["loss"]["proxies"])) and np.any(grads["loss"]["proxies"] != 0)
+  with pytest.raises(ValueError, match="manifold"):
+    _table(config, x, rng=None, params=params)

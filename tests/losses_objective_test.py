@@ -39,6 +39,8 @@ def _params(name, cfg):
 def test_each_loss_reads_only_the_fields_its_entry_lists(name):
   cfg = loss_config.default_config()
   cfg.name = name
+  if name == "manifold":
+    cfg.manifold_proxies = 4  # pml's rule uses every proxy once: K <= the 8 samples
   spec = objective.LOSSES[name]
   rec = _Recorder(cfg)
   z = jax.random.normal(jax.random.PRNGKey(1), (8, 4))
@@ -54,7 +56,8 @@ def test_each_loss_reads_only_the_fields_its_entry_lists(name):
   elif spec.inputs == "pools":  # 2 pools of [query, true match, 2 foils]
     value = spec.fn(rec, params, z.reshape(2, 4, 4), labels, None)
   else:
-    value = spec.fn(rec, params, z, labels, None)
+    rng = {"rng": jax.random.PRNGKey(3)} if spec.needs_rng else {}
+    value = spec.fn(rec, params, z, labels, None, **rng)
   assert jnp.isfinite(value)
   assert rec.read <= set(spec.fields), (name, rec.read - set(spec.fields))
   assert set(spec.fields) <= set(cfg.keys())

@@ -18,7 +18,7 @@ from sim_jax.losses.infonce import (
   supcon_stats,
   supcon_stats_dense,
 )
-from sim_jax.losses.manifold import manifold
+from sim_jax.losses.manifold import manifold, random_meta_classes
 from sim_jax.losses.margin_softmax import (
   arcface,
   cosface,
@@ -132,4 +132,5 @@ __all__ = [
   "triplet_stats_dense",
   "tuplet_margin",
   "vicreg",
+  "random_meta_classes",
 ]

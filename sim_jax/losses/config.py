@@ -40,6 +40,11 @@ def default_config() -> ml_collections.ConfigDict:
   c.angle_multiplier = 4             # large_margin_softmax / sphereface: integer m of psi(theta)
   c.soft_triple_gamma = 0.1          # soft_triple: gamma, softmax temperature over a class's K
   c.soft_triple_tau = 0.0            # soft_triple: centre regulariser weight (paper 0.2; pml 0)
+  # manifold (Aziere & Todorovic 2019; pml ManifoldLoss defaults): K proxies (not per class),
+  # each sample's proxy drawn per step from the step's key; margin: class_margin (5e-4).
+  c.manifold_proxies = 50
+  c.manifold_lambda_c = 1.0          # weight of the context term
+  c.manifold_alpha = 0.8             # random-walk parameter, in (0, 1)
   c.diagnostics_margin = 0.2         # margin of the active-triplet fraction in diagnostics()
   # A miner (sim_jax.losses.miners) that selects the pairs / triplets of the pair and triplet
   # losses (every loss whose fields list "miner", objective.MINED_LOSSES).

@@ -55,6 +55,7 @@ class LossSpec:
   fields: tuple[str, ...]
   pair_batches: bool = False  # a "labels" loss that also trains on the pairs sampler's images
   pair_labels: bool = False  # a "pairs" loss that also reads labels=[B, 2] (the pairs' classes)
+  needs_rng: bool = False  # draws from the step's key (`fn(..., rng=key)`): manifold
 
 
 def margin(loss_cfg: ml_collections.ConfigDict, params) -> jax.Array | float:
@@ -157,6 +158,7 @@ CLASS_DEFAULTS = {
     "proxy_anchor": {"margin": 0.1, "scale": 32.0},
     "soft_triple": {"margin": 0.01, "scale": 20.0, "centers": 10},
     "p2sgrad": {},
+    "manifold": {"margin": 5e-4},
 }
 PROXY_LOSSES = tuple(CLASS_DEFAULTS)
 
@@ -170,6 +172,8 @@ def class_option(cfg, name: str, key: str):
 
 def proxy_shape(loss_cfg, embedding_dim: int, num_classes: int) -> tuple[int, ...]:
   """params["loss"]["proxies"]: [C, K, D] for the losses with K centres per class, else [C, D]."""
+  if loss_cfg.name == "manifold":  # K proxies shared by all classes (labels are not read)
+    return (loss_cfg.manifold_proxies, embedding_dim)
   if "centers" in CLASS_DEFAULTS[loss_cfg.name]:
     return (num_classes, class_option(loss_cfg, loss_cfg.name, "centers"), embedding_dim)
   return (num_classes, embedding_dim)
@@ -206,6 +210,18 @@ def _proxy_nca(cfg, params, z, labels, mesh):
   return losses.proxy_nca(z, labels, params["loss"]["proxies"],
                           scale=class_option(cfg, "proxy_nca", "scale"),
                           block_size=cfg.block_size or None)
+
+
+def _manifold(cfg, params, z, labels, mesh, rng=None):
+  """pml's ManifoldLoss as the trainer runs it: each step assigns the M samples to the K proxies
+  by `random_meta_classes` (every proxy once, the rest uniform) from the step's key."""
+  del labels, mesh
+  if rng is None:
+    raise ValueError("config.loss.name='manifold' draws its meta classes from the step's key: "
+                     "objective.loss needs rng")
+  meta = losses.random_meta_classes(rng, z.shape[0], cfg.manifold_proxies)
+  return losses.manifold(z, params["loss"]["proxies"], meta, lambda_c=cfg.manifold_lambda_c,
+                         alpha=cfg.manifold_alpha, margin=class_option(cfg, "manifold", "margin"))
 
 
 def _proxy_anchor(cfg, params, z, labels, mesh):
@@ -398,6 +414,9 @@ LOSSES: dict[str, LossSpec] = {
                             ("num_classes", "class_margin", "class_scale", "centers_per_class",
                              "soft_triple_gamma", "soft_triple_tau")),
     "p2sgrad": LossSpec(_p2sgrad, "labels", ("classifier",), ("num_classes",)),
+    "manifold": LossSpec(_manifold, "labels", ("classifier",),
+                         ("manifold_proxies", "manifold_lambda_c", "manifold_alpha",
+                          "class_margin"), needs_rng=True),
 }
 LOSSES.update({name: LossSpec(fn, "labels", (),
                               fields + (("miner",) if name in MINED_LOSSES else ()))
@@ -489,6 +508,8 @@ def init_params(loss_cfg: ml_collections.ConfigDict, *, embedding_dim: int = 0,
 # fold_in constant of the miner's key: the step key `rng` the trainer passes also drives dropout
 # (through `jax.random.split`), so the miner draws from a stream of its own.
 _MINER_STREAM = 0x6D696E
+# fold_in constant of the key a `needs_rng` loss draws from (manifold's meta classes).
+_LOSS_STREAM = 0x6C6F73
 
 
 def loss(config: ml_collections.ConfigDict, params, z: jax.Array, labels: jax.Array, batch, *,
@@ -520,6 +541,9 @@ def loss(config: ml_collections.ConfigDict, params, z: jax.Array, labels: jax.Ar
   if s.inputs == "pools":  # rows [query, true match, foils] of the pools sampler
     return s.fn(config.loss, params, z.reshape(-1, 2 + config.data.num_foils, z.shape[-1]),
                 labels, mesh)
+  if s.needs_rng:
+    return s.fn(config.loss, params, z, labels, mesh,
+                rng=None if rng is None else jax.random.fold_in(rng, _LOSS_STREAM))
   return s.fn(config.loss, params, z, labels, mesh)
 
 
