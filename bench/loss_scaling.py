@@ -88,7 +88,7 @@ def _dsm(L, x, y):
 # soft_triple, p2sgrad: O(N C) against class weights, not all-pairs), the explicit-pair losses
 # (contrastive, pair_bce, sigmoid_contrastive: one term per given pair), recall_at_k_surrogate
 # (no pml twin), vicreg / barlow_twins (O(N D^2) statistics), pool_triplet (per pool), and
-# manifold (not in the trainer's table; an (N + K)^2 inverse).
+# manifold (against K proxies with per-step meta classes, not all-pairs; an (N + K)^2 inverse).
 PAIR_TABLE: dict[str, PairBench] = {
   "multi_similarity": PairBench(lambda L, b: functools.partial(L.multi_similarity, block_size=b),
                                 lambda P: P.losses.MultiSimilarityLoss(), streaming=True),
