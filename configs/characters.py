@@ -25,6 +25,8 @@ exact commands and their results in docs/experiments/characters.md:
   python ablate.py --config=configs/characters.py --ablation=tables --workdir=runs/characters_tables
   python ablate.py --config=configs/characters.py --ablation=large_batch \
       --workdir=runs/characters_large_batch
+  python ablate.py --config=configs/characters.py --ablation=large_batch_equal_steps \
+      --workdir=runs/characters_large_batch_equal_steps
   python ablate.py --config=configs/characters.py --ablation=large_batch_lr \
       --workdir=runs/characters_large_batch_lr
 
@@ -49,6 +51,8 @@ exact commands and their results in docs/experiments/characters.md:
                16 GradCache chunks of 128 and ranked with `loss.max_positives = 3`, O(N^2 K)
                instead of the dense O(N^3)), seeds 0, 1, 2, against `tables`' surrogate at
                batch 128: the same ~196,000 training images (96 vs 1,500 steps); lr 4e-3.
+  large_batch_equal_steps  the batch-128 surrogate for large_batch's 96 steps (seeds 0, 1, 2):
+               the comparison at equal steps, where large_batch is at equal images.
   large_batch_lr  the batch-2,048 surrogate at lr 1e-3 vs 4e-3 (one seed, chosen on validation).
 
 KL(p || q) and H(p, q) rank identically by definition: with the query's distribution p first,
@@ -185,6 +189,12 @@ def get_ablations():
       # `large_batch_lr`.
       "large_batch": Ablation([
           Variant("surrogate_b2048_lr4e-3", {**LARGE, "optimizer.learning_rate": 4e-3}),
+      ], seeds=(0, 1, 2)),
+      # The other half of the comparison: the same 96 steps at batch 128 (16x fewer images than
+      # the batch-2,048 run). Equal images above, equal steps here.
+      "large_batch_equal_steps": Ablation([
+          Variant("surrogate_b128_96_steps", {**SURROGATE, "train.steps": 96,
+                                              "optimizer.warmup_steps": 4}),
       ], seeds=(0, 1, 2)),
       "large_batch_lr": [
           Variant("surrogate_b2048", LARGE),
