@@ -4,7 +4,8 @@ Reads the TensorBoard events of `python ablate.py --config=configs/lenet_siamese
 --ablation=long --workdir=runs/lenet_siamese_long` (evaluated every 7,500 steps = 10 epochs of
 48,000 pairs) and prints one markdown row per evaluation: the train / validation / test pair
 accuracy at the seed's rule s > 0.5, as the mean (min–max) over the seeds that reached it, and
-the train-test gap. It also draws the three curves. From the repository root:
+the train-test gap; then, per seed, the evaluation that validation would stop at and its test
+accuracy. It also draws the three curves. From the repository root:
 
   python docs/experiments/lenet_siamese_long.py \
       --out=docs/experiments/lenet_siamese_long.png runs/lenet_siamese_long/sn_lenet5_100_epochs
@@ -62,6 +63,18 @@ def table(curves) -> list[str]:
   return rows
 
 
+def early_stopping(curves) -> list[str]:
+  """Per seed: the evaluation with the best validation accuracy, and its test accuracy."""
+  out = []
+  for seed, c in sorted(curves.items()):
+    if not c["validation"]:
+      continue  # a run that has not reached its first evaluation yet
+    best = max(c["validation"], key=lambda t: (c["validation"][t], -t))
+    out.append(f"seed {seed}: best validation {100 * c['validation'][best]:.2f} at epoch "
+               f"{best // STEPS_PER_EPOCH}, test there {100 * c['test'][best]:.2f}")
+  return out
+
+
 def plot(curves, path: str) -> None:
   fig, ax = plt.subplots(figsize=(6.5, 4))
   for k, color in zip(SPLITS, ("C0", "C1", "C2")):
@@ -87,6 +100,8 @@ def main() -> None:
   args = parser.parse_args()
   curves = seed_curves(args.variant_dir)
   print("\n".join(table(curves)))
+  print("\nStopped at the best validation evaluation:")
+  print("\n".join(early_stopping(curves)))
   if args.out:
     plot(curves, args.out)
     print(f"wrote {args.out}")
