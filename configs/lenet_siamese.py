@@ -21,7 +21,7 @@ Ablations (`python ablate.py --config=configs/lenet_siamese.py --ablation=NAME -
   learning_rate  1e-4 | 1e-3 | 1e-2 (the seed's Table 6), seeds 0, 1, 2
   batch_size     32 | 64 | 96 pairs (Table 7) at the same number of epochs, seeds 0, 1, 2
   classifier     the plain LeNet-5 classifier (softmax_ce on the same 10-d F7 output, 64 images
-                 per batch) next to SN-LeNet-5 (Table 3 row)
+                 per batch) next to SN-LeNet-5 (Table 3 row), seeds 0, 1, 2
   long           Table 5 at the seed's length: SN-LeNet-5 for 100 epochs (75,000 steps), evaluated
                  and checkpointed every 10 epochs, seeds 0, 1, 2
 
@@ -143,11 +143,11 @@ def get_ablations():
           Variant("batch_64", _same_epochs(64)),
           Variant("batch_96", _same_epochs(96)),
       ], seeds=SEEDS),
-      "classifier": [
+      "classifier": Ablation([
           Variant("sn_lenet5", {"eval.protocols": "verification,knn"}),
           Variant("lenet5_softmax", {"data.sampler": "random", "loss.name": "softmax_ce",
                                      "model.pair_head": "abs_diff",
                                      "eval.protocols": "verification,knn"}),
-      ],
+      ], seeds=SEEDS),
       "long": Ablation([Variant("sn_lenet5_100_epochs", _long())], seeds=SEEDS),
   }
