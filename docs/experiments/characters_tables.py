@@ -13,6 +13,11 @@ repository root:
 import argparse
 import json
 import os
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
+
+from sim_jax.experiments.tables import Summary, format_summary  # noqa: E402
 
 METRICS = ("retrieval/mrr@5", "retrieval/recall@1", "validation/mrr@5", "zeroshot/mrr@5")
 # Seed 001's MRR@5 (its Tables 1 and 2), by our variant label.
@@ -38,10 +43,8 @@ def load(workdir: str) -> tuple[list[int], dict[str, dict]]:
 
 
 def spread(s: dict) -> str:
-  """'mean (min–max)' to 4 digits; the mean alone when one seed finished."""
-  if s["n"] == 1:
-    return f"{s['mean']:.4f}"
-  return f"{s['mean']:.4f} ({s['min']:.4f}–{s['max']:.4f})"
+  """The runner's 'mean (min–max)' of one ablation.json summary record."""
+  return format_summary(Summary(s["mean"], s["min"], s["max"], s["n"]))
 
 
 def cell(summary: dict, metric: str) -> str:

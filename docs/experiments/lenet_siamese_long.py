@@ -19,9 +19,9 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
-import numpy as np  # noqa: E402
 
 from sim_jax.eval.plots import read_scalars  # noqa: E402
+from sim_jax.experiments.tables import summarize  # noqa: E402
 
 SPLITS = ("train", "validation", "test")
 TAG = "eval/verification/fixed_accuracy_{}"
@@ -43,10 +43,10 @@ def seed_curves(variant_dir: str) -> dict[int, dict[str, dict[int, float]]]:
 
 def cell(values: list[float]) -> str:
   """Percent, 'mean (min–max)' over seeds; the value alone for one seed."""
-  v = 100 * np.asarray(values)
-  if len(v) == 1:
-    return f"{v[0]:.2f}"
-  return f"{v.mean():.2f} ({v.min():.2f}–{v.max():.2f})"
+  s = summarize([100 * v for v in values])
+  if s.n == 1:
+    return f"{s.mean:.2f}"
+  return f"{s.mean:.2f} ({s.low:.2f}–{s.high:.2f})"
 
 
 def table(curves) -> list[str]:
