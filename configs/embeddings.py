@@ -18,8 +18,12 @@ reference is what the model saw, as the seed's 4.4 needs), and MAP@R of the test
 One command per table (resumable; the variants of a table interleaved, seed by seed):
   python ablate.py --config=configs/embeddings.py --ablation=backbones \
       --workdir=runs/embeddings_backbones
+  python ablate.py --config=configs/embeddings.py --ablation=backbones_pretrained \
+      --workdir=runs/embeddings_backbones_pretrained
   python ablate.py --config=configs/embeddings.py --ablation=losses \
       --workdir=runs/embeddings_losses
+  python ablate.py --config=configs/embeddings.py --ablation=losses_pretrained \
+      --workdir=runs/embeddings_losses_pretrained
   python ablate.py --config=configs/embeddings.py --ablation=embedding_sizes \
       --workdir=runs/embeddings_embedding_sizes
   python ablate.py --config=configs/embeddings.py --ablation=samples_per_class \
@@ -39,15 +43,19 @@ Tables (the seed's section in brackets):
                      steps, as the CNNs cost ~2 s a step here). ViT and Swin are of
                      comparable size (both ~40k parameters: the test-sized layouts, all this
                      host can train); docs/experiments/embeddings.md lists params and FLOPs.
+  backbones_pretrained  the pretraining column: SimCLR on all 60,000 train images (no labels),
+                     then the backbone row fine-tuned from it, for lenet5 | vit_tiny | swin_tiny
   losses             contrastive | triplet | supcon | snr | nt_xent (4.2)
+  losses_pretrained  the pretraining column of the loss table: the same five losses fine-tuned
+                     from one SimCLR LeNet-5 per seed
   embedding_sizes    64 | 128 | 256 | 512 | 1024 | 2048 (4.3)
   samples_per_class  10 | 20 | 30 | 50 | 80 | 100 | 200 | 400 (4.4; k-NN reference = those N)
   augmentation_factor  20 images per class + (f - 1) fixed RandAugment copies of each,
                      f = 1 | 2 | 4 | 8 | 16 (4.5; offline copies made once, `data.offline_augment`)
   augmentation       20 per class x 4 by none | autoaugment | randaugment | trivialaugment (4.6)
-  zeroshot           30% / 50% of the classes held out of training, 5-NN F1 within them; and a
-                     cross-domain row: the default model's embeddings of icon_themes (gray,
-                     28 px) (4.7); one seed (the seed claims that it works, not a difference)
+  zeroshot           30% / 50% of the classes held out of training, 5-NN F1 within them (1,000
+                     images of each); and a cross-domain row: the default model's embeddings of
+                     icon_themes (gray, 28 px) (4.7)
   combined           the seed's 4.8: 4 trained classes, 20 images each x 16 RandAugment copies,
                      SupCon, 1024-d; F1 on the trained classes and zero-shot on the 6 others
 
@@ -116,34 +124,83 @@ def get_config():
 PAIRS = {"data.sampler": "pairs", "train.batch_size": 32}  # 32 pairs = 64 images per step
 FEW = {"data.samples_per_class": 20}  # the seed's augmentation experiments: 20 per class
 RANDAUGMENT = {"data.offline_augment.name": "randaugment"}
-# Zero-shot: held-out classes in the "heldout" split, scored by 5-NN within them.
+# Zero-shot: held-out classes in the "heldout" split, scored by 5-NN within them, on the same
+# 1,000 images of each held-out class for every model and floor (MAP@R over whole 7,000-image
+# classes is a top-7,000 search per query, out of reach here).
 ZEROSHOT_EVAL = {"data.eval_splits": ("trained", "test", "heldout"),
-                 "eval.protocols": "knn,retrieval,zeroshot", "eval.zeroshot_train_split": ""}
+                 "eval.protocols": "knn,retrieval,zeroshot", "eval.zeroshot_train_split": "",
+                 "eval.zeroshot_max_per_class": 1000}
+# The pretraining column: SimCLR (two augmented views per image, positives = the two views, no
+# labels) on all 60,000 train images, 10x-150x more than the labelled N = 400 / 20 per class, then
+# fine-tuning from its encoder (the projection MLP dropped). The test images are never in it.
+SIMCLR_STEPS = 2000
+SIMCLR = {
+    # Every train image: Fashion-MNIST has 6,000 per class (the "trained" k-NN reference too).
+    "data.samples_per_class": 6000,
+    "data.sampler": "views",
+    "train.view_labels": "index",
+    "train.batch_size": 64,  # images: 128 views per step
+    "train.steps": SIMCLR_STEPS,
+    "train.eval_every": SIMCLR_STEPS,
+    "train.checkpoint_every": SIMCLR_STEPS // 2,
+    # k-NN only: MAP@R against a 60,000-image reference is a top-6,000 search per query.
+    "eval.protocols": "knn",
+    "loss.name": "nt_xent",
+    "loss.temperature": 0.2,
+    "data.augment.name": "simclr",
+    "data.augment.strength": 0.5,
+    "data.augment.min_scale": 0.3,
+    "model.projection_depth": 2,
+    "model.projection_dim": 64,
+    "model.projection_hidden_dim": 256,
+}
+
+
+def _loss_variants(extra=None):
+  extra = extra or {}
+  return [
+      Variant("contrastive", {"loss.name": "contrastive", "loss.margin": 1.0,
+                              "loss.squared": False, **PAIRS, **extra}),
+      Variant("triplet", {"loss.name": "triplet", "loss.margin": 0.2,
+                          "loss.mining": "semi_hard", **extra}),
+      Variant("supcon", {"loss.name": "supcon", **extra}),
+      # pytorch-metric-learning's SignalToNoiseRatioContrastiveLoss over all pairs of the
+      # labelled batch: positives above pos_margin (0) and negatives below margin (1.0).
+      Variant("snr", {"loss.name": "snr_contrastive", "loss.margin": 1.0,
+                      "loss.pos_margin": 0.0, **extra}),
+      Variant("nt_xent", {"loss.name": "nt_xent", **extra}),
+  ]
+
+
+def _backbone(name, extra=None):
+  return {"model.name": name, "loss.name": "triplet", "loss.margin": 0.2,
+          "loss.mining": "semi_hard", "train.steps": BACKBONE_STEPS,
+          "train.eval_every": BACKBONE_STEPS // 2, "train.checkpoint_every": BACKBONE_STEPS // 2,
+          **(extra or {})}
+
+
+# Cheapest first: a stopped table has the small models' rows.
+BACKBONES = ("lenet5", "vit_tiny", "swin_tiny", "resnet18", "mobilenet_v3_small",
+             "efficientnet_b0", "densenet121")
+# The pretrained column of the backbone table: the backbones whose SimCLR pretraining fits this
+# host (the CNNs step 10-60x slower than these; docs/experiments/embeddings.md).
+PRETRAINED_BACKBONES = ("lenet5", "vit_tiny", "swin_tiny")
 
 
 def get_ablations():
   return {
-      "backbones": Ablation([
-          Variant(name, {"model.name": name, "loss.name": "triplet", "loss.margin": 0.2,
-                         "loss.mining": "semi_hard", "train.steps": BACKBONE_STEPS,
-                         "train.eval_every": BACKBONE_STEPS // 2,
-                         "train.checkpoint_every": BACKBONE_STEPS // 2})
-          # Cheapest first: a stopped table has the small models' rows.
-          for name in ("lenet5", "vit_tiny", "swin_tiny", "resnet18", "mobilenet_v3_small",
-                       "efficientnet_b0", "densenet121")
+      "backbones": Ablation([Variant(name, _backbone(name)) for name in BACKBONES], seeds=SEEDS),
+      # The same rows fine-tuned from each backbone's own SimCLR encoder (run first, per seed).
+      "backbones_pretrained": Ablation([
+          v for name in PRETRAINED_BACKBONES for v in (
+              Variant(f"simclr_{name}", {**SIMCLR, "model.name": name}),
+              Variant(name, _backbone(name, {"model.init_from": f"{{run:simclr_{name}}}"})))
       ], seeds=SEEDS),
-      "losses": Ablation([
-          Variant("contrastive", {"loss.name": "contrastive", "loss.margin": 1.0,
-                                  "loss.squared": False, **PAIRS}),
-          Variant("triplet", {"loss.name": "triplet", "loss.margin": 0.2,
-                              "loss.mining": "semi_hard"}),
-          Variant("supcon", {"loss.name": "supcon"}),
-          # pytorch-metric-learning's SignalToNoiseRatioContrastiveLoss over all pairs of the
-          # labelled batch: positives above pos_margin (0) and negatives below margin (1.0).
-          Variant("snr", {"loss.name": "snr_contrastive", "loss.margin": 1.0,
-                          "loss.pos_margin": 0.0}),
-          Variant("nt_xent", {"loss.name": "nt_xent"}),
-      ], seeds=SEEDS),
+      "losses": Ablation(_loss_variants(), seeds=SEEDS),
+      # The loss table fine-tuned from one SimCLR LeNet-5 per seed.
+      "losses_pretrained": Ablation(
+          [Variant("simclr", SIMCLR), *_loss_variants({"model.init_from": "{run:simclr}"})],
+          seeds=SEEDS),
       "embedding_sizes": Ablation([
           Variant(f"dim_{d}", {"model.embedding_dim": d}) for d in (64, 128, 256, 512, 1024, 2048)
       ], seeds=SEEDS),
@@ -162,7 +219,7 @@ def get_ablations():
                            "data.augmentation_factor": 4})
             for name in ("autoaugment", "randaugment", "trivialaugment")],
       ], seeds=SEEDS),
-      "zeroshot": [
+      "zeroshot": Ablation([
           Variant(f"heldout_{int(f * 100)}", {"data.heldout_class_fraction": f, **ZEROSHOT_EVAL})
           for f in (0.3, 0.5)
       ] + [
@@ -173,11 +230,11 @@ def get_ablations():
               "data.eval_splits": ("trained", "test", "icon_themes:train"),
               "eval.protocols": "knn,retrieval,zeroshot",
               "eval.zeroshot_split": "icon_themes:train", "eval.zeroshot_train_split": ""}),
-      ],
-      "combined": [
+      ], seeds=SEEDS),
+      "combined": Ablation([
           # 4 of the 10 classes trained (heldout 0.6), 20 images each x 16 RandAugment copies.
           Variant("combined", {"data.heldout_class_fraction": 0.6, **FEW, **RANDAUGMENT,
                                "data.augmentation_factor": 16, "model.embedding_dim": 1024,
                                **ZEROSHOT_EVAL}),
-      ],
+      ], seeds=SEEDS),
   }

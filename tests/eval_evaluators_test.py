@@ -138,3 +138,38 @@ def test_validation_protocol_ranks_its_own_splits():
     q, g = emb[split].astype(np.float64), emb["train"].astype(np.float64)
     nearest = [lab["train"][np.argmin(np.linalg.norm(g - v, axis=1))] for v in q]
     assert out[f"{prefix}/precision@1"] == pytest.approx(np.mean(np.array(nearest) == lab[split]))
+
+
+def test_per_class_subset_caps_each_class_without_repeats():
+  labels = np.r_[np.zeros(7, int), np.ones(2, int), np.full(5, 3)]
+  idx = evaluators.per_class_subset(labels, 3, seed=1)
+  assert np.all(np.diff(idx) > 0)  # sorted, no index twice
+  counts = {c: int(np.sum(labels[idx] == c)) for c in (0, 1, 3)}
+  assert counts == {0: 3, 1: 2, 3: 3}  # class 1 has only 2: kept whole
+  assert np.array_equal(idx, evaluators.per_class_subset(labels, 3, seed=1))
+  with pytest.raises(ValueError, match="max_per_class must be >= 1, got 0"):
+    evaluators.per_class_subset(labels, 0)
+
+
+def test_zeroshot_max_per_class_scores_the_capped_unseen_classes():
+  c = default_config()
+  c.protocols = "zeroshot"
+  c.best_metric = "zeroshot/mrr@5"
+  c.ks = (1,)
+  c.zeroshot_knn_k = 1
+  c.zeroshot_max_per_class = 4
+  (ev,) = evaluators.get_evaluators(c)
+  emb, lab = data()
+  out = ev(emb, lab)
+  assert out["zeroshot/num_queries"] == 8.0 and out["zeroshot/num_classes"] == 2.0
+  # The same 4 + 4 rows of the unseen classes 4 and 5, P@1 and 1-NN accuracy by a NumPy loop.
+  unseen = np.flatnonzero(lab["heldout"] >= 4)
+  rows = unseen[evaluators.per_class_subset(lab["heldout"][unseen], 4)]
+  e, y = emb["heldout"][rows].astype(np.float64), lab["heldout"][rows]
+  hits = []
+  for i in range(len(e)):
+    d = np.linalg.norm(e - e[i], axis=1)
+    d[i] = np.inf
+    hits.append(y[np.argmin(d)] == y[i])
+  assert out["zeroshot/precision@1"] == pytest.approx(np.mean(hits))
+  assert out["zeroshot/knn_accuracy"] == pytest.approx(np.mean(hits))

@@ -73,6 +73,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.zeroshot_train_split = "train"
   # k of the leave-one-out k-NN F1 within the zero-shot classes (zeroshot/knn_f1_macro); 0: off.
   c.zeroshot_knn_k = 0
+  # At most this many examples of each zero-shot class, the same ones for every model (0: all).
+  c.zeroshot_max_per_class = 0
 
   # Robust pair accuracy (sim_jax/eval/robust.py): the verification rule on robust_num_pairs
   # query_split pairs attacked by each of these ("fgsm,pgd"; "" = off) with
