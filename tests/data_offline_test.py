@@ -13,6 +13,8 @@ from sim_jax.data import offline
 from sim_jax.eval import evaluators
 
 # One prepared copy of digits, shared with the pipeline tests (it is built once per session).
+from tests.data_image_folder_test import config as image_folder_config
+from tests.data_image_folder_test import make_classes
 from tests.data_pipeline_test import digits_config
 
 
@@ -74,7 +76,6 @@ def test_offline_augment_needs_a_factor():
 
 def test_cross_domain_split_reads_the_other_dataset_at_this_size():
   c = digits_config()
-  c.name = "no_such_dataset_here"  # never opened: the split names its own dataset
   c.image_size = 12
   got = sd.load_split(c, "digits:test")
   want = sd.load_split(digits_config(image_size=12), "test")
@@ -83,6 +84,19 @@ def test_cross_domain_split_reads_the_other_dataset_at_this_size():
   assert got["image"].shape[1:] == (12, 12, 1)
   with pytest.raises(ValueError, match="'<dataset>:<split>'"):
     sd.load_split(c, "digits:")
+
+
+def test_cross_domain_split_takes_this_datasets_channels_when_the_config_leaves_them(tmp_path):
+  # An RGB image folder (channels None: its own 3) evaluating gray digits: the model takes RGB,
+  # so the digits arrive with their gray channel repeated, at the folder's size.
+  make_classes(tmp_path / "img")
+  c = image_folder_config(tmp_path / "img", tmp_path / "tfds")
+  assert c.channels is None
+  got = sd.load_split(c, "digits:test")
+  gray = sd.load_split(digits_config(image_size=8, data_dir=str(tmp_path / "tfds")), "test")
+  assert got["image"].shape[1:] == (8, 8, 3)
+  for k in range(3):
+    np.testing.assert_array_equal(got["image"][..., k], gray["image"][..., 0])
 
 
 def test_zeroshot_knn_f1_is_leave_one_out_within_unseen_classes():

@@ -32,10 +32,14 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
 from configs import embeddings  # noqa: E402
 from sim_jax import data, inference, train  # noqa: E402
 from sim_jax.experiments.plots import eval_curve  # noqa: E402
+from sim_jax.experiments.tables import Summary, summarize  # noqa: E402
 from sim_jax.experiments.variants import apply_overrides, as_ablation  # noqa: E402
 
-TABLES = ("backbones", "losses", "embedding_sizes", "samples_per_class", "augmentation_factor",
-          "augmentation", "zeroshot", "combined")
+TABLES = ("backbones", "backbones_pretrained", "losses", "losses_pretrained", "embedding_sizes",
+          "samples_per_class", "augmentation_factor", "augmentation", "zeroshot", "combined")
+# A pretraining table -> the from-scratch table it is the SimCLR column of.
+PRETRAINED = {"backbones_pretrained": "backbones", "losses_pretrained": "losses"}
+MODELS_MD = os.path.join(os.path.dirname(__file__), "embeddings_models.md")
 METRIC = "knn/f1_macro"
 ZEROSHOT = "zeroshot/knn_f1_macro"
 # The seed's F1-scores (its tables 4.1-4.8), by our variant label.
@@ -69,9 +73,8 @@ def variant_dirs(table: str, table_dir: str) -> list[tuple[str, list[str]]]:
   return out
 
 
-def summary(runs, metric: str, kind: str) -> dict | None:
-  """{"mean", "min", "max", "n"} of `metric` over the runs ("metrics", "chance" or a floor's
-  name)."""
+def summary(runs, metric: str, kind: str) -> Summary | None:
+  """Mean and range of `metric` over the runs ("metrics", "chance" or a floor's name)."""
   values = []
   for run in runs:
     with open(os.path.join(run, "final_metrics.json")) as f:
@@ -82,17 +85,16 @@ def summary(runs, metric: str, kind: str) -> dict | None:
       block = final.get("floors", {}).get(kind, {})
     if metric in block:
       values.append(float(block[metric]))
-  if not values:
-    return None
-  return {"mean": float(np.mean(values)), "min": min(values), "max": max(values),
-          "n": len(values)}
+  return summarize(values)
 
 
 def variant_config(table: str, label: str, seed: int):
   """The run's config, rebuilt as ablate.py built it (its overrides on get_config())."""
   variant = next(v for v in as_ablation(embeddings.get_ablations()[table]).variants
                  if v.label == label)
-  return apply_overrides(embeddings.get_config(), {**variant.overrides, "seed": seed})
+  # The checkpoint holds the fine-tuned weights: the encoder it started from is not needed.
+  return apply_overrides(embeddings.get_config(),
+                         {**variant.overrides, "seed": seed, "model.init_from": ""})
 
 
 def tsne_panels(table: str, variants, path: str) -> bool:
@@ -158,32 +160,72 @@ def curve_table(variants) -> str:
   return "\n".join(lines) + "\n"
 
 
-def _fmt(summary) -> str:
-  if not summary or summary.get("mean") is None:
+def _fmt(s: Summary | None) -> str:
+  """"0.829 (0.828-0.830, n=3)" over several seeds, "0.829" for one, "n/a" for none."""
+  if s is None:
     return "n/a"
-  if summary["n"] > 1:
-    return f"{summary['mean']:.3f} ({summary['min']:.3f}-{summary['max']:.3f}, n={summary['n']})"
-  return f"{summary['mean']:.3f}"
+  if s.n > 1:
+    return f"{s.mean:.3f} ({s.low:.3f}-{s.high:.3f}, n={s.n})"
+  return f"{s.mean:.3f}"
+
+
+def model_sizes(path: str = MODELS_MD) -> dict[str, tuple[str, str]]:
+  """backbone -> (parameters, forward MFLOPs per image), from embeddings_models.py's table."""
+  out = {}
+  if os.path.exists(path):
+    with open(path) as f:
+      for line in f:
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 4 and cells[1][:1].isdigit():
+          out[cells[0]] = (cells[1], cells[3])
+  return out
 
 
 def side_by_side(table: str, variants) -> str:
-  """Markdown: the seed's F1 beside ours (mean, min-max over seeds), chance and both floors."""
+  """Markdown: the seed's F1 beside ours (mean, min-max over seeds), chance and both floors; the
+  zero-shot F1 and its floors where the runs have them; parameters and FLOPs for backbones."""
   seed = SEED.get(table, {})
   zs = any(summary(runs, ZEROSHOT, "metrics") for _, runs in variants)
-  head = "| variant | seed's F1 | our 5-NN macro F1 | chance | raw pixels | random init |"
-  head += " zero-shot 5-NN F1 | its raw pixels | its random init |" if zs else ""
-  lines = [head, "|---|---:|---:|---:|---:|---:|" + ("---:|---:|---:|" if zs else "")]
+  sizes = model_sizes() if table == "backbones" else {}
+  head = ["variant"] + (["parameters", "MFLOPs / image"] if sizes else [])
+  head += ["seed's F1", "our 5-NN macro F1", "chance", "raw pixels", "random init"]
+  head += ["zero-shot 5-NN F1", "its raw pixels", "its random init"] if zs else []
+  lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
   for label, runs in variants:
-    cells = [_fmt(summary(runs, METRIC, k))
-             for k in ("metrics", "chance", "raw_pixels", "random_init")]
-    row = f"| {label} | {seed.get(label, '-')} | " + " | ".join(cells) + " |"
+    row = [label] + (list(sizes.get(label, ("-", "-"))) if sizes else [])
+    row.append(str(seed.get(label, "-")))
     if not runs:
-      row = f"| {label} | {seed.get(label, '-')} | not run |  |  |  |"
-    elif zs:
-      row += " " + " | ".join(_fmt(summary(runs, ZEROSHOT, k))
-                              for k in ("metrics", "raw_pixels", "random_init")) + " |"
-    lines.append(row)
+      row += ["not run"] + [""] * (len(head) - len(row) - 1)
+    else:
+      row += [_fmt(summary(runs, METRIC, k))
+              for k in ("metrics", "chance", "raw_pixels", "random_init")]
+      if zs:
+        row += [_fmt(summary(runs, ZEROSHOT, k)) for k in ("metrics", "raw_pixels", "random_init")]
+    lines.append("| " + " | ".join(row) + " |")
   return "\n".join(lines) + "\n"
+
+
+def pretrained_table(table: str, variants, scratch_variants) -> str:
+  """Markdown: each row from scratch (the table it is the column of) beside the same row
+  fine-tuned from SimCLR, with both floors; then the SimCLR encoders alone, whose k-NN reference
+  is every train image they pretrained on (so beside that reference's raw-pixel floor)."""
+  scratch = dict(scratch_variants)
+  seed = SEED.get(PRETRAINED[table], {})
+  lines = ["| variant | seed's F1 (ImageNet-pretrained) | from scratch | SimCLR, then fine-tuned | "
+           "raw pixels | random init |", "|---|---:|---:|---:|---:|---:|"]
+  encoders = ["", "| SimCLR encoder alone | 5-NN macro F1, reference = all 60,000 train images | "
+              "raw pixels there | random init there |", "|---|---:|---:|---:|"]
+  for label, runs in variants:
+    if label.startswith("simclr"):
+      encoders.append("| " + " | ".join([label] + [_fmt(summary(runs, METRIC, k)) for k in (
+          "metrics", "raw_pixels", "random_init")]) + " |")
+      continue
+    lines.append("| " + " | ".join([
+        label, str(seed.get(label, "-")), _fmt(summary(scratch.get(label, []), METRIC, "metrics")),
+        _fmt(summary(runs, METRIC, "metrics")) if runs else "not run",
+        _fmt(summary(runs, METRIC, "raw_pixels")), _fmt(summary(runs, METRIC, "random_init"))])
+                 + " |")
+  return "\n".join(lines + encoders) + "\n"
 
 
 def main() -> None:
@@ -201,7 +243,12 @@ def main() -> None:
       continue
     path = os.path.join(args.out, f"embeddings_table_{table}.md")
     with open(path, "w") as f:
-      f.write(side_by_side(table, variants))
+      if table in PRETRAINED:
+        base = PRETRAINED[table]
+        f.write(pretrained_table(table, variants,
+                                 variant_dirs(base, os.path.join(args.runs, f"embeddings_{base}"))))
+      else:
+        f.write(side_by_side(table, variants))
     print(f"wrote {path}")
     if not args.no_tsne:
       tsne_panels(table, variants, os.path.join(args.out, f"embeddings_tsne_{table}.png"))

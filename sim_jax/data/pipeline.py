@@ -71,14 +71,16 @@ def load_split(data_config: ml_collections.ConfigDict, split: str) -> dict[str, 
 
   Two split names of seed 004 (`sim_jax.data.offline`): "trained" is the rows of the train split
   the model trains on (the samples_per_class subset), "<dataset>:<split>" a split of another
-  dataset (its default build) at this config's image size and channels.
+  dataset (its default build) at this config's image shape (`get_info`).
   Raises ValueError for an empty split (evaluation on it would report NaN).
   """
   other, inner = offline.split_reference(split)
   if other is not None:
     out = load_split(offline.cross_domain_config(data_config, other), inner)
-    out["image"] = sources.format_images(out["image"], data_config.image_size,
-                                         data_config.channels)
+    # The shape this config's model takes: its dataset's own size and channels where the config
+    # leaves them None (gray Fashion-MNIST embedding RGB icons needs them converted to 1).
+    h, _, c = get_info(data_config).image_shape
+    out["image"] = sources.format_images(out["image"], h, c)
     return out
   source = open_split(data_config, data_config.train_split if split == offline.TRAINED else split)
   if len(source) == 0:
