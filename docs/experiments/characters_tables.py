@@ -2,9 +2,9 @@
 
 Reads `<tables>/ablation.json` (`python ablate.py --config=configs/characters.py --ablation=tables
 --workdir=runs/characters_tables`) and, if given, those of `--ablation=large_batch` and
-`--ablation=large_batch_equal_steps`, and prints markdown: each cell is the mean (min–max) over the seeds, and each
-metric's chance level and floors (raw pixels; random-init LeNet-5) follow in brackets. From the
-repository root:
+`--ablation=large_batch_equal_steps`, and prints markdown: each cell is the mean (min–max) over
+the seeds, and each metric's chance level and floors (raw pixels; random-init LeNet-5) follow in
+brackets. From the repository root:
 
   python docs/experiments/characters_tables.py runs/characters_tables \
       runs/characters_large_batch runs/characters_large_batch_equal_steps

@@ -51,7 +51,8 @@ def cell(values: list[float]) -> str:
 
 def table(curves) -> list[str]:
   steps = sorted({t for c in curves.values() for t in c["test"]})
-  rows = ["| epoch | seeds | train | validation | test | train - test |", "|---|---|---|---|---|---|"]
+  rows = ["| epoch | seeds | train | validation | test | train - test |",
+          "|---|---|---|---|---|---|"]
   for t in steps:
     seeds = [s for s, c in curves.items() if all(t in c[k] for k in SPLITS)]
     vals = {k: [curves[s][k][t] for s in seeds] for k in SPLITS}
@@ -78,7 +79,7 @@ def early_stopping(curves) -> list[str]:
 def plot(curves, path: str) -> None:
   fig, ax = plt.subplots(figsize=(6.5, 4))
   for k, color in zip(SPLITS, ("C0", "C1", "C2")):
-    for i, (seed, c) in enumerate(sorted(curves.items())):
+    for i, (_, c) in enumerate(sorted(curves.items())):
       steps = sorted(c[k])
       ax.plot([t / STEPS_PER_EPOCH for t in steps], [100 * c[k][t] for t in steps],
               color=color, marker="o", ms=3, alpha=0.8, label=k if i == 0 else None)
