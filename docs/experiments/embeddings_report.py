@@ -135,7 +135,9 @@ def tsne_panels(table: str, variants, path: str) -> bool:
   return True
 
 
-def curve_table(variants) -> str:
+def curve_table(variants, metric: str = METRIC) -> str:
+  """Markdown: `metric` per variant at each evaluated step (mean over seeds, count in brackets);
+  step 0 is the run's random-init floor of that metric."""
   per_variant = {}
   steps: set[int] = set()
   for label, runs in variants:
@@ -143,10 +145,10 @@ def curve_table(variants) -> str:
     for run in runs:
       with open(os.path.join(run, "final_metrics.json")) as f:
         final = json.load(f)
-      floor = final.get("floors", {}).get("random_init", {}).get(METRIC)
+      floor = final.get("floors", {}).get("random_init", {}).get(metric)
       if floor is not None:
         points.setdefault(0, []).append(floor)
-      for step, value in eval_curve(run, METRIC):
+      for step, value in eval_curve(run, metric):
         points.setdefault(int(step), []).append(value)
     per_variant[label] = points
     steps |= set(points)
@@ -256,6 +258,10 @@ def main() -> None:
     with open(path, "w") as f:
       f.write(f"5-NN macro F1 of `{table}` over training steps: mean over the finished seeds "
               "(count in brackets); step 0 = the random-init floor.\n\n" + curve_table(variants))
+      if any(summary(runs, ZEROSHOT, "metrics") for _, runs in variants):
+        f.write("\nZero-shot 5-NN macro F1 (the classes never trained on) over the same steps:"
+                "\n\n" + curve_table([(label, runs) for label, runs in variants
+                                      if summary(runs, ZEROSHOT, "metrics")], ZEROSHOT))
     print(f"wrote {path}")
 
 
