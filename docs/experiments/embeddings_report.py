@@ -207,6 +207,23 @@ def side_by_side(table: str, variants) -> str:
   return "\n".join(lines) + "\n"
 
 
+def _fmt_gain(s: Summary | None) -> str:
+  """"+0.005 (-0.006 to +0.013, n=3)": a signed mean and range over seeds."""
+  if s is None:
+    return "n/a"
+  if s.n > 1:
+    return f"{s.mean:+.3f} ({s.low:+.3f} to {s.high:+.3f}, n={s.n})"
+  return f"{s.mean:+.3f}"
+
+
+def paired_gain(before, after, metric: str = METRIC) -> Summary | None:
+  """`metric` of `after` minus `before`, over the seeds (seed_<s> directories) both finished."""
+  def by_seed(runs):
+    return {os.path.basename(r): summary([r], metric, "metrics") for r in runs}
+  b, a = by_seed(before), by_seed(after)
+  return summarize([a[k].mean - b[k].mean for k in sorted(set(a) & set(b)) if a[k] and b[k]])
+
+
 def pretrained_table(table: str, variants, scratch_variants) -> str:
   """Markdown: each row from scratch (the table it is the column of) beside the same row
   fine-tuned from SimCLR, with both floors; then the SimCLR encoders alone, whose k-NN reference
@@ -214,7 +231,7 @@ def pretrained_table(table: str, variants, scratch_variants) -> str:
   scratch = dict(scratch_variants)
   seed = SEED.get(PRETRAINED[table], {})
   lines = ["| variant | seed's F1 (ImageNet-pretrained) | from scratch | SimCLR, then fine-tuned | "
-           "raw pixels | random init |", "|---|---:|---:|---:|---:|---:|"]
+           "gain, same seed | raw pixels | random init |", "|---|---:|---:|---:|---:|---:|---:|"]
   encoders = ["", "| SimCLR encoder alone | 5-NN macro F1, reference = all 60,000 train images | "
               "raw pixels there | random init there |", "|---|---:|---:|---:|"]
   for label, runs in variants:
@@ -225,6 +242,7 @@ def pretrained_table(table: str, variants, scratch_variants) -> str:
     lines.append("| " + " | ".join([
         label, str(seed.get(label, "-")), _fmt(summary(scratch.get(label, []), METRIC, "metrics")),
         _fmt(summary(runs, METRIC, "metrics")) if runs else "not run",
+        _fmt_gain(paired_gain(scratch.get(label, []), runs)),
         _fmt(summary(runs, METRIC, "raw_pixels")), _fmt(summary(runs, METRIC, "random_init"))])
                  + " |")
   return "\n".join(lines + encoders) + "\n"
