@@ -568,3 +568,18 @@ def test_ablate_runs_writes_table_and_plot_and_resumes(tmp_path):
       [("cached", finals["finetune"]["metrics"]), ("cached", finals["scratch"]["metrics"])]
   assert summary["variants"][1]["summary"]["knn/accuracy"]["metric"]["mean"] == \
       finals["scratch"]["metrics"]["knn/accuracy"]
+
+
+def test_failure_detail_comes_from_the_latest_attempt_only(tmp_path):
+  # A resumed run appends to its log: an earlier attempt's error must not be reported again.
+  log = tmp_path / "log.txt"
+  log.write_text("\n=== ablate.py 2026-01-01T00:00:00: python launch.py ...\n"
+                 "sim_jax: error: images must have 1 channels\n"
+                 "\n=== ablate.py 2026-01-01T01:00:00: python launch.py ...\n"
+                 "Traceback (most recent call last):\n  File x\nKeyError: 'seed'\n")
+  assert runner.error_line(runner._tail(str(log))) == "KeyError: 'seed'"
+  log.write_text(log.read_text() + "\n=== ablate.py 2026-01-01T02:00:00: python launch.py ...\n")
+  assert runner.error_line(runner._tail(str(log))) == ""
+  old = tmp_path / "old.txt"  # a log written before attempt headers: its last lines
+  old.write_text("a\nsim_jax: error: bad key\n")
+  assert runner.error_line(runner._tail(str(old))) == "sim_jax: error: bad key"

@@ -105,11 +105,18 @@ def _read_json(path: str):
     return json.load(f)
 
 
+ATTEMPT_HEADER = "=== ablate.py "  # run_logged's first line of each attempt in a run's log
+
+
 def _tail(path: str, n: int = 20) -> list[str]:
+  """The last n lines of the latest attempt in a run's log (a resumed run appends to the log of
+  the failed attempts before it, whose errors are not this attempt's)."""
   if not os.path.exists(path):
     return []
   with open(path, errors="replace") as f:
-    return [line.rstrip("\n") for line in f.readlines()[-n:]]
+    lines = [line.rstrip("\n") for line in f.readlines()]
+  starts = [i for i, line in enumerate(lines) if line.startswith(ATTEMPT_HEADER)]
+  return lines[starts[-1] + 1 if starts else 0:][-n:]
 
 
 def error_line(lines: Sequence[str]) -> str:
@@ -127,7 +134,7 @@ def run_logged(cmd: Sequence[str], log_path: str, prefix: str, root: str) -> int
   """Runs launch.py from `root`, appending its output to log_path and echoing its progress."""
   start = time.time()
   with open(log_path, "a") as log:
-    log.write(f"\n=== ablate.py {datetime.datetime.now().isoformat(timespec='seconds')}: "
+    log.write(f"\n{ATTEMPT_HEADER}{datetime.datetime.now().isoformat(timespec='seconds')}: "
               f"{commands.shell_command(cmd)}\n")
     log.flush()
     # Installed without a clone, `root` has no launch.py: the same program is `-m sim_jax`.
