@@ -88,13 +88,16 @@ def summary(runs, metric: str, kind: str) -> Summary | None:
   return summarize(values)
 
 
-def variant_config(table: str, label: str, seed: int):
+def variant_config(table: str, label: str, seed: int, run_dir: str = ""):
   """The run's config, rebuilt as ablate.py built it (its overrides on get_config())."""
   variant = next(v for v in as_ablation(embeddings.get_ablations()[table]).variants
                  if v.label == label)
-  # The checkpoint holds the fine-tuned weights: the encoder it started from is not needed.
-  return apply_overrides(embeddings.get_config(),
-                         {**variant.overrides, "seed": seed, "model.init_from": ""})
+  config = apply_overrides(embeddings.get_config(), {**variant.overrides, "seed": seed})
+  if run_dir and config.model.init_from:
+    # "{run:simclr}" as the runner resolved it: the checkpoint records the path it started from.
+    with open(os.path.join(run_dir, "config.json")) as f:
+      config.model.init_from = json.load(f)["model"]["init_from"]
+  return config
 
 
 def tsne_panels(table: str, variants, path: str) -> bool:
@@ -104,7 +107,7 @@ def tsne_panels(table: str, variants, path: str) -> bool:
   for label, runs in variants:
     if not runs:
       continue
-    config = variant_config(table, label, 0)
+    config = variant_config(table, label, 0, runs[0])
     setup = train.make_setup(config)
     _, state = inference.restore_for_inference(setup, runs[0])
     for split in ("test", "heldout"):
