@@ -44,7 +44,7 @@ Tables (the seed's section in brackets):
                      comparable size (both ~40k parameters: the test-sized layouts, all this
                      host can train); docs/experiments/embeddings.md lists params and FLOPs.
   backbones_pretrained  the pretraining column: SimCLR on all 60,000 train images (no labels),
-                     then the backbone row fine-tuned from it, for lenet5 | vit_tiny | swin_tiny
+                     then the backbone row fine-tuned from it, for every backbone
   losses             contrastive | triplet | supcon | snr | nt_xent (4.2)
   losses_pretrained  the pretraining column of the loss table: the same five losses fine-tuned
                      from one SimCLR LeNet-5 per seed
@@ -183,9 +183,9 @@ def _backbone(name, extra=None):
 # Cheapest first: a stopped table has the small models' rows.
 BACKBONES = ("lenet5", "vit_tiny", "swin_tiny", "resnet18", "mobilenet_v3_small",
              "efficientnet_b0", "densenet121")
-# The pretrained column of the backbone table: the backbones whose SimCLR pretraining fits this
-# host (the CNNs step 10-60x slower than these; docs/experiments/embeddings.md).
-PRETRAINED_BACKBONES = ("lenet5", "vit_tiny", "swin_tiny")
+# The pretrained column of the backbone table, cheapest first: the CNNs' SimCLR runs take
+# 20-70 min each here (LeNet-5, ViT, Swin: 1.5-4 min), so a stopped table has the small rows.
+PRETRAINED_BACKBONES = BACKBONES
 
 
 def get_ablations():
