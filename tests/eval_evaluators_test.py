@@ -22,6 +22,17 @@ def data():
   return emb, lab
 
 
+def loo_precision_at_1(e, y) -> float:
+  """Leave-one-out nearest-neighbour label agreement (Euclidean), by a NumPy loop."""
+  e = e.astype(np.float64)
+  hits = []
+  for i in range(len(e)):
+    d = np.linalg.norm(e - e[i], axis=1)
+    d[i] = np.inf
+    hits.append(y[np.argmin(d)] == y[i])
+  return float(np.mean(hits))
+
+
 def test_default_config_is_typed_and_complete():
   c = default_config()
   assert isinstance(c, ml_collections.ConfigDict)
@@ -63,13 +74,8 @@ def test_all_protocols_produce_flat_names_and_reference_values():
   assert out["knn/accuracy"] == pytest.approx(correct / len(te))
   # Zero-shot uses only the unseen classes 4 and 5: P@1 from a loop over those rows.
   keep = lab["heldout"] >= 4
-  e, y = emb["heldout"][keep].astype(np.float64), lab["heldout"][keep]
-  hits = []
-  for i in range(len(e)):
-    d = np.linalg.norm(e - e[i], axis=1)
-    d[i] = np.inf
-    hits.append(y[np.argmin(d)] == y[i])
-  assert out["zeroshot/precision@1"] == pytest.approx(np.mean(hits))
+  assert out["zeroshot/precision@1"] == pytest.approx(
+      loo_precision_at_1(emb["heldout"][keep], lab["heldout"][keep]))
 
 
 def test_best_metric_and_is_better():
@@ -165,11 +171,6 @@ def test_zeroshot_max_per_class_scores_the_capped_unseen_classes():
   # The same 4 + 4 rows of the unseen classes 4 and 5, P@1 and 1-NN accuracy by a NumPy loop.
   unseen = np.flatnonzero(lab["heldout"] >= 4)
   rows = unseen[evaluators.per_class_subset(lab["heldout"][unseen], 4)]
-  e, y = emb["heldout"][rows].astype(np.float64), lab["heldout"][rows]
-  hits = []
-  for i in range(len(e)):
-    d = np.linalg.norm(e - e[i], axis=1)
-    d[i] = np.inf
-    hits.append(y[np.argmin(d)] == y[i])
-  assert out["zeroshot/precision@1"] == pytest.approx(np.mean(hits))
-  assert out["zeroshot/knn_accuracy"] == pytest.approx(np.mean(hits))
+  want = loo_precision_at_1(emb["heldout"][rows], lab["heldout"][rows])
+  assert out["zeroshot/precision@1"] == pytest.approx(want)
+  assert out["zeroshot/knn_accuracy"] == pytest.approx(want)

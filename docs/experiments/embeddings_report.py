@@ -165,13 +165,17 @@ def curve_table(variants, metric: str = METRIC) -> str:
   return "\n".join(lines) + "\n"
 
 
-def _fmt(s: Summary | None) -> str:
-  """"0.829 (0.828-0.830, n=3)" over several seeds, "0.829" for one, "n/a" for none."""
+def _fmt(s: Summary | None, signed: bool = False) -> str:
+  """"0.829 (0.828-0.830, n=3)" over several seeds, "0.829" for one, "n/a" for none; signed:
+  "+0.005 (-0.006 to +0.013, n=3)" (a gain)."""
   if s is None:
     return "n/a"
+  num = "{:+.3f}" if signed else "{:.3f}"
+  text = num.format(s.mean)
   if s.n > 1:
-    return f"{s.mean:.3f} ({s.low:.3f}-{s.high:.3f}, n={s.n})"
-  return f"{s.mean:.3f}"
+    sep = " to " if signed else "-"
+    text += f" ({num.format(s.low)}{sep}{num.format(s.high)}, n={s.n})"
+  return text
 
 
 def model_sizes(path: str = MODELS_MD) -> dict[str, tuple[str, str]]:
@@ -210,15 +214,6 @@ def side_by_side(table: str, variants) -> str:
   return "\n".join(lines) + "\n"
 
 
-def _fmt_gain(s: Summary | None) -> str:
-  """"+0.005 (-0.006 to +0.013, n=3)": a signed mean and range over seeds."""
-  if s is None:
-    return "n/a"
-  if s.n > 1:
-    return f"{s.mean:+.3f} ({s.low:+.3f} to {s.high:+.3f}, n={s.n})"
-  return f"{s.mean:+.3f}"
-
-
 def paired_gain(before, after, metric: str = METRIC) -> Summary | None:
   """`metric` of `after` minus `before`, over the seeds (seed_<s> directories) both finished."""
   def by_seed(runs):
@@ -245,7 +240,7 @@ def pretrained_table(table: str, variants, scratch_variants) -> str:
     lines.append("| " + " | ".join([
         label, str(seed.get(label, "-")), _fmt(summary(scratch.get(label, []), METRIC, "metrics")),
         _fmt(summary(runs, METRIC, "metrics")) if runs else "not run",
-        _fmt_gain(paired_gain(scratch.get(label, []), runs)),
+        _fmt(paired_gain(scratch.get(label, []), runs), signed=True),
         _fmt(summary(runs, METRIC, "raw_pixels")), _fmt(summary(runs, METRIC, "random_init"))])
                  + " |")
   return "\n".join(lines + encoders) + "\n"
