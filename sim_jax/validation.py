@@ -119,6 +119,7 @@ _r("[0, 4294967295]", "eval.graph.seed")
 _r("[0, inf)", "eval.fewshot_finetune_steps")
 _r("(0, inf)", "eval.fewshot_finetune_lr")
 _r("[0, inf)", "eval.zeroshot_knn_k")
+_r("[0, inf)", "eval.zeroshot_max_per_class")
 
 
 def _is_number(v: Any) -> bool:
