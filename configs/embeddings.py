@@ -183,8 +183,8 @@ def _backbone(name, extra=None):
 # Cheapest first: a stopped table has the small models' rows.
 BACKBONES = ("lenet5", "vit_tiny", "swin_tiny", "resnet18", "mobilenet_v3_small",
              "efficientnet_b0", "densenet121")
-# The pretrained column of the backbone table, cheapest first: the CNNs' SimCLR runs take
-# 20-70 min each here (LeNet-5, ViT, Swin: 1.5-4 min), so a stopped table has the small rows.
+# The pretrained column of the backbone table, cheapest first: ResNet-18's SimCLR run took
+# 56 min here (LeNet-5, ViT, Swin: 1.5-4 min), so a stopped table has the small rows.
 PRETRAINED_BACKBONES = BACKBONES
 
 
