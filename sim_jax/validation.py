@@ -120,6 +120,7 @@ _r("[0, inf)", "eval.fewshot_finetune_steps")
 _r("(0, inf)", "eval.fewshot_finetune_lr")
 _r("[0, inf)", "eval.zeroshot_knn_k")
 _r("[0, inf)", "eval.zeroshot_max_per_class")
+_r("[0, inf)", "eval.batch_norm_recalibration_batches")
 
 
 def _is_number(v: Any) -> bool:

@@ -88,6 +88,11 @@ def default_config() -> ml_collections.ConfigDict:
   c.ensemble = ""
   c.ensemble_mode = "concat"
 
+  # --mode=evaluate: before scoring, re-estimate batch norm's running statistics with this many
+  # train-mode forward passes over training batches, the weights fixed ("precise BN"; 0: the
+  # checkpoint's own statistics). sim_jax/inference.py `recalibrate_batch_norm`.
+  c.batch_norm_recalibration_batches = 0
+
   # Metric that picks the best checkpoint, and whether larger (max) or smaller (min) is better.
   c.best_metric = "retrieval/mrr@5"
   c.best_mode = "max"
