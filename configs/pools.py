@@ -21,7 +21,9 @@ families, and the loss is mean_j max(0, d(q, t) - d(q, f_j) + margin), d = 1 - c
   python ablate.py --config=configs/pools.py --ablation=headline --workdir=runs/pools_headline \
       --seeds=0,1,2
   python ablate.py --config=configs/pools.py --ablation=lr --workdir=runs/pools_lr
-  python ablate.py --config=configs/pools.py --ablation=design --workdir=runs/pools_design
+  python ablate.py --config=configs/pools.py --ablation=design --workdir=runs/pools_design \
+      --seeds=0,1,2
+  python ablate.py --config=configs/pools.py --ablation=diagnostics --workdir=runs/pools_diagnostics
 
 Ablations:
   headline   (--seeds=0,1,2) before / after for VGG16 and ResNet50. "before": the plain backbone
@@ -45,7 +47,7 @@ Differs from the paper, and why:
 """
 
 from configs import default
-from sim_jax.experiments import Variant
+from sim_jax.experiments import Ablation, Variant
 
 HEADLINE = ("pool/top2_accuracy", "pool/top1_accuracy", "pool/mrr", "validation/mrr@5")
 
@@ -119,6 +121,22 @@ def get_ablations():
           Variant("lr_3e-4", {"optimizer.learning_rate": 3e-4}),
           Variant("lr_1e-3", {"optimizer.learning_rate": 1e-3}),
       ],
+      # Seed-0 diagnostics of the headline (docs/experiments/pools.md "Analysis"). ResNet50's
+      # collapse survives re-estimated batch-norm statistics (eval.batch_norm_recalibration_
+      # batches), so: a shallower network with batch norm (ResNet-18), and ResNet50 with 4x the
+      # pools per batch-norm batch for the same images seen (16 pools x 150 steps = 4 x 600).
+      # VGG16 at 4x the steps: does it keep learning past 600?
+      "diagnostics": Ablation([
+          Variant("resnet18_after", {"model.name": "resnet18", "model.stem": "imagenet",
+                                     **SEED_HEAD}),
+          Variant("resnet50_after_16pools", {**RESNET50, **SEED_HEAD, "train.batch_size": 16,
+                                             "train.steps": 150, "optimizer.warmup_steps": 8,
+                                             "train.eval_every": 50,
+                                             "train.checkpoint_every": 50}),
+          Variant("vgg16_after_2400steps", {**SEED_HEAD, "train.steps": 2400,
+                                            "train.eval_every": 600,
+                                            "train.checkpoint_every": 600}),
+      ], seeds=(0,)),
       # Each row changes one thing of the config (its reference, the seed's head with the cosine
       # triplet at lr 1e-4, is the lr ablation's lr_1e-4 row).
       "design": [
