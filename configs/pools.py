@@ -125,7 +125,6 @@ def get_ablations():
       # collapse survives re-estimated batch-norm statistics (eval.batch_norm_recalibration_
       # batches), so: a shallower network with batch norm (ResNet-18), and ResNet50 with 4x the
       # pools per batch-norm batch for the same images seen (16 pools x 150 steps = 4 x 600).
-      # VGG16 at 4x the steps: does it keep learning past 600?
       "diagnostics": Ablation([
           Variant("resnet18_after", {"model.name": "resnet18", "model.stem": "imagenet",
                                      **SEED_HEAD}),
@@ -133,9 +132,6 @@ def get_ablations():
                                              "train.steps": 150, "optimizer.warmup_steps": 8,
                                              "train.eval_every": 50,
                                              "train.checkpoint_every": 50}),
-          Variant("vgg16_after_2400steps", {**SEED_HEAD, "train.steps": 2400,
-                                            "train.eval_every": 600,
-                                            "train.checkpoint_every": 600}),
       ], seeds=(0,)),
       # Each row changes one thing of the config (its reference, the seed's head with the cosine
       # triplet at lr 1e-4, is the lr ablation's lr_1e-4 row).
