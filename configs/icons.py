@@ -27,6 +27,7 @@ Metrics (HEADLINE), on balanced pairs (`eval.verification_num_pairs` per split):
 Ablations (one command each; docs/experiments/icons.md has the results):
   python ablate.py --config=configs/icons.py --ablation=table1 --workdir=runs/icons_table1 --seeds=3
   python ablate.py --config=configs/icons.py --ablation=losses --workdir=runs/icons_losses --seeds=3
+  python ablate.py --config=configs/icons.py --ablation=budget --workdir=runs/icons_budget
 
   table1  the seed's Table 1 chain: bce_scratch | simclr (pretraining only, no pair head) |
           simclr_bce (Siamese BCE from simclr's encoder) | simclr_bce_attn_after | ..._before.
@@ -35,6 +36,8 @@ Ablations (one command each; docs/experiments/icons.md has the results):
           contrastive_learnable (the margin learnt, kept from collapsing by a margin reward,
           see `sim_jax.losses.pairwise.learnable_margin_contrastive`) | nt_xent (labelled
           positives: two drawings of one name).
+  budget  encoder width (4 | 8 | 16) x steps (300 | 1,200 | 3,000) of bce_scratch, seed 0: the
+          setting chosen on validation pairs (icons.md "Budget").
 
 SimCLR sees a larger unlabelled pool than the labelled pairs: `train+test+query` (5,551
 drawings of the train names, all families, no labels used) against the 3,912 `train` drawings the
