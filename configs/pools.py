@@ -24,6 +24,7 @@ families, and the loss is mean_j max(0, d(q, t) - d(q, f_j) + margin), d = 1 - c
   python ablate.py --config=configs/pools.py --ablation=design --workdir=runs/pools_design \
       --seeds=0,1,2
   python ablate.py --config=configs/pools.py --ablation=diagnostics --workdir=runs/pools_diagnostics
+  python ablate.py --config=configs/pools.py --ablation=batch_norm --workdir=runs/pools_batch_norm
 
 Ablations:
   headline   (--seeds=0,1,2) before / after for VGG16 and ResNet50. "before": the plain backbone
@@ -57,6 +58,7 @@ BEFORE = {"model.attention": "none", "model.pooling": "avg", "model.embedding_di
           "train.steps": 1, "optimizer.learning_rate": 1e-12, "optimizer.warmup_steps": 0,
           "train.eval_every": 0, "train.checkpoint_every": 0}
 RESNET50 = {"model.name": "resnet50", "model.stem": "imagenet"}
+RECALIBRATE = {"eval.batch_norm_recalibration_batches": 100}
 
 
 def get_config():
@@ -121,6 +123,19 @@ def get_ablations():
           Variant("lr_3e-4", {"optimizer.learning_rate": 3e-4}),
           Variant("lr_1e-3", {"optimizer.learning_rate": 1e-3}),
       ],
+      # Is ResNet50's collapse the weights or batch norm's statistics? The headline's ResNet50
+      # runs (copied, same commands) and each evaluated again after re-estimating batch norm's
+      # running statistics on 100 training batches with the weights fixed (precise BN,
+      # `eval.batch_norm_recalibration_batches`). The untrained "before" network is otherwise
+      # evaluated with its initial statistics (mean 0, variance 1), i.e. un-normalised.
+      "batch_norm": Ablation([
+          Variant("resnet50_before", {**RESNET50, **BEFORE}),
+          Variant("resnet50_before_recalibrated", RECALIBRATE,
+                  evaluates="resnet50_before"),
+          Variant("resnet50_after", {**RESNET50, **SEED_HEAD}),
+          Variant("resnet50_after_recalibrated", RECALIBRATE,
+                  evaluates="resnet50_after"),
+      ], seeds=(0, 1, 2)),
       # Seed-0 diagnostics of the headline (docs/experiments/pools.md "Analysis"). ResNet50's
       # collapse survives re-estimated batch-norm statistics (eval.batch_norm_recalibration_
       # batches), so: a shallower network with batch norm (ResNet-18), and ResNet50 with 4x the
