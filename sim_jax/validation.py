@@ -42,6 +42,8 @@ _r("[1, 3]", "data.channels")
 _r("[0, inf)", "data.validation_size", "data.worker_count", "data.cache_mb",
    "data.prefetch_threads", "data.max_bad_images", "data.augment.strength", "data.augment.num_ops",
    "data.offline_augment.strength", "data.offline_augment.num_ops")
+# 0: off; else also < data.min_families (checked by the icon_themes builder, which knows it).
+_r("[0, inf)", "data.unlabelled_min_families")
 _r("[2, inf)", "data.max_classes")
 _r("[0, 1]", "data.pos_fraction")
 _r("[0, 1)", "data.heldout_class_fraction", "data.test_fraction",

@@ -19,7 +19,7 @@ import scipy.fft
 from PIL import Image
 
 from sim_jax.data import config as data_config_lib
-from sim_jax.data import registry
+from sim_jax.data import pipeline, registry
 from sim_jax.data.builders import common, icon_themes
 from tests.helpers import require_debian
 
@@ -45,6 +45,8 @@ SMALL = {"gnome-icon-theme": "gnome", "mate-icon-theme": "mate", "tango-icon-the
          "elementary-icon-theme": "elementary", "faba-icon-theme": "faba",
          "moka-icon-theme": "moka"}
 SMALL_SIZE = 24
+# The small build's `unlabelled` pool: names drawn by 2 families (its min_families is 3).
+UNLABELLED_K = 2
 # The documented near-duplicate rule (docs/data.md): pHash distance <= 6 of 64 bits, or a mean
 # absolute difference <= 8 (of 255) between 32 px thumbnails at the best shift of <= 2 pixels.
 PHASH_THRESHOLD = 6
@@ -97,14 +99,53 @@ def read_all(builder) -> dict[str, list[dict]]:
   return out
 
 
-@pytest.fixture(scope="module")
-def small_build(tmp_path_factory):
+def build(tmp_path_factory, **overrides):
+  """(builder, {split: records}, data_dir) of the small build with `overrides`."""
   require_packages(list(SMALL), "the icon_themes build test")
   if icon_themes.svg_render.missing_libraries():
     require_debian(["librsvg2-2", "libcairo2"], False, "the icon_themes build test")
   data_dir = str(tmp_path_factory.mktemp("icon_themes"))
-  builder = registry._builder(small_config(data_dir))
+  builder = registry._builder(small_config(data_dir, **overrides))
   return builder, read_all(builder), data_dir
+
+
+@pytest.fixture(scope="module")
+def small_build(tmp_path_factory):
+  return build(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def unlabelled_build(tmp_path_factory):
+  return build(tmp_path_factory, unlabelled_min_families=UNLABELLED_K)
+
+
+def file_families() -> dict[str, str]:
+  """{real path of an icon file: the family whose package ships its bytes} (dpkg's lists)."""
+  owner = {}
+  for package in SMALL:
+    for path in package_files(package):
+      if os.path.isfile(path) and not os.path.islink(path):
+        owner[os.path.realpath(path)] = SMALL[package]
+  return owner
+
+
+def family_of(record, owner: dict[str, str]) -> str:
+  return owner[record["source"].decode().split(":", 1)[1]]
+
+
+def text(value) -> str:
+  return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def record_files(root: str) -> dict[str, bytes]:
+  """{path relative to root: bytes} of a prepared dataset's ArrayRecord shards."""
+  out = {}
+  for d, _, files in os.walk(root):
+    for f in files:
+      if "array_record" in f:
+        with open(os.path.join(d, f), "rb") as fh:
+          out[os.path.relpath(os.path.join(d, f), root)] = fh.read()
+  return out
 
 
 def test_1000_names_drawn_by_5_families():
@@ -198,14 +239,10 @@ def test_splits_are_class_and_family_disjoint(small_build):
   _, records, _ = small_build
   assert {"train", "test", "query", "validation", "validation_query", "heldout",
           "heldout_query"} == set(records)
-  owner = {}
-  for package in SMALL:
-    for path in package_files(package):
-      if os.path.isfile(path) and not os.path.islink(path):  # the package that ships the bytes
-        owner[os.path.realpath(path)] = SMALL[package]
+  owner = file_families()
 
   def families(split):
-    return {owner[r["source"].decode().split(":", 1)[1]] for r in records[split]}
+    return {family_of(r, owner) for r in records[split]}
 
   def classes(*splits):
     return {r["class_name"] for s in splits for r in records[s]}
@@ -245,11 +282,6 @@ def test_rebuild_gives_the_same_bytes(small_build, tmp_path):
   builder, _, data_dir = small_build
   again = common.prepared_builder(
       icon_themes.IconThemes, dict(builder.builder_config.options), str(tmp_path))
-
-  def record_files(root):
-    return {os.path.relpath(os.path.join(d, f), root): open(os.path.join(d, f), "rb").read()
-            for d, _, files in os.walk(root) for f in files if "array_record" in f}
-
   first, second = record_files(builder.data_dir), record_files(again.data_dir)
   assert first and first == second
   assert again.info.metadata["icon_themes"] == builder.info.metadata["icon_themes"]
@@ -263,6 +295,9 @@ def test_rebuild_gives_the_same_bytes(small_build, tmp_path):
     ({"query_families": "papirus"}, "papirus"),
     ({"validation_class_fraction": 0.5, "heldout_class_fraction": 0.5}, "< 1"),
     ({"test_fraction": 1.0}, "test_fraction"),
+    # The pool's names must be drawn by fewer families than the classes' (min_families=3).
+    ({"unlabelled_min_families": 3}, "unlabelled_min_families.*got 3"),
+    ({"unlabelled_min_families": -1}, "unlabelled_min_families.*got -1"),
 ])
 def test_bad_options_name_the_value(tmp_path, overrides, match):
   require_packages(list(SMALL), "the icon_themes option test")
@@ -277,3 +312,69 @@ def test_missing_themes_name_the_packages(tmp_path):
   assert "papirus-icon-theme" in reason
   c = small_config(str(tmp_path), themes="gnome,nosuch")
   assert "nosuch" in icon_themes.unavailable_reason(c)
+
+
+def test_unlabelled_pool_leaves_the_other_splits_unchanged(small_build, unlabelled_build):
+  base, base_records, _ = small_build
+  pool, pool_records, _ = unlabelled_build
+  assert set(pool_records) == set(base_records) | {"unlabelled"}
+
+  def rows(records):
+    return [(r["id"], r["label"], r["class_name"], r["source"], sha(r["image"]))
+            for r in records]
+
+  for split, records in base_records.items():
+    assert rows(pool_records[split]) == rows(records), split
+  # The stored shards too, byte for byte.
+  base_files = record_files(base.data_dir)
+  assert base_files and base_files == {k: v for k, v in record_files(pool.data_dir).items()
+                                       if "unlabelled" not in k}
+  # The class names keep their labels; the pool's sorted names follow.
+  names = list(base.info.metadata["class_names"])
+  pool_names = sorted({text(r["class_name"]) for r in pool_records["unlabelled"]})
+  assert list(pool.info.metadata["class_names"]) == names + pool_names
+  # Without the option the options (the prepared dataset's name) are what they were.
+  assert "unlabelled_min_families" not in base.builder_config.options
+  assert pool.builder_config.options["unlabelled_min_families"] == UNLABELLED_K
+
+
+def test_unlabelled_pool_holds_only_names_below_min_families(unlabelled_build):
+  builder, records, _ = unlabelled_build
+  owner = file_families()
+  pool = records["unlabelled"]
+  others = [r for split, recs in records.items() if split != "unlabelled" for r in recs]
+  families = collections.defaultdict(list)
+  for r in pool:
+    families[text(r["class_name"])].append(family_of(r, owner))
+  assert len(families) > 50
+  # k <= families < min_families (3), one drawing per (name, family), every family (the query
+  # family's drawings too: no label or family is evaluated on these names).
+  assert all(UNLABELLED_K <= len(set(f)) == len(f) < 3 for f in families.values())
+  assert {f for fs in families.values() for f in fs} == set(SMALL.values())
+  assert not set(families) & {text(r["class_name"]) for r in others}
+  assert not {sha(r["image"]) for r in pool} & {sha(r["image"]) for r in others}
+  assert len({sha(r["image"]) for r in pool}) == len(pool)
+  # Labels after the classes' (counted here from the other splits), in sorted name order; ids
+  # after theirs.
+  num_classes = len({text(r["class_name"]) for r in others})
+  expected = {n: num_classes + i for i, n in enumerate(sorted(families))}
+  assert all(r["label"] == expected[text(r["class_name"])] for r in pool)
+  assert min(r["id"] for r in pool) == max(r["id"] for r in others) + 1
+  assert sorted(r["id"] for r in pool + others) == list(range(len(pool) + len(others)))
+  meta = builder.info.metadata["icon_themes"]
+  assert meta["unlabelled"]["names"] == len(families)
+  assert meta["split_sizes"]["unlabelled"] == meta["unlabelled"]["drawings"] == len(pool)
+
+
+def test_unlabelled_pool_loads_joined_with_the_train_splits(unlabelled_build):
+  _, records, data_dir = unlabelled_build
+  c = small_config(data_dir, unlabelled_min_families=UNLABELLED_K)
+  joined = ("train", "test", "query", "unlabelled")
+  out = pipeline.load_split(c, "+".join(joined))
+  expected = [r for split in joined for r in records[split]]
+  assert sorted(out["id"].tolist()) == sorted(r["id"] for r in expected)
+  assert out["image"].shape == (len(expected), SMALL_SIZE, SMALL_SIZE, 3)
+  info = pipeline.get_info(c)
+  assert info.splits["unlabelled"] == len(records["unlabelled"])
+  # The label space counts the pool's names (metadata class_names): every label fits in it.
+  assert info.num_classes == len(info.class_names) == int(out["label"].max()) + 1

@@ -47,6 +47,10 @@ def default_config() -> ml_collections.ConfigDict:
   c.themes = ""  # icon_themes: comma-separated design families ("" = all; see icon_themes.FAMILIES)
   c.query_families = ""  # icon_themes: families drawing the *query splits ("" = oxygen,paper; none)
   c.min_families = config_dict.placeholder(int)  # icon_themes: families per class; None: 5
+  # icon_themes: k > 0 adds the "unlabelled" split, every drawing of the names drawn by k to
+  # min_families - 1 families (SimCLR's larger pool). Its names get labels after the classes,
+  # so num_classes (the metadata's class_names) grows by them: fine for label-free losses only.
+  c.unlabelled_min_families = 0
   c.validation_size = 0  # fashion_mnist: the last N train rows form "validation" (seed 002: 12000)
   c.validation_class_fraction = 0.0  # icon_themes: classes in "validation" (disjoint from train)
   c.path = config_dict.placeholder(str)  # image_folder: root directory

@@ -5,6 +5,7 @@
       --validation_class_fraction=0.1
   python -m sim_jax.data.icon_themes_report --grid=docs/images/icon_themes_grid.png
   python -m sim_jax.data.icon_themes_report --listing              # names per family count only
+  python -m sim_jax.data.icon_themes_report --unlabelled_min_families=2  # + the `unlabelled` pool
 
 Preparing prints its wall time (a first build renders every candidate drawing).
 """
@@ -32,6 +33,8 @@ _SIZE = flags.DEFINE_integer("image_size", icon_themes.DEFAULT_IMAGE_SIZE, "data
 _MIN = flags.DEFINE_integer("min_families", icon_themes.DEFAULT_MIN_FAMILIES,
                             "data.min_families.")
 _MAX = flags.DEFINE_integer("max_classes", None, "data.max_classes.")
+_UNLABELLED = flags.DEFINE_integer("unlabelled_min_families", 0,
+                                   "data.unlabelled_min_families (0: no `unlabelled` split).")
 _HELD = flags.DEFINE_float("heldout_class_fraction", 0.0, "data.heldout_class_fraction.")
 _VAL = flags.DEFINE_float("validation_class_fraction", 0.0, "data.validation_class_fraction.")
 _TEST = flags.DEFINE_float("test_fraction", 0.2, "data.test_fraction.")
@@ -47,6 +50,7 @@ def data_config():
   c.name = "icon_themes"
   c.themes, c.query_families, c.image_size = _THEMES.value, _QUERY.value, _SIZE.value
   c.min_families, c.max_classes = _MIN.value, _MAX.value
+  c.unlabelled_min_families = _UNLABELLED.value
   c.heldout_class_fraction, c.validation_class_fraction = _HELD.value, _VAL.value
   c.test_fraction, c.data_dir = _TEST.value, _DATA_DIR.value
   return c
@@ -63,10 +67,10 @@ def listing_counts(families, size: int) -> dict:
                                for f in families}}
 
 
-def records_by_cell(builder) -> dict[tuple[str, str], np.ndarray]:
-  """{(class name, family): image} over every split."""
+def records_by_cell(builder, splits) -> dict[tuple[str, str], np.ndarray]:
+  """{(class name, family): image} over `splits`."""
   out = {}
-  for split in builder.info.splits:
+  for split in splits:
     src = builder.as_data_source(split)
     for i in range(len(src)):
       r = src[i]
@@ -115,12 +119,22 @@ def main(argv):
   meta = dict(builder.info.metadata["icon_themes"])
   print(f"prepared or opened in {time.time() - start:.1f} s: {builder.data_dir}")
   print(json.dumps(meta, indent=1))
-  cells = records_by_cell(builder)
+  # The class statistics and the grid are about the labelled classes; the pool is counted apart.
+  labelled = [s for s in builder.info.splits if s != icon_themes.UNLABELLED_SPLIT]
+  cells = records_by_cell(builder, labelled)
   per_family = collections.Counter(f for _, f in cells)
   print("images per family:", json.dumps({f: per_family[f] for f in meta["families"]}))
   per_class = collections.Counter(collections.Counter(n for n, _ in cells).values())
   print("classes drawn by >= k families:",
         json.dumps({k: sum(c for n, c in per_class.items() if n >= k) for k in (5, 8, 10, 15)}))
+  if icon_themes.UNLABELLED_SPLIT in builder.info.splits:
+    pool = records_by_cell(builder, [icon_themes.UNLABELLED_SPLIT])
+    per_name = collections.Counter(n for n, _ in pool)
+    print(f"unlabelled: {len(per_name)} names, {len(pool)} drawings; names drawn by k families:",
+          json.dumps(dict(sorted(collections.Counter(per_name.values()).items()))))
+    per_family = collections.Counter(f for _, f in pool)
+    print("unlabelled images per family:",
+          json.dumps({f: per_family[f] for f in meta["families"]}))
   if _GRID.value:
     fig = grid_figure(cells, meta["families"], meta["query_families"], _ROWS.value)
     fig.savefig(_GRID.value, dpi=80)

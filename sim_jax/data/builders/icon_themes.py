@@ -51,6 +51,25 @@ non-query split):
 - `validation` / `validation_query`; `heldout` / `heldout_query`: the same for those classes.
 So `query` vs gallery `train` (as glyph_han) or `heldout_query` vs gallery `heldout` (unseen
 classes and an unseen design language) is a family-disjoint retrieval.
+- `unlabelled` (only when `unlabelled_min_families` = k > 0): a larger pool for self-supervised
+  pretraining (seed 000's SimCLR), every deduplicated drawing (all families, query families
+  included) of the names drawn by >= k but < `min_families` families after deduplication. Its
+  names are listed by k..min_families-1 families, or are candidate classes that deduplication
+  left with fewer than `min_families` (with `max_classes`, only the sampled candidates: the
+  others may still be drawn by >= `min_families`; the listed names are not capped). Guarantees:
+  - none of its names is in another split (those need >= `min_families` families), and the
+    other splits are byte-identical to the build without it (same classes, labels, ids, pixels):
+    its drawings join the exact deduplication, whose owner is the class with the most families
+    counted before it (readable drawings); a name listed by < `min_families` families has fewer
+    than any kept class, so it can lose a picture to a kept class but never take one from it
+    (no tie to break by name);
+  - the exact deduplication is dataset-wide, so no picture (exact bytes) is both in it and in
+    another split. Near-identical drawings of different names are kept, as between train and
+    heldout classes;
+  - its labels follow the kept classes' (C, C+1, ... for its sorted names) and its names are
+    appended to the metadata `class_names`, so the label space (num_classes) grows by its
+    names: harmless to SimCLR, which ignores labels; a class-proxy loss would size its head
+    for them. Metadata `icon_themes.unlabelled` counts its names and drawings.
 
 Missing themes raise a ValueError naming the Debian packages (`unavailable_reason` says so cheaply).
 """
@@ -370,7 +389,8 @@ def deduplicate(candidates: dict[str, dict[str, int]], digests: list[bytes], pha
 
   candidates: {class: {family: picture index}} (pictures index `digests` / `phashes` /
   `thumbs`).
-  Returns ({class: {family: picture index}} kept, counts).
+  Returns ({class: {family: picture index}} kept, {class: Counter of removals}): counts per
+  class, so that the labelled classes and the `unlabelled` pool are reported apart.
   """
   priority = {f: i for i, f in enumerate(family_order)}
   # 1. Exact: each digest goes to one (class, family) owner.
@@ -380,7 +400,7 @@ def deduplicate(candidates: dict[str, dict[str, int]], digests: list[bytes], pha
       key = (-len(by_family), name, priority[family])
       if digests[idx] not in owner or key < owner[digests[idx]][0]:
         owner[digests[idx]] = (key, name, family)
-  counts = collections.Counter()
+  counts: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
   exact: dict[str, dict[str, int]] = {}
   for name, by_family in candidates.items():
     for family, idx in by_family.items():
@@ -388,7 +408,7 @@ def deduplicate(candidates: dict[str, dict[str, int]], digests: list[bytes], pha
       if (o_name, o_family) == (name, family):
         exact.setdefault(name, {})[family] = idx
       else:
-        counts["exact_same_class" if o_name == name else "exact_other_class"] += 1
+        counts[name]["exact_same_class" if o_name == name else "exact_other_class"] += 1
   # 2. Near-identical within a class (greedy in family priority order).
   kept: dict[str, dict[str, int]] = {}
   for name, by_family in exact.items():
@@ -397,11 +417,16 @@ def deduplicate(candidates: dict[str, dict[str, int]], digests: list[bytes], pha
       idx = by_family[family]
       if any(near_identical(phashes[idx], phashes[j], thumbs[idx], thumbs[j])
              for j in chosen.values()):
-        counts["near_same_class"] += 1
+        counts[name]["near_same_class"] += 1
       else:
         chosen[family] = idx
     kept[name] = chosen
-  return kept, counts
+  return kept, dict(counts)
+
+
+def total_counts(counts: dict[str, collections.Counter], names) -> collections.Counter:
+  """The removals of `deduplicate` summed over `names`."""
+  return sum((counts.get(n, collections.Counter()) for n in names), collections.Counter())
 
 
 # ----------------------------------------------------------------------------------------------
@@ -481,13 +506,42 @@ def split_names(kept: dict[str, dict[str, int]], query_families: list[str],
   return dict(out)
 
 
+UNLABELLED_SPLIT = "unlabelled"
+
+
+def unlabelled_candidates(table: dict[str, dict[str, str]], min_families: int, k: int
+                          ) -> list[str]:
+  """Names listed by k..min_families-1 families (sorted; [] when k = 0), rendered beside the
+  class candidates for the `unlabelled` split. Deduplication only removes drawings, so a name
+  listed by fewer than k families can never reach k: it is not rendered."""
+  if k <= 0:
+    return []
+  return [n for n, by_family in table.items() if k <= len(by_family) < min_families]
+
+
+def unlabelled_names(kept: dict[str, dict[str, int]], pool: list[str], min_families: int,
+                     k: int) -> list[str]:
+  """The `unlabelled` split's names: those of `pool` left with k..min_families-1 drawings by
+  deduplication (counted as the kept classes are), sorted; [] when k = 0."""
+  if k <= 0:
+    return []
+  return sorted(n for n in pool if k <= len(kept.get(n, {})) < min_families)
+
+
+def drawings_of(names: list[str], kept: dict[str, dict[str, int]], order: list[str]
+                ) -> list[tuple[str, str]]:
+  """[(name, family)] of every kept drawing of `names`, in (name, family priority) order."""
+  return [(n, f) for n in names for f in sorted(kept[n], key=order.index)]
+
+
 class IconThemes(common.SimJaxBuilder):
   """Icon names x design families of the freedesktop icon themes (module docstring).
 
   Options: image_size, families, query_families, min_families, max_classes,
-  validation_class_fraction, heldout_class_fraction, test_fraction, root, versions.
+  validation_class_fraction, heldout_class_fraction, test_fraction, root, versions, and
+  unlabelled_min_families only when > 0 (so builds without the pool keep their cache key).
   Record `source` = "<family>:<file>"; metadata `icon_themes` = families, splits' families,
-  counts of the listing, the rendering and the deduplication.
+  counts of the listing, the rendering and the deduplication (`unlabelled`: the pool's own).
   """
 
   def image_shape(self):
@@ -501,10 +555,14 @@ class IconThemes(common.SimJaxBuilder):
     if reason:
       raise ValueError(reason)
     order = [f.name for f in families]
+    k = o.get("unlabelled_min_families", 0)
     table = list_icons(families, o["image_size"], o["root"])
     candidates = [n for n, by_family in table.items() if len(by_family) >= o["min_families"]]
     chosen = evenly_spaced(candidates, o["max_classes"])
-    paths = sorted({p for n in chosen for p in table[n].values()})
+    # The pool's names are rendered and deduplicated with the classes (see the module
+    # docstring: they can lose pictures to the kept classes, never take one from them).
+    extra = unlabelled_candidates(table, o["min_families"], k)
+    paths = sorted({p for n in chosen + extra for p in table[n].values()})
     images, failed = render_all(paths, o["image_size"])
     index = {p: i for i, p in enumerate(paths)}
     digests = [hashlib.sha256(img.tobytes()).digest() if img is not None else b"" for img in
@@ -512,39 +570,59 @@ class IconThemes(common.SimJaxBuilder):
     phashes = [phash(img) if img is not None else 0 for img in images]
     thumbs = [thumbnail(img) if img is not None else None for img in images]
     cands = {n: {f: index[p] for f, p in table[n].items() if images[index[p]] is not None}
-             for n in chosen}
-    blank = sum(len(table[n]) for n in chosen) - sum(len(v) for v in cands.values())
-    kept, counts = deduplicate(cands, digests, phashes, thumbs, order)
-    kept = {n: v for n, v in kept.items() if len(v) >= o["min_families"]}
+             for n in chosen + extra}
+    blank = {n: len(table[n]) - len(cands[n]) for n in cands}
+    deduped, counts = deduplicate(cands, digests, phashes, thumbs, order)
+    kept = {n: deduped[n] for n in chosen if len(deduped.get(n, {})) >= o["min_families"]}
     if not kept:
       raise ValueError(f"icon_themes: no icon name is drawn by >= {o['min_families']} of the "
                        f"families {order} after deduplication (empty class list)")
     assignment = split_names(kept, o["query_families"], o["validation_class_fraction"],
                              o["heldout_class_fraction"], o["test_fraction"])
     names = sorted(kept)
-    label = {n: i for i, n in enumerate(names)}
-    # id: position in the (class, family priority) order of every kept drawing: stable.
-    ids = {(n, f): i for i, (n, f) in enumerate(
-        (n, f) for n in names for f in sorted(kept[n], key=order.index))}
+    pool = unlabelled_names(deduped, chosen + extra, o["min_families"], k)
+    if k:
+      assignment[UNLABELLED_SPLIT] = drawings_of(pool, deduped, order)
+    # Labels and ids: the kept classes first (as without the pool, so their records do not
+    # change), then the pool's names. id = position in the (class, family priority) order.
+    label = {n: i for i, n in enumerate(names + pool)}
+    ids = {d: i for i, d in enumerate(drawings_of(names + pool, deduped, order))}
     split_examples = {}
     for split, members in assignment.items():
       split_examples[split] = [
-          (ids[(n, f)], {"image": images[kept[n][f]], "label": label[n], "id": ids[(n, f)],
-                         "class_name": n, "source": f"{f}:{paths[kept[n][f]]}"})
+          (ids[(n, f)], {"image": images[deduped[n][f]], "label": label[n], "id": ids[(n, f)],
+                         "class_name": n, "source": f"{f}:{paths[deduped[n][f]]}"})
           for n, f in members]
+    removed = total_counts(counts, chosen)
     self.info.metadata["icon_themes"] = {
         "families": order, "query_families": list(o["query_families"]),
         "candidate_names": len(candidates), "rendered_files": len(paths),
         "listed_drawings": sum(len(table[n]) for n in chosen),
-        "dedup": {"render_failed_files": failed, "blank_or_failed_drawings": blank,
-                  "exact_same_class": counts["exact_same_class"],
-                  "exact_other_class": counts["exact_other_class"],
-                  "near_same_class": counts["near_same_class"],
+        "dedup": {"render_failed_files": failed,
+                  "blank_or_failed_drawings": sum(blank[n] for n in chosen),
+                  "exact_same_class": removed["exact_same_class"],
+                  "exact_other_class": removed["exact_other_class"],
+                  "near_same_class": removed["near_same_class"],
                   "phash_threshold": PHASH_THRESHOLD, "mad_threshold": MAD_THRESHOLD},
         "classes": len(kept), "images": sum(len(v) for v in kept.values()),
-        "split_sizes": {k: len(v) for k, v in assignment.items()},
+        "split_sizes": {s: len(v) for s, v in assignment.items()},
     }
-    return names, split_examples
+    if k:
+      removed = total_counts(counts, extra)
+      self.info.metadata["icon_themes"]["unlabelled"] = {
+          "min_families": k, "listed_names": len(extra),
+          "listed_drawings": sum(len(table[n]) for n in extra),
+          # Names of the pool that were class candidates (listed by >= min_families families).
+          "names_from_candidates": len(set(pool) - set(extra)),
+          "names": len(pool), "drawings": len(assignment[UNLABELLED_SPLIT]),
+          # Removals among the drawings of the listed names (exact_other_class: mostly aliases
+          # of a kept class's or another name's picture).
+          "dedup": {"blank_or_failed_drawings": sum(blank[n] for n in extra),
+                    "exact_same_class": removed["exact_same_class"],
+                    "exact_other_class": removed["exact_other_class"],
+                    "near_same_class": removed["near_same_class"]},
+      }
+    return names + pool, split_examples
 
 
 def package_versions(packages: list[str]) -> dict[str, str]:
@@ -572,6 +650,20 @@ def unavailable_reason(data_config) -> str | None:
   return missing_reason(families)
 
 
+def unlabelled_option(c, min_families: int) -> dict:
+  """{"unlabelled_min_families": k} when the `unlabelled` split is asked for (k > 0), else {}:
+  a build without it keeps the options (the prepared dataset's name) it had before the option
+  existed, so datasets prepared then are reused."""
+  k = int(c.get("unlabelled_min_families", 0) or 0)
+  if k == 0:
+    return {}
+  if not 1 <= k < min_families:
+    raise ValueError(f"data.unlabelled_min_families must be 0 (no `unlabelled` split) or in "
+                     f"[1, {min_families - 1}] (below data.min_families={min_families}, whose "
+                     f"names are the classes), got {k}")
+  return {"unlabelled_min_families": k}
+
+
 def icon_theme_options(c) -> dict:
   """The build options of data config `c` (ValueError on a bad value or missing packages)."""
   families = _families_of(c)
@@ -596,6 +688,7 @@ def icon_theme_options(c) -> dict:
   size = int(c.image_size or DEFAULT_IMAGE_SIZE)
   if size < 8:
     raise ValueError(f"data.image_size must be >= 8 for icon_themes, got {size}")
+  unlabelled = unlabelled_option(c, min_families)
   return {"image_size": size, "families": [f.name for f in families],
           "query_families": parse_query_families(str(c.get("query_families", "") or ""),
                                                  families),
@@ -604,4 +697,5 @@ def icon_theme_options(c) -> dict:
           **fractions, "root": ICON_ROOT, "revision": BUILD_REVISION,
           # The renderers' versions too: they decide the pixels.
           "versions": {**package_versions(packages_of(families) + RENDERER_PACKAGES),
-                       "pillow": PIL.__version__}}
+                       "pillow": PIL.__version__},
+          **unlabelled}
