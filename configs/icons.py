@@ -29,13 +29,14 @@ Ablations (one command each; docs/experiments/icons.md has the results):
   python ablate.py --config=configs/icons.py --ablation=losses --workdir=runs/icons_losses --seeds=3
   python ablate.py --config=configs/icons.py --ablation=budget --workdir=runs/icons_budget
 
-  table1  (MEASURED_BUDGET: 1,200 steps) the seed's Table 1 chain: bce_scratch | simclr (pretraining only, no pair head) |
-          simclr_bce (Siamese BCE from simclr's encoder) | simclr_bce_attn_after | ..._before.
-          SimCLR runs once per seed; the three fine-tunings start from it (`{run:simclr}`).
-  losses  one protocol (MEASURED_BUDGET: 1,200 steps), four objectives: pair_bce | contrastive (fixed margin 1) |
-          contrastive_learnable (the margin learnt, kept from collapsing by a margin reward,
-          see `sim_jax.losses.pairwise.learnable_margin_contrastive`) | nt_xent (labelled
-          positives: two drawings of one name).
+  table1  (MEASURED_BUDGET: 1,200 steps) the seed's Table 1 chain: bce_scratch | simclr
+          (pretraining only, no pair head) | simclr_bce (Siamese BCE from simclr's encoder) |
+          simclr_bce_attn_after | ..._before. SimCLR runs once per seed; the three fine-tunings
+          start from it (`{run:simclr}`).
+  losses  one protocol (MEASURED_BUDGET: 1,200 steps), four objectives: pair_bce | contrastive
+          (fixed margin 1) | contrastive_learnable (the margin learnt, kept from collapsing by a
+          margin reward, see `sim_jax.losses.pairwise.learnable_margin_contrastive`) | nt_xent
+          (labelled positives: two drawings of one name).
   budget  encoder width (4 | 8 | 16) x steps (300 | 1,200 | 3,000) of bce_scratch, seed 0: the
           setting chosen on validation pairs (icons.md "Budget").
 

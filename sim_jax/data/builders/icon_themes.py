@@ -22,7 +22,8 @@ the directory name. Animations (spinner strips) are skipped. Symlinks are resolv
 and its target are one file (rendered once); links leaving the icon tree (/etc/alternatives'
 distribution logo as `start-here`) differ between machines and are skipped.
 
-Deduplication, in this order (counts in the metadata `icon_themes.dedup`):
+Deduplication (`sim_jax.data.builders.dedup`), in this order (counts in the metadata
+`icon_themes.dedup`):
 1. Exact: a picture (the SHA-256 of the rendered RGB bytes) is kept once in the whole dataset,
    in the class with the most families (ties: the name), for the family listed first (originals
    are listed before their derivatives). This removes a theme's aliases of its own drawings
@@ -87,9 +88,8 @@ import subprocess
 
 import numpy as np
 import PIL
-from PIL import Image
 
-from sim_jax.data.builders import common, svg_render
+from sim_jax.data.builders import common, dedup, svg_render
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,19 +150,6 @@ DEFAULT_MIN_FAMILIES = 5
 # Query families by default: two large families with design languages unlike the rest (KDE 4's
 # glossy Oxygen, the flat Paper); others are used when these are not selected.
 DEFAULT_QUERY_FAMILIES = ("oxygen", "paper")
-# Hamming distance (of 64 bits; two pHashes of 32 set bits differ by an even number) at or below
-# which two drawings of a class are one picture. Chosen by eye on 600 classes of 11 families: pairs
-# at <= 6 were copies, recolours or re-exports (gnome/mate, faenza/obsidian, elementary/-xfce); at 8
-# independent designs of one shape appear (breeze's blue folder vs mate's grey one).
-PHASH_THRESHOLD = 6
-# The second near-duplicate test: 32 x 32 thumbnails whose shift-tolerant mean absolute difference
-# (`shifted_mad`, 0..255) is <= MAD_THRESHOLD. pHash alone misses copies of simple symmetric icons
-# (gnome's and mate's dialog-error: pHash distance 8, mean difference 1.2) and copies moved by a
-# pixel. In the same sample, pairs at <= 8 were copies (gnome/mate, elementary/-xfce) bar two
-# near-blank pages; above 10 different designs of one shape start (breeze's and mate's arrows).
-MAD_THRESHOLD = 8.0
-THUMB_SIZE = 32
-MAX_SHIFT = 2
 BACKGROUND = (255, 255, 255)
 SKIPPED_CONTEXTS = frozenset({"animations"})
 RENDERER_PACKAGES = ["librsvg2-2", "libcairo2"]
@@ -331,105 +318,6 @@ def list_icons(families: list[Family], target: int, root: str = ICON_ROOT
 
 
 # ----------------------------------------------------------------------------------------------
-# Hashes and deduplication.
-
-def _dct_matrix(n: int) -> np.ndarray:
-  """Orthonormal DCT-II matrix D [n, n]: X = D @ x @ D.T for a 2-D signal x."""
-  k, i = np.arange(n)[:, None], np.arange(n)[None, :]
-  d = np.cos(np.pi * (2 * i + 1) * k / (2 * n)) * np.sqrt(2.0 / n)
-  d[0] /= np.sqrt(2.0)
-  return d
-
-
-_DCT32 = _dct_matrix(32)
-
-
-def phash(rgb: np.ndarray) -> int:
-  """64-bit perceptual hash of a uint8 [H, W, 3] image (see the module docstring)."""
-  luma = Image.fromarray(rgb).convert("L").resize((32, 32), Image.Resampling.BILINEAR)
-  low = (_DCT32 @ np.asarray(luma, np.float64) @ _DCT32.T)[:8, :8].reshape(-1)
-  bits = low > np.median(low)
-  return int(np.packbits(bits).view(">u8")[0])
-
-
-def hamming(a: int, b: int) -> int:
-  return (a ^ b).bit_count()
-
-
-def thumbnail(rgb: np.ndarray) -> np.ndarray:
-  """uint8 [T, T, 3], T = min(THUMB_SIZE, S): the image box-filtered down (for `shifted_mad`)."""
-  side = min(THUMB_SIZE, rgb.shape[0])
-  return np.asarray(Image.fromarray(rgb).resize((side, side), Image.Resampling.BOX), np.uint8)
-
-
-def shifted_mad(a: np.ndarray, b: np.ndarray, max_shift: int = MAX_SHIFT) -> float:
-  """min over integer shifts |dx|, |dy| <= max_shift of the mean |a - b| (0..255 per channel)
-  over the overlap of two thumbnails: a copy re-exported one or two pixels off scores ~1."""
-  a, b = a.astype(np.float64), b.astype(np.float64)
-  n = a.shape[0]
-  best = np.inf
-  for dy in range(-max_shift, max_shift + 1):
-    for dx in range(-max_shift, max_shift + 1):
-      pa = a[max(dy, 0):n + min(dy, 0), max(dx, 0):n + min(dx, 0)]
-      pb = b[max(-dy, 0):n + min(-dy, 0), max(-dx, 0):n + min(-dx, 0)]
-      best = min(best, float(np.abs(pa - pb).mean()))
-  return best
-
-
-def near_identical(ph_a: int, ph_b: int, thumb_a: np.ndarray, thumb_b: np.ndarray) -> bool:
-  """Rule 2 of the module docstring: pHash distance <= PHASH_THRESHOLD or shifted MAD <=
-  MAD_THRESHOLD."""
-  return (hamming(ph_a, ph_b) <= PHASH_THRESHOLD
-          or shifted_mad(thumb_a, thumb_b) <= MAD_THRESHOLD)
-
-
-def deduplicate(candidates: dict[str, dict[str, int]], digests: list[bytes], phashes: list[int],
-                thumbs: list, family_order: list[str]):
-  """Applies the two deduplication rules of the module docstring.
-
-  candidates: {class: {family: picture index}} (pictures index `digests` / `phashes` /
-  `thumbs`).
-  Returns ({class: {family: picture index}} kept, {class: Counter of removals}): counts per
-  class, so that the labelled classes and the `unlabelled` pool are reported apart.
-  """
-  priority = {f: i for i, f in enumerate(family_order)}
-  # 1. Exact: each digest goes to one (class, family) owner.
-  owner: dict[bytes, tuple] = {}
-  for name, by_family in candidates.items():
-    for family, idx in by_family.items():
-      key = (-len(by_family), name, priority[family])
-      if digests[idx] not in owner or key < owner[digests[idx]][0]:
-        owner[digests[idx]] = (key, name, family)
-  counts: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
-  exact: dict[str, dict[str, int]] = {}
-  for name, by_family in candidates.items():
-    for family, idx in by_family.items():
-      _, o_name, o_family = owner[digests[idx]]
-      if (o_name, o_family) == (name, family):
-        exact.setdefault(name, {})[family] = idx
-      else:
-        counts[name]["exact_same_class" if o_name == name else "exact_other_class"] += 1
-  # 2. Near-identical within a class (greedy in family priority order).
-  kept: dict[str, dict[str, int]] = {}
-  for name, by_family in exact.items():
-    chosen: dict[str, int] = {}
-    for family in sorted(by_family, key=priority.__getitem__):
-      idx = by_family[family]
-      if any(near_identical(phashes[idx], phashes[j], thumbs[idx], thumbs[j])
-             for j in chosen.values()):
-        counts[name]["near_same_class"] += 1
-      else:
-        chosen[family] = idx
-    kept[name] = chosen
-  return kept, dict(counts)
-
-
-def total_counts(counts: dict[str, collections.Counter], names) -> collections.Counter:
-  """The removals of `deduplicate` summed over `names`."""
-  return sum((counts.get(n, collections.Counter()) for n in names), collections.Counter())
-
-
-# ----------------------------------------------------------------------------------------------
 # Rendering, selection and splits.
 
 def render_all(paths: list[str], size: int) -> tuple[list[np.ndarray | None], int]:
@@ -567,12 +455,12 @@ class IconThemes(common.SimJaxBuilder):
     index = {p: i for i, p in enumerate(paths)}
     digests = [hashlib.sha256(img.tobytes()).digest() if img is not None else b"" for img in
                images]
-    phashes = [phash(img) if img is not None else 0 for img in images]
-    thumbs = [thumbnail(img) if img is not None else None for img in images]
+    phashes = [dedup.phash(img) if img is not None else 0 for img in images]
+    thumbs = [dedup.thumbnail(img) if img is not None else None for img in images]
     cands = {n: {f: index[p] for f, p in table[n].items() if images[index[p]] is not None}
              for n in chosen + extra}
     blank = {n: len(table[n]) - len(cands[n]) for n in cands}
-    deduped, counts = deduplicate(cands, digests, phashes, thumbs, order)
+    deduped, counts = dedup.deduplicate(cands, digests, phashes, thumbs, order)
     kept = {n: deduped[n] for n in chosen if len(deduped.get(n, {})) >= o["min_families"]}
     if not kept:
       raise ValueError(f"icon_themes: no icon name is drawn by >= {o['min_families']} of the "
@@ -593,7 +481,7 @@ class IconThemes(common.SimJaxBuilder):
           (ids[(n, f)], {"image": images[deduped[n][f]], "label": label[n], "id": ids[(n, f)],
                          "class_name": n, "source": f"{f}:{paths[deduped[n][f]]}"})
           for n, f in members]
-    removed = total_counts(counts, chosen)
+    removed = dedup.total_counts(counts, chosen)
     self.info.metadata["icon_themes"] = {
         "families": order, "query_families": list(o["query_families"]),
         "candidate_names": len(candidates), "rendered_files": len(paths),
@@ -603,12 +491,12 @@ class IconThemes(common.SimJaxBuilder):
                   "exact_same_class": removed["exact_same_class"],
                   "exact_other_class": removed["exact_other_class"],
                   "near_same_class": removed["near_same_class"],
-                  "phash_threshold": PHASH_THRESHOLD, "mad_threshold": MAD_THRESHOLD},
+                  "phash_threshold": dedup.PHASH_THRESHOLD, "mad_threshold": dedup.MAD_THRESHOLD},
         "classes": len(kept), "images": sum(len(v) for v in kept.values()),
         "split_sizes": {s: len(v) for s, v in assignment.items()},
     }
     if k:
-      removed = total_counts(counts, extra)
+      removed = dedup.total_counts(counts, extra)
       self.info.metadata["icon_themes"]["unlabelled"] = {
           "min_families": k, "listed_names": len(extra),
           "listed_drawings": sum(len(table[n]) for n in extra),
