@@ -481,22 +481,22 @@ class IconThemes(common.SimJaxBuilder):
           (ids[(n, f)], {"image": images[deduped[n][f]], "label": label[n], "id": ids[(n, f)],
                          "class_name": n, "source": f"{f}:{paths[deduped[n][f]]}"})
           for n, f in members]
-    removed = dedup.total_counts(counts, chosen)
+    def removals(of: list[str]) -> dict[str, int]:
+      removed = dedup.total_counts(counts, of)
+      return {"blank_or_failed_drawings": sum(blank[n] for n in of),
+              **{c: removed[c] for c in ("exact_same_class", "exact_other_class",
+                                         "near_same_class")}}
+
     self.info.metadata["icon_themes"] = {
         "families": order, "query_families": list(o["query_families"]),
         "candidate_names": len(candidates), "rendered_files": len(paths),
         "listed_drawings": sum(len(table[n]) for n in chosen),
-        "dedup": {"render_failed_files": failed,
-                  "blank_or_failed_drawings": sum(blank[n] for n in chosen),
-                  "exact_same_class": removed["exact_same_class"],
-                  "exact_other_class": removed["exact_other_class"],
-                  "near_same_class": removed["near_same_class"],
+        "dedup": {"render_failed_files": failed, **removals(chosen),
                   "phash_threshold": dedup.PHASH_THRESHOLD, "mad_threshold": dedup.MAD_THRESHOLD},
         "classes": len(kept), "images": sum(len(v) for v in kept.values()),
         "split_sizes": {s: len(v) for s, v in assignment.items()},
     }
     if k:
-      removed = dedup.total_counts(counts, extra)
       self.info.metadata["icon_themes"]["unlabelled"] = {
           "min_families": k, "listed_names": len(extra),
           "listed_drawings": sum(len(table[n]) for n in extra),
@@ -505,10 +505,7 @@ class IconThemes(common.SimJaxBuilder):
           "names": len(pool), "drawings": len(assignment[UNLABELLED_SPLIT]),
           # Removals among the drawings of the listed names (exact_other_class: mostly aliases
           # of a kept class's or another name's picture).
-          "dedup": {"blank_or_failed_drawings": sum(blank[n] for n in extra),
-                    "exact_same_class": removed["exact_same_class"],
-                    "exact_other_class": removed["exact_other_class"],
-                    "near_same_class": removed["near_same_class"]},
+          "dedup": removals(extra),
       }
     return names + pool, split_examples
 
