@@ -34,6 +34,7 @@ from sim_jax.experiments.variants import (
     plan_runs,
     run_overrides,
     run_refs,
+    select_variants,
     substitute_runs,
 )
 from tests import helpers
@@ -209,6 +210,23 @@ def test_seeded_runs_are_interleaved_and_each_refers_to_its_own_seed():
   assert run_overrides(plain[0], [fine, pre], {}) == {"loss.name": "nt_xent"}
   with pytest.raises(ValueError, match="overrides 'seed' inside a seeded ablation"):
     run_overrides(Run(Variant("s", {"seed": 1}), 0), [Variant("s", {"seed": 1})], {})
+
+
+def test_select_variants_keeps_the_named_ones_and_what_they_refer_to():
+  # A chain: eval -> fine -> pre; "other" and "pre2" are unrelated.
+  variants = [Variant("pre", {"loss.name": "nt_xent"}), Variant("pre2"),
+              Variant("fine", {"model.init_from": "{run:pre}"}),
+              Variant("eval", {"eval.metric": "cosine"}, evaluates="fine"), Variant("other")]
+  ablation = as_ablation(Ablation(variants, seeds=(1, 2)))
+  picked = select_variants(ablation, ["eval"])
+  assert [v.label for v in picked.variants] == ["pre", "fine", "eval"]  # declared order
+  assert picked.seeds == (1, 2)
+  assert [(r.variant.label, r.seed) for r in plan_runs(picked)] == [
+      ("pre", 1), ("fine", 1), ("eval", 1), ("pre", 2), ("fine", 2), ("eval", 2)]
+  assert [v.label for v in select_variants(ablation, ["other", "pre2"]).variants] == [
+      "pre2", "other"]
+  with pytest.raises(ValueError, match=r"'nope' not a variant of this ablation \(pre, pre2"):
+    select_variants(ablation, ["fine", "nope"])
 
 
 def test_seeds_are_checked_and_parsed():

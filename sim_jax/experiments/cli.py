@@ -5,6 +5,8 @@ r"""`sim-jax-ablate` / `python ablate.py`: runs one ablation of a config, then a
       --set train.steps=300 --set train.eval_every=100
   python ablate.py --config=configs/icons.py --ablation=attention --workdir=runs/x --seeds=3
   python ablate.py --config=configs/icons.py --ablation=attention --workdir=runs/x --dry_run
+  python ablate.py --config=configs/embeddings.py --ablation=backbones_pretrained \
+      --workdir=runs/embeddings_backbones_pretrained --variants=resnet18 --seeds=1,2
   sim-jax-ablate --config=configs/icons.py          # lists the config's ablations
 
 The config declares `get_ablations()` and `HEADLINE` (see sim_jax/experiments/variants.py).
@@ -13,6 +15,10 @@ when the ablation, or --seeds, names seeds), with `--config.<key>=<value>` for t
 overrides and then the `--set` ones (so `--set` has the last word). Variants another one refers
 to (`{run:LABEL}`, `evaluates=LABEL`) run first; seeds are interleaved (seed 0 of every variant,
 then seed 1, ...).
+
+`--variants=A,B` runs only those variants and the ones they refer to (`resnet18` above also
+runs `simclr_resnet18`, whose encoder it starts from), into the same run directories as the
+whole ablation, so a later full run skips them; the table it writes has those rows only.
 
 Resumable: a run whose `final_metrics.json` exists is not run again, and an unfinished one
 resumes from its checkpoint (launch.py's behaviour). A failed run does not stop the others;
@@ -57,6 +63,8 @@ flags.DEFINE_multi_string("launch_args", [], "Extra launch.py flag for every var
                           "--launch_args=--compilation_cache=/tmp/cache (repeatable).")
 flags.DEFINE_string("seeds", None, "Seeds every variant runs with, replacing the ablation's: a "
                     "count (3: seeds 0, 1, 2) or a list (0,1,2).")
+flags.DEFINE_list("variants", None, "Run only these variants of the ablation (comma-separated "
+                  "labels), with the variants they refer to; the table then has their rows only.")
 flags.DEFINE_bool("dry_run", False, "Check every run's config and data and print the commands; "
                   "run and write nothing.")
 flags.DEFINE_bool("allow_download", False, "Launch variants whose TFDS dataset is not prepared "
@@ -95,10 +103,13 @@ def main(argv):
   try:
     sets = commands.parse_sets(FLAGS.set)
     seeds = None if FLAGS.seeds is None else variants.parse_seeds(FLAGS.seeds)
+    if FLAGS.variants is not None:
+      variants.select_variants(experiment.ablations[FLAGS.ablation], FLAGS.variants)
   except ValueError as e:
     raise app.UsageError(str(e)) from e
   return runner.run_ablation(experiment, FLAGS.ablation, FLAGS.workdir, root=command_root(),
                              sets=sets, extra=FLAGS.launch_args, seeds=seeds,
+                             only=FLAGS.variants,
                              dry_run=FLAGS.dry_run, allow_download=FLAGS.allow_download,
                              argv=sys.argv)
 

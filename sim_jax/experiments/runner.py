@@ -33,6 +33,7 @@ from sim_jax.experiments.variants import (
     plan_runs,
     run_overrides,
     run_refs,
+    select_variants,
 )
 
 FINAL = "final_metrics.json"
@@ -321,13 +322,17 @@ def previous_seconds(workdir: str) -> dict[str, float]:
 
 def run_ablation(experiment: Experiment, name: str, workdir: str, *, root: str,
                  sets: Sequence[tuple[str, str]] = (), extra: Sequence[str] = (),
-                 seeds: tuple[int, ...] | None = None, dry_run: bool = False,
-                 allow_download: bool = False, argv: Sequence[str] = ()) -> int:
+                 seeds: tuple[int, ...] | None = None, only: Sequence[str] | None = None,
+                 dry_run: bool = False, allow_download: bool = False,
+                 argv: Sequence[str] = ()) -> int:
   """Runs (or, with `dry_run`, checks) every run of ablation `name`; returns the exit code:
-  1 if any run failed or was invalid, else 0. `seeds` (not None) replaces the declared ones."""
+  1 if any run failed or was invalid, else 0. `seeds` (not None) replaces the declared ones;
+  `only` (not None) keeps those variants and the ones they refer to (`select_variants`)."""
   ablation = experiment.ablations[name]
   if seeds is not None:
     ablation = as_ablation(Ablation(ablation.variants, seeds))
+  if only is not None:
+    ablation = select_variants(ablation, only)
   ctx = Context(experiment, ablation, os.path.abspath(workdir), root, tuple(sets), tuple(extra),
                 dry_run, allow_download)
   before = previous_seconds(ctx.workdir)

@@ -114,6 +114,27 @@ def plan_runs(ablation: Ablation) -> list[Run]:
   return [Run(v, s) for s in seeds for v in order]
 
 
+def select_variants(ablation: Ablation, labels: Sequence[str]) -> Ablation:
+  """`ablation` cut down to the variants named in `labels` and those they refer to (transitively,
+  so that `{run:LABEL}` and `evaluates` resolve), in declared order, with the same seeds.
+
+  Raises ValueError naming a label that is not a variant of the ablation.
+  """
+  by_label = {v.label: v for v in ablation.variants}
+  unknown = [label for label in labels if label not in by_label]
+  if unknown:
+    raise ValueError(f"--variants: {', '.join(map(repr, unknown))} not a variant of this "
+                     f"ablation ({', '.join(by_label)})")
+  keep: set[str] = set()
+  stack = list(labels)
+  while stack:
+    label = stack.pop()
+    if label not in keep:
+      keep.add(label)
+      stack += run_refs(by_label[label])
+  return Ablation([v for v in ablation.variants if v.label in keep], ablation.seeds)
+
+
 def run_refs(variant: Variant) -> list[str]:
   """Labels this variant needs finished first: `{run:LABEL}` references, then `evaluates`."""
   refs = []
