@@ -346,6 +346,15 @@ def largest_n_within(loss, impl, block_size, budget_bytes, n_start=256, n_max=1 
 # Ring: the sharded streaming losses on fake CPU devices vs the single-device streaming loss
 # ----------------------------------------------------------------------------------------------
 
+class _Travelling:
+  """`_ring_loss_fn`'s `module` for NT-Xent's travelling-accumulator backward."""
+
+  @staticmethod
+  def nt_xent_stats(*args, **kwargs):
+    from bench import previous_forms
+    return previous_forms.nt_xent_stats_travelling(*args, **kwargs)
+
+
 def _ring_loss_fn(loss, block_size, mesh, module=None):
   """Mean loss of the streaming form of `loss`, sharded over `mesh` (None: one device)."""
   import importlib
@@ -403,7 +412,9 @@ def run_ring(losses, n, block_size, rounds, devices, basic=False):
   `rounds` per variant, so all variants see the same machine load).
 
   Variants: "single" (one device), "ring"; unless `basic`, for NT-Xent and batch-hard also
-  "ring_previous" (the previous ring bodies, bench/previous_forms.py); for the two-tower losses
+  "ring_previous" (the previous ring bodies, bench/previous_forms.py), for NT-Xent also
+  "ring_travelling" (the backward whose column gradients travel the ring, same file); for the
+  two-tower losses
   also "single_unfused" / "ring_unfused" (the previous two-sweep forms, same file) and
   "ring_no_overlap" (`RingSweeper.overlap = False`: each hop waits for its chunk).
   """
@@ -439,6 +450,9 @@ def run_ring(losses, n, block_size, rounds, devices, basic=False):
     if loss in ("nt_xent", "triplet_batch_hard"):
       variants[(loss, "ring_previous")] = compiled(
         _ring_loss_fn(loss, block_size, mesh, previous_forms), sharded)
+    if loss == "nt_xent":
+      variants[(loss, "ring_travelling")] = compiled(
+        _ring_loss_fn(loss, block_size, mesh, _Travelling), sharded)
     if loss in TWO_TOWER:
       variants[(loss, "single_unfused")] = compiled(
         _ring_loss_fn(loss, block_size, None, previous_forms), one)

@@ -20,10 +20,12 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 from sim_jax.losses import sweep
 from sim_jax.losses.distributed import run_bodies
 from sim_jax.losses.infonce_streaming import (
+  _FIXED_SHIFT_FLOOR,
   AnchorRows,
   PositiveTerms,
   _unit_rows_and_inverse_temperature,
@@ -107,6 +109,108 @@ def nt_xent_stats(embeddings, labels, *, temperature, block_size, mesh):
   z, inv_t, labels = _unit_rows_and_inverse_temperature(embeddings, labels, temperature)
   return run_bodies(_nt_xent_bodies, (z,), (inv_t,), labels, block_size=block_size, mesh=mesh)
 
+
+def _negatives_sum_travelling(sweeper, z, labels, inv_t):
+  """NT-Xent's first pass over the ring: the negatives' log-sum-exp L_i and the positives' count.
+
+  Unit rows give l_ij = <z_i, z_j> / t <= 1/t, so 1/t is a fixed shift for every row: one exp
+  per pair and a plain sum (no running max, no rescaling). When a row's sum could have lost
+  terms to float32 underflow (s_i <= N 2^-100, possible only for t < ~0.03) the exact online
+  log-sum-exp pass is run instead, on every device (the flag is summed over the ring).
+  """
+  n = z.shape[0]
+  n_total = n * getattr(sweeper, "k", 1)
+  cols = sweep.side(z, labels, sweeper.index(n))
+
+  def fixed(st, r, c):
+    pos, neg, _ = sweep.block_masks(r, c)
+    e = jnp.where(neg, jnp.exp((r.x @ c.x.T - 1.0) * inv_t), 0.0)
+    return (st[0] + jnp.sum(e, axis=1), st[1] + jnp.sum(pos, axis=1).astype(z.dtype))
+
+  zeros = jnp.zeros(n, z.dtype)
+  total, num_pos = sweeper.forward(fixed, (zeros, zeros), cols, cols)
+  has_neg = num_pos < n_total - 1   # every other valid row is a positive or a negative
+  under = has_neg & (total <= n_total * _FIXED_SHIFT_FLOOR)
+
+  def exact(_):
+    def online(st, r, c):
+      _, neg, _ = sweep.block_masks(r, c)
+      return sweep.lse_update(st, (r.x @ c.x.T) * inv_t, neg)
+
+    return sweep.lse_value(sweeper.forward(online, sweep.lse_init(n, z.dtype), cols, cols))
+
+  def shifted(_):
+    return jnp.where(has_neg, inv_t + jnp.log(jnp.where(has_neg, total, 1.0)), -jnp.inf)
+
+  lse = lax.cond(sweeper.psum(jnp.sum(under)) > 0, exact, shifted, None)
+  return lse, num_pos
+
+
+def _softplus_and_sigmoid(gap):
+  """(softplus(gap), sigmoid(gap)) from one exp: e = exp(-|gap|)."""
+  e = jnp.exp(-jnp.abs(gap))
+  return jnp.maximum(gap, 0.0) + jnp.log1p(e), jnp.where(gap >= 0.0, 1.0, e) / (1.0 + e)
+
+
+def _nt_xent_travelling_bodies(sweeper):
+  """The ring NT-Xent before the label-sorted band and the one-tour backward: a fixed-shift
+  negatives pass that also counts positives, a positives pass over every block (the masks of
+  all pairs, skipping the Gram block where none is positive), and a backward sweep whose
+  column-side gradients (dG^T @ X_rows) travel around the ring with their chunk and come home
+  on a last hop. (Its -1 / (1 + E), E = exp(l - finite_or_zero(L_i)), on positives is wrong for
+  an anchor with no negative, L_i = -inf, whose gradient must be 0.)"""
+
+  def fwd_local(xs, params, labels):
+    (z,), (inv_t,) = xs, params
+    cols = sweep.side(z, labels, sweeper.index(z.shape[0]))
+    lse_neg, num_pos = _negatives_sum_travelling(sweeper, z, labels, inv_t)
+
+    # Second pass: each positive needs the *final* negative log-sum-exp of its anchor.
+    def pass_positives(acc, r, c):
+      pos, _, _ = sweep.block_masks(r, c)
+
+      def visit(acc):
+        # l_ip = softplus(L_i - s_ip/t); sigmoid(L_i - s_ip/t) is -d l_ip / d(s_ip/t).
+        loss, weight = _softplus_and_sigmoid(r.lse[:, None] - (r.x @ c.x.T) * inv_t)
+        return PositiveTerms(acc.loss + jnp.sum(jnp.where(pos, loss, 0.0), axis=1),
+                             acc.weight + jnp.sum(jnp.where(pos, weight, 0.0), axis=1))
+
+      return lax.cond(jnp.any(pos), visit, lambda acc: acc, acc)
+
+    zeros = jnp.zeros(z.shape[0], z.dtype)
+    acc = sweeper.forward(pass_positives, PositiveTerms(zeros, zeros),
+                          AnchorRows(*cols, lse=lse_neg), cols)
+    return (acc.loss, num_pos), (lse_neg, acc.weight)
+
+  def bwd_local(xs, params, labels, residuals, cotangents):
+    (z,), (inv_t,) = xs, params
+    lse_neg, w = residuals
+    g = cotangents[0]
+    cols = sweep.side(z, labels, sweeper.index(z.shape[0]))
+
+    def grad_block(r, c):
+      logits = (r.x @ c.x.T) * inv_t
+      pos, neg, _ = sweep.block_masks(r, c)
+      # d num_i / d l_ip = -sigmoid(L_i - l_ip) = -1 / (1 + E);  d num_i / d l_in = E w_i, with
+      # E = exp(l - L_i) the one exp of the pair (<= 1 on negatives; on a positive far above
+      # L_i it may overflow, and -1 / (1 + inf) = 0 is the right limit).
+      e = jnp.exp(logits - sweep.finite_or_zero(r.lse)[:, None])
+      dl = jnp.where(pos, -1.0 / (1.0 + e), jnp.where(neg, e * r.weight[:, None], 0.0))
+      return dl * (r.cotangent * inv_t)[:, None], (), ()
+
+    rows = AnchorRows(*cols, lse=lse_neg, weight=w, cotangent=g)
+    dx_r, _, dx_c, _ = sweeper.backward(grad_block, rows, cols)
+    # l_ij = inv_t <z_i, z_j>: d loss / d inv_t = sum_ij dl_ij <z_i, z_j> = <z, dx_r> / inv_t,
+    # O(N D) instead of a reduction over every pair.
+    return (dx_r + dx_c,), (sweeper.psum(jnp.sum(z * dx_r)) / inv_t,)
+
+  return fwd_local, bwd_local
+
+def nt_xent_stats_travelling(embeddings, labels, *, temperature, block_size, mesh):
+  """`_nt_xent_travelling_bodies`' `(num [N], den [N])` (mesh required)."""
+  z, inv_t, labels = _unit_rows_and_inverse_temperature(embeddings, labels, temperature)
+  return run_bodies(_nt_xent_travelling_bodies, (z,), (inv_t,), labels, block_size=block_size,
+                    mesh=mesh)
 
 class TowerRows(NamedTuple):
   """A `sweep.Side` of one tower plus, in the backward pass, each row's statistics."""

@@ -24,14 +24,14 @@ N, D = 40, 8
 x = jnp.asarray(rng.normal(size=(N, D)) * 0.5, jnp.float32)
 y = jnp.asarray(rng.integers(0, 6, size=N), jnp.int32)
 txt = jnp.asarray(rng.normal(size=(N, D)), jnp.float32)
-weights = jnp.linspace(0.5, 1.5, N)
 dense_cache = {}
 
 def check(name, sharded, dense, params, args_s, args_d):
   # sum_i w_i num_i: a non-uniform cotangent, so per-anchor gradients are checked too. Each
   # parameter value reuses the one compiled sharded function (a traced argument).
   # The second output (den: counts) rides along as aux.
-  weighted = lambda fn: lambda x, p: (lambda o: (jnp.sum(o[0] * weights), o[1]))(fn(x, p))
+  w = jnp.linspace(0.5, 1.5, args_d.shape[0])
+  weighted = lambda fn: lambda x, p: (lambda o: (jnp.sum(o[0] * w), o[1]))(fn(x, p))
   f_s = jax.jit(jax.value_and_grad(weighted(sharded), (0, 1), has_aux=True))
   f_d = jax.jit(jax.value_and_grad(weighted(dense), (0, 1), has_aux=True))
   for param in params:
@@ -59,6 +59,16 @@ check("nt_xent", lambda x, t: infonce.nt_xent_stats(x, ys, temperature=t, block_
 check("supcon", lambda x, t: infonce.supcon_stats(x, ys, temperature=t, block_size=4,
                                                   mesh=mesh),
       lambda x, t: infonce.supcon_stats_dense(x, y, t), (0.5,), xs, x)
+# NT-Xent's ring sorts each device's rows by label and visits only the 128-wide column tiles
+# that hold positives when the local rows are a multiple of 128 (here on 1 and 2 devices): two
+# views of 128 instances, and one class for the whole batch (no negatives: loss and gradient 0).
+xb = jnp.asarray(rng.normal(size=(256, D)), jnp.float32)
+for tag, yb in [("two_views", jnp.tile(jnp.arange(128, dtype=jnp.int32), 2)),
+                ("one_class", jnp.zeros(256, jnp.int32))]:
+  ybs = jax.device_put(yb, rows)
+  check("nt_xent_" + tag,
+        lambda x, t: infonce.nt_xent_stats(x, ybs, temperature=t, block_size=64, mesh=mesh),
+        lambda x, t: infonce.nt_xent_stats_dense(x, yb, t), (0.1,), jax.device_put(xb, rows), xb)
 for mining, distance in [("batch_hard", "euclidean"), ("semi_hard", "cosine"),
                          ("batch_all", "squared_euclidean")]:
   check(mining, lambda x, m: triplet_mod.triplet_stats(x, ys, margin=m, mining=mining,

@@ -105,6 +105,12 @@ class RingSweeper:
   def psum(self, x):
     return lax.psum(x, self.axis)
 
+  def pmax(self, x):
+    return lax.pmax(x, self.axis)
+
+  def pmin(self, x):
+    return lax.pmin(x, self.axis)
+
   def _shift(self, tree):
     return lax.ppermute(tree, self.axis, self._perm)
 

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from sim_jax.losses import _checks, sweep
-from sim_jax.losses.distributed import run_bodies
+from sim_jax.losses.distributed import local_pair_sums, pair_sums, run_bodies, whole_chunks
 from sim_jax.losses.sweep import LogSumExp
 from sim_jax.numerics import l2_normalize
 
@@ -46,6 +46,18 @@ class PositiveTerms(NamedTuple):
   weight: jax.Array
 
 
+class GradRows(NamedTuple):
+  """NT-Xent's ring backward: label-sorted unit rows (`Side`'s fields) with their statistics;
+  a visiting chunk also carries rhs = [z, column coefficients * z]."""
+  x: jax.Array
+  label: jax.Array
+  index: jax.Array
+  valid: jax.Array
+  lse: jax.Array                # [n] L_i (-inf for a row without negatives: every pair masked)
+  g: jax.Array                  # [n] d loss / d num_i
+  rhs: jax.Array | None = None  # [n, 2D]
+
+
 class SupConStats(NamedTuple):
   """SupCon's running statistics: log-sum-exp over a != i, sum_p l_ip and |P(i)|."""
   lse: LogSumExp
@@ -57,26 +69,25 @@ class SupConStats(NamedTuple):
 # NT-Xent (pytorch-metric-learning NTXentLoss semantics), blockwise
 # ----------------------------------------------------------------------------------------------
 
-def _negatives_sum(sweeper, z, labels, inv_t):
-  """NT-Xent's first pass over the ring: the negatives' log-sum-exp L_i and the positives' count.
+def _negatives_sum(sweeper, side, inv_t):
+  """NT-Xent's first pass over the ring: the negatives' log-sum-exp L_i of the local rows.
 
   Unit rows give l_ij = <z_i, z_j> / t <= 1/t, so 1/t is a fixed shift for every row: one exp
   per pair and a plain sum (no running max, no rescaling). When a row's sum could have lost
   terms to float32 underflow (s_i <= N 2^-100, possible only for t < ~0.03) the exact online
-  log-sum-exp pass is run instead, on every device (the flag is summed over the ring).
+  log-sum-exp pass is run instead, on every device (the flag is summed over the ring). A row
+  has a negative unless its label is the only one in the global batch (O(1) collectives).
   """
-  n = z.shape[0]
+  n = side.x.shape[0]
   n_total = n * getattr(sweeper, "k", 1)
-  cols = sweep.side(z, labels, sweeper.index(n))
 
   def fixed(st, r, c):
-    pos, neg, _ = sweep.block_masks(r, c)
-    e = jnp.where(neg, jnp.exp((r.x @ c.x.T - 1.0) * inv_t), 0.0)
-    return (st[0] + jnp.sum(e, axis=1), st[1] + jnp.sum(pos, axis=1).astype(z.dtype))
+    _, neg, _ = sweep.block_masks(r, c)
+    return st + jnp.sum(jnp.where(neg, jnp.exp((r.x @ c.x.T - 1.0) * inv_t), 0.0), axis=1)
 
-  zeros = jnp.zeros(n, z.dtype)
-  total, num_pos = sweeper.forward(fixed, (zeros, zeros), cols, cols)
-  has_neg = num_pos < n_total - 1   # every other valid row is a positive or a negative
+  total = sweeper.forward(fixed, jnp.zeros(n, side.x.dtype), side, side)
+  has_neg = ((side.label != sweeper.pmin(jnp.min(side.label)))
+             | (side.label != sweeper.pmax(jnp.max(side.label))))
   under = has_neg & (total <= n_total * _FIXED_SHIFT_FLOOR)
 
   def exact(_):
@@ -84,13 +95,12 @@ def _negatives_sum(sweeper, z, labels, inv_t):
       _, neg, _ = sweep.block_masks(r, c)
       return sweep.lse_update(st, (r.x @ c.x.T) * inv_t, neg)
 
-    return sweep.lse_value(sweeper.forward(online, sweep.lse_init(n, z.dtype), cols, cols))
+    return sweep.lse_value(sweeper.forward(online, sweep.lse_init(n, side.x.dtype), side, side))
 
   def shifted(_):
     return jnp.where(has_neg, inv_t + jnp.log(jnp.where(has_neg, total, 1.0)), -jnp.inf)
 
-  lse = lax.cond(sweeper.psum(jnp.sum(under)) > 0, exact, shifted, None)
-  return lse, num_pos
+  return lax.cond(sweeper.psum(jnp.sum(under)) > 0, exact, shifted, None)
 
 
 def _softplus_and_sigmoid(gap):
@@ -99,54 +109,141 @@ def _softplus_and_sigmoid(gap):
   return jnp.maximum(gap, 0.0) + jnp.log1p(e), jnp.where(gap >= 0.0, 1.0, e) / (1.0 + e)
 
 
+def _chunk_band(rows, cols, inv_t, init, body):
+  """`body(logits, pos, r, c, acc)` over the column tiles of a label-sorted chunk `cols` that
+  hold a positive of a row tile of the label-sorted local `rows`; returns the accumulators of
+  every row ([n, ...], from `init(tile)`).
+
+  Both sides sorted by label, a row tile's positives lie in one contiguous band of the chunk's
+  columns (found by binary search), so only the column tiles meeting it are visited: with two
+  views one or two per row tile, instead of the whole chunk.
+  """
+  n, nc = rows.x.shape[0], cols.x.shape[0]
+  tile = _BAND_TILE if n % _BAND_TILE == 0 and nc % _BAND_TILE == 0 else None
+  tr, tc = (tile, tile) if tile else (n, nc)
+  tiles = jax.tree.map(lambda v: v.reshape((n // tr, tr) + v.shape[1:]), rows)
+
+  def row_tile(r):
+    first = jnp.searchsorted(cols.label, r.label[0], side="left")
+    last = jnp.searchsorted(cols.label, r.label[-1], side="right")
+    lo = jnp.where(last > first, first // tc, 0)
+    hi = jnp.where(last > first, (last - 1) // tc + 1, 0)
+
+    def col(cb, acc):
+      c = jax.tree.map(lambda v: lax.dynamic_slice_in_dim(v, cb * tc, tc), cols)
+      pos = ((r.label[:, None] == c.label[None, :]) & (r.index[:, None] != c.index[None, :])
+             & c.valid[None, :])
+      return body((r.x @ c.x.T) * inv_t, pos, r, c, acc)
+
+    return lax.fori_loop(lo, hi, col, init(tr))
+
+  out = lax.map(row_tile, tiles)
+  return jax.tree.map(lambda v: v.reshape((n,) + v.shape[2:]), out)
+
+
+def _sorted_side(sweeper, z, labels):
+  """The local rows sorted by label (stable) as a `Side` with their global indices, and the
+  order (sorted position -> local row); the chunks then travel the ring sorted."""
+  order = jnp.argsort(labels, stable=True).astype(jnp.int32)
+  return sweep.side(z[order], labels[order], sweeper.index(z.shape[0])[order]), order
+
+
 def _nt_xent_bodies(sweeper):
-  """NT-Xent's ring bodies: a fixed-shift negatives pass, a positives pass that skips the blocks
-  holding no positive pair (with two views, all but about one in N / block_size), and one
-  backward sweep with one exp per pair."""
+  """NT-Xent's ring bodies on label-sorted local rows: a fixed-shift negatives pass, a positives
+  pass that visits only the column tiles holding an anchor's positives (a binary search in each
+  sorted chunk), and one backward tour with one exp per pair and no accumulator travelling."""
 
   def fwd_local(xs, params, labels):
     (z,), (inv_t,) = xs, params
-    cols = sweep.side(z, labels, sweeper.index(z.shape[0]))
-    lse_neg, num_pos = _negatives_sum(sweeper, z, labels, inv_t)
+    side, order = _sorted_side(sweeper, z, labels)
+    lse = _negatives_sum(sweeper, side, inv_t)
 
     # Second pass: each positive needs the *final* negative log-sum-exp of its anchor.
-    def pass_positives(acc, r, c):
-      pos, _, _ = sweep.block_masks(r, c)
-
-      def visit(acc):
+    def positives(r, c):
+      def body(logits, pos, rt, ct, acc):
         # l_ip = softplus(L_i - s_ip/t); sigmoid(L_i - s_ip/t) is -d l_ip / d(s_ip/t).
-        loss, weight = _softplus_and_sigmoid(r.lse[:, None] - (r.x @ c.x.T) * inv_t)
-        return PositiveTerms(acc.loss + jnp.sum(jnp.where(pos, loss, 0.0), axis=1),
-                             acc.weight + jnp.sum(jnp.where(pos, weight, 0.0), axis=1))
+        loss, weight = _softplus_and_sigmoid(rt.lse[:, None] - logits)
+        return (acc[0] + jnp.sum(jnp.where(pos, loss, 0.0), axis=1),
+                acc[1] + jnp.sum(jnp.where(pos, weight, 0.0), axis=1),
+                acc[2] + jnp.sum(pos, axis=1).astype(z.dtype))
 
-      return lax.cond(jnp.any(pos), visit, lambda acc: acc, acc)
+      init = lambda t: (jnp.zeros(t, z.dtype),) * 3
+      return _chunk_band(r, c, inv_t, init, body), ()
 
-    zeros = jnp.zeros(z.shape[0], z.dtype)
-    acc = sweeper.forward(pass_positives, PositiveTerms(zeros, zeros),
-                          AnchorRows(*cols, lse=lse_neg), cols)
-    return (acc.loss, num_pos), (lse_neg, acc.weight)
+    rows = AnchorRows(*side, lse=lse)
+    (loss, weight, num_pos), _ = pair_sums(whole_chunks(sweeper, z.shape[0]), positives,
+                                           rows, side)
+    return (_unsort(loss, order), _unsort(num_pos, order)), (lse, weight)
 
   def bwd_local(xs, params, labels, residuals, cotangents):
+    # One tour of the ring, no accumulator travelling: l_ij = l_ji, so the block of a device's
+    # rows j against a visiting chunk i holds both d num_j / d l_ji (row side) and
+    # d num_i / d l_ij (column side, with the chunk's L_i, w_i, g_i travelling along), and both
+    # land on the rows the device owns. On negatives one exp per pair serves both sides:
+    # exp(l - L_i) = exp(L_j - M) exp(l - L_j) exp(M - L_i), so one [b, b] @ [b, 2D] product
+    # with right-hand side [z_i, exp(M - L_i) w_i g_i z_i] gives both (as `_sorted_bodies`,
+    # whose comment has the bounds; a spread of L above 40 takes two exps per pair). Positives
+    # (d num_i / d l_ip = -sigmoid(L_i - l_ip) g_i) are visited in their band only.
     (z,), (inv_t,) = xs, params
-    lse_neg, w = residuals
-    g = cotangents[0]
-    cols = sweep.side(z, labels, sweeper.index(z.shape[0]))
+    lse, w = residuals                        # in sorted order, as `fwd_local` left them
+    side, order = _sorted_side(sweeper, z, labels)
+    n, d = z.shape
+    g = cotangents[0][order]
+    lse_f = sweep.finite_or_zero(lse)
+    has_neg = jnp.isfinite(lse)
+    coef = w * g
+    # Global scale 2^k of the column coefficients and mid-point M of L (see `_sorted_bodies`).
+    cmax = sweeper.pmax(jnp.max(jnp.abs(coef)))
+    k = jnp.where(cmax > 0, jnp.floor(jnp.log2(jnp.where(cmax > 0, cmax, 1.0))), 0.0)
+    k = k.astype(jnp.int32)
+    lo_l = sweeper.pmin(jnp.min(jnp.where(has_neg, lse_f, jnp.inf)))
+    hi_l = sweeper.pmax(jnp.max(jnp.where(has_neg, lse_f, -jnp.inf)))
+    mid = jnp.where(hi_l >= lo_l, 0.5 * (lo_l + hi_l), 0.0)
+    row_f = jnp.exp(jnp.clip(lse_f - mid, -80.0, 80.0))
+    col_f = jnp.exp(jnp.clip(mid - lse_f, -80.0, 80.0))
+    cq = jnp.ldexp(coef, -k)[:, None] * side.x
+    rows = GradRows(*side, lse=lse, g=g)
+    block = sweeper.row_block
 
-    def grad_block(r, c):
+    def shared_block(r, c):
+      _, neg, _ = sweep.block_masks(r, c)
+      e = jnp.where(neg, jnp.exp((r.x @ c.x.T) * inv_t - r.lse[:, None]), 0.0)
+      return e @ c.rhs, ()
+
+    def two_exp_block(r, c):
+      _, neg, _ = sweep.block_masks(r, c)
       logits = (r.x @ c.x.T) * inv_t
-      pos, neg, _ = sweep.block_masks(r, c)
-      # d num_i / d l_ip = -sigmoid(L_i - l_ip) = -1 / (1 + E);  d num_i / d l_in = E w_i, with
-      # E = exp(l - L_i) the one exp of the pair (<= 1 on negatives; on a positive far above
-      # L_i it may overflow, and -1 / (1 + inf) = 0 is the right limit).
-      e = jnp.exp(logits - sweep.finite_or_zero(r.lse)[:, None])
-      dl = jnp.where(pos, -1.0 / (1.0 + e), jnp.where(neg, e * r.weight[:, None], 0.0))
-      return dl * (r.cotangent * inv_t)[:, None], (), ()
+      e_row = jnp.where(neg, jnp.exp(logits - r.lse[:, None]), 0.0)
+      e_col = jnp.where(neg, jnp.exp(logits - c.lse[None, :]), 0.0)
+      return jnp.concatenate([e_row @ c.x, e_col @ c.rhs[:, d:]], axis=1), ()
 
-    rows = AnchorRows(*cols, lse=lse_neg, weight=w, cotangent=g)
-    dx_r, _, dx_c, _ = sweeper.backward(grad_block, rows, cols)
-    # l_ij = inv_t <z_i, z_j>: d loss / d inv_t = sum_ij dl_ij <z_i, z_j> = <z, dx_r> / inv_t,
-    # O(N D) instead of a reduction over every pair.
-    return (dx_r + dx_c,), (sweeper.psum(jnp.sum(z * dx_r)) / inv_t,)
+    def positives(logits, pos, rt, ct, acc):
+      p_row = jnp.where(pos, jax.nn.sigmoid(rt.lse[:, None] - logits), 0.0)
+      p_col = jnp.where(pos, jax.nn.sigmoid(ct.lse[None, :] - logits), 0.0) * ct.g[None, :]
+      return acc + jnp.concatenate([p_row @ ct.x, p_col @ ct.x], axis=1)
+
+    def tour(shared):
+      scale = col_f if shared else jnp.ones_like(col_f)
+      cols = GradRows(*side, lse=lse, g=g,
+                      rhs=jnp.concatenate([side.x, scale[:, None] * cq], axis=1))
+
+      def chunk(r, c):
+        neg, _ = local_pair_sums(shared_block if shared else two_exp_block, r, c, block, block)
+        pos = _chunk_band(r, c, inv_t, lambda t: jnp.zeros((t, 2 * d), z.dtype), positives)
+        return (neg, pos), ()
+
+      (neg, pos), _ = pair_sums(whole_chunks(sweeper, n), chunk, rows, cols)
+      col_neg = neg[:, d:] * row_f[:, None] if shared else neg[:, d:]
+      return neg[:, :d], col_neg, pos
+
+    neg_row, neg_col, pos = lax.cond(hi_l - lo_l <= _SHARED_EXP_SPREAD,
+                                     lambda _: tour(True), lambda _: tour(False), None)
+    dq = neg_row * coef[:, None] - pos[:, :d] * g[:, None]
+    dz_col = jnp.ldexp(neg_col, k) - pos[:, d:]
+    # l_ij = inv_t <z_i, z_j>: d/d z_j = inv_t (row side + column side); d/d inv_t =
+    # sum_ij dl_ij <z_i, z_j> = sum_i <z_i, dq_i>, O(N D).
+    dz = _unsort(inv_t * (dq + dz_col), order)
+    return (dz,), (sweeper.psum(jnp.sum(side.x * dq)),)
 
   return fwd_local, bwd_local
 

@@ -229,6 +229,12 @@ class LocalSweeper:
   def psum(self, x):
     return x
 
+  def pmax(self, x):
+    return x
+
+  def pmin(self, x):
+    return x
+
   def forward(self, update, stats, rows, cols):
     return forward_sweep(update, stats, rows, cols, self.row_block, self.col_block)
 
