@@ -1,5 +1,6 @@
-"""A real 2-process run (jax.distributed on localhost, 2 CPU devices each) of the ring losses
-(NT-Xent, batch-hard triplet, and the two-tower CLIP and SigLIP).
+"""A real 2-process run (jax.distributed on localhost, 2 CPU devices each) of every sharded
+streaming form: the ring losses (NT-Xent, SupCon, batch-hard triplet, the two-tower CLIP and
+SigLIP) and the gather form of semi-hard and batch-all triplet.
 
 Each process holds half of the global batch; the loss and the gradient of the sharded streaming
 form must equal the 1-process dense result for the same global batch, computed here.
@@ -55,11 +56,20 @@ losses = {{
   "batch_hard": lambda x, m, y, txt, w: jnp.sum(triplet_mod.triplet_stats(
       x, y, margin=m, mining="batch_hard", distance="euclidean", soft=False, block_size=3,
       mesh=mesh)[0] * w),
+  "supcon": lambda x, t, y, txt, w: jnp.sum(infonce.supcon_stats(
+      x, y, temperature=t, block_size=3, mesh=mesh)[0] * w),
+  "semi_hard": lambda x, m, y, txt, w: jnp.sum(triplet_mod.triplet_stats(
+      x, y, margin=m, mining="semi_hard", distance="cosine", soft=False, block_size=3,
+      mesh=mesh)[0] * w),
+  "batch_all": lambda x, m, y, txt, w: jnp.sum(triplet_mod.triplet_stats(
+      x, y, margin=m, mining="batch_all", distance="squared_euclidean", soft=False,
+      block_size=3, mesh=mesh)[0] * w),
   "siglip": lambda x, b, y, txt, w: two_tower.siglip(x, txt, math.log(10.0), b, block_size=3,
                                                      mesh=mesh),
   "clip": lambda x, t, y, txt, w: two_tower.clip_infonce(x, txt, t, block_size=3, mesh=mesh),
 }}
-params = {{"nt_xent": 0.1, "batch_hard": 0.3, "siglip": -10.0, "clip": 0.07}}
+params = {{"nt_xent": 0.1, "batch_hard": 0.3, "supcon": 0.5, "semi_hard": 0.3,
+          "batch_all": 0.3, "siglip": -10.0, "clip": 0.07}}
 result = {{}}
 for name, fn in losses.items():
   value, (gx, gp) = jax.jit(jax.value_and_grad(fn, (0, 1)))(xg, params[name], yg, tg, w)
@@ -83,10 +93,16 @@ def _reference():
     "nt_xent": lambda x, t: jnp.sum(infonce.nt_xent_stats_dense(x, y, t)[0] * w),
     "batch_hard": lambda x, m: jnp.sum(triplet_mod.triplet_stats_dense(
       x, y, m, "batch_hard", "euclidean", False)[0] * w),
+    "supcon": lambda x, t: jnp.sum(infonce.supcon_stats_dense(x, y, t)[0] * w),
+    "semi_hard": lambda x, m: jnp.sum(triplet_mod.triplet_stats_dense(
+      x, y, m, "semi_hard", "cosine", False)[0] * w),
+    "batch_all": lambda x, m: jnp.sum(triplet_mod.triplet_stats_dense(
+      x, y, m, "batch_all", "squared_euclidean", False)[0] * w),
     "siglip": lambda x, b: two_tower.siglip(x, jnp.asarray(txt), math.log(10.0), b),
     "clip": lambda x, t: two_tower.clip_infonce(x, jnp.asarray(txt), t),
   }
-  params = {"nt_xent": 0.1, "batch_hard": 0.3, "siglip": -10.0, "clip": 0.07}
+  params = {"nt_xent": 0.1, "batch_hard": 0.3, "supcon": 0.5, "semi_hard": 0.3,
+            "batch_all": 0.3, "siglip": -10.0, "clip": 0.07}
   return {name: jax.jit(jax.value_and_grad(fn, (0, 1)))(jnp.asarray(x), params[name])
           for name, fn in dense.items()}
 
