@@ -3,6 +3,8 @@
 import glob
 import os
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -11,6 +13,7 @@ import tensorflow_datasets as tfds
 import sim_jax.data as sd
 from sim_jax.data import registry
 from sim_jax.data.builders import common, han, icons, render
+from tests import helpers
 from tests.helpers import require_debian
 
 
@@ -46,6 +49,29 @@ def _icon_options():
   return dict(image_size=16, icon_sets=icons.icon_options(""), charset="default",
               renders_per_font=2, max_classes=12, heldout_class_fraction=0.25,
               test_fraction=0.25)
+
+
+_BUILD_DIGITS = r"""
+import sys
+from sim_jax.data import registry
+from sim_jax.data.builders import common
+common.prepared_builder(registry.OWN["digits"][0], dict(heldout_class_fraction=0.2,
+                        test_fraction=0.2), sys.argv[1])
+"""
+
+
+def test_rebuild_in_another_process_writes_the_same_bytes(tmp_path):
+  # The records' feature maps used to be serialised in the order of the process's string
+  # hashing: two processes with different hash seeds wrote different bytes for the same data.
+  files = []
+  for seed in ("1", "2"):
+    out = tmp_path / seed
+    env = dict(os.environ, PYTHONHASHSEED=seed, SIM_JAX_DATA_DIR=str(out))
+    subprocess.run([sys.executable, "-c", _BUILD_DIGITS, str(out)], env=env, check=True,
+                   cwd=helpers.REPO_ROOT, capture_output=True, timeout=300)
+    paths = sorted(glob.glob(str(out / "**" / "*.array_record*"), recursive=True))
+    files.append({os.path.basename(p): open(p, "rb").read() for p in paths})
+  assert files[0] and files[0] == files[1]
 
 
 @pytest.mark.parametrize("cls,options", [

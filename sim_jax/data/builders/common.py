@@ -20,6 +20,7 @@ import os
 
 import numpy as np
 import tensorflow_datasets as tfds
+from tensorflow_datasets.core import example_serializer
 
 from sim_jax.data import splits
 
@@ -79,6 +80,31 @@ class SimJaxBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
   def _generate_examples(self, examples):
     yield from examples
+
+  def _download_and_prepare(self, *args, **kwargs):
+    with deterministic_serialization():
+      return super()._download_and_prepare(*args, **kwargs)
+
+
+@contextlib.contextmanager
+def deterministic_serialization():
+  """TFDS writes each record as a `tf.train.Example`, whose features are a protobuf map; a plain
+  `SerializeToString()` emits map entries in an order that follows the process's string hashing
+  (PYTHONHASHSEED), so the same example gave different bytes in another process. While building,
+  records are serialised with `deterministic=True` (map entries sorted by key), so a rebuild in
+  any process writes the same bytes. (TFDS builds its serializer inside its split builder, so the
+  method is swapped for the duration of the build and restored after.)"""
+  cls = example_serializer.ExampleSerializer
+  original = cls.serialize_example
+
+  def serialize_example(self, example):
+    return self.get_tf_example(example).SerializeToString(deterministic=True)
+
+  cls.serialize_example = serialize_example
+  try:
+    yield
+  finally:
+    cls.serialize_example = original
 
 
 def default_data_dir() -> str:
