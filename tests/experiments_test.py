@@ -234,7 +234,7 @@ def test_seeds_are_checked_and_parsed():
   assert parse_seeds("0,5,2") == (0, 5, 2)
   assert parse_seeds("") == ()
   for bad, message in (("0,0", "distinct"), ("-1,2", "non-negative"), ("x", "a count"),
-                       ("0", "positive")):
+                       ("0", "positive \\(seed 0 alone: --seeds=1")):
     with pytest.raises(ValueError, match=message):
       parse_seeds(bad)
   with pytest.raises(ValueError, match="distinct"):

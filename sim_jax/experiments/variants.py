@@ -98,7 +98,8 @@ def parse_seeds(text: str) -> tuple[int, ...]:
                      "seeds (0,1,2)") from e
   seeds = tuple(range(values[0])) if "," not in text else values
   if not seeds:
-    raise ValueError(f"--seeds={text!r}: a count must be positive")
+    raise ValueError(f"--seeds={text!r}: a single number is a count of seeds and must be "
+                     "positive (seed 0 alone: --seeds=1; other seeds: a list, e.g. --seeds=0,2)")
   check_seeds(seeds)
   return seeds
 
