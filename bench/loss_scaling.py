@@ -369,8 +369,8 @@ def _ring_loss_fn(loss, block_size, mesh, module=None):
     stats = infonce.nt_xent_stats if module is None else module.nt_xent_stats
     return lambda x, y: mean(stats(x, y, temperature=0.1, block_size=block_size, mesh=mesh))
   if loss == "supcon":
-    return lambda x, y: mean(infonce.supcon_stats(x, y, temperature=0.1, block_size=block_size,
-                                                  mesh=mesh))
+    stats = infonce.supcon_stats if module is None else module.supcon_stats
+    return lambda x, y: mean(stats(x, y, temperature=0.1, block_size=block_size, mesh=mesh))
   triplet_mod = importlib.import_module("sim_jax.losses.triplet")
   return lambda x, y: mean(triplet_mod.triplet_stats(x, y, margin=0.2, mining="batch_hard",
                                                      distance="euclidean", soft=False,
@@ -412,7 +412,8 @@ def run_ring(losses, n, block_size, rounds, devices, basic=False):
   `rounds` per variant, so all variants see the same machine load).
 
   Variants: "single" (one device), "ring"; unless `basic`, for NT-Xent and batch-hard also
-  "ring_previous" (the previous ring bodies, bench/previous_forms.py), for NT-Xent also
+  "ring_previous" (the previous ring bodies, bench/previous_forms.py; for SupCon also its previous
+  one-device form, "single_previous"), for NT-Xent also
   "ring_travelling" (the backward whose column gradients travel the ring, same file); for the
   two-tower losses
   also "single_unfused" / "ring_unfused" (the previous two-sweep forms, same file) and
@@ -448,6 +449,11 @@ def run_ring(losses, n, block_size, rounds, devices, basic=False):
     if basic:
       continue
     if loss in ("nt_xent", "triplet_batch_hard"):
+      variants[(loss, "ring_previous")] = compiled(
+        _ring_loss_fn(loss, block_size, mesh, previous_forms), sharded)
+    if loss == "supcon":
+      variants[(loss, "single_previous")] = compiled(
+        _ring_loss_fn(loss, block_size, None, previous_forms), one)
       variants[(loss, "ring_previous")] = compiled(
         _ring_loss_fn(loss, block_size, mesh, previous_forms), sharded)
     if loss == "nt_xent":

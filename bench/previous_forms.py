@@ -212,6 +212,65 @@ def nt_xent_stats_travelling(embeddings, labels, *, temperature, block_size, mes
   return run_bodies(_nt_xent_travelling_bodies, (z,), (inv_t,), labels, block_size=block_size,
                     mesh=mesh)
 
+class SupConStats(NamedTuple):
+  """SupCon's running statistics: log-sum-exp over a != i, sum_p l_ip and |P(i)|."""
+  lse: LogSumExp
+  pos_logit_sum: jax.Array
+  num_pos: jax.Array
+
+
+def _supcon_bodies(sweeper):
+  """SupCon before its fixed-shift forward and symmetric backward: an online (running-max)
+  log-sum-exp forward and a backward sweep with a transposed product, whose column-side
+  gradients travel the ring with their chunk."""
+  def fwd_local(xs, params, labels):
+    (z,), (inv_t,) = xs, params
+    n = z.shape[0]
+    cols = sweep.side(z, labels, sweeper.index(n))
+
+    def update(st, r, c):
+      logits = (r.x @ c.x.T) * inv_t
+      pos, _, others = sweep.block_masks(r, c)
+      return SupConStats(sweep.lse_update(st.lse, logits, others),
+                         st.pos_logit_sum + jnp.sum(jnp.where(pos, logits, 0.0), axis=1),
+                         st.num_pos + jnp.sum(pos, axis=1).astype(z.dtype))
+
+    zeros = jnp.zeros(n, z.dtype)
+    st = sweeper.forward(update, SupConStats(sweep.lse_init(n, z.dtype), zeros, zeros),
+                         cols, cols)
+    lse = sweep.lse_value(st.lse)
+    has_pos = st.num_pos > 0
+    num = jnp.where(has_pos, lse - st.pos_logit_sum / jnp.maximum(st.num_pos, 1.0), 0.0)
+    return (num, has_pos.astype(z.dtype)), (lse, st.num_pos)
+
+  def bwd_local(xs, params, labels, residuals, cotangents):
+    (z,), (inv_t,) = xs, params
+    lse, n_pos = residuals
+    g = jnp.where(n_pos > 0, cotangents[0], 0.0)
+    cols = sweep.side(z, labels, sweeper.index(z.shape[0]))
+
+    def grad_block(r, c):
+      gram = r.x @ c.x.T
+      logits = gram * inv_t
+      pos, _, others = sweep.block_masks(r, c)
+      # d l_i / d l_ij = softmax_ij over j != i  -  [j in P(i)] / |P(i)|.
+      dl = (sweep.safe_exp_diff(logits, r.lse, others)
+            - pos / jnp.maximum(r.num_pos, 1.0)[:, None])
+      dl = dl * r.cotangent[:, None]
+      return dl * inv_t, jnp.sum(dl * gram, axis=1), ()
+
+    rows = AnchorRows(*cols, lse=lse, num_pos=n_pos, cotangent=g)
+    dx_r, d_inv_t, dx_c, _ = sweeper.backward(grad_block, rows, cols)
+    return (dx_r + dx_c,), (sweeper.psum(jnp.sum(d_inv_t)),)
+
+  return fwd_local, bwd_local
+
+
+def supcon_stats(embeddings, labels, *, temperature, block_size, mesh):
+  """The previous streaming SupCon `(num [N], den [N])` (mesh None: one device)."""
+  z, inv_t, labels = _unit_rows_and_inverse_temperature(embeddings, labels, temperature)
+  return run_bodies(_supcon_bodies, (z,), (inv_t,), labels, block_size=block_size, mesh=mesh)
+
 class TowerRows(NamedTuple):
   """A `sweep.Side` of one tower plus, in the backward pass, each row's statistics."""
   x: jax.Array

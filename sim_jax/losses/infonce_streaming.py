@@ -24,7 +24,6 @@ from jax import lax
 
 from sim_jax.losses import _checks, sweep
 from sim_jax.losses.distributed import local_pair_sums, pair_sums, run_bodies, whole_chunks
-from sim_jax.losses.sweep import LogSumExp
 from sim_jax.numerics import l2_normalize
 
 
@@ -58,11 +57,17 @@ class GradRows(NamedTuple):
   rhs: jax.Array | None = None  # [n, 2D]
 
 
-class SupConStats(NamedTuple):
-  """SupCon's running statistics: log-sum-exp over a != i, sum_p l_ip and |P(i)|."""
-  lse: LogSumExp
-  pos_logit_sum: jax.Array
-  num_pos: jax.Array
+class SupConGradSide(NamedTuple):
+  """SupCon's backward: the rows (`Side`'s fields) with L_i, the cotangent, 1 / |P(i)| and the
+  factor exp(L_i - M) (rows) or exp(M - L_i) (columns) of the shared exp."""
+  x: jax.Array
+  label: jax.Array
+  index: jax.Array
+  valid: jax.Array
+  lse: jax.Array
+  g: jax.Array
+  inv_pos: jax.Array
+  factor: jax.Array
 
 
 # ----------------------------------------------------------------------------------------------
@@ -253,45 +258,91 @@ def _nt_xent_bodies(sweeper):
 # ----------------------------------------------------------------------------------------------
 
 def _supcon_bodies(sweeper):
+  """SupCon's bodies (one device or the ring): a fixed-shift forward (one exp per pair; the exact
+  online log-sum-exp when a sum could have underflowed) and a backward with one exp per pair and
+  no transposed product or travelling accumulator (the symmetry l_ij = l_ji, as NT-Xent's ring).
+  The two sides' [b, b] @ [b, D] products stay separate: stacking them into one [2b, b] operand
+  made the step 1.7x slower (the concatenation copies every block)."""
+
   def fwd_local(xs, params, labels):
     (z,), (inv_t,) = xs, params
     n = z.shape[0]
+    n_total = n * getattr(sweeper, "k", 1)
     cols = sweep.side(z, labels, sweeper.index(n))
 
-    def update(st, r, c):
+    def fixed(st, r, c):
       logits = (r.x @ c.x.T) * inv_t
       pos, _, others = sweep.block_masks(r, c)
-      return SupConStats(sweep.lse_update(st.lse, logits, others),
-                         st.pos_logit_sum + jnp.sum(jnp.where(pos, logits, 0.0), axis=1),
-                         st.num_pos + jnp.sum(pos, axis=1).astype(z.dtype))
+      return (st[0] + jnp.sum(jnp.where(others, jnp.exp(logits - inv_t), 0.0), axis=1),
+              st[1] + jnp.sum(jnp.where(pos, logits, 0.0), axis=1),
+              st[2] + jnp.sum(pos, axis=1).astype(z.dtype))
 
     zeros = jnp.zeros(n, z.dtype)
-    st = sweeper.forward(update, SupConStats(sweep.lse_init(n, z.dtype), zeros, zeros),
-                         cols, cols)
-    lse = sweep.lse_value(st.lse)
-    has_pos = st.num_pos > 0
-    num = jnp.where(has_pos, lse - st.pos_logit_sum / jnp.maximum(st.num_pos, 1.0), 0.0)
-    return (num, has_pos.astype(z.dtype)), (lse, st.num_pos)
+    total, pos_logit_sum, num_pos = sweeper.forward(fixed, (zeros, zeros, zeros), cols, cols)
+    has_other = n_total > 1
+    under = has_other & (total <= n_total * _FIXED_SHIFT_FLOOR)
+
+    def exact(_):
+      def online(st, r, c):
+        _, _, others = sweep.block_masks(r, c)
+        return sweep.lse_update(st, (r.x @ c.x.T) * inv_t, others)
+
+      return sweep.lse_value(sweeper.forward(online, sweep.lse_init(n, z.dtype), cols, cols))
+
+    def shifted(_):
+      return jnp.where(has_other, inv_t + jnp.log(jnp.where(has_other, total, 1.0)), -jnp.inf)
+
+    lse = lax.cond(sweeper.psum(jnp.sum(under)) > 0, exact, shifted, None)
+    has_pos = num_pos > 0
+    num = jnp.where(has_pos, lse - pos_logit_sum / jnp.maximum(num_pos, 1.0), 0.0)
+    return (num, has_pos.astype(z.dtype)), (lse, num_pos)
 
   def bwd_local(xs, params, labels, residuals, cotangents):
+    # d l_i / d l_ij = p_ij - [j in P(i)] / |P(i)|, p_ij = exp(l_ij - L_i) over j != i. The block
+    # of a device's rows j against columns i holds both d l_j / d l_ji (row side) and
+    # d l_i / d l_ij (column side) since l_ij = l_ji, so both land on the rows j the device owns
+    # (no column accumulator, no transposed product). p_ij = p_ji exp(L_j - M) exp(M - L_i) gives
+    # the column side's softmax from the row side's exp when the spread of L is <= 40 (else a
+    # second exp). Each side's difference p - [pos] / |P| is formed per element: for tight
+    # classes the two terms nearly cancel, and summing them apart loses float32 accuracy.
     (z,), (inv_t,) = xs, params
     lse, n_pos = residuals
+    n = z.shape[0]
     g = jnp.where(n_pos > 0, cotangents[0], 0.0)
-    cols = sweep.side(z, labels, sweeper.index(z.shape[0]))
+    lse_f = sweep.finite_or_zero(lse)
+    finite = jnp.isfinite(lse)
+    lo_l = sweeper.pmin(jnp.min(jnp.where(finite, lse_f, jnp.inf)))
+    hi_l = sweeper.pmax(jnp.max(jnp.where(finite, lse_f, -jnp.inf)))
+    mid = jnp.where(hi_l >= lo_l, 0.5 * (lo_l + hi_l), 0.0)
+    side = sweep.side(z, labels, sweeper.index(n))
+    inv_pos = 1.0 / jnp.maximum(n_pos, 1.0)
+    rows = SupConGradSide(*side, lse=lse, g=g, inv_pos=inv_pos,
+                          factor=jnp.exp(jnp.clip(lse_f - mid, -80.0, 80.0)))
+    cols = rows._replace(factor=jnp.exp(jnp.clip(mid - lse_f, -80.0, 80.0)))
 
-    def grad_block(r, c):
-      gram = r.x @ c.x.T
-      logits = gram * inv_t
-      pos, _, others = sweep.block_masks(r, c)
-      # d l_i / d l_ij = softmax_ij over j != i  -  [j in P(i)] / |P(i)|.
-      dl = (sweep.safe_exp_diff(logits, r.lse, others)
-            - pos / jnp.maximum(r.num_pos, 1.0)[:, None])
-      dl = dl * r.cotangent[:, None]
-      return dl * inv_t, jnp.sum(dl * gram, axis=1), ()
+    def block(shared):
+      def fn(r, c):
+        gram = r.x @ c.x.T
+        logits = gram * inv_t
+        pos, _, others = sweep.block_masks(r, c)
+        e = jnp.where(others, jnp.exp(logits - sweep.finite_or_zero(r.lse)[:, None]), 0.0)
+        if shared:
+          e_col = e * r.factor[:, None] * c.factor[None, :]
+        else:
+          e_col = jnp.where(others, jnp.exp(logits - sweep.finite_or_zero(c.lse)[None, :]), 0.0)
+        dl_row = (e - pos * r.inv_pos[:, None]) * r.g[:, None]
+        dl_col = (e_col - pos * c.inv_pos[None, :]) * c.g[None, :]
+        # d/d inv_t = sum_j dl_ij <z_i, z_j>, per pair as before this form (the O(N D)
+        # <z_i, sum_j dl_ij z_j> was no faster within the noise here).
+        return (dl_row @ c.x, dl_col @ c.x, jnp.sum(dl_row * gram, axis=1)), ()
 
-    rows = AnchorRows(*cols, lse=lse, num_pos=n_pos, cotangent=g)
-    dx_r, d_inv_t, dx_c, _ = sweeper.backward(grad_block, rows, cols)
-    return (dx_r + dx_c,), (sweeper.psum(jnp.sum(d_inv_t)),)
+      return fn
+
+    (row_side, col_side, d_inv_t), _ = lax.cond(hi_l - lo_l <= _SHARED_EXP_SPREAD,
+                      lambda _: pair_sums(sweeper, block(True), rows, cols),
+                      lambda _: pair_sums(sweeper, block(False), rows, cols), None)
+    # l_ij = inv_t <z_i, z_j>: d/d z_j = inv_t (row side + column side).
+    return (inv_t * (row_side + col_side),), (sweeper.psum(jnp.sum(d_inv_t)),)
 
   return fwd_local, bwd_local
 
