@@ -24,8 +24,8 @@ from jax import lax
 
 from sim_jax.losses import sweep
 from sim_jax.losses.distributed import run_bodies
+from sim_jax.losses.infonce_sorted import FIXED_SHIFT_FLOOR as _FIXED_SHIFT_FLOOR
 from sim_jax.losses.infonce_streaming import (
-  _FIXED_SHIFT_FLOOR,
   AnchorRows,
   PositiveTerms,
   _unit_rows_and_inverse_temperature,

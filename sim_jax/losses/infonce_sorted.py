@@ -1,0 +1,322 @@
+"""Single-device streaming NT-Xent on label-sorted rows: one Gram block and one exp per pair
+forward and backward, the positives visited only in the band of columns that holds them.
+
+`sim_jax.losses.infonce_streaming.nt_xent_stats_streaming` uses `sorted_bodies` without a mesh
+(its docstring states the formulas); the ring forms there share this module's constants.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from sim_jax.losses import sweep
+
+# ----------------------------------------------------------------------------------------------
+# Single-device NT-Xent: one exp per pair, positives visited only where they can be
+# ----------------------------------------------------------------------------------------------
+
+# A row's fixed-shift sum s_i = sum_n exp(l_in - |q_i|) is trusted when s_i > n * 2^-100: every
+# term it may have lost to float32 underflow (flush-to-zero below 2^-126) then changes it by less
+# than 2^-26 relative. Below that (possible only for t < ~0.023 or zero rows), the exact two-pass
+# online log-sum-exp is run instead.
+FIXED_SHIFT_FLOOR = 2.0 ** -100
+# Largest spread max L - min L of the negatives' log-sum-exps for which the backward pass derives
+# the column-side softmax from the row-side one (see `sorted_bodies`).
+SHARED_EXP_SPREAD = 40.0
+# Tile of the positives' band sweep when it divides block_size (else block_size itself).
+BAND_TILE = 128
+
+
+class LabelLayout(NamedTuple):
+  """The rows of the single-device NT-Xent sorted by label and zero-padded to `npad` rows.
+
+  In sorted order anchor i's class occupies the columns [start_i, end_i). Arrays are in sorted
+  order; the sizes are Python ints (static under jit).
+  """
+  n: int                 # rows
+  d: int                 # embedding size
+  block: int             # rows / columns per sweep block: min(block_size, n)
+  num_blocks: int        # npad / block
+  npad: int              # rows after padding to a multiple of `block`
+  padded: bool           # npad != n: the padding columns must be masked
+  order: jax.Array       # [n] int32: sorted position -> original row (stable argsort)
+  start: jax.Array       # [n] int32: first sorted column of each sorted row's class
+  end: jax.Array         # [n] int32: one past its last
+  z: jax.Array           # [npad, D] sorted unit embeddings
+  q: jax.Array           # [npad, D] z / t
+  labels: jax.Array      # [npad] sorted labels
+  valid: jax.Array       # [npad] bool: real rows
+  index: jax.Array       # [npad] int32 sorted positions
+  band_tile: int         # tile of the positives' band sweep
+  num_band_tiles: int    # npad / band_tile
+
+
+class BandRows(NamedTuple):
+  """Row data of the positives' band sweep ([npad] flat, [tiles, tile] once tiled)."""
+  q: jax.Array
+  label: jax.Array
+  lse: jax.Array                       # L_i, the negatives' log-sum-exp
+  cotangent: jax.Array | None = None   # backward: d loss / d num_i
+  tile: jax.Array | None = None        # set by `_band`: the row tile's number
+  lo: jax.Array | None = None          # set by `_band`: first column tile with a positive
+  hi: jax.Array | None = None          # set by `_band`: one past the last
+
+
+class BandCols(NamedTuple):
+  """Column data of the positives' band sweep (flat [npad]; sliced to one tile per visit)."""
+  z: jax.Array
+  label: jax.Array
+  valid: jax.Array
+  q: jax.Array | None = None           # backward only
+  lse: jax.Array | None = None         # backward only
+  cotangent: jax.Array | None = None   # backward only
+
+
+def _label_layout(labels):
+  """Stable sort by label; in sorted order anchor i's class occupies columns [start_i, end_i)."""
+  order = jnp.argsort(labels, stable=True).astype(jnp.int32)
+  ys = labels[order]
+  start = jnp.searchsorted(ys, ys, side="left").astype(jnp.int32)
+  end = jnp.searchsorted(ys, ys, side="right").astype(jnp.int32)
+  return order, ys, start, end
+
+
+def unsort(values, order):
+  return jnp.zeros_like(values).at[order].set(values)
+
+
+def _band_bounds(start, end, n, bs, nb):
+  """First / one-past-last column block holding a positive of any row of each row block."""
+  first = jnp.arange(nb, dtype=jnp.int32) * bs
+  last = jnp.minimum(first + bs, n) - 1
+  return start[first] // bs, (end[last] - 1) // bs + 1
+
+
+def _layout(z, labels, inv_t, block_size: int) -> LabelLayout:
+  n, d = z.shape
+  bs = min(block_size, n)
+  nb = -(-n // bs)
+  npad = nb * bs
+  order, ys, start, end = _label_layout(labels)
+  pad = lambda a: jnp.pad(a, [(0, npad - n)] + [(0, 0)] * (a.ndim - 1))
+  zs = pad(z[order])
+  # The band sweep uses its own, smaller tile: a class of k members costs about k + tile
+  # columns per row instead of k + block_size.
+  bt = BAND_TILE if bs % BAND_TILE == 0 else bs
+  return LabelLayout(n=n, d=d, block=bs, num_blocks=nb, npad=npad, padded=npad != n,
+                     order=order, start=start, end=end, z=zs, q=zs * inv_t, labels=pad(ys),
+                     valid=jnp.arange(npad) < n, index=jnp.arange(npad, dtype=jnp.int32),
+                     band_tile=bt, num_band_tiles=npad // bt)
+
+
+def _lse_mask(lay: LabelLayout, r, c):
+  """The log-sum-exp's terms of a block: the negatives (another label).
+
+  r = (labels, indices) of the rows, c = (labels, indices, valid) of the columns."""
+  mask = r[0][:, None] != c[0][None, :]
+  return mask & c[2][None, :] if lay.padded else mask
+
+
+def _has_negatives(lay: LabelLayout):
+  """[n] whether each sorted row has a negative (its class is not the whole batch)."""
+  return (lay.end - lay.start) < lay.n
+
+
+def _blocks(lay: LabelLayout, *arrays):
+  return tuple(a.reshape((lay.num_blocks, lay.block) + a.shape[1:]) for a in arrays)
+
+
+def _negatives_lse(lay: LabelLayout):
+  """L_i = log sum_{j in mask} exp(l_ij): one Gram block and one exp per pair."""
+  bs, npad = lay.block, lay.npad
+  cols = _blocks(lay, lay.z, lay.labels, lay.index, lay.valid)
+  shift = jnp.sqrt(jnp.sum(lay.q * lay.q, axis=1))   # |q_i| >= l_ij for unit z_j
+
+  def fixed_row(r):
+    q_r, y_r, i_r, sh_r = r
+
+    def col(s, c):
+      e = jnp.exp(q_r @ c[0].T - sh_r[:, None])
+      return s + jnp.sum(jnp.where(_lse_mask(lay, (y_r, i_r), c[1:]), e, 0.0), axis=1), None
+
+    return lax.scan(col, jnp.zeros(bs, q_r.dtype), cols)[0]
+
+  s = lax.map(fixed_row, _blocks(lay, lay.q, lay.labels, lay.index, shift))
+  s = s.reshape(npad)[:lay.n]
+  has_neg = _has_negatives(lay)
+  fixed = jnp.where(has_neg, shift[:lay.n] + jnp.log(jnp.where(has_neg, s, 1.0)), -jnp.inf)
+
+  def exact(_):
+    def exact_row(r):
+      q_r, y_r, i_r = r
+
+      def col(st, c):
+        return sweep.lse_update(st, q_r @ c[0].T, _lse_mask(lay, (y_r, i_r), c[1:])), None
+
+      return sweep.lse_value(lax.scan(col, sweep.lse_init(bs, q_r.dtype), cols)[0])
+
+    rows = _blocks(lay, lay.q, lay.labels, lay.index)
+    return lax.map(exact_row, rows).reshape(npad)[:lay.n]
+
+  underflow = has_neg & (s <= lay.n * FIXED_SHIFT_FLOOR)
+  return lax.cond(jnp.any(underflow), exact, lambda _: fixed, None)
+
+
+def _band(lay: LabelLayout, rows: BandRows, cols: BandCols, init, body):
+  """`body(logits, pos, r, c, carry)` on the column tiles c holding row tile r's positives.
+
+  In label-sorted order the positives of a row tile lie in one contiguous band of columns, so
+  only the (usually one or two) column tiles meeting that band are visited. `r` and `c` are the
+  row tile's / column tile's slices of `rows` / `cols` (flat [npad]).
+  Returns (row_step(carry, r), tiled rows) for `lax.map` / `lax.scan`.
+  """
+  bs, nb = lay.band_tile, lay.num_band_tiles   # band tiles (see `_layout`), not the sweep blocks
+  lo, hi = _band_bounds(lay.start, lay.end, lay.n, bs, nb)
+  idx = jnp.arange(bs, dtype=jnp.int32)
+
+  def row_step(carry, r):
+    def col(cb, inner):
+      c = jax.tree.map(lambda v: lax.dynamic_slice_in_dim(v, cb * bs, bs), cols)
+      logits = r.q @ c.z.T
+      pos = (r.label[:, None] == c.label[None, :]) & ((r.tile * bs + idx)[:, None]
+                                                      != (cb * bs + idx)[None, :])
+      if lay.padded:
+        pos = pos & c.valid[None, :]
+      return body(logits, pos, r, c, inner)
+
+    return lax.fori_loop(r.lo, r.hi, col, init(carry, r))
+
+  tiles = jax.tree.map(lambda v: v.reshape((nb, bs) + v.shape[1:]), rows)
+  return row_step, tiles._replace(tile=jnp.arange(nb, dtype=jnp.int32), lo=lo, hi=hi)
+
+
+def sorted_bodies(block_size: int):
+  """fwd / bwd bodies of the single-device NT-Xent on label-sorted rows (see
+  `nt_xent_stats_streaming`).
+
+  The log-sum-exp runs over the negatives; the positive terms visit only the band of columns
+  holding the anchor's class. (SupCon keeps the blockwise `_supcon_bodies`: its softmax and
+  positive terms nearly cancel for tight classes, and only a per-element difference
+  p_ij - [j in P(i)]/|P(i)| inside one block keeps float32 gradients as accurate as dense.)
+  """
+
+  def fwd_local(xs, params, labels):
+    (z,), (inv_t,) = xs, params
+    lay = _layout(z, labels, inv_t, block_size)
+    n, npad = lay.n, lay.npad
+    lse = _negatives_lse(lay)
+    lse_pad = jnp.pad(lse, (0, npad - n))
+    n_pos = (lay.end - lay.start - 1).astype(z.dtype)
+    order = lay.order
+
+    def body(logits, pos, r, c, acc):
+      gap = r.lse[:, None] - logits
+      # l_ip = softplus(L_i - l_ip); sigmoid(L_i - l_ip) = -d l_ip / d l_ip (kept for the bwd).
+      return (acc[0] + jnp.sum(jnp.where(pos, jax.nn.softplus(gap), 0.0), axis=1),
+              acc[1] + jnp.sum(jnp.where(pos, jax.nn.sigmoid(gap), 0.0), axis=1))
+
+    zeros = lambda carry, r: (jnp.zeros(lay.band_tile, z.dtype),
+                              jnp.zeros(lay.band_tile, z.dtype))
+    row_step, rows = _band(lay, BandRows(lay.q, lay.labels, lse_pad),
+                           BandCols(lay.z, lay.labels, lay.valid), zeros, body)
+    a, w = lax.map(lambda r: row_step(None, r), rows)
+    a, w = a.reshape(npad)[:n], w.reshape(npad)[:n]
+    return (unsort(a, order), unsort(n_pos, order)), (lse, w)
+
+  def bwd_local(xs, params, labels, residuals, cotangents):
+    (z,), (inv_t,) = xs, params
+    lse, w = residuals
+    lay = _layout(z, labels, inv_t, block_size)
+    n, d, bs, npad = lay.n, lay.d, lay.block, lay.npad
+    pad = lambda a: jnp.pad(a, (0, npad - n))
+    g = pad(cotangents[0][lay.order])
+    lse_f = pad(sweep.finite_or_zero(lse))
+    coef = pad(w) * g
+    q = lay.q
+
+    # d num_i / d l_ij is  exp(l_ij - L_i) w_i g_i  on negatives and  -sigmoid(L_i - l_ij) g_i
+    # on positives. Row side: dq_i = sum_j dl_ij z_j. Column side: dz_j = sum_i dl_ij q_i, and
+    # since l is symmetric (l_ij = inv_t <z_i, z_j>), the block (j rows, i columns) already holds
+    # l_ji = l_ij: dz_j = sum_i dl(l_ji; L_i, w_i, g_i) q_i is a plain [bs, bs] @ [bs, D] product
+    # of that block with the column's statistics, not a transposed one (dl^T @ q, which XLA:CPU
+    # measured slower here), and no [N, D] column accumulator is carried through the sweep.
+    # Moreover exp(l - L_c) = exp(L_r - M) exp(l - L_r) exp(M - L_c): with the row factor applied
+    # to the [bs, D] result and the column factor folded into the right-hand side, one exp per
+    # pair and one [bs, bs] @ [bs, 2D] product serve both sides. The factors stay within e^+-20
+    # and a flushed exp(l - L_r) < 2^-126 errs by < 2^-126 e^40 (absolute) when the spread of
+    # L is <= 40, always the case for t >= 0.06; otherwise two exps per pair are taken.
+    # The column coefficients w_i g_i are ~1e-28 once the positives dominate (a converged
+    # batch at small t); times the softmax values and the e^+-20 factors, the column-side
+    # products would then fall into float32's flushed-to-zero denormal range. Scaling them by
+    # 2^-k, with 2^k about their largest magnitude, is exact and is undone on the result.
+    cmax = jnp.max(jnp.abs(coef))
+    k = jnp.where(cmax > 0, jnp.floor(jnp.log2(jnp.where(cmax > 0, cmax, 1.0))), 0.0)
+    k = k.astype(jnp.int32)
+    cq = jnp.ldexp(coef, -k)[:, None] * q
+    has_neg = jnp.pad(_has_negatives(lay), (0, npad - n))
+    lo_l = jnp.min(jnp.where(has_neg, lse_f, jnp.inf))
+    hi_l = jnp.max(jnp.where(has_neg, lse_f, -jnp.inf))
+    mid = jnp.where(hi_l >= lo_l, 0.5 * (lo_l + hi_l), 0.0)
+    row_f = jnp.exp(jnp.clip(lse_f - mid, -80.0, 80.0))
+    col_f = jnp.exp(jnp.clip(mid - lse_f, -80.0, 80.0))
+    rhs = jnp.concatenate([lay.z, col_f[:, None] * cq], axis=1)
+
+    def shared_row(r):
+      q_r, y_r, i_r, l_r, c_r, f_r = r
+
+      def col_step(acc, c):
+        y_c, i_c, v_c, rhs_c = c
+        e = jnp.where(_lse_mask(lay, (y_r, i_r), (y_c, i_c, v_c)),
+                      jnp.exp(q_r @ rhs_c[:, :d].T - l_r[:, None]), 0.0)
+        return acc + e @ rhs_c, None
+
+      acc, _ = lax.scan(col_step, jnp.zeros((bs, 2 * d), z.dtype),
+                        _blocks(lay, lay.labels, lay.index, lay.valid, rhs))
+      return acc[:, :d] * c_r[:, None], acc[:, d:] * f_r[:, None]
+
+    def two_exp_row(r):
+      q_r, y_r, i_r, l_r, c_r, _ = r
+
+      def col_step(acc, c):
+        z_c, y_c, i_c, v_c, l_c, cq_c = c
+        logits = q_r @ z_c.T
+        neg = _lse_mask(lay, (y_r, i_r), (y_c, i_c, v_c))
+        e_row = jnp.where(neg, jnp.exp(logits - l_r[:, None]), 0.0)
+        e_col = jnp.where(neg, jnp.exp(logits - l_c[None, :]), 0.0)
+        return (acc[0] + e_row @ z_c, acc[1] + e_col @ cq_c), None
+
+      zeros = jnp.zeros((bs, d), z.dtype)
+      (dq_r, dz_r), _ = lax.scan(col_step, (zeros, zeros),
+                                 _blocks(lay, lay.z, lay.labels, lay.index, lay.valid, lse_f,
+                                         cq))
+      return dq_r * c_r[:, None], dz_r
+
+    row_blocks = _blocks(lay, q, lay.labels, lay.index, lse_f, coef, row_f)
+    dq, dz_cols = lax.cond(hi_l - lo_l <= SHARED_EXP_SPREAD,
+                           lambda rb: lax.map(shared_row, rb),
+                           lambda rb: lax.map(two_exp_row, rb), row_blocks)
+    dq, dz_cols = dq.reshape(npad, d), jnp.ldexp(dz_cols.reshape(npad, d), k)
+
+    def body(logits, pos, r, c, acc):
+      p_row = jnp.where(pos, jax.nn.sigmoid(r.lse[:, None] - logits), 0.0) * r.cotangent[:, None]
+      p_col = jnp.where(pos, jax.nn.sigmoid(c.lse[None, :] - logits), 0.0) * c.cotangent[None, :]
+      return acc[0] - p_row @ c.z, acc[1] - p_col @ c.q
+
+    zeros = lambda carry, r: (jnp.zeros((lay.band_tile, d), z.dtype),) * 2
+    lse_p = pad(lse)
+    row_step, rows = _band(lay, BandRows(q, lay.labels, lse_p, cotangent=g),
+                           BandCols(lay.z, lay.labels, lay.valid, q=q, lse=lse_p, cotangent=g),
+                           zeros, body)
+    dq_band, dz_band = lax.map(lambda r: row_step(None, r), rows)
+    dq = dq + dq_band.reshape(npad, d)
+    dz_cols = dz_cols + dz_band.reshape(npad, d)
+    # l_ij = inv_t <z_i, z_j>: d/d z_i = inv_t dq_i + (column part), d/d inv_t = sum_i <z_i, dq_i>.
+    dz_sorted = (inv_t * dq + dz_cols)[:n]
+    d_inv_t = jnp.sum(lay.z * dq)
+    return (unsort(dz_sorted, lay.order),), (d_inv_t,)
+
+  return fwd_local, bwd_local
