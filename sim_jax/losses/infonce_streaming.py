@@ -92,7 +92,6 @@ def _negatives_sum(sweeper, side, inv_t):
   has a negative unless its label is the only one in the global batch (O(1) collectives).
   """
   n = side.x.shape[0]
-  n_total = n * getattr(sweeper, "k", 1)
 
   def fixed(st, r, c):
     _, neg, _ = sweep.block_masks(r, c)
@@ -101,17 +100,27 @@ def _negatives_sum(sweeper, side, inv_t):
   total = sweeper.forward(fixed, jnp.zeros(n, side.x.dtype), side, side)
   has_neg = ((side.label != sweeper.pmin(jnp.min(side.label)))
              | (side.label != sweeper.pmax(jnp.max(side.label))))
-  under = has_neg & (total <= n_total * FIXED_SHIFT_FLOOR)
+  return _shifted_or_exact_lse(sweeper, side, inv_t, total, has_neg, mask=1)
+
+
+def _shifted_or_exact_lse(sweeper, side, inv_t, total, has_terms, mask: int):
+  """L_i = 1/t + log(total_i) from the fixed-shift sums total_i = sum exp(l_ij - 1/t) (-inf
+  where a row has no term), or the exact online log-sum-exp pass over the same terms on every
+  device when some sum may have lost terms to float32 underflow (total_i <= N 2^-100; the flag
+  is summed over the ring). `mask` picks the terms from `sweep.block_masks`: 1 negatives,
+  2 every other sample."""
+  n = side.x.shape[0]
+  n_total = n * getattr(sweeper, "k", 1)
+  under = has_terms & (total <= n_total * FIXED_SHIFT_FLOOR)
 
   def exact(_):
     def online(st, r, c):
-      _, neg, _ = sweep.block_masks(r, c)
-      return sweep.lse_update(st, (r.x @ c.x.T) * inv_t, neg)
+      return sweep.lse_update(st, (r.x @ c.x.T) * inv_t, sweep.block_masks(r, c)[mask])
 
     return sweep.lse_value(sweeper.forward(online, sweep.lse_init(n, side.x.dtype), side, side))
 
   def shifted(_):
-    return jnp.where(has_neg, inv_t + jnp.log(jnp.where(has_neg, total, 1.0)), -jnp.inf)
+    return jnp.where(has_terms, inv_t + jnp.log(jnp.where(has_terms, total, 1.0)), -jnp.inf)
 
   return lax.cond(sweeper.psum(jnp.sum(under)) > 0, exact, shifted, None)
 
@@ -289,20 +298,8 @@ def _supcon_bodies(sweeper):
 
     zeros = jnp.zeros(n, z.dtype)
     total, pos_logit_sum, num_pos = sweeper.forward(fixed, (zeros, zeros, zeros), cols, cols)
-    has_other = n_total > 1
-    under = has_other & (total <= n_total * FIXED_SHIFT_FLOOR)
-
-    def exact(_):
-      def online(st, r, c):
-        _, _, others = sweep.block_masks(r, c)
-        return sweep.lse_update(st, (r.x @ c.x.T) * inv_t, others)
-
-      return sweep.lse_value(sweeper.forward(online, sweep.lse_init(n, z.dtype), cols, cols))
-
-    def shifted(_):
-      return jnp.where(has_other, inv_t + jnp.log(jnp.where(has_other, total, 1.0)), -jnp.inf)
-
-    lse = lax.cond(sweeper.psum(jnp.sum(under)) > 0, exact, shifted, None)
+    has_other = jnp.full(n, n_total > 1)
+    lse = _shifted_or_exact_lse(sweeper, cols, inv_t, total, has_other, mask=2)
     has_pos = num_pos > 0
     num = jnp.where(has_pos, lse - pos_logit_sum / jnp.maximum(num_pos, 1.0), 0.0)
     return (num, has_pos.astype(z.dtype)), (lse, num_pos)
