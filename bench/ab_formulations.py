@@ -3,12 +3,14 @@
   python bench/ab_formulations.py --workload=lenet5 --rounds=9
   python bench/ab_formulations.py --workload=vit_ti --batch=32 --rounds=5
   python bench/ab_formulations.py --workload=vit_ti --faults    # page faults of one step
+  python bench/ab_formulations.py --workload=efficientnet_b0 --rounds=5
 
 "before" swaps the previous formulation back into `sim_jax.models` for the build (LeNet-5:
 nn.Conv -> ReLU -> `max_pool_2x2`; ViT blocks: flax LayerNorms, 3-D Dense layers,
-`jax.nn.gelu`'s erfc form, head-major attention einsums); "after" is the current code (the ViT
-also folds each LayerNorm into the next projection since session 3, so its ratio now includes
-that fold). Both are `bench/workloads.JaxRunner` (the
+`jax.nn.gelu`'s erfc form, head-major attention einsums; MobileNetV3 / EfficientNet-B0: the
+grouped `nn.Conv` depthwise convolution, `mobilenet.DepthwiseConv`); "after" is the current
+code (the ViT also folds each LayerNorm into the next projection since session 3, so its ratio
+now includes that fold). Both are `bench/workloads.JaxRunner` (the
 trainer's jitted step on one fixed batch, CPU compiler options included), timed in interleaved
 rounds of alternating order in one process. Parameters are identical, so both start from the same
 state. `--faults` reports the minor page faults and system time of one sim_jax and one PyTorch
@@ -34,7 +36,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 
 from bench import workloads  # noqa: E402
 from sim_jax.cpu import kernels  # noqa: E402
-from sim_jax.models import cpu_ops, lenet, vit  # noqa: E402
+from sim_jax.models import cpu_ops, lenet, mobilenet, vit  # noqa: E402
 
 
 class LeNet5Before(nn.Module):
@@ -113,7 +115,9 @@ class BlockBefore(nn.Module):
 # builds on CPU) passes un-normalised x and the LayerNorm parameters to its attention / MLP
 # (kernels.layer_norm_dense), which the old modules lack.
 BEFORE = {"lenet5": [(lenet, "LeNet5", LeNet5Before)],
-          "vit_ti": [(cpu_ops, "FusedBlock", BlockBefore)]}
+          "vit_ti": [(cpu_ops, "FusedBlock", BlockBefore)],
+          **{name: [(cpu_ops, "ShiftedDepthwiseConv", mobilenet.DepthwiseConv)]
+             for name in workloads.JAX_ONLY_WORKLOADS}}
 
 
 @contextlib.contextmanager
@@ -150,9 +154,11 @@ def main() -> None:
   p.add_argument("--steps", type=int, default=None, help="steps per round (default: workload's)")
   p.add_argument("--faults", action="store_true")
   args = p.parse_args()
-  w = workloads.WORKLOADS[args.workload]
+  w = workloads.ALL_WORKLOADS[args.workload]
   batch = args.batch or w["batch"]
   if args.faults:
+    if args.workload in workloads.JAX_ONLY_WORKLOADS:
+      p.error(f"--faults compares with PyTorch; {args.workload!r} has no PyTorch twin")
     faults(args.workload, batch)
     return
   steps = args.steps or w["steps"]

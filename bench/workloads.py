@@ -55,6 +55,14 @@ WORKLOADS = {
     "multiscale": dict(model="multiscale", shape=(64, 64, 1), sampler="pk", loss="triplet",
                        batch=128, per_item=1, embedding_dim=128, input_norm="imagenet", steps=1),
 }
+# Workloads timed only on sim_jax's side (bench/ab_formulations.py; no PyTorch twin): seed 004's
+# MBConv backbones at the SimCLR stage of configs/embeddings.py (64 pairs of 28x28 gray views).
+JAX_ONLY_WORKLOADS = {
+    name: dict(model=name, shape=(28, 28, 1), sampler="views", loss="nt_xent", batch=64,
+               per_item=2, embedding_dim=128, input_norm="none", steps=1)
+    for name in ("mobilenet_v3_small", "efficientnet_b0")
+}
+ALL_WORKLOADS = {**WORKLOADS, **JAX_ONLY_WORKLOADS}
 
 # Untimed steps each framework takes right before its timed steps in every round. Why: on this
 # project's VMs (KVM, virtio-balloon free page reporting in 2 MiB blocks) freed memory is handed
@@ -80,7 +88,7 @@ def peak_rss_bytes() -> int:
 
 def workload_config(name: str, batch: int, overrides: dict | None = None):
   """configs/default.py with the workload's model / data / loss / batch (and extra overrides)."""
-  w = WORKLOADS[name]
+  w = ALL_WORKLOADS[name]
   cfg = default.get_config()
   cfg.unlock()
   cfg.data.name = "digits"  # only its metadata is read (image shape comes from the overrides)
@@ -120,7 +128,7 @@ def workload_config(name: str, batch: int, overrides: dict | None = None):
 
 def make_batch(name: str, batch: int, seed: int = 0) -> dict:
   """A host batch in the trainer's wire format (docs/interfaces.md) for the workload's sampler."""
-  w = WORKLOADS[name]
+  w = ALL_WORKLOADS[name]
   rng = np.random.default_rng(seed)
   h, wd, c = w["shape"]
   if w["sampler"] == "pairs":

@@ -1,4 +1,4 @@
-"""XLA:CPU kernels: pure JAX functions with hand-written derivatives, faster on XLA:CPU.
+"""XLA:CPU kernels: pure JAX functions, most with hand-written derivatives, faster on XLA:CPU.
 
 Each computes the same function (values and gradients) as a plain composition of `jax.numpy` /
 Flax ops, and each is pinned to that composition by a test. `sim_jax.models` selects them only
@@ -13,6 +13,8 @@ GPU and TPU run the plain Flax modules. This module imports no other sim_jax mod
   VJP (LeNet-5's two stages).
 - `layer_norm_dense(x, norm, kernel, bias)`: Dense(LayerNorm(x)) with the LayerNorm's affine
   folded into the Dense weights and a hand-written VJP (the ViT's pre-norm projections).
+- `depthwise_conv(x, kernel, stride, pads)`: a depthwise (one filter per channel) convolution as
+  k*k shifted multiply-adds (MobileNetV3's and EfficientNet's MBConv blocks).
 Measurements: docs/performance.md.
 """
 
@@ -342,3 +344,31 @@ def layer_norm_dense(x: jax.Array, norm: tuple[jax.Array, jax.Array], kernel: ja
   if column_scale is not None:
     w, b = w * column_scale, b * column_scale
   return _normalized_dense(x.astype(dtype), w.astype(dtype), b.astype(dtype), eps)
+
+
+# ---- depthwise convolution (MBConv) ----
+
+
+def depthwise_conv(x: jax.Array, kernel: jax.Array, stride: int, pads) -> jax.Array:
+  """= `lax.conv_general_dilated(x, kernel, (stride, stride), pads, feature_group_count=C)` for
+  x [B, H, W, C] and kernel [k, k, 1, C] (HWIO, one filter per channel), no dilation.
+
+  out[b, i, j, c] = sum_{u, v} xp[b, stride*i + u, stride*j + v, c] * kernel[u, v, 0, c], with
+  xp = x zero-padded by `pads`: k*k strided slices of xp, each scaled by one [C] row of the
+  kernel, summed. XLA fuses the sum into one elementwise loop, and autodiff's derivative is as
+  plain: each slice transposes to a pad (input gradient) and each tap to one reduction over
+  b, i, j (kernel gradient). XLA:CPU lowers the grouped convolution, and above all its two
+  gradients, to a generic loop several times slower (measured in docs/performance.md).
+  """
+  kh, kw = kernel.shape[:2]
+  xp = jnp.pad(x, ((0, 0), tuple(pads[0]), tuple(pads[1]), (0, 0)))
+  out_h = (xp.shape[1] - kh) // stride + 1
+  out_w = (xp.shape[2] - kw) // stride + 1
+  out = None
+  for u in range(kh):
+    for v in range(kw):
+      tap = lax.slice(xp, (0, u, v, 0),
+                      (xp.shape[0], u + (out_h - 1) * stride + 1, v + (out_w - 1) * stride + 1,
+                       xp.shape[3]), (1, stride, stride, 1)) * kernel[u, v, 0]
+      out = tap if out is None else out + tap
+  return out

@@ -50,6 +50,14 @@ def _lenet5(cfg, dtype, platform):
   return lenet.LeNet5(dtype, stage)
 
 
+def _mbconv(cls):
+  def build(cfg, dtype, platform):
+    depthwise = (cpu_ops.ShiftedDepthwiseConv if use_cpu_kernels(platform)
+                 else mobilenet.DepthwiseConv)
+    return cls(dtype, cfg.remat, depthwise)
+  return build
+
+
 def _multiscale(default_width):
   def build(cfg, dtype, platform):
     pool = kernels.max_pool_2x2 if use_cpu_kernels(platform) else multiscale.max_pool
@@ -74,10 +82,8 @@ _REGISTRY: dict[str, tuple[Callable[..., nn.Module], str, str]] = {
     "multiscale_tiny": (_multiscale(4), "avg", "before"),
     **{n: (_resnet(n), "avg", "none") for n in resnet.STAGES},
     # Second priority (seed 004's backbone comparison); torchvision architectures.
-    "mobilenet_v3_small": (lambda cfg, dtype, _: mobilenet.MobileNetV3Small(dtype, cfg.remat),
-                           "avg", "none"),
-    "efficientnet_b0": (lambda cfg, dtype, _: mobilenet.EfficientNetB0(dtype, cfg.remat), "avg",
-                        "none"),
+    "mobilenet_v3_small": (_mbconv(mobilenet.MobileNetV3Small), "avg", "none"),
+    "efficientnet_b0": (_mbconv(mobilenet.EfficientNetB0), "avg", "none"),
     "densenet121": (lambda cfg, dtype, _: densenet.DenseNet121(dtype, cfg.remat), "avg", "none"),
     "swin_t": (lambda cfg, dtype, _: swin.SwinTransformer(
         96, (2, 2, 6, 2), (3, 6, 12, 24), 7, 4, cfg.stochastic_depth, dtype, cfg.remat),

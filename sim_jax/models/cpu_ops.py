@@ -7,6 +7,7 @@ modules. On "cpu" (`use_cpu_kernels`) it passes these forms to the backbones ins
   multi-scale  `MultiScale(pool=kernels.max_pool_2x2)` for `multiscale.max_pool`
   ViT          `VisionTransformer(block=FusedBlock)` for `vit.Block`
   ResNet       `ResNet(materialize=True)` when config.model.materialize is "auto" (or "on")
+  MobileNetV3, EfficientNet  `...(depthwise=ShiftedDepthwiseConv)` for `mobilenet.DepthwiseConv`
 Each form has the plain layer's parameters (names, shapes, initial values), so checkpoints move
 between platforms, and computes the same function (tests/models_cpu_ops_test.py: outputs and
 gradients against the plain modules). The kernels themselves are `sim_jax.cpu.kernels`; why
@@ -183,3 +184,21 @@ class FusedBlock(nn.Module):
     norm2 = LayerNormParams(name="norm2")(d)
     y = FusedMlp(self.mlp_dim, self.dropout_rate, self.dtype, name="mlp")(x, train, norm2)
     return x + residual(y.reshape(x.shape))
+
+
+class ShiftedDepthwiseConv(nn.Module):
+  """`mobilenet.DepthwiseConv` (nn.Conv, no bias, groups = channels, symmetric padding k // 2)
+  run as `kernels.depthwise_conv`: k*k shifted multiply-adds. Same parameter (`kernel`
+  [k, k, 1, C], LeCun-normal), values and gradients."""
+  kernel: int
+  stride: int = 1
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    channels = x.shape[-1]
+    kernel = self.param("kernel", nn.initializers.lecun_normal(),
+                        (self.kernel, self.kernel, 1, channels), jnp.float32)
+    x, kernel = nn.dtypes.promote_dtype(x, kernel, dtype=self.dtype)
+    p = self.kernel // 2
+    return kernels.depthwise_conv(x, kernel, self.stride, ((p, p), (p, p)))

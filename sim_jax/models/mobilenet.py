@@ -23,13 +23,38 @@ def make_divisible(v: float, divisor: int = 8) -> int:
   return new_v + divisor if new_v < 0.9 * v else new_v
 
 
-def conv_bn_act(x, filters, kernel, stride, act, train, dtype, name, groups=1):
-  """Conv (no bias, torch padding) -> BatchNorm(eps 1e-3, as torchvision's MobileNet / EffNet)."""
-  x = Conv(filters, (kernel, kernel), stride, padding=conv_padding(kernel),
-           feature_group_count=groups, dtype=dtype, name=f"{name}_conv")(x)
+class DepthwiseConv(nn.Module):
+  """A depthwise kxk convolution (one filter per channel, groups = channels; no bias) with
+  PyTorch's symmetric padding k // 2: `nn.Conv(C, (k, k), stride, feature_group_count=C)`'s
+  parameter (`kernel` [k, k, 1, C], LeCun-normal) and function."""
+  kernel: int
+  stride: int = 1
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    channels = x.shape[-1]
+    kernel = self.param("kernel", nn.initializers.lecun_normal(),
+                        (self.kernel, self.kernel, 1, channels), jnp.float32)
+    x, kernel = nn.dtypes.promote_dtype(x, kernel, dtype=self.dtype)
+    return jax.lax.conv_general_dilated(x, kernel, (self.stride, self.stride),
+                                        conv_padding(self.kernel),
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                        feature_group_count=channels)
+
+
+def batch_norm_act(x, act, train, dtype, name):
+  """BatchNorm (eps 1e-3, as torchvision's MobileNet / EfficientNet) -> act (None: identity)."""
   x = nn.BatchNorm(use_running_average=not train, momentum=0.99, epsilon=1e-3, dtype=dtype,
                    axis_name=None, name=f"{name}_bn")(x)
   return act(x) if act is not None else x
+
+
+def conv_bn_act(x, filters, kernel, stride, act, train, dtype, name):
+  """Conv (no bias, torch padding) -> BatchNorm -> act."""
+  x = Conv(filters, (kernel, kernel), stride, padding=conv_padding(kernel), dtype=dtype,
+           name=f"{name}_conv")(x)
+  return batch_norm_act(x, act, train, dtype, name)
 
 
 class SqueezeExcite(nn.Module):
@@ -58,14 +83,15 @@ class InvertedResidual(nn.Module):
   se_act: Any = nn.relu
   se_gate: Any = nn.hard_sigmoid
   dtype: Any = jnp.float32
+  depthwise: Any = DepthwiseConv  # sim_jax.models.cpu_ops.ShiftedDepthwiseConv on CPU
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     y = x
     if self.expanded != x.shape[-1]:
       y = conv_bn_act(y, self.expanded, 1, 1, self.act, train, self.dtype, "expand")
-    y = conv_bn_act(y, self.expanded, self.kernel, self.stride, self.act, train, self.dtype,
-                    "depthwise", groups=self.expanded)
+    y = self.depthwise(self.kernel, self.stride, self.dtype, name="depthwise_conv")(y)
+    y = batch_norm_act(y, self.act, train, self.dtype, "depthwise")
     if self.se_squeeze:
       y = SqueezeExcite(self.se_squeeze, self.se_act, self.se_gate, self.dtype, name="se")(y)
     y = conv_bn_act(y, self.out, 1, 1, None, train, self.dtype, "project")
@@ -85,6 +111,7 @@ class MobileNetV3Small(nn.Module):
   """Howard et al. 2019; output [B, H/32, W/32, 576] (torchvision `features`)."""
   dtype: Any = jnp.float32
   remat: bool = False
+  depthwise: Any = DepthwiseConv  # sim_jax.models.cpu_ops.ShiftedDepthwiseConv on CPU
   stem_path = ("stem_conv",)
 
   @nn.compact
@@ -94,7 +121,7 @@ class MobileNetV3Small(nn.Module):
     for i, (k, exp, out, se, act, stride) in enumerate(MOBILENET_V3_SMALL):
       act_fn = nn.relu if act == "RE" else nn.hard_swish
       x = block(exp, out, k, stride, act_fn, make_divisible(exp // 4) if se else 0,
-                dtype=self.dtype, name=f"block{i}")(x, train)
+                dtype=self.dtype, depthwise=self.depthwise, name=f"block{i}")(x, train)
     return conv_bn_act(x, 576, 1, 1, nn.hard_swish, train, self.dtype, "last")
 
 
@@ -111,6 +138,7 @@ class EfficientNetB0(nn.Module):
   """
   dtype: Any = jnp.float32
   remat: bool = False
+  depthwise: Any = DepthwiseConv  # sim_jax.models.cpu_ops.ShiftedDepthwiseConv on CPU
   stem_path = ("stem_conv",)
 
   @nn.compact
@@ -122,6 +150,6 @@ class EfficientNetB0(nn.Module):
       for j in range(layers):
         c = cin if j == 0 else out
         x = block(c * ratio, out, k, stride if j == 0 else 1, nn.silu, max(1, c // 4),
-                  nn.silu, nn.sigmoid, self.dtype, name=f"block{i}")(x, train)
+                  nn.silu, nn.sigmoid, self.dtype, self.depthwise, name=f"block{i}")(x, train)
         i += 1
     return conv_bn_act(x, 1280, 1, 1, nn.silu, train, self.dtype, "last")
