@@ -24,6 +24,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from sim_jax.cpu import kernels
+from sim_jax.models.mobilenet import DepthwiseConv
 from sim_jax.models.vit import LN_EPS, gelu, residual_branch
 
 MATERIALIZE = ("auto", "on", "off")
@@ -186,19 +187,13 @@ class FusedBlock(nn.Module):
     return x + residual(y.reshape(x.shape))
 
 
-class ShiftedDepthwiseConv(nn.Module):
+class ShiftedDepthwiseConv(DepthwiseConv):
   """`mobilenet.DepthwiseConv` (nn.Conv, no bias, groups = channels, symmetric padding k // 2)
-  run as `kernels.depthwise_conv`: k*k shifted multiply-adds. Same parameter (`kernel`
-  [k, k, 1, C], LeCun-normal), values and gradients."""
-  kernel: int
-  stride: int = 1
-  dtype: Any = jnp.float32
+  run as `kernels.depthwise_conv`: k*k shifted multiply-adds. Same fields and parameter
+  (`kernel` [k, k, 1, C], LeCun-normal), values and gradients."""
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    channels = x.shape[-1]
-    kernel = self.param("kernel", nn.initializers.lecun_normal(),
-                        (self.kernel, self.kernel, 1, channels), jnp.float32)
-    x, kernel = nn.dtypes.promote_dtype(x, kernel, dtype=self.dtype)
+    x, kernel = self.kernel_param(x)
     p = self.kernel // 2
     return kernels.depthwise_conv(x, kernel, self.stride, ((p, p), (p, p)))

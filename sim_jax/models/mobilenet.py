@@ -31,16 +31,19 @@ class DepthwiseConv(nn.Module):
   stride: int = 1
   dtype: Any = jnp.float32
 
+  def kernel_param(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(x, kernel [k, k, 1, C]) in `dtype`; the kernel declared as nn.Conv declares it."""
+    kernel = self.param("kernel", nn.initializers.lecun_normal(),
+                        (self.kernel, self.kernel, 1, x.shape[-1]), jnp.float32)
+    return nn.dtypes.promote_dtype(x, kernel, dtype=self.dtype)
+
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    channels = x.shape[-1]
-    kernel = self.param("kernel", nn.initializers.lecun_normal(),
-                        (self.kernel, self.kernel, 1, channels), jnp.float32)
-    x, kernel = nn.dtypes.promote_dtype(x, kernel, dtype=self.dtype)
+    x, kernel = self.kernel_param(x)
     return jax.lax.conv_general_dilated(x, kernel, (self.stride, self.stride),
                                         conv_padding(self.kernel),
                                         dimension_numbers=("NHWC", "HWIO", "NHWC"),
-                                        feature_group_count=channels)
+                                        feature_group_count=x.shape[-1])
 
 
 def batch_norm_act(x, act, train, dtype, name):
