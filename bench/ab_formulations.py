@@ -8,7 +8,7 @@
 "before" swaps the previous formulation back into `sim_jax.models` for the build (LeNet-5:
 nn.Conv -> ReLU -> `max_pool_2x2`; ViT blocks: flax LayerNorms, 3-D Dense layers,
 `jax.nn.gelu`'s erfc form, head-major attention einsums; MobileNetV3 / EfficientNet-B0: the
-grouped `nn.Conv` depthwise convolution, `mobilenet.DepthwiseConv`); "after" is the current
+grouped `nn.Conv` depthwise convolution); "after" is the current
 code (the ViT also folds each LayerNorm into the next projection since session 3, so its ratio
 now includes that fold). Both are `bench/workloads.JaxRunner` (the
 trainer's jitted step on one fixed batch, CPU compiler options included), timed in interleaved
@@ -36,7 +36,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 
 from bench import workloads  # noqa: E402
 from sim_jax.cpu import kernels  # noqa: E402
-from sim_jax.models import cpu_ops, lenet, mobilenet, vit  # noqa: E402
+from sim_jax.models import cpu_ops, lenet, vit  # noqa: E402
 
 
 class LeNet5Before(nn.Module):
@@ -116,7 +116,7 @@ class BlockBefore(nn.Module):
 # (kernels.layer_norm_dense), which the old modules lack.
 BEFORE = {"lenet5": [(lenet, "LeNet5", LeNet5Before)],
           "vit_ti": [(cpu_ops, "FusedBlock", BlockBefore)],
-          **{name: [(cpu_ops, "ShiftedDepthwiseConv", mobilenet.DepthwiseConv)]
+          **{name: [(cpu_ops, "ShiftedDepthwiseConv", nn.Conv)]
              for name in workloads.JAX_ONLY_WORKLOADS}}
 
 

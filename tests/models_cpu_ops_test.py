@@ -6,13 +6,14 @@ The plain modules are the reference here; they are checked against PyTorch and N
 tests/models_fastconv_test.py (LeNet-5), tests/models_vit_fast_test.py (attention) and
 tests/models_convert_test.py (the whole ViT)."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from sim_jax.cpu import kernels
-from sim_jax.models import cpu_ops, default_config, get_model, lenet, mobilenet, multiscale, vit
+from sim_jax.models import cpu_ops, default_config, get_model, lenet, multiscale, vit
 from sim_jax.models.testing import random_variables
 
 
@@ -30,9 +31,8 @@ def _cfg(name, **kw):
     ("resnet_tiny", {}, "materialize", True, False),
     ("resnet_tiny", {"materialize": "on"}, "materialize", True, True),
     ("resnet_tiny", {"materialize": "off"}, "materialize", False, False),
-    ("mobilenet_v3_small", {}, "depthwise", cpu_ops.ShiftedDepthwiseConv,
-     mobilenet.DepthwiseConv),
-    ("efficientnet_b0", {}, "depthwise", cpu_ops.ShiftedDepthwiseConv, mobilenet.DepthwiseConv),
+    ("mobilenet_v3_small", {}, "depthwise", cpu_ops.ShiftedDepthwiseConv, nn.Conv),
+    ("efficientnet_b0", {}, "depthwise", cpu_ops.ShiftedDepthwiseConv, nn.Conv),
 ])
 def test_cpu_forms_are_selected_on_cpu_only(name, kw, field, cpu, plain):
   cfg = _cfg(name, **kw)

@@ -52,8 +52,7 @@ def _lenet5(cfg, dtype, platform):
 
 def _mbconv(cls):
   def build(cfg, dtype, platform):
-    depthwise = (cpu_ops.ShiftedDepthwiseConv if use_cpu_kernels(platform)
-                 else mobilenet.DepthwiseConv)
+    depthwise = cpu_ops.ShiftedDepthwiseConv if use_cpu_kernels(platform) else nn.Conv
     return cls(dtype, cfg.remat, depthwise)
   return build
 

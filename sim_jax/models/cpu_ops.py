@@ -7,7 +7,7 @@ modules. On "cpu" (`use_cpu_kernels`) it passes these forms to the backbones ins
   multi-scale  `MultiScale(pool=kernels.max_pool_2x2)` for `multiscale.max_pool`
   ViT          `VisionTransformer(block=FusedBlock)` for `vit.Block`
   ResNet       `ResNet(materialize=True)` when config.model.materialize is "auto" (or "on")
-  MobileNetV3, EfficientNet  `...(depthwise=ShiftedDepthwiseConv)` for `mobilenet.DepthwiseConv`
+  MobileNetV3, EfficientNet  `...(depthwise=ShiftedDepthwiseConv)` for the depthwise `nn.Conv`
 Each form has the plain layer's parameters (names, shapes, initial values), so checkpoints move
 between platforms, and computes the same function (tests/models_cpu_ops_test.py: outputs and
 gradients against the plain modules). The kernels themselves are `sim_jax.cpu.kernels`; why
@@ -24,7 +24,6 @@ import jax.numpy as jnp
 from jax import lax
 
 from sim_jax.cpu import kernels
-from sim_jax.models.mobilenet import DepthwiseConv
 from sim_jax.models.vit import LN_EPS, gelu, residual_branch
 
 MATERIALIZE = ("auto", "on", "off")
@@ -187,13 +186,28 @@ class FusedBlock(nn.Module):
     return x + residual(y.reshape(x.shape))
 
 
-class ShiftedDepthwiseConv(DepthwiseConv):
-  """`mobilenet.DepthwiseConv` (nn.Conv, no bias, groups = channels, symmetric padding k // 2)
-  run as `kernels.depthwise_conv`: k*k shifted multiply-adds. Same fields and parameter
-  (`kernel` [k, k, 1, C], LeCun-normal), values and gradients."""
+class ShiftedDepthwiseConv(nn.Conv):
+  """MBConv's depthwise `nn.Conv` (feature_group_count = features = channels, no bias, explicit
+  padding) run as `kernels.depthwise_conv`: k*k shifted multiply-adds. Same parameter
+  (nn.Conv's `kernel` [k, k, 1, C]), values and gradients.
+
+  Only what MBConv uses: equal strides, no dilation, no bias, explicit (lo, hi) padding.
+  """
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    x, kernel = self.kernel_param(x)
-    p = self.kernel // 2
-    return kernels.depthwise_conv(x, kernel, self.stride, ((p, p), (p, p)))
+    channels = x.shape[-1]
+    strides = (self.strides,) * 2 if isinstance(self.strides, int) else tuple(self.strides)
+    plain = (self.feature_group_count == self.features == channels and not self.use_bias
+             and strides[0] == strides[1] and not isinstance(self.padding, str)
+             and self.input_dilation in (1, (1, 1), None)
+             and self.kernel_dilation in (1, (1, 1), None))
+    if not plain:
+      raise ValueError(f"ShiftedDepthwiseConv supports a depthwise convolution (groups = features "
+                       f"= input channels {channels}), equal strides, no dilation or bias and "
+                       f"explicit padding; got {self}")
+    kh, kw = self.kernel_size
+    kernel = self.param("kernel", self.kernel_init, (kh, kw, 1, channels), self.param_dtype)
+    x, kernel = nn.dtypes.promote_dtype(x, kernel, dtype=self.dtype)
+    pads = tuple((int(lo), int(hi)) for lo, hi in self.padding)
+    return kernels.depthwise_conv(x, kernel, strides[0], pads)

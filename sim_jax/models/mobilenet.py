@@ -23,29 +23,6 @@ def make_divisible(v: float, divisor: int = 8) -> int:
   return new_v + divisor if new_v < 0.9 * v else new_v
 
 
-class DepthwiseConv(nn.Module):
-  """A depthwise kxk convolution (one filter per channel, groups = channels; no bias) with
-  PyTorch's symmetric padding k // 2: `nn.Conv(C, (k, k), stride, feature_group_count=C)`'s
-  parameter (`kernel` [k, k, 1, C], LeCun-normal) and function."""
-  kernel: int
-  stride: int = 1
-  dtype: Any = jnp.float32
-
-  def kernel_param(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """(x, kernel [k, k, 1, C]) in `dtype`; the kernel declared as nn.Conv declares it."""
-    kernel = self.param("kernel", nn.initializers.lecun_normal(),
-                        (self.kernel, self.kernel, 1, x.shape[-1]), jnp.float32)
-    return nn.dtypes.promote_dtype(x, kernel, dtype=self.dtype)
-
-  @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
-    x, kernel = self.kernel_param(x)
-    return jax.lax.conv_general_dilated(x, kernel, (self.stride, self.stride),
-                                        conv_padding(self.kernel),
-                                        dimension_numbers=("NHWC", "HWIO", "NHWC"),
-                                        feature_group_count=x.shape[-1])
-
-
 def batch_norm_act(x, act, train, dtype, name):
   """BatchNorm (eps 1e-3, as torchvision's MobileNet / EfficientNet) -> act (None: identity)."""
   x = nn.BatchNorm(use_running_average=not train, momentum=0.99, epsilon=1e-3, dtype=dtype,
@@ -86,14 +63,17 @@ class InvertedResidual(nn.Module):
   se_act: Any = nn.relu
   se_gate: Any = nn.hard_sigmoid
   dtype: Any = jnp.float32
-  depthwise: Any = DepthwiseConv  # sim_jax.models.cpu_ops.ShiftedDepthwiseConv on CPU
+  depthwise: Any = nn.Conv  # sim_jax.models.cpu_ops.ShiftedDepthwiseConv on CPU
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     y = x
     if self.expanded != x.shape[-1]:
       y = conv_bn_act(y, self.expanded, 1, 1, self.act, train, self.dtype, "expand")
-    y = self.depthwise(self.kernel, self.stride, self.dtype, name="depthwise_conv")(y)
+    c = y.shape[-1]
+    y = self.depthwise(c, (self.kernel, self.kernel), self.stride,
+                       padding=conv_padding(self.kernel), feature_group_count=c, use_bias=False,
+                       dtype=self.dtype, name="depthwise_conv")(y)
     y = batch_norm_act(y, self.act, train, self.dtype, "depthwise")
     if self.se_squeeze:
       y = SqueezeExcite(self.se_squeeze, self.se_act, self.se_gate, self.dtype, name="se")(y)
@@ -114,7 +94,7 @@ class MobileNetV3Small(nn.Module):
   """Howard et al. 2019; output [B, H/32, W/32, 576] (torchvision `features`)."""
   dtype: Any = jnp.float32
   remat: bool = False
-  depthwise: Any = DepthwiseConv  # sim_jax.models.cpu_ops.ShiftedDepthwiseConv on CPU
+  depthwise: Any = nn.Conv  # sim_jax.models.cpu_ops.ShiftedDepthwiseConv on CPU
   stem_path = ("stem_conv",)
 
   @nn.compact
@@ -141,7 +121,7 @@ class EfficientNetB0(nn.Module):
   """
   dtype: Any = jnp.float32
   remat: bool = False
-  depthwise: Any = DepthwiseConv  # sim_jax.models.cpu_ops.ShiftedDepthwiseConv on CPU
+  depthwise: Any = nn.Conv  # sim_jax.models.cpu_ops.ShiftedDepthwiseConv on CPU
   stem_path = ("stem_conv",)
 
   @nn.compact
