@@ -220,11 +220,11 @@ def _best_time(fn, reps):
   return min(times)
 
 
-def run_point(loss, impl, n, block_size, reps, cap_bytes, compile_only=False):
-  """Measures one (loss, impl, N) point in this process; returns a dict."""
-  out = {"loss": loss, "impl": impl, "n": n, "d": D, "block_size": block_size}
+def run_point(loss, impl, n, block_size, reps, cap_bytes, compile_only=False, d=D):
+  """Measures one (loss, impl, N) point at embedding size `d` in this process; returns a dict."""
+  out = {"loss": loss, "impl": impl, "n": n, "d": d, "block_size": block_size}
   if impl == "pml":
-    x_np, y_np = _data(n, D, unit=is_unit(loss))
+    x_np, y_np = _data(n, d, unit=is_unit(loss))
     import torch
     from pytorch_metric_learning import losses as pml_losses
     from pytorch_metric_learning import miners
@@ -253,7 +253,8 @@ def run_point(loss, impl, n, block_size, reps, cap_bytes, compile_only=False):
     import jax
     import jax.numpy as jnp
     grad_fn = jax.jit(jax.value_and_grad(_jax_fn(loss, impl, block_size)))
-    spec = (jax.ShapeDtypeStruct((n, D), jnp.float32), jax.ShapeDtypeStruct((n,), jnp.int32))
+    out["device"] = jax.devices()[0].device_kind
+    spec = (jax.ShapeDtypeStruct((n, d), jnp.float32), jax.ShapeDtypeStruct((n,), jnp.int32))
     compiled = grad_fn.lower(*spec).compile()
     mem = compiled.memory_analysis()
     out["xla_temp_bytes"] = int(mem.temp_size_in_bytes)
@@ -264,14 +265,14 @@ def run_point(loss, impl, n, block_size, reps, cap_bytes, compile_only=False):
     if out["xla_temp_bytes"] > cap_bytes:
       out["status"] = "exceeds cap (XLA temp)"
       return out
-    x_np, y_np = _data(n, D, unit=is_unit(loss))  # only now: the compile-only search runs at N ~1e7
+    x_np, y_np = _data(n, d, unit=is_unit(loss))  # only now: the compile-only search runs at N ~1e7
     x, y = jnp.asarray(x_np), jnp.asarray(y_np)
     jax.block_until_ready(compiled(x, y))
     out["matmul_flops"] = matmul_rate()
     out["seconds"] = _best_time(lambda: jax.block_until_ready(compiled(x, y)), reps)
-    out["fraction_of_matmul"] = 8.0 * n * n * D / out["seconds"] / out["matmul_flops"]
+    out["fraction_of_matmul"] = 8.0 * n * n * d / out["seconds"] / out["matmul_flops"]
     if loss in MIN_FLOPS_PER_N2D:
-      out["fraction_of_matmul_min_flops"] = (MIN_FLOPS_PER_N2D[loss] * n * n * D
+      out["fraction_of_matmul_min_flops"] = (MIN_FLOPS_PER_N2D[loss] * n * n * d
                                              / out["seconds"] / out["matmul_flops"])
   out["peak_rss_bytes"] = _peak_rss_bytes()
   out["status"] = "ok"
@@ -318,12 +319,12 @@ def has_impl(loss: str, impl: str) -> bool:
 
 
 def largest_n_within(loss, impl, block_size, budget_bytes, n_start=256, n_max=1 << 26,
-                     step=256):
+                     step=256, d=D):
   """Largest N (a multiple of `step`) whose compiled loss + gradient fits `budget_bytes` by XLA's
   memory analysis; doubling from `n_start`, then bisecting until the bracket is within `step` or
   1/128 of N (the streaming forms reach N ~ 1e7: 8 fewer compiles). Returns (N, its total
   bytes); N = 0 if none fits."""
-  fits = lambda n: run_point(loss, impl, n, block_size, 1, budget_bytes, compile_only=True)
+  fits = lambda n: run_point(loss, impl, n, block_size, 1, budget_bytes, compile_only=True, d=d)
   best, best_bytes, n = 0, 0, n_start
   while n <= n_max:
     total = fits(n)["xla_total_bytes"]
@@ -406,7 +407,7 @@ def ppermute_cost(mesh, rows: int, reps: int = 5):
   return out
 
 
-def run_ring(losses, n, block_size, rounds, devices, basic=False):
+def run_ring(losses, n, block_size, rounds, devices, basic=False, d=D):
   """Loss + gradient of each ring form on `devices` fake devices vs the single-device streaming
   form, compiled once each and timed in interleaved rounds in this one process (the median of
   `rounds` per variant, so all variants see the same machine load).
@@ -430,7 +431,7 @@ def run_ring(losses, n, block_size, rounds, devices, basic=False):
   from sim_jax.losses import distributed
   assert jax.device_count() >= devices, jax.devices()
   mesh = Mesh(jax.devices()[:devices], ("data",))
-  x_np, y_np = _data(n, D)
+  x_np, y_np = _data(n, d)
   one = (jnp.asarray(x_np), jnp.asarray(y_np))
   rows = NamedSharding(mesh, P("data"))
   sharded = (jax.device_put(x_np, rows), jax.device_put(y_np, rows))
@@ -477,21 +478,21 @@ def run_ring(losses, n, block_size, rounds, devices, basic=False):
       times[key].append(time.perf_counter() - start)
     gemm.append(matmul_rate(reps=1))
   rate = statistics.median(gemm)
-  out = {"n": n, "d": D, "block_size": block_size, "devices": devices, "rounds": rounds,
+  out = {"n": n, "d": d, "block_size": block_size, "devices": devices, "rounds": rounds,
          "matmul_flops": rate, "ppermute": ppermute_cost(mesh, n // devices), "points": []}
   for (loss, variant), ts in times.items():
     sec = statistics.median(ts)
     point = {"loss": loss, "variant": variant, "seconds": sec,
              "ratio_to_single": sec / statistics.median(times[(loss, "single")]),
-             "fraction_of_matmul_8n2d": 8.0 * n * n * D / sec / rate}
+             "fraction_of_matmul_8n2d": 8.0 * n * n * d / sec / rate}
     if loss in MIN_FLOPS_PER_N2D:
-      point["fraction_of_matmul_min_flops"] = MIN_FLOPS_PER_N2D[loss] * n * n * D / sec / rate
+      point["fraction_of_matmul_min_flops"] = MIN_FLOPS_PER_N2D[loss] * n * n * d / sec / rate
     out["points"].append(point)
   return out
 
 
 def ring_markdown(report):
-  lines = [f"N = {report['n']}, D = {D}, block_size = {report['block_size']}, "
+  lines = [f"N = {report['n']}, D = {report.get('d', D)}, block_size = {report['block_size']}, "
            f"{report['devices']} fake CPU devices in one process, median of {report['rounds']} "
            f"interleaved rounds; GEMM rate (median over the rounds) "
            f"{report['matmul_flops'] / 1e9:.1f} GFLOP/s. Command: `{report['command']}`", "",
@@ -513,7 +514,7 @@ def _ring_main(args):
     print(json.dumps(run_ring(**kw)))
     return
   kw = {"losses": args.losses.split(","), "n": args.n_max, "block_size": int(args.block_size),
-        "rounds": args.reps, "devices": args.ring, "basic": args.ring_basic}
+        "rounds": args.reps, "devices": args.ring, "basic": args.ring_basic, "d": args.d}
   env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3",
              XLA_FLAGS=f"--xla_force_host_platform_device_count={max(args.ring, 1)}",
              PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -535,11 +536,12 @@ def _ring_main(args):
 # Parent: orchestration with an RSS cap
 # ----------------------------------------------------------------------------------------------
 
-def _spawn(args_list, cap_bytes, max_seconds):
-  """Runs one point in a fresh interpreter; kills it past the RSS cap or the time limit."""
+def _spawn(args_list, cap_bytes, max_seconds, jax_platforms="cpu"):
+  """Runs one point in a fresh interpreter (JAX_PLATFORMS=`jax_platforms`; "" = JAX's own
+  choice); kills it past the RSS cap or the time limit."""
   import psutil
   cmd = [sys.executable, os.path.abspath(__file__), "--child", json.dumps(args_list)]
-  env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
+  env = dict(os.environ, JAX_PLATFORMS=jax_platforms, TF_CPP_MIN_LOG_LEVEL="3")
   proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
   ps, peak, start, killed = psutil.Process(proc.pid), 0, time.time(), None
   while proc.poll() is None:
@@ -675,11 +677,12 @@ def to_markdown(report):
   loads = [p["load_avg_1min"] for p in report["points"] if "load_avg_1min" in p]
   load = (f" 1-minute load average at the points' start: {min(loads):.1f} to {max(loads):.1f}."
           if loads else "")
+  devices = sorted({p["device"] for p in report["points"] if "device" in p}) or ["CPU"]
   lines = [
-    f"Machine: {report['machine']}. D = {D}, block_size = "
+    f"Machine: {report['machine']}. D = {report.get('d', D)}, block_size = "
     f"{','.join(str(b) for b in report.get('block_sizes', [report['block_size']]))}, "
-    f"float32, CPU; {rate}; '% of matmul' = (8 N^2 D / time) / that point's GEMM rate (JAX "
-    f"points only).{load} Command: `{report['command']}`",
+    f"float32, {', '.join(devices)}; {rate}; '% of matmul' = (8 N^2 D / time) / that point's "
+    f"GEMM rate (JAX points only).{load} Command: `{report['command']}`",
     "",
     "| loss | impl | N | time (s) | XLA temp | peak RSS | % of matmul rate | status |",
     "|---|---|---|---|---|---|---|---|",
@@ -714,7 +717,7 @@ def write_summary(points, args, block_sizes, paths, memory_only=()):
   report = {"machine": f"{platform.machine()}, {os.cpu_count()} CPU cores "
                        f"(shared with other jobs while measured)",
             "block_size": block_sizes[0], "block_sizes": block_sizes,
-            "matmul_n": 2048, "rss_cap_gib": args.rss_cap_gib,
+            "matmul_n": 2048, "rss_cap_gib": args.rss_cap_gib, "d": args.d,
             "max_seconds": args.max_seconds, "points": list(points),
             "largest_n": largest_measured(points, sweep), "memory_only": list(memory_only),
             "command": "python " + " ".join(sys.argv)}
@@ -731,7 +734,8 @@ def largest_markdown(records: list[dict]) -> str:
     found.setdefault(r["loss"], {})[r["impl"]] = r
   cell = lambda r: "-" if r is None else f"{r['largest_n']} ({_fmt_bytes(r['xla_total_bytes'])})"
   lines = ["Largest N whose compiled loss + gradient fits the budget by XLA's memory analysis "
-           "(temp + arguments + outputs; compile-only, nothing run), D = 128, float32, CPU.", "",
+           f"(temp + arguments + outputs; compile-only, nothing run), D = {records[0]['d']}, "
+           f"float32, {records[0].get('device', 'CPU')}.", "",
            "| loss | budget | dense | streaming |", "|---|---|---|---|"]
   for loss, by_impl in found.items():
     budget = next(iter(by_impl.values()))["budget_gib"]
@@ -790,15 +794,18 @@ def run_largest(args, paths):
     os.remove(paths["largest_points"])
   budget = int(args.largest_n_gib * 2**30)
   block = int(str(args.block_size).split(",")[0])
+  os.environ["JAX_PLATFORMS"] = args.platform  # before this process first imports JAX
+  import jax
   for loss in args.losses.split(","):
     for impl in [i for i in args.impls.split(",") if i != "pml" and has_impl(loss, i)]:
       done = {(r["loss"], r["impl"], r["budget_gib"])
               for r in read_jsonl(paths["largest_points"])}
       if (loss, impl, args.largest_n_gib) in done:
         continue
-      n, total = largest_n_within(loss, impl, block, budget, n_max=args.largest_n_max)
+      n, total = largest_n_within(loss, impl, block, budget, n_max=args.largest_n_max, d=args.d)
       record = {"loss": loss, "impl": impl, "largest_n": n, "xla_total_bytes": total,
-                "budget_gib": args.largest_n_gib, "d": D, "block_size": block,
+                "budget_gib": args.largest_n_gib, "d": args.d, "block_size": block,
+                "device": jax.devices()[0].device_kind,
                 "n_max": args.largest_n_max, "load_avg_1min": os.getloadavg()[0],
                 "command": "python " + " ".join(sys.argv)}
       append_jsonl(paths["largest_points"], record)
@@ -822,9 +829,10 @@ def run_series(args, paths, cap, block_sizes):
       n = next_n(points, loss, impl, bs, series_start(loss, args.n_min))
       while n is not None and n <= args.n_max:
         child = {"loss": loss, "impl": impl, "n": n, "block_size": bs,
-                 "reps": args.reps, "cap_bytes": cap}
+                 "reps": args.reps, "cap_bytes": cap, "d": args.d}
         load = os.getloadavg()[0]
-        res = dict(child, **_spawn(child, cap, args.max_seconds), load_avg_1min=load)
+        res = dict(child, **_spawn(child, cap, args.max_seconds, args.platform),
+                   load_avg_1min=load)
         res.pop("cap_bytes", None)
         append_jsonl(paths["points"], res)
         points.append(res)
@@ -846,6 +854,10 @@ def main():
                       help="streaming block size, or a comma-separated list to sweep (each "
                            "streaming point is then run once per block size)")
   parser.add_argument("--reps", type=int, default=3)
+  parser.add_argument("--d", type=int, default=D, help="embedding size of every point")
+  parser.add_argument("--platform", default="cpu",
+                      help="JAX_PLATFORMS of the timed points' subprocesses (cpu, cuda, tpu; "
+                           "'' = JAX's own choice). The ring mode always runs fake CPU devices")
   parser.add_argument("--rss_cap_gib", type=float, default=10.0)
   parser.add_argument("--max_seconds", type=float, default=None,
                       help="time limit of one point (default 300 s, 120 s with --quick)")
@@ -909,7 +921,8 @@ def main():
   for n in [int(v) for v in args.memory_only_n.split(",") if v]:
     for loss in args.losses.split(","):
       for impl in [i for i in ("dense", "streaming") if has_impl(loss, i)]:
-        memory_only.append(run_point(loss, impl, n, block_sizes[0], 1, cap, compile_only=True))
+        memory_only.append(run_point(loss, impl, n, block_sizes[0], 1, cap, compile_only=True,
+                                     d=args.d))
         print(json.dumps(memory_only[-1]), flush=True)
   print(write_summary(points, args, block_sizes, paths, memory_only))
 

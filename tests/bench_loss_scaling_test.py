@@ -105,3 +105,13 @@ def test_output_paths_prefix_and_folder(tmp_path):
   assert (prefix["points"], prefix["md"]) == (str(tmp_path / "x.jsonl"), str(tmp_path / "x.md"))
   folder = ls.output_paths(str(tmp_path / "d") + "/")
   assert folder["points"] == str(tmp_path / "d" / "points.jsonl") and (tmp_path / "d").is_dir()
+
+
+def test_embedding_size_reaches_the_compiled_shapes():
+  """--d sets the embedding size of a point: the input and its gradient, [N, d] float32 each,
+  grow XLA's argument + output bytes by 2 * N * 4 per extra column (a closed form)."""
+  n = 256
+  small, large = (ls.run_point("nt_xent", "streaming", n, 128, 1, 2**30, compile_only=True, d=d)
+                  for d in (32, 64))
+  assert (small["d"], large["d"]) == (32, 64)
+  assert large["xla_total_bytes"] - small["xla_total_bytes"] >= 2 * n * (64 - 32) * 4
