@@ -9,6 +9,13 @@
 #                                         # $OUT/device_check.tgz and $OUT/log.txt
 #   bash bench/device_check.sh dry-run    # here: the same steps on the CPU at small N
 #
+# The dry run under the image's versions (CPU jaxlib of the same release), with only packages
+# the image lists besides the carried wheels:
+#   python3.12 -m venv /tmp/v && /tmp/v/bin/pip install jax==0.11.2 flax optax orbax-checkpoint \
+#     chex psutil scikit-learn matplotlib pillow tensorboard six wrapt tqdm pyarrow requests \
+#     && /tmp/v/bin/pip install --no-deps .whl/*.whl
+#   PYTHON=/tmp/v/bin/python bash bench/device_check.sh dry-run
+#
 # The image (Python 3.12, jax 0.11.2 with CUDA, torch, flax, optax, orbax; see the device tool's
 # KINDS.md) lacks ml-collections, grain, tensorflow-datasets, pytorch-metric-learning and a few
 # of their dependencies: about 10 MB of wheels, installed with --no-deps into /tmp/site.

@@ -53,6 +53,9 @@ import sys
 import time
 from collections.abc import Callable
 
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, _REPO)  # `python bench/loss_scaling.py` puts bench/, not the repo, on the path
+
 D = 128
 # Minimal exact FLOPs of loss + gradient per N^2 D, for the two-tower streaming forms: CLIP needs
 # the Gram forward (2), its recomputation backward (2) and dA = dl B, dB = dl^T A (2 + 2); SigLIP
