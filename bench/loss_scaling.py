@@ -420,8 +420,10 @@ def run_ring(losses, n, block_size, rounds, devices, basic=False, d=D):
   one-device form, "single_previous"), for NT-Xent also
   "ring_travelling" (the backward whose column gradients travel the ring, same file); for the
   two-tower losses
-  also "single_unfused" / "ring_unfused" (the previous two-sweep forms, same file) and
-  "ring_no_overlap" (`RingSweeper.overlap = False`: each hop waits for its chunk).
+  also "single_unfused" / "ring_unfused" (the previous two-sweep forms, same file),
+  "ring_no_overlap" (`RingSweeper.overlap = False`: each hop waits for its chunk) and
+  "single_columns_first" / "ring_columns_first" (`two_tower.COLUMNS_LAST = False`: the columns'
+  gradient as dL^T @ X_rows, the fused form before it).
   """
   import statistics
 
@@ -431,7 +433,7 @@ def run_ring(losses, n, block_size, rounds, devices, basic=False, d=D):
   from jax.sharding import PartitionSpec as P
 
   from bench import previous_forms
-  from sim_jax.losses import distributed
+  from sim_jax.losses import distributed, two_tower
   assert jax.device_count() >= devices, jax.devices()
   mesh = Mesh(jax.devices()[:devices], ("data",))
   x_np, y_np = _data(n, d)
@@ -439,17 +441,20 @@ def run_ring(losses, n, block_size, rounds, devices, basic=False, d=D):
   rows = NamedSharding(mesh, P("data"))
   sharded = (jax.device_put(x_np, rows), jax.device_put(y_np, rows))
 
-  def compiled(fn, args, overlap=True):
-    distributed.RingSweeper.overlap = overlap
+  def compiled(fn, args, overlap=True, columns_last=True):
+    distributed.RingSweeper.overlap, two_tower.COLUMNS_LAST = overlap, columns_last
     try:
       return jax.jit(jax.value_and_grad(fn)).lower(*args).compile(), args
     finally:
-      distributed.RingSweeper.overlap = True
+      distributed.RingSweeper.overlap, two_tower.COLUMNS_LAST = True, True
 
   variants = {}
   for loss in losses:
     variants[(loss, "single")] = compiled(_ring_loss_fn(loss, block_size, None), one)
     variants[(loss, "ring")] = compiled(_ring_loss_fn(loss, block_size, mesh), sharded)
+    if loss in TWO_TOWER:
+      variants[(loss, "single_columns_first")] = compiled(
+        _ring_loss_fn(loss, block_size, None), one, columns_last=False)
     if basic:
       continue
     if loss in ("nt_xent", "triplet_batch_hard"):
@@ -470,6 +475,8 @@ def run_ring(losses, n, block_size, rounds, devices, basic=False, d=D):
         _ring_loss_fn(loss, block_size, mesh, previous_forms), sharded)
       variants[(loss, "ring_no_overlap")] = compiled(_ring_loss_fn(loss, block_size, mesh),
                                                      sharded, overlap=False)
+      variants[(loss, "ring_columns_first")] = compiled(_ring_loss_fn(loss, block_size, mesh),
+                                                        sharded, columns_last=False)
   times = {key: [] for key in variants}
   for fn, args in variants.values():
     jax.block_until_ready(fn(*args))

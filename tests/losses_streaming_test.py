@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sim_jax.losses import gradcache, infonce, infonce_streaming, sweep, two_tower
+from sim_jax.losses import distributed, gradcache, infonce, infonce_streaming, sweep, two_tower
 
 triplet_mod = importlib.import_module("sim_jax.losses.triplet")
 
@@ -570,3 +570,23 @@ def test_streaming_cores_stream_even_at_one_block(loss):
   _check_all(fn, lambda x: dense(x, y, 0.2), lambda x: ref(x, y, 0.2), x)
   with pytest.raises(ValueError, match="block_size must be a positive int"):
     stream(x, y, temperature=0.2, block_size=None)
+
+
+@pytest.mark.parametrize("col_axis", [0, -1])
+def test_pair_sums_match_numpy_products_with_padded_blocks(col_axis):
+  """`local_pair_sums` with columns' parts in either layout (`col_axis=-1`: [D, bc] parts, the
+  form the two-tower backward uses) equals W @ B and W^T @ A from NumPy, W = exp(A B^T), with
+  row and column counts that leave padded blocks (13 rows in blocks of 4, 10 columns in 3)."""
+  rng = np.random.default_rng(0)
+  a, b = rng.normal(size=(13, 5)) / 3, rng.normal(size=(10, 5)) / 3
+  rows = sweep.side(jnp.asarray(a, jnp.float32), jnp.zeros(13, jnp.int32), jnp.arange(13))
+  cols = sweep.side(jnp.asarray(b, jnp.float32), jnp.zeros(10, jnp.int32), jnp.arange(10))
+
+  def block(r, c):
+    w = jnp.where(r.valid[:, None] & c.valid[None, :], jnp.exp(r.x @ c.x.T), 0.0)
+    return w @ c.x, (w.T @ r.x if col_axis == 0 else r.x.T @ w)
+
+  row_acc, col_acc = distributed.local_pair_sums(block, rows, cols, 4, 3, col_axis)
+  w = np.exp(a @ b.T)
+  np.testing.assert_allclose(row_acc, w @ b, rtol=1e-5)
+  np.testing.assert_allclose(col_acc if col_axis == 0 else col_acc.T, w.T @ a, rtol=1e-5)

@@ -40,14 +40,19 @@ from sim_jax.losses.sweep import LocalSweeper, backward_sweep, custom_loss, forw
 DATA_AXIS = "data"
 
 
-def local_pair_sums(block_fn, rows, cols, row_block: int, col_block: int | None):
+def local_pair_sums(block_fn, rows, cols, row_block: int, col_block: int | None,
+                    col_axis: int = 0):
   """Sums `block_fn(rows_blk, cols_blk) -> (row_part, col_part)` over all (row, column) blocks.
 
   The additive sweep of the fused two-tower losses: row_part is a pytree of [br, ...] arrays
   (summed into the rows' accumulator), col_part of [bc, ...] arrays (summed into the columns').
   Sums of fixed-shift exponentials, gradient products dG @ X_cols / dG^T @ X_rows and loss
   terms are all such sums. Padding rows/columns carry `valid = False` and must be masked.
-  Returns (row_acc [Nr, ...], col_acc [Nc, ...]).
+  `col_axis=-1`: col_part leaves are [..., bc] instead, e.g. X_rows^T @ dG [D, bc], and col_acc
+  [..., Nc]. Why: XLA:CPU runs the transposed product dG^T @ X_rows (contracting both operands'
+  first axis, [bc, D] out) slowly; X_rows^T @ dG into a [D, N] accumulator made CLIP's loss +
+  gradient 1.19x faster at D = 128 (docs/performance.md, `bench/loss_scaling.py --ring`).
+  Returns (row_acc [Nr, ...], col_acc [Nc, ...] or [..., Nc]).
   """
   nr, nc = sweep.num_rows(rows), sweep.num_rows(cols)
   br = min(row_block, nr)
@@ -68,7 +73,11 @@ def local_pair_sums(block_fn, rows, cols, row_block: int, col_block: int | None)
 
   n_col_blocks = jax.tree.leaves(col_blocks)[0].shape[0]
   col_acc, row_acc = lax.scan(row_step, zeros(col_shape, (n_col_blocks,)), row_blocks)
-  return sweep._from_blocks(row_acc, nr), sweep._from_blocks(col_acc, nc)
+  if col_axis == 0:
+    return sweep._from_blocks(row_acc, nr), sweep._from_blocks(col_acc, nc)
+  # [n_blocks, ..., bc] -> [..., n_blocks * bc], cut to the Nc real columns.
+  last = lambda a: jnp.moveaxis(a, 0, -2).reshape(a.shape[1:-1] + (-1,))[..., :nc]
+  return sweep._from_blocks(row_acc, nr), jax.tree.map(last, col_acc)
 
 
 def whole_chunks(sweeper, n: int):
@@ -80,11 +89,11 @@ def whole_chunks(sweeper, n: int):
   return LocalSweeper(n, n)
 
 
-def pair_sums(sweeper, block_fn, rows, cols):
+def pair_sums(sweeper, block_fn, rows, cols, col_axis: int = 0):
   """`local_pair_sums` with `sweeper`'s blocks: on one device, or around its ring (`pairs`)."""
   if isinstance(sweeper, RingSweeper):
-    return sweeper.pairs(block_fn, rows, cols)
-  return local_pair_sums(block_fn, rows, cols, sweeper.row_block, sweeper.col_block)
+    return sweeper.pairs(block_fn, rows, cols, col_axis)
+  return local_pair_sums(block_fn, rows, cols, sweeper.row_block, sweeper.col_block, col_axis)
 
 
 class RingSweeper:
@@ -141,7 +150,7 @@ class RingSweeper:
     dx_c, extra_c = self._shift((dx_c, extra_c))   # the last hop brings accumulators home
     return dx_r, extra_r, dx_c, extra_c
 
-  def pairs(self, block_fn, rows, cols):
+  def pairs(self, block_fn, rows, cols, col_axis: int = 0):
     """`local_pair_sums` of the local rows against every device's columns.
 
     Each chunk's column accumulator travels with it and one last hop brings it home (as in
@@ -151,7 +160,8 @@ class RingSweeper:
     without it each hop first receives its chunk, then sweeps it (kept for the A/B in
     bench/loss_scaling.py --ring).
     """
-    local = lambda c: local_pair_sums(block_fn, rows, c, self.row_block, self.col_block)
+    local = lambda c: local_pair_sums(block_fn, rows, c, self.row_block, self.col_block,
+                                      col_axis)
     row_acc, col_acc = local(cols)
     if self.k == 1:
       return row_acc, col_acc
