@@ -4,10 +4,14 @@
 #
 #   bash bench/device_check.sh fetch      # here, once, with network: the wheels the machine's
 #                                         # image lacks (bench/device_wheels.txt) into .whl/
-#   bash bench/device_check.sh            # there: carry [".whl"], timeout_s 420 (the steps'
-#                                         # limits add up to 360 s); the results come back as
+#   bash bench/device_check.sh            # there: carry [".whl"], timeout_s 590 (the steps'
+#                                         # limits add up to 550 s); the results come back as
 #                                         # $OUT/device_check.tgz and $OUT/log.txt
 #   bash bench/device_check.sh dry-run    # here: the same steps on the CPU at small N
+#   STEPS=train_step bash bench/device_check.sh   # a rerun of some steps only (comma-separated)
+#
+# A session's 15 minutes of device time hold one full call (a machine's start is a minute or
+# two) but not a second: rerun only the steps that failed, with STEPS.
 #
 # The dry run under the image's versions (CPU jaxlib of the same release), with only packages
 # the image lists besides the carried wheels:
@@ -27,9 +31,13 @@
 #      each point against the same subprocess's GEMM rate (bench/loss_scaling.py)  loss_scaling/
 #   4. the largest N of streaming NT-Xent and CLIP whose loss + gradient fits 90% of the
 #      device's memory by XLA's memory analysis (compile-only)                    loss_scaling/
-# bench/train_step.py is not among them: sim_jax's trainer imports TensorFlow (CLU's metric
-# writers), which the image lacks and whose wheel is larger than a call may carry (64 MiB), and
-# train_step.py times both frameworks on the CPU. The log says so.
+#   5. the train step, sim_jax on the GPU against PyTorch + pml on CUDA, the four workloads,
+#      5 interleaved rounds (bench/train_step.py --platform=cuda --torch_device=cuda)
+#                                                                             train_step.*
+# sim_jax's trainer imports TensorFlow (through CLU's metric writers), which the image lacks and
+# whose wheel is larger than a call may carry (64 MiB). Where `import tensorflow` fails, step 5
+# runs with bench/tf_stand_in/ first on PYTHONPATH: TensorBoard's TensorFlow stub, enough for
+# those imports; the timed step writes no summaries.
 set -u
 cd "$(dirname "$0")/.."
 mode="${1:-run}"
@@ -51,10 +59,12 @@ if [ "$mode" = fetch ]; then
 fi
 
 if [ "$mode" = dry-run ]; then
-  platform=cpu; n_min=1024; n_max=2048; py="${PYTHON:-python3}"
+  platform=cpu; torch_device=cpu; n_min=1024; n_max=2048; py="${PYTHON:-python3}"
+  train_step_size=(--quick); train_step_limit=900
   out="${OUT:-/tmp/device_check_dry}"
 else
-  platform=cuda; n_min=16384; n_max=65536; py=python3
+  platform=cuda; torch_device=cuda; n_min=16384; n_max=65536; py=python3
+  train_step_size=(--repeats=5); train_step_limit=240
   out="${OUT:?OUT is set by the device tool}"
   if [ -d .whl ]; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
@@ -67,8 +77,10 @@ work="$(mktemp -d)"
 mkdir -p "$out" "$work/loss_scaling"
 exec > >(tee "$out/log.txt") 2>&1
 
+steps="${STEPS:-auto_settings,loss_scaling,largest_n,train_step}"
 step() {  # step NAME SECONDS COMMAND...: run with a time limit, log the exit status
   local name="$1" limit="$2"; shift 2
+  case ",$steps," in *",$name,"*) ;; *) echo "== $name: not in STEPS"; return ;; esac
   echo "== $name (limit ${limit}s): $*"
   local start=$SECONDS
   timeout "$limit" "$@"
@@ -82,13 +94,20 @@ print(jax.devices())"; } > "$work/env.txt" 2>&1
 cat "$work/env.txt"
 JAX_PLATFORMS="$platform" step auto_settings 100 "$py" bench/auto_settings.py --run_models \
   --out="$work/auto_settings.json" --md="$work/auto_settings.md"
-step loss_scaling 130 "$py" bench/loss_scaling.py --platform="$platform" \
+step loss_scaling 110 "$py" bench/loss_scaling.py --platform="$platform" \
   --losses=nt_xent,supcon,clip,siglip --impls=streaming --n_min="$n_min" --n_max="$n_max" \
   --reps=5 --max_seconds=40 --rss_cap_gib=60 --out="$work/loss_scaling/"
 budget=$(JAX_PLATFORMS="$platform" "$py" -c "import jax; s = jax.devices()[0].memory_stats(); \
 print(round(0.9 * s['bytes_limit'] / 2**30, 1) if s and 'bytes_limit' in s else 1.0)")
-step largest_n 120 "$py" bench/loss_scaling.py --platform="$platform" --largest_n_gib="$budget" \
+step largest_n 100 "$py" bench/loss_scaling.py --platform="$platform" --largest_n_gib="$budget" \
   --losses=nt_xent,clip --impls=streaming --out="$work/loss_scaling/"
-echo "== train_step: not run (see the header of bench/device_check.sh)"
+stand_in=""
+if ! "$py" -c "import tensorflow" > /dev/null 2>&1; then
+  stand_in="$PWD/bench/tf_stand_in"
+  echo "== no TensorFlow here: the train step imports it from $stand_in"
+fi
+PYTHONPATH="${stand_in:+$stand_in:}${PYTHONPATH:-}" step train_step "$train_step_limit" "$py" \
+  bench/train_step.py --platform="$platform" --torch_device="$torch_device" \
+  "${train_step_size[@]}" --out="$work/train_step.json" --md="$work/train_step.md"
 tar czf "$out/device_check.tgz" -C "$work" .
 echo "== results: $out/device_check.tgz ($(tar tzf "$out/device_check.tgz" | grep -c -v /$) files)"

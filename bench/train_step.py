@@ -69,7 +69,7 @@ TARGETS = {"lenet5": 1.0, "resnet18": 0.8, "vit_ti": 1.0, "multiscale": 0.8}
 def run_workload(name: str, batch: int, repeats: int, steps: int,
                  overrides: dict | None = None, skip_torch: bool = False,
                  matmul_n: int = 2048, variants: dict | None = None,
-                 rewarm: int = REWARM) -> dict:
+                 rewarm: int = REWARM, torch_device: str = "cpu") -> dict:
   """Warm both frameworks, then time `repeats` interleaved rounds of `steps` steps each.
 
   In each round every runner first takes `rewarm` untimed steps, so that its timed steps follow
@@ -78,7 +78,7 @@ def run_workload(name: str, batch: int, repeats: int, steps: int,
   import torch  # the optional `bench` extra: run_all --report_only works without it
   images = batch * WORKLOADS[name]["per_item"]
   jr = JaxRunner(name, batch, overrides)
-  tr = None if skip_torch else TorchRunner(name, batch)
+  tr = None if skip_torch else TorchRunner(name, batch, torch_device)
   # Variants of sim_jax's config (e.g. bfloat16, remat) timed in the same interleaved rounds, so
   # what a change buys is measured against the base step under the same machine load.
   # A variant the trainer refuses for this workload (parallel_splits with batch norm) is recorded
@@ -110,7 +110,7 @@ def run_workload(name: str, batch: int, repeats: int, steps: int,
          "sim_jax_steps_per_execution_why": jr.per_execution_why,
          "step_flops": jr.flops, "xla_temp_bytes": jr.temp_bytes,
          "matmul_flops_per_s": rate, "peak_rss_bytes": peak_rss_bytes(),
-         "torch_threads": torch.get_num_threads(),
+         "torch_threads": torch.get_num_threads(), "torch_device": torch_device,
          "xla_cpu_threads": len(os.sched_getaffinity(0)),
          "jax_devices": [str(d) for d in jax.devices()],
          "loss_after": jr.loss()}
@@ -230,9 +230,9 @@ def _child(args: dict) -> dict:
   return run_workload(**args)
 
 
-def run_in_subprocess(args: dict, timeout: float) -> dict:
+def run_in_subprocess(args: dict, timeout: float, jax_platforms: str = "cpu") -> dict:
   cmd = [sys.executable, os.path.abspath(__file__), "--child", json.dumps(args)]
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  env = dict(os.environ, JAX_PLATFORMS=jax_platforms)
   proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=_REPO)
   if proc.returncode:
     raise RuntimeError(f"workload {args['name']} failed:\n{proc.stderr[-4000:]}")
@@ -294,6 +294,11 @@ def markdown(result: dict) -> str:
       "torch img/s min / median | ratio median (min) | target | compile s | step GFLOP | "
       "achieved GFLOP/s (% of matmul) | XLA temp MiB | peak RSS MiB | threads torch / XLA |",
       "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+  devices = {(str(r.get("jax_devices", ["?"])[0]), r.get("torch_device", "cpu"))
+             for r in result["workloads"]}
+  if any(not j.startswith("cpu") or t != "cpu" for j, t in devices):  # an accelerator ran
+    lines[0] += " Devices (sim_jax, torch): " + "; ".join(f"{j}, {t}" for j, t in
+                                                         sorted(devices)) + "."
   with_envs = any("environments" in r for r in result["workloads"])
   if with_envs:  # two-worker mode: each framework's process environment (bench/workers.py)
     lines[0] += (" Each framework ran in its own worker process with the environment in the "
@@ -376,6 +381,10 @@ def parse_args(argv=None):
   p.add_argument("--allocators_json",
                  default=os.path.join(_REPO, "bench", "results", "allocators.json"))
   p.add_argument("--timeout", type=float, default=1800.0, help="seconds per workload")
+  p.add_argument("--platform", default="cpu",
+                 help="JAX_PLATFORMS of the one-process mode's workload subprocess (cpu, cuda; "
+                      "'' = JAX's own choice)")
+  p.add_argument("--torch_device", default="cpu", help="PyTorch's device there (cpu, cuda)")
   p.add_argument("--out", default=os.path.join(_REPO, "bench", "results", "train_step.json"))
   p.add_argument("--md", default=os.path.join(_REPO, "bench", "results", "train_step.md"))
   return p.parse_args(argv)
@@ -406,14 +415,18 @@ def main(argv=None) -> dict:
             "steps": args.steps, "quick": args.quick, "environment": environment(),
             "workloads": []}
   all_envs = {n: framework_envs(args, n) for n in names}  # bad flags fail before any run
+  if (args.platform, args.torch_device) != ("cpu", "cpu") and any(all_envs.values()):
+    raise ValueError("--platform / --torch_device apply to the one-process mode; drop "
+                     "--jax_env / --torch_env / --envs with them")
   for n in names:
     batch = args.batch or WORKLOADS[n]["batch"]
     steps = args.steps or WORKLOADS[n]["steps"]
     envs = all_envs[n]
     if envs is None:
       r = run_in_subprocess(dict(name=n, batch=batch, repeats=args.repeats, steps=steps,
-                                 overrides=overrides, variants=variants, rewarm=args.rewarm),
-                            args.timeout)
+                                 overrides=overrides, variants=variants, rewarm=args.rewarm,
+                                 torch_device=args.torch_device),
+                            args.timeout, args.platform)
     elif variants:
       raise ValueError(f"--variant {args.variant} runs in one process with the base step; it "
                        f"cannot be combined with per-framework environments")

@@ -332,31 +332,32 @@ def torch_model(name: str):
 class TorchRunner:
   """The same step in PyTorch + pytorch-metric-learning; `run(n)` takes n steps."""
 
-  def __init__(self, name: str, batch: int):
+  def __init__(self, name: str, batch: int, device: str = "cpu"):
     import torch  # the optional `bench` extra (module docstring)
     from pytorch_metric_learning import losses, miners
-    self.torch = torch
+    self.torch, self.device = torch, torch.device(device)
     w = WORKLOADS[name]
     self.w = w
     torch.manual_seed(0)
-    self.model = torch_model(name).train()
+    self.model = torch_model(name).to(self.device).train()
     self.opt = torch.optim.AdamW(self.model.parameters(), lr=LR, weight_decay=WD)
     host = make_batch(name, batch)
     # uint8 NHWC on the wire, as sim_jax receives it; converted inside the step like the trainer.
-    self.images = torch.from_numpy(host["image"])
-    self.labels = torch.from_numpy(host["label"]).long()
+    self.images = torch.from_numpy(host["image"]).to(self.device)
+    self.labels = torch.from_numpy(host["label"]).long().to(self.device)
     self.miner = None
     if w["loss"] == "contrastive":
       self.loss_fn = losses.ContrastiveLoss(pos_margin=0.0, neg_margin=1.0)
       b = batch
-      same = torch.from_numpy(host["same"]).bool()
-      a_idx, b_idx = torch.arange(0, 2 * b, 2), torch.arange(1, 2 * b, 2)
+      same = torch.from_numpy(host["same"]).bool().to(self.device)
+      a_idx = torch.arange(0, 2 * b, 2, device=self.device)
+      b_idx = torch.arange(1, 2 * b, 2, device=self.device)
       # pml's indices_tuple for pairs: (anchor1, positive, anchor2, negative).
       self.indices = (a_idx[same], b_idx[same], a_idx[~same], b_idx[~same])
       self.labels = self.labels.reshape(-1)
     elif w["loss"] == "nt_xent":
       self.loss_fn = losses.NTXentLoss(temperature=0.1)
-      self.labels = torch.arange(batch).repeat(2)
+      self.labels = torch.arange(batch, device=self.device).repeat(2)
     else:
       self.loss_fn = losses.TripletMarginLoss(margin=0.2)
       self.miner = miners.BatchHardMiner()
@@ -375,7 +376,7 @@ class TorchRunner:
     return x
 
   def run(self, n: int) -> int:
-    """n steps; returns n (the steps taken, as `JaxRunner.run`)."""
+    """n steps, finished (on a GPU: synchronised); returns n (as `JaxRunner.run`)."""
     for _ in range(n):
       emb = self.model(self._inputs())
       if self.miner is not None:
@@ -387,6 +388,8 @@ class TorchRunner:
       self.opt.zero_grad(set_to_none=True)
       loss.backward()
       self.opt.step()
+    if self.device.type == "cuda":
+      self.torch.cuda.synchronize(self.device)
     return n
 
 
