@@ -2,8 +2,10 @@
 # Issue 30's GPU checks as one prepared call of a lent GPU machine (docs/performance.md, "On a
 # GPU"). Nothing here has run on a GPU yet: the dry run below runs the same steps on the CPU.
 #
-#   bash bench/device_check.sh fetch      # here, once, with network: the wheels the machine's
-#                                         # image lacks (bench/device_wheels.txt) into .whl/
+#   bash bench/device_check.sh fetch      # here, once, with network and the test extras: the
+#                                         # wheels the machine's image lacks
+#                                         # (bench/device_wheels.txt) and the train step's
+#                                         # prepared `digits` dataset, into .whl/
 #   bash bench/device_check.sh            # there: carry [".whl"], timeout_s 590 (the steps'
 #                                         # limits add up to 550 s); the results come back as
 #                                         # $OUT/device_check.tgz and $OUT/log.txt
@@ -54,17 +56,25 @@ if [ "$mode" = fetch ]; then
         --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl "$spec" || exit 1
     fi
   done
+  # The train step's config names the `digits` dataset; only its metadata is read, but the
+  # trainer prepares it on first use, which needs TensorFlow: prepare it here, carry it along.
+  SIM_JAX_DATA_DIR="$PWD/.whl/sim_jax_data" "${PYTHON:-python3}" -c "
+import sys; sys.path.insert(0, '.')
+from bench.workloads import WORKLOADS, workload_config
+from sim_jax import data
+for name in WORKLOADS:
+  data.get_info(workload_config(name, 8).data)" || exit 1
   ls .whl
   exit 0
 fi
 
 if [ "$mode" = dry-run ]; then
   platform=cpu; torch_device=cpu; n_min=1024; n_max=2048; py="${PYTHON:-python3}"
-  train_step_size=(--quick); train_step_limit=900
+  train_step_size=(--quick); slower=4  # the CPU compiles and runs each step 4x as long
   out="${OUT:-/tmp/device_check_dry}"
 else
   platform=cuda; torch_device=cuda; n_min=16384; n_max=65536; py=python3
-  train_step_size=(--repeats=5); train_step_limit=240
+  train_step_size=(--repeats=5); slower=1
   out="${OUT:?OUT is set by the device tool}"
   if [ -d .whl ]; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
@@ -73,13 +83,14 @@ else
   fi
 fi
 export PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=3
+if [ -d .whl/sim_jax_data ]; then export SIM_JAX_DATA_DIR="$PWD/.whl/sim_jax_data"; fi
 work="$(mktemp -d)"
 mkdir -p "$out" "$work/loss_scaling"
 exec > >(tee "$out/log.txt") 2>&1
 
 steps="${STEPS:-auto_settings,loss_scaling,largest_n,train_step}"
 step() {  # step NAME SECONDS COMMAND...: run with a time limit, log the exit status
-  local name="$1" limit="$2"; shift 2
+  local name="$1" limit=$(($2 * slower)); shift 2
   case ",$steps," in *",$name,"*) ;; *) echo "== $name: not in STEPS"; return ;; esac
   echo "== $name (limit ${limit}s): $*"
   local start=$SECONDS
@@ -106,7 +117,7 @@ if ! "$py" -c "import tensorflow" > /dev/null 2>&1; then
   stand_in="$PWD/bench/tf_stand_in"
   echo "== no TensorFlow here: the train step imports it from $stand_in"
 fi
-PYTHONPATH="${stand_in:+$stand_in:}${PYTHONPATH:-}" step train_step "$train_step_limit" "$py" \
+PYTHONPATH="${stand_in:+$stand_in:}${PYTHONPATH:-}" step train_step 240 "$py" \
   bench/train_step.py --platform="$platform" --torch_device="$torch_device" \
   "${train_step_size[@]}" --out="$work/train_step.json" --md="$work/train_step.md"
 tar czf "$out/device_check.tgz" -C "$work" .
