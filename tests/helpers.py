@@ -27,6 +27,12 @@ def subprocess_env(num_devices: int | None = None, **extra: str) -> dict[str, st
   if num_devices is not None:
     # Must be set before JAX initialises, which is why multi-device tests run in a subprocess.
     flags.append(f"--xla_force_host_platform_device_count={num_devices}")
+    # XLA:CPU aborts the process (SIGABRT, "Termination timeout ... exceeded") when a device's
+    # thread misses a collective's rendezvous for its default timeout; on a loaded 2-core CI
+    # machine a fake device can be starved that long (seen once: a 2-device run killed by -6
+    # in the full suite, passing alone). The tests check results, not that deadline.
+    if not any("collective_call_terminate_timeout" in f for f in flags):
+      flags.append("--xla_cpu_collective_call_terminate_timeout_seconds=600")
   env["XLA_FLAGS"] = " ".join(flags)
   env.update(extra)
   return env
@@ -99,8 +105,13 @@ def kill_group(proc: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
 
 
 def describe(proc: subprocess.CompletedProcess) -> str:
-  return (f"exit code {proc.returncode}\n--- stdout ---\n{proc.stdout[-4000:]}\n"
-          f"--- stderr ---\n{proc.stderr[-6000:]}")
+  """Exit code, the output's tails and, first, any fatal log line of stderr (an abort's cause
+  is printed long before its stack and module list, which fill the tail)."""
+  fatal = [line for line in proc.stderr.splitlines()
+           if (line.startswith("F") and "]" in line) or "Fatal Python error" in line
+           or "Check failed" in line or "Termination timeout" in line]
+  return (f"exit code {proc.returncode}\n--- fatal lines ---\n" + "\n".join(fatal[:20]) +
+          f"\n--- stdout ---\n{proc.stdout[-4000:]}\n--- stderr ---\n{proc.stderr[-6000:]}")
 
 
 # Set by .ci/run (CI installs every Debian package the tests read): a test that would skip for a
