@@ -79,15 +79,13 @@ def _form(model: str, field: str, cpu_form, plain_form, platform: str) -> str:
 def resolve(platform: str) -> dict:
   """Every `auto` setting of EXPECTED as it resolves for `platform`: {setting: (value, why)}."""
   out = {}
-  lenet_cfg = _config("lenet5")
-  for name, model, bn, inputs in (("lenet5 (256 pairs, no batch norm)", "lenet5", False, 512),
-                                  ("resnet18 (batch norm)", "resnet18", True, 512)):
-    cfg = _config(model) if model != "lenet5" else lenet_cfg
+  for name, model, bn in (("lenet5 (256 pairs, no batch norm)", "lenet5", False),
+                          ("resnet18 (batch norm)", "resnet18", True)):
     out[f"parallel_splits, {name}"] = cpu.resolve_parallel_splits(
-        cfg, platform=platform, has_batch_norm=bn, inputs_per_device=inputs)
+        _config(model), platform=platform, has_batch_norm=bn, inputs_per_device=512)
   for label, temp in (("1 MiB", SMALL_TEMP), ("1 GiB", LARGE_TEMP)):
     out[f"steps_per_execution, {label} scratch"] = cpu.resolve_steps_per_execution(
-        lenet_cfg, platform=platform, temp_bytes=temp)
+        _config("lenet5"), platform=platform, temp_bytes=temp)
   out["model.materialize=auto"] = (cpu_ops.resolve_materialize("auto", platform), "")
   for model, field, cpu_form, plain_form, _ in FORMS:
     out[f"get_model {model}: {field}"] = (_form(model, field, cpu_form, plain_form, platform), "")

@@ -527,7 +527,7 @@ def _ring_main(args):
         "rounds": args.reps, "devices": args.ring, "basic": args.ring_basic, "d": args.d}
   env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3",
              XLA_FLAGS=f"--xla_force_host_platform_device_count={max(args.ring, 1)}",
-             PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+             PYTHONPATH=_REPO)
   proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--ring", str(args.ring),
                          "--ring_child", json.dumps(kw)], env=env, capture_output=True,
                         text=True)
