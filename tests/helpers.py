@@ -22,6 +22,9 @@ def subprocess_env(num_devices: int | None = None, **extra: str) -> dict[str, st
   env = dict(os.environ)
   env["JAX_PLATFORMS"] = "cpu"
   env["TF_CPP_MIN_LOG_LEVEL"] = "3"
+  # A fatal signal (an abort, or the SIGABRT `_run_to_end` sends a child past its time limit)
+  # then prints every thread's Python stack to stderr: a hang or a crash names where it was.
+  env["PYTHONFAULTHANDLER"] = "1"
   env["PYTHONPATH"] = REPO_ROOT + os.pathsep + env.get("PYTHONPATH", "")
   flags = [f for f in env.get("XLA_FLAGS", "").split() if "force_host_platform" not in f]
   if num_devices is not None:
@@ -39,8 +42,7 @@ def run_python(code: str, *, num_devices: int | None = None, timeout: float = 30
   child_env = subprocess_env(num_devices)
   if env:
     child_env.update(env)
-  proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=child_env,
-                        capture_output=True, text=True, timeout=timeout, cwd=REPO_ROOT)
+  proc = _run_to_end([sys.executable, "-c", textwrap.dedent(code)], child_env, timeout)
   if check and proc.returncode != 0:
     raise AssertionError(f"child failed with exit code {proc.returncode}\n"
                          f"--- stdout ---\n{proc.stdout[-5000:]}\n"
@@ -72,9 +74,34 @@ def run_launch(workdir: str, *args: str, config: str = "configs/test.py", timeou
   child_env = subprocess_env(num_devices)
   if env:
     child_env.update(env)
-  return subprocess.run(launch_cmd(workdir, *args, config=config), env=child_env,
-                        capture_output=True, text=True, timeout=timeout, cwd=REPO_ROOT,
-                        start_new_session=True)
+  return _run_to_end(launch_cmd(workdir, *args, config=config), child_env, timeout)
+
+
+# Seconds a child has, after the SIGABRT of a timeout, to print its stacks before SIGKILL.
+ABORT_GRACE_S = 30
+
+
+def _run_to_end(cmd: list[str], env: dict[str, str], timeout: float
+                ) -> subprocess.CompletedProcess:
+  """`subprocess.run(cmd, capture_output=True, text=True)` in the repo root, in the child's own
+  process group. Past `timeout` the group gets SIGABRT (the child's faulthandler prints every
+  thread's stack), then SIGKILL, and an AssertionError carries what the child printed:
+  `subprocess.run` would kill it silently and keep none of its output."""
+  proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True, cwd=REPO_ROOT, start_new_session=True)
+  try:
+    out, err = proc.communicate(timeout=timeout)
+  except subprocess.TimeoutExpired:
+    kill_group(proc, signal.SIGABRT)
+    try:
+      out, err = proc.communicate(timeout=ABORT_GRACE_S)
+    except subprocess.TimeoutExpired:
+      kill_group(proc)
+      out, err = proc.communicate()
+    done = subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+    raise AssertionError(f"child still running after {timeout:.0f} s (sent SIGABRT; its "
+                         f"Python stacks are in stderr)\n{describe(done)}") from None
+  return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
 def start_launch(workdir: str, *args: str, config: str = "configs/test.py",
