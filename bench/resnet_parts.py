@@ -20,6 +20,11 @@ Part "wgrad": the weight gradient of one 3x3 stride-1 convolution at each ResNet
   - `xla_vjp`: the same on a materialised input;
   - `xla_stacked`: `weight_grad_stacked`, the images stacked along H with two zero rows between
     them, so the convolution's feature dimension is 1 and the transposed copy is [C, N, H, W];
+  - `xla_conv_only`: `weight_grad_conv_only`, the convolution XLA's `xla_vjp` program runs, on
+    operands already in its layout ([C, H, W, N] and [H, W, N, K], transposed outside the timed
+    call): `xla_vjp` minus this is what its two layout copies cost;
+  - `gemm_chunks`: `weight_grad_chunked`, no layout copy: per chunk of 2 images an im2col
+    matrix [2HW, 9C] (in cache) and one GEMM into a [K, 9C] accumulator (`lax.scan`);
   - `torch`: `torch.nn.grad.conv2d_weight` on NCHW tensors (oneDNN).
 The JSON goes to --out; the table is printed.
 """
@@ -148,6 +153,40 @@ def weight_grad_stacked(x, g):
   return jnp.transpose(out, (1, 2, 0, 3))
 
 
+def weight_grad_conv_only(xt, gt):
+  """dL/dW of `conv3x3` from xt = x as [C, H, W, N] and gt = g as [H, W, N, K]: the
+  convolution XLA lowers `weight_grad_vjp` to (batch C, feature N; window H x W), without the
+  layout copies that produce its operands. Returns [3, 3, C, K]."""
+  import jax.numpy as jnp
+  from jax import lax
+  out = lax.conv_general_dilated(xt, gt, (1, 1), ((1, 1), (1, 1)),
+                                 dimension_numbers=("NHWC", "HWIO", "NHWC"))  # [C, 3, 3, K]
+  return jnp.transpose(out, (1, 2, 0, 3))
+
+
+def weight_grad_chunked(x, g, images: int = 2):
+  """dL/dW of `conv3x3` with no layout copy: dW^T = sum over chunks of `images` images of
+  g_chunk^T [K, P] @ patches [P, 9C], P = images * H * W, the patches of each chunk built by
+  im2col (nine shifted slices of the padded chunk) inside a `lax.scan`, so they stay in cache."""
+  import jax.numpy as jnp
+  from jax import lax
+  n, h, w, c = x.shape
+  k = g.shape[-1]
+  if n % images:
+    raise ValueError(f"batch {n} is not a multiple of images per chunk {images}")
+  xs = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0))).reshape(n // images, images, h + 2, w + 2, c)
+  gs = g.reshape(n // images, images * h * w, k)
+
+  def chunk(acc, xg):
+    xc, gc = xg
+    patches = jnp.concatenate([xc[:, i:i + h, j:j + w, :] for i in range(3) for j in range(3)],
+                              axis=-1).reshape(images * h * w, 9 * c)
+    return acc + lax.dot_general(gc, patches, (((0,), (0,)), ((), ()))), None
+
+  acc = lax.scan(chunk, jnp.zeros((k, 9 * c), x.dtype), (xs, gs))[0]
+  return acc.T.reshape(3, 3, c, k)
+
+
 def _seconds(fn) -> float:
   t0 = time.perf_counter()
   fn()
@@ -175,6 +214,9 @@ def wgrad(n: int, repeats: int, shapes=STAGE_SHAPES) -> list[dict]:
                             (pre, scale, shift, g)),
         "xla_vjp": (weight_grad_vjp, (x, g)),
         "xla_stacked": (weight_grad_stacked, (x, g)),
+        "xla_conv_only": (weight_grad_conv_only, (jnp.transpose(x, (3, 1, 2, 0)),
+                                                  jnp.transpose(g, (1, 2, 0, 3)))),
+        "gemm_chunks": (weight_grad_chunked, (x, g)),
     }
     compiled = {k: (jax.jit(f).lower(*a).compile(opts), a) for k, (f, a) in fns.items()}
     ref = np.asarray(compiled["xla_vjp"][0](x, g))

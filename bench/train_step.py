@@ -63,7 +63,9 @@ from bench.workloads import (  # noqa: E402
 # trainer's step without sim_jax.cpu.CPU_COMPILER_OPTIONS.
 YNN_DEFAULT = ("LIBRARY_FUSION_TYPE_DOT|LIBRARY_FUSION_TYPE_REDUCE|"
                "LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION")
-TARGETS = {"lenet5": 1.0, "resnet18": 0.8, "vit_ti": 1.0, "multiscale": 0.8}
+# Second-stage targets (ahead of PyTorch + pml on every workload); the first stage asked 0.8x of
+# ResNet-18 and multi-scale, as results files measured before it show.
+TARGETS = {"lenet5": 1.0, "resnet18": 1.0, "vit_ti": 1.0, "multiscale": 1.0}
 
 
 def run_workload(name: str, batch: int, repeats: int, steps: int,

@@ -405,13 +405,16 @@ def _weight_grad_loop(x, g):
 
 
 def test_weight_grad_formulations_match_a_numpy_loop():
-  """bench/resnet_parts: the stacked-images weight gradient and jax.vjp's, against the taps."""
+  """bench/resnet_parts: every weight-gradient formulation against the taps."""
   rng = np.random.default_rng(3)
-  x = rng.standard_normal((3, 5, 4, 2)).astype(np.float32)  # H != W catches a swapped axis
-  g = rng.standard_normal((3, 5, 4, 3)).astype(np.float32)
+  x = rng.standard_normal((4, 5, 4, 2)).astype(np.float32)  # H != W catches a swapped axis
+  g = rng.standard_normal((4, 5, 4, 3)).astype(np.float32)
   want = _weight_grad_loop(x, g)
-  for fn in (resnet_parts.weight_grad_stacked, resnet_parts.weight_grad_vjp):
+  for fn in (resnet_parts.weight_grad_stacked, resnet_parts.weight_grad_vjp,
+             resnet_parts.weight_grad_chunked):
     np.testing.assert_allclose(np.asarray(jax.jit(fn)(x, g)), want, rtol=1e-5, atol=1e-5)
+  got = resnet_parts.weight_grad_conv_only(x.transpose(3, 1, 2, 0), g.transpose(1, 2, 0, 3))
+  np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-5)
 
 
 def test_no_batch_norm_removes_it_from_both_twins_and_restores_it():
