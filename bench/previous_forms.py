@@ -12,6 +12,9 @@ CLIP here runs one online log-sum-exp sweep per direction (two forward sweeps, r
 rescale, then two backward sweeps: 2 x (2 + 6) N^2 D = 16 N^2 D), SigLIP one forward sweep and
 one backward sweep (2 + 6 = 8 N^2 D). `sim_jax.losses.two_tower` fuses them (8 and 6 N^2 D).
 Same values and gradients; see the docstrings there for the formulas.
+
+semi_hard / batch_all triplets here visit every column of a row strip as a candidate positive
+(O(N^3); `bench/full_row_triplets.py` times them against the per-positive form).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from sim_jax.losses.infonce_streaming import (
 )
 from sim_jax.losses.sweep import LogSumExp
 from sim_jax.losses.triplet_streaming import (
+  FullRowPartials,
   Hardest,
   _distance_block,
   _distance_block_vjp,
@@ -439,3 +443,96 @@ def triplet_stats(x, labels, *, margin, mining, distance, soft, block_size, mesh
   assert mining == "batch_hard" and distance != "cosine", (mining, distance)
   return run_bodies(lambda sw: _batch_hard_bodies(sw, distance, bool(soft)), (x,),
                     (jnp.asarray(margin, x.dtype),), labels, block_size=block_size, mesh=mesh)
+
+
+def _semi_hard_select_column(d, pos, neg, j):
+  """TF Addons' semi-hard negative for the positive column j of every row of a full-row strip.
+
+  Returns (z = d_aj - d_an*, n* column, valid): n* is the closest negative strictly farther than
+  d_aj, or the farthest negative when none is farther; valid = (a, j) positive and a has a negative.
+  """
+  d_ap = d[:, j]
+  outside = neg & (d > d_ap[:, None])
+  cand = jnp.where(outside, d, jnp.inf)
+  far = jnp.where(neg, d, -jnp.inf)
+  has_outside = jnp.any(outside, axis=1)
+  d_an = jnp.where(has_outside, jnp.min(cand, axis=1), jnp.max(far, axis=1))
+  col = jnp.where(has_outside, jnp.argmin(cand, axis=1), jnp.argmax(far, axis=1))
+  valid = pos[:, j] & jnp.any(neg, axis=1)
+  return jnp.where(valid, d_ap - d_an, 0.0), col, valid
+
+
+def _full_row_bodies_by_column(sweeper, mining, distance, soft):
+  """semi_hard / batch_all: row strips against the full row, positives one column at a time."""
+
+  def per_strip(r, c, margin, g=None):
+    """Forward (num, den) of a strip, or (g given) (d loss / d distances, d loss / d margin)."""
+    d = _distance_block(r, c, distance)
+    pos, neg, _ = sweep.block_masks(r, c)
+    n_cols = d.shape[1]
+    br = d.shape[0]
+
+    def step(carry, j):
+      if mining == "semi_hard":
+        z, col, valid = _semi_hard_select_column(d, pos, neg, j)
+        loss, dz = _triplet_term(z, margin, soft)
+        if g is None:
+          return (carry[0] + jnp.where(valid, loss, 0.0), carry[1] + valid), None
+        dz = jnp.where(valid, dz * g, 0.0)
+        dd = carry[0].at[:, j].add(dz).at[jnp.arange(br), col].add(-dz)
+        return (dd, carry[1] + dz), None
+      # batch_all: every negative n of the anchor against positive j.
+      valid = pos[:, j][:, None] & neg
+      loss, dz = _triplet_term(d[:, j][:, None] - d, margin, soft)
+      if g is None:
+        counted = valid if soft else valid & (loss > 0)
+        return (carry[0] + jnp.sum(jnp.where(valid, loss, 0.0), axis=1),
+                carry[1] + jnp.sum(counted, axis=1)), None
+      dz = jnp.where(valid, dz * g[:, None], 0.0)
+      dd = carry[0].at[:, j].add(jnp.sum(dz, axis=1)) - dz
+      return (dd, carry[1] + jnp.sum(dz, axis=1)), None
+
+    zeros = jnp.zeros(br, d.dtype)
+    init = (zeros, zeros) if g is None else (jnp.zeros_like(d), zeros)
+    out, _ = lax.scan(step, init, jnp.arange(n_cols))
+    return out
+
+  def fwd_local(xs, params, labels):
+    (x,), (margin,) = xs, params
+    n = x.shape[0]
+    cols = _triplet_rows(x, labels, sweeper.index(n))
+
+    def update(st, r, c):
+      num, den = per_strip(r, c, margin)
+      return st[0] + num, st[1] + den
+
+    zeros = jnp.zeros(n, x.dtype)
+    num, den = sweeper.forward(update, (zeros, zeros), cols, cols)
+    return (num, den), ()
+
+  def bwd_local(xs, params, labels, residuals, cotangents):
+    (x,), (margin,) = xs, params
+    cols = _triplet_rows(x, labels, sweeper.index(x.shape[0]))
+
+    def grad_block(r, c):
+      dd, d_margin = per_strip(r, c, margin, g=r.cotangent)
+      dg, dsq_r, dsq_c = _distance_block_vjp(dd, r, c, distance)
+      return dg, FullRowPartials(dsq_r, d_margin), dsq_c
+
+    rows = cols._replace(cotangent=cotangents[0])
+    dx_r, extra_r, dx_c, dsq_c = sweeper.backward(grad_block, rows, cols)
+    dx = dx_r + dx_c + 2.0 * x * (extra_r.sq_norm + dsq_c)[:, None]
+    d_margin = jnp.zeros((), x.dtype) if soft else sweeper.psum(jnp.sum(extra_r.margin))
+    return (dx,), (d_margin,)
+
+  return fwd_local, bwd_local
+
+
+def triplet_stats_full_row(x, labels, *, margin, mining, distance, soft, block_size, mesh=None):
+  """The previous semi_hard / batch_all streaming `(num [N], den [N])`: every column of a row
+  strip visited as a candidate positive, O(N^3) (`triplet_streaming._full_row_bodies` visits
+  each row's positives only)."""
+  assert mining in ("semi_hard", "batch_all") and distance != "cosine", (mining, distance)
+  return run_bodies(lambda sw: _full_row_bodies_by_column(sw, mining, distance, bool(soft)),
+                    (x,), (jnp.asarray(margin, x.dtype),), labels, block_size=block_size,
+                    mesh=mesh, full_row=True)

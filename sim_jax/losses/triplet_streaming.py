@@ -7,8 +7,8 @@
   in-process, D = 128, on a loaded 2-core machine); across devices `_batch_hard_bodies` mine the
   same way around the ring (`sim_jax.losses.distributed`) and make one O(N D) backward tour.
 * semi_hard and batch_all need an anchor's complete row of distances: row strips of
-  `block_size` anchors against the full row (memory O(N*D + N*block_size)), positives
-  enumerated one column at a time (`_full_row_bodies`).
+  `block_size` anchors against the full row (memory O(N*D + N*block_size)), every row's
+  positives taken one at a time (`_full_row_bodies`: O(N^2 M) for at most M positives per row).
 
 `sim_jax.losses.triplet.triplet` chooses between these and the dense core
 (`sim_jax.losses.sweep.streams`); `triplet_stats_streaming` always streams.
@@ -279,57 +279,66 @@ def _batch_hard_local_bodies(block_size: int, distance: str, soft: bool):
   return fwd_local, bwd_local
 
 
-def _semi_hard_select(d, pos, neg, j):
-  """TF Addons' semi-hard negative for the positive column j of every row of a full-row strip.
+def _semi_hard_select(d, d_ap, has_pos, neg):
+  """TF Addons' semi-hard negative of one positive per row of a full-row strip.
 
-  Returns (z = d_aj - d_an*, n* column, valid): n* is the closest negative strictly farther than
-  d_aj, or the farthest negative when none is farther; valid = (a, j) positive and a has a negative.
+  d [br, N] distances, d_ap [br] the row's positive distance, has_pos [br] whether the row has
+  that positive. Returns (z = d_ap - d_an*, n* column, valid): n* is the closest negative
+  strictly farther than d_ap, or the farthest negative when none is farther (ties: the lowest
+  column, as argmin / argmax); valid = the positive exists and the row has a negative.
   """
-  d_ap = d[:, j]
   outside = neg & (d > d_ap[:, None])
   cand = jnp.where(outside, d, jnp.inf)
   far = jnp.where(neg, d, -jnp.inf)
   has_outside = jnp.any(outside, axis=1)
   d_an = jnp.where(has_outside, jnp.min(cand, axis=1), jnp.max(far, axis=1))
   col = jnp.where(has_outside, jnp.argmin(cand, axis=1), jnp.argmax(far, axis=1))
-  valid = pos[:, j] & jnp.any(neg, axis=1)
+  valid = has_pos & jnp.any(neg, axis=1)
   return jnp.where(valid, d_ap - d_an, 0.0), col, valid
 
 
 def _full_row_bodies(sweeper, mining, distance, soft):
-  """semi_hard / batch_all: row strips against the full row, positives one column at a time."""
+  """semi_hard / batch_all: row strips against the full row, positives one at a time.
+
+  Step t handles every row's t-th positive (in column order), for t < the strip's largest
+  positive count M: O(N^2 M) work instead of visiting all N columns as candidate positives
+  (O(N^3)). With K examples per class, M = K - 1. The terms and their order of summation are
+  those of a column-by-column pass.
+  """
 
   def per_strip(r, c, margin, g=None):
     """Forward (num, den) of a strip, or (g given) (d loss / d distances, d loss / d margin)."""
     d = _distance_block(r, c, distance)
     pos, neg, _ = sweep.block_masks(r, c)
-    n_cols = d.shape[1]
     br = d.shape[0]
+    rows = jnp.arange(br)
+    rank = jnp.cumsum(pos, axis=1, dtype=jnp.int32) - 1   # a positive's rank within its row
+    n_pos = jnp.sum(pos, axis=1, dtype=jnp.int32)
 
-    def step(carry, j):
+    def step(t, carry):
+      has = n_pos > t
+      j = jnp.argmax(pos & (rank == t), axis=1)          # the row's t-th positive column
+      d_ap = d[rows, j]
       if mining == "semi_hard":
-        z, col, valid = _semi_hard_select(d, pos, neg, j)
+        z, col, valid = _semi_hard_select(d, d_ap, has, neg)
         loss, dz = _triplet_term(z, margin, soft)
         if g is None:
-          return (carry[0] + jnp.where(valid, loss, 0.0), carry[1] + valid), None
+          return carry[0] + jnp.where(valid, loss, 0.0), carry[1] + valid
         dz = jnp.where(valid, dz * g, 0.0)
-        dd = carry[0].at[:, j].add(dz).at[jnp.arange(br), col].add(-dz)
-        return (dd, carry[1] + dz), None
-      # batch_all: every negative n of the anchor against positive j.
-      valid = pos[:, j][:, None] & neg
-      loss, dz = _triplet_term(d[:, j][:, None] - d, margin, soft)
+        return carry[0].at[rows, j].add(dz).at[rows, col].add(-dz), carry[1] + dz
+      # batch_all: every negative n of the anchor against its t-th positive.
+      valid = has[:, None] & neg
+      loss, dz = _triplet_term(d_ap[:, None] - d, margin, soft)
       if g is None:
         counted = valid if soft else valid & (loss > 0)
         return (carry[0] + jnp.sum(jnp.where(valid, loss, 0.0), axis=1),
-                carry[1] + jnp.sum(counted, axis=1)), None
+                carry[1] + jnp.sum(counted, axis=1))
       dz = jnp.where(valid, dz * g[:, None], 0.0)
-      dd = carry[0].at[:, j].add(jnp.sum(dz, axis=1)) - dz
-      return (dd, carry[1] + jnp.sum(dz, axis=1)), None
+      return carry[0].at[rows, j].add(jnp.sum(dz, axis=1)) - dz, carry[1] + jnp.sum(dz, axis=1)
 
     zeros = jnp.zeros(br, d.dtype)
     init = (zeros, zeros) if g is None else (jnp.zeros_like(d), zeros)
-    out, _ = lax.scan(step, init, jnp.arange(n_cols))
-    return out
+    return lax.fori_loop(0, jnp.max(n_pos, initial=0), step, init)
 
   def fwd_local(xs, params, labels):
     (x,), (margin,) = xs, params
@@ -381,8 +390,9 @@ def triplet_stats_streaming(embeddings, labels, *, margin, mining, distance, sof
     (0 for anchors without negatives).
   * batch_all: num_a = sum over valid (a, p, n) of l; den_a = #(l > 0) (soft: #valid).
   semi_hard and batch_all compute row strips of `block_size` anchors against the full row
-  (memory O(N*D + N*block_size)) and enumerate positives one column at a time: O(N^3) time, as
-  the dense forms, but without the dense [N, N, N] tensor.
+  (memory O(N*D + N*block_size)) and take each row's positives one at a time: O(N^2 M) time
+  for at most M positives per anchor (O(N^3) at worst, as the dense forms), without the dense
+  [N, N, N] tensor.
 
   Args: embeddings [N, D] float; labels [N] int; margin scalar >= 0 (differentiated, may be
     traced); mining, distance as above; soft bool; block_size int (None only with a mesh);
