@@ -35,12 +35,13 @@ from sim_jax.losses.infonce_streaming import (
 )
 from sim_jax.losses.sweep import LogSumExp
 from sim_jax.losses.triplet_streaming import (
-  FullRowPartials,
   Hardest,
   _distance_block,
   _distance_block_vjp,
   _hardest_init,
   _keep_hardest,
+  _semi_hard_select,
+  _strip_bodies,
   _triplet_rows,
   _triplet_term,
 )
@@ -446,24 +447,13 @@ def triplet_stats(x, labels, *, margin, mining, distance, soft, block_size, mesh
 
 
 def _semi_hard_select_column(d, pos, neg, j):
-  """TF Addons' semi-hard negative for the positive column j of every row of a full-row strip.
-
-  Returns (z = d_aj - d_an*, n* column, valid): n* is the closest negative strictly farther than
-  d_aj, or the farthest negative when none is farther; valid = (a, j) positive and a has a negative.
-  """
-  d_ap = d[:, j]
-  outside = neg & (d > d_ap[:, None])
-  cand = jnp.where(outside, d, jnp.inf)
-  far = jnp.where(neg, d, -jnp.inf)
-  has_outside = jnp.any(outside, axis=1)
-  d_an = jnp.where(has_outside, jnp.min(cand, axis=1), jnp.max(far, axis=1))
-  col = jnp.where(has_outside, jnp.argmin(cand, axis=1), jnp.argmax(far, axis=1))
-  valid = pos[:, j] & jnp.any(neg, axis=1)
-  return jnp.where(valid, d_ap - d_an, 0.0), col, valid
+  """The semi-hard negative for the positive column j of every row (the previous form's call)."""
+  return _semi_hard_select(d, d[:, j], pos[:, j], neg)
 
 
-def _full_row_bodies_by_column(sweeper, mining, distance, soft):
-  """semi_hard / batch_all: row strips against the full row, positives one column at a time."""
+def _by_column_strip(mining, distance, soft):
+  """The previous `per_strip` of `triplet_streaming._strip_bodies`: every column of the strip
+  visited as a candidate positive j, the non-positives masked."""
 
   def per_strip(r, c, margin, g=None):
     """Forward (num, den) of a strip, or (g given) (d loss / d distances, d loss / d margin)."""
@@ -497,35 +487,7 @@ def _full_row_bodies_by_column(sweeper, mining, distance, soft):
     out, _ = lax.scan(step, init, jnp.arange(n_cols))
     return out
 
-  def fwd_local(xs, params, labels):
-    (x,), (margin,) = xs, params
-    n = x.shape[0]
-    cols = _triplet_rows(x, labels, sweeper.index(n))
-
-    def update(st, r, c):
-      num, den = per_strip(r, c, margin)
-      return st[0] + num, st[1] + den
-
-    zeros = jnp.zeros(n, x.dtype)
-    num, den = sweeper.forward(update, (zeros, zeros), cols, cols)
-    return (num, den), ()
-
-  def bwd_local(xs, params, labels, residuals, cotangents):
-    (x,), (margin,) = xs, params
-    cols = _triplet_rows(x, labels, sweeper.index(x.shape[0]))
-
-    def grad_block(r, c):
-      dd, d_margin = per_strip(r, c, margin, g=r.cotangent)
-      dg, dsq_r, dsq_c = _distance_block_vjp(dd, r, c, distance)
-      return dg, FullRowPartials(dsq_r, d_margin), dsq_c
-
-    rows = cols._replace(cotangent=cotangents[0])
-    dx_r, extra_r, dx_c, dsq_c = sweeper.backward(grad_block, rows, cols)
-    dx = dx_r + dx_c + 2.0 * x * (extra_r.sq_norm + dsq_c)[:, None]
-    d_margin = jnp.zeros((), x.dtype) if soft else sweeper.psum(jnp.sum(extra_r.margin))
-    return (dx,), (d_margin,)
-
-  return fwd_local, bwd_local
+  return per_strip
 
 
 def triplet_stats_full_row(x, labels, *, margin, mining, distance, soft, block_size, mesh=None):
@@ -533,6 +495,8 @@ def triplet_stats_full_row(x, labels, *, margin, mining, distance, soft, block_s
   strip visited as a candidate positive, O(N^3) (`triplet_streaming._full_row_bodies` visits
   each row's positives only)."""
   assert mining in ("semi_hard", "batch_all") and distance != "cosine", (mining, distance)
-  return run_bodies(lambda sw: _full_row_bodies_by_column(sw, mining, distance, bool(soft)),
-                    (x,), (jnp.asarray(margin, x.dtype),), labels, block_size=block_size,
-                    mesh=mesh, full_row=True)
+  soft = bool(soft)
+  return run_bodies(
+      lambda sw: _strip_bodies(sw, _by_column_strip(mining, distance, soft), distance, soft),
+      (x,), (jnp.asarray(margin, x.dtype),), labels, block_size=block_size, mesh=mesh,
+      full_row=True)

@@ -297,8 +297,8 @@ def _semi_hard_select(d, d_ap, has_pos, neg):
   return jnp.where(valid, d_ap - d_an, 0.0), col, valid
 
 
-def _full_row_bodies(sweeper, mining, distance, soft):
-  """semi_hard / batch_all: row strips against the full row, positives one at a time.
+def _per_positive_strip(mining, distance, soft):
+  """semi_hard / batch_all terms of a row strip against the full row, positives one at a time.
 
   Step t handles every row's t-th positive (in column order), for t < the strip's largest
   positive count M: O(N^2 M) work instead of visiting all N columns as candidate positives
@@ -340,6 +340,14 @@ def _full_row_bodies(sweeper, mining, distance, soft):
     init = (zeros, zeros) if g is None else (jnp.zeros_like(d), zeros)
     return lax.fori_loop(0, jnp.max(n_pos, initial=0), step, init)
 
+  return per_strip
+
+
+def _strip_bodies(sweeper, per_strip, distance, soft):
+  """Sweep bodies of a full-row triplet loss from its `per_strip(r, c, margin, g=None)`: forward
+  (num, den) of a row strip, or with the strip's cotangent g (d loss / d distances, d loss /
+  d margin)."""
+
   def fwd_local(xs, params, labels):
     (x,), (margin,) = xs, params
     n = x.shape[0]
@@ -369,6 +377,11 @@ def _full_row_bodies(sweeper, mining, distance, soft):
     return (dx,), (d_margin,)
 
   return fwd_local, bwd_local
+
+
+def _full_row_bodies(sweeper, mining, distance, soft):
+  """semi_hard / batch_all: row strips against the full row, each row's positives only."""
+  return _strip_bodies(sweeper, _per_positive_strip(mining, distance, soft), distance, soft)
 
 
 def triplet_stats_streaming(embeddings, labels, *, margin, mining, distance, soft, block_size,
