@@ -125,13 +125,25 @@ def kill_group(proc: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
     pass
 
 
+def python_stacks(stderr: str, limit: int = 16000) -> str:
+  """faulthandler's dump in `stderr`: every thread's Python stack, from "Fatal Python error" to
+  the extension-module list that follows it (which fills the tail of stderr otherwise)."""
+  start = stderr.find("Fatal Python error")
+  if start < 0:
+    return ""
+  end = stderr.find("Extension modules:", start)
+  return stderr[start:end if end >= 0 else None][:limit]
+
+
 def describe(proc: subprocess.CompletedProcess) -> str:
-  """Exit code, the output's tails and, first, any fatal log line of stderr (an abort's cause
-  is printed long before its stack and module list, which fill the tail)."""
+  """Exit code, any fatal log line of stderr and every thread's Python stack first (an abort's
+  cause is printed long before the stack and module list that fill the tail), then the output's
+  tails."""
   fatal = [line for line in proc.stderr.splitlines()
            if (line.startswith("F") and "]" in line) or "Fatal Python error" in line
            or "Check failed" in line or "Termination timeout" in line]
   return (f"exit code {proc.returncode}\n--- fatal lines ---\n" + "\n".join(fatal[:20]) +
+          f"\n--- Python stacks ---\n{python_stacks(proc.stderr)}"
           f"\n--- stdout ---\n{proc.stdout[-4000:]}\n--- stderr ---\n{proc.stderr[-6000:]}")
 
 

@@ -13,8 +13,12 @@ from tests import helpers
 
 def test_a_hung_child_is_aborted_and_its_stack_reported():
   code = """
-import os, sys, time
+import os, sys, threading, time
+import numpy  # extension modules: faulthandler lists them after the stacks
 print("PID", os.getpid(), flush=True)
+def sleeps_in_a_thread():
+  time.sleep(600)
+threading.Thread(target=sleeps_in_a_thread, daemon=True).start()
 def waits_forever():
   time.sleep(600)
 waits_forever()
@@ -26,6 +30,9 @@ waits_forever()
   # faulthandler's dump (PYTHONFAULTHANDLER in subprocess_env) names the function it hung in.
   assert "Fatal Python error: Aborted" in message
   assert "in waits_forever" in message
+  # Every thread's stack, even past the tail that the extension-module list fills.
+  stacks = message.split("--- Python stacks ---")[1].split("--- stdout ---")[0]
+  assert "in waits_forever" in stacks and "in sleeps_in_a_thread" in stacks
   pid = int(re.search(r"PID (\d+)", message).group(1))
   with pytest.raises(ProcessLookupError):
     os.kill(pid, 0)
