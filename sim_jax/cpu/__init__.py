@@ -10,7 +10,9 @@ The trainer calls only these names; on GPU and TPU each of them resolves to the 
   jit_steps(step_fn, mesh, steps=1) -> jitted program of `steps` updates
   compile_executor(step_fn, state, global_batch, *, config, mesh) -> StepExecutor
     StepExecutor.next_size(step, end, is_boundary) -> steps in the next call
-    StepExecutor.run(state, host_batches) -> (state, metrics)
+    StepExecutor.run(state, host_batches) -> (state, metrics); with several CPU devices in the
+      process it waits for each execution (`waits_for_each_execution(mesh)`: XLA:CPU can
+      deadlock on collectives dispatched back to back)
 
 The tuning itself (and the measurements behind it) lives in `sim_jax.cpu.execution`; the fused
 kernels the models select on CPU in `sim_jax.cpu.kernels` (their Flax forms in

@@ -51,6 +51,20 @@ def platform_of(mesh: jax.sharding.Mesh) -> str:
   return mesh.devices.flat[0].platform
 
 
+def waits_for_each_execution(mesh: jax.sharding.Mesh) -> bool:
+  """Whether the train loop waits for each execution before dispatching the next: on XLA:CPU with
+  several devices in this process (fake devices, `--xla_force_host_platform_device_count`).
+
+  Why: jaxlib 0.10.2's CPU runtime can deadlock when a multi-device program with a collective is
+  dispatched while the previous one still runs. Device 0's all-gather then holds an intra-op
+  pool thread in its rendezvous, device 1's part never arrives, and XLA aborts after 40 s.
+  `python bench/cpu_collective_stall.py` shows it on 2 fake devices: an all-gather step
+  dispatched back to back stalled within 200 steps in every run, and waiting for each step ran
+  3,000 steps. Fake devices share the host's cores, so the overlap this gives up is small.
+  """
+  return platform_of(mesh) == "cpu" and len(mesh.local_devices) > 1
+
+
 def compiler_options(mesh: jax.sharding.Mesh) -> dict[str, str] | None:
   """`CPU_COMPILER_OPTIONS` when the mesh's devices are CPUs, else None (XLA's defaults)."""
   return CPU_COMPILER_OPTIONS if platform_of(mesh) == "cpu" else None
@@ -244,6 +258,7 @@ class StepExecutor:
   programs: dict[int, Callable]  # steps per call -> program
   per_execution: int
   why: str
+  wait: bool = False  # block until each execution is done (`waits_for_each_execution`)
 
   def next_size(self, step: int, end: int, is_boundary: Callable[[int], bool]) -> int:
     return next_execution_size(step, end, self.per_execution, is_boundary)
@@ -253,7 +268,8 @@ class StepExecutor:
     n = len(host_batches)
     batch = (sharding.host_to_global(host_batches[0], self.mesh) if n == 1 else
              sharding.steps_to_global(host_batches, self.mesh))
-    return self.programs[n](state, batch)
+    out = self.programs[n](state, batch)
+    return jax.block_until_ready(out) if self.wait else out
 
 
 def compile_executor(step_fn: Callable, state, global_batch, *, config, mesh) -> StepExecutor:
@@ -267,4 +283,5 @@ def compile_executor(step_fn: Callable, state, global_batch, *, config, mesh) ->
   programs = {1: single}
   if k > 1:
     programs[k] = jit_steps(step_fn, mesh, k)
-  return StepExecutor(mesh=mesh, programs=programs, per_execution=k, why=why)
+  return StepExecutor(mesh=mesh, programs=programs, per_execution=k, why=why,
+                      wait=waits_for_each_execution(mesh))
