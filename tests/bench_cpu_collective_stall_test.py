@@ -6,7 +6,6 @@ XLA's 40 s abort, and a later jaxlib may fix it."""
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 
 from tests import helpers
@@ -24,9 +23,8 @@ print(cpu.waits_for_each_execution(Mesh(jax.devices()[:2], ("data",))),
 
 
 def test_the_reproducer_runs_to_the_end_when_each_step_is_waited_for():
-  proc = subprocess.run(
+  proc = helpers.run_command(
       [sys.executable, os.path.join(helpers.REPO_ROOT, "bench", "cpu_collective_stall.py"),
-       "--mode=wait", "--steps=1000"], env=helpers.subprocess_env(), capture_output=True,
-      text=True, timeout=240, cwd=helpers.REPO_ROOT)
+       "--mode=wait", "--steps=1000"], timeout=240)
   assert proc.returncode == 0, helpers.describe(proc)
   assert "done: 1000 steps, mode wait" in proc.stdout

@@ -8,7 +8,6 @@ import glob
 import importlib
 import json
 import os
-import subprocess
 import sys
 import textwrap
 
@@ -543,8 +542,7 @@ def test_ablate_runs_writes_table_and_plot_and_resumes(tmp_path):
          "--ablation=tiny", f"--workdir={workdir}", "--set", "train.steps=4",
          "--set", "train.eval_every=2",
          f"--launch_args=--compilation_cache={helpers.COMPILATION_CACHE}"]
-  run = lambda: subprocess.run(cmd, env=helpers.subprocess_env(), capture_output=True,
-                               text=True, timeout=240, cwd=helpers.REPO_ROOT)
+  run = lambda: helpers.run_command(cmd, timeout=240)
   proc = run()
   assert proc.returncode == 0, helpers.describe(proc)
   assert proc.stdout.index("[1/2] scratch:") < proc.stdout.index("[2/2] finetune:")

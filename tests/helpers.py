@@ -22,7 +22,7 @@ def subprocess_env(num_devices: int | None = None, **extra: str) -> dict[str, st
   env = dict(os.environ)
   env["JAX_PLATFORMS"] = "cpu"
   env["TF_CPP_MIN_LOG_LEVEL"] = "3"
-  # A fatal signal (an abort, or the SIGABRT `_run_to_end` sends a child past its time limit)
+  # A fatal signal (an abort, or the SIGABRT `run_command` sends a child past its time limit)
   # then prints every thread's Python stack to stderr: a hang or a crash names where it was.
   env["PYTHONFAULTHANDLER"] = "1"
   env["PYTHONPATH"] = REPO_ROOT + os.pathsep + env.get("PYTHONPATH", "")
@@ -42,7 +42,8 @@ def run_python(code: str, *, num_devices: int | None = None, timeout: float = 30
   child_env = subprocess_env(num_devices)
   if env:
     child_env.update(env)
-  proc = _run_to_end([sys.executable, "-c", textwrap.dedent(code)], child_env, timeout)
+  proc = run_command([sys.executable, "-c", textwrap.dedent(code)], env=child_env,
+                     timeout=timeout)
   if check and proc.returncode != 0:
     raise AssertionError(f"child failed with exit code {proc.returncode}\n"
                          f"--- stdout ---\n{proc.stdout[-5000:]}\n"
@@ -74,21 +75,24 @@ def run_launch(workdir: str, *args: str, config: str = "configs/test.py", timeou
   child_env = subprocess_env(num_devices)
   if env:
     child_env.update(env)
-  return _run_to_end(launch_cmd(workdir, *args, config=config), child_env, timeout)
+  return run_command(launch_cmd(workdir, *args, config=config), env=child_env, timeout=timeout)
 
 
 # Seconds a child has, after the SIGABRT of a timeout, to print its stacks before SIGKILL.
 ABORT_GRACE_S = 30
 
 
-def _run_to_end(cmd: list[str], env: dict[str, str], timeout: float
-                ) -> subprocess.CompletedProcess:
-  """`subprocess.run(cmd, capture_output=True, text=True)` in the repo root, in the child's own
-  process group. Past `timeout` the group gets SIGABRT (the child's faulthandler prints every
-  thread's stack), then SIGKILL, and an AssertionError carries what the child printed:
-  `subprocess.run` would kill it silently and keep none of its output."""
-  proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          text=True, cwd=REPO_ROOT, start_new_session=True)
+def run_command(cmd: list[str], *, env: dict[str, str] | None = None, timeout: float = 300,
+                cwd: str = REPO_ROOT) -> subprocess.CompletedProcess:
+  """`subprocess.run(cmd, capture_output=True, text=True)` in `cwd` (the repo root), in the
+  child's own process group, with `subprocess_env()` unless `env` is given.
+
+  Past `timeout` the group gets SIGABRT (a Python child's faulthandler prints every thread's
+  stack), then SIGKILL, and an AssertionError carries what the child printed: `subprocess.run`
+  would kill it silently and keep none of its output."""
+  proc = subprocess.Popen(cmd, env=subprocess_env() if env is None else env,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd,
+                          start_new_session=True)
   try:
     out, err = proc.communicate(timeout=timeout)
   except subprocess.TimeoutExpired:

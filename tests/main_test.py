@@ -21,8 +21,7 @@ TEST = os.path.join(helpers.REPO_ROOT, "configs", "test.py")
 
 def _run(*args, module=False, timeout=120, cwd=helpers.REPO_ROOT):
   entry = ["-m", "sim_jax"] if module else [helpers.LAUNCH]
-  return subprocess.run([sys.executable, *entry, *args], env=helpers.subprocess_env(),
-                        capture_output=True, text=True, timeout=timeout, cwd=cwd)
+  return helpers.run_command([sys.executable, *entry, *args], timeout=timeout, cwd=cwd)
 
 
 def test_help_exits_0_and_says_how_to_list_config_fields():

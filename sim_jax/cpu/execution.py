@@ -61,6 +61,8 @@ def waits_for_each_execution(mesh: jax.sharding.Mesh) -> bool:
   `python bench/cpu_collective_stall.py` shows it on 2 fake devices: an all-gather step
   dispatched back to back stalled within 200 steps in every run, and waiting for each step ran
   3,000 steps. Fake devices share the host's cores, so the overlap this gives up is small.
+  Evaluation needs no such rule: `sharding.map_global_batches` and `eval.search.topk` fetch
+  each execution's output to the host before they dispatch the next.
   """
   return platform_of(mesh) == "cpu" and len(mesh.local_devices) > 1
 
