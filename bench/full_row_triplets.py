@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import os
 import statistics
 import sys
@@ -28,7 +27,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo root
 
-from bench import previous_forms  # noqa: E402
+from bench import previous_forms, workloads  # noqa: E402
 
 triplet_streaming = importlib.import_module("sim_jax.losses.triplet_streaming")
 
@@ -116,12 +115,7 @@ def main(argv=None) -> dict:
   report = measure(ns, args.k, args.d, args.block_size, args.rounds, minings)
   report["command"] = "python bench/full_row_triplets.py " + " ".join(
       sys.argv[1:] if argv is None else argv)
-  os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-  with open(args.out + ".json", "w") as f:
-    json.dump(report, f, indent=1)
-  with open(args.out + ".md", "w") as f:
-    f.write(markdown(report))
-  print(markdown(report))
+  workloads.write_results(report, args.out + ".json", args.out + ".md", markdown(report))
   return report
 
 

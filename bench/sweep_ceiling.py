@@ -15,7 +15,6 @@ does that much per-pair work.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -25,6 +24,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo root
+
+from bench import workloads  # noqa: E402
 
 
 def gemm(m: int, k: int, n: int):
@@ -116,12 +119,7 @@ def main():
     sys.exit(f"--n={args.n} must be even and a multiple of --block_size={args.block_size}")
   report = measure(args.n, args.d, args.block_size, args.rounds)
   report["command"] = "python bench/sweep_ceiling.py " + " ".join(sys.argv[1:])
-  os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-  with open(args.out + ".json", "w") as f:
-    json.dump(report, f, indent=1)
-  with open(args.out + ".md", "w") as f:
-    f.write(markdown(report))
-  print(markdown(report))
+  workloads.write_results(report, args.out + ".json", args.out + ".md", markdown(report))
 
 
 if __name__ == "__main__":

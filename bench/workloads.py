@@ -431,7 +431,7 @@ def environment() -> dict:
 
 def write_results(result: dict, out: str, md: str, table: str) -> None:
   """Writes the JSON and its markdown table, and prints the table."""
-  os.makedirs(os.path.dirname(out), exist_ok=True)
+  os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
   with open(out, "w") as f:
     json.dump(result, f, indent=1)
   with open(md, "w") as f:
