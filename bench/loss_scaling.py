@@ -57,10 +57,15 @@ _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, _REPO)  # `python bench/loss_scaling.py` puts bench/, not the repo, on the path
 
 D = 128
-# Minimal exact FLOPs of loss + gradient per N^2 D, for the two-tower streaming forms: CLIP needs
-# the Gram forward (2), its recomputation backward (2) and dA = dl B, dB = dl^T A (2 + 2); SigLIP
-# forms its gradient in the forward sweep (2 + 2 + 2). The other losses are counted as 8 N^2 D.
-MIN_FLOPS_PER_N2D = {"clip": 8.0, "siglip": 6.0}
+# Minimal exact FLOPs of loss + gradient per N^2 D of the streaming forms (which recompute the
+# Gram blocks backward). CLIP: the Gram forward (2), its recomputation (2) and dA = dl B,
+# dB = dl^T A (2 + 2). SigLIP forms its gradient in the forward sweep (2 + 2 + 2). NT-Xent and
+# SupCon compare one set of rows with itself, so their Gram matrix is symmetric: its upper
+# triangle forward (1) and backward (1), and dX = (dl + dl^T) X (2). Their streaming forms run
+# 7 N^2 D: the forward takes each unordered pair of blocks once (`sweep.symmetric_forward_sweep`),
+# the backward every ordered pair (a column side e^T @ X would be a transposed product, slower on
+# XLA:CPU than the recomputation it saves). The other losses are counted as 8 N^2 D.
+MIN_FLOPS_PER_N2D = {"clip": 8.0, "siglip": 6.0, "nt_xent": 4.0, "supcon": 4.0}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -423,7 +428,9 @@ def run_ring(losses, n, block_size, rounds, devices, basic=False, d=D):
   also "single_unfused" / "ring_unfused" (the previous two-sweep forms, same file),
   "ring_no_overlap" (`RingSweeper.overlap = False`: each hop waits for its chunk) and
   "single_columns_first" / "ring_columns_first" (`two_tower.COLUMNS_LAST = False`: the columns'
-  gradient as dL^T @ X_rows, the fused form before it).
+  gradient as dL^T @ X_rows, the fused form before it); for NT-Xent and SupCon also
+  "single_row_forward" / "ring_row_forward" (`sweep.SYMMETRIC_FORWARD = False`: the forward's
+  sums over every ordered pair of blocks instead of each unordered pair once).
   """
   import statistics
 
@@ -433,7 +440,7 @@ def run_ring(losses, n, block_size, rounds, devices, basic=False, d=D):
   from jax.sharding import PartitionSpec as P
 
   from bench import previous_forms
-  from sim_jax.losses import distributed, two_tower
+  from sim_jax.losses import distributed, sweep, two_tower
   assert jax.device_count() >= devices, jax.devices()
   mesh = Mesh(jax.devices()[:devices], ("data",))
   x_np, y_np = _data(n, d)
@@ -441,12 +448,14 @@ def run_ring(losses, n, block_size, rounds, devices, basic=False, d=D):
   rows = NamedSharding(mesh, P("data"))
   sharded = (jax.device_put(x_np, rows), jax.device_put(y_np, rows))
 
-  def compiled(fn, args, overlap=True, columns_last=True):
+  def compiled(fn, args, overlap=True, columns_last=True, symmetric_forward=True):
     distributed.RingSweeper.overlap, two_tower.COLUMNS_LAST = overlap, columns_last
+    sweep.SYMMETRIC_FORWARD = symmetric_forward
     try:
       return jax.jit(jax.value_and_grad(fn)).lower(*args).compile(), args
     finally:
       distributed.RingSweeper.overlap, two_tower.COLUMNS_LAST = True, True
+      sweep.SYMMETRIC_FORWARD = True
 
   variants = {}
   for loss in losses:
@@ -465,6 +474,11 @@ def run_ring(losses, n, block_size, rounds, devices, basic=False, d=D):
         _ring_loss_fn(loss, block_size, None, previous_forms), one)
       variants[(loss, "ring_previous")] = compiled(
         _ring_loss_fn(loss, block_size, mesh, previous_forms), sharded)
+    if loss in ("nt_xent", "supcon"):
+      variants[(loss, "single_row_forward")] = compiled(
+        _ring_loss_fn(loss, block_size, None), one, symmetric_forward=False)
+      variants[(loss, "ring_row_forward")] = compiled(
+        _ring_loss_fn(loss, block_size, mesh), sharded, symmetric_forward=False)
     if loss == "nt_xent":
       variants[(loss, "ring_travelling")] = compiled(
         _ring_loss_fn(loss, block_size, mesh, _Travelling), sharded)
@@ -679,6 +693,10 @@ def comparison_rows(points: list[dict]) -> list[str]:
   return rows
 
 
+def _min_flops_text() -> str:
+  return ", ".join(f"{k} {v:g} N^2 D" for k, v in MIN_FLOPS_PER_N2D.items())
+
+
 def to_markdown(report):
   rates = [p["matmul_flops"] for p in report["points"] if "matmul_flops" in p]
   rate = (f"median GEMM rate over the JAX points {sorted(rates)[len(rates) // 2] / 1e9:.1f} "
@@ -692,20 +710,23 @@ def to_markdown(report):
     f"Machine: {report['machine']}. D = {report.get('d', D)}, block_size = "
     f"{','.join(str(b) for b in report.get('block_sizes', [report['block_size']]))}, "
     f"float32, {', '.join(devices)}; {rate}; '% of matmul' = (8 N^2 D / time) / that point's "
-    f"GEMM rate (JAX points only).{load} Command: `{report['command']}`",
+    f"GEMM rate (JAX points only), 'minimal FLOPs' the same with the loss's minimal exact count "
+    f"where it is not 8 N^2 D ({_min_flops_text()}).{load} Command: `{report['command']}`",
     "",
-    "| loss | impl | N | time (s) | XLA temp | peak RSS | % of matmul rate | status |",
-    "|---|---|---|---|---|---|---|---|",
+    "| loss | impl | N | time (s) | XLA temp | peak RSS | % of matmul rate | "
+    "% (minimal FLOPs) | status |",
+    "|---|---|---|---|---|---|---|---|---|",
   ]
   sweep = len(report.get("block_sizes", [])) > 1
   for p in report["points"]:
-    frac = p.get("fraction_of_matmul")
+    frac, low = p.get("fraction_of_matmul"), p.get("fraction_of_matmul_min_flops")
     seconds = f"{p['seconds']:.3f}" if "seconds" in p else "-"
     rss = p.get("peak_rss_bytes", p.get("observed_rss_bytes"))
     impl = f"{p['impl']} ({p['block_size']})" if sweep and p["impl"] == "streaming" else p["impl"]
     lines.append(f"| {p['loss']} | {impl} | {p['n']} | {seconds} | "
                  f"{_fmt_bytes(p.get('xla_temp_bytes'))} | {_fmt_bytes(rss)} | "
-                 f"{'-' if frac is None else f'{100 * frac:.0f}%'} | {p['status']} |")
+                 f"{'-' if frac is None else f'{100 * frac:.0f}%'} | "
+                 f"{'-' if low is None else f'{100 * low:.0f}%'} | {p['status']} |")
   if not sweep:
     lines += ["", "Loss + gradient time (s) per loss and N, finished points only:", "",
               "| loss | N | dense | streaming | pml | pml / dense |", "|---|---|---|---|---|---|"]

@@ -590,3 +590,26 @@ def test_pair_sums_match_numpy_products_with_padded_blocks(col_axis):
   w = np.exp(a @ b.T)
   np.testing.assert_allclose(row_acc, w @ b, rtol=1e-5)
   np.testing.assert_allclose(col_acc if col_axis == 0 else col_acc.T, w.T @ a, rtol=1e-5)
+
+
+@pytest.mark.parametrize("n,block", [(13, 4), (12, 4), (5, 8)])
+def test_symmetric_forward_sweep_equals_numpy_row_sums(n, block):
+  """`sweep.symmetric_forward_sweep` (each unordered pair of blocks once, column sums added to
+  the column's rows) gives every row's sums over all columns: NumPy's row sums of exp(X X^T)
+  masked to other labels, and a count of same-label pairs, with a padded last block (13 rows in
+  blocks of 4), none (12) and one block (5 in 8); the initial stats are added."""
+  rng = np.random.default_rng(n)
+  x, y = rng.normal(size=(n, 3)) / 2, rng.integers(0, 3, n)
+  side = sweep.side(jnp.asarray(x, jnp.float32), jnp.asarray(y), jnp.arange(n))
+
+  def terms(r, c):
+    _, neg, _ = sweep.block_masks(r, c)
+    pos = r.label[:, None] == c.label[None, :]
+    return (jnp.where(neg, jnp.exp(r.x @ c.x.T), 0.0),
+            (pos & c.valid[None, :]).astype(jnp.float32))
+
+  init = (jnp.ones(n), jnp.zeros(n))
+  got = sweep.symmetric_forward_sweep(terms, init, side, block)
+  other = y[:, None] != y[None, :]
+  np.testing.assert_allclose(got[0], 1 + np.sum(np.exp(x @ x.T) * other, axis=1), rtol=1e-5)
+  np.testing.assert_array_equal(got[1], np.sum(~other, axis=1))

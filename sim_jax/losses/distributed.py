@@ -35,7 +35,14 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from sim_jax.losses import sweep
-from sim_jax.losses.sweep import LocalSweeper, backward_sweep, custom_loss, forward_sweep, tree_add
+from sim_jax.losses.sweep import (
+  LocalSweeper,
+  backward_sweep,
+  custom_loss,
+  forward_sweep,
+  row_sums,
+  tree_add,
+)
 
 DATA_AXIS = "data"
 
@@ -123,8 +130,13 @@ class RingSweeper:
   def _shift(self, tree):
     return lax.ppermute(tree, self.axis, self._perm)
 
-  def forward(self, update, stats, rows, cols):
-    stats = forward_sweep(update, stats, rows, cols, self.row_block, self.col_block)
+  def forward(self, update, stats, rows, cols, first=None):
+    """`forward_sweep` of the local rows against every chunk; `first(stats)`, if given, sweeps
+    the device's own chunk (`cols`) instead."""
+    if first is None:
+      stats = forward_sweep(update, stats, rows, cols, self.row_block, self.col_block)
+    else:
+      stats = first(stats)
 
     def hop(carry, _):
       stats, cols = carry
@@ -133,6 +145,15 @@ class RingSweeper:
 
     (stats, _), _ = lax.scan(hop, (stats, cols), None, length=self.k - 1)
     return stats
+
+  def forward_symmetric(self, terms, stats, side):
+    """Every local row's sums of `terms(r, c)` over all devices' columns, for terms symmetric
+    in their pair. The device's own chunk takes `LocalSweeper.forward_symmetric` (each unordered
+    pair of its blocks once); a visiting chunk's blocks take row sums, since their column sums
+    would have to travel back to the chunk's device."""
+    local = LocalSweeper(self.row_block, self.col_block)
+    return self.forward(row_sums(terms), stats, side, side,
+                        first=lambda s: local.forward_symmetric(terms, s, side))
 
   def backward(self, grad_block, rows, cols):
     dx_r, extra_r, dx_c, extra_c = backward_sweep(grad_block, rows, cols, self.row_block,

@@ -93,11 +93,11 @@ def _negatives_sum(sweeper, side, inv_t):
   """
   n = side.x.shape[0]
 
-  def fixed(st, r, c):
+  def terms(r, c):   # symmetric in the pair
     _, neg, _ = sweep.block_masks(r, c)
-    return st + jnp.sum(jnp.where(neg, jnp.exp((r.x @ c.x.T - 1.0) * inv_t), 0.0), axis=1)
+    return jnp.where(neg, jnp.exp((r.x @ c.x.T - 1.0) * inv_t), 0.0)
 
-  total = sweeper.forward(fixed, jnp.zeros(n, side.x.dtype), side, side)
+  total = sweeper.forward_symmetric(terms, jnp.zeros(n, side.x.dtype), side)
   has_neg = ((side.label != sweeper.pmin(jnp.min(side.label)))
              | (side.label != sweeper.pmax(jnp.max(side.label))))
   return _shifted_or_exact_lse(sweeper, side, inv_t, total, has_neg, mask=1)
@@ -289,15 +289,14 @@ def _supcon_bodies(sweeper):
     n_total = n * getattr(sweeper, "k", 1)
     cols = sweep.side(z, labels, sweeper.index(n))
 
-    def fixed(st, r, c):
+    def terms(r, c):   # symmetric in the pair (shift 1/t >= l_ij for unit rows)
       logits = (r.x @ c.x.T) * inv_t
       pos, _, others = sweep.block_masks(r, c)
-      return (st[0] + jnp.sum(jnp.where(others, jnp.exp(logits - inv_t), 0.0), axis=1),
-              st[1] + jnp.sum(jnp.where(pos, logits, 0.0), axis=1),
-              st[2] + jnp.sum(pos, axis=1).astype(z.dtype))
+      return (jnp.where(others, jnp.exp(logits - inv_t), 0.0), jnp.where(pos, logits, 0.0),
+              pos.astype(z.dtype))
 
     zeros = jnp.zeros(n, z.dtype)
-    total, pos_logit_sum, num_pos = sweeper.forward(fixed, (zeros, zeros, zeros), cols, cols)
+    total, pos_logit_sum, num_pos = sweeper.forward_symmetric(terms, (zeros, zeros, zeros), cols)
     has_other = jnp.full(n, n_total > 1)
     lse = _shifted_or_exact_lse(sweeper, cols, inv_t, total, has_other, mask=2)
     has_pos = num_pos > 0
@@ -391,8 +390,10 @@ def nt_xent_stats_streaming(embeddings, labels, *, temperature, block_size, mesh
   Single device (mesh=None): the rows are sorted by label once (O(N log N) + an O(N D) gather),
   so that each anchor's positives form a contiguous band [start_i, end_i) of columns, and 1/t is
   folded into the row copy q = z/t. The negatives' sweep then costs one Gram block and one exp
-  per pair: L_i = |q_i| + log sum_n exp(l_in - |q_i|) with the fixed shift |q_i| >= l_in (unit
-  columns) needs no running max (a second pass over every block); rows whose sum could have lost
+  per unordered pair (l_in = l_ni: block (r, c) gives rows r their row sums and rows c their
+  column sums, `sweep.symmetric_forward_sweep`): L_i = M + log sum_n exp(l_in - M) with the
+  fixed shift M = max_i |q_i| >= l_in (unit columns) needs no running max (a second pass over
+  every block); rows whose sum could have lost
   terms to float32 underflow (only possible for t < ~0.023) are redone exactly by the two-pass
   online log-sum-exp. The positive terms visit only the 128-wide column tiles meeting a row
   tile's band. The backward sweep uses the symmetry l_ij = l_ji: the column-side gradient of a
@@ -423,7 +424,9 @@ def supcon_stats_streaming(embeddings, labels, *, temperature, block_size, mesh=
   l_i = log sum_{a != i} exp(s_ia/t) - (1/|P(i)|) sum_{p in P(i)} s_ip/t  (Khosla et al. 2020,
   L_out), s = cosine similarity (norms clamped at 1e-12); num_i = l_i, den_i = 1 for anchors with
   P(i) non-empty, num_i = den_i = 0 otherwise. One forward sweep and one backward sweep
-  (d l_i / d(s_ij/t) = softmax_ij - [j in P(i)]/|P(i)|), on one device or over the ring.
+  (d l_i / d(s_ij/t) = softmax_ij - [j in P(i)]/|P(i)|), on one device or over the ring. The
+  forward's sums are symmetric in the pair, so each unordered pair of a device's own blocks is
+  visited once (`sweep.symmetric_forward_sweep`).
   (The label-sorted form of `nt_xent_stats_streaming` with the positive part as O(N D) class
   sums ran 1.4x faster at N = 8192 but, for tight classes, its separately accumulated softmax and
   class-mean terms cancel in float32: gradient errors up to 3.6e-4 of the largest entry against

@@ -6,7 +6,9 @@ several same-sized temporaries) for the backward pass. The streaming forms never
 * the forward pass (`forward_sweep`) sweeps row blocks of `block_size` anchors against column
   blocks of `block_size` candidates (`jax.lax.map` over row blocks, `jax.lax.scan` over column
   blocks, so the program size does not grow with N) and keeps per-anchor running statistics only:
-  an online log-sum-exp (`LogSumExp`), running max / min with the winning column, counts, sums;
+  an online log-sum-exp (`LogSumExp`), running max / min with the winning column, counts, sums
+  (`symmetric_forward_sweep`: for sums of terms symmetric in the pair, each unordered pair of
+  blocks once, its column sums added to the column's rows);
 * a `jax.custom_vjp` backward pass (`custom_loss`, `backward_sweep`) recomputes each block from
   the embeddings and the saved per-anchor statistics, forms d loss / d block analytically and
   contracts it straight back into d embeddings (`dX_rows += dG @ X_cols`, `dX_cols += dG^T @
@@ -31,6 +33,11 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 from jax import lax
+
+# The fixed-shift forward sums of NT-Xent and SupCon on one device visit each unordered pair of
+# blocks once (`symmetric_forward_sweep`). False: every ordered pair, row sums only (the previous
+# form, kept for `bench/loss_scaling.py --ring`'s A/B as `two_tower.COLUMNS_LAST` is).
+SYMMETRIC_FORWARD = True
 
 # ----------------------------------------------------------------------------------------------
 # The dense-or-streaming decision
@@ -155,6 +162,12 @@ def tree_add(a, b):
   return jax.tree.map(jnp.add, a, b)
 
 
+def row_sums(terms):
+  """The `forward_sweep` update that adds the row sums of `terms(r, c)` ([b, b] leaves)."""
+  return lambda stats, r, c: tree_add(stats, jax.tree.map(lambda m: jnp.sum(m, axis=1),
+                                                           terms(r, c)))
+
+
 def forward_sweep(update, stats, rows, cols, row_block: int, col_block: int | None):
   """Folds `update(stats_blk, rows_blk, cols_blk) -> stats_blk` over all (row, column) blocks.
 
@@ -178,6 +191,40 @@ def forward_sweep(update, stats, rows, cols, row_block: int, col_block: int | No
     return s
 
   return _from_blocks(lax.map(per_row_block, row_blocks), nr)
+
+
+def symmetric_forward_sweep(terms, stats, rows, block: int):
+  """`forward_sweep` of row sums for terms symmetric in their pair, each unordered pair of
+  blocks visited once: half the Gram blocks and half the per-pair work.
+
+  `terms(r, c) -> pytree of [b, b]` gives the per-pair terms of the block of rows r against
+  columns c (both blocks of `rows`), masked; it must satisfy terms(c, r) = terms(r, c)^T, and
+  padding columns must be masked (their rows, all in the last block, enter only as rows of the
+  diagonal block, whose column sums are not taken). Block (r, c), r < c, adds its row sums to
+  rows r and its column sums to rows c; a diagonal block adds its row sums only.
+  Returns `stats` (leaves [N]) plus every row's sums over all columns.
+  """
+  n = num_rows(rows)
+  b = min(block, n)
+  padded = _pad_rows((rows, stats), b)
+  rows_p, stats_p = padded
+  nb = num_rows(rows_p) // b
+  pairs = jnp.asarray([(r, c) for r in range(nb) for c in range(r, nb)], jnp.int32)
+  cut = lambda tree, k: jax.tree.map(lambda a: lax.dynamic_slice_in_dim(a, k * b, b), tree)
+
+  def add(acc, k, sums):
+    return jax.tree.map(
+      lambda a, v: lax.dynamic_update_slice_in_dim(a, cut(a, k) + v, k * b, 0), acc, sums)
+
+  def step(acc, rc):
+    r, c = rc[0], rc[1]
+    t = terms(cut(rows_p, r), cut(rows_p, c))
+    acc = add(acc, r, jax.tree.map(lambda m: jnp.sum(m, axis=1), t))
+    col = jax.tree.map(lambda m: jnp.where(r == c, 0.0, jnp.sum(m, axis=0)).astype(m.dtype), t)
+    return add(acc, c, col), None
+
+  out, _ = lax.scan(step, stats_p, pairs)
+  return jax.tree.map(lambda a: a[:n], out)
 
 
 def backward_sweep(grad_block, rows, cols, row_block: int, col_block: int | None):
@@ -237,6 +284,13 @@ class LocalSweeper:
 
   def forward(self, update, stats, rows, cols):
     return forward_sweep(update, stats, rows, cols, self.row_block, self.col_block)
+
+  def forward_symmetric(self, terms, stats, side):
+    """Every row's sums of `terms(r, c)` over all columns of `side` (the same rows), for terms
+    symmetric in their pair: `symmetric_forward_sweep` with square blocks."""
+    if self.col_block == self.row_block and SYMMETRIC_FORWARD:
+      return symmetric_forward_sweep(terms, stats, side, self.row_block)
+    return forward_sweep(row_sums(terms), stats, side, side, self.row_block, self.col_block)
 
   def backward(self, grad_block, rows, cols):
     return backward_sweep(grad_block, rows, cols, self.row_block, self.col_block)
