@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-# The fixed-shift forward sums of NT-Xent and SupCon on one device visit each unordered pair of
+# The fixed-shift forward sums of NT-Xent and SupCon visit each unordered pair of a device's own
 # blocks once (`symmetric_forward_sweep`). False: every ordered pair, row sums only (the previous
 # form, kept for `bench/loss_scaling.py --ring`'s A/B as `two_tower.COLUMNS_LAST` is).
 SYMMETRIC_FORWARD = True
@@ -206,8 +206,7 @@ def symmetric_forward_sweep(terms, stats, rows, block: int):
   """
   n = num_rows(rows)
   b = min(block, n)
-  padded = _pad_rows((rows, stats), b)
-  rows_p, stats_p = padded
+  rows_p, stats_p = _pad_rows((rows, stats), b)
   nb = num_rows(rows_p) // b
   pairs = jnp.asarray([(r, c) for r in range(nb) for c in range(r, nb)], jnp.int32)
   cut = lambda tree, k: jax.tree.map(lambda a: lax.dynamic_slice_in_dim(a, k * b, b), tree)
