@@ -15,11 +15,10 @@ checked equal (loss and gradient), and timed in interleaved rounds in this one p
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import os
-import statistics
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
@@ -67,14 +66,12 @@ def measure(ns, k: int, d: int, block_size: int, rounds: int, minings) -> dict:
       np.testing.assert_allclose(float(vb), float(va), rtol=1e-5, err_msg=f"{m} N={n}")
       np.testing.assert_allclose(np.asarray(gb), np.asarray(ga), rtol=1e-4, atol=1e-7,
                                  err_msg=f"{m} N={n}")
-    times = {key: [] for key in compiled}
-    for _ in range(rounds):
-      for key, fn in compiled.items():
-        start = time.perf_counter()
-        jax.block_until_ready(fn(x, labels))
-        times[key].append(time.perf_counter() - start)
+    # The equality check above ran each program once: no separate warm-up.
+    seconds = workloads.interleaved_medians(
+        {key: functools.partial(fn, x, labels) for key, fn in compiled.items()}, rounds,
+        warm=False)
     for m in minings:
-      sec = {f: statistics.median(times[(m, f)]) for f in FORMS}
+      sec = {f: seconds[(m, f)] for f in FORMS}
       points.append({"n": n, "mining": m, "seconds": sec,
                      "speedup": sec["by_column"] / sec["per_positive"]})
   return {"k": k, "d": d, "block_size": block_size, "rounds": rounds, "points": points}

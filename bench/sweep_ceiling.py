@@ -15,10 +15,9 @@ does that much per-pair work.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
-import statistics
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
@@ -80,18 +79,13 @@ def measure(n: int, d: int, block: int, rounds: int) -> dict:
       "sweep: + one exp per pair": sweep(n, d, block, "exp"),
       "sweep: + one exp and a label mask per pair": sweep(n, d, block, "exp_mask"),
   }
-  for fn, args, _ in cases.values():
-    jax.block_until_ready(fn(*args))
-  times = {name: [] for name in cases}
-  for _ in range(rounds):
-    for name, (fn, args, _) in cases.items():
-      start = time.perf_counter()
-      jax.block_until_ready(fn(*args))
-      times[name].append(time.perf_counter() - start)
-  rates = {name: flops / statistics.median(times[name]) for name, (_, _, flops) in cases.items()}
+  seconds = workloads.interleaved_medians(
+      {name: functools.partial(fn, *args) for name, (fn, args, _) in cases.items()},
+      rounds)
+  rates = {name: flops / seconds[name] for name, (_, _, flops) in cases.items()}
   base = rates["gemm 2048x2048x2048"]
   return {"n": n, "d": d, "block_size": block, "rounds": rounds,
-          "points": [{"case": name, "seconds": statistics.median(times[name]),
+          "points": [{"case": name, "seconds": seconds[name],
                       "gflops": rates[name] / 1e9, "fraction_of_gemm": rates[name] / base}
                      for name in cases]}
 

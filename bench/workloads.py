@@ -30,6 +30,7 @@ import json
 import os
 import platform
 import resource
+import statistics
 import time
 
 import flax
@@ -427,6 +428,22 @@ def environment() -> dict:
 
 
 # ---------------------------------------------------------------------------------- helpers
+
+
+def interleaved_medians(calls: dict, rounds: int, warm: bool = True) -> dict:
+  """{key: median seconds} of the zero-argument `calls` (each returning JAX values), timed to
+  completion in `rounds` interleaved rounds, so that every call sees the same machine load; with
+  `warm`, each is called once untimed first (its compilation and first-run costs)."""
+  if warm:
+    for call in calls.values():
+      jax.block_until_ready(call())
+  times = {key: [] for key in calls}
+  for _ in range(rounds):
+    for key, call in calls.items():
+      start = time.perf_counter()
+      jax.block_until_ready(call())
+      times[key].append(time.perf_counter() - start)
+  return {key: statistics.median(ts) for key, ts in times.items()}
 
 
 def write_results(result: dict, out: str, md: str, table: str) -> None:

@@ -130,57 +130,26 @@ def _blocks(lay: LabelLayout, *arrays):
   return tuple(a.reshape((lay.num_blocks, lay.block) + a.shape[1:]) for a in arrays)
 
 
-def _fixed_shift_sums_by_row(lay: LabelLayout, shift):
-  """s_i = sum_{j in mask} exp(l_ij - shift_i): every ordered pair of blocks, row sums only."""
-  cols = _blocks(lay, lay.z, lay.labels, lay.index, lay.valid)
+def _negatives_lse(lay: LabelLayout):
+  """L_i = log sum_{j in mask} exp(l_ij): one Gram block and one exp per unordered pair.
 
-  def fixed_row(r):
-    q_r, y_r, i_r, sh_r = r
-
-    def col(s, c):
-      e = jnp.exp(q_r @ c[0].T - sh_r[:, None])
-      return s + jnp.sum(jnp.where(_lse_mask(lay, (y_r, i_r), c[1:]), e, 0.0), axis=1), None
-
-    return lax.scan(col, jnp.zeros(lay.block, q_r.dtype), cols)[0]
-
-  shifts = jnp.broadcast_to(shift, (lay.npad,))
-  s = lax.map(fixed_row, _blocks(lay, lay.q, lay.labels, lay.index, shifts))
-  return s.reshape(lay.npad)[:lay.n]
-
-
-def _fixed_shift_sums_symmetric(lay: LabelLayout, shift):
-  """s_i = sum_{j in mask} exp(l_ij - M) with one shift M for every row, each unordered pair of
-  blocks visited once (`sweep.symmetric_forward_sweep`: l_ij = l_ji and the mask is symmetric).
-
-  Half the Gram blocks and exps of the row-by-row form. (The backward keeps every ordered pair:
-  there the column side would need the transposed product e^T @ [z, ...], which XLA:CPU runs
-  slower than the Gram block and exp it saves.)
+  Fixed shift: M = max_i |q_i| >= l_ij for unit columns (= 1/t unless a row is zero), so
+  L_i = M + log s_i needs no running max, and one shift for every row lets block (r, c) serve
+  rows r by its row sums and rows c by its column sums (l_ij = l_ji and the mask is symmetric:
+  `sweep.LocalSweeper.forward_symmetric`). The backward keeps every ordered pair: there the
+  column side would need the transposed product e^T @ [z, ...], which XLA:CPU runs slower than
+  the Gram block and exp it saves.
   """
+  shift = jnp.max(jnp.sqrt(jnp.sum(lay.q * lay.q, axis=1)))
+
   def terms(r, c):
     q_r, _, y_r, _ = r
     _, z_c, y_c, v_c = c
     return jnp.where(_lse_mask(lay, (y_r, None), (y_c, None, v_c)),
                      jnp.exp(q_r @ z_c.T - shift), 0.0)
 
-  rows = (lay.q, lay.z, lay.labels, lay.valid)
-  return sweep.symmetric_forward_sweep(terms, jnp.zeros(lay.npad, lay.q.dtype), rows,
-                                       lay.block)[:lay.n]
-
-
-def _negatives_lse(lay: LabelLayout):
-  """L_i = log sum_{j in mask} exp(l_ij): one Gram block and one exp per unordered pair.
-
-  Fixed shift: |q_i| >= l_ij for unit columns, so L_i = shift + log s_i needs no running max.
-  The symmetric form takes one shift for all rows, M = max_i |q_i| (= 1/t unless a row is
-  zero); the row form takes each row's |q_i|.
-  """
-  norms = jnp.sqrt(jnp.sum(lay.q * lay.q, axis=1))
-  if sweep.SYMMETRIC_FORWARD:
-    shift = jnp.max(norms)
-    s = _fixed_shift_sums_symmetric(lay, shift)
-  else:
-    shift = norms[:lay.n]
-    s = _fixed_shift_sums_by_row(lay, norms)
+  s = sweep.LocalSweeper(lay.block, lay.block).forward_symmetric(
+      terms, jnp.zeros(lay.npad, lay.q.dtype), (lay.q, lay.z, lay.labels, lay.valid))[:lay.n]
   has_neg = _has_negatives(lay)
   fixed = jnp.where(has_neg, shift + jnp.log(jnp.where(has_neg, s, 1.0)), -jnp.inf)
   bs, npad = lay.block, lay.npad
