@@ -613,3 +613,18 @@ def test_symmetric_forward_sweep_equals_numpy_row_sums(n, block):
   other = y[:, None] != y[None, :]
   np.testing.assert_allclose(got[0], 1 + np.sum(np.exp(x @ x.T) * other, axis=1), rtol=1e-5)
   np.testing.assert_array_equal(got[1], np.sum(~other, axis=1))
+
+
+def test_symmetric_logit_grads_equal_autodiff_of_a_function_of_the_logits():
+  """`sweep.symmetric_logit_grads` turns both_j = sum_i (dl_ji + dl_ij) z_i into d z and
+  d inv_t: checked against jax.grad of f(l) = sum_ij c_ij l_ij^2 with l = inv_t Z Z^T (an
+  asymmetric c, so dl_ij != dl_ji), in float64 NumPy for dl."""
+  rng = np.random.default_rng(0)
+  z, c, inv_t = rng.normal(size=(7, 3)), rng.normal(size=(7, 7)), 2.5
+  f = lambda z, t: jnp.sum(jnp.asarray(c) * (t * z @ z.T) ** 2)
+  want_z, want_t = jax.grad(f, (0, 1))(jnp.asarray(z, jnp.float32), jnp.float32(inv_t))
+  dl = 2 * c * (inv_t * z @ z.T)
+  got_z, got_t = sweep.symmetric_logit_grads(jnp.asarray(z, jnp.float32), inv_t,
+                                             jnp.asarray((dl + dl.T) @ z, jnp.float32))
+  np.testing.assert_allclose(got_z, want_z, rtol=1e-4)
+  np.testing.assert_allclose(got_t, want_t, rtol=1e-4)

@@ -71,7 +71,6 @@ class BandCols(NamedTuple):
   z: jax.Array
   label: jax.Array
   valid: jax.Array
-  q: jax.Array | None = None           # backward only
   lse: jax.Array | None = None         # backward only
   cotangent: jax.Array | None = None   # backward only
 
@@ -136,9 +135,9 @@ def _negatives_lse(lay: LabelLayout):
   Fixed shift: M = max_i |q_i| >= l_ij for unit columns (= 1/t unless a row is zero), so
   L_i = M + log s_i needs no running max, and one shift for every row lets block (r, c) serve
   rows r by its row sums and rows c by its column sums (l_ij = l_ji and the mask is symmetric:
-  `sweep.LocalSweeper.forward_symmetric`). The backward keeps every ordered pair: there the
-  column side would need the transposed product e^T @ [z, ...], which XLA:CPU runs slower than
-  the Gram block and exp it saves.
+  `sweep.LocalSweeper.forward_symmetric`). The backward keeps every ordered pair: there block
+  (r, c) alone would have to serve rows c too, by the transposed product dl^T @ z_r, which
+  XLA:CPU runs slower than the Gram block and exp it saves.
   """
   shift = jnp.max(jnp.sqrt(jnp.sum(lay.q * lay.q, axis=1)))
 
@@ -244,84 +243,71 @@ def sorted_bodies(block_size: int):
     q = lay.q
 
     # d num_i / d l_ij is  exp(l_ij - L_i) w_i g_i  on negatives and  -sigmoid(L_i - l_ij) g_i
-    # on positives. Row side: dq_i = sum_j dl_ij z_j. Column side: dz_j = sum_i dl_ij q_i, and
-    # since l is symmetric (l_ij = inv_t <z_i, z_j>), the block (j rows, i columns) already holds
-    # l_ji = l_ij: dz_j = sum_i dl(l_ji; L_i, w_i, g_i) q_i is a plain [bs, bs] @ [bs, D] product
-    # of that block with the column's statistics, not a transposed one (dl^T @ q, which XLA:CPU
-    # measured slower here), and no [N, D] column accumulator is carried through the sweep.
-    # Moreover exp(l - L_c) = exp(L_r - M) exp(l - L_r) exp(M - L_c): with the row factor applied
-    # to the [bs, D] result and the column factor folded into the right-hand side, one exp per
-    # pair and one [bs, bs] @ [bs, 2D] product serve both sides. The factors stay within e^+-20
-    # and a flushed exp(l - L_r) < 2^-126 errs by < 2^-126 e^40 (absolute) when the spread of
-    # L is <= 40, always the case for t >= 0.06; otherwise two exps per pair are taken.
-    # The column coefficients w_i g_i are ~1e-28 once the positives dominate (a converged
-    # batch at small t); times the softmax values and the e^+-20 factors, the column-side
-    # products would then fall into float32's flushed-to-zero denormal range. Scaling them by
-    # 2^-k, with 2^k about their largest magnitude, is exact and is undone on the result.
+    # on positives. Since l is symmetric (l_ij = inv_t <z_i, z_j>), d loss / d z_i =
+    # inv_t sum_j (dl_ij + dl_ji) z_j: the block of rows i against columns j holds both
+    # cotangents, and their per-element sum takes one [bs, bs] @ [bs, D] product, the same
+    # columns z_j serving both sides (no transposed product dl^T @ q, which XLA:CPU measured
+    # slower here, and no [N, D] column accumulator carried through the sweep).
+    # Moreover exp(l_ij - L_j) = exp(L_i - M) exp(l_ij - L_i) exp(M - L_j): one exp per pair
+    # gives both sides' softmax, dl_ij + dl_ji = e_ij (c_i + exp(L_i - M) exp(M - L_j) c_j) with
+    # c = w g. The factors stay within e^+-20 and a flushed exp(l - L_i) < 2^-126 errs by
+    # < 2^-126 e^40 (absolute) when the spread of L is <= 40, always the case for t >= 0.06;
+    # otherwise two exps per pair are taken.
+    # The coefficients c are ~1e-28 once the positives dominate (a converged batch at small t);
+    # times the softmax values and the e^+-20 factors, the products would then fall into
+    # float32's flushed-to-zero denormal range. Scaling them by 2^-k, with 2^k about their
+    # largest magnitude, is exact and is undone on the result.
     cmax = jnp.max(jnp.abs(coef))
     k = jnp.where(cmax > 0, jnp.floor(jnp.log2(jnp.where(cmax > 0, cmax, 1.0))), 0.0)
     k = k.astype(jnp.int32)
-    cq = jnp.ldexp(coef, -k)[:, None] * q
+    a = jnp.ldexp(coef, -k)
     has_neg = jnp.pad(_has_negatives(lay), (0, npad - n))
     lo_l = jnp.min(jnp.where(has_neg, lse_f, jnp.inf))
     hi_l = jnp.max(jnp.where(has_neg, lse_f, -jnp.inf))
     mid = jnp.where(hi_l >= lo_l, 0.5 * (lo_l + hi_l), 0.0)
     row_f = jnp.exp(jnp.clip(lse_f - mid, -80.0, 80.0))
     col_f = jnp.exp(jnp.clip(mid - lse_f, -80.0, 80.0))
-    rhs = jnp.concatenate([lay.z, col_f[:, None] * cq], axis=1)
 
-    def shared_row(r):
-      q_r, y_r, i_r, l_r, c_r, f_r = r
+    def negatives_row(shared):
+      def row(r):
+        q_r, y_r, i_r, l_r, a_r, f_r = r
 
-      def col_step(acc, c):
-        y_c, i_c, v_c, rhs_c = c
-        e = jnp.where(_lse_mask(lay, (y_r, i_r), (y_c, i_c, v_c)),
-                      jnp.exp(q_r @ rhs_c[:, :d].T - l_r[:, None]), 0.0)
-        return acc + e @ rhs_c, None
+        def col_step(acc, c):
+          z_c, y_c, i_c, v_c, l_c, h_c = c
+          logits = q_r @ z_c.T
+          neg = _lse_mask(lay, (y_r, i_r), (y_c, i_c, v_c))
+          e = jnp.where(neg, jnp.exp(logits - l_r[:, None]), 0.0)
+          if shared:   # h_c = exp(M - L_c) a_c
+            w = e * (a_r[:, None] + f_r[:, None] * h_c[None, :])
+          else:        # h_c = a_c
+            w = e * a_r[:, None] + jnp.where(neg, jnp.exp(logits - l_c[None, :]),
+                                             0.0) * h_c[None, :]
+          return acc + w @ z_c, None
 
-      acc, _ = lax.scan(col_step, jnp.zeros((bs, 2 * d), z.dtype),
-                        _blocks(lay, lay.labels, lay.index, lay.valid, rhs))
-      return acc[:, :d] * c_r[:, None], acc[:, d:] * f_r[:, None]
+        h = col_f * a if shared else a
+        acc, _ = lax.scan(col_step, jnp.zeros((bs, d), z.dtype),
+                          _blocks(lay, lay.z, lay.labels, lay.index, lay.valid, lse_f, h))
+        return acc
 
-    def two_exp_row(r):
-      q_r, y_r, i_r, l_r, c_r, _ = r
+      return lambda rb: lax.map(row, rb)
 
-      def col_step(acc, c):
-        z_c, y_c, i_c, v_c, l_c, cq_c = c
-        logits = q_r @ z_c.T
-        neg = _lse_mask(lay, (y_r, i_r), (y_c, i_c, v_c))
-        e_row = jnp.where(neg, jnp.exp(logits - l_r[:, None]), 0.0)
-        e_col = jnp.where(neg, jnp.exp(logits - l_c[None, :]), 0.0)
-        return (acc[0] + e_row @ z_c, acc[1] + e_col @ cq_c), None
-
-      zeros = jnp.zeros((bs, d), z.dtype)
-      (dq_r, dz_r), _ = lax.scan(col_step, (zeros, zeros),
-                                 _blocks(lay, lay.z, lay.labels, lay.index, lay.valid, lse_f,
-                                         cq))
-      return dq_r * c_r[:, None], dz_r
-
-    row_blocks = _blocks(lay, q, lay.labels, lay.index, lse_f, coef, row_f)
-    dq, dz_cols = lax.cond(hi_l - lo_l <= SHARED_EXP_SPREAD,
-                           lambda rb: lax.map(shared_row, rb),
-                           lambda rb: lax.map(two_exp_row, rb), row_blocks)
-    dq, dz_cols = dq.reshape(npad, d), jnp.ldexp(dz_cols.reshape(npad, d), k)
+    row_blocks = _blocks(lay, q, lay.labels, lay.index, lse_f, a, row_f)
+    neg = lax.cond(hi_l - lo_l <= SHARED_EXP_SPREAD, negatives_row(True), negatives_row(False),
+                   row_blocks)
 
     def body(logits, pos, r, c, acc):
       p_row = jnp.where(pos, jax.nn.sigmoid(r.lse[:, None] - logits), 0.0) * r.cotangent[:, None]
       p_col = jnp.where(pos, jax.nn.sigmoid(c.lse[None, :] - logits), 0.0) * c.cotangent[None, :]
-      return acc[0] - p_row @ c.z, acc[1] - p_col @ c.q
+      return acc - (p_row + p_col) @ c.z
 
-    zeros = lambda carry, r: (jnp.zeros((lay.band_tile, d), z.dtype),) * 2
+    zeros = lambda carry, r: jnp.zeros((lay.band_tile, d), z.dtype)
     lse_p = pad(lse)
     row_step, rows = _band(lay, BandRows(q, lay.labels, lse_p, cotangent=g),
-                           BandCols(lay.z, lay.labels, lay.valid, q=q, lse=lse_p, cotangent=g),
+                           BandCols(lay.z, lay.labels, lay.valid, lse=lse_p, cotangent=g),
                            zeros, body)
-    dq_band, dz_band = lax.map(lambda r: row_step(None, r), rows)
-    dq = dq + dq_band.reshape(npad, d)
-    dz_cols = dz_cols + dz_band.reshape(npad, d)
-    # l_ij = inv_t <z_i, z_j>: d/d z_i = inv_t dq_i + (column part), d/d inv_t = sum_i <z_i, dq_i>.
-    dz_sorted = (inv_t * dq + dz_cols)[:n]
-    d_inv_t = jnp.sum(lay.z * dq)
-    return (unsort(dz_sorted, lay.order),), (d_inv_t,)
+    pos = lax.map(lambda r: row_step(None, r), rows)
+    both = jnp.ldexp(neg.reshape(npad, d), k) + pos.reshape(npad, d)
+    dz_sorted, d_inv_t = sweep.symmetric_logit_grads(lay.z, inv_t, both)
+    return (unsort(dz_sorted[:n], lay.order),), (d_inv_t,)
 
   return fwd_local, bwd_local

@@ -54,15 +54,16 @@ class PositiveTerms(NamedTuple):
 
 
 class GradRows(NamedTuple):
-  """NT-Xent's ring backward: label-sorted unit rows (`Side`'s fields) with their statistics;
-  a visiting chunk also carries rhs = [z, column coefficients * z]."""
+  """NT-Xent's ring backward: label-sorted unit rows (`Side`'s fields) with their statistics."""
   x: jax.Array
   label: jax.Array
   index: jax.Array
   valid: jax.Array
   lse: jax.Array                # [n] L_i (-inf for a row without negatives: every pair masked)
   g: jax.Array                  # [n] d loss / d num_i
-  rhs: jax.Array | None = None  # [n, 2D]
+  a: jax.Array                  # [n] 2^-k w_i g_i, the negatives' coefficient of the row side
+  f: jax.Array                  # [n] exp(L_i - M), the row factor of the shared exp
+  h: jax.Array | None = None    # [n] the column side's coefficient (set on a visiting chunk)
 
 
 class SupConGradSide(NamedTuple):
@@ -200,13 +201,13 @@ def _nt_xent_bodies(sweeper):
   def bwd_local(xs, params, labels, residuals, cotangents):
     # One tour of the ring, no accumulator travelling: l_ij = l_ji, so the block of a device's
     # rows j against a visiting chunk i holds both d num_j / d l_ji (row side) and
-    # d num_i / d l_ij (column side, with the chunk's L_i, w_i, g_i travelling along), and both
-    # land on the rows the device owns. On negatives one exp per pair serves both sides:
-    # exp(l - L_i) = exp(L_j - M) exp(l - L_j) exp(M - L_i), so one [b, b] @ [b, 2D] product
-    # with right-hand side [z_i, exp(M - L_i) w_i g_i z_i] gives both (as
-    # `infonce_sorted.sorted_bodies`, whose comment has the bounds; a spread of L above 40
-    # takes two exps per pair). Positives (d num_i / d l_ip = -sigmoid(L_i - l_ip) g_i) are
-    # visited in their band only.
+    # d num_i / d l_ij (column side, with the chunk's L_i and coefficients travelling along),
+    # and both land on the rows the device owns; their per-element sum takes one [b, b] @ [b, D]
+    # product with the chunk's z_i. On negatives one exp per pair serves both sides:
+    # exp(l - L_i) = exp(L_j - M) exp(l - L_j) exp(M - L_i) (as `infonce_sorted.sorted_bodies`,
+    # whose comment has the bounds and the 2^-k scaling; a spread of L above 40 takes two exps
+    # per pair). Positives (d num_i / d l_ip = -sigmoid(L_i - l_ip) g_i) are visited in their
+    # band only.
     (z,), (inv_t,) = xs, params
     lse, w = residuals                        # in sorted order, as `fwd_local` left them
     side, order = _sorted_side(sweeper, z, labels)
@@ -215,7 +216,7 @@ def _nt_xent_bodies(sweeper):
     lse_f = sweep.finite_or_zero(lse)
     has_neg = jnp.isfinite(lse)
     coef = w * g
-    # Global scale 2^k of the column coefficients and mid-point M of L (see
+    # Global scale 2^k of the coefficients and mid-point M of L (see
     # `infonce_sorted.sorted_bodies`).
     cmax = sweeper.pmax(jnp.max(jnp.abs(coef)))
     k = jnp.where(cmax > 0, jnp.floor(jnp.log2(jnp.where(cmax > 0, cmax, 1.0))), 0.0)
@@ -225,49 +226,44 @@ def _nt_xent_bodies(sweeper):
     mid = jnp.where(hi_l >= lo_l, 0.5 * (lo_l + hi_l), 0.0)
     row_f = jnp.exp(jnp.clip(lse_f - mid, -80.0, 80.0))
     col_f = jnp.exp(jnp.clip(mid - lse_f, -80.0, 80.0))
-    cq = jnp.ldexp(coef, -k)[:, None] * side.x
-    rows = GradRows(*side, lse=lse, g=g)
+    a = jnp.ldexp(coef, -k)
     block = sweeper.row_block
 
-    def shared_block(r, c):
-      _, neg, _ = sweep.block_masks(r, c)
-      e = jnp.where(neg, jnp.exp((r.x @ c.x.T) * inv_t - r.lse[:, None]), 0.0)
-      return e @ c.rhs, ()
+    def negatives_block(shared):
+      def fn(r, c):
+        _, neg, _ = sweep.block_masks(r, c)
+        logits = (r.x @ c.x.T) * inv_t
+        e = jnp.where(neg, jnp.exp(logits - r.lse[:, None]), 0.0)
+        if shared:   # h = exp(M - L) a
+          w_rc = e * (r.a[:, None] + r.f[:, None] * c.h[None, :])
+        else:        # h = a
+          w_rc = e * r.a[:, None] + jnp.where(neg, jnp.exp(logits - c.lse[None, :]),
+                                              0.0) * c.h[None, :]
+        return w_rc @ c.x, ()
 
-    def two_exp_block(r, c):
-      _, neg, _ = sweep.block_masks(r, c)
-      logits = (r.x @ c.x.T) * inv_t
-      e_row = jnp.where(neg, jnp.exp(logits - r.lse[:, None]), 0.0)
-      e_col = jnp.where(neg, jnp.exp(logits - c.lse[None, :]), 0.0)
-      return jnp.concatenate([e_row @ c.x, e_col @ c.rhs[:, d:]], axis=1), ()
+      return fn
 
     def positives(logits, pos, rt, ct, acc):
-      p_row = jnp.where(pos, jax.nn.sigmoid(rt.lse[:, None] - logits), 0.0)
+      p_row = jnp.where(pos, jax.nn.sigmoid(rt.lse[:, None] - logits), 0.0) * rt.g[:, None]
       p_col = jnp.where(pos, jax.nn.sigmoid(ct.lse[None, :] - logits), 0.0) * ct.g[None, :]
-      return acc + jnp.concatenate([p_row @ ct.x, p_col @ ct.x], axis=1)
+      return acc - (p_row + p_col) @ ct.x
 
     def tour(shared):
-      scale = col_f if shared else jnp.ones_like(col_f)
-      cols = GradRows(*side, lse=lse, g=g,
-                      rhs=jnp.concatenate([side.x, scale[:, None] * cq], axis=1))
+      rows = GradRows(*side, lse=lse, g=g, a=a, f=row_f)
+      cols = rows._replace(h=col_f * a if shared else a)
 
       def chunk(r, c):
-        neg, _ = local_pair_sums(shared_block if shared else two_exp_block, r, c, block, block)
-        pos = _chunk_band(r, c, inv_t, lambda t: jnp.zeros((t, 2 * d), z.dtype), positives)
+        neg, _ = local_pair_sums(negatives_block(shared), r, c, block, block)
+        pos = _chunk_band(r, c, inv_t, lambda t: jnp.zeros((t, d), z.dtype), positives)
         return (neg, pos), ()
 
       (neg, pos), _ = pair_sums(whole_chunks(sweeper, n), chunk, rows, cols)
-      col_neg = neg[:, d:] * row_f[:, None] if shared else neg[:, d:]
-      return neg[:, :d], col_neg, pos
+      return jnp.ldexp(neg, k) + pos
 
-    neg_row, neg_col, pos = lax.cond(hi_l - lo_l <= SHARED_EXP_SPREAD,
-                                     lambda _: tour(True), lambda _: tour(False), None)
-    dq = neg_row * coef[:, None] - pos[:, :d] * g[:, None]
-    dz_col = jnp.ldexp(neg_col, k) - pos[:, d:]
-    # l_ij = inv_t <z_i, z_j>: d/d z_j = inv_t (row side + column side); d/d inv_t =
-    # sum_ij dl_ij <z_i, z_j> = sum_i <z_i, dq_i>, O(N D).
-    dz = unsort(inv_t * (dq + dz_col), order)
-    return (dz,), (sweeper.psum(jnp.sum(side.x * dq)),)
+    both = lax.cond(hi_l - lo_l <= SHARED_EXP_SPREAD, lambda _: tour(True),
+                    lambda _: tour(False), None)
+    dz, d_inv_t = sweep.symmetric_logit_grads(side.x, inv_t, both, sweeper.psum)
+    return (unsort(dz, order),), (d_inv_t,)
 
   return fwd_local, bwd_local
 
@@ -280,8 +276,8 @@ def _supcon_bodies(sweeper):
   """SupCon's bodies (one device or the ring): a fixed-shift forward (one exp per pair; the exact
   online log-sum-exp when a sum could have underflowed) and a backward with one exp per pair and
   no transposed product or travelling accumulator (the symmetry l_ij = l_ji, as NT-Xent's ring).
-  The two sides' [b, b] @ [b, D] products stay separate: stacking them into one [2b, b] operand
-  made the step 1.7x slower (the concatenation copies every block)."""
+  Both sides' cotangents of a block multiply the same columns, so they are summed per element
+  and take one [b, b] @ [b, D] product: 4 N^2 D backward with the Gram blocks."""
 
   def fwd_local(xs, params, labels):
     (z,), (inv_t,) = xs, params
@@ -328,8 +324,7 @@ def _supcon_bodies(sweeper):
 
     def block(shared):
       def fn(r, c):
-        gram = r.x @ c.x.T
-        logits = gram * inv_t
+        logits = (r.x @ c.x.T) * inv_t
         pos, _, others = sweep.block_masks(r, c)
         e = jnp.where(others, jnp.exp(logits - sweep.finite_or_zero(r.lse)[:, None]), 0.0)
         if shared:
@@ -338,17 +333,16 @@ def _supcon_bodies(sweeper):
           e_col = jnp.where(others, jnp.exp(logits - sweep.finite_or_zero(c.lse)[None, :]), 0.0)
         dl_row = (e - pos * r.inv_pos[:, None]) * r.g[:, None]
         dl_col = (e_col - pos * c.inv_pos[None, :]) * c.g[None, :]
-        # d/d inv_t = sum_j dl_ij <z_i, z_j>, per pair as before this form (the O(N D)
-        # <z_i, sum_j dl_ij z_j> was no faster within the noise here).
-        return (dl_row @ c.x, dl_col @ c.x, jnp.sum(dl_row * gram, axis=1)), ()
+        # Both sides multiply the same columns: one [b, b] @ [b, D] product of their sum.
+        return (dl_row + dl_col) @ c.x, ()
 
       return fn
 
-    (row_side, col_side, d_inv_t), _ = lax.cond(hi_l - lo_l <= SHARED_EXP_SPREAD,
-                      lambda _: pair_sums(sweeper, block(True), rows, cols),
-                      lambda _: pair_sums(sweeper, block(False), rows, cols), None)
-    # l_ij = inv_t <z_i, z_j>: d/d z_j = inv_t (row side + column side).
-    return (inv_t * (row_side + col_side),), (sweeper.psum(jnp.sum(d_inv_t)),)
+    both, _ = lax.cond(hi_l - lo_l <= SHARED_EXP_SPREAD,
+                       lambda _: pair_sums(sweeper, block(True), rows, cols),
+                       lambda _: pair_sums(sweeper, block(False), rows, cols), None)
+    dz, d_inv_t = sweep.symmetric_logit_grads(z, inv_t, both, sweeper.psum)
+    return (dz,), (d_inv_t,)
 
   return fwd_local, bwd_local
 
@@ -396,10 +390,11 @@ def nt_xent_stats_streaming(embeddings, labels, *, temperature, block_size, mesh
   every block); rows whose sum could have lost
   terms to float32 underflow (only possible for t < ~0.023) are redone exactly by the two-pass
   online log-sum-exp. The positive terms visit only the 128-wide column tiles meeting a row
-  tile's band. The backward sweep uses the symmetry l_ij = l_ji: the column-side gradient of a
-  block is a plain product with the column statistics rather than a transposed one, one exp per
-  pair serves both sides when the spread of L is <= 40, and the temperature gradient is
-  sum_i <z_i, dq_i>, O(N D) instead of a reduction over every pair.
+  tile's band. The backward sweep uses the symmetry l_ij = l_ji: a block of rows i against
+  columns j holds both d num_i / d l_ij and d num_j / d l_ji, whose per-element sum takes one
+  product with the columns z_j (no transposed product), one exp per pair serves both sides
+  when the spread of L is <= 40, and the temperature gradient is
+  (1/2) sum_i <z_i, sum_j (dl_ij + dl_ji) z_j>, O(N D) instead of a reduction over every pair.
   Across devices (mesh given) two forward sweeps and one backward sweep run over the ring.
 
   Args:

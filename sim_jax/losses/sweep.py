@@ -162,6 +162,17 @@ def tree_add(a, b):
   return jax.tree.map(jnp.add, a, b)
 
 
+def symmetric_logit_grads(z, inv_t, both, psum=lambda x: x):
+  """(d z, d inv_t) of a loss of the logits l_ij = inv_t <z_i, z_j>, from
+  both_j = sum_i (dl_ji + dl_ij) z_i over the local rows j (dl = d loss / d l; `psum` sums over
+  the devices holding the other rows).
+
+  d z_j = inv_t both_j, and d inv_t = sum_ij dl_ij <z_i, z_j> = (1/2) sum_j <z_j, both_j>: each
+  pair is counted once from each side. O(N D), no per-pair reduction.
+  """
+  return inv_t * both, 0.5 * psum(jnp.sum(z * both))
+
+
 def row_sums(terms):
   """The `forward_sweep` update that adds the row sums of `terms(r, c)` ([b, b] leaves)."""
   return lambda stats, r, c: tree_add(stats, jax.tree.map(lambda m: jnp.sum(m, axis=1),
