@@ -430,7 +430,9 @@ def run_ring(losses, n, block_size, rounds, devices, basic=False, d=D):
   "single_columns_first" / "ring_columns_first" (`two_tower.COLUMNS_LAST = False`: the columns'
   gradient as dL^T @ X_rows, the fused form before it); for NT-Xent and SupCon also
   "single_row_forward" / "ring_row_forward" (`sweep.SYMMETRIC_FORWARD = False`: the forward's
-  sums over every ordered pair of blocks instead of each unordered pair once).
+  sums over every ordered pair of blocks instead of each unordered pair once) and
+  "single_ordered_backward" / "ring_ordered_backward" (`sweep.SYMMETRIC_BACKWARD = False`: the
+  backward's products W @ X over every ordered pair of blocks).
   """
   import statistics
 
@@ -448,14 +450,15 @@ def run_ring(losses, n, block_size, rounds, devices, basic=False, d=D):
   rows = NamedSharding(mesh, P("data"))
   sharded = (jax.device_put(x_np, rows), jax.device_put(y_np, rows))
 
-  def compiled(fn, args, overlap=True, columns_last=True, symmetric_forward=True):
+  def compiled(fn, args, overlap=True, columns_last=True, symmetric_forward=True,
+               symmetric_backward=True):
     distributed.RingSweeper.overlap, two_tower.COLUMNS_LAST = overlap, columns_last
-    sweep.SYMMETRIC_FORWARD = symmetric_forward
+    sweep.SYMMETRIC_FORWARD, sweep.SYMMETRIC_BACKWARD = symmetric_forward, symmetric_backward
     try:
       return jax.jit(jax.value_and_grad(fn)).lower(*args).compile(), args
     finally:
       distributed.RingSweeper.overlap, two_tower.COLUMNS_LAST = True, True
-      sweep.SYMMETRIC_FORWARD = True
+      sweep.SYMMETRIC_FORWARD, sweep.SYMMETRIC_BACKWARD = True, True
 
   variants = {}
   for loss in losses:
@@ -479,6 +482,10 @@ def run_ring(losses, n, block_size, rounds, devices, basic=False, d=D):
         _ring_loss_fn(loss, block_size, None), one, symmetric_forward=False)
       variants[(loss, "ring_row_forward")] = compiled(
         _ring_loss_fn(loss, block_size, mesh), sharded, symmetric_forward=False)
+      variants[(loss, "single_ordered_backward")] = compiled(
+        _ring_loss_fn(loss, block_size, None), one, symmetric_backward=False)
+      variants[(loss, "ring_ordered_backward")] = compiled(
+        _ring_loss_fn(loss, block_size, mesh), sharded, symmetric_backward=False)
     if loss == "nt_xent":
       variants[(loss, "ring_travelling")] = compiled(
         _ring_loss_fn(loss, block_size, mesh, _Travelling), sharded)

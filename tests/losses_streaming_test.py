@@ -628,3 +628,22 @@ def test_symmetric_logit_grads_equal_autodiff_of_a_function_of_the_logits():
                                              jnp.asarray((dl + dl.T) @ z, jnp.float32))
   np.testing.assert_allclose(got_z, want_z, rtol=1e-4)
   np.testing.assert_allclose(got_t, want_t, rtol=1e-4)
+
+
+@pytest.mark.parametrize("n,block", [(13, 4), (12, 4), (5, 8)])
+def test_symmetric_products_equal_numpy_w_at_x(n, block):
+  """`sweep.symmetric_products` (each unordered pair of blocks once, the column side through
+  a [D, N] accumulator) gives W @ X for a symmetric W given by blocks: NumPy's product of
+  exp(-|x_i - x_j|^2) masked to other labels, with a padded last block, none, and one block."""
+  rng = np.random.default_rng(n)
+  x, y = rng.normal(size=(n, 3)), rng.integers(0, 3, n)
+  side = sweep.side(jnp.asarray(x, jnp.float32), jnp.asarray(y), jnp.arange(n))
+
+  def weights(r, c):
+    _, neg, _ = sweep.block_masks(r, c)
+    d2 = jnp.sum((r.x[:, None, :] - c.x[None, :, :]) ** 2, axis=-1)
+    return jnp.where(neg, jnp.exp(-d2), 0.0)
+
+  w = np.exp(-np.sum((x[:, None] - x[None]) ** 2, axis=-1)) * (y[:, None] != y[None, :])
+  np.testing.assert_allclose(sweep.symmetric_products(weights, side, block), w @ x, rtol=1e-5,
+                             atol=1e-6)

@@ -171,7 +171,16 @@ class RingSweeper:
     dx_c, extra_c = self._shift((dx_c, extra_c))   # the last hop brings accumulators home
     return dx_r, extra_r, dx_c, extra_c
 
-  def pairs(self, block_fn, rows, cols, col_axis: int = 0):
+  def symmetric_products(self, weights, side):
+    """T_j = sum_i W_ji x_i over every device's rows i, for a symmetric W given by blocks
+    `weights(r, c)` (see `LocalSweeper.symmetric_products`, which sweeps the device's own chunk;
+    a visiting chunk's blocks add W_ji x_i to the local rows only)."""
+    own = LocalSweeper(self.row_block, self.col_block).symmetric_products(weights, side)
+    row_acc, _ = self.pairs(lambda r, c: (weights(r, c) @ c.x, ()), side, side,
+                            first=lambda: (own, ()))
+    return row_acc
+
+  def pairs(self, block_fn, rows, cols, col_axis: int = 0, first=None):
     """`local_pair_sums` of the local rows against every device's columns.
 
     Each chunk's column accumulator travels with it and one last hop brings it home (as in
@@ -179,11 +188,11 @@ class RingSweeper:
     hop h, and the accumulator received at hop h is added only after the hop's sweep, so no
     transfer is an input of the sweep in hand and the scheduler may run them side by side;
     without it each hop first receives its chunk, then sweeps it (kept for the A/B in
-    bench/loss_scaling.py --ring).
+    bench/loss_scaling.py --ring). `first()`, if given, gives the own chunk's sums instead.
     """
     local = lambda c: local_pair_sums(block_fn, rows, c, self.row_block, self.col_block,
                                       col_axis)
-    row_acc, col_acc = local(cols)
+    row_acc, col_acc = local(cols) if first is None else first()
     if self.k == 1:
       return row_acc, col_acc
 

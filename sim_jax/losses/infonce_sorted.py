@@ -75,6 +75,20 @@ class BandCols(NamedTuple):
   cotangent: jax.Array | None = None   # backward only
 
 
+class GradSide(NamedTuple):
+  """The negatives' backward sweep: the sorted rows (`sweep.Side`'s fields, x = z) with q = z / t
+  and the statistics of `sorted_bodies`' backward ([npad] each)."""
+  x: jax.Array
+  label: jax.Array
+  index: jax.Array
+  valid: jax.Array
+  q: jax.Array
+  lse: jax.Array     # L_i (0 for a row without negatives)
+  a: jax.Array       # 2^-k w_i g_i
+  f: jax.Array       # exp(L_i - M)
+  h: jax.Array       # the column side's coefficient: exp(M - L_i) a_i (shared exp) or a_i
+
+
 def _label_layout(labels):
   """Stable sort by label; in sorted order anchor i's class occupies columns [start_i, end_i)."""
   order = jnp.argsort(labels, stable=True).astype(jnp.int32)
@@ -268,32 +282,26 @@ def sorted_bodies(block_size: int):
     row_f = jnp.exp(jnp.clip(lse_f - mid, -80.0, 80.0))
     col_f = jnp.exp(jnp.clip(mid - lse_f, -80.0, 80.0))
 
-    def negatives_row(shared):
-      def row(r):
-        q_r, y_r, i_r, l_r, a_r, f_r = r
+    def weights(shared):
+      def fn(r, c):
+        logits = r.q @ c.x.T
+        neg = _lse_mask(lay, (r.label, r.index), (c.label, c.index, c.valid))
+        e = jnp.where(neg, jnp.exp(logits - r.lse[:, None]), 0.0)
+        if shared:
+          return e * (r.a[:, None] + r.f[:, None] * c.h[None, :])
+        return e * r.a[:, None] + jnp.where(neg, jnp.exp(logits - c.lse[None, :]),
+                                            0.0) * c.h[None, :]
 
-        def col_step(acc, c):
-          z_c, y_c, i_c, v_c, l_c, h_c = c
-          logits = q_r @ z_c.T
-          neg = _lse_mask(lay, (y_r, i_r), (y_c, i_c, v_c))
-          e = jnp.where(neg, jnp.exp(logits - l_r[:, None]), 0.0)
-          if shared:   # h_c = exp(M - L_c) a_c
-            w = e * (a_r[:, None] + f_r[:, None] * h_c[None, :])
-          else:        # h_c = a_c
-            w = e * a_r[:, None] + jnp.where(neg, jnp.exp(logits - l_c[None, :]),
-                                             0.0) * h_c[None, :]
-          return acc + w @ z_c, None
+      return fn
 
-        h = col_f * a if shared else a
-        acc, _ = lax.scan(col_step, jnp.zeros((bs, d), z.dtype),
-                          _blocks(lay, lay.z, lay.labels, lay.index, lay.valid, lse_f, h))
-        return acc
+    def negatives(shared):
+      # h = exp(M - L) a with the shared exp, else a.
+      side = GradSide(lay.z, lay.labels, lay.index, lay.valid, q, lse_f, a, row_f,
+                      col_f * a if shared else a)
+      return sweep.LocalSweeper(bs, bs).symmetric_products(weights(shared), side)
 
-      return lambda rb: lax.map(row, rb)
-
-    row_blocks = _blocks(lay, q, lay.labels, lay.index, lse_f, a, row_f)
-    neg = lax.cond(hi_l - lo_l <= SHARED_EXP_SPREAD, negatives_row(True), negatives_row(False),
-                   row_blocks)
+    neg = lax.cond(hi_l - lo_l <= SHARED_EXP_SPREAD, lambda _: negatives(True),
+                   lambda _: negatives(False), None)
 
     def body(logits, pos, r, c, acc):
       p_row = jnp.where(pos, jax.nn.sigmoid(r.lse[:, None] - logits), 0.0) * r.cotangent[:, None]
@@ -306,7 +314,7 @@ def sorted_bodies(block_size: int):
                            BandCols(lay.z, lay.labels, lay.valid, lse=lse_p, cotangent=g),
                            zeros, body)
     pos = lax.map(lambda r: row_step(None, r), rows)
-    both = jnp.ldexp(neg.reshape(npad, d), k) + pos.reshape(npad, d)
+    both = jnp.ldexp(neg, k) + pos.reshape(npad, d)
     dz_sorted, d_inv_t = sweep.symmetric_logit_grads(lay.z, inv_t, both)
     return (unsort(dz_sorted[:n], lay.order),), (d_inv_t,)
 

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from sim_jax.losses import _checks, sweep
-from sim_jax.losses.distributed import local_pair_sums, pair_sums, run_bodies, whole_chunks
+from sim_jax.losses.distributed import pair_sums, run_bodies, whole_chunks
 from sim_jax.losses.infonce_sorted import (
   BAND_TILE,
   FIXED_SHIFT_FLOOR,
@@ -63,12 +63,12 @@ class GradRows(NamedTuple):
   g: jax.Array                  # [n] d loss / d num_i
   a: jax.Array                  # [n] 2^-k w_i g_i, the negatives' coefficient of the row side
   f: jax.Array                  # [n] exp(L_i - M), the row factor of the shared exp
-  h: jax.Array | None = None    # [n] the column side's coefficient (set on a visiting chunk)
+  h: jax.Array | None = None    # [n] the column side's coefficient (the negatives' sweep)
 
 
 class SupConGradSide(NamedTuple):
-  """SupCon's backward: the rows (`Side`'s fields) with L_i, the cotangent, 1 / |P(i)| and the
-  factor exp(L_i - M) (rows) or exp(M - L_i) (columns) of the shared exp."""
+  """SupCon's backward: the rows (`Side`'s fields) with L_i (0 where infinite), the cotangent,
+  1 / |P(i)| and the factors exp(L_i - M) and exp(M - L_i) of the shared exp."""
   x: jax.Array
   label: jax.Array
   index: jax.Array
@@ -76,7 +76,8 @@ class SupConGradSide(NamedTuple):
   lse: jax.Array
   g: jax.Array
   inv_pos: jax.Array
-  factor: jax.Array
+  up: jax.Array
+  down: jax.Array
 
 
 # ----------------------------------------------------------------------------------------------
@@ -199,15 +200,16 @@ def _nt_xent_bodies(sweeper):
     return (unsort(loss, order), unsort(num_pos, order)), (lse, weight)
 
   def bwd_local(xs, params, labels, residuals, cotangents):
-    # One tour of the ring, no accumulator travelling: l_ij = l_ji, so the block of a device's
-    # rows j against a visiting chunk i holds both d num_j / d l_ji (row side) and
-    # d num_i / d l_ij (column side, with the chunk's L_i and coefficients travelling along),
-    # and both land on the rows the device owns; their per-element sum takes one [b, b] @ [b, D]
-    # product with the chunk's z_i. On negatives one exp per pair serves both sides:
+    # No accumulator travels the ring: l_ij = l_ji, so the block of a device's rows j against a
+    # visiting chunk i holds both d num_j / d l_ji (row side) and d num_i / d l_ij (column side,
+    # with the chunk's L_i and coefficients travelling along), and both land on the rows the
+    # device owns; their per-element sum W = dl + dl^T takes one [b, b] @ [b, D] product with
+    # the chunk's z_i (`RingSweeper.symmetric_products`; the own chunk's blocks are visited once
+    # per unordered pair). On negatives one exp per pair serves both sides:
     # exp(l - L_i) = exp(L_j - M) exp(l - L_j) exp(M - L_i) (as `infonce_sorted.sorted_bodies`,
     # whose comment has the bounds and the 2^-k scaling; a spread of L above 40 takes two exps
     # per pair). Positives (d num_i / d l_ip = -sigmoid(L_i - l_ip) g_i) are visited in their
-    # band only.
+    # band only, in a second tour.
     (z,), (inv_t,) = xs, params
     lse, w = residuals                        # in sorted order, as `fwd_local` left them
     side, order = _sorted_side(sweeper, z, labels)
@@ -227,41 +229,36 @@ def _nt_xent_bodies(sweeper):
     row_f = jnp.exp(jnp.clip(lse_f - mid, -80.0, 80.0))
     col_f = jnp.exp(jnp.clip(mid - lse_f, -80.0, 80.0))
     a = jnp.ldexp(coef, -k)
-    block = sweeper.row_block
 
-    def negatives_block(shared):
+    def weights(shared):
       def fn(r, c):
         _, neg, _ = sweep.block_masks(r, c)
         logits = (r.x @ c.x.T) * inv_t
         e = jnp.where(neg, jnp.exp(logits - r.lse[:, None]), 0.0)
         if shared:   # h = exp(M - L) a
-          w_rc = e * (r.a[:, None] + r.f[:, None] * c.h[None, :])
-        else:        # h = a
-          w_rc = e * r.a[:, None] + jnp.where(neg, jnp.exp(logits - c.lse[None, :]),
-                                              0.0) * c.h[None, :]
-        return w_rc @ c.x, ()
+          return e * (r.a[:, None] + r.f[:, None] * c.h[None, :])
+        return e * r.a[:, None] + jnp.where(neg, jnp.exp(logits - c.lse[None, :]),
+                                            0.0) * c.h[None, :]
 
       return fn
+
+    def negatives(shared):
+      rows = GradRows(*side, lse=lse, g=g, a=a, f=row_f, h=col_f * a if shared else a)
+      return sweeper.symmetric_products(weights(shared), rows)
 
     def positives(logits, pos, rt, ct, acc):
       p_row = jnp.where(pos, jax.nn.sigmoid(rt.lse[:, None] - logits), 0.0) * rt.g[:, None]
       p_col = jnp.where(pos, jax.nn.sigmoid(ct.lse[None, :] - logits), 0.0) * ct.g[None, :]
       return acc - (p_row + p_col) @ ct.x
 
-    def tour(shared):
-      rows = GradRows(*side, lse=lse, g=g, a=a, f=row_f)
-      cols = rows._replace(h=col_f * a if shared else a)
+    def band(r, c):
+      return _chunk_band(r, c, inv_t, lambda t: jnp.zeros((t, d), z.dtype), positives), ()
 
-      def chunk(r, c):
-        neg, _ = local_pair_sums(negatives_block(shared), r, c, block, block)
-        pos = _chunk_band(r, c, inv_t, lambda t: jnp.zeros((t, d), z.dtype), positives)
-        return (neg, pos), ()
-
-      (neg, pos), _ = pair_sums(whole_chunks(sweeper, n), chunk, rows, cols)
-      return jnp.ldexp(neg, k) + pos
-
-    both = lax.cond(hi_l - lo_l <= SHARED_EXP_SPREAD, lambda _: tour(True),
-                    lambda _: tour(False), None)
+    rows = GradRows(*side, lse=lse, g=g, a=a, f=row_f)
+    pos, _ = pair_sums(whole_chunks(sweeper, n), band, rows, rows)
+    neg = lax.cond(hi_l - lo_l <= SHARED_EXP_SPREAD, lambda _: negatives(True),
+                   lambda _: negatives(False), None)
+    both = jnp.ldexp(neg, k) + pos
     dz, d_inv_t = sweep.symmetric_logit_grads(side.x, inv_t, both, sweeper.psum)
     return (unsort(dz, order),), (d_inv_t,)
 
@@ -275,9 +272,10 @@ def _nt_xent_bodies(sweeper):
 def _supcon_bodies(sweeper):
   """SupCon's bodies (one device or the ring): a fixed-shift forward (one exp per pair; the exact
   online log-sum-exp when a sum could have underflowed) and a backward with one exp per pair and
-  no transposed product or travelling accumulator (the symmetry l_ij = l_ji, as NT-Xent's ring).
-  Both sides' cotangents of a block multiply the same columns, so they are summed per element
-  and take one [b, b] @ [b, D] product: 4 N^2 D backward with the Gram blocks."""
+  no travelling accumulator (the symmetry l_ij = l_ji). Both sides' cotangents of a pair are
+  summed per element into the symmetric W = dl + dl^T, so d z = inv_t W z: on a device's own
+  rows each unordered pair of blocks once (`sweep.symmetric_products`), 3 N^2 D with the Gram
+  blocks, and against a visiting chunk one [b, b] @ [b, D] product per block."""
 
   def fwd_local(xs, params, labels):
     (z,), (inv_t,) = xs, params
@@ -301,9 +299,9 @@ def _supcon_bodies(sweeper):
 
   def bwd_local(xs, params, labels, residuals, cotangents):
     # d l_i / d l_ij = p_ij - [j in P(i)] / |P(i)|, p_ij = exp(l_ij - L_i) over j != i. The block
-    # of a device's rows j against columns i holds both d l_j / d l_ji (row side) and
-    # d l_i / d l_ij (column side) since l_ij = l_ji, so both land on the rows j the device owns
-    # (no column accumulator, no transposed product). p_ij = p_ji exp(L_j - M) exp(M - L_i) gives
+    # of rows j against columns i holds both d l_j / d l_ji (row side) and d l_i / d l_ij
+    # (column side) since l_ij = l_ji, so a visiting chunk's blocks land on the rows j the
+    # device owns (no column accumulator travels). p_ij = p_ji exp(L_j - M) exp(M - L_i) gives
     # the column side's softmax from the row side's exp when the spread of L is <= 40 (else a
     # second exp). Each side's difference p - [pos] / |P| is formed per element: for tight
     # classes the two terms nearly cancel, and summing them apart loses float32 accuracy.
@@ -316,31 +314,29 @@ def _supcon_bodies(sweeper):
     lo_l = sweeper.pmin(jnp.min(jnp.where(finite, lse_f, jnp.inf)))
     hi_l = sweeper.pmax(jnp.max(jnp.where(finite, lse_f, -jnp.inf)))
     mid = jnp.where(hi_l >= lo_l, 0.5 * (lo_l + hi_l), 0.0)
-    side = sweep.side(z, labels, sweeper.index(n))
-    inv_pos = 1.0 / jnp.maximum(n_pos, 1.0)
-    rows = SupConGradSide(*side, lse=lse, g=g, inv_pos=inv_pos,
-                          factor=jnp.exp(jnp.clip(lse_f - mid, -80.0, 80.0)))
-    cols = rows._replace(factor=jnp.exp(jnp.clip(mid - lse_f, -80.0, 80.0)))
+    side = SupConGradSide(*sweep.side(z, labels, sweeper.index(n)), lse=lse_f, g=g,
+                          inv_pos=1.0 / jnp.maximum(n_pos, 1.0),
+                          up=jnp.exp(jnp.clip(lse_f - mid, -80.0, 80.0)),
+                          down=jnp.exp(jnp.clip(mid - lse_f, -80.0, 80.0)))
 
-    def block(shared):
+    def weights(shared):
       def fn(r, c):
         logits = (r.x @ c.x.T) * inv_t
         pos, _, others = sweep.block_masks(r, c)
-        e = jnp.where(others, jnp.exp(logits - sweep.finite_or_zero(r.lse)[:, None]), 0.0)
+        e = jnp.where(others, jnp.exp(logits - r.lse[:, None]), 0.0)
         if shared:
-          e_col = e * r.factor[:, None] * c.factor[None, :]
+          e_col = e * r.up[:, None] * c.down[None, :]
         else:
-          e_col = jnp.where(others, jnp.exp(logits - sweep.finite_or_zero(c.lse)[None, :]), 0.0)
-        dl_row = (e - pos * r.inv_pos[:, None]) * r.g[:, None]
-        dl_col = (e_col - pos * c.inv_pos[None, :]) * c.g[None, :]
-        # Both sides multiply the same columns: one [b, b] @ [b, D] product of their sum.
-        return (dl_row + dl_col) @ c.x, ()
+          e_col = jnp.where(others, jnp.exp(logits - c.lse[None, :]), 0.0)
+        # dl_ij + dl_ji, each side's difference formed per element (see above).
+        return ((e - pos * r.inv_pos[:, None]) * r.g[:, None]
+                + (e_col - pos * c.inv_pos[None, :]) * c.g[None, :])
 
       return fn
 
-    both, _ = lax.cond(hi_l - lo_l <= SHARED_EXP_SPREAD,
-                       lambda _: pair_sums(sweeper, block(True), rows, cols),
-                       lambda _: pair_sums(sweeper, block(False), rows, cols), None)
+    both = lax.cond(hi_l - lo_l <= SHARED_EXP_SPREAD,
+                    lambda _: sweeper.symmetric_products(weights(True), side),
+                    lambda _: sweeper.symmetric_products(weights(False), side), None)
     dz, d_inv_t = sweep.symmetric_logit_grads(z, inv_t, both, sweeper.psum)
     return (dz,), (d_inv_t,)
 

@@ -38,6 +38,9 @@ from jax import lax
 # blocks once (`symmetric_forward_sweep`). False: every ordered pair, row sums only (the previous
 # form, kept for `bench/loss_scaling.py --ring`'s A/B as `two_tower.COLUMNS_LAST` is).
 SYMMETRIC_FORWARD = True
+# The same for their backward products W @ X with W = dl + dl^T (`symmetric_products`). False:
+# every ordered pair, W_rc @ X_c (the previous form, for the same A/B).
+SYMMETRIC_BACKWARD = True
 
 # ----------------------------------------------------------------------------------------------
 # The dense-or-streaming decision
@@ -237,6 +240,46 @@ def symmetric_forward_sweep(terms, stats, rows, block: int):
   return jax.tree.map(lambda a: a[:n], out)
 
 
+def symmetric_products(weights, rows, block: int):
+  """T_i = sum_j W_ij x_j for a symmetric W given by blocks, each unordered pair of blocks once.
+
+  `weights(r, c) -> [b, b]` gives the block of W with rows r and columns c (blocks of `rows`,
+  whose field `x` is the right-hand side); it must satisfy weights(c, r) = weights(r, c)^T, and
+  padding rows must have x = 0 (their entries of W then add nothing). Block (r, c), r < c, adds
+  W_rc @ x_c to rows r and x_r^T @ W_rc to rows c, through a [D, N] accumulator: XLA:CPU runs
+  that product faster than W_rc^T @ x_r, which contracts both operands' first axis (see
+  `sim_jax.losses.distributed.local_pair_sums`). A diagonal block adds W_rr @ x_r.
+  Returns T [N, D].
+  """
+  n = num_rows(rows)
+  b = min(block, n)
+  rows_p = _pad_rows(rows, b)
+  nb = num_rows(rows_p) // b
+  cut = lambda tree, k: jax.tree.map(lambda a: lax.dynamic_slice_in_dim(a, k * b, b), tree)
+
+  def diagonal(k):
+    r = cut(rows_p, k)
+    return weights(r, r) @ r.x
+
+  acc = lax.map(diagonal, jnp.arange(nb)).reshape(nb * b, -1)
+  pairs = jnp.asarray([(r, c) for r in range(nb) for c in range(r + 1, nb)], jnp.int32)
+  if len(pairs) == 0:
+    return acc[:n]
+
+  def step(carry, rc):
+    row_acc, col_acc = carry
+    r, c = cut(rows_p, rc[0]), cut(rows_p, rc[1])
+    w = weights(r, c)
+    row_acc = lax.dynamic_update_slice_in_dim(
+      row_acc, lax.dynamic_slice_in_dim(row_acc, rc[0] * b, b) + w @ c.x, rc[0] * b, 0)
+    col_acc = lax.dynamic_update_slice_in_dim(
+      col_acc, lax.dynamic_slice_in_dim(col_acc, rc[1] * b, b, 1) + r.x.T @ w, rc[1] * b, 1)
+    return (row_acc, col_acc), None
+
+  (row_acc, col_acc), _ = lax.scan(step, (acc, jnp.zeros_like(acc.T)), pairs)
+  return (row_acc + col_acc.T)[:n]
+
+
 def backward_sweep(grad_block, rows, cols, row_block: int, col_block: int | None):
   """Recomputes every block and contracts its cotangent back into the embeddings.
 
@@ -301,6 +344,15 @@ class LocalSweeper:
     if self.col_block == self.row_block and SYMMETRIC_FORWARD:
       return symmetric_forward_sweep(terms, stats, side, self.row_block)
     return forward_sweep(row_sums(terms), stats, side, side, self.row_block, self.col_block)
+
+  def symmetric_products(self, weights, side):
+    """T_i = sum_j W_ij x_j over the rows of `side` for a symmetric W given by blocks
+    `weights(r, c)`: `symmetric_products` with square blocks, else every ordered pair."""
+    if self.col_block == self.row_block and SYMMETRIC_BACKWARD:
+      return symmetric_products(weights, side, self.row_block)
+    update = lambda acc, r, c: acc + weights(r, c) @ c.x
+    return forward_sweep(update, jnp.zeros_like(side.x), side, side, self.row_block,
+                         self.col_block)
 
   def backward(self, grad_block, rows, cols):
     return backward_sweep(grad_block, rows, cols, self.row_block, self.col_block)
