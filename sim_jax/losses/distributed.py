@@ -130,13 +130,9 @@ class RingSweeper:
   def _shift(self, tree):
     return lax.ppermute(tree, self.axis, self._perm)
 
-  def forward(self, update, stats, rows, cols, first=None):
-    """`forward_sweep` of the local rows against every chunk; `first(stats)`, if given, sweeps
-    the device's own chunk (`cols`) instead."""
-    if first is None:
-      stats = forward_sweep(update, stats, rows, cols, self.row_block, self.col_block)
-    else:
-      stats = first(stats)
+  def forward(self, update, stats, rows, cols):
+    """`forward_sweep` of the local rows against every chunk."""
+    stats = forward_sweep(update, stats, rows, cols, self.row_block, self.col_block)
 
     def hop(carry, _):
       stats, cols = carry
@@ -146,14 +142,93 @@ class RingSweeper:
     (stats, _), _ = lax.scan(hop, (stats, cols), None, length=self.k - 1)
     return stats
 
+  def symmetric_pairs(self, block_fn, side, own, col_axis: int = 0):
+    """Sums over every device's rows of `block_fn`, for sums symmetric in the pair: each
+    unordered pair of chunks is swept once, on one of its two devices.
+
+    `block_fn(r, c) -> (row_part, col_part)` as in `local_pair_sums` (both sides of the block:
+    the column part goes to c's rows); `own` is the local rows' sums over the device's own
+    chunk. Hops 1 .. (k - 1) // 2 sweep the visiting chunk whole, its column sums travelling
+    with it; with k even, hop k / 2 meets each device with its opposite, and the pair's block is
+    split between them: the lower device sweeps its first half of rows against the chunk, the
+    upper one its rows against the chunk's second half. One ppermute then brings every column
+    accumulator home. Each device sweeps (k - 1) / 2 chunks instead of k - 1. Returns (row
+    sums, column sums) of the local rows, the latter [..., n] with `col_axis=-1`.
+    """
+    k, n = self.k, sweep.num_rows(side)
+    pairs = lambda r, c: local_pair_sums(block_fn, r, c, self.row_block, self.col_block,
+                                         col_axis)
+    _, col_shape = jax.eval_shape(pairs, side, side)
+    col_acc = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), col_shape)
+    if k == 1:
+      return own, col_acc
+
+    def hop(carry, _):
+      row_acc, chunk, col_acc = carry
+      chunk, col_acc = self._shift((chunk, col_acc))
+      row_part, col_part = pairs(side, chunk)
+      return (tree_add(row_acc, row_part), chunk, tree_add(col_acc, col_part)), None
+
+    full = (k - 1) // 2
+    carry = (own, side, col_acc)
+    if full:
+      carry, _ = lax.scan(hop, carry, None, length=full)
+    row_acc, chunk, col_acc = carry
+    hops = full
+    if k % 2 == 0:
+      hops += 1
+      chunk, col_acc = self._shift((chunk, col_acc))
+      h = n // 2
+      cut = lambda t, a, b: jax.tree.map(lambda v: v[a:b], t)
+      pad = lambda t, lo, hi, axis: jax.tree.map(
+        lambda v: jnp.pad(v, [(lo, hi) if i == axis % v.ndim else (0, 0)
+                              for i in range(v.ndim)]), t)
+
+      def lower(_):   # rows [0, h) against the whole chunk
+        row_part, col_part = pairs(cut(side, 0, h), chunk)
+        return pad(row_part, 0, n - h, 0), col_part
+
+      def upper(_):   # every row against the chunk's rows [h, n)
+        row_part, col_part = pairs(side, cut(chunk, h, n))
+        return row_part, pad(col_part, h, 0, col_axis)
+
+      row_part, col_part = lax.cond(lax.axis_index(self.axis) < k // 2, lower, upper, None)
+      row_acc, col_acc = tree_add(row_acc, row_part), tree_add(col_acc, col_part)
+    home = [(j, (j - hops) % k) for j in range(k)]
+    return row_acc, lax.ppermute(col_acc, self.axis, home)
+
   def forward_symmetric(self, terms, stats, side):
     """Every local row's sums of `terms(r, c)` over all devices' columns, for terms symmetric
-    in their pair. The device's own chunk takes `LocalSweeper.forward_symmetric` (each unordered
-    pair of its blocks once); a visiting chunk's blocks take row sums, since their column sums
-    would have to travel back to the chunk's device."""
-    local = LocalSweeper(self.row_block, self.col_block)
-    return self.forward(row_sums(terms), stats, side, side,
-                        first=lambda s: local.forward_symmetric(terms, s, side))
+    in their pair: the own chunk by `LocalSweeper.forward_symmetric`, the other chunks by
+    `symmetric_pairs` (a block's column sums, taken over its real rows, go to the chunk's rows).
+    """
+    if not sweep.SYMMETRIC_FORWARD:
+      return self.forward(row_sums(terms), stats, side, side)
+
+    def block_fn(r, c):
+      t = terms(r, c)
+      col = jax.tree.map(lambda m: jnp.sum(jnp.where(r.valid[:, None], m, 0.0), axis=0), t)
+      return jax.tree.map(lambda m: jnp.sum(m, axis=1), t), col
+
+    own = LocalSweeper(self.row_block, self.col_block).forward_symmetric(terms, stats, side)
+    return tree_add(*self.symmetric_pairs(block_fn, side, own))
+
+  def symmetric_products(self, weights, side):
+    """T_j = sum_i W_ji x_i over every device's rows i, for a symmetric W given by blocks
+    `weights(r, c)`: the own chunk by `LocalSweeper.symmetric_products`, the other chunks by
+    `symmetric_pairs` (W_rc @ x_c for the rows, x_r^T @ W_rc into a [D, n] accumulator for the
+    chunk's rows, as in `sweep.symmetric_products`)."""
+    if not sweep.SYMMETRIC_BACKWARD:
+      row_acc, _ = self.pairs(lambda r, c: (weights(r, c) @ c.x, ()), side, side)
+      return row_acc
+
+    def block_fn(r, c):
+      w = weights(r, c)
+      return w @ c.x, r.x.T @ w
+
+    own = LocalSweeper(self.row_block, self.col_block).symmetric_products(weights, side)
+    row_acc, col_acc = self.symmetric_pairs(block_fn, side, own, col_axis=-1)
+    return row_acc + col_acc.T
 
   def backward(self, grad_block, rows, cols):
     dx_r, extra_r, dx_c, extra_c = backward_sweep(grad_block, rows, cols, self.row_block,
@@ -171,16 +246,7 @@ class RingSweeper:
     dx_c, extra_c = self._shift((dx_c, extra_c))   # the last hop brings accumulators home
     return dx_r, extra_r, dx_c, extra_c
 
-  def symmetric_products(self, weights, side):
-    """T_j = sum_i W_ji x_i over every device's rows i, for a symmetric W given by blocks
-    `weights(r, c)` (see `LocalSweeper.symmetric_products`, which sweeps the device's own chunk;
-    a visiting chunk's blocks add W_ji x_i to the local rows only)."""
-    own = LocalSweeper(self.row_block, self.col_block).symmetric_products(weights, side)
-    row_acc, _ = self.pairs(lambda r, c: (weights(r, c) @ c.x, ()), side, side,
-                            first=lambda: (own, ()))
-    return row_acc
-
-  def pairs(self, block_fn, rows, cols, col_axis: int = 0, first=None):
+  def pairs(self, block_fn, rows, cols, col_axis: int = 0):
     """`local_pair_sums` of the local rows against every device's columns.
 
     Each chunk's column accumulator travels with it and one last hop brings it home (as in
@@ -188,11 +254,11 @@ class RingSweeper:
     hop h, and the accumulator received at hop h is added only after the hop's sweep, so no
     transfer is an input of the sweep in hand and the scheduler may run them side by side;
     without it each hop first receives its chunk, then sweeps it (kept for the A/B in
-    bench/loss_scaling.py --ring). `first()`, if given, gives the own chunk's sums instead.
+    bench/loss_scaling.py --ring).
     """
     local = lambda c: local_pair_sums(block_fn, rows, c, self.row_block, self.col_block,
                                       col_axis)
-    row_acc, col_acc = local(cols) if first is None else first()
+    row_acc, col_acc = local(cols)
     if self.k == 1:
       return row_acc, col_acc
 
