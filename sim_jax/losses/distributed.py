@@ -12,6 +12,8 @@ sweepers here run the same per-loss bodies as the single-device `sim_jax.losses.
   tour, carrying each chunk's gradient accumulator along with it; one last hop brings every
   accumulator home, so d loss / d x of a device's rows arrives on that device. Memory per
   device: O(N/k * D + block_size^2); traffic: (k - 1) N/k * D per pass, as an all-gather.
+  Sums symmetric in the pair (NT-Xent's and SupCon's, `RingSweeper.symmetric_pairs`) sweep
+  each unordered pair of chunks once: k/2 hops, the column sums travelling with their chunk.
 * `GatherSweeper` (semi-hard and batch-all triplet, which select negatives from an anchor's
   complete row of distances): all-gathers the [N, D] embeddings (not the N x N matrix), sweeps
   the local row strips against all columns and reduce-scatters the column gradients
