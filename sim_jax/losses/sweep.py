@@ -12,7 +12,7 @@ several same-sized temporaries) for the backward pass. The streaming forms never
 * a `jax.custom_vjp` backward pass (`custom_loss`, `backward_sweep`) recomputes each block from
   the embeddings and the saved per-anchor statistics, forms d loss / d block analytically and
   contracts it straight back into d embeddings (`dX_rows += dG @ X_cols`, `dX_cols += dG^T @
-  X_rows`).
+  X_rows`; `symmetric_products`: for a symmetric dG + dG^T, each unordered pair of blocks once).
 
 A loss is written as two bodies, `fwd_local` and `bwd_local`, against a small "sweeper"
 interface (`forward`, `backward`, `index`, `psum`): `LocalSweeper` here runs them on one device,
