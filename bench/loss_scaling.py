@@ -61,10 +61,9 @@ D = 128
 # Gram blocks backward). CLIP: the Gram forward (2), its recomputation (2) and dA = dl B,
 # dB = dl^T A (2 + 2). SigLIP forms its gradient in the forward sweep (2 + 2 + 2). NT-Xent and
 # SupCon compare one set of rows with itself, so their Gram matrix is symmetric: its upper
-# triangle forward (1) and backward (1), and dX = (dl + dl^T) X (2). Their streaming forms run
-# 7 N^2 D: the forward takes each unordered pair of blocks once (`sweep.symmetric_forward_sweep`),
-# the backward every ordered pair (a column side e^T @ X would be a transposed product, slower on
-# XLA:CPU than the recomputation it saves). The other losses are counted as 8 N^2 D.
+# triangle forward (1) and backward (1), and dX = (dl + dl^T) X (2), which their streaming forms
+# run on one device (`sweep.symmetric_forward_sweep`, `sweep.symmetric_products`). The other
+# losses are counted as 8 N^2 D.
 MIN_FLOPS_PER_N2D = {"clip": 8.0, "siglip": 6.0, "nt_xent": 4.0, "supcon": 4.0}
 
 

@@ -89,6 +89,38 @@ class GradSide(NamedTuple):
   h: jax.Array       # the column side's coefficient: exp(M - L_i) a_i (shared exp) or a_i
 
 
+def shared_exp_factors(lse, finite, pmin=lambda x: x, pmax=lambda x: x):
+  """(exp(L_i - M), exp(M - L_i), shared) for the backward's one exp per pair.
+
+  exp(l_ij - L_j) = exp(L_i - M) exp(l_ij - L_i) exp(M - L_j) gives the column side's softmax
+  from the row side's exp. M is the mid-point of the finite L's range (over every device:
+  `pmin` / `pmax`), so the factors stay within e^+-20, and `shared` says whether that range is
+  at most SHARED_EXP_SPREAD (else two exps per pair are taken). `lse`: L with 0 where infinite.
+  """
+  lo = pmin(jnp.min(jnp.where(finite, lse, jnp.inf)))
+  hi = pmax(jnp.max(jnp.where(finite, lse, -jnp.inf)))
+  mid = jnp.where(hi >= lo, 0.5 * (lo + hi), 0.0)
+  return (jnp.exp(jnp.clip(lse - mid, -80.0, 80.0)), jnp.exp(jnp.clip(mid - lse, -80.0, 80.0)),
+          hi - lo <= SHARED_EXP_SPREAD)
+
+
+def power_of_two_scale(coef, pmax=lambda x: x):
+  """k with 2^k <= max |coef| < 2^(k+1) (0 when every coef is 0), over every device (`pmax`)."""
+  cmax = pmax(jnp.max(jnp.abs(coef)))
+  k = jnp.where(cmax > 0, jnp.floor(jnp.log2(jnp.where(cmax > 0, cmax, 1.0))), 0.0)
+  return k.astype(jnp.int32)
+
+
+def negative_weights(logits, neg, r, c, shared: bool):
+  """dl_ij + dl_ji of NT-Xent's negatives in a block of rows r against columns c (fields lse,
+  a = 2^-k w g, f = exp(L - M), h): e_ij (a_i + f_i h_j) with e_ij = exp(l_ij - L_i) and
+  h = exp(M - L) a when `shared`, else e_ij a_i + exp(l_ij - L_j) h_j with h = a."""
+  e = jnp.where(neg, jnp.exp(logits - r.lse[:, None]), 0.0)
+  if shared:
+    return e * (r.a[:, None] + r.f[:, None] * c.h[None, :])
+  return e * r.a[:, None] + jnp.where(neg, jnp.exp(logits - c.lse[None, :]), 0.0) * c.h[None, :]
+
+
 def _label_layout(labels):
   """Stable sort by label; in sorted order anchor i's class occupies columns [start_i, end_i)."""
   order = jnp.argsort(labels, stable=True).astype(jnp.int32)
@@ -149,9 +181,7 @@ def _negatives_lse(lay: LabelLayout):
   Fixed shift: M = max_i |q_i| >= l_ij for unit columns (= 1/t unless a row is zero), so
   L_i = M + log s_i needs no running max, and one shift for every row lets block (r, c) serve
   rows r by its row sums and rows c by its column sums (l_ij = l_ji and the mask is symmetric:
-  `sweep.LocalSweeper.forward_symmetric`). The backward keeps every ordered pair: there block
-  (r, c) alone would have to serve rows c too, by the transposed product dl^T @ z_r, which
-  XLA:CPU runs slower than the Gram block and exp it saves.
+  `sweep.LocalSweeper.forward_symmetric`).
   """
   shift = jnp.max(jnp.sqrt(jnp.sum(lay.q * lay.q, axis=1)))
 
@@ -259,49 +289,32 @@ def sorted_bodies(block_size: int):
     # d num_i / d l_ij is  exp(l_ij - L_i) w_i g_i  on negatives and  -sigmoid(L_i - l_ij) g_i
     # on positives. Since l is symmetric (l_ij = inv_t <z_i, z_j>), d loss / d z_i =
     # inv_t sum_j (dl_ij + dl_ji) z_j: the block of rows i against columns j holds both
-    # cotangents, and their per-element sum takes one [bs, bs] @ [bs, D] product, the same
-    # columns z_j serving both sides (no transposed product dl^T @ q, which XLA:CPU measured
-    # slower here, and no [N, D] column accumulator carried through the sweep).
-    # Moreover exp(l_ij - L_j) = exp(L_i - M) exp(l_ij - L_i) exp(M - L_j): one exp per pair
-    # gives both sides' softmax, dl_ij + dl_ji = e_ij (c_i + exp(L_i - M) exp(M - L_j) c_j) with
-    # c = w g. The factors stay within e^+-20 and a flushed exp(l - L_i) < 2^-126 errs by
-    # < 2^-126 e^40 (absolute) when the spread of L is <= 40, always the case for t >= 0.06;
-    # otherwise two exps per pair are taken.
+    # cotangents, and their per-element sum W takes one [bs, bs] @ [bs, D] product, the same
+    # columns z_j serving both sides. W is symmetric, so each unordered pair of blocks is
+    # visited once (`sweep.symmetric_products`).
+    # One exp per pair gives both sides' softmax (`shared_exp_factors`): dl_ij + dl_ji =
+    # e_ij (c_i + exp(L_i - M) exp(M - L_j) c_j) with c = w g. A flushed exp(l - L_i) < 2^-126
+    # errs by < 2^-126 e^40 (absolute) when the spread of L is <= 40, always the case for
+    # t >= 0.06; otherwise two exps per pair are taken.
     # The coefficients c are ~1e-28 once the positives dominate (a converged batch at small t);
     # times the softmax values and the e^+-20 factors, the products would then fall into
     # float32's flushed-to-zero denormal range. Scaling them by 2^-k, with 2^k about their
     # largest magnitude, is exact and is undone on the result.
-    cmax = jnp.max(jnp.abs(coef))
-    k = jnp.where(cmax > 0, jnp.floor(jnp.log2(jnp.where(cmax > 0, cmax, 1.0))), 0.0)
-    k = k.astype(jnp.int32)
+    k = power_of_two_scale(coef)
     a = jnp.ldexp(coef, -k)
     has_neg = jnp.pad(_has_negatives(lay), (0, npad - n))
-    lo_l = jnp.min(jnp.where(has_neg, lse_f, jnp.inf))
-    hi_l = jnp.max(jnp.where(has_neg, lse_f, -jnp.inf))
-    mid = jnp.where(hi_l >= lo_l, 0.5 * (lo_l + hi_l), 0.0)
-    row_f = jnp.exp(jnp.clip(lse_f - mid, -80.0, 80.0))
-    col_f = jnp.exp(jnp.clip(mid - lse_f, -80.0, 80.0))
-
-    def weights(shared):
-      def fn(r, c):
-        logits = r.q @ c.x.T
-        neg = _lse_mask(lay, (r.label, r.index), (c.label, c.index, c.valid))
-        e = jnp.where(neg, jnp.exp(logits - r.lse[:, None]), 0.0)
-        if shared:
-          return e * (r.a[:, None] + r.f[:, None] * c.h[None, :])
-        return e * r.a[:, None] + jnp.where(neg, jnp.exp(logits - c.lse[None, :]),
-                                            0.0) * c.h[None, :]
-
-      return fn
+    row_f, col_f, shared = shared_exp_factors(lse_f, has_neg)
 
     def negatives(shared):
-      # h = exp(M - L) a with the shared exp, else a.
+      def weights(r, c):
+        neg = _lse_mask(lay, (r.label, r.index), (c.label, c.index, c.valid))
+        return negative_weights(r.q @ c.x.T, neg, r, c, shared)
+
       side = GradSide(lay.z, lay.labels, lay.index, lay.valid, q, lse_f, a, row_f,
                       col_f * a if shared else a)
-      return sweep.LocalSweeper(bs, bs).symmetric_products(weights(shared), side)
+      return sweep.LocalSweeper(bs, bs).symmetric_products(weights, side)
 
-    neg = lax.cond(hi_l - lo_l <= SHARED_EXP_SPREAD, lambda _: negatives(True),
-                   lambda _: negatives(False), None)
+    neg = lax.cond(shared, lambda _: negatives(True), lambda _: negatives(False), None)
 
     def body(logits, pos, r, c, acc):
       p_row = jnp.where(pos, jax.nn.sigmoid(r.lse[:, None] - logits), 0.0) * r.cotangent[:, None]

@@ -28,7 +28,9 @@ from sim_jax.losses.distributed import pair_sums, run_bodies, whole_chunks
 from sim_jax.losses.infonce_sorted import (
   BAND_TILE,
   FIXED_SHIFT_FLOOR,
-  SHARED_EXP_SPREAD,
+  negative_weights,
+  power_of_two_scale,
+  shared_exp_factors,
   sorted_bodies,
   unsort,
 )
@@ -175,7 +177,7 @@ def _sorted_side(sweeper, z, labels):
 def _nt_xent_bodies(sweeper):
   """NT-Xent's ring bodies on label-sorted local rows: a fixed-shift negatives pass, a positives
   pass that visits only the column tiles holding an anchor's positives (a binary search in each
-  sorted chunk), and one backward tour with one exp per pair and no accumulator travelling."""
+  sorted chunk), and a backward with one exp per pair, each unordered pair of chunks once."""
 
   def fwd_local(xs, params, labels):
     (z,), (inv_t,) = xs, params
@@ -200,51 +202,33 @@ def _nt_xent_bodies(sweeper):
     return (unsort(loss, order), unsort(num_pos, order)), (lse, weight)
 
   def bwd_local(xs, params, labels, residuals, cotangents):
-    # No accumulator travels the ring: l_ij = l_ji, so the block of a device's rows j against a
-    # visiting chunk i holds both d num_j / d l_ji (row side) and d num_i / d l_ij (column side,
-    # with the chunk's L_i and coefficients travelling along), and both land on the rows the
-    # device owns; their per-element sum W = dl + dl^T takes one [b, b] @ [b, D] product with
-    # the chunk's z_i (`RingSweeper.symmetric_products`; the own chunk's blocks are visited once
-    # per unordered pair). On negatives one exp per pair serves both sides:
-    # exp(l - L_i) = exp(L_j - M) exp(l - L_j) exp(M - L_i) (as `infonce_sorted.sorted_bodies`,
-    # whose comment has the bounds and the 2^-k scaling; a spread of L above 40 takes two exps
-    # per pair). Positives (d num_i / d l_ip = -sigmoid(L_i - l_ip) g_i) are visited in their
-    # band only, in a second tour.
+    # l_ij = l_ji, so the block of a device's rows j against a visiting chunk i holds both
+    # d num_j / d l_ji (row side) and d num_i / d l_ij (column side, with the chunk's L_i and
+    # coefficients travelling along); their per-element sum W = dl + dl^T takes one
+    # [b, b] @ [b, D] product (`RingSweeper.symmetric_products`: each unordered pair of blocks
+    # and of chunks once, the chunk's column sums travelling with it). On negatives one exp per
+    # pair serves both sides (as `infonce_sorted.sorted_bodies`, whose comment has the bounds
+    # and the 2^-k scaling; a spread of L above 40 takes two exps per pair). Positives
+    # (d num_i / d l_ip = -sigmoid(L_i - l_ip) g_i) are visited in their band only, in a second
+    # tour.
     (z,), (inv_t,) = xs, params
     lse, w = residuals                        # in sorted order, as `fwd_local` left them
     side, order = _sorted_side(sweeper, z, labels)
     n, d = z.shape
     g = cotangents[0][order]
-    lse_f = sweep.finite_or_zero(lse)
-    has_neg = jnp.isfinite(lse)
     coef = w * g
-    # Global scale 2^k of the coefficients and mid-point M of L (see
-    # `infonce_sorted.sorted_bodies`).
-    cmax = sweeper.pmax(jnp.max(jnp.abs(coef)))
-    k = jnp.where(cmax > 0, jnp.floor(jnp.log2(jnp.where(cmax > 0, cmax, 1.0))), 0.0)
-    k = k.astype(jnp.int32)
-    lo_l = sweeper.pmin(jnp.min(jnp.where(has_neg, lse_f, jnp.inf)))
-    hi_l = sweeper.pmax(jnp.max(jnp.where(has_neg, lse_f, -jnp.inf)))
-    mid = jnp.where(hi_l >= lo_l, 0.5 * (lo_l + hi_l), 0.0)
-    row_f = jnp.exp(jnp.clip(lse_f - mid, -80.0, 80.0))
-    col_f = jnp.exp(jnp.clip(mid - lse_f, -80.0, 80.0))
+    k = power_of_two_scale(coef, sweeper.pmax)
     a = jnp.ldexp(coef, -k)
-
-    def weights(shared):
-      def fn(r, c):
-        _, neg, _ = sweep.block_masks(r, c)
-        logits = (r.x @ c.x.T) * inv_t
-        e = jnp.where(neg, jnp.exp(logits - r.lse[:, None]), 0.0)
-        if shared:   # h = exp(M - L) a
-          return e * (r.a[:, None] + r.f[:, None] * c.h[None, :])
-        return e * r.a[:, None] + jnp.where(neg, jnp.exp(logits - c.lse[None, :]),
-                                            0.0) * c.h[None, :]
-
-      return fn
+    row_f, col_f, shared = shared_exp_factors(sweep.finite_or_zero(lse), jnp.isfinite(lse),
+                                              sweeper.pmin, sweeper.pmax)
 
     def negatives(shared):
+      def weights(r, c):
+        _, neg, _ = sweep.block_masks(r, c)
+        return negative_weights((r.x @ c.x.T) * inv_t, neg, r, c, shared)
+
       rows = GradRows(*side, lse=lse, g=g, a=a, f=row_f, h=col_f * a if shared else a)
-      return sweeper.symmetric_products(weights(shared), rows)
+      return sweeper.symmetric_products(weights, rows)
 
     def positives(logits, pos, rt, ct, acc):
       p_row = jnp.where(pos, jax.nn.sigmoid(rt.lse[:, None] - logits), 0.0) * rt.g[:, None]
@@ -256,8 +240,7 @@ def _nt_xent_bodies(sweeper):
 
     rows = GradRows(*side, lse=lse, g=g, a=a, f=row_f)
     pos, _ = pair_sums(whole_chunks(sweeper, n), band, rows, rows)
-    neg = lax.cond(hi_l - lo_l <= SHARED_EXP_SPREAD, lambda _: negatives(True),
-                   lambda _: negatives(False), None)
+    neg = lax.cond(shared, lambda _: negatives(True), lambda _: negatives(False), None)
     both = jnp.ldexp(neg, k) + pos
     dz, d_inv_t = sweep.symmetric_logit_grads(side.x, inv_t, both, sweeper.psum)
     return (unsort(dz, order),), (d_inv_t,)
@@ -272,10 +255,9 @@ def _nt_xent_bodies(sweeper):
 def _supcon_bodies(sweeper):
   """SupCon's bodies (one device or the ring): a fixed-shift forward (one exp per pair; the exact
   online log-sum-exp when a sum could have underflowed) and a backward with one exp per pair and
-  no travelling accumulator (the symmetry l_ij = l_ji). Both sides' cotangents of a pair are
-  summed per element into the symmetric W = dl + dl^T, so d z = inv_t W z: on a device's own
-  rows each unordered pair of blocks once (`sweep.symmetric_products`), 3 N^2 D with the Gram
-  blocks, and against a visiting chunk one [b, b] @ [b, D] product per block."""
+  no transposed product (the symmetry l_ij = l_ji). Both sides' cotangents of a pair are summed
+  per element into the symmetric W = dl + dl^T, so d z = inv_t W z, with each unordered pair of
+  blocks and of chunks visited once (`symmetric_products`): 3 N^2 D with the Gram blocks."""
 
   def fwd_local(xs, params, labels):
     (z,), (inv_t,) = xs, params
@@ -300,24 +282,19 @@ def _supcon_bodies(sweeper):
   def bwd_local(xs, params, labels, residuals, cotangents):
     # d l_i / d l_ij = p_ij - [j in P(i)] / |P(i)|, p_ij = exp(l_ij - L_i) over j != i. The block
     # of rows j against columns i holds both d l_j / d l_ji (row side) and d l_i / d l_ij
-    # (column side) since l_ij = l_ji, so a visiting chunk's blocks land on the rows j the
-    # device owns (no column accumulator travels). p_ij = p_ji exp(L_j - M) exp(M - L_i) gives
-    # the column side's softmax from the row side's exp when the spread of L is <= 40 (else a
-    # second exp). Each side's difference p - [pos] / |P| is formed per element: for tight
-    # classes the two terms nearly cancel, and summing them apart loses float32 accuracy.
+    # (column side) since l_ij = l_ji; their per-element sum W is symmetric
+    # (`symmetric_products`). p_ij = p_ji exp(L_j - M) exp(M - L_i) gives the column side's
+    # softmax from the row side's exp when the spread of L is <= 40 (else a second exp). Each
+    # side's difference p - [pos] / |P| is formed per element: for tight classes the two terms
+    # nearly cancel, and summing them apart loses float32 accuracy.
     (z,), (inv_t,) = xs, params
     lse, n_pos = residuals
     n = z.shape[0]
     g = jnp.where(n_pos > 0, cotangents[0], 0.0)
     lse_f = sweep.finite_or_zero(lse)
-    finite = jnp.isfinite(lse)
-    lo_l = sweeper.pmin(jnp.min(jnp.where(finite, lse_f, jnp.inf)))
-    hi_l = sweeper.pmax(jnp.max(jnp.where(finite, lse_f, -jnp.inf)))
-    mid = jnp.where(hi_l >= lo_l, 0.5 * (lo_l + hi_l), 0.0)
+    up, down, shared = shared_exp_factors(lse_f, jnp.isfinite(lse), sweeper.pmin, sweeper.pmax)
     side = SupConGradSide(*sweep.side(z, labels, sweeper.index(n)), lse=lse_f, g=g,
-                          inv_pos=1.0 / jnp.maximum(n_pos, 1.0),
-                          up=jnp.exp(jnp.clip(lse_f - mid, -80.0, 80.0)),
-                          down=jnp.exp(jnp.clip(mid - lse_f, -80.0, 80.0)))
+                          inv_pos=1.0 / jnp.maximum(n_pos, 1.0), up=up, down=down)
 
     def weights(shared):
       def fn(r, c):
@@ -334,8 +311,7 @@ def _supcon_bodies(sweeper):
 
       return fn
 
-    both = lax.cond(hi_l - lo_l <= SHARED_EXP_SPREAD,
-                    lambda _: sweeper.symmetric_products(weights(True), side),
+    both = lax.cond(shared, lambda _: sweeper.symmetric_products(weights(True), side),
                     lambda _: sweeper.symmetric_products(weights(False), side), None)
     dz, d_inv_t = sweep.symmetric_logit_grads(z, inv_t, both, sweeper.psum)
     return (dz,), (d_inv_t,)

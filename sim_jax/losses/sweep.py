@@ -165,6 +165,18 @@ def tree_add(a, b):
   return jax.tree.map(jnp.add, a, b)
 
 
+def _block(tree, k, b: int, axis: int = 0):
+  """Block k (traced) of size b along `axis` of every leaf."""
+  return jax.tree.map(lambda a: lax.dynamic_slice_in_dim(a, k * b, b, axis), tree)
+
+
+def _add_to_block(acc, k, b: int, values, axis: int = 0):
+  """`acc` with `values` added to its block k of size b along `axis` (in place under jit)."""
+  return jax.tree.map(
+    lambda a, v: lax.dynamic_update_slice_in_dim(a, _block(a, k, b, axis) + v, k * b, axis),
+    acc, values)
+
+
 def symmetric_logit_grads(z, inv_t, both, psum=lambda x: x):
   """(d z, d inv_t) of a loss of the logits l_ij = inv_t <z_i, z_j>, from
   both_j = sum_i (dl_ji + dl_ij) z_i over the local rows j (dl = d loss / d l; `psum` sums over
@@ -223,18 +235,13 @@ def symmetric_forward_sweep(terms, stats, rows, block: int):
   rows_p, stats_p = _pad_rows((rows, stats), b)
   nb = num_rows(rows_p) // b
   pairs = jnp.asarray([(r, c) for r in range(nb) for c in range(r, nb)], jnp.int32)
-  cut = lambda tree, k: jax.tree.map(lambda a: lax.dynamic_slice_in_dim(a, k * b, b), tree)
-
-  def add(acc, k, sums):
-    return jax.tree.map(
-      lambda a, v: lax.dynamic_update_slice_in_dim(a, cut(a, k) + v, k * b, 0), acc, sums)
 
   def step(acc, rc):
     r, c = rc[0], rc[1]
-    t = terms(cut(rows_p, r), cut(rows_p, c))
-    acc = add(acc, r, jax.tree.map(lambda m: jnp.sum(m, axis=1), t))
+    t = terms(_block(rows_p, r, b), _block(rows_p, c, b))
+    acc = _add_to_block(acc, r, b, jax.tree.map(lambda m: jnp.sum(m, axis=1), t))
     col = jax.tree.map(lambda m: jnp.where(r == c, 0.0, jnp.sum(m, axis=0)).astype(m.dtype), t)
-    return add(acc, c, col), None
+    return _add_to_block(acc, c, b, col), None
 
   out, _ = lax.scan(step, stats_p, pairs)
   return jax.tree.map(lambda a: a[:n], out)
@@ -255,10 +262,9 @@ def symmetric_products(weights, rows, block: int):
   b = min(block, n)
   rows_p = _pad_rows(rows, b)
   nb = num_rows(rows_p) // b
-  cut = lambda tree, k: jax.tree.map(lambda a: lax.dynamic_slice_in_dim(a, k * b, b), tree)
 
   def diagonal(k):
-    r = cut(rows_p, k)
+    r = _block(rows_p, k, b)
     return weights(r, r) @ r.x
 
   acc = lax.map(diagonal, jnp.arange(nb)).reshape(nb * b, -1)
@@ -268,13 +274,10 @@ def symmetric_products(weights, rows, block: int):
 
   def step(carry, rc):
     row_acc, col_acc = carry
-    r, c = cut(rows_p, rc[0]), cut(rows_p, rc[1])
+    r, c = _block(rows_p, rc[0], b), _block(rows_p, rc[1], b)
     w = weights(r, c)
-    row_acc = lax.dynamic_update_slice_in_dim(
-      row_acc, lax.dynamic_slice_in_dim(row_acc, rc[0] * b, b) + w @ c.x, rc[0] * b, 0)
-    col_acc = lax.dynamic_update_slice_in_dim(
-      col_acc, lax.dynamic_slice_in_dim(col_acc, rc[1] * b, b, 1) + r.x.T @ w, rc[1] * b, 1)
-    return (row_acc, col_acc), None
+    return (_add_to_block(row_acc, rc[0], b, w @ c.x),
+            _add_to_block(col_acc, rc[1], b, r.x.T @ w, axis=1)), None
 
   (row_acc, col_acc), _ = lax.scan(step, (acc, jnp.zeros_like(acc.T)), pairs)
   return (row_acc + col_acc.T)[:n]
